@@ -1,0 +1,168 @@
+"""Decode a data set once into uint8 arrays, one per split and resolution, memory-mappable.
+
+Layout of a cache folder:
+    meta.json                 classes, channels, image_size, counts, mean/std (written last:
+                              its presence means the cache is complete)
+    <split>_images.npy        (N, H, W, C) uint8
+    <split>_labels.npy        (N,) int64
+    <split>_groups.npy        (N,) str, optional (patient / study ids)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+SPLITS = ("train", "valid", "test")
+
+
+class SplitSource(Protocol):
+    """What a data kind hands the cache for one split."""
+
+    labels: np.ndarray
+    groups: np.ndarray | None
+
+    def __len__(self) -> int: ...
+
+    def image(self, index: int) -> np.ndarray:
+        """The image as uint8 (H, W) or (H, W, C), any size."""
+        ...
+
+
+@dataclass
+class ArraySource:
+    """A split that is already in memory (synthetic data, MedMNIST)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    groups: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def image(self, index: int) -> np.ndarray:
+        return self.images[index]
+
+
+@dataclass
+class DataInfo:
+    path: str
+    fingerprint: str
+    classes: list[str]
+    channels: int
+    image_size: int
+    counts: dict[str, int]
+    mean: list[float]
+    std: list[float]
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def fingerprint(config: dict) -> str:
+    text = json.dumps(config, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def to_shape(image: np.ndarray, size: int, channels: int) -> np.ndarray:
+    """Convert an image of any mode and size to uint8 (size, size, channels)."""
+    if image.dtype != np.uint8:
+        raise ValueError(f"expected uint8 pixels, got {image.dtype}")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim == 3 and image.shape[2] == 4:
+        image = cv2.cvtColor(image, cv2.COLOR_RGBA2RGB)
+    if image.ndim == 2 and channels == 3:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    elif image.ndim == 3 and channels == 1:
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    if image.shape[:2] != (size, size):
+        shrink = image.shape[0] > size or image.shape[1] > size
+        image = cv2.resize(
+            image, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+        )
+    return image.reshape(size, size, channels)
+
+
+def write_cache(
+    dest: Path,
+    sources: dict[str, SplitSource],
+    classes: Sequence[str],
+    image_size: int,
+    channels: int,
+    fp: str,
+    extra: dict | None = None,
+) -> DataInfo:
+    """Decode every split into `dest`; atomic: a crash leaves no half-written cache behind."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
+    try:
+        counts = {}
+        for split, source in sources.items():
+            n = len(source)
+            images = np.lib.format.open_memmap(
+                tmp / f"{split}_images.npy", mode="w+", dtype=np.uint8,
+                shape=(n, image_size, image_size, channels),
+            )
+            for i in range(n):
+                images[i] = to_shape(source.image(i), image_size, channels)
+            images.flush()
+            del images
+            np.save(tmp / f"{split}_labels.npy", np.asarray(source.labels, dtype=np.int64))
+            if source.groups is not None:
+                np.save(tmp / f"{split}_groups.npy", np.asarray(source.groups, dtype=str))
+            counts[split] = n
+        train = np.load(tmp / "train_images.npy", mmap_mode="r")
+        sample = train[:: max(1, len(train) // 2000)].astype(np.float32) / 255.0
+        info = DataInfo(
+            path=str(dest),
+            fingerprint=fp,
+            classes=list(classes),
+            channels=channels,
+            image_size=image_size,
+            counts=counts,
+            mean=[round(float(v), 5) for v in sample.mean(axis=(0, 1, 2))],
+            std=[round(float(max(v, 1e-3)), 5) for v in sample.std(axis=(0, 1, 2))],
+            extra=extra or {},
+        )
+        (tmp / "meta.json").write_text(json.dumps(info.to_json(), indent=2))
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return info
+
+
+def read_info(path: str | Path) -> DataInfo | None:
+    meta = Path(path) / "meta.json"
+    if not meta.is_file():
+        return None
+    info = DataInfo(**json.loads(meta.read_text()))
+    info.path = str(path)
+    return info
+
+
+def load_split(path: str | Path, split: str, mmap: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """The images (memory-mapped by default) and labels of one cached split."""
+    path = Path(path)
+    images = np.load(path / f"{split}_images.npy", mmap_mode="r" if mmap else None)
+    labels = np.load(path / f"{split}_labels.npy")
+    return images, labels

@@ -1,0 +1,272 @@
+"""The job file: one YAML file describes one grid.
+
+`load_job(path, overrides)` reads the YAML, applies dotted `--set` overrides, and validates the
+result against `Job`. Every problem is reported as a `JobError` whose `problems` are one line
+each, naming the field path and what is allowed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+DEFAULT_SPLIT_NAMES = ("train", "valid", "test")
+
+
+class JobError(Exception):
+    """A job file that cannot be used; `problems` holds one line per problem."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- data -------------------------------------------------------------------------------------
+
+
+class SyntheticData(Strict):
+    """Procedural radiograph-like images (the offline default)."""
+
+    kind: Literal["synthetic"] = "synthetic"
+    image_size: int = Field(32, ge=8, le=1024)
+    channels: Literal[1, 3] = 1
+    seed: int = 0
+    classes: list[str] = Field(
+        default_factory=lambda: ["FINGER", "FOREARM", "HAND", "HUMERUS", "WRIST"], min_length=2
+    )
+    train_size: int = Field(800, ge=10)
+    valid_size: int = Field(200, ge=10)
+    test_size: int = Field(200, ge=10)
+    native_size: int = Field(64, ge=16, le=1024, description="size the images are drawn at")
+    noise: float = Field(0.12, ge=0, le=1, description="strength of the film-grain noise")
+
+    @field_validator("classes")
+    @classmethod
+    def _known_classes(cls, classes: list[str]) -> list[str]:
+        from kdray.data.synthetic import BODY_PARTS
+
+        unknown = [c for c in classes if c not in BODY_PARTS]
+        if unknown:
+            raise ValueError(f"unknown body part {unknown}; allowed: {sorted(BODY_PARTS)}")
+        if len(set(classes)) != len(classes):
+            raise ValueError("classes must be distinct")
+        return classes
+
+
+DataConfig = Annotated[SyntheticData, Field(discriminator="kind")]
+
+
+# --- training ---------------------------------------------------------------------------------
+
+
+class TrainConfig(Strict):
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(16, ge=1)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd only")
+    scheduler: Literal["none", "cosine"] = "none"
+    augment: bool = True
+    eval_batch_size: int = Field(256, ge=1)
+
+
+class DistillConfig(Strict):
+    temperature: float = Field(4.0, gt=0)
+    alpha: float = Field(0.9, ge=0, le=1, description="weight of the KD term")
+    kl_reduction: Literal["batchmean", "mean"] = Field(
+        "batchmean",
+        description="batchmean: sum over classes, mean over batch (Hinton, mdistiller); "
+        "mean: element-wise mean, K times smaller (Yuan et al.'s code)",
+    )
+
+
+class Study(Strict):
+    teachers: list[str] = Field(min_length=1)
+    students: list[str] = Field(min_length=1)
+    teacher_val_band: tuple[float, float] | None = Field(
+        None, description="defective KD: keep the teacher when its val accuracy is in [lo, hi]"
+    )
+    eval_every_steps: int | None = Field(
+        None, ge=1, description="defective KD: evaluate the teacher every N steps (default: auto)"
+    )
+
+    @field_validator("teacher_val_band")
+    @classmethod
+    def _ordered_band(cls, band: tuple[float, float] | None) -> tuple[float, float] | None:
+        if band is not None and not (0.0 <= band[0] < band[1] <= 1.0):
+            raise ValueError("must be [low, high] with 0 <= low < high <= 1")
+        return band
+
+
+class Resources(Strict):
+    workers_per_trial: int = Field(1, ge=1)
+    cpus_per_worker: float = Field(1, gt=0)
+    gpus_per_worker: float = Field(0, ge=0)
+    max_concurrent_trials: int = Field(2, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto: cuda when the worker has a GPU, else cpu"
+    )
+    torch_threads: int | None = Field(
+        None, ge=1, description="torch threads per worker (default: cpus_per_worker)"
+    )
+
+    @model_validator(mode="after")
+    def _gpu_device(self) -> Resources:
+        if self.device == "cuda" and self.gpus_per_worker == 0:
+            raise ValueError("device: cuda needs gpus_per_worker > 0")
+        return self
+
+
+class Faults(Strict):
+    trial_retries: int = Field(2, ge=0, description="automatic retries of a failed trial")
+
+
+class Job(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=80)
+    storage: str = "kdray-runs"
+    data: DataConfig = Field(default_factory=SyntheticData)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    studies: dict[str, Study] = Field(min_length=1)
+    baseline: bool = True
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    pretrained: dict[str, str] = Field(
+        default_factory=dict,
+        description="timm model name -> local weights file; models not named start from scratch",
+    )
+    resources: Resources = Field(default_factory=Resources)
+    faults: Faults = Field(default_factory=Faults)
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds: list[int]) -> list[int]:
+        if len(set(seeds)) != len(seeds):
+            raise ValueError("seeds must be distinct")
+        return seeds
+
+    @model_validator(mode="after")
+    def _studies_match_strategies(self) -> Job:
+        from kdray.strategies import STRATEGIES
+
+        problems = []
+        for name, study in self.studies.items():
+            if name not in STRATEGIES or not STRATEGIES[name].needs_teacher:
+                allowed = sorted(n for n, s in STRATEGIES.items() if s.needs_teacher)
+                problems.append(f"studies.{name}: unknown KD strategy; allowed: {allowed}")
+                continue
+            needs_band = STRATEGIES[name].teacher_stop == "band"
+            if needs_band and study.teacher_val_band is None:
+                problems.append(
+                    f"studies.{name}.teacher_val_band: required for {name} KD, e.g. [0.50, 0.65]"
+                )
+            if not needs_band and study.teacher_val_band is not None:
+                problems.append(
+                    f"studies.{name}.teacher_val_band: only defective-style studies take a band"
+                )
+        if problems:
+            raise JobError(problems)
+        return self
+
+    def models(self) -> set[str]:
+        return {m for s in self.studies.values() for m in (*s.teachers, *s.students)}
+
+
+# --- loading ----------------------------------------------------------------------------------
+
+
+def apply_override(raw: dict[str, Any], assignment: str) -> None:
+    """Apply one `a.b.c=value` override; the value is parsed as YAML (`1`, `true`, `[1, 2]`)."""
+    if "=" not in assignment:
+        raise JobError([f"--set {assignment}: expected FIELD.PATH=VALUE, e.g. train.epochs=1"])
+    path, _, text = assignment.partition("=")
+    keys = [k for k in path.strip().split(".") if k]
+    if not keys:
+        raise JobError([f"--set {assignment}: empty field path"])
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise JobError([f"--set {assignment}: value is not valid YAML ({exc})"]) from None
+    node = raw
+    for depth, key in enumerate(keys[:-1]):
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        if not isinstance(child, dict):
+            where = ".".join(keys[: depth + 1])
+            raise JobError([f"--set {assignment}: {where} is not a section"])
+        node = child
+    node[keys[-1]] = value
+
+
+def _format_validation_error(error: ValidationError) -> list[str]:
+    lines = []
+    for item in error.errors():
+        loc = ".".join(str(p) for p in item["loc"] if p not in ("synthetic",))
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown field (check the spelling; see the README's job file reference)"
+        elif "input" in item and not isinstance(item["input"], dict | list):
+            message = f"{message} (got {item['input']!r})"
+        lines.append(f"{loc or '<job>'}: {message}")
+    return lines
+
+
+def parse_job(raw: Any, overrides: list[str] | tuple[str, ...] = ()) -> Job:
+    if not isinstance(raw, dict):
+        raise JobError(["<job>: the job file must be a YAML mapping (name:, data:, studies:, ...)"])
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    try:
+        job = Job.model_validate(raw)
+    except ValidationError as exc:
+        raise JobError(_format_validation_error(exc)) from None
+    problems = model_problems(job)
+    if problems:
+        raise JobError(problems)
+    return job
+
+
+def model_problems(job: Job) -> list[str]:
+    """Checks that need timm or the file system: model names and local weight files."""
+    import timm
+
+    problems = []
+    for name, study in job.studies.items():
+        for role in ("teachers", "students"):
+            for model in getattr(study, role):
+                if not timm.is_model(model):
+                    close = timm.list_models(f"*{model.split('_')[0][:6]}*")[:5]
+                    hint = f"; similar: {close}" if close else ""
+                    problems.append(f"studies.{name}.{role}: {model!r} is not a timm model{hint}")
+    for model, weights in job.pretrained.items():
+        if model not in job.models():
+            problems.append(f"pretrained.{model}: not a model of any study")
+        if not Path(weights).expanduser().is_file():
+            problems.append(f"pretrained.{model}: weights file {weights} does not exist")
+    return problems
+
+
+def load_job(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Job:
+    path = Path(path)
+    if not path.is_file():
+        raise JobError([f"{path}: no such job file"])
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise JobError([f"{path}: not valid YAML: {exc}".replace("\n", " ")]) from None
+    return parse_job(raw, overrides)

@@ -1,0 +1,64 @@
+"""Models by timm name; weights only from local files, never from a hub."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+
+def create_model(
+    name: str, num_classes: int, in_chans: int, weights: str | Path | None = None
+) -> nn.Module:
+    """`timm.create_model`, optionally initialised from a local weights file.
+
+    timm adapts the file's stem to `in_chans` and drops a classifier whose size differs from
+    `num_classes`; with no file the model starts from random weights.
+    """
+    if weights is None:
+        return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans)
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"pretrained weights for {name}: no such file {path}")
+    return timm.create_model(
+        name,
+        pretrained=True,
+        pretrained_cfg_overlay={"file": str(path), "hf_hub_id": None, "url": None},
+        num_classes=num_classes,
+        in_chans=in_chans,
+    )
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def save_model(path: str | Path, module: nn.Module, **meta) -> None:
+    """Write weights plus what is needed to rebuild and feed the model (name, classes, mean/std)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"state_dict": module.state_dict(), **meta}, tmp)
+    tmp.replace(path)
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild a model saved by `save_model`; returns (model in eval mode, its metadata)."""
+    path = Path(path)
+    try:
+        saved = torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"model checkpoint {path} does not exist") from None
+    except Exception as exc:
+        raise ValueError(f"model checkpoint {path} is unreadable or corrupt: {exc}") from exc
+    try:
+        model = timm.create_model(
+            saved["model"], num_classes=saved["num_classes"], in_chans=saved["in_chans"]
+        )
+        model.load_state_dict(saved["state_dict"])
+    except (KeyError, RuntimeError) as exc:
+        raise ValueError(f"model checkpoint {path} does not match its model: {exc}") from exc
+    meta = {k: v for k, v in saved.items() if k != "state_dict"}
+    return model.to(device).eval(), meta

@@ -1,0 +1,305 @@
+"""The Ray Train worker loop: train one model (with or without a teacher), evaluate, checkpoint.
+
+`train_loop(config)` is an ordinary function of a config dict; the Ray-specific points are
+`ray.train.get_context`, `prepare_model`/`prepare_data_loader`, `get_checkpoint` and `report`.
+Rank 0 also writes the run's own files into its run folder (`epochs.jsonl`, `model.pt`,
+`summary.json`), which the results tables are built from.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset
+
+from kdray.augment import build_train_augmentation
+from kdray.data.cache import DataInfo, load_split
+from kdray.job import Job
+from kdray.metrics import classification_metrics
+from kdray.models import count_params, create_model, load_model, save_model
+from kdray.plan import RunSpec
+from kdray.strategies import get_strategy
+
+STATE_FILE = "state.pt"
+
+
+class BandMissed(RuntimeError):
+    """A defective teacher's validation accuracy never landed inside its band."""
+
+
+class TrainSet(Dataset):
+    def __init__(self, images: np.ndarray, labels: np.ndarray, augment, mean, std):
+        self.images, self.labels, self.augment = images, labels, augment
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int):
+        image = np.array(self.images[index])  # a writable copy of the memory-mapped row
+        if self.augment is not None:
+            image = self.augment(image=image)["image"]
+            if image.ndim == 2:
+                image = image[:, :, None]
+        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255)
+        return (x - self.mean) / self.std, int(self.labels[index])
+
+
+def to_tensor(images: np.ndarray, mean, std, device) -> torch.Tensor:
+    """A batch of uint8 (N, H, W, C) images as a normalised float (N, C, H, W) tensor."""
+    x = torch.from_numpy(np.array(images)).to(device).permute(0, 3, 1, 2).float()
+    m = torch.tensor(mean, device=device).view(1, -1, 1, 1)
+    s = torch.tensor(std, device=device).view(1, -1, 1, 1)
+    return (x / 255 - m) / s
+
+
+def world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+@torch.no_grad()
+def predict(model, images: np.ndarray, mean, std, device, batch_size: int) -> np.ndarray:
+    """Softmax probabilities over the whole split; ranks share the work and gather the result."""
+    rank, size = world()
+    shard = np.array_split(np.arange(len(images)), size)[rank]
+    was_training = model.training
+    model.eval()
+    probs = []
+    for start in range(0, len(shard), batch_size):
+        idx = shard[start : start + batch_size]
+        logits = model(to_tensor(images[idx[0] : idx[-1] + 1], mean, std, device))
+        probs.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+    model.train(was_training)
+    local = np.concatenate(probs) if probs else np.zeros((0, 0), np.float32)
+    if size == 1:
+        return local
+    parts: list = [None] * size
+    dist.all_gather_object(parts, local)
+    return np.concatenate([p for p in parts if len(p)])
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _build_optimizer(job: Job, params):
+    t = job.train
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
+    return cls(params, lr=t.lr, weight_decay=t.weight_decay)
+
+
+def _device(job: Job) -> torch.device:
+    if job.resources.device == "cpu":
+        return torch.device("cpu")
+    return ray.train.torch.get_device()
+
+
+def _write_json_atomic(path: Path, payload: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w") as fh:
+        json.dump(payload, fh, indent=2, default=float)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def train_loop(config: dict) -> None:
+    """Ray Train `train_loop_per_worker`. `config`: job, run (RunSpec), data (DataInfo), paths."""
+    started = time.time()
+    job = Job.model_validate(config["job"])
+    spec = RunSpec.from_dict(config["run"])
+    info = DataInfo(**config["data"])
+    run_dir = Path(config["run_dir"])
+    rank, world_size = ray.train.get_context().get_world_rank(), ray.train.get_context().get_world_size()
+    device = _device(job)
+    torch.set_num_threads(job.resources.torch_threads or max(1, int(job.resources.cpus_per_worker)))
+    fault_epoch = int(os.environ.get("KDRAY_TEST_FAIL_AT_EPOCH", "0") or 0)  # tests only
+
+    _seed_everything(spec.seed)
+    model = create_model(spec.model, info.num_classes, info.channels, job.pretrained.get(spec.model))
+    params = count_params(model)
+    model = ray.train.torch.prepare_model(model, move_to_device=device)
+    core = model.module if hasattr(model, "module") else model
+
+    teacher = None
+    strategy = get_strategy(spec.strategy)(**job.distill.model_dump())
+    if spec.teacher_run:
+        teacher, teacher_meta = load_model(Path(config["teacher_dir"]) / "model.pt", device)
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+    teacher_mean = teacher_meta["mean"] if teacher is not None else info.mean
+    teacher_std = teacher_meta["std"] if teacher is not None else info.std
+
+    train_images, train_labels = load_split(info.path, "train")
+    valid_images, valid_labels = load_split(info.path, "valid")
+    augment = build_train_augmentation(job, seed=spec.seed * 1000 + rank) if job.train.augment else None
+    loader = DataLoader(
+        TrainSet(train_images, train_labels, augment, info.mean, info.std),
+        batch_size=job.train.batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(spec.seed),
+        drop_last=len(train_labels) > job.train.batch_size,
+    )
+    loader = ray.train.torch.prepare_data_loader(loader, move_to_device=True)
+    steps_per_epoch = len(loader)
+
+    optimizer = _build_optimizer(job, model.parameters())
+    scheduler = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=job.train.epochs * steps_per_epoch)
+        if job.train.scheduler == "cosine"
+        else None
+    )
+    eval_every = spec.eval_every_steps or max(1, math.ceil(steps_per_epoch / 10))
+
+    start_epoch, history, band_hit = 0, [], None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            state = torch.load(Path(folder) / STATE_FILE, map_location=device, weights_only=False)
+        core.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state.get("scheduler"):
+            scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        start_epoch, history = state["epoch"], state["history"]
+
+    def val_accuracy() -> float:
+        probs = predict(model, valid_images, info.mean, info.std, device, job.train.eval_batch_size)
+        return float((probs.argmax(1) == valid_labels).mean())
+
+    first_step_s = None
+    error = None
+    for epoch in range(start_epoch, job.train.epochs):
+        if hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(epoch)
+        model.train()
+        epoch_start = time.time()
+        totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, seen
+        for step, (x, y) in enumerate(loader, start=1):
+            if fault_epoch and epoch + 1 == fault_epoch and checkpoint is None and step == 2:
+                os._exit(1)  # simulate a worker crash (tests only)
+            if first_step_s is None:
+                first_step_s = time.time() - started
+            teacher_logits = None
+            if teacher is not None:
+                with torch.no_grad():
+                    xt = x if teacher_mean == info.mean else _renormalise(x, info, teacher_mean, teacher_std)
+                    teacher_logits = teacher(xt)
+            logits = model(x)
+            losses = strategy.loss(logits, y, teacher_logits)
+            optimizer.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            totals += torch.tensor(
+                [losses["loss"].item() * len(y), (logits.argmax(1) == y).sum().item(), len(y)],
+                dtype=torch.float64,
+            )
+            if spec.band is not None and step % eval_every == 0:
+                acc = val_accuracy()
+                if acc > spec.band[1] and band_hit is None:
+                    error = (
+                        f"defective teacher {spec.model} jumped past its band {list(spec.band)}: "
+                        f"val acc {acc:.3f} at epoch {epoch + step / steps_per_epoch:.2f}; "
+                        "set a smaller studies.<name>.eval_every_steps, a lower lr, or a wider band"
+                    )
+                    break
+                if spec.band[0] <= acc <= spec.band[1]:
+                    band_hit = {"val_acc": acc, "epoch": epoch + step / steps_per_epoch}
+                    break
+        if world_size > 1:
+            dist.all_reduce(totals)
+        val = val_accuracy()
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": totals[0].item() / max(totals[2].item(), 1),
+            "train_acc": totals[1].item() / max(totals[2].item(), 1),
+            "val_acc": val,
+            "lr": optimizer.param_groups[0]["lr"],
+            "epoch_s": time.time() - epoch_start,
+        }
+        history.append(row)
+        stop = band_hit is not None or error is not None
+        _report(row, core, optimizer, scheduler, epoch + 1, history, rank)
+        if stop:
+            break
+    if spec.band is not None and band_hit is None and error is None:
+        best = max(h["val_acc"] for h in history)
+        error = (
+            f"defective teacher {spec.model} never reached its band {list(spec.band)} in "
+            f"{job.train.epochs} epochs (best val acc {best:.3f}); raise train.epochs or lower the band"
+        )
+
+    summary = {
+        "run_id": spec.run_id,
+        "status": "finished" if error is None else "failed",
+        "error": error,
+        "epochs": band_hit["epoch"] if band_hit else len(history),
+        "params": params,
+        "setup_s": first_step_s,
+        "train_s": time.time() - started,
+        "band_val_acc": band_hit["val_acc"] if band_hit else None,
+    }
+    for split in ("train", "valid", "test"):
+        images, labels = (train_images, train_labels) if split == "train" else load_split(info.path, split)
+        probs = predict(model, images, info.mean, info.std, device, job.train.eval_batch_size)
+        for key, value in classification_metrics(probs, labels).items():
+            summary[f"{'val' if split == 'valid' else split}_{key}"] = value
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with open(run_dir / "epochs.jsonl", "w") as fh:
+            fh.writelines(json.dumps(h) + "\n" for h in history)
+        save_model(
+            run_dir / "model.pt", core, model=spec.model, num_classes=info.num_classes,
+            in_chans=info.channels, classes=info.classes, mean=info.mean, std=info.std,
+            image_size=info.image_size,
+        )
+        _write_json_atomic(run_dir / "summary.json", summary)
+
+
+def _renormalise(x: torch.Tensor, info: DataInfo, mean, std) -> torch.Tensor:
+    """Re-express a batch normalised with the data's mean/std in the teacher's normalisation."""
+    dm = torch.tensor(info.mean, device=x.device).view(1, -1, 1, 1)
+    ds = torch.tensor(info.std, device=x.device).view(1, -1, 1, 1)
+    tm = torch.tensor(mean, device=x.device).view(1, -1, 1, 1)
+    ts = torch.tensor(std, device=x.device).view(1, -1, 1, 1)
+    return (x * ds + dm - tm) / ts
+
+
+def _report(metrics: dict, core, optimizer, scheduler, epoch: int, history: list, rank: int) -> None:
+    """Every rank reports (a collective); rank 0 attaches the epoch's checkpoint."""
+    if rank != 0:
+        ray.train.report(metrics, checkpoint=None)
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        torch.save(
+            {
+                "model": core.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "epoch": epoch,
+                "history": history,
+                "torch_rng": torch.get_rng_state(),
+            },
+            Path(folder) / STATE_FILE,
+        )
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
