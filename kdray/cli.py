@@ -1,0 +1,131 @@
+"""The `kdray` command line: a thin layer over the package's functions."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markdown import Markdown
+from rich.text import Text
+
+app = typer.Typer(
+    help="Knowledge-distillation grids for medical image classification on Ray.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err = Console(stderr=True)
+
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        help="Override a job field, e.g. --set train.epochs=1 (repeatable; values are YAML).",
+        show_default=False,
+    ),
+]
+
+
+def _error(message: str) -> None:
+    err.print(Text.assemble(("error ", "bold red"), message), soft_wrap=True)
+
+
+def _load(job_file: Path, overrides: list[str] | None):
+    from kdray.job import JobError, load_job
+
+    try:
+        return load_job(job_file, overrides or [])
+    except JobError as exc:
+        for line in exc.problems:
+            _error(f"{job_file}: {line}")
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def validate(job_file: Path, set_: SetOption = None) -> None:
+    """Check a job file; exit 0 if it is valid, 2 with one line per problem if not."""
+    job = _load(job_file, set_)
+    from kdray.plan import make_plan
+
+    plan = make_plan(job)
+    teachers, students = plan.stage("teacher"), plan.stage("student")
+    console.print(
+        f"[green]ok[/green] {job_file}: job {job.name!r}, {len(job.studies)} studies, "
+        f"{len(job.seeds)} seed(s): {len(teachers)} teacher runs + {len(students)} student runs"
+    )
+
+
+@app.command()
+def run(
+    job_file: Path,
+    set_: SetOption = None,
+    address: Annotated[
+        str | None, typer.Option(help="Join a running Ray cluster (e.g. auto) instead of a local Ray.")
+    ] = None,
+    verbose: Annotated[bool, typer.Option(help="Show Ray's own logs.")] = False,
+) -> None:
+    """Run the grid of JOB_FILE: teachers first, then students; results in Parquet."""
+    job = _load(job_file, set_)
+    from kdray.experiment import Experiment, ExperimentError
+
+    try:
+        exp = Experiment.create(job)
+    except ExperimentError as exc:
+        _error(str(exc))
+        raise typer.Exit(2) from None
+    _run(exp, job, address, verbose)
+
+
+def _run(exp, job, address: str | None, verbose: bool) -> None:
+    from kdray.export import render_tables
+    from kdray.grid import ResourceError
+    from kdray.results import read_trials, write_results
+    from kdray.runner import run_experiment
+
+    console.print(f"experiment: {exp.root}")
+    try:
+        report = run_experiment(exp, job, address=address, verbose=verbose, console=console)
+    except ResourceError as exc:
+        _error(str(exc))
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        write_results(exp)
+        err.print(f"\n[yellow]interrupted[/yellow]; continue with:\n  kdray resume {exp.root}")
+        raise typer.Exit(130) from None
+    trials = read_trials(exp).to_pandas()
+    tables = render_tables(trials, list(job.studies))
+    for name in ("teachers.md", *(f"{s}.md" for s in job.studies), "summary.md"):
+        console.print(Markdown(tables[name]))
+    console.print(f"\nresults: {exp.results_dir / 'trials.parquet'}")
+    console.print(f"export:  kdray export {exp.root} --out results/")
+    if not report.ok:
+        err.print(f"[red]{len(report.failed)} run(s) failed[/red]:")
+        for run_id, error in report.failed.items():
+            err.print(f"  {run_id}: {error}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+
+
+@app.command()
+def export(
+    experiment_dir: Path,
+    out: Annotated[Path, typer.Option(help="Folder to write the tables into.")] = Path("results"),
+) -> None:
+    """Write trials.parquet, trials.csv and the Markdown tables of an experiment."""
+    from kdray.experiment import ExperimentError
+    from kdray.export import export as do_export
+
+    try:
+        written = do_export(experiment_dir, out)
+    except ExperimentError as exc:
+        _error(str(exc))
+        raise typer.Exit(2) from None
+    for path in written.values():
+        console.print(f"wrote {path}", highlight=False)
+
+
+def main() -> None:  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,88 @@
+"""The experiment folder: everything a grid needs and produces lives under `<storage>/<name>/`.
+
+    job.json      the validated job (overrides applied)
+    plan.json     every run of the grid, with its id, stage and roles
+    data/         the decoded array cache
+    runs/<id>/    per run: summary.json, epochs.jsonl, model.pt, attempts.json
+    train/<id>/   Ray Train's storage for the run (per-epoch checkpoints)
+    tune/<stage>/ Ray Tune's experiment state for each stage
+    results/      trials.parquet, epochs.parquet
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from kdray.job import Job
+from kdray.plan import Plan, make_plan
+
+
+class ExperimentError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Experiment:
+    root: Path
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def train_dir(self) -> Path:
+        return self.root / "train"
+
+    @property
+    def tune_dir(self) -> Path:
+        return self.root / "tune"
+
+    @property
+    def results_dir(self) -> Path:
+        return self.root / "results"
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.root / "runs" / run_id
+
+    def job(self) -> Job:
+        return Job.model_validate_json((self.root / "job.json").read_text())
+
+    def plan(self) -> Plan:
+        return Plan.from_json(json.loads((self.root / "plan.json").read_text()))
+
+    def summary(self, run_id: str) -> dict | None:
+        path = self.run_dir(run_id) / "summary.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    @classmethod
+    def for_job(cls, job: Job) -> Experiment:
+        return cls(Path(job.storage).expanduser().resolve() / job.name)
+
+    @classmethod
+    def create(cls, job: Job) -> Experiment:
+        """Write the job and its plan; an existing folder must hold the same job."""
+        exp = cls.for_job(job)
+        job_json = job.model_dump_json(indent=2)
+        existing = exp.root / "job.json"
+        if existing.is_file() and existing.read_text() != job_json:
+            raise ExperimentError(
+                f"{exp.root} already holds a different job named {job.name!r}: resume it with "
+                f"`kdray resume {exp.root}`, or give this job another name or storage"
+            )
+        exp.root.mkdir(parents=True, exist_ok=True)
+        existing.write_text(job_json)
+        (exp.root / "plan.json").write_text(json.dumps(make_plan(job).to_json(), indent=2))
+        return exp
+
+    @classmethod
+    def open(cls, path: str | Path) -> Experiment:
+        exp = cls(Path(path).expanduser().resolve())
+        for name in ("job.json", "plan.json"):
+            if not (exp.root / name).is_file():
+                raise ExperimentError(
+                    f"{exp.root} is not a kdray experiment folder (no {name}); "
+                    "expected <storage>/<job name>/ as created by `kdray run`"
+                )
+        return exp

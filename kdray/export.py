@@ -1,0 +1,173 @@
+"""Thesis-style tables from `trials.parquet`: Parquet, CSV and Markdown.
+
+teachers.md   each teacher: train / valid / test accuracy
+<strategy>.md Student x Teacher, a train / valid / test row per student, plus its no-KD baseline
+baseline.md   each student trained without KD
+summary.md    each KD cell's test accuracy against its student's baseline (the gain)
+Values are `mean ± std` over seeds when a cell has several.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pandas as pd
+
+from kdray.experiment import Experiment
+from kdray.results import read_trials, write_results
+
+SPLITS = (("train", "train_acc"), ("valid", "val_acc"), ("test", "test_acc"))
+BASELINE_COLUMN = "no KD (baseline)"
+
+
+def fmt(values: pd.Series) -> str:
+    values = values.dropna()
+    if values.empty:
+        return "—"
+    if len(values) == 1:
+        return f"{values.iloc[0]:.3f}"
+    return f"{values.mean():.3f} ± {values.std(ddof=1):.3f}"
+
+
+def markdown(df: pd.DataFrame) -> str:
+    header = "| " + " | ".join(str(c) for c in df.columns) + " |"
+    rule = "|" + "|".join("---" for _ in df.columns) + "|"
+    rows = ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join([header, rule, *rows]) + "\n"
+
+
+def _teacher_label(row: pd.Series) -> str:
+    if pd.notna(row["band_low"]):
+        return f"{row['model']} [{row['band_low']:.2f}, {row['band_high']:.2f}]"
+    return row["model"]
+
+
+def teachers_table(trials: pd.DataFrame) -> pd.DataFrame:
+    teachers = trials[trials.stage == "teacher"].copy()
+    if teachers.empty:
+        return pd.DataFrame(columns=["Teacher", "Used by", "Epochs", "Train", "Valid", "Test"])
+    teachers["label"] = teachers.apply(_teacher_label, axis=1)
+    rows = []
+    for label, group in teachers.groupby("label", sort=False):
+        roles = sorted({r.split(":", 1)[1] for rs in group.roles for r in rs if ":" in r})
+        rows.append(
+            {
+                "Teacher": label,
+                "Used by": ", ".join(roles),
+                "Epochs": fmt(group.epochs),
+                **{name.capitalize(): fmt(group[col]) for name, col in SPLITS},
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def baseline_rows(trials: pd.DataFrame) -> pd.DataFrame:
+    return trials[trials.roles.apply(lambda rs: "baseline" in list(rs))]
+
+
+def baseline_table(trials: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for model, group in baseline_rows(trials).groupby("model", sort=False):
+        rows.append(
+            {
+                "Student": model,
+                "Params (M)": f"{group.params.dropna().iloc[0] / 1e6:.1f}" if group.params.notna().any() else "—",
+                **{name.capitalize(): fmt(group[col]) for name, col in SPLITS},
+            }
+        )
+    return pd.DataFrame(rows, columns=["Student", "Params (M)", "Train", "Valid", "Test"])
+
+
+def strategy_table(trials: pd.DataFrame, strategy: str) -> pd.DataFrame:
+    """Rows: student x {train, valid, test}; columns: teachers, then the student's baseline."""
+    cells = trials[(trials.stage == "student") & (trials.strategy == strategy)].copy()
+    if cells.empty:
+        return pd.DataFrame()
+    by_id = trials.set_index("trial_id")
+    cells["teacher_label"] = [
+        _teacher_label(by_id.loc[t]) if t in by_id.index else m
+        for t, m in zip(cells.teacher_trial_id, cells.teacher, strict=True)
+    ]
+    teachers = list(dict.fromkeys(cells.teacher_label))
+    baselines = baseline_rows(trials)
+    rows = []
+    for student in dict.fromkeys(cells.model):
+        mine = cells[cells.model == student]
+        base = baselines[baselines.model == student]
+        for split, col in SPLITS:
+            row = {"Student": student, "Split": split}
+            for teacher in teachers:
+                row[teacher] = fmt(mine[mine.teacher_label == teacher][col])
+            row[BASELINE_COLUMN] = fmt(base[col])
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def summary_table(trials: pd.DataFrame) -> pd.DataFrame:
+    cells = trials[(trials.stage == "student") & (trials.strategy != "none")]
+    baselines = baseline_rows(trials)
+    rows = []
+    for (strategy, student, teacher), group in cells.groupby(
+        ["strategy", "model", "teacher"], sort=False
+    ):
+        base = baselines[baselines.model == student]
+        kd_test, base_test = group.test_acc.dropna(), base.test_acc.dropna()
+        gain = kd_test.mean() - base_test.mean() if len(kd_test) and len(base_test) else None
+        rows.append(
+            {
+                "Strategy": strategy,
+                "Student": student,
+                "Teacher": teacher,
+                "Teacher valid": fmt(group.teacher_val_acc),
+                "KD test": fmt(group.test_acc),
+                "Baseline test": fmt(base.test_acc),
+                "Gain": "—" if gain is None or pd.isna(gain) else f"{gain:+.3f}",
+            }
+        )
+    return pd.DataFrame(
+        rows,
+        columns=["Strategy", "Student", "Teacher", "Teacher valid", "KD test", "Baseline test", "Gain"],
+    )
+
+
+def render_tables(trials: pd.DataFrame, strategies: list[str]) -> dict[str, str]:
+    """File name -> Markdown text, for every table of the export."""
+    done = trials[trials.status == "finished"]
+    out = {
+        "teachers.md": "# Teachers\n\n" + markdown(teachers_table(done)),
+        "baseline.md": "# No-KD baselines\n\n" + markdown(baseline_table(done)),
+    }
+    for strategy in strategies:
+        table = strategy_table(done, strategy)
+        body = markdown(table) if not table.empty else "_no finished trials_\n"
+        out[f"{strategy}.md"] = f"# {strategy} KD: student x teacher accuracy\n\n{body}"
+    summary = "# KD gain over each student's baseline (test accuracy)\n\n"
+    summary += markdown(summary_table(done))
+    failed = trials[trials.status != "finished"]
+    if not failed.empty:
+        summary += "\n## Unfinished trials\n\n" + markdown(
+            failed[["trial_id", "status", "error"]].fillna("")
+        )
+    out["summary.md"] = summary
+    return out
+
+
+def export(experiment_dir: str | Path, out_dir: str | Path) -> dict[str, Path]:
+    exp = Experiment.open(experiment_dir)
+    table = write_results(exp) if not (exp.results_dir / "trials.parquet").is_file() else read_trials(exp)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = {}
+    shutil.copyfile(exp.results_dir / "trials.parquet", out / "trials.parquet")
+    written["trials.parquet"] = out / "trials.parquet"
+    if (exp.results_dir / "epochs.parquet").is_file():
+        shutil.copyfile(exp.results_dir / "epochs.parquet", out / "epochs.parquet")
+        written["epochs.parquet"] = out / "epochs.parquet"
+    trials = table.to_pandas()
+    trials.assign(roles=trials.roles.apply(lambda r: ";".join(r))).to_csv(out / "trials.csv", index=False)
+    written["trials.csv"] = out / "trials.csv"
+    for name, text in render_tables(trials, list(exp.job().studies)).items():
+        (out / name).write_text(text)
+        written[name] = out / name
+    return written

@@ -1,0 +1,219 @@
+"""Ray Tune over one stage's runs; each trial is a light driver that fits a Ray Train TorchTrainer.
+
+Follows Ray 2.60's Train V2 shape: `ray.tune.*` in the trial driver, `ray.train.*` only in the
+worker loop. Trial drivers hold one unit of the custom resource `trial_driver` (and no CPU), so
+at most `max_concurrent_trials` run however Tune schedules or restores them, and the CPUs stay
+free for the Train workers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+from ray import tune
+from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
+from ray.train import RunConfig as TrainRunConfig
+from ray.train.torch import TorchTrainer
+
+from kdray.data.cache import DataInfo
+from kdray.experiment import Experiment
+from kdray.job import Job
+from kdray.plan import RunSpec, Stage
+from kdray.worker import _write_json_atomic, train_loop
+
+DRIVER_RESOURCE = "trial_driver"
+
+
+class ResourceError(Exception):
+    pass
+
+
+@dataclass
+class TrialOutcome:
+    run_id: str
+    status: str  # finished | failed
+    error: str | None = None
+
+
+def init_ray(job: Job, address: str | None = None, verbose: bool = False) -> None:
+    """Start a local Ray (default) or join a cluster; idempotent."""
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the legacy reporter is silent at verbose=0
+    if address:
+        ray.init(address=address, log_to_driver=verbose)
+    else:
+        ray.init(
+            resources={DRIVER_RESOURCE: job.resources.max_concurrent_trials},
+            include_dashboard=False,
+            log_to_driver=verbose,
+            configure_logging=verbose,
+        )
+
+
+def driver_resources() -> dict[str, float]:
+    if ray.cluster_resources().get(DRIVER_RESOURCE, 0) > 0:
+        return {DRIVER_RESOURCE: 1}
+    return {"CPU": 0.01}  # a cluster without the custom resource (see cluster.yaml)
+
+
+def check_resources(job: Job) -> None:
+    """Refuse a grid no node can host: Train would otherwise wait forever for its workers."""
+    r = job.resources
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    cpu_fit = [n for n in nodes if n.get("CPU", 0) >= r.cpus_per_worker]
+    if not cpu_fit:
+        most = max((n.get("CPU", 0) for n in nodes), default=0)
+        raise ResourceError(
+            f"resources.cpus_per_worker={r.cpus_per_worker}: no node has that many CPUs "
+            f"(largest: {most}); lower it"
+        )
+    if r.gpus_per_worker > 0 and not [n for n in cpu_fit if n.get("GPU", 0) >= r.gpus_per_worker]:
+        raise ResourceError(
+            f"resources.gpus_per_worker={r.gpus_per_worker}: no node of this Ray cluster has "
+            "that many GPUs; set gpus_per_worker: 0 to train on CPU"
+        )
+    total_cpu = sum(n.get("CPU", 0) for n in nodes)
+    if r.cpus_per_worker * r.workers_per_trial > total_cpu:
+        raise ResourceError(
+            f"resources: {r.workers_per_trial} workers x {r.cpus_per_worker} CPUs exceeds the "
+            f"cluster's {total_cpu} CPUs; lower workers_per_trial or cpus_per_worker"
+        )
+
+
+def _bump_attempts(run_dir: Path) -> int:
+    path = run_dir / "attempts.json"
+    attempts = json.loads(path.read_text())["attempts"] + 1 if path.is_file() else 1
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_json_atomic(path, {"attempts": attempts})
+    return attempts
+
+
+def run_trial(config: dict) -> None:
+    """The Tune trainable: fit one run's TorchTrainer, unless the run already finished."""
+    exp = Experiment(Path(config["experiment"]))
+    job = Job.model_validate(config["job"])
+    spec = RunSpec.from_dict(config["run"])
+    run_dir = exp.run_dir(spec.run_id)
+    summary = exp.summary(spec.run_id)
+    if summary is None:
+        (run_dir / "failure.json").unlink(missing_ok=True)
+        attempts = _bump_attempts(run_dir)
+        started = time.time()
+        r = job.resources
+        per_worker = {"CPU": r.cpus_per_worker}
+        if r.gpus_per_worker:
+            per_worker["GPU"] = r.gpus_per_worker
+        trainer = TorchTrainer(
+            train_loop,
+            train_loop_config={
+                "job": config["job"],
+                "run": config["run"],
+                "data": config["data"],
+                "run_dir": str(run_dir),
+                "teacher_dir": str(exp.run_dir(spec.teacher_run)) if spec.teacher_run else None,
+            },
+            scaling_config=ScalingConfig(
+                num_workers=r.workers_per_trial,
+                use_gpu=r.gpus_per_worker > 0,
+                resources_per_worker=per_worker,
+            ),
+            run_config=TrainRunConfig(
+                name=spec.run_id,
+                storage_path=str(exp.train_dir),
+                failure_config=FailureConfig(max_failures=job.faults.trial_retries),
+                checkpoint_config=CheckpointConfig(num_to_keep=1),
+            ),
+        )
+        trainer.fit()
+        summary = exp.summary(spec.run_id)
+        if summary is None:
+            raise RuntimeError(f"run {spec.run_id} ended without writing {run_dir}/summary.json")
+        summary.update(wall_s=time.time() - started, attempts=attempts)
+        _write_json_atomic(run_dir / "summary.json", summary)
+    if summary["status"] != "finished":
+        raise RuntimeError(summary["error"])
+    tune.report({k: v for k, v in summary.items() if isinstance(v, int | float)})
+
+
+class StageProgress(tune.Callback):
+    """Forwards trial start/finish/failure to a progress display."""
+
+    def __init__(self, on_event: Callable[[str, str], None] | None):
+        self.on_event = on_event or (lambda kind, run_id: None)
+
+    def __getstate__(self) -> dict:
+        return {}  # Tune pickles its callbacks with the experiment; the display stays behind
+
+    def __setstate__(self, state: dict) -> None:
+        self.on_event = lambda kind, run_id: None
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.on_event("start", trial.config["run"]["run_id"])
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.on_event("finished", trial.config["run"]["run_id"])
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.on_event("failed", trial.config["run"]["run_id"])
+
+
+def run_stage(
+    exp: Experiment,
+    job: Job,
+    stage: Stage,
+    runs: list[RunSpec],
+    data: DataInfo,
+    on_event: Callable[[str, str], None] | None = None,
+) -> list[TrialOutcome]:
+    """Run the given runs of one stage as one Tune experiment; returns each run's outcome."""
+    if not runs:
+        return []
+    tuner = tune.Tuner(
+        tune.with_resources(run_trial, driver_resources()),
+        param_space={
+            "run": tune.grid_search([r.to_dict() for r in runs]),
+            "job": job.model_dump(mode="json"),
+            "data": data.to_json(),
+            "experiment": str(exp.root),
+        },
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=job.resources.max_concurrent_trials,
+            trial_name_creator=lambda t: t.config["run"]["run_id"],
+            trial_dirname_creator=lambda t: t.config["run"]["run_id"],
+        ),
+        run_config=tune.RunConfig(
+            name=stage,
+            storage_path=str(exp.tune_dir),
+            failure_config=tune.FailureConfig(max_failures=1),
+            verbose=0,
+            callbacks=[StageProgress(on_event)] if on_event else None,
+        ),
+    )
+    results = tuner.fit()
+    outcomes = {}
+    for result in results:
+        run_id = result.config["run"]["run_id"]
+        summary = exp.summary(run_id)
+        if result.error is None and summary and summary["status"] == "finished":
+            outcomes[run_id] = TrialOutcome(run_id, "finished")
+        else:
+            error = (summary or {}).get("error") or _short_error(result.error)
+            if summary is None:  # a Ray-level failure: keep it for the tables and `status`
+                _write_json_atomic(exp.run_dir(run_id) / "failure.json", {"error": error})
+            outcomes[run_id] = TrialOutcome(run_id, "failed", error)
+    return [outcomes.get(r.run_id, TrialOutcome(r.run_id, "failed", "trial never ran")) for r in runs]
+
+
+def _short_error(error: BaseException | None) -> str:
+    if error is None:
+        return "unknown error"
+    text = str(error).strip().splitlines()
+    return (text[-1] if text else type(error).__name__)[:500]

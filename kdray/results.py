@@ -1,0 +1,142 @@
+"""The grid's results as Arrow tables: one row per run in `trials.parquet`, one row per run and
+epoch in `epochs.parquet`. Tables are rebuilt from the run folders and replaced atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from kdray.experiment import Experiment
+from kdray.plan import RunSpec
+
+METRICS = ("acc", "f1", "kappa", "auroc", "loss")
+SPLIT_PREFIXES = ("train", "val", "test")
+
+TRIAL_SCHEMA = pa.schema(
+    [
+        pa.field("trial_id", pa.string(), nullable=False),
+        pa.field("stage", pa.string(), nullable=False),  # teacher | student
+        pa.field("strategy", pa.string(), nullable=False),  # the loss: none | normal | ...
+        pa.field("model", pa.string(), nullable=False),
+        pa.field("teacher", pa.string()),  # teacher model; null for teachers and baselines
+        pa.field("teacher_trial_id", pa.string()),
+        pa.field("seed", pa.int64(), nullable=False),
+        pa.field("roles", pa.list_(pa.string())),  # teacher:<study>, baseline, kd
+        pa.field("status", pa.string(), nullable=False),  # finished | failed | pending
+        pa.field("epochs", pa.float64()),  # fractional for a teacher stopped inside its band
+        *[
+            pa.field(f"{split}_{metric}", pa.float64())
+            for split in SPLIT_PREFIXES
+            for metric in METRICS
+        ],
+        pa.field("teacher_val_acc", pa.float64()),
+        pa.field("band_low", pa.float64()),
+        pa.field("band_high", pa.float64()),
+        pa.field("params", pa.int64()),
+        pa.field("wall_s", pa.float64()),  # trial driver: launch to end, Ray overhead included
+        pa.field("setup_s", pa.float64()),  # worker start to first training step
+        pa.field("train_s", pa.float64()),  # worker start to end
+        pa.field("attempts", pa.int64()),
+        pa.field("checkpoint", pa.string()),  # the run's final weights (model.pt)
+        pa.field("error", pa.string()),
+    ]
+)
+
+EPOCH_SCHEMA = pa.schema(
+    [
+        pa.field("trial_id", pa.string(), nullable=False),
+        pa.field("epoch", pa.int64(), nullable=False),
+        pa.field("train_loss", pa.float64()),
+        pa.field("train_acc", pa.float64()),
+        pa.field("val_acc", pa.float64()),
+        pa.field("lr", pa.float64()),
+        pa.field("epoch_s", pa.float64()),
+    ]
+)
+
+
+def trial_row(exp: Experiment, spec: RunSpec, failure: str | None = None) -> dict:
+    summary = exp.summary(spec.run_id) or {}
+    failure_file = exp.run_dir(spec.run_id) / "failure.json"
+    if not summary and failure is None and failure_file.is_file():
+        failure = json.loads(failure_file.read_text())["error"]
+    teacher_summary = exp.summary(spec.teacher_run) if spec.teacher_run else None
+    attempts_file = exp.run_dir(spec.run_id) / "attempts.json"
+    status = summary.get("status") or ("failed" if failure else "pending")
+    model_file = exp.run_dir(spec.run_id) / "model.pt"
+    row = {
+        "trial_id": spec.run_id,
+        "stage": spec.stage,
+        "strategy": spec.strategy,
+        "model": spec.model,
+        "teacher": spec.teacher_model,
+        "teacher_trial_id": spec.teacher_run,
+        "seed": spec.seed,
+        "roles": list(spec.roles),
+        "status": status,
+        "epochs": summary.get("epochs"),
+        "teacher_val_acc": (teacher_summary or {}).get("val_acc"),
+        "band_low": spec.band[0] if spec.band else None,
+        "band_high": spec.band[1] if spec.band else None,
+        "params": summary.get("params"),
+        "wall_s": summary.get("wall_s"),
+        "setup_s": summary.get("setup_s"),
+        "train_s": summary.get("train_s"),
+        "attempts": json.loads(attempts_file.read_text())["attempts"] if attempts_file.is_file() else 0,
+        "checkpoint": str(model_file) if status == "finished" and model_file.is_file() else None,
+        "error": summary.get("error") or (failure if status != "finished" else None),
+    }
+    for split in SPLIT_PREFIXES:
+        for metric in METRICS:
+            row[f"{split}_{metric}"] = summary.get(f"{split}_{metric}")
+    return row
+
+
+def epoch_rows(exp: Experiment, spec: RunSpec) -> list[dict]:
+    path = exp.run_dir(spec.run_id) / "epochs.jsonl"
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [{"trial_id": spec.run_id, **{k: r.get(k) for k in EPOCH_SCHEMA.names[1:]}} for r in rows]
+
+
+def write_table_atomic(table: pa.Table, path: Path) -> None:
+    """Write, fsync, rename: readers see the old table or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as fh:
+        pq.write_table(table, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def write_results(exp: Experiment, failures: dict[str, str] | None = None) -> pa.Table:
+    """Rebuild `results/trials.parquet` and `results/epochs.parquet` from the run folders."""
+    failures = failures or {}
+    runs = list(exp.plan().runs.values())
+    trials = pa.Table.from_pylist(
+        [trial_row(exp, r, failures.get(r.run_id)) for r in runs], schema=TRIAL_SCHEMA
+    )
+    epochs = pa.Table.from_pylist(
+        [row for r in runs for row in epoch_rows(exp, r)], schema=EPOCH_SCHEMA
+    )
+    write_table_atomic(trials, exp.results_dir / "trials.parquet")
+    write_table_atomic(epochs, exp.results_dir / "epochs.parquet")
+    return trials
+
+
+def read_trials(exp: Experiment) -> pa.Table:
+    path = exp.results_dir / "trials.parquet"
+    if not path.is_file():
+        return write_results(exp)
+    return pq.read_table(path)
