@@ -64,7 +64,8 @@ def run(
     job_file: Path,
     set_: SetOption = None,
     address: Annotated[
-        str | None, typer.Option(help="Join a running Ray cluster (e.g. auto) instead of a local Ray.")
+        str | None,
+        typer.Option(help="Join a running Ray cluster (e.g. auto) instead of a local Ray."),
     ] = None,
     verbose: Annotated[bool, typer.Option(help="Show Ray's own logs.")] = False,
 ) -> None:

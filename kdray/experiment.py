@@ -1,12 +1,12 @@
 """The experiment folder: everything a grid needs and produces lives under `<storage>/<name>/`.
 
-    job.json      the validated job (overrides applied)
-    plan.json     every run of the grid, with its id, stage and roles
-    data/         the decoded array cache
-    runs/<id>/    per run: summary.json, epochs.jsonl, model.pt, attempts.json
-    train/<id>/   Ray Train's storage for the run (per-epoch checkpoints)
-    tune/<stage>/ Ray Tune's experiment state for each stage
-    results/      trials.parquet, epochs.parquet
+job.json      the validated job (overrides applied)
+plan.json     every run of the grid, with its id, stage and roles
+data/         the decoded array cache
+runs/<id>/    per run: summary.json, epochs.jsonl, model.pt, attempts.json
+train/<id>/   Ray Train's storage for the run (per-epoch checkpoints)
+tune/<stage>/ Ray Tune's experiment state for each stage
+results/      trials.parquet, epochs.parquet
 """
 
 from __future__ import annotations

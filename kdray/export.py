@@ -72,7 +72,9 @@ def baseline_table(trials: pd.DataFrame) -> pd.DataFrame:
         rows.append(
             {
                 "Student": model,
-                "Params (M)": f"{group.params.dropna().iloc[0] / 1e6:.1f}" if group.params.notna().any() else "—",
+                "Params (M)": f"{group.params.dropna().iloc[0] / 1e6:.1f}"
+                if group.params.notna().any()
+                else "—",
                 **{name.capitalize(): fmt(group[col]) for name, col in SPLITS},
             }
         )
@@ -127,7 +129,15 @@ def summary_table(trials: pd.DataFrame) -> pd.DataFrame:
         )
     return pd.DataFrame(
         rows,
-        columns=["Strategy", "Student", "Teacher", "Teacher valid", "KD test", "Baseline test", "Gain"],
+        columns=[
+            "Strategy",
+            "Student",
+            "Teacher",
+            "Teacher valid",
+            "KD test",
+            "Baseline test",
+            "Gain",
+        ],
     )
 
 
@@ -155,7 +165,11 @@ def render_tables(trials: pd.DataFrame, strategies: list[str]) -> dict[str, str]
 
 def export(experiment_dir: str | Path, out_dir: str | Path) -> dict[str, Path]:
     exp = Experiment.open(experiment_dir)
-    table = write_results(exp) if not (exp.results_dir / "trials.parquet").is_file() else read_trials(exp)
+    table = (
+        write_results(exp)
+        if not (exp.results_dir / "trials.parquet").is_file()
+        else read_trials(exp)
+    )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = {}
@@ -165,7 +179,9 @@ def export(experiment_dir: str | Path, out_dir: str | Path) -> dict[str, Path]:
         shutil.copyfile(exp.results_dir / "epochs.parquet", out / "epochs.parquet")
         written["epochs.parquet"] = out / "epochs.parquet"
     trials = table.to_pandas()
-    trials.assign(roles=trials.roles.apply(lambda r: ";".join(r))).to_csv(out / "trials.csv", index=False)
+    trials.assign(roles=trials.roles.apply(lambda r: ";".join(r))).to_csv(
+        out / "trials.csv", index=False
+    )
     written["trials.csv"] = out / "trials.csv"
     for name, text in render_tables(trials, list(exp.job().studies)).items():
         (out / name).write_text(text)

@@ -209,7 +209,9 @@ def run_stage(
             if summary is None:  # a Ray-level failure: keep it for the tables and `status`
                 _write_json_atomic(exp.run_dir(run_id) / "failure.json", {"error": error})
             outcomes[run_id] = TrialOutcome(run_id, "failed", error)
-    return [outcomes.get(r.run_id, TrialOutcome(r.run_id, "failed", "trial never ran")) for r in runs]
+    return [
+        outcomes.get(r.run_id, TrialOutcome(r.run_id, "failed", "trial never ran")) for r in runs
+    ]
 
 
 def _short_error(error: BaseException | None) -> str:

@@ -92,8 +92,13 @@ def make_plan(job: Job) -> Plan:
         if band is not None:
             identity["eval_every_steps"] = eval_every
         return RunSpec(
-            run_id=_run_id(job, identity), stage=stage, model=model, strategy="none", seed=seed,
-            band=band, eval_every_steps=eval_every,
+            run_id=_run_id(job, identity),
+            stage=stage,
+            model=model,
+            strategy="none",
+            seed=seed,
+            band=band,
+            eval_every_steps=eval_every,
         )
 
     for seed in job.seeds:
@@ -107,13 +112,19 @@ def make_plan(job: Job) -> Plan:
                 )
                 for student in study.students:
                     identity = {
-                        "model": student, "strategy": study_name, "seed": seed,
+                        "model": student,
+                        "strategy": study_name,
+                        "seed": seed,
                         "teacher_run": teacher_run.run_id,
                     }
                     add(
                         RunSpec(
-                            run_id=_run_id(job, identity), stage="student", model=student,
-                            strategy=study_name, seed=seed, teacher_run=teacher_run.run_id,
+                            run_id=_run_id(job, identity),
+                            stage="student",
+                            model=student,
+                            strategy=study_name,
+                            seed=seed,
+                            teacher_run=teacher_run.run_id,
                             teacher_model=teacher,
                         ),
                         "kd",

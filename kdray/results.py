@@ -86,7 +86,9 @@ def trial_row(exp: Experiment, spec: RunSpec, failure: str | None = None) -> dic
         "wall_s": summary.get("wall_s"),
         "setup_s": summary.get("setup_s"),
         "train_s": summary.get("train_s"),
-        "attempts": json.loads(attempts_file.read_text())["attempts"] if attempts_file.is_file() else 0,
+        "attempts": json.loads(attempts_file.read_text())["attempts"]
+        if attempts_file.is_file()
+        else 0,
         "checkpoint": str(model_file) if status == "finished" and model_file.is_file() else None,
         "error": summary.get("error") or (failure if status != "finished" else None),
     }
@@ -101,7 +103,9 @@ def epoch_rows(exp: Experiment, spec: RunSpec) -> list[dict]:
     if not path.is_file():
         return []
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [{"trial_id": spec.run_id, **{k: r.get(k) for k in EPOCH_SCHEMA.names[1:]}} for r in rows]
+    return [
+        {"trial_id": spec.run_id, **{k: r.get(k) for k in EPOCH_SCHEMA.names[1:]}} for r in rows
+    ]
 
 
 def write_table_atomic(table: pa.Table, path: Path) -> None:

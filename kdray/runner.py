@@ -67,7 +67,12 @@ def run_experiment(
                 _write_json_atomic(exp.run_dir(run.run_id) / "failure.json", {"error": error})
             progress.add_stage(stage, len(runs), already_done=len(runs) - len(todo))
             outcomes = run_stage(
-                exp, job, stage, todo, data, on_event=lambda kind, _id, s=stage: progress.event(s, kind)
+                exp,
+                job,
+                stage,
+                todo,
+                data,
+                on_event=lambda kind, _id, s=stage: progress.event(s, kind),
             )
             for outcome in outcomes:
                 if outcome.status == "finished":

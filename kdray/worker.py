@@ -128,13 +128,18 @@ def train_loop(config: dict) -> None:
     spec = RunSpec.from_dict(config["run"])
     info = DataInfo(**config["data"])
     run_dir = Path(config["run_dir"])
-    rank, world_size = ray.train.get_context().get_world_rank(), ray.train.get_context().get_world_size()
+    rank, world_size = (
+        ray.train.get_context().get_world_rank(),
+        ray.train.get_context().get_world_size(),
+    )
     device = _device(job)
     torch.set_num_threads(job.resources.torch_threads or max(1, int(job.resources.cpus_per_worker)))
     fault_epoch = int(os.environ.get("KDRAY_TEST_FAIL_AT_EPOCH", "0") or 0)  # tests only
 
     _seed_everything(spec.seed)
-    model = create_model(spec.model, info.num_classes, info.channels, job.pretrained.get(spec.model))
+    model = create_model(
+        spec.model, info.num_classes, info.channels, job.pretrained.get(spec.model)
+    )
     params = count_params(model)
     model = ray.train.torch.prepare_model(model, move_to_device=device)
     core = model.module if hasattr(model, "module") else model
@@ -150,7 +155,9 @@ def train_loop(config: dict) -> None:
 
     train_images, train_labels = load_split(info.path, "train")
     valid_images, valid_labels = load_split(info.path, "valid")
-    augment = build_train_augmentation(job, seed=spec.seed * 1000 + rank) if job.train.augment else None
+    augment = (
+        build_train_augmentation(job, seed=spec.seed * 1000 + rank) if job.train.augment else None
+    )
     loader = DataLoader(
         TrainSet(train_images, train_labels, augment, info.mean, info.std),
         batch_size=job.train.batch_size,
@@ -163,7 +170,9 @@ def train_loop(config: dict) -> None:
 
     optimizer = _build_optimizer(job, model.parameters())
     scheduler = (
-        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=job.train.epochs * steps_per_epoch)
+        torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=job.train.epochs * steps_per_epoch
+        )
         if job.train.scheduler == "cosine"
         else None
     )
@@ -201,7 +210,11 @@ def train_loop(config: dict) -> None:
             teacher_logits = None
             if teacher is not None:
                 with torch.no_grad():
-                    xt = x if teacher_mean == info.mean else _renormalise(x, info, teacher_mean, teacher_std)
+                    xt = (
+                        x
+                        if teacher_mean == info.mean
+                        else _renormalise(x, info, teacher_mean, teacher_std)
+                    )
                     teacher_logits = teacher(xt)
             logits = model(x)
             losses = strategy.loss(logits, y, teacher_logits)
@@ -246,7 +259,8 @@ def train_loop(config: dict) -> None:
         best = max(h["val_acc"] for h in history)
         error = (
             f"defective teacher {spec.model} never reached its band {list(spec.band)} in "
-            f"{job.train.epochs} epochs (best val acc {best:.3f}); raise train.epochs or lower the band"
+            f"{job.train.epochs} epochs (best val acc {best:.3f}); "
+            "raise train.epochs or lower the band"
         )
 
     summary = {
@@ -260,7 +274,9 @@ def train_loop(config: dict) -> None:
         "band_val_acc": band_hit["val_acc"] if band_hit else None,
     }
     for split in ("train", "valid", "test"):
-        images, labels = (train_images, train_labels) if split == "train" else load_split(info.path, split)
+        images, labels = (
+            (train_images, train_labels) if split == "train" else load_split(info.path, split)
+        )
         probs = predict(model, images, info.mean, info.std, device, job.train.eval_batch_size)
         for key, value in classification_metrics(probs, labels).items():
             summary[f"{'val' if split == 'valid' else split}_{key}"] = value
@@ -269,8 +285,14 @@ def train_loop(config: dict) -> None:
         with open(run_dir / "epochs.jsonl", "w") as fh:
             fh.writelines(json.dumps(h) + "\n" for h in history)
         save_model(
-            run_dir / "model.pt", core, model=spec.model, num_classes=info.num_classes,
-            in_chans=info.channels, classes=info.classes, mean=info.mean, std=info.std,
+            run_dir / "model.pt",
+            core,
+            model=spec.model,
+            num_classes=info.num_classes,
+            in_chans=info.channels,
+            classes=info.classes,
+            mean=info.mean,
+            std=info.std,
             image_size=info.image_size,
         )
         _write_json_atomic(run_dir / "summary.json", summary)
@@ -285,7 +307,9 @@ def _renormalise(x: torch.Tensor, info: DataInfo, mean, std) -> torch.Tensor:
     return (x * ds + dm - tm) / ts
 
 
-def _report(metrics: dict, core, optimizer, scheduler, epoch: int, history: list, rank: int) -> None:
+def _report(
+    metrics: dict, core, optimizer, scheduler, epoch: int, history: list, rank: int
+) -> None:
     """Every rank reports (a collective); rank 0 attaches the epoch's checkpoint."""
     if rank != 0:
         ray.train.report(metrics, checkpoint=None)

@@ -117,7 +117,9 @@ def write_cache(
         for split, source in sources.items():
             n = len(source)
             images = np.lib.format.open_memmap(
-                tmp / f"{split}_images.npy", mode="w+", dtype=np.uint8,
+                tmp / f"{split}_images.npy",
+                mode="w+",
+                dtype=np.uint8,
                 shape=(n, image_size, image_size, channels),
             )
             for i in range(n):

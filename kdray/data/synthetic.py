@@ -55,8 +55,13 @@ def _forearm(c: Canvas, o, a, s, rng) -> None:
         off = (side * gap * -math.sin(a), side * gap * math.cos(a))
         base = (o[0] + off[0], o[1] + off[1])
         converge = side * rng.uniform(0.0, 0.06)
-        _bone(c, _along(base, a + math.pi + converge, 30 * s), _along(base, a - converge, 30 * s),
-              rng.uniform(4.5, 6.5) * s, rng)
+        _bone(
+            c,
+            _along(base, a + math.pi + converge, 30 * s),
+            _along(base, a - converge, 30 * s),
+            rng.uniform(4.5, 6.5) * s,
+            rng,
+        )
 
 
 def _hand(c: Canvas, o, a, s, rng) -> None:
@@ -83,8 +88,13 @@ def _wrist(c: Canvas, o, a, s, rng) -> None:
         _bone(c, _along(base, a + math.pi, 24 * s), base, 6 * s, rng)
     for _ in range(int(rng.integers(6, 9))):  # carpal bones
         centre = _along(o, a + rng.uniform(-1.2, 1.2), rng.uniform(1, 8) * s)
-        _blob(c, centre, (rng.uniform(2.5, 4) * s, rng.uniform(2, 3) * s),
-              rng.uniform(0, 180), rng.uniform(0.7, 0.9))
+        _blob(
+            c,
+            centre,
+            (rng.uniform(2.5, 4) * s, rng.uniform(2, 3) * s),
+            rng.uniform(0, 180),
+            rng.uniform(0.7, 0.9),
+        )
 
 
 def _elbow(c: Canvas, o, a, s, rng) -> None:
@@ -103,8 +113,18 @@ def _shoulder(c: Canvas, o, a, s, rng) -> None:
     # glenoid / scapula: an arc beside the head; clavicle: a thin bone across the top
     centre = tuple(int(round(v * 16)) for v in _along(head, a, 6 * s))
     radius = int(round(14 * s * 16))
-    cv2.ellipse(c, centre, (radius, radius), math.degrees(a), -50, 50, 0.7,
-                max(1, int(3 * s * c.shape[0] / 64)), cv2.LINE_AA, shift=4)
+    cv2.ellipse(
+        c,
+        centre,
+        (radius, radius),
+        math.degrees(a),
+        -50,
+        50,
+        0.7,
+        max(1, int(3 * s * c.shape[0] / 64)),
+        cv2.LINE_AA,
+        shift=4,
+    )
     cl = _along(head, a + math.pi / 2, 14 * s)
     _bone(c, _along(cl, a, 22 * s), _along(cl, a + math.pi, 8 * s), 3.5 * s, rng)
 
@@ -127,8 +147,13 @@ def draw_radiograph(part: str, size: int, noise: float, rng: np.random.Generator
     centre = (size / 2 + rng.normal(0, 5) * unit, size / 2 + rng.normal(0, 5) * unit)
     angle = rng.uniform(-math.pi, math.pi)
     # soft tissue: a large dim blob around the limb
-    _blob(canvas, centre, (rng.uniform(18, 26) * unit, rng.uniform(10, 16) * unit),
-          math.degrees(angle), rng.uniform(0.2, 0.35))
+    _blob(
+        canvas,
+        centre,
+        (rng.uniform(18, 26) * unit, rng.uniform(10, 16) * unit),
+        math.degrees(angle),
+        rng.uniform(0.2, 0.35),
+    )
     bones = np.zeros_like(canvas)
     BODY_PARTS[part](bones, centre, angle, rng.uniform(0.8, 1.15) * unit, rng)
     canvas = np.maximum(canvas, bones)

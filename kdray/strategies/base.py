@@ -26,7 +26,9 @@ class Strategy:
     #: validation-accuracy band (defective KD)
     teacher_stop: ClassVar[Literal["converged", "band"]] = "converged"
 
-    def __init__(self, temperature: float = 4.0, alpha: float = 0.9, kl_reduction: str = "batchmean"):
+    def __init__(
+        self, temperature: float = 4.0, alpha: float = 0.9, kl_reduction: str = "batchmean"
+    ):
         self.temperature = temperature
         self.alpha = alpha
         self.kl_reduction = kl_reduction
