@@ -8,7 +8,7 @@ each, naming the field path and what is allowed.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import (
@@ -19,6 +19,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from kdray.data import DATA_KINDS
 
 DEFAULT_SPLIT_NAMES = ("train", "valid", "test")
 
@@ -37,37 +39,10 @@ class Strict(BaseModel):
 
 # --- data -------------------------------------------------------------------------------------
 
-
-class SyntheticData(Strict):
-    """Procedural radiograph-like images (the offline default)."""
-
-    kind: Literal["synthetic"] = "synthetic"
-    image_size: int = Field(32, ge=8, le=1024)
-    channels: Literal[1, 3] = 1
-    seed: int = 0
-    classes: list[str] = Field(
-        default_factory=lambda: ["FINGER", "FOREARM", "HAND", "HUMERUS", "WRIST"], min_length=2
-    )
-    train_size: int = Field(800, ge=10)
-    valid_size: int = Field(200, ge=10)
-    test_size: int = Field(200, ge=10)
-    native_size: int = Field(64, ge=16, le=1024, description="size the images are drawn at")
-    noise: float = Field(0.12, ge=0, le=1, description="strength of the film-grain noise")
-
-    @field_validator("classes")
-    @classmethod
-    def _known_classes(cls, classes: list[str]) -> list[str]:
-        from kdray.data.synthetic import BODY_PARTS
-
-        unknown = [c for c in classes if c not in BODY_PARTS]
-        if unknown:
-            raise ValueError(f"unknown body part {unknown}; allowed: {sorted(BODY_PARTS)}")
-        if len(set(classes)) != len(classes):
-            raise ValueError("classes must be distinct")
-        return classes
-
-
-DataConfig = Annotated[SyntheticData, Field(discriminator="kind")]
+DataConfig = Annotated[
+    Union[tuple(kind.Config for kind in DATA_KINDS.values())],  # noqa: UP007
+    Field(discriminator="kind"),
+]
 
 
 # --- training ---------------------------------------------------------------------------------
@@ -139,7 +114,7 @@ class Faults(Strict):
 class Job(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=80)
     storage: str = "kdray-runs"
-    data: DataConfig = Field(default_factory=SyntheticData)
+    data: DataConfig = Field(default_factory=lambda: DATA_KINDS["synthetic"].Config())
     train: TrainConfig = Field(default_factory=TrainConfig)
     distill: DistillConfig = Field(default_factory=DistillConfig)
     studies: dict[str, Study] = Field(min_length=1)
@@ -216,7 +191,7 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
 def _format_validation_error(error: ValidationError) -> list[str]:
     lines = []
     for item in error.errors():
-        loc = ".".join(str(p) for p in item["loc"] if p not in ("synthetic",))
+        loc = ".".join(str(p) for p in item["loc"] if p not in DATA_KINDS)
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             message = "unknown field (check the spelling; see the README's job file reference)"

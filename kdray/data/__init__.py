@@ -1,19 +1,20 @@
 """Data kinds and the decoded-array cache every trial reads from.
 
-A data kind is a function `open_sources(cfg) -> (classes, {split: SplitSource})`; the cache
-decodes those sources once per configuration into `<cache_root>/<kind>-<fingerprint>/`.
+A data kind is a module with a pydantic `Config` (its `data:` job section, `kind` literal
+included) and `open_sources(cfg) -> (classes, {split: SplitSource})`; the cache decodes those
+sources once per configuration into `<cache_root>/<kind>-<fingerprint>/`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 from kdray.data import synthetic
 from kdray.data.cache import SPLITS, DataInfo, fingerprint, load_split, read_info, write_cache
 
-DATA_KINDS: dict[str, Callable] = {
-    "synthetic": synthetic.open_sources,
+DATA_KINDS: dict[str, ModuleType] = {
+    "synthetic": synthetic,
 }
 
 
@@ -24,7 +25,7 @@ def prepare_data(cfg, cache_root: str | Path) -> DataInfo:
     info = read_info(dest)
     if info is not None:
         return info
-    classes, sources = DATA_KINDS[cfg.kind](cfg)
+    classes, sources = DATA_KINDS[cfg.kind].open_sources(cfg)
     missing = [s for s in SPLITS if s not in sources]
     if missing:
         raise ValueError(f"data kind {cfg.kind!r} gave no {missing} split")

@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Literal
 
 import cv2
 import numpy as np
+from pydantic import Field, field_validator
+
+from kdray.data.base import DataConfigBase
+from kdray.data.cache import ArraySource
 
 Canvas = np.ndarray  # float32 (S, S) in [0, 1]
 
@@ -183,10 +188,33 @@ def generate_split(
     return images, labels.astype(np.int64)
 
 
-def open_sources(cfg) -> tuple[list[str], dict]:
-    """The synthetic splits of a `data: {kind: synthetic}` job section."""
-    from kdray.data.cache import ArraySource
+class Config(DataConfigBase):
+    """`data: {kind: synthetic}`: procedural radiograph-like images (the offline default)."""
 
+    kind: Literal["synthetic"] = "synthetic"
+    seed: int = 0
+    classes: list[str] = Field(
+        default_factory=lambda: ["FINGER", "FOREARM", "HAND", "HUMERUS", "WRIST"], min_length=2
+    )
+    train_size: int = Field(800, ge=10)
+    valid_size: int = Field(200, ge=10)
+    test_size: int = Field(200, ge=10)
+    native_size: int = Field(64, ge=16, le=1024, description="size the images are drawn at")
+    noise: float = Field(0.12, ge=0, le=1, description="strength of the film-grain noise")
+
+    @field_validator("classes")
+    @classmethod
+    def _known_classes(cls, classes: list[str]) -> list[str]:
+        unknown = [c for c in classes if c not in BODY_PARTS]
+        if unknown:
+            raise ValueError(f"unknown body part {unknown}; allowed: {sorted(BODY_PARTS)}")
+        if len(set(classes)) != len(classes):
+            raise ValueError("classes must be distinct")
+        return classes
+
+
+def open_sources(cfg: Config) -> tuple[list[str], dict]:
+    """The synthetic splits of a `data: {kind: synthetic}` job section."""
     sizes = {"train": cfg.train_size, "valid": cfg.valid_size, "test": cfg.test_size}
     sources = {}
     for index, (split, count) in enumerate(sizes.items()):
