@@ -49,14 +49,23 @@ def _load(job_file: Path, overrides: list[str] | None):
 def validate(job_file: Path, set_: SetOption = None) -> None:
     """Check a job file; exit 0 if it is valid, 2 with one line per problem if not."""
     job = _load(job_file, set_)
+    from kdray.data import DataError, open_sources
     from kdray.plan import make_plan
 
+    try:
+        classes, sources = open_sources(job.data)
+    except DataError as exc:
+        for line in exc.problems:
+            _error(f"{job_file}: data: {line}")
+        raise typer.Exit(2) from None
     plan = make_plan(job)
     teachers, students = plan.stage("teacher"), plan.stage("student")
     console.print(
         f"[green]ok[/green] {job_file}: job {job.name!r}, {len(job.studies)} studies, "
         f"{len(job.seeds)} seed(s): {len(teachers)} teacher runs + {len(students)} student runs"
     )
+    counts = ", ".join(f"{split} {len(source)}" for split, source in sources.items())
+    console.print(f"data: {job.data.kind}, {len(classes)} classes, {counts} images")
 
 
 @app.command()
@@ -82,6 +91,7 @@ def run(
 
 
 def _run(exp, job, address: str | None, verbose: bool) -> None:
+    from kdray.data import DataError
     from kdray.export import render_tables
     from kdray.grid import ResourceError
     from kdray.results import read_trials, write_results
@@ -92,6 +102,10 @@ def _run(exp, job, address: str | None, verbose: bool) -> None:
         report = run_experiment(exp, job, address=address, verbose=verbose, console=console)
     except ResourceError as exc:
         _error(str(exc))
+        raise typer.Exit(2) from None
+    except DataError as exc:
+        for line in exc.problems:
+            _error(f"data: {line}")
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
         write_results(exp)

@@ -11,6 +11,7 @@ from pathlib import Path
 from types import ModuleType
 
 from kdray.data import synthetic
+from kdray.data.base import DataError
 from kdray.data.cache import SPLITS, DataInfo, fingerprint, load_split, read_info, write_cache
 
 DATA_KINDS: dict[str, ModuleType] = {
@@ -25,11 +26,27 @@ def prepare_data(cfg, cache_root: str | Path) -> DataInfo:
     info = read_info(dest)
     if info is not None:
         return info
+    classes, sources = open_sources(cfg)
+    return write_cache(
+        dest, sources, classes, cfg.image_size, cfg.channels, fp, on_bad_image=cfg.on_bad_image
+    )
+
+
+def open_sources(cfg) -> tuple[list[str], dict]:
+    """The data kind's classes and split sources, without decoding; raises `DataError`."""
     classes, sources = DATA_KINDS[cfg.kind].open_sources(cfg)
     missing = [s for s in SPLITS if s not in sources]
     if missing:
-        raise ValueError(f"data kind {cfg.kind!r} gave no {missing} split")
-    return write_cache(dest, sources, classes, cfg.image_size, cfg.channels, fp)
+        raise DataError([f"data ({cfg.kind}): no {missing} split was produced"])
+    return classes, sources
 
 
-__all__ = ["DATA_KINDS", "SPLITS", "DataInfo", "load_split", "prepare_data"]
+__all__ = [
+    "DATA_KINDS",
+    "SPLITS",
+    "DataError",
+    "DataInfo",
+    "load_split",
+    "open_sources",
+    "prepare_data",
+]

@@ -17,3 +17,11 @@ class DataConfigBase(BaseModel):
     on_bad_image: Literal["error", "skip"] = Field(
         "error", description="a missing/unreadable image stops the run (error) or is skipped"
     )
+
+
+class DataError(Exception):
+    """Bad input data; `problems` holds one line per problem, each naming the file."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("\n".join(problems))
+        self.problems = problems

@@ -23,6 +23,8 @@ from typing import Protocol
 import cv2
 import numpy as np
 
+from kdray.data.base import DataError
+
 SPLITS = ("train", "valid", "test")
 
 
@@ -35,7 +37,11 @@ class SplitSource(Protocol):
     def __len__(self) -> int: ...
 
     def image(self, index: int) -> np.ndarray:
-        """The image as uint8 (H, W) or (H, W, C), any size."""
+        """The image as uint8 (H, W) or (H, W, C), any size; raises on an unreadable file."""
+        ...
+
+    def describe(self, index: int) -> str:
+        """Where item `index` comes from (its file path), for error messages."""
         ...
 
 
@@ -52,6 +58,9 @@ class ArraySource:
 
     def image(self, index: int) -> np.ndarray:
         return self.images[index]
+
+    def describe(self, index: int) -> str:
+        return f"item {index}"
 
 
 @dataclass
@@ -99,6 +108,42 @@ def to_shape(image: np.ndarray, size: int, channels: int) -> np.ndarray:
     return image.reshape(size, size, channels)
 
 
+def _decode_split(
+    tmp: Path, split: str, source: SplitSource, image_size: int, channels: int, skip_bad: bool
+) -> tuple[int, list[str]]:
+    """Decode one split into `<split>_images.npy`; returns (images kept, problems)."""
+    n = len(source)
+    path = tmp / f"{split}_images.npy"
+    shape = (image_size, image_size, channels)
+    images = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(n, *shape))
+    keep, problems = [], []
+    for i in range(n):
+        try:
+            images[len(keep)] = to_shape(source.image(i), image_size, channels)
+        except Exception as exc:  # any decoder error: report the file, never hide it
+            problems.append(f"{source.describe(i)}: unreadable image ({exc})")
+            continue
+        keep.append(i)
+    images.flush()
+    del images
+    if len(keep) < n:
+        full = np.load(path, mmap_mode="r")
+        kept = np.lib.format.open_memmap(
+            tmp / f"{split}_kept.npy", mode="w+", dtype=np.uint8, shape=(len(keep), *shape)
+        )
+        kept[:] = full[: len(keep)]
+        kept.flush()
+        del kept, full
+        os.replace(tmp / f"{split}_kept.npy", path)
+    if problems and not skip_bad:
+        return len(keep), problems
+    idx = np.asarray(keep, dtype=np.int64)
+    np.save(tmp / f"{split}_labels.npy", np.asarray(source.labels, dtype=np.int64)[idx])
+    if source.groups is not None:
+        np.save(tmp / f"{split}_groups.npy", np.asarray(source.groups, dtype=str)[idx])
+    return len(keep), problems
+
+
 def write_cache(
     dest: Path,
     sources: dict[str, SplitSource],
@@ -107,29 +152,29 @@ def write_cache(
     channels: int,
     fp: str,
     extra: dict | None = None,
+    on_bad_image: str = "error",
 ) -> DataInfo:
-    """Decode every split into `dest`; atomic: a crash leaves no half-written cache behind."""
+    """Decode every split into `dest`; atomic: a crash leaves no half-written cache behind.
+
+    An unreadable image raises `DataError` naming every bad file, unless `on_bad_image` is
+    "skip": then bad images are left out and counted in `extra["skipped"]`.
+    """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
     try:
-        counts = {}
+        counts, all_problems, skipped = {}, [], {}
         for split, source in sources.items():
-            n = len(source)
-            images = np.lib.format.open_memmap(
-                tmp / f"{split}_images.npy",
-                mode="w+",
-                dtype=np.uint8,
-                shape=(n, image_size, image_size, channels),
+            counts[split], problems = _decode_split(
+                tmp, split, source, image_size, channels, on_bad_image == "skip"
             )
-            for i in range(n):
-                images[i] = to_shape(source.image(i), image_size, channels)
-            images.flush()
-            del images
-            np.save(tmp / f"{split}_labels.npy", np.asarray(source.labels, dtype=np.int64))
-            if source.groups is not None:
-                np.save(tmp / f"{split}_groups.npy", np.asarray(source.groups, dtype=str))
-            counts[split] = n
+            all_problems += problems
+            skipped[split] = len(problems)
+        if all_problems and on_bad_image != "skip":
+            raise DataError(all_problems)
+        empty = [s for s, c in counts.items() if c == 0]
+        if empty:
+            raise DataError([f"split {s}: no usable images" for s in empty])
         train = np.load(tmp / "train_images.npy", mmap_mode="r")
         sample = train[:: max(1, len(train) // 2000)].astype(np.float32) / 255.0
         info = DataInfo(
@@ -141,7 +186,7 @@ def write_cache(
             counts=counts,
             mean=[round(float(v), 5) for v in sample.mean(axis=(0, 1, 2))],
             std=[round(float(max(v, 1e-3)), 5) for v in sample.std(axis=(0, 1, 2))],
-            extra=extra or {},
+            extra={**(extra or {}), "skipped": skipped, "skipped_files": all_problems[:100]},
         )
         (tmp / "meta.json").write_text(json.dumps(info.to_json(), indent=2))
         if dest.exists():
@@ -151,6 +196,12 @@ def write_cache(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return info
+
+
+def load_groups(path: str | Path, split: str) -> np.ndarray | None:
+    """The group ids (patients, studies) of a cached split, when its source had them."""
+    file = Path(path) / f"{split}_groups.npy"
+    return np.load(file) if file.is_file() else None
 
 
 def read_info(path: str | Path) -> DataInfo | None:
