@@ -60,6 +60,8 @@ def hinton_kd_loss(
     t = temperature
     log_p_student = F.log_softmax(student_logits / t, dim=1)
     log_p_teacher = F.log_softmax(teacher_logits.detach() / t, dim=1)
-    kl = F.kl_div(log_p_student, log_p_teacher, reduction=kl_reduction, log_target=True)
+    kl = F.kl_div(log_p_student, log_p_teacher, reduction="sum", log_target=True)
+    # explicit divisors: torch's own reduction="mean" is announced to change meaning
+    kl = kl / (student_logits.numel() if kl_reduction == "mean" else student_logits.shape[0])
     kd = kl * t * t
     return {"loss": (1 - alpha) * ce + alpha * kd, "ce": ce, "kd": kd}

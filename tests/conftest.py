@@ -1,0 +1,45 @@
+"""Shared fixtures: small, fast jobs and a repo-relative path to shared/."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local test clusters only
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+
+def tiny_job_dict(tmp_path: Path, **overrides) -> dict:
+    """A grid small enough for CPU tests: 16 px synthetic images, the smallest timm models."""
+    job = {
+        "name": "tiny",
+        "storage": str(tmp_path / "runs"),
+        "data": {
+            "kind": "synthetic",
+            "image_size": 16,
+            "native_size": 32,
+            "train_size": 96,
+            "valid_size": 40,
+            "test_size": 40,
+            "classes": ["FOREARM", "HAND", "HUMERUS"],
+        },
+        "train": {"epochs": 2, "batch_size": 16, "lr": 0.003, "eval_batch_size": 64},
+        "studies": {
+            "normal": {"teachers": ["resnet10t"], "students": ["test_resnet"]},
+        },
+        "seeds": [0],
+        "resources": {"max_concurrent_trials": 2},
+    }
+    for key, value in overrides.items():
+        job[key] = value
+    return job
+
+
+@pytest.fixture
+def tiny_job(tmp_path):
+    return tiny_job_dict(tmp_path)

@@ -1,0 +1,144 @@
+"""Results tables and the export, on an experiment folder whose runs are written by hand."""
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from kdray.cli import app
+from kdray.experiment import Experiment, ExperimentError
+from kdray.export import export
+from kdray.job import parse_job
+from kdray.results import EPOCH_SCHEMA, TRIAL_SCHEMA, write_results
+from tests.conftest import tiny_job_dict
+
+
+def fake_experiment(tmp_path, seeds=(0, 1), fail=None):
+    raw = tiny_job_dict(tmp_path)
+    raw["seeds"] = list(seeds)
+    raw["studies"] = {
+        "normal": {"teachers": ["resnet18"], "students": ["resnet10t"]},
+        "reverse": {"teachers": ["resnet10t"], "students": ["resnet18"]},
+        "defective": {
+            "teachers": ["resnet18"],
+            "students": ["resnet10t"],
+            "teacher_val_band": [0.5, 0.65],
+        },
+    }
+    job = parse_job(raw)
+    exp = Experiment.create(job)
+    for i, run in enumerate(exp.plan().runs.values()):
+        run_dir = exp.run_dir(run.run_id)
+        run_dir.mkdir(parents=True)
+        if run.run_id == fail:
+            (run_dir / "failure.json").write_text(json.dumps({"error": "worker died"}))
+            continue
+        acc = 0.55 if run.band else 0.7 + 0.01 * i + 0.02 * run.seed
+        summary = {
+            "run_id": run.run_id,
+            "status": "finished",
+            "error": None,
+            "epochs": 2,
+            "params": 1000 + i,
+            "wall_s": 10.0,
+            "train_s": 5.0,
+            "setup_s": 0.5,
+        }
+        for split in ("train", "val", "test"):
+            summary[f"{split}_acc"] = acc
+        (run_dir / "summary.json").write_text(json.dumps(summary))
+        (run_dir / "epochs.jsonl").write_text(
+            "".join(
+                json.dumps({"epoch": e, "train_acc": acc, "val_acc": acc}) + "\n" for e in (1, 2)
+            )
+        )
+        (run_dir / "attempts.json").write_text(json.dumps({"attempts": 1}))
+    return exp
+
+
+def test_trials_table_has_the_documented_schema_and_one_row_per_run(tmp_path):
+    exp = fake_experiment(tmp_path)
+    write_results(exp)
+    trials = pq.read_table(exp.results_dir / "trials.parquet")
+    assert trials.schema.equals(TRIAL_SCHEMA)
+    for column in [
+        "trial_id",
+        "stage",
+        "strategy",
+        "model",
+        "teacher",
+        "seed",
+        "status",
+        "epochs",
+        "train_acc",
+        "val_acc",
+        "test_acc",
+        "teacher_val_acc",
+        "params",
+        "wall_s",
+        "checkpoint",
+        "error",
+    ]:
+        assert column in trials.column_names
+    assert trials.num_rows == len(exp.plan().runs)
+    assert len(set(trials.column("trial_id").to_pylist())) == trials.num_rows
+    epochs = pq.read_table(exp.results_dir / "epochs.parquet")
+    assert epochs.schema.equals(EPOCH_SCHEMA) and epochs.num_rows == 2 * trials.num_rows
+    rows = trials.to_pylist()
+    kd = [r for r in rows if r["strategy"] == "defective"]
+    assert all(r["teacher_val_acc"] == 0.55 and r["teacher"] == "resnet18" for r in kd)
+    assert all(r["teacher"] is None for r in rows if r["stage"] == "teacher")
+
+
+def test_export_writes_every_file_in_the_thesis_layout(tmp_path):
+    exp = fake_experiment(tmp_path)
+    out = tmp_path / "results"
+    written = export(exp.root, out)
+    for name in [
+        "trials.parquet",
+        "trials.csv",
+        "teachers.md",
+        "normal.md",
+        "reverse.md",
+        "defective.md",
+        "baseline.md",
+        "summary.md",
+    ]:
+        assert (out / name).is_file() and name in written
+    normal = (out / "normal.md").read_text().splitlines()
+    assert normal[2].startswith("| Student | Split | resnet18 | no KD (baseline) |")
+    assert [line.split("|")[2].strip() for line in normal[4:7]] == ["train", "valid", "test"]
+    assert "±" in normal[4]  # two seeds: mean ± std
+    defective = (out / "defective.md").read_text()
+    assert "resnet18 [0.50, 0.65]" in defective
+    summary = (out / "summary.md").read_text()
+    assert "| normal | resnet10t | resnet18 |" in summary and "Gain" in summary
+
+
+def test_failed_runs_are_rows_with_their_error(tmp_path):
+    exp0 = fake_experiment(tmp_path / "a", seeds=(0,))
+    victim = next(r.run_id for r in exp0.plan().stage("student") if r.strategy == "normal")
+    exp = fake_experiment(tmp_path / "b", seeds=(0,), fail=victim)
+    rows = {r["trial_id"]: r for r in write_results(exp).to_pylist()}
+    assert rows[victim]["status"] == "failed" and rows[victim]["error"] == "worker died"
+    assert rows[victim]["checkpoint"] is None
+    summary = (export(exp.root, tmp_path / "out") and (tmp_path / "out" / "summary.md")).read_text()
+    assert "Unfinished trials" in summary and victim in summary
+
+
+def test_a_different_job_under_the_same_name_is_refused(tmp_path):
+    fake_experiment(tmp_path, seeds=(0,))
+    raw = tiny_job_dict(tmp_path)
+    raw["train"]["epochs"] = 7
+    with pytest.raises(ExperimentError, match="different job"):
+        Experiment.create(parse_job(raw))
+
+
+def test_cli_export_and_a_folder_that_is_not_an_experiment(tmp_path):
+    exp = fake_experiment(tmp_path, seeds=(0,))
+    runner = CliRunner()
+    ok = runner.invoke(app, ["export", str(exp.root), "--out", str(tmp_path / "x")])
+    assert ok.exit_code == 0 and "teachers.md" in ok.output
+    bad = runner.invoke(app, ["export", str(tmp_path), "--out", str(tmp_path / "y")])
+    assert bad.exit_code == 2 and "not a kdray experiment folder" in bad.output

@@ -1,0 +1,86 @@
+"""A small grid end to end on a local Ray: Tune trials driving Ray Train TorchTrainers."""
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+import ray
+import yaml
+from typer.testing import CliRunner
+
+from kdray.cli import app
+from kdray.experiment import Experiment
+from tests.conftest import tiny_job_dict
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("grid")
+    raw = tiny_job_dict(tmp_path)
+    raw["train"]["epochs"] = 2
+    raw["studies"] = {
+        "normal": {"teachers": ["resnet10t"], "students": ["test_resnet"]},
+        "reverse": {"teachers": ["test_resnet"], "students": ["resnet10t"]},
+        "defective": {
+            "teachers": ["resnet10t"],
+            "students": ["test_resnet"],
+            "teacher_val_band": [0.34, 0.9],
+            "eval_every_steps": 1,
+        },
+    }
+    job_file = tmp_path / "tiny.yaml"
+    job_file.write_text(yaml.safe_dump(raw))
+    result = CliRunner().invoke(app, ["run", str(job_file)])
+    yield tmp_path, job_file, result
+    ray.shutdown()
+
+
+def test_run_finishes_every_trial_and_prints_the_tables(grid):
+    _, _, result = grid
+    assert result.exit_code == 0, result.output
+    assert "normal KD: student x teacher accuracy" in result.output
+    assert "kdray export" in result.output
+
+
+def test_trials_table_holds_every_run_once(grid):
+    tmp_path, _, _ = grid
+    exp = Experiment.open(tmp_path / "runs" / "tiny")
+    trials = pq.read_table(exp.results_dir / "trials.parquet").to_pylist()
+    plan = exp.plan()
+    assert sorted(r["trial_id"] for r in trials) == sorted(plan.runs)
+    assert all(r["status"] == "finished" for r in trials), [r["error"] for r in trials]
+    # 3 teacher runs (resnet10t, test_resnet, defective resnet10t); every one trained once
+    teachers = [r for r in trials if r["stage"] == "teacher"]
+    assert len(teachers) == 3 and all(r["attempts"] == 1 for r in teachers)
+    # baselines are the converged teacher runs: no separate no-KD student runs
+    assert not [r for r in trials if r["stage"] == "student" and r["strategy"] == "none"]
+    defective = next(r for r in teachers if r["band_low"] is not None)
+    assert defective["band_low"] <= defective["val_acc"] <= defective["band_high"]
+    for row in trials:
+        if row["stage"] == "student":
+            teacher = next(t for t in teachers if t["trial_id"] == row["teacher_trial_id"])
+            assert row["teacher_val_acc"] == teacher["val_acc"]
+        assert row["checkpoint"] and row["wall_s"] > 0
+    epochs = pq.read_table(exp.results_dir / "epochs.parquet")
+    assert set(epochs.column("trial_id").to_pylist()) == set(plan.runs)
+
+
+def test_running_again_redoes_no_finished_work(grid):
+    tmp_path, job_file, _ = grid
+    exp = Experiment.open(tmp_path / "runs" / "tiny")
+    before = {r: json.loads((exp.run_dir(r) / "summary.json").read_text()) for r in exp.plan().runs}
+    again = CliRunner().invoke(app, ["run", str(job_file)])
+    assert again.exit_code == 0, again.output
+    after = {r: json.loads((exp.run_dir(r) / "summary.json").read_text()) for r in exp.plan().runs}
+    assert after == before
+
+
+def test_export_of_the_grid(grid):
+    tmp_path, _, _ = grid
+    out = tmp_path / "results"
+    result = CliRunner().invoke(app, ["export", str(tmp_path / "runs" / "tiny"), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "| test_resnet | test |" in (out / "normal.md").read_text()
+    assert (out / "trials.csv").read_text().count("\n") == 1 + 6

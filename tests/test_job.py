@@ -1,0 +1,118 @@
+import yaml
+from typer.testing import CliRunner
+
+from kdray.cli import app
+from kdray.job import JobError, apply_override, load_job, parse_job
+from tests.conftest import REPO, tiny_job_dict
+
+runner = CliRunner()
+
+
+def problems_of(raw, overrides=()):
+    try:
+        parse_job(raw, overrides)
+    except JobError as exc:
+        return exc.problems
+    raise AssertionError("the job was accepted")
+
+
+def test_quickstart_job_is_valid():
+    job = load_job(REPO / "jobs" / "quickstart.yaml")
+    assert set(job.studies) == {"normal", "reverse", "defective"}
+    assert job.data.kind == "synthetic"
+
+
+def test_overrides_are_parsed_as_yaml_and_nest(tmp_path):
+    raw = tiny_job_dict(tmp_path)
+    job = parse_job(raw, ["train.epochs=1", "data.image_size=24", "seeds=[0, 1]"])
+    assert job.train.epochs == 1 and job.data.image_size == 24 and job.seeds == [0, 1]
+
+
+def test_override_into_a_scalar_is_refused():
+    raw = {"train": {"epochs": 3}}
+    try:
+        apply_override(raw, "train.epochs.x=1")
+    except JobError as exc:
+        assert "train.epochs is not a section" in exc.problems[0]
+    else:
+        raise AssertionError("accepted")
+
+
+def test_each_problem_names_its_field(tmp_path):
+    raw = tiny_job_dict(tmp_path)
+    lines = problems_of(
+        raw,
+        ["train.epochs=0", "train.optimizer=rmsprop", "resources.gpus_per_worker=-1", "trian=1"],
+    )
+    text = "\n".join(lines)
+    assert len(lines) == 4
+    assert "train.epochs: Input should be greater than or equal to 1 (got 0)" in text
+    assert "train.optimizer:" in text and "'adam'" in text
+    assert "resources.gpus_per_worker:" in text
+    assert "trian: unknown field" in text
+
+
+def test_defective_needs_a_band_and_others_refuse_one(tmp_path):
+    raw = tiny_job_dict(tmp_path)
+    raw["studies"] = {
+        "defective": {"teachers": ["resnet10t"], "students": ["test_resnet"]},
+        "normal": {
+            "teachers": ["resnet10t"],
+            "students": ["test_resnet"],
+            "teacher_val_band": [0.5, 0.6],
+        },
+    }
+    text = "\n".join(problems_of(raw))
+    assert "studies.defective.teacher_val_band: required" in text
+    assert "studies.normal.teacher_val_band: only defective" in text
+
+
+def test_band_must_be_ordered(tmp_path):
+    raw = tiny_job_dict(tmp_path)
+    raw["studies"] = {
+        "defective": {
+            "teachers": ["resnet10t"],
+            "students": ["test_resnet"],
+            "teacher_val_band": [0.7, 0.5],
+        }
+    }
+    assert any("low < high" in line for line in problems_of(raw))
+
+
+def test_unknown_strategy_and_model(tmp_path):
+    raw = tiny_job_dict(tmp_path)
+    raw["studies"] = {"magic": {"teachers": ["resnet10t"], "students": ["resnet10t"]}}
+    assert "studies.magic: unknown KD strategy" in problems_of(raw)[0]
+    raw["studies"] = {"normal": {"teachers": ["resnet9000"], "students": ["resnet10t"]}}
+    assert "'resnet9000' is not a timm model" in problems_of(raw)[0]
+
+
+def test_pretrained_weights_must_exist(tmp_path):
+    raw = tiny_job_dict(tmp_path)
+    raw["pretrained"] = {"resnet10t": str(tmp_path / "missing.pth")}
+    assert "missing.pth does not exist" in problems_of(raw)[0]
+
+
+def test_cli_validate_exits_2_with_one_line_per_problem_and_no_traceback(tmp_path):
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text(yaml.safe_dump(tiny_job_dict(tmp_path)))
+    ok = runner.invoke(app, ["validate", str(job_file)])
+    assert ok.exit_code == 0, ok.output
+    bad = runner.invoke(
+        app, ["validate", str(job_file), "--set", "train.lr=-1", "--set", "seeds=[1, 1]"]
+    )
+    assert bad.exit_code == 2
+    assert "Traceback" not in bad.output
+    lines = [line for line in bad.output.splitlines() if line.startswith("error")]
+    assert len(lines) == 2
+    assert any("train.lr" in line for line in lines)
+    assert any("seeds: seeds must be distinct" in line for line in lines)
+
+
+def test_cli_validate_reports_a_missing_or_broken_file(tmp_path):
+    missing = runner.invoke(app, ["validate", str(tmp_path / "nope.yaml")])
+    assert missing.exit_code == 2 and "no such job file" in missing.output
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: [unclosed\n")
+    result = runner.invoke(app, ["validate", str(broken)])
+    assert result.exit_code == 2 and "not valid YAML" in result.output

@@ -1,0 +1,109 @@
+"""The worker loop in Ray Train's local mode (num_workers=0): no cluster, same code path."""
+
+import json
+
+import pytest
+from ray.train import RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from kdray.data import load_split, prepare_data
+from kdray.job import parse_job
+from kdray.models import load_model
+from kdray.plan import make_plan
+from kdray.worker import train_loop
+from tests.conftest import tiny_job_dict
+
+
+def run_local(tmp_path, job, spec, data, teacher_dir=None):
+    run_dir = tmp_path / "runs" / spec.run_id
+    config = {
+        "job": job.model_dump(mode="json"),
+        "run": spec.to_dict(),
+        "data": data.to_json(),
+        "run_dir": str(run_dir),
+        "teacher_dir": str(teacher_dir) if teacher_dir else None,
+    }
+    TorchTrainer(
+        train_loop,
+        train_loop_config=config,
+        scaling_config=ScalingConfig(num_workers=0),
+        run_config=RunConfig(name=spec.run_id, storage_path=str(tmp_path / "train")),
+    ).fit()
+    return run_dir, json.loads((run_dir / "summary.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A teacher, a KD student of it, and a defective teacher, trained once for the module."""
+    tmp_path = tmp_path_factory.mktemp("worker")
+    raw = tiny_job_dict(tmp_path)
+    raw["studies"]["defective"] = {
+        "teachers": ["resnet10t"],
+        "students": ["test_resnet"],
+        "teacher_val_band": [0.45, 0.8],
+        "eval_every_steps": 1,
+    }
+    raw["train"]["epochs"] = 3
+    job = parse_job(raw)
+    plan = make_plan(job)
+    data = prepare_data(job.data, tmp_path / "data")
+    out = {"job": job, "plan": plan, "data": data}
+    for spec in plan.stage("teacher"):
+        key = "defective_teacher" if spec.band else "teacher"
+        out[key] = (spec, *run_local(tmp_path, job, spec, data))
+    teacher_spec, teacher_dir, _ = out["teacher"]
+    student = next(r for r in plan.stage("student") if r.teacher_run == teacher_spec.run_id)
+    out["student"] = (student, *run_local(tmp_path, job, student, data, teacher_dir))
+    return out
+
+
+def test_a_run_writes_its_summary_epochs_and_weights(trained):
+    spec, run_dir, summary = trained["teacher"]
+    assert summary["status"] == "finished" and summary["epochs"] == 3
+    for split in ("train", "val", "test"):
+        assert 0.0 <= summary[f"{split}_acc"] <= 1.0
+    epochs = [json.loads(line) for line in (run_dir / "epochs.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in epochs] == [1, 2, 3]
+    model, meta = load_model(run_dir / "model.pt")
+    assert meta["model"] == "resnet10t" and meta["num_classes"] == 3 and meta["in_chans"] == 1
+    assert summary["params"] == sum(p.numel() for p in model.parameters())
+
+
+def test_saved_teacher_reproduces_its_recorded_validation_accuracy(trained):
+    import torch
+
+    from kdray.worker import to_tensor
+
+    _, run_dir, summary = trained["teacher"]
+    data = trained["data"]
+    model, meta = load_model(run_dir / "model.pt")
+    images, labels = load_split(data.path, "valid")
+    with torch.no_grad():
+        preds = model(to_tensor(images, meta["mean"], meta["std"], "cpu")).argmax(1).numpy()
+    assert (preds == labels).mean() == pytest.approx(summary["val_acc"])
+
+
+def test_defective_teacher_stops_inside_its_band(trained):
+    spec, _, summary = trained["defective_teacher"]
+    low, high = spec.band
+    assert summary["status"] == "finished", summary["error"]
+    assert low <= summary["val_acc"] <= high
+    assert summary["band_val_acc"] == pytest.approx(summary["val_acc"])
+    assert summary["epochs"] < trained["job"].train.epochs  # stopped early, mid-training
+
+
+def test_kd_student_trains_from_its_teacher(trained):
+    spec, _, summary = trained["student"]
+    assert spec.strategy == "normal"
+    assert summary["status"] == "finished" and summary["epochs"] == 3
+
+
+def test_a_band_out_of_reach_is_reported_not_hidden(tmp_path, trained):
+    job = trained["job"]
+    raw = job.model_dump(mode="json")
+    raw["studies"]["defective"]["teacher_val_band"] = [0.0, 0.01]
+    job = parse_job(raw)
+    spec = next(r for r in make_plan(job).stage("teacher") if r.band)
+    _, summary = run_local(tmp_path, job, spec, trained["data"])
+    assert summary["status"] == "failed"
+    assert "jumped past its band" in summary["error"] or "never reached" in summary["error"]
