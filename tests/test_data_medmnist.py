@@ -1,0 +1,92 @@
+"""The `medmnist` data kind: a MedMNIST .npz made here, and the real BreastMNIST file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from kdray.data import DataError, load_split, open_sources, prepare_data
+from kdray.data.medmnist import Config
+
+BREASTMNIST = Path(__file__).resolve().parents[2] / "shared/data/breastmnist.npz"
+
+
+def write_npz(path: Path, rgb: bool = False, column_labels: bool = True, drop: str = "") -> Path:
+    """A tiny MedMNIST-shaped archive: 3 classes, 12×12 images, labels N×1 or N."""
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for key, n in (("train", 30), ("val", 9), ("test", 12)):
+        shape = (n, 12, 12, 3) if rgb else (n, 12, 12)
+        labels = np.arange(n) % 3
+        arrays[f"{key}_images"] = rng.integers(0, 256, shape, dtype=np.uint8)
+        arrays[f"{key}_labels"] = labels.reshape(-1, 1) if column_labels else labels
+    arrays.pop(drop, None)
+    np.savez_compressed(path, **arrays)
+    return path
+
+
+@pytest.mark.parametrize("column_labels", [True, False])
+def test_tiny_npz_gives_three_splits_with_flat_labels(tmp_path, column_labels):
+    path = write_npz(tmp_path / "tiny.npz", column_labels=column_labels)
+    classes, sources = open_sources(Config(path=path))
+    assert classes == ["0", "1", "2"]
+    assert {s: len(src) for s, src in sources.items()} == {"train": 30, "valid": 9, "test": 12}
+    assert sources["valid"].labels.shape == (9,)
+    assert sources["train"].labels[:4].tolist() == [0, 1, 2, 0]
+    assert sources["train"].image(0).shape == (12, 12)
+
+
+def test_names_cap_and_rgb_through_the_cache(tmp_path):
+    path = write_npz(tmp_path / "rgb.npz", rgb=True)
+    cfg = Config(path=path, classes=["a", "b", "c"], max_per_split=7, image_size=16, channels=3)
+    info = prepare_data(cfg, tmp_path / "cache")
+    assert info.classes == ["a", "b", "c"]
+    assert info.counts == {"train": 7, "valid": 7, "test": 7}
+    images, labels = load_split(info.path, "train")
+    assert images.shape == (7, 16, 16, 3) and images.dtype == np.uint8
+    assert labels.tolist() == [0, 1, 2, 0, 1, 2, 0]  # the first N, in file order
+    gray = prepare_data(cfg.model_copy(update={"channels": 1}), tmp_path / "cache")
+    assert load_split(gray.path, "test")[0].shape == (7, 16, 16, 1)
+
+
+def test_missing_file_not_an_npz_and_missing_key_are_reported(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        open_sources(Config(path=tmp_path / "nowhere.npz"))
+    junk = tmp_path / "junk.npz"
+    junk.write_text("not a zip")
+    with pytest.raises(DataError, match="junk.npz: not a NumPy .npz archive"):
+        open_sources(Config(path=junk))
+    no_val = write_npz(tmp_path / "noval.npz", drop="val_labels")
+    with pytest.raises(DataError) as err:
+        open_sources(Config(path=no_val))
+    assert len(err.value.problems) == 1
+    assert err.value.problems[0].startswith(f"{no_val}: no array 'val_labels'")
+
+
+def test_labels_outside_the_named_classes_are_reported(tmp_path):
+    path = write_npz(tmp_path / "tiny.npz")
+    with pytest.raises(DataError) as err:
+        open_sources(Config(path=path, classes=["a", "b"]))
+    assert len(err.value.problems) == 3  # one per split
+    assert "train_labels has labels [2] outside the 2 classes" in err.value.problems[0]
+
+
+def test_config_rejects_duplicate_classes_and_zero_cap(tmp_path):
+    with pytest.raises(ValidationError):
+        Config(path=tmp_path / "x.npz", classes=["a", "a"])
+    with pytest.raises(ValidationError):
+        Config(path=tmp_path / "x.npz", max_per_split=0)
+
+
+def test_real_breastmnist():
+    if not BREASTMNIST.is_file():
+        pytest.skip(f"{BREASTMNIST} not present (shared/ sits beside the repo checkout)")
+    classes, sources = open_sources(Config(path=BREASTMNIST, image_size=28))
+    assert classes == ["0", "1"]
+    assert {s: len(src) for s, src in sources.items()} == {"train": 546, "valid": 78, "test": 156}
+    for source in sources.values():
+        assert set(np.unique(source.labels)) == {0, 1}
+        assert source.image(0).shape == (28, 28)
