@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from types import ModuleType
 
-from kdray.data import medmnist, mura, synthetic
+from kdray.data import folder, medmnist, mura, synthetic
 from kdray.data.base import DataError
 from kdray.data.cache import SPLITS, DataInfo, fingerprint, load_split, read_info, write_cache
 
@@ -18,6 +18,7 @@ DATA_KINDS: dict[str, ModuleType] = {
     "synthetic": synthetic,
     "medmnist": medmnist,
     "mura": mura,
+    "folder": folder,
 }
 
 

@@ -1,0 +1,278 @@
+"""Image files on disk as a data kind: class folders, or a CSV listing files and labels.
+
+Three ways to lay the files out:
+- `root/<class>/...` (files at any depth below the class folder): valid and test are carved off
+  by `split_by`, stratified by class, seeded;
+- `root/{train,valid,test}/<class>/...` (`val` also names valid): the splits as given; a missing
+  valid or test folder is carved off train as above;
+- `csv:` with a header `path,label[,split,group]`: paths relative to the CSV's folder; splits the
+  CSV does not use are carved off train, by group when there is a group column (no group in two
+  splits), else by file, stratified by class.
+PNG, JPEG, BMP, TIFF and DICOM (`.dcm`) files are read; other files in class folders are ignored.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from kdray.data.base import DataConfigBase, DataError
+from kdray.data.cache import SPLITS
+from kdray.data.files import (
+    IMAGE_SUFFIXES,
+    SKIP_HINT,
+    FileSource,
+    carve,
+    is_image_file,
+    raise_problems,
+)
+
+SPLIT_NAMES = {"train": "train", "valid": "valid", "val": "valid", "validation": "valid"}
+SPLIT_NAMES["test"] = "test"
+
+
+class SplitFractions(BaseModel):
+    """Fractions of the train pool moved to valid and test when the data does not split itself."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    valid: float = Field(0.1, ge=0, lt=1)
+    test: float = Field(0.1, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _leaves_train(self) -> SplitFractions:
+        if self.valid + self.test >= 1:
+            raise ValueError("valid + test must be below 1 (the rest is train)")
+        return self
+
+
+class Config(DataConfigBase):
+    """`data: {kind: folder, root: ...}` or `data: {kind: folder, csv: ...}`."""
+
+    kind: Literal["folder"] = "folder"
+    root: Path | None = Field(None, description="one sub-folder per class (or train/valid/test)")
+    csv: Path | None = Field(None, description="a CSV with columns path,label[,split,group]")
+    classes: list[str] | None = Field(
+        None, min_length=2, description="class names in label order (default: sorted names)"
+    )
+    split_by: SplitFractions = Field(default_factory=SplitFractions)
+    split_seed: int = Field(0, description="seeds the carving of valid/test")
+
+    @field_validator("classes")
+    @classmethod
+    def _distinct(cls, classes: list[str] | None) -> list[str] | None:
+        if classes is not None and len(set(classes)) != len(classes):
+            raise ValueError("classes must be distinct")
+        return classes
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Config:
+        if (self.root is None) == (self.csv is None):
+            raise ValueError("give exactly one of root (class folders) or csv (a file list)")
+        return self
+
+
+@dataclass
+class Item:
+    file: Path
+    label: str
+    split: str | None  # None: in the train pool, valid/test may be carved from it
+    group: str | None
+    where: str  # the folder or "<csv> line N", for messages
+
+
+def natural_sorted(names: set[str]) -> list[str]:
+    """Names sorted; numerically when they are all integers ("2" before "10")."""
+    if all(n.lstrip("-").isdigit() for n in names):
+        return sorted(names, key=int)
+    return sorted(names)
+
+
+# --- class folders ----------------------------------------------------------------------------
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _class_items(folder: Path, split: str | None) -> list[Item]:
+    items = []
+    for class_dir in _subfolders(folder):
+        for file in sorted(class_dir.rglob("*")):
+            if is_image_file(file):
+                items.append(Item(file, class_dir.name, split, None, str(class_dir)))
+    return items
+
+
+def scan_root(root: Path) -> tuple[list[Item], list[Path]]:
+    """The items under `root` and the class folders seen (for messages and empty classes)."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataError([f"{root}: no such folder; set data.root to a folder of class folders"])
+    split_dirs = {SPLIT_NAMES[p.name]: p for p in _subfolders(root) if p.name in SPLIT_NAMES}
+    if "train" not in split_dirs:
+        return _class_items(root, None), _subfolders(root)
+    items, class_dirs = [], []
+    for split, folder in split_dirs.items():
+        items += _class_items(folder, None if split == "train" else split)
+        class_dirs += _subfolders(folder)
+    return items, class_dirs
+
+
+# --- CSV --------------------------------------------------------------------------------------
+
+
+def read_csv(path: Path, skip_missing: bool) -> tuple[list[Item], list[str], list[str]]:
+    """(items, dropped rows, problems) of a `path,label[,split,group]` CSV."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError([f"{path}: no such file; set data.csv to a path,label[,split,group] CSV"])
+    items, dropped, problems = [], [], []
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle)
+            header = [c.strip().lower() for c in next(reader, [])]
+            missing = [c for c in ("path", "label") if c not in header]
+            if missing:
+                raise DataError(
+                    [
+                        f"{path} line 1: header {header} lacks {missing}; "
+                        "expected columns path,label[,split,group]"
+                    ]
+                )
+            col = {
+                name: header.index(name)
+                for name in ("path", "label", "split", "group")
+                if name in header
+            }
+            for cells in reader:
+                where = f"{path} line {reader.line_num}"
+                if not any(c.strip() for c in cells):
+                    continue
+                item = _csv_item(path.parent, cells, col, header, where, problems)
+                if item is None:
+                    continue
+                if not item.file.is_file():
+                    message = f"{where}: {item.file} does not exist ({SKIP_HINT})"
+                    (dropped if skip_missing else problems).append(message)
+                    continue
+                items.append(item)
+    except (csv.Error, UnicodeDecodeError) as exc:
+        raise DataError([f"{path}: not a readable CSV ({exc})"]) from None
+    return items, dropped, problems
+
+
+def _csv_item(
+    folder: Path,
+    cells: list[str],
+    col: dict[str, int],
+    header: list[str],
+    where: str,
+    problems: list[str],
+) -> Item | None:
+    cells = [c.strip() for c in cells]
+    if len(cells) != len(header):
+        problems.append(f"{where}: {len(cells)} fields, the header has {len(header)}; fix the row")
+        return None
+    path, label = cells[col["path"]], cells[col["label"]]
+    if not path or not label:
+        problems.append(f"{where}: empty path or label; fix the row")
+        return None
+    split = None
+    if "split" in col:
+        raw = cells[col["split"]].lower()
+        if raw not in SPLIT_NAMES:
+            problems.append(f"{where}: split {raw!r} is not train, valid (val) or test")
+            return None
+        split = None if SPLIT_NAMES[raw] == "train" else SPLIT_NAMES[raw]
+    group = (cells[col["group"]] or None) if "group" in col else None
+    file = folder / path.replace("\\", "/")
+    return Item(file, label, split, group, where)
+
+
+# --- splits -----------------------------------------------------------------------------------
+
+
+def assign_splits(items: list[Item], fractions: SplitFractions, seed: int) -> list[str]:
+    """The split of each item: its own, or carved off the train pool for splits no item names.
+
+    The pool is carved by group when items have groups (an item without one is its own group),
+    else by file, stratified by class.
+    """
+    given = {i.split for i in items if i.split is not None}
+    wanted = {s: getattr(fractions, s) for s in ("valid", "test") if s not in given}
+    pool = [i for i in items if i.split is None]
+    grouped = any(i.group for i in pool)
+
+    def key_of(item: Item) -> str:
+        return item.group if grouped and item.group else f"file:{item.file}"
+
+    if grouped:
+        keys, stratify = sorted({key_of(i) for i in pool}), None
+    else:
+        keys, stratify = [key_of(i) for i in pool], [i.label for i in pool]
+    carved = carve(keys, wanted, seed, stratify)
+    split_of = {key: split for split, members in carved.items() for key in members}
+    return [i.split if i.split is not None else split_of[key_of(i)] for i in items]
+
+
+def open_sources(cfg: Config) -> tuple[list[str], dict[str, FileSource]]:
+    """The train, valid and test splits of the class folders or the CSV."""
+    dropped: list[str] = []
+    if cfg.root is not None:
+        items, class_dirs = scan_root(cfg.root)
+        problems: list[str] = []
+        names = {d.name for d in class_dirs}
+        where = str(Path(cfg.root).expanduser())
+    else:
+        items, dropped, problems = read_csv(cfg.csv, cfg.on_bad_image == "skip")
+        class_dirs, names = [], {i.label for i in items}
+        where = str(Path(cfg.csv).expanduser())
+    classes = list(cfg.classes) if cfg.classes else natural_sorted(names)
+    known = set(classes)
+    for folder in class_dirs:
+        if folder.name not in known:
+            problems.append(
+                f"{folder}: folder {folder.name!r} is not one of data.classes {classes}; "
+                "remove it or add it to data.classes"
+            )
+    for item in items:
+        if item.label not in known and not class_dirs:
+            problems.append(
+                f"{item.where}: label {item.label!r} is not one of data.classes {classes}; "
+                "fix the row or data.classes"
+            )
+    raise_problems(problems)
+    if len(classes) < 2:
+        raise DataError([f"{where}: {len(classes)} class(es) {classes}; need at least 2"])
+
+    splits = assign_splits(items, cfg.split_by, cfg.split_seed)
+    index = {name: k for k, name in enumerate(classes)}
+    sources = {}
+    for split in SPLITS:
+        chosen = [i for i, s in zip(items, splits, strict=True) if s == split]
+        labels = np.asarray([index[i.label] for i in chosen], dtype=np.int64)
+        counts = np.bincount(labels, minlength=len(classes))
+        for name, count in zip(classes, counts, strict=True):
+            if count == 0:
+                problems.append(
+                    f"{where}: class {name!r} has no images in the {split} split "
+                    f"(files ending {', '.join(IMAGE_SUFFIXES)}); add images, "
+                    "or fix data.classes / data.split_by"
+                )
+        has_groups = any(i.group for i in items)
+        sources[split] = FileSource(
+            paths=[i.file for i in chosen],
+            labels=labels,
+            groups=np.asarray([i.group or str(i.file) for i in chosen], dtype=str)
+            if has_groups
+            else None,
+            dropped=list(dropped) if split == "train" else [],  # rows of every split
+        )
+    raise_problems(problems)
+    return classes, sources
