@@ -7,11 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from pydantic import ValidationError
+from typer.testing import CliRunner
 
+from kdray.cli import app
 from kdray.data import DataError, load_split, open_sources, prepare_data
 from kdray.data.medmnist import Config
 
-BREASTMNIST = Path(__file__).resolve().parents[2] / "shared/data/breastmnist.npz"
+REPO = Path(__file__).resolve().parents[1]
+BREASTMNIST = REPO.parent / "shared/data/breastmnist.npz"
 
 
 def write_npz(path: Path, rgb: bool = False, column_labels: bool = True, drop: str = "") -> Path:
@@ -90,3 +93,18 @@ def test_real_breastmnist():
     for source in sources.values():
         assert set(np.unique(source.labels)) == {0, 1}
         assert source.image(0).shape == (28, 28)
+
+
+def test_shipped_job_validates_and_a_missing_file_exits_2(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)  # the job's relative path is resolved against the working directory
+    missing = tmp_path / "nothing.npz"
+    result = CliRunner().invoke(
+        app, ["validate", "jobs/medmnist.yaml", "--set", f"data.path={missing}"]
+    )
+    assert result.exit_code == 2
+    assert f"data: {missing}: does not exist" in result.output
+    if not BREASTMNIST.is_file():
+        pytest.skip(f"{BREASTMNIST} not present (shared/ sits beside the repo checkout)")
+    result = CliRunner().invoke(app, ["validate", "jobs/medmnist.yaml"])
+    assert result.exit_code == 0, result.output
+    assert "2 classes, train 546, valid 78, test 156" in result.output
