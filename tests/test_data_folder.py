@@ -290,6 +290,19 @@ def test_dicom_rescale_window_and_monochrome1(tmp_path):
     assert read_image(tmp_path / "p.dcm").tolist() == plain.tolist()
 
 
+def test_compressed_dicom_is_decoded(tmp_path):
+    import pydicom
+    from pydicom.uid import RLELossless
+
+    stored = RNG.integers(0, 4096, (32, 24)).astype(np.uint16)
+    path = write_dicom(tmp_path / "raw.dcm", stored, window=(2000, 3000))
+    ds = pydicom.dcmread(path)
+    ds.compress(RLELossless)  # pydicom's own encoder; JPEG needs pylibjpeg or gdcm
+    ds.save_as(tmp_path / "rle.dcm")
+    assert pydicom.dcmread(tmp_path / "rle.dcm").file_meta.TransferSyntaxUID == RLELossless
+    assert (read_image(tmp_path / "rle.dcm") == read_image(path)).all()
+
+
 def test_pil_modes_become_gray_or_rgb(tmp_path):
     gray16 = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000).astype(np.uint16)
     Image.fromarray(gray16).save(tmp_path / "g16.png")

@@ -241,8 +241,8 @@ def open_sources(cfg: Config) -> tuple[list[str], dict[str, FileSource]]:
                 f"{folder}: folder {folder.name!r} is not one of data.classes {classes}; "
                 "remove it or add it to data.classes"
             )
-    for item in items:
-        if item.label not in known and not class_dirs:
+    for item in items if cfg.csv is not None else []:  # folder labels were checked above
+        if item.label not in known:
             problems.append(
                 f"{item.where}: label {item.label!r} is not one of data.classes {classes}; "
                 "fix the row or data.classes"
