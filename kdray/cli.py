@@ -93,7 +93,7 @@ def run(
 def _run(exp, job, address: str | None, verbose: bool) -> None:
     from kdray.data import DataError
     from kdray.export import render_tables
-    from kdray.grid import ResourceError
+    from kdray.grid import GridInterrupted, ResourceError
     from kdray.results import read_trials, write_results
     from kdray.runner import run_experiment
 
@@ -107,9 +107,12 @@ def _run(exp, job, address: str | None, verbose: bool) -> None:
         for line in exc.problems:
             _error(f"data: {line}")
         raise typer.Exit(2) from None
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, GridInterrupted):
         write_results(exp)
-        err.print(f"\n[yellow]interrupted[/yellow]; continue with:\n  kdray resume {exp.root}")
+        err.print(
+            Text.assemble(("\ninterrupted", "yellow"), "; finished runs are kept. Continue with:")
+        )
+        err.print(f"  kdray resume {exp.root}", highlight=False, soft_wrap=True)
         raise typer.Exit(130) from None
     trials = read_trials(exp).to_pandas()
     tables = render_tables(trials, list(job.studies))
@@ -122,6 +125,65 @@ def _run(exp, job, address: str | None, verbose: bool) -> None:
         for run_id, error in report.failed.items():
             err.print(f"  {run_id}: {error}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
+
+
+@app.command()
+def resume(
+    experiment_dir: Path,
+    address: Annotated[
+        str | None, typer.Option(help="Join a running Ray cluster instead of a local Ray.")
+    ] = None,
+    verbose: Annotated[bool, typer.Option(help="Show Ray's own logs.")] = False,
+) -> None:
+    """Continue an interrupted or partly failed grid: finished runs are kept, unfinished and
+    failed runs continue from their last checkpoint, students only after every teacher."""
+    from kdray.experiment import Experiment, ExperimentError
+
+    try:
+        exp = Experiment.open(experiment_dir)
+        job = exp.job()
+    except ExperimentError as exc:
+        _error(str(exc))
+        raise typer.Exit(2) from None
+    _run(exp, job, address, verbose)
+
+
+@app.command()
+def status(experiment_dir: Path) -> None:
+    """Per stage: finished / running / failed / interrupted / pending runs, and every run."""
+    from rich.table import Table
+
+    from kdray.experiment import Experiment, ExperimentError
+    from kdray.status import STATES, grid_alive, stage_counts, status_rows
+
+    try:
+        exp = Experiment.open(experiment_dir)
+    except ExperimentError as exc:
+        _error(str(exc))
+        raise typer.Exit(2) from None
+    rows = status_rows(exp)
+    console.print(f"experiment: {exp.root} ({'running' if grid_alive(exp) else 'not running'})")
+    for stage, counts in stage_counts(rows).items():
+        parts = ", ".join(f"{counts[s]} {s}" for s in STATES if counts[s])
+        console.print(f"{stage:<8} {sum(counts.values())} runs: {parts or 'none'}")
+    table = Table(
+        "stage", "strategy", "teacher", "student", "seed", "state", "best val", "attempts"
+    )
+    colours = {"finished": "green", "failed": "red", "running": "cyan", "interrupted": "yellow"}
+    for r in rows:
+        best = "" if r["best_val_acc"] is None else f"{r['best_val_acc']:.3f}"
+        state = f"[{colours.get(r['state'], 'white')}]{r['state']}"
+        table.add_row(
+            r["stage"],
+            r["strategy"],
+            r["teacher"],
+            r["model"],
+            str(r["seed"]),
+            state,
+            best,
+            str(r["attempts"]),
+        )
+    console.print(table)
 
 
 @app.command()

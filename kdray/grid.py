@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,7 +102,13 @@ def run_trial(config: dict) -> None:
     spec = RunSpec.from_dict(config["run"])
     run_dir = exp.run_dir(spec.run_id)
     summary = exp.summary(spec.run_id)
+    if summary is None and spec.teacher_run:
+        teacher = exp.summary(spec.teacher_run)
+        if teacher is None or teacher["status"] != "finished":
+            reason = (teacher or {}).get("error") or "it has not finished"
+            raise RuntimeError(f"teacher run {spec.teacher_run} is not usable: {reason}")
     if summary is None:
+        run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "failure.json").unlink(missing_ok=True)
         attempts = _bump_attempts(run_dir)
         started = time.time()
@@ -143,75 +148,66 @@ def run_trial(config: dict) -> None:
     tune.report({k: v for k, v in summary.items() if isinstance(v, int | float)})
 
 
-class StageProgress(tune.Callback):
-    """Forwards trial start/finish/failure to a progress display."""
-
-    def __init__(self, on_event: Callable[[str, str], None] | None):
-        self.on_event = on_event or (lambda kind, run_id: None)
-
-    def __getstate__(self) -> dict:
-        return {}  # Tune pickles its callbacks with the experiment; the display stays behind
-
-    def __setstate__(self, state: dict) -> None:
-        self.on_event = lambda kind, run_id: None
-
-    def on_trial_start(self, iteration, trials, trial, **info):
-        self.on_event("start", trial.config["run"]["run_id"])
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        self.on_event("finished", trial.config["run"]["run_id"])
-
-    def on_trial_error(self, iteration, trials, trial, **info):
-        self.on_event("failed", trial.config["run"]["run_id"])
+class GridInterrupted(Exception):
+    """The stage stopped (Ctrl-C, or Ray gave up) with runs neither finished nor failed."""
 
 
 def run_stage(
-    exp: Experiment,
-    job: Job,
-    stage: Stage,
-    runs: list[RunSpec],
-    data: DataInfo,
-    on_event: Callable[[str, str], None] | None = None,
+    exp: Experiment, job: Job, stage: Stage, runs: list[RunSpec], data: DataInfo
 ) -> list[TrialOutcome]:
-    """Run the given runs of one stage as one Tune experiment; returns each run's outcome."""
+    """Run one stage as one Tune experiment over all its runs, restoring it if it exists.
+
+    A restored experiment never reruns its TERMINATED trials and retries its errored ones
+    (`resume_errored`: same trial ids, so Train resumes them from their last checkpoint).
+    """
     if not runs:
         return []
-    tuner = tune.Tuner(
-        tune.with_resources(run_trial, driver_resources()),
-        param_space={
-            "run": tune.grid_search([r.to_dict() for r in runs]),
-            "job": job.model_dump(mode="json"),
-            "data": data.to_json(),
-            "experiment": str(exp.root),
-        },
-        tune_config=tune.TuneConfig(
-            max_concurrent_trials=job.resources.max_concurrent_trials,
-            trial_name_creator=lambda t: t.config["run"]["run_id"],
-            trial_dirname_creator=lambda t: t.config["run"]["run_id"],
-        ),
-        run_config=tune.RunConfig(
-            name=stage,
-            storage_path=str(exp.tune_dir),
-            failure_config=tune.FailureConfig(max_failures=1),
-            verbose=0,
-            callbacks=[StageProgress(on_event)] if on_event else None,
-        ),
-    )
+    trainable = tune.with_resources(run_trial, driver_resources())
+    path = exp.tune_dir / stage
+    if tune.Tuner.can_restore(str(path)):
+        tuner = tune.Tuner.restore(
+            str(path), trainable, resume_unfinished=True, resume_errored=True
+        )
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space={
+                "run": tune.grid_search([r.to_dict() for r in runs]),
+                "job": job.model_dump(mode="json"),
+                "data": data.to_json(),
+                "experiment": str(exp.root),
+            },
+            tune_config=tune.TuneConfig(
+                max_concurrent_trials=job.resources.max_concurrent_trials,
+                trial_name_creator=_trial_name,
+                trial_dirname_creator=_trial_name,
+            ),
+            run_config=tune.RunConfig(
+                name=stage,
+                storage_path=str(exp.tune_dir),
+                failure_config=tune.FailureConfig(max_failures=1),
+                verbose=0,
+            ),
+        )
     results = tuner.fit()
-    outcomes = {}
-    for result in results:
-        run_id = result.config["run"]["run_id"]
-        summary = exp.summary(run_id)
-        if result.error is None and summary and summary["status"] == "finished":
-            outcomes[run_id] = TrialOutcome(run_id, "finished")
+    errors = {r.config["run"]["run_id"]: r.error for r in results if r.config}
+    outcomes = []
+    for run in runs:
+        summary = exp.summary(run.run_id)
+        if summary is not None:
+            outcome = TrialOutcome(run.run_id, summary["status"], summary.get("error"))
+        elif errors.get(run.run_id) is not None:
+            error = _short_error(errors[run.run_id])
+            _write_json_atomic(exp.run_dir(run.run_id) / "failure.json", {"error": error})
+            outcome = TrialOutcome(run.run_id, "failed", error)
         else:
-            error = (summary or {}).get("error") or _short_error(result.error)
-            if summary is None:  # a Ray-level failure: keep it for the tables and `status`
-                _write_json_atomic(exp.run_dir(run_id) / "failure.json", {"error": error})
-            outcomes[run_id] = TrialOutcome(run_id, "failed", error)
-    return [
-        outcomes.get(r.run_id, TrialOutcome(r.run_id, "failed", "trial never ran")) for r in runs
-    ]
+            raise GridInterrupted(f"stage {stage}: run {run.run_id} neither finished nor failed")
+        outcomes.append(outcome)
+    return outcomes
+
+
+def _trial_name(trial) -> str:
+    return trial.config["run"]["run_id"]
 
 
 def _short_error(error: BaseException | None) -> str:

@@ -1,9 +1,17 @@
-"""A live view of a grid: one bar per stage with done / running / failed counts."""
+"""A live view of a grid: one bar per stage with done / running / failed counts, read from the
+experiment folder (so it is the same view `kdray status` gives)."""
 
 from __future__ import annotations
 
+import contextlib
+import threading
+
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from kdray.experiment import Experiment
+from kdray.plan import STAGES
+from kdray.status import stage_counts, status_rows
 
 
 class GridProgress:
@@ -18,7 +26,6 @@ class GridProgress:
             console=console,
         )
         self._tasks: dict[str, int] = {}
-        self._counts: dict[str, dict[str, int]] = {}
 
     def __enter__(self) -> GridProgress:
         self.progress.start()
@@ -27,19 +34,27 @@ class GridProgress:
     def __exit__(self, *exc) -> None:
         self.progress.stop()
 
-    def add_stage(self, stage: str, total: int, already_done: int = 0) -> None:
-        self._counts[stage] = {"running": 0, "failed": 0}
-        self._tasks[stage] = self.progress.add_task(
-            stage, total=total, completed=already_done, stage=stage, running=0, failed=0
-        )
+    def refresh(self, exp: Experiment) -> None:
+        counts = stage_counts(status_rows(exp))
+        for stage in STAGES:
+            c = counts[stage]
+            total = sum(c.values())
+            if stage not in self._tasks:
+                self._tasks[stage] = self.progress.add_task(
+                    stage, total=total, stage=stage, running=0, failed=0
+                )
+            self.progress.update(
+                self._tasks[stage],
+                total=total,
+                completed=c["finished"] + c["failed"],
+                running=c["running"],
+                failed=c["failed"],
+            )
 
-    def event(self, stage: str, kind: str) -> None:
-        counts, task = self._counts[stage], self._tasks[stage]
-        if kind == "start":
-            counts["running"] += 1
-        else:
-            counts["running"] = max(0, counts["running"] - 1)
-            if kind == "failed":
-                counts["failed"] += 1
-            self.progress.advance(task)
-        self.progress.update(task, **counts)
+    def follow(self, exp: Experiment, stop: threading.Event, every_s: float = 1.0) -> None:
+        """Refresh from the experiment folder until `stop` is set (run it in a thread)."""
+        while not stop.is_set():
+            # a file half-written mid-poll: the next poll sees it whole
+            with contextlib.suppress(Exception):
+                self.refresh(exp)
+            stop.wait(every_s)

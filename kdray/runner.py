@@ -1,8 +1,14 @@
-"""`kdray run` from top to bottom: job -> experiment folder -> data cache -> stage 1 (teachers)
--> stage 2 (students) -> results tables."""
+"""`kdray run` / `kdray resume` from top to bottom: job -> experiment folder -> data cache ->
+stage 1 (teachers) -> stage 2 (students) -> results tables.
+
+Running an experiment that already exists resumes it: finished runs are kept, unfinished ones
+continue from their last checkpoint. That makes `kdray run` safe to repeat (Ray Jobs never retry
+an entrypoint; a user can just submit it again).
+"""
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 from rich.console import Console
@@ -14,7 +20,7 @@ from kdray.job import Job
 from kdray.plan import STAGES
 from kdray.progress import GridProgress
 from kdray.results import write_results
-from kdray.worker import _write_json_atomic
+from kdray.status import clear_driver, mark_driver
 
 
 @dataclass
@@ -35,7 +41,7 @@ def run_experiment(
     verbose: bool = False,
     console: Console | None = None,
 ) -> RunReport:
-    """Run every unfinished run of the experiment, stage by stage; finished runs are kept."""
+    """Run (or resume) every stage of the experiment; the tables are rewritten after each."""
     console = console or Console()
     plan = exp.plan()
     report = RunReport(exp)
@@ -43,41 +49,32 @@ def run_experiment(
     check_resources(job)
     with console.status("decoding data into the array cache"):
         data = prepare_data(job.data, exp.data_dir)
+    skipped = sum(data.extra.get("skipped", {}).values())
     console.print(
         f"data: {job.data.kind}, {data.num_classes} classes, "
         + ", ".join(f"{k} {v}" for k, v in data.counts.items())
         + f", {data.image_size}px x {data.channels}ch"
+        + (f", {skipped} bad images skipped" if skipped else ""),
+        highlight=False,
     )
-    with GridProgress(console) as progress:
-        for stage in STAGES:
-            runs = plan.stage(stage)
-            todo, blocked = [], []
-            for run in runs:
-                summary = exp.summary(run.run_id)
-                if summary and summary["status"] == "finished":
-                    report.finished.append(run.run_id)
-                elif run.teacher_run and run.teacher_run in report.failed:
-                    blocked.append(run)
-                else:
-                    todo.append(run)
-            for run in blocked:
-                error = f"teacher run {run.teacher_run} failed"
-                report.failed[run.run_id] = error
-                exp.run_dir(run.run_id).mkdir(parents=True, exist_ok=True)
-                _write_json_atomic(exp.run_dir(run.run_id) / "failure.json", {"error": error})
-            progress.add_stage(stage, len(runs), already_done=len(runs) - len(todo))
-            outcomes = run_stage(
-                exp,
-                job,
-                stage,
-                todo,
-                data,
-                on_event=lambda kind, _id, s=stage: progress.event(s, kind),
-            )
-            for outcome in outcomes:
-                if outcome.status == "finished":
-                    report.finished.append(outcome.run_id)
-                else:
-                    report.failed[outcome.run_id] = outcome.error or "failed"
-            write_results(exp)
+    mark_driver(exp)
+    stop_polling = threading.Event()
+    try:
+        with GridProgress(console) as progress:
+            poller = threading.Thread(target=progress.follow, args=(exp, stop_polling), daemon=True)
+            poller.start()
+            for stage in STAGES:
+                for outcome in run_stage(exp, job, stage, plan.stage(stage), data):
+                    if outcome.status == "finished":
+                        report.finished.append(outcome.run_id)
+                    else:
+                        report.failed[outcome.run_id] = outcome.error or "failed"
+                write_results(exp)
+            stop_polling.set()
+            poller.join()
+            progress.refresh(exp)
+    finally:
+        stop_polling.set()
+        clear_driver(exp)
+        write_results(exp)
     return report

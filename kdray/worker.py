@@ -134,7 +134,6 @@ def train_loop(config: dict) -> None:
     )
     device = _device(job)
     torch.set_num_threads(job.resources.torch_threads or max(1, int(job.resources.cpus_per_worker)))
-    fault_epoch = int(os.environ.get("KDRAY_TEST_FAIL_AT_EPOCH", "0") or 0)  # tests only
 
     _seed_everything(spec.seed)
     model = create_model(
@@ -158,11 +157,12 @@ def train_loop(config: dict) -> None:
     augment = (
         build_train_augmentation(job, seed=spec.seed * 1000 + rank) if job.train.augment else None
     )
+    shuffle_rng = torch.Generator()
     loader = DataLoader(
         TrainSet(train_images, train_labels, augment, info.mean, info.std),
         batch_size=job.train.batch_size,
         shuffle=True,
-        generator=torch.Generator().manual_seed(spec.seed),
+        generator=shuffle_rng,
         drop_last=len(train_labels) > job.train.batch_size,
     )
     loader = ray.train.torch.prepare_data_loader(loader, move_to_device=True)
@@ -178,7 +178,7 @@ def train_loop(config: dict) -> None:
     )
     eval_every = spec.eval_every_steps or max(1, math.ceil(steps_per_epoch / 10))
 
-    start_epoch, history, band_hit = 0, [], None
+    start_epoch, history, band_hit, restored_from = 0, [], None, None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
@@ -189,6 +189,7 @@ def train_loop(config: dict) -> None:
             scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
         start_epoch, history = state["epoch"], state["history"]
+        restored_from = start_epoch
 
     def val_accuracy() -> float:
         probs = predict(model, valid_images, info.mean, info.std, device, job.train.eval_batch_size)
@@ -197,14 +198,20 @@ def train_loop(config: dict) -> None:
     first_step_s = None
     error = None
     for epoch in range(start_epoch, job.train.epochs):
+        # each epoch's shuffle and augmentation draws depend only on (seed, rank, epoch), so a
+        # run resumed from a checkpoint sees exactly the batches it would have seen
+        epoch_seed = (spec.seed * 1000 + rank) * 1000 + epoch
+        shuffle_rng.manual_seed(epoch_seed)
+        if augment is not None:
+            augment.set_random_seed(epoch_seed)
         if hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
             loader.sampler.set_epoch(epoch)
         model.train()
         epoch_start = time.time()
         totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, seen
         for step, (x, y) in enumerate(loader, start=1):
-            if fault_epoch and epoch + 1 == fault_epoch and checkpoint is None and step == 2:
-                os._exit(1)  # simulate a worker crash (tests only)
+            if step == 2:
+                _crash_once_if_asked(spec.run_id, epoch + 1)
             if first_step_s is None:
                 first_step_s = time.time() - started
             teacher_logits = None
@@ -253,6 +260,8 @@ def train_loop(config: dict) -> None:
         history.append(row)
         stop = band_hit is not None or error is not None
         _report(row, core, optimizer, scheduler, epoch + 1, history, rank)
+        if rank == 0:
+            _write_history(run_dir, history)
         if stop:
             break
     if spec.band is not None and band_hit is None and error is None:
@@ -272,6 +281,7 @@ def train_loop(config: dict) -> None:
         "setup_s": first_step_s,
         "train_s": time.time() - started,
         "band_val_acc": band_hit["val_acc"] if band_hit else None,
+        "restored_from_epoch": restored_from,
     }
     for split in ("train", "valid", "test"):
         images, labels = (
@@ -281,9 +291,7 @@ def train_loop(config: dict) -> None:
         for key, value in classification_metrics(probs, labels).items():
             summary[f"{'val' if split == 'valid' else split}_{key}"] = value
     if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with open(run_dir / "epochs.jsonl", "w") as fh:
-            fh.writelines(json.dumps(h) + "\n" for h in history)
+        _write_history(run_dir, history)
         save_model(
             run_dir / "model.pt",
             core,
@@ -296,6 +304,29 @@ def train_loop(config: dict) -> None:
             image_size=info.image_size,
         )
         _write_json_atomic(run_dir / "summary.json", summary)
+
+
+def _write_history(run_dir: Path, history: list[dict]) -> None:
+    """The run's per-epoch rows so far (read by `kdray status` while the run trains)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir / "epochs.jsonl.tmp"
+    tmp.write_text("".join(json.dumps(h) + "\n" for h in history))
+    os.replace(tmp, run_dir / "epochs.jsonl")
+
+
+def _crash_once_if_asked(run_id: str, epoch: int) -> None:
+    """Fault injection for the fault-tolerance tests: with KDRAY_TEST_CRASH_EPOCH=N and
+    KDRAY_TEST_CRASH_DIR=<dir>, the worker process dies in epoch N, once per run."""
+    crash_epoch = os.environ.get("KDRAY_TEST_CRASH_EPOCH")
+    crash_dir = os.environ.get("KDRAY_TEST_CRASH_DIR")
+    if not crash_epoch or not crash_dir or int(crash_epoch) != epoch:
+        return
+    marker = Path(crash_dir) / run_id
+    if marker.exists():
+        return
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(str(epoch))
+    os._exit(1)
 
 
 def _renormalise(x: torch.Tensor, info: DataInfo, mean, std) -> torch.Tensor:

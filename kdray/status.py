@@ -1,0 +1,106 @@
+"""The state of every run of an experiment, read from its folder alone (works while a grid runs,
+after it stopped, and with no Ray running).
+
+A run is `finished` or `failed` once it wrote `summary.json` (or a Ray-level `failure.json`),
+`running` while a live grid has launched it, `interrupted` when it was launched by a grid that is
+gone, and `pending` before its first launch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections import Counter
+from pathlib import Path
+
+from kdray.experiment import Experiment
+from kdray.plan import STAGES, RunSpec
+
+STATES = ("finished", "running", "failed", "interrupted", "pending")
+DRIVER_FILE = "driver.json"
+
+
+def mark_driver(exp: Experiment) -> None:
+    """Record the live `kdray run`/`resume` process, so `status` can tell running from stopped."""
+    payload = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+    (exp.root / DRIVER_FILE).write_text(json.dumps(payload))
+
+
+def clear_driver(exp: Experiment) -> None:
+    (exp.root / DRIVER_FILE).unlink(missing_ok=True)
+
+
+def grid_alive(exp: Experiment) -> bool:
+    path = exp.root / DRIVER_FILE
+    if not path.is_file():
+        return False
+    driver = json.loads(path.read_text())
+    if driver["host"] != socket.gethostname():
+        return True  # another machine's driver: trust the marker
+    try:
+        os.kill(driver["pid"], 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def run_state(exp: Experiment, run: RunSpec, alive: bool) -> str:
+    run_dir = exp.run_dir(run.run_id)
+    summary = _read_json(run_dir / "summary.json")
+    if summary is not None:
+        return "finished" if summary["status"] == "finished" else "failed"
+    if (run_dir / "failure.json").is_file():
+        return "failed"
+    if (run_dir / "attempts.json").is_file():
+        return "running" if alive else "interrupted"
+    return "pending"
+
+
+def best_val_acc(exp: Experiment, run_id: str) -> float | None:
+    path = exp.run_dir(run_id) / "epochs.jsonl"
+    try:
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except FileNotFoundError:
+        return None
+    values = [r["val_acc"] for r in rows if r.get("val_acc") is not None]
+    return max(values) if values else None
+
+
+def status_rows(exp: Experiment) -> list[dict]:
+    alive = grid_alive(exp)
+    rows = []
+    runs = sorted(exp.plan().runs.values(), key=lambda r: (STAGES.index(r.stage), r.seed))
+    for run in runs:
+        attempts = _read_json(exp.run_dir(run.run_id) / "attempts.json") or {"attempts": 0}
+        rows.append(
+            {
+                "stage": run.stage,
+                "strategy": run.strategy,
+                "teacher": run.teacher_model or "",
+                "model": run.model,
+                "seed": run.seed,
+                "state": run_state(exp, run, alive),
+                "best_val_acc": best_val_acc(exp, run.run_id),
+                "attempts": attempts["attempts"],
+                "trial_id": run.run_id,
+            }
+        )
+    return rows
+
+
+def stage_counts(rows: list[dict]) -> dict[str, Counter]:
+    counts = {stage: Counter() for stage in STAGES}
+    for row in rows:
+        counts[row["stage"]][row["state"]] += 1
+    return counts
