@@ -326,6 +326,9 @@ def _crash_once_if_asked(run_id: str, epoch: int) -> None:
         return
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text(str(epoch))
+    # Ray Train's controller collects reports by polling; a real crash comes minutes into an
+    # epoch, long after the last epoch's checkpoint was registered: wait as long as a poll
+    time.sleep(3)
     os._exit(1)
 
 

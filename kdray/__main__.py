@@ -1,0 +1,3 @@
+from kdray.cli import app
+
+app()

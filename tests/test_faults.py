@@ -1,0 +1,153 @@
+"""Faults: a worker dies mid-trial, the driver is killed mid-grid, a node is lost. Each grid is
+tiny and bounded in time; the whole file takes a few minutes on 2 cores."""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import ray
+import yaml
+
+from kdray.experiment import Experiment
+from kdray.job import parse_job
+from kdray.runner import run_experiment
+from kdray.status import status_rows
+from tests.conftest import REPO, tiny_job_dict
+
+pytestmark = pytest.mark.ray
+
+
+def finished_rows(exp):
+    trials = pq.read_table(exp.results_dir / "trials.parquet").to_pylist()
+    assert sorted(r["trial_id"] for r in trials) == sorted(exp.plan().runs)  # each run once
+    return trials
+
+
+def test_worker_killed_mid_trial_resumes_from_its_last_checkpoint(tmp_path, monkeypatch):
+    crash_dir = tmp_path / "crashes"
+    monkeypatch.setenv("KDRAY_TEST_CRASH_EPOCH", "2")
+    monkeypatch.setenv("KDRAY_TEST_CRASH_DIR", str(crash_dir))
+    raw = tiny_job_dict(tmp_path)
+    raw["train"]["epochs"] = 3
+    raw["baseline"] = False
+    job = parse_job(raw)
+    exp = Experiment.create(job)
+    try:
+        report = run_experiment(exp, job)
+    finally:
+        ray.shutdown()
+    assert report.ok, report.failed
+    crashed = sorted(p.name for p in crash_dir.iterdir())
+    assert crashed == sorted(exp.plan().runs)  # every run's worker died once in epoch 2
+    for run_id in crashed:
+        summary = exp.summary(run_id)
+        assert summary["status"] == "finished"
+        attempts = json.loads((exp.run_dir(run_id) / "attempts.json").read_text())["attempts"]
+        assert (summary["restored_from_epoch"], attempts) == (1, 1)  # Train restarted, not Tune
+        epochs = (exp.run_dir(run_id) / "epochs.jsonl").read_text().splitlines()
+        assert [json.loads(e)["epoch"] for e in epochs] == [1, 2, 3]
+    assert all(r["status"] == "finished" for r in finished_rows(exp))
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_driver_killed_mid_grid_then_resumed_redoes_no_finished_run(tmp_path):
+    raw = tiny_job_dict(tmp_path)
+    raw["train"]["epochs"] = 4
+    raw["studies"]["reverse"] = {"teachers": ["test_resnet"], "students": ["resnet10t"]}
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text(yaml.safe_dump(raw))
+    exp = Experiment.for_job(parse_job(raw))
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "kdray", "run", str(job_file)],
+        cwd=REPO,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 240
+    finished: dict[str, tuple[str, float]] = {}
+    while time.time() < deadline and not finished:
+        time.sleep(1)
+        for summary in exp.root.glob("runs/*/summary.json"):
+            finished[summary.parent.name] = (digest(summary), summary.stat().st_mtime)
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait(timeout=30)
+    assert finished, "no run finished before the deadline"
+    time.sleep(2)
+    unfinished = [r for r in status_rows(exp) if r["state"] not in ("finished", "failed")]
+    assert unfinished, "the grid was already complete when the driver was killed"
+    models = {
+        p.name: digest(p) for p in exp.root.glob("runs/*/model.pt") if p.parent.name in finished
+    }
+
+    resumed = subprocess.run(
+        [sys.executable, "-m", "kdray", "resume", str(exp.root)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    for run_id, (sha, mtime) in finished.items():
+        summary = exp.run_dir(run_id) / "summary.json"
+        assert digest(summary) == sha and summary.stat().st_mtime == mtime
+        assert json.loads((exp.run_dir(run_id) / "attempts.json").read_text())["attempts"] == 1
+    for name, sha in models.items():
+        assert digest(exp.root / "runs" / name) == sha
+    assert all(r["status"] == "finished" for r in finished_rows(exp))
+
+
+def test_node_lost_mid_trial_the_grid_still_completes(tmp_path):
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 0, "resources": {"trial_driver": 2}},
+    )
+    nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]
+    cluster.wait_for_nodes()
+    raw = tiny_job_dict(tmp_path)
+    raw["train"]["epochs"] = 4
+    raw["studies"] = {
+        "normal": {"teachers": ["resnet10t", "test_resnet"], "students": ["test_resnet"]}
+    }
+    raw["baseline"] = False
+    job = parse_job(raw)
+    exp = Experiment.create(job)
+
+    removed = threading.Event()
+
+    def remove_a_node_once_training():
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            if list(exp.train_dir.glob("*/checkpoint_*")):
+                cluster.remove_node(nodes[0], allow_graceful=False)
+                cluster.add_node(num_cpus=1)
+                removed.set()
+                return
+            time.sleep(0.5)
+
+    killer = threading.Thread(target=remove_a_node_once_training, daemon=True)
+    killer.start()
+    try:
+        report = run_experiment(exp, job, address=cluster.address)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    assert removed.is_set(), "the grid ended before a node could be removed"
+    assert report.ok, report.failed
+    assert all(r["status"] == "finished" for r in finished_rows(exp))
