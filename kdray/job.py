@@ -127,6 +127,12 @@ class Job(Strict):
     resources: Resources = Field(default_factory=Resources)
     faults: Faults = Field(default_factory=Faults)
 
+    @field_validator("pretrained")
+    @classmethod
+    def _absolute_weights(cls, pretrained: dict[str, str]) -> dict[str, str]:
+        # Ray workers do not share the CLI's working directory
+        return {m: str(Path(p).expanduser().resolve()) for m, p in pretrained.items()}
+
     @field_validator("seeds")
     @classmethod
     def _distinct_seeds(cls, seeds: list[int]) -> list[int]:

@@ -50,6 +50,7 @@ def run_experiment(
     with console.status("decoding data into the array cache"):
         data = prepare_data(job.data, exp.data_dir)
     skipped = sum(data.extra.get("skipped", {}).values())
+    skipped += sum(data.extra.get("dropped_rows", {}).values())
     console.print(
         f"data: {job.data.kind}, {data.num_classes} classes, "
         + ", ".join(f"{k} {v}" for k, v in data.counts.items())

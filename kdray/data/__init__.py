@@ -24,14 +24,22 @@ DATA_KINDS: dict[str, ModuleType] = {
 
 def prepare_data(cfg, cache_root: str | Path) -> DataInfo:
     """Decode the job's data once (or reuse an earlier decode of the same configuration)."""
-    fp = fingerprint(cfg.model_dump(mode="json"))
+    fp = fingerprint({**cfg.model_dump(mode="json"), "files": cfg.file_stamps()})
     dest = Path(cache_root) / f"{cfg.kind}-{fp}"
     info = read_info(dest)
     if info is not None:
         return info
     classes, sources = open_sources(cfg)
+    dropped = {split: len(getattr(src, "dropped", ()) or ()) for split, src in sources.items()}
     return write_cache(
-        dest, sources, classes, cfg.image_size, cfg.channels, fp, on_bad_image=cfg.on_bad_image
+        dest,
+        sources,
+        classes,
+        cfg.image_size,
+        cfg.channels,
+        fp,
+        extra={"dropped_rows": dropped} if any(dropped.values()) else None,
+        on_bad_image=cfg.on_bad_image,
     )
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+PATH_FIELDS = ("path", "root", "csv")
 
 
 class DataConfigBase(BaseModel):
@@ -17,6 +20,33 @@ class DataConfigBase(BaseModel):
     on_bad_image: Literal["error", "skip"] = Field(
         "error", description="a missing/unreadable image stops the run (error) or is skipped"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _absolute_paths(cls, data: Any) -> Any:
+        """Resolve relative data paths against the working directory of `kdray run`, so the
+        experiment folder (and a later `kdray resume` from elsewhere) sees the same files."""
+        if isinstance(data, dict):
+            data = dict(data)
+            for key in PATH_FIELDS:
+                if isinstance(data.get(key), str | Path):
+                    data[key] = str(Path(data[key]).expanduser().resolve())
+        return data
+
+    def file_stamps(self) -> dict[str, list]:
+        """Size and mtime of the data's own files (the file itself, or a root's top-level
+        files such as MURA's CSVs): a file replaced in place gives a new cache fingerprint."""
+        stamps = {}
+        for key in PATH_FIELDS:
+            value = getattr(self, key, None)
+            if value is None:
+                continue
+            path = Path(value)
+            files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+            stamps[key] = [
+                [p.name, p.stat().st_size, int(p.stat().st_mtime)] for p in files if p.exists()
+            ]
+        return stamps
 
 
 class DataError(Exception):
