@@ -185,7 +185,7 @@ def run_stage(
             run_config=tune.RunConfig(
                 name=stage,
                 storage_path=str(exp.tune_dir),
-                failure_config=tune.FailureConfig(max_failures=1),
+                failure_config=tune.FailureConfig(max_failures=job.faults.trial_retries),
                 verbose=0,
             ),
         )

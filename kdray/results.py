@@ -16,6 +16,16 @@ from kdray.plan import RunSpec
 METRICS = ("acc", "f1", "kappa", "auroc", "loss")
 SPLIT_PREFIXES = ("train", "val", "test")
 
+PER_CLASS = pa.struct(
+    [
+        ("class", pa.string()),
+        ("precision", pa.float64()),
+        ("recall", pa.float64()),
+        ("f1", pa.float64()),
+        ("support", pa.int64()),
+    ]
+)
+
 TRIAL_SCHEMA = pa.schema(
     [
         pa.field("trial_id", pa.string(), nullable=False),
@@ -32,6 +42,20 @@ TRIAL_SCHEMA = pa.schema(
             pa.field(f"{split}_{metric}", pa.float64())
             for split in SPLIT_PREFIXES
             for metric in METRICS
+        ],
+        *[
+            pa.field(f"{split}_study_{metric}", pa.float64())  # per study (MURA), else null
+            for split in ("val", "test")
+            for metric in ("acc", "kappa", "auroc")
+        ],
+        pa.field("test_study_kappa_by_type", pa.map_(pa.string(), pa.float64())),
+        *[
+            field
+            for split in ("val", "test")
+            for field in (
+                pa.field(f"{split}_per_class", pa.list_(PER_CLASS)),
+                pa.field(f"{split}_confusion", pa.list_(pa.list_(pa.int64()))),
+            )
         ],
         pa.field("teacher_val_acc", pa.float64()),
         pa.field("band_low", pa.float64()),
@@ -95,6 +119,14 @@ def trial_row(exp: Experiment, spec: RunSpec, failure: str | None = None) -> dic
     for split in SPLIT_PREFIXES:
         for metric in METRICS:
             row[f"{split}_{metric}"] = summary.get(f"{split}_{metric}")
+    for split in ("val", "test"):
+        for metric in ("acc", "kappa", "auroc"):
+            row[f"{split}_study_{metric}"] = summary.get(f"{split}_study_{metric}")
+        report = summary.get(f"{split}_report") or {}
+        row[f"{split}_per_class"] = report.get("per_class")
+        row[f"{split}_confusion"] = report.get("confusion")
+    by_type = summary.get("test_study_kappa_by_category")
+    row["test_study_kappa_by_type"] = list(by_type.items()) if by_type else None
     return row
 
 

@@ -24,9 +24,10 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
 
 from kdray.augment import build_train_augmentation
-from kdray.data.cache import DataInfo, load_split
+from kdray.data import DATA_KINDS
+from kdray.data.cache import DataInfo, load_groups, load_split
 from kdray.job import Job
-from kdray.metrics import classification_metrics
+from kdray.metrics import classification_metrics, classification_report, study_metrics
 from kdray.models import count_params, create_model, load_model, save_model
 from kdray.plan import RunSpec
 from kdray.strategies import get_strategy
@@ -283,13 +284,7 @@ def train_loop(config: dict) -> None:
         "band_val_acc": band_hit["val_acc"] if band_hit else None,
         "restored_from_epoch": restored_from,
     }
-    for split in ("train", "valid", "test"):
-        images, labels = (
-            (train_images, train_labels) if split == "train" else load_split(info.path, split)
-        )
-        probs = predict(model, images, info.mean, info.std, device, job.train.eval_batch_size)
-        for key, value in classification_metrics(probs, labels).items():
-            summary[f"{'val' if split == 'valid' else split}_{key}"] = value
+    summary.update(final_metrics(model, job, info, device))
     if rank == 0:
         _write_history(run_dir, history)
         save_model(
@@ -304,6 +299,27 @@ def train_loop(config: dict) -> None:
             image_size=info.image_size,
         )
         _write_json_atomic(run_dir / "summary.json", summary)
+
+
+def final_metrics(model, job: Job, info: DataInfo, device) -> dict:
+    """Every split's metrics from the final weights (train without augmentation); for valid
+    and test also the per-class report, and study-level metrics when the data has studies."""
+    category = getattr(DATA_KINDS[job.data.kind], "group_category", None)
+    out: dict = {}
+    for split in ("train", "valid", "test"):
+        prefix = "val" if split == "valid" else split
+        images, labels = load_split(info.path, split)
+        probs = predict(model, images, info.mean, info.std, device, job.train.eval_batch_size)
+        for key, value in classification_metrics(probs, labels).items():
+            out[f"{prefix}_{key}"] = value
+        if split == "train":
+            continue
+        out[f"{prefix}_report"] = classification_report(probs, labels, info.classes)
+        groups = load_groups(info.path, split)
+        if groups is not None:
+            for key, value in study_metrics(probs, labels, groups, category).items():
+                out[f"{prefix}_{key}"] = value
+    return out
 
 
 def _write_history(run_dir: Path, history: list[dict]) -> None:

@@ -14,8 +14,8 @@ from kdray.worker import train_loop
 from tests.conftest import tiny_job_dict
 
 
-def run_local(tmp_path, job, spec, data, teacher_dir=None):
-    run_dir = tmp_path / "runs" / spec.run_id
+def run_local(tmp_path, job, spec, data, teacher_dir=None, run_dir=None):
+    run_dir = run_dir or tmp_path / "runs" / spec.run_id
     config = {
         "job": job.model_dump(mode="json"),
         "run": spec.to_dict(),

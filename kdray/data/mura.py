@@ -34,6 +34,7 @@ from kdray.data.files import (
     empty_class_problems,
     raise_problems,
 )
+from kdray.metrics import aggregate_by_group
 
 ARCHIVE = "MURA-v1.1"
 BODY_PARTS = ("ELBOW", "FINGER", "FOREARM", "HAND", "HUMERUS", "SHOULDER", "WRIST")
@@ -118,25 +119,13 @@ def held_out_patients(patients: list[str] | set[str], fraction: float, seed: int
 def study_level(
     probs: np.ndarray, labels: np.ndarray, groups: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Average image probabilities per study: (study_probs, study_labels, study_keys).
+    """Average image probabilities per study: (study_probs, study_labels, study_keys)."""
+    return aggregate_by_group(probs, labels, groups)
 
-    `probs` is (N,) (positive-class score) or (N, C); studies come out sorted by key. A study's
-    label is its images' label; images of one study with different labels raise ValueError.
-    """
-    probs, labels, groups = np.asarray(probs, float), np.asarray(labels), np.asarray(groups)
-    if not len(probs) == len(labels) == len(groups):
-        raise ValueError(f"{len(probs)} probs, {len(labels)} labels, {len(groups)} groups")
-    keys, inverse = np.unique(groups, return_inverse=True)
-    counts = np.bincount(inverse, minlength=len(keys)).astype(float)
-    sums = np.zeros((len(keys), *probs.shape[1:]))
-    np.add.at(sums, inverse, probs)
-    study_probs = sums / counts.reshape(-1, *([1] * (probs.ndim - 1)))
-    study_labels = np.empty(len(keys), dtype=labels.dtype)
-    study_labels[inverse] = labels
-    if np.any(study_labels[inverse] != labels):
-        mixed = sorted({str(keys[i]) for i in inverse[study_labels[inverse] != labels]})
-        raise ValueError(f"studies with images of different labels: {mixed[:5]}")
-    return study_probs, study_labels, keys
+
+def group_category(study_key: str) -> str:
+    """The category study-level metrics are broken down by: the study type (body part)."""
+    return body_part_of(study_key)
 
 
 # --- reading the archive ----------------------------------------------------------------------
