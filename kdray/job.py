@@ -58,6 +58,10 @@ class TrainConfig(Strict):
     scheduler: Literal["none", "cosine"] = "none"
     augment: bool = True
     eval_batch_size: int = Field(256, ge=1)
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="bf16/fp16: autocast mixed precision (fp16 adds a GradScaler)"
+    )
+    channels_last: bool = Field(False, description="channels-last memory format (faster on GPUs)")
 
 
 class DistillConfig(Strict):
@@ -107,6 +111,19 @@ class Resources(Strict):
         return self
 
 
+class WandbConfig(Strict):
+    project: str = "kdray"
+    entity: str | None = None
+    mode: Literal["offline", "online", "disabled"] = Field(
+        "offline", description="offline: files under each run folder, nothing uploaded"
+    )
+    tags: list[str] = Field(default_factory=list)
+
+
+class Tracking(Strict):
+    wandb: WandbConfig | None = None
+
+
 class Faults(Strict):
     trial_retries: int = Field(2, ge=0, description="automatic retries of a failed trial")
 
@@ -126,6 +143,7 @@ class Job(Strict):
     )
     resources: Resources = Field(default_factory=Resources)
     faults: Faults = Field(default_factory=Faults)
+    tracking: Tracking = Field(default_factory=Tracking)
 
     @field_validator("pretrained")
     @classmethod

@@ -8,6 +8,7 @@ Rank 0 also writes the run's own files into its run folder (`epochs.jsonl`, `mod
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -31,6 +32,7 @@ from kdray.metrics import classification_metrics, classification_report, study_m
 from kdray.models import count_params, create_model, load_model, save_model
 from kdray.plan import RunSpec
 from kdray.strategies import get_strategy
+from kdray.tracking import Tracker
 
 STATE_FILE = "state.pt"
 
@@ -141,6 +143,8 @@ def train_loop(config: dict) -> None:
         spec.model, info.num_classes, info.channels, job.pretrained.get(spec.model)
     )
     params = count_params(model)
+    if job.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     model = ray.train.torch.prepare_model(model, move_to_device=device)
     core = model.module if hasattr(model, "module") else model
 
@@ -178,12 +182,20 @@ def train_loop(config: dict) -> None:
         else None
     )
     eval_every = spec.eval_every_steps or max(1, math.ceil(steps_per_epoch / 10))
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(job.train.precision)
+
+    def autocast():
+        if amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=amp_dtype)
+
+    scaler = torch.amp.GradScaler(device.type, enabled=job.train.precision == "fp16")
 
     start_epoch, history, band_hit, restored_from = 0, [], None, None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            state = torch.load(Path(folder) / STATE_FILE, map_location=device, weights_only=False)
+            state = torch.load(Path(folder) / STATE_FILE, map_location=device, weights_only=True)
         core.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None and state.get("scheduler"):
@@ -196,6 +208,7 @@ def train_loop(config: dict) -> None:
         probs = predict(model, valid_images, info.mean, info.std, device, job.train.eval_batch_size)
         return float((probs.argmax(1) == valid_labels).mean())
 
+    tracker = Tracker.start(job, spec, run_dir) if rank == 0 else Tracker()
     first_step_s = None
     error = None
     for epoch in range(start_epoch, job.train.epochs):
@@ -209,8 +222,10 @@ def train_loop(config: dict) -> None:
             loader.sampler.set_epoch(epoch)
         model.train()
         epoch_start = time.time()
-        totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, seen
+        totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, seen
         for step, (x, y) in enumerate(loader, start=1):
+            if job.train.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             if step == 2:
                 _crash_once_if_asked(spec.run_id, epoch + 1)
             if first_step_s is None:
@@ -223,18 +238,21 @@ def train_loop(config: dict) -> None:
                         if teacher_mean == info.mean
                         else _renormalise(x, info, teacher_mean, teacher_std)
                     )
-                    teacher_logits = teacher(xt)
-            logits = model(x)
-            losses = strategy.loss(logits, y, teacher_logits)
+                    with autocast():
+                        teacher_logits = teacher(xt)
+            with autocast():
+                logits = model(x)
+                losses = strategy.loss(logits, y, teacher_logits)
             optimizer.zero_grad(set_to_none=True)
-            losses["loss"].backward()
-            optimizer.step()
+            scaler.scale(losses["loss"]).backward()
+            scaler.step(optimizer)
+            scaler.update()
             if scheduler is not None:
                 scheduler.step()
-            totals += torch.tensor(
-                [losses["loss"].item() * len(y), (logits.argmax(1) == y).sum().item(), len(y)],
-                dtype=torch.float64,
-            )
+            with torch.no_grad():  # accumulate on the device: no host sync per step
+                totals[0] += losses["loss"].detach().double() * len(y)
+                totals[1] += (logits.argmax(1) == y).sum()
+                totals[2] += len(y)
             if spec.band is not None and step % eval_every == 0:
                 acc = val_accuracy()
                 if acc > spec.band[1] and band_hit is None:
@@ -263,6 +281,7 @@ def train_loop(config: dict) -> None:
         _report(row, core, optimizer, scheduler, epoch + 1, history, rank)
         if rank == 0:
             _write_history(run_dir, history)
+            tracker.log(row)
         if stop:
             break
     if spec.band is not None and band_hit is None and error is None:
@@ -299,6 +318,7 @@ def train_loop(config: dict) -> None:
             image_size=info.image_size,
         )
         _write_json_atomic(run_dir / "summary.json", summary)
+        tracker.finish(summary)
 
 
 def final_metrics(model, job: Job, info: DataInfo, device) -> dict:

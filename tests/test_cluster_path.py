@@ -1,0 +1,102 @@
+"""The cluster path on this CPU machine: data-parallel trials (gloo), mixed precision, W&B
+offline, and the cluster launcher config."""
+
+import numpy as np
+import pytest
+import ray
+import torch
+import yaml
+
+from kdray.data import load_split, prepare_data
+from kdray.experiment import Experiment
+from kdray.job import parse_job
+from kdray.metrics import classification_metrics
+from kdray.models import load_model
+from kdray.plan import make_plan
+from kdray.runner import run_experiment
+from kdray.worker import to_tensor
+from tests.conftest import REPO, tiny_job_dict
+from tests.test_worker import run_local
+
+
+def full_split_metrics(model_file, data_path, split):
+    model, meta = load_model(model_file)
+    images, labels = load_split(data_path, split)
+    with torch.no_grad():
+        probs = torch.softmax(model(to_tensor(images, meta["mean"], meta["std"], "cpu")), 1)
+    return classification_metrics(probs.numpy(), labels)
+
+
+@pytest.mark.ray
+def test_two_worker_ddp_trial_reports_metrics_over_the_whole_split(tmp_path):
+    raw = tiny_job_dict(tmp_path)
+    raw["data"]["valid_size"] = 41  # odd: shards of unequal size must still cover every image
+    raw["studies"] = {"normal": {"teachers": ["resnet10t"], "students": ["test_resnet"]}}
+    raw["baseline"] = False
+    raw["resources"] = {"workers_per_trial": 2, "cpus_per_worker": 1, "max_concurrent_trials": 1}
+    job = parse_job(raw)
+    exp = Experiment.create(job)
+    try:
+        report = run_experiment(exp, job)
+    finally:
+        ray.shutdown()
+    assert report.ok, report.failed
+    data = next(exp.data_dir.iterdir())
+    for run_id in exp.plan().runs:
+        summary = exp.summary(run_id)
+        for split, prefix in (("valid", "val"), ("test", "test"), ("train", "train")):
+            full = full_split_metrics(exp.run_dir(run_id) / "model.pt", data, split)
+            assert summary[f"{prefix}_acc"] == pytest.approx(full["acc"])
+            assert summary[f"{prefix}_loss"] == pytest.approx(full["loss"], rel=1e-4)
+        report_counts = np.array(summary["val_report"]["confusion"]).sum()
+        assert report_counts == 41
+
+
+def local_run(tmp_path, **train):
+    raw = tiny_job_dict(tmp_path)
+    raw["train"].update(train)
+    job = parse_job(raw)
+    spec = make_plan(job).stage("teacher")[0]
+    return run_local(tmp_path, job, spec, prepare_data(job.data, tmp_path / "data"))
+
+
+def test_bf16_autocast_trial_runs_on_cpu(tmp_path):
+    _, summary = local_run(tmp_path, precision="bf16", channels_last=True)
+    assert summary["status"] == "finished"
+    assert 0 <= summary["test_acc"] <= 1 and np.isfinite(summary["val_loss"])
+
+
+def test_wandb_offline_writes_one_run_per_trial_under_its_folder(tmp_path):
+    raw = tiny_job_dict(tmp_path)
+    raw["tracking"] = {"wandb": {"project": "kdray-test", "mode": "offline", "tags": ["ci"]}}
+    job = parse_job(raw)
+    spec = make_plan(job).stage("teacher")[0]
+    run_dir, summary = run_local(tmp_path, job, spec, prepare_data(job.data, tmp_path / "data"))
+    offline = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1 and offline[0].name.endswith(spec.run_id)
+    assert list(offline[0].glob("*.wandb")), "no W&B run file"
+    assert not list(offline[0].rglob("*.png")), "images must never be logged"
+
+
+def test_cluster_yaml_has_what_the_launcher_needs_and_binds_nothing_publicly():
+    text = (REPO / "cluster.yaml").read_text()
+    cfg = yaml.safe_load(text)
+    for key in (
+        "cluster_name",
+        "provider",
+        "available_node_types",
+        "head_node_type",
+        "setup_commands",
+        "file_mounts",
+        "head_start_ray_commands",
+        "worker_start_ray_commands",
+    ):
+        assert key in cfg, key
+    nodes = cfg["available_node_types"]
+    assert cfg["head_node_type"] in nodes
+    assert any(n["resources"].get("GPU", 0) >= 1 for n in nodes.values())
+    assert nodes[cfg["head_node_type"]]["resources"].get("trial_driver", 0) >= 1
+    assert any("pip install" in c and "kdray" in c for c in cfg["setup_commands"])
+    assert "0.0.0.0" not in text
+    head_start = " ".join(cfg["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in head_start
