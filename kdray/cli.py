@@ -127,6 +127,74 @@ def _run(exp, job, address: str | None, verbose: bool) -> None:
         raise typer.Exit(1)
 
 
+AddressOption = Annotated[
+    str, typer.Option(help="The cluster's dashboard, e.g. http://127.0.0.1:8265 (SSH tunnel).")
+]
+
+
+@app.command()
+def submit(
+    job_file: Path,
+    address: AddressOption = "http://127.0.0.1:8265",
+    set_: SetOption = None,
+    python: Annotated[
+        str, typer.Option(help="Python on the head that has kdray installed (see cluster.yaml).")
+    ] = "python",
+) -> None:
+    """Submit the grid of JOB_FILE to a running Ray cluster (Ray Jobs API); prints its id."""
+    from kdray.job import JobError
+    from kdray.submit import submit as do_submit
+
+    try:
+        submission_id = do_submit(job_file, set_ or [], address, Path.cwd(), python)
+    except JobError as exc:
+        for line in exc.problems:
+            _error(line)
+        raise typer.Exit(2) from None
+    except (ConnectionError, RuntimeError) as exc:
+        _error(f"cannot reach the Ray Jobs API at {address}: {exc}")
+        raise typer.Exit(2) from None
+    console.print(submission_id, highlight=False)
+    err.print(
+        f"follow it:  kdray logs {submission_id} --address {address} --follow\n"
+        f"stop it:    kdray stop {submission_id} --address {address}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@app.command()
+def logs(
+    submission_id: str,
+    address: AddressOption = "http://127.0.0.1:8265",
+    follow: Annotated[bool, typer.Option(help="Keep printing until the job ends.")] = False,
+) -> None:
+    """Print the logs of a submitted grid."""
+    from kdray.submit import client
+
+    jobs = client(address)
+    if not follow:
+        console.out(jobs.get_job_logs(submission_id), end="", highlight=False)
+        return
+    import asyncio
+
+    async def tail() -> None:
+        async for chunk in jobs.tail_job_logs(submission_id):
+            console.out(chunk, end="", highlight=False)
+
+    asyncio.run(tail())
+    console.print(f"status: {jobs.get_job_status(submission_id)}")
+
+
+@app.command()
+def stop(submission_id: str, address: AddressOption = "http://127.0.0.1:8265") -> None:
+    """Stop a submitted grid; `kdray resume` (or submitting it again) continues it later."""
+    from kdray.submit import client
+
+    stopped = client(address).stop_job(submission_id)
+    console.print(f"{submission_id}: {'stopping' if stopped else 'already finished'}")
+
+
 @app.command()
 def resume(
     experiment_dir: Path,

@@ -87,6 +87,48 @@ def check_resources(job: Job) -> None:
         )
 
 
+NETWORK_FILESYSTEMS = (
+    "nfs",
+    "nfs4",
+    "cifs",
+    "smb3",
+    "ceph",
+    "lustre",
+    "glusterfs",
+    "beegfs",
+    "gpfs",
+    "fuse.",
+)
+
+
+def filesystem_type(path: Path) -> str:
+    """The type of the mounted file system holding `path` (longest mount prefix)."""
+    best, fstype = "", "unknown"
+    try:
+        mounts = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return fstype
+    for line in mounts:
+        parts = line.split()
+        if len(parts) >= 3 and str(path).startswith(parts[1]) and len(parts[1]) > len(best):
+            best, fstype = parts[1], parts[2]
+    return fstype
+
+
+def check_storage(job: Job, storage: Path) -> None:
+    """On a cluster of several machines every node must see the experiment folder."""
+    hosts = {n["NodeManagerAddress"] for n in ray.nodes() if n.get("Alive")}
+    if len(hosts) <= 1:
+        return
+    fstype = filesystem_type(storage.resolve())
+    if not fstype.startswith(NETWORK_FILESYSTEMS):
+        raise ResourceError(
+            f"storage: {storage} is on a local {fstype} file system, but this Ray cluster spans "
+            f"{len(hosts)} machines that must all see the experiment folder; set storage to a "
+            "shared mount (NFS/EFS, e.g. /mnt/kdray/runs, see docs/cluster.md)"
+        )
+
+
 def _bump_attempts(run_dir: Path) -> int:
     path = run_dir / "attempts.json"
     attempts = json.loads(path.read_text())["attempts"] + 1 if path.is_file() else 1

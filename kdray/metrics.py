@@ -88,9 +88,7 @@ def aggregate_by_group(
     return group_probs, group_labels, keys
 
 
-def study_metrics(
-    probs: np.ndarray, labels: np.ndarray, groups: np.ndarray, category=None
-) -> dict:
+def study_metrics(probs: np.ndarray, labels: np.ndarray, groups: np.ndarray, category=None) -> dict:
     """Study-level metrics: average each study's image probabilities, then predict (binary:
     positive-class probability >= 0.5, MURA's rule; else the arg-max). With `category` (a study
     key -> category function), also Cohen's kappa per category (MURA: per study type)."""

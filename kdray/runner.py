@@ -15,7 +15,7 @@ from rich.console import Console
 
 from kdray.data import prepare_data
 from kdray.experiment import Experiment
-from kdray.grid import check_resources, init_ray, run_stage
+from kdray.grid import check_resources, check_storage, init_ray, run_stage
 from kdray.job import Job
 from kdray.plan import STAGES
 from kdray.progress import GridProgress
@@ -47,6 +47,7 @@ def run_experiment(
     report = RunReport(exp)
     init_ray(job, address, verbose)
     check_resources(job)
+    check_storage(job, exp.root)
     with console.status("decoding data into the array cache"):
         data = prepare_data(job.data, exp.data_dir)
     skipped = sum(data.extra.get("skipped", {}).values())
