@@ -50,6 +50,7 @@ def init_ray(job: Job, address: str | None = None, verbose: bool = False) -> Non
         ray.init(address=address, log_to_driver=verbose)
     else:
         ray.init(
+            address="local",  # a new local Ray, even if another one runs on this machine
             resources={DRIVER_RESOURCE: job.resources.max_concurrent_trials},
             include_dashboard=False,
             log_to_driver=verbose,
