@@ -262,3 +262,24 @@ def eval_rate(job_json: dict, info_json: dict, model_name: str, threads: int) ->
     t0 = time.perf_counter()
     predict(model, images, info.mean, info.std, "cpu", job.train.eval_batch_size)
     return (time.perf_counter() - t0) / len(images)
+
+
+def thesis_shape(
+    job_json: dict, info_json: dict, student: str, teacher: str, steps: int, threads: int
+) -> dict:
+    """A few KD and no-KD steps at the thesis job's shape (after one warm-up step each), and
+    the student's evaluation rate: the basis of P3's thesis estimate and of P6 at 224 px."""
+    result = interleaved_epochs(
+        job_json,
+        info_json,
+        student,
+        teacher,
+        rounds=1,
+        max_steps=steps,
+        warmup_steps=1,
+        validate=False,
+        threads=threads,
+    )
+    result["eval_s_per_image"] = eval_rate(job_json, info_json, student, threads)
+    result["peak_rss_mb"] = peak_rss_mb()
+    return result

@@ -114,8 +114,10 @@ class RssSampler:
         """Peak RSS in MB per process kind: the largest process of each Ray actor class."""
         roles: dict[str, float] = {}
         for title, mb in self.peaks.values():
-            role = title.split(".")[0].removeprefix("ray::") if title.startswith("ray::") else ""
-            role = role or Path(title.split()[0]).name if title else "?"
+            if title.startswith("ray::"):
+                role = title.split(".")[0].removeprefix("ray::")
+            else:  # raylet, gcs_server, or python for Ray's helper scripts
+                role = Path(title.split()[0]).name if title else "?"
             roles[role] = round(max(roles.get(role, 0.0), mb), 1)
         return dict(sorted(roles.items(), key=lambda kv: -kv[1]))
 
