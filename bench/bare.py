@@ -74,7 +74,7 @@ def build_loop(job: Job, info: DataInfo, student: str, teacher: str | None) -> L
             p.requires_grad_(False)
     train_images, train_labels = load_split(info.path, "train", mmap=False)
     valid_images, _ = load_split(info.path, "valid", mmap=False)
-    augment = build_train_augmentation(job, seed=0) if job.train.augment else None
+    augment = build_train_augmentation(job.train.augment, seed=0)
     shuffle_rng = torch.Generator()
     loader = DataLoader(
         TrainSet(train_images, train_labels, augment, info.mean, info.std),
@@ -123,13 +123,14 @@ def run_epoch(
         loop.optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
         loop.optimizer.step()
-        totals += torch.tensor(
-            [losses["loss"].item() * len(y), (logits.argmax(1) == y).sum().item(), len(y)],
-            dtype=torch.float64,
-        )
+        with torch.no_grad():  # the worker's running totals, kept on the device
+            totals[0] += losses["loss"].detach().double() * len(y)
+            totals[1] += (logits.argmax(1) == y).sum()
+            totals[2] += len(y)
         t3 = time.perf_counter()
         data_s, teacher_s, student_s = data_s + t1 - t0, teacher_s + t2 - t1, student_s + t3 - t2
         steps, images = steps + 1, images + len(y)
+    totals.tolist()  # the worker reads them once per epoch
     train_s = time.perf_counter() - start
     eval_s = 0.0
     if validate:
@@ -234,7 +235,7 @@ def setup_parts(job_json: dict, info_json: dict, student: str, teacher: str) -> 
         train_images, train_labels = load_split(info.path, "train")
         load_split(info.path, "valid")
         t3 = time.perf_counter()
-        augment = build_train_augmentation(job, seed=0) if job.train.augment else None
+        augment = build_train_augmentation(job.train.augment, seed=0)
         loader = DataLoader(
             TrainSet(train_images, train_labels, augment, info.mean, info.std),
             batch_size=job.train.batch_size,

@@ -59,8 +59,7 @@ def ray_fixed_phases(phases: dict[str, float]) -> tuple[float, float]:
         )
     )
     tail = sum(
-        phases[k]
-        for k in ("finish_detected", "worker_group_shutdown", "controller_exit_to_driver")
+        phases[k] for k in ("finish_detected", "worker_group_shutdown", "controller_exit_to_driver")
     )
     return head, tail
 

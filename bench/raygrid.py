@@ -212,16 +212,16 @@ def median_phases(timeline: dict[str, dict]) -> dict[str, float]:
     if not timeline:
         return {}
     keys = next(iter(timeline.values()))["phases"]
-    return {
-        k: round(statistics.median(t["phases"][k] for t in timeline.values()), 3) for k in keys
-    }
+    return {k: round(statistics.median(t["phases"][k] for t in timeline.values()), 3) for k in keys}
 
 
 def slots(job: Job) -> int:
     """Trials that can run at once: the concurrency cap, or what the CPUs hold if fewer."""
     r = job.resources
     cpus = ray.cluster_resources().get("CPU", 1) if ray.is_initialized() else os.cpu_count()
-    return max(1, min(r.max_concurrent_trials, int(cpus // (r.cpus_per_worker * r.workers_per_trial))))
+    return max(
+        1, min(r.max_concurrent_trials, int(cpus // (r.cpus_per_worker * r.workers_per_trial)))
+    )
 
 
 def list_schedule_s(grid: GridRun, n_slots: int) -> float:
@@ -258,7 +258,9 @@ def packing(grid: GridRun, n_slots: int, ray_init_s: float) -> dict:
     }
     by_stage = {}
     for stage in STAGES:
-        rows = [r for r in grid.trials if r["stage"] == stage and r["trial_id"] in grid.driver_start]
+        rows = [
+            r for r in grid.trials if r["stage"] == stage and r["trial_id"] in grid.driver_start
+        ]
         if rows:
             starts = [grid.driver_start[r["trial_id"]] for r in rows]
             ends = [grid.driver_start[r["trial_id"]] + (r["wall_s"] or 0) for r in rows]

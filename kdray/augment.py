@@ -1,24 +1,65 @@
-"""Train-time augmentation as albumentations pipelines (never applied to valid/test)."""
+"""Train-time augmentation as albumentations pipelines (never applied to valid/test).
+
+A job declares its pipeline as a list of albumentations transforms by class name:
+
+    train:
+      augment:
+        - {name: Affine, rotate: [-10, 10], translate_percent: [-0.05, 0.05], p: 0.8}
+        - {name: RandomBrightnessContrast, brightness_limit: 0.1, contrast_limit: 0.1}
+
+`augment: true` means `DEFAULT_PIPELINE`, `augment: false` no augmentation.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 import albumentations as A
 
+# Suits radiographs: small rotations, shifts and zooms, mild exposure changes, and a horizontal
+# flip (left and right limbs mirror each other). No vertical flips: anatomy has an up.
+DEFAULT_PIPELINE: list[dict[str, Any]] = [
+    {
+        "name": "Affine",
+        "rotate": [-10, 10],
+        "translate_percent": [-0.05, 0.05],
+        "scale": [0.92, 1.08],
+        "border_mode": 0,
+        "p": 0.8,
+    },
+    {"name": "HorizontalFlip", "p": 0.5},
+    {"name": "RandomBrightnessContrast", "brightness_limit": 0.1, "contrast_limit": 0.1, "p": 0.5},
+]
 
-def build_train_augmentation(job, seed: int) -> A.Compose:
-    """The default for radiographs: small rotations, shifts and zooms, mild exposure changes,
-    and a horizontal flip (left and right limbs are mirror images). No vertical flips."""
-    return A.Compose(
-        [
-            A.Affine(
-                rotate=(-10, 10),
-                translate_percent=(-0.05, 0.05),
-                scale=(0.92, 1.08),
-                border_mode=0,
-                p=0.8,
-            ),
-            A.HorizontalFlip(p=0.5),
-            A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.1, p=0.5),
-        ],
-        seed=seed,
-    )
+
+def pipeline_spec(augment: bool | list[dict[str, Any]]) -> list[dict[str, Any]]:
+    if augment is True:
+        return DEFAULT_PIPELINE
+    return [] if augment is False else augment
+
+
+def build_transform(step: dict[str, Any]) -> A.BasicTransform:
+    """One transform from `{name: <albumentations class>, **params}`; raises ValueError."""
+    params = dict(step)
+    name = params.pop("name", None)
+    cls = getattr(A, str(name), None) if name else None
+    if not (isinstance(cls, type) and issubclass(cls, A.BasicTransform)):
+        raise ValueError(
+            f"{name!r} is not an albumentations transform (e.g. Affine, HorizontalFlip)"
+        )
+    params = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
+    try:
+        return cls(**params)
+    except Exception as exc:  # albumentations validates its own parameters
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        lines = [
+            ln for ln in lines if "errors.pydantic.dev" not in ln and "validation error" not in ln
+        ]
+        raise ValueError(f"{name}: {' '.join(lines) or type(exc).__name__}") from None
+
+
+def build_train_augmentation(augment: bool | list[dict[str, Any]], seed: int) -> A.Compose | None:
+    steps = pipeline_spec(augment)
+    if not steps:
+        return None
+    return A.Compose([build_transform(step) for step in steps], seed=seed)

@@ -56,12 +56,32 @@ class TrainConfig(Strict):
     weight_decay: float = Field(0.0, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1, description="sgd only")
     scheduler: Literal["none", "cosine"] = "none"
-    augment: bool = True
+    augment: bool | list[dict[str, Any]] = Field(
+        True,
+        description="true: the default radiograph pipeline; false: none; or a list of "
+        "albumentations transforms, e.g. [{name: HorizontalFlip, p: 0.5}]",
+    )
     eval_batch_size: int = Field(256, ge=1)
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32", description="bf16/fp16: autocast mixed precision (fp16 adds a GradScaler)"
     )
     channels_last: bool = Field(False, description="channels-last memory format (faster on GPUs)")
+
+    @field_validator("augment")
+    @classmethod
+    def _buildable_pipeline(cls, augment):
+        from kdray.augment import build_transform
+
+        if isinstance(augment, list):
+            problems = []
+            for i, step in enumerate(augment):
+                try:
+                    build_transform(step)
+                except ValueError as exc:
+                    problems.append(f"step {i}: {exc}")
+            if problems:
+                raise ValueError("; ".join(problems))
+        return augment
 
 
 class DistillConfig(Strict):
@@ -108,6 +128,11 @@ class Resources(Strict):
     def _gpu_device(self) -> Resources:
         if self.device == "cuda" and self.gpus_per_worker == 0:
             raise ValueError("device: cuda needs gpus_per_worker > 0")
+        if 0 < self.gpus_per_worker < 1 and self.workers_per_trial > 1:
+            raise ValueError(
+                "fractional gpus_per_worker works for single-worker trials only (DDP ranks "
+                "sharing a GPU fail in NCCL); use gpus_per_worker: 1 or workers_per_trial: 1"
+            )
         return self
 
 

@@ -159,9 +159,7 @@ def train_loop(config: dict) -> None:
 
     train_images, train_labels = load_split(info.path, "train")
     valid_images, valid_labels = load_split(info.path, "valid")
-    augment = (
-        build_train_augmentation(job, seed=spec.seed * 1000 + rank) if job.train.augment else None
-    )
+    augment = build_train_augmentation(job.train.augment, seed=spec.seed * 1000 + rank)
     shuffle_rng = torch.Generator()
     loader = DataLoader(
         TrainSet(train_images, train_labels, augment, info.mean, info.std),

@@ -116,3 +116,34 @@ def test_cli_validate_reports_a_missing_or_broken_file(tmp_path):
     broken.write_text("name: [unclosed\n")
     result = runner.invoke(app, ["validate", str(broken)])
     assert result.exit_code == 2 and "not valid YAML" in result.output
+
+
+def test_augmentation_is_declared_as_albumentations_transforms(tmp_path):
+    import numpy as np
+
+    from kdray.augment import build_train_augmentation
+
+    raw = tiny_job_dict(tmp_path)
+    raw["train"]["augment"] = [
+        {"name": "Affine", "rotate": [-5, 5], "p": 1.0},
+        {"name": "RandomBrightnessContrast", "brightness_limit": 0.2, "p": 1.0},
+    ]
+    job = parse_job(raw)
+    image = np.random.default_rng(0).integers(0, 255, (16, 16, 1), dtype=np.uint8)
+    a = build_train_augmentation(job.train.augment, seed=1)(image=image)["image"]
+    b = build_train_augmentation(job.train.augment, seed=1)(image=image)["image"]
+    assert np.array_equal(a, b) and not np.array_equal(a, image)
+    assert build_train_augmentation(False, seed=1) is None
+
+    raw["train"]["augment"] = [{"name": "Flop"}, {"name": "HorizontalFlip", "p": 3}]
+    (line,) = problems_of(raw)
+    assert line.startswith("train.augment: step 0: 'Flop' is not an albumentations transform")
+    assert "step 1: HorizontalFlip: p Input should be less than or equal to 1" in line
+
+
+def test_fractional_gpus_only_for_single_worker_trials(tmp_path):
+    raw = tiny_job_dict(tmp_path)
+    raw["resources"] = {"gpus_per_worker": 0.5, "workers_per_trial": 2}
+    assert "fractional gpus_per_worker works for single-worker trials only" in problems_of(raw)[0]
+    raw["resources"] = {"gpus_per_worker": 0.5, "workers_per_trial": 1}
+    assert parse_job(raw).resources.gpus_per_worker == 0.5

@@ -1,0 +1,282 @@
+"""`python -m bench [--quick] [--keep]`: run every benchmark, print one JSON object to stdout.
+
+Progress goes to stderr. The order keeps each ratio's two sides close in time: the bare
+quickstart loop runs right before and right after the Ray grids (P1's reference is both runs
+pooled), KD and no-KD epochs are interleaved in one process (P4), and data wait is timed inside
+the same loops (P6).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.common import QUICK_OVERRIDES, log
+
+STUDENT, TEACHER = "resnet10t", "seresnet18"  # the quickstart's normal-KD pair
+LARGE_STUDENT, LARGE_TEACHER = "resnet18", "seresnet50"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke test: smaller grid, fewer epochs and steps"
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the benchmark's experiment folders"
+    )
+    return parser.parse_args(argv)
+
+
+def bare_summary(runs: list[dict]) -> dict:
+    """Pool the bare quickstart loops' timed epochs: KD images/s (P1's reference), KD epoch ÷
+    no-KD epoch (P4) and the share of step time spent in next() (P6)."""
+    kd = [e for r in runs for e in r["epochs"] if e["kd"]]
+    plain = [e for r in runs for e in r["epochs"] if not e["kd"]]
+
+    def total(rows: list[dict], key: str) -> float:
+        return sum(e[key] for e in rows)
+
+    return {
+        "kd_images_per_s": total(kd, "images") / total(kd, "epoch_s"),
+        "kd_overhead": (total(kd, "epoch_s") / len(kd)) / (total(plain, "epoch_s") / len(plain)),
+        "kd_overhead_train_only": (total(kd, "train_s") / len(kd))
+        / (total(plain, "train_s") / len(plain)),
+        "data_wait_kd": total(kd, "data_s") / total(kd, "train_s"),
+        "data_wait_plain": total(plain, "data_s") / total(plain, "train_s"),
+        "teacher_share_kd": total(kd, "teacher_s") / total(kd, "train_s"),
+        "epochs_timed": {"kd": len(kd), "plain": len(plain)},
+        "kd_epoch_s": [round(e["epoch_s"], 3) for e in kd],
+        "plain_epoch_s": [round(e["epoch_s"], 3) for e in plain],
+    }
+
+
+def rnd(value, digits: int = 3):
+    """Round floats (recursively) for a readable JSON object."""
+    if isinstance(value, float):
+        return round(value, digits)
+    if isinstance(value, dict):
+        return {k: rnd(v, digits) for k, v in value.items()}
+    if isinstance(value, list):
+        return [rnd(v, digits) for v in value]
+    return value
+
+
+def run_all(quick: bool, keep: bool) -> dict:
+    """Every measurement, in the order described in the module docstring."""
+    import ray
+
+    from bench import bare, fixed, raygrid
+    from bench.common import (
+        LARGE_OVERRIDES,
+        THESIS_OVERRIDES,
+        in_fresh_process,
+        load_bench_job,
+        prepare,
+    )
+    from kdray.plan import make_plan
+
+    started = time.perf_counter()
+    root = Path(tempfile.mkdtemp(prefix="kdray-bench-"))
+    log(f"working folder {root}")
+    size = QUICK_OVERRIDES if quick else ()
+    rounds = 1 if quick else 2
+    job = load_bench_job(root / "runs", size)
+    info = prepare(job, root / "data")
+    job_json = job.model_dump(mode="json")
+    images_per_epoch = info["counts"]["train"] // job.train.batch_size * job.train.batch_size
+
+    def bare_quickstart(tag: str) -> dict:
+        log(f"bare loop {STUDENT} <- {TEACHER} ({tag}): {rounds} KD + {rounds} no-KD epochs")
+        return in_fresh_process(bare.interleaved_epochs, job_json, info, STUDENT, TEACHER, rounds)
+
+    bare_before = bare_quickstart("before the grids")
+
+    # --- Ray: the quickstart grid (P2, P3, P1 in a busy grid), then one KD trial alone (P1)
+    ray_init_s = raygrid.timed_ray_init(job)
+    p1_job = load_bench_job(
+        root / "runs",
+        [*size, "studies={normal: {teachers: [seresnet18], students: [resnet10t]}}"]
+        + ["baseline=false"],
+        name="bench-p1",
+    )
+    with raygrid.RssSampler() as rss:
+        log(f"quickstart grid: {len(make_plan(job).runs)} runs")
+        grid = raygrid.run_grid(job)
+        log(f"quickstart grid done in {grid.makespan_s:.1f}s (all finished: {grid.ok})")
+        teacher_run = make_plan(p1_job).stage("teacher")[0].run_id
+        p1_exp = raygrid.Experiment.create(p1_job)
+        raygrid.seed_teacher(grid.exp, p1_exp, teacher_run)
+        log("one KD trial alone (its teacher copied from the grid)")
+        solo = raygrid.run_grid(p1_job)
+        log(f"solo trial done in {solo.makespan_s:.1f}s")
+        rss.sample()
+    session = raygrid.session_dir()
+    events = raygrid.controller_events(session)
+    actors = raygrid.actor_summary()
+    n_slots = raygrid.slots(job)
+    ray.shutdown()
+
+    bare_after = bare_quickstart("after the grids")
+
+    # --- P4's bigger pair, the thesis shape (P3 estimate, P6 at 224 px), set-up parts, imports
+    large_job = load_bench_job(root / "runs", LARGE_OVERRIDES)
+    large_info = prepare(large_job, root / "data")
+    log(f"bare loop {LARGE_STUDENT} <- {LARGE_TEACHER} at 64 px")
+    large = in_fresh_process(
+        bare.interleaved_epochs,
+        large_job.model_dump(mode="json"),
+        large_info,
+        LARGE_STUDENT,
+        LARGE_TEACHER,
+        rounds,
+        max_steps=4 if quick else None,
+    )
+    thesis_job = load_bench_job(root / "runs", THESIS_OVERRIDES)
+    thesis_info = prepare(thesis_job, root / "data")
+    thesis_threads = min(4, os.cpu_count() or 1)  # the thesis job asks 4 CPUs per worker
+    log(f"thesis shape: {LARGE_STUDENT} <- {LARGE_TEACHER} at 224 px, batch 16")
+    thesis = in_fresh_process(
+        bare.thesis_shape,
+        thesis_job.model_dump(mode="json"),
+        thesis_info,
+        LARGE_STUDENT,
+        LARGE_TEACHER,
+        1 if quick else 3,
+        thesis_threads,
+    )
+    log("worker set-up parts and cold imports")
+    parts = in_fresh_process(bare.setup_parts, job_json, info, STUDENT, TEACHER)
+    thesis_parts = in_fresh_process(
+        bare.setup_parts,
+        thesis_job.model_dump(mode="json"),
+        thesis_info,
+        LARGE_STUDENT,
+        LARGE_TEACHER,
+    )
+    imports = fixed.cold_imports()
+
+    # --- figures
+    both = bare_summary([bare_before, bare_after])
+    p1_solo = raygrid.epoch_rate(solo, raygrid.kd_student_run(solo), images_per_epoch)
+    p1_grid = raygrid.epoch_rate(grid, raygrid.kd_student_run(grid), images_per_epoch)
+    p2 = raygrid.packing(grid, n_slots, ray_init_s)
+    timeline = raygrid.trial_timeline(grid, events)
+    phases = raygrid.median_phases(timeline)
+    finished = [r for r in grid.trials if r["status"] == "finished" and r["wall_s"]]
+    fixed_each = [r["wall_s"] - r["train_s"] + r["setup_s"] for r in finished]
+    head, tail = fixed.ray_fixed_phases(phases) if phases else (float("nan"),) * 2
+    large_sum = bare_summary([large])
+    thesis_sum = bare_summary([thesis])
+    kd_steps = [e for e in thesis["epochs"] if e["kd"]]
+    step_s = sum(e["train_s"] for e in kd_steps) / sum(e["steps"] for e in kd_steps)
+    ckpt = thesis["checkpoint"]
+    thesis_est = fixed.thesis_estimate(
+        step_s,
+        thesis["eval_s_per_image"],
+        ckpt["save_s"] + ckpt["persist_copy_s"],
+        thesis_parts,
+        head,
+        tail,
+        thesis_threads,
+    )
+    result = {
+        "p1_worker_efficiency": p1_solo["images_per_s"] / both["kd_images_per_s"],
+        "p2_packing": p2["p2_packing"],
+        "p3_fixed_cost_s": statistics.mean(fixed_each),
+        "p3_fixed_share": sum(fixed_each) / sum(r["wall_s"] for r in finished),
+        "p3_thesis_fixed_share_estimate": thesis_est["fixed_share"],
+        "p4_kd_overhead": both["kd_overhead"],
+        "p4_kd_overhead_large": large_sum["kd_overhead"],
+        "p6_data_wait": both["data_wait_kd"],
+        "p6_data_wait_224": thesis_sum["data_wait_kd"],
+        "peak_rss_mb": {
+            "bare_loop": max(bare_before["peak_rss_mb"], bare_after["peak_rss_mb"]),
+            "bare_loop_large_64px": large["peak_rss_mb"],
+            "bare_loop_thesis_224px": thesis["peak_rss_mb"],
+            "ray_processes": rss.by_role(),
+        },
+        "p1_detail": {
+            "ray_solo_trial": p1_solo,
+            "ray_in_grid_trial": p1_grid,
+            "worker_efficiency_in_grid": p1_grid["images_per_s"] / both["kd_images_per_s"],
+            "bare_images_per_s": both["kd_images_per_s"],
+            "bare_images_per_s_before_after": [
+                bare_summary([bare_before])["kd_images_per_s"],
+                bare_summary([bare_after])["kd_images_per_s"],
+            ],
+            "bare_kd_epoch_s": both["kd_epoch_s"],
+            "images_per_epoch": images_per_epoch,
+            "torch_threads": bare_before["threads"],
+        },
+        "p2_detail": {k: v for k, v in p2.items() if k != "p2_packing"},
+        "p3_launch_to_first_step_s": statistics.median(
+            t["launch_to_first_step_s"] for t in timeline.values()
+        )
+        if timeline
+        else None,
+        "p3_breakdown": {
+            "trial_phases_median_s": phases,
+            "ray_startup_s": head,
+            "ray_teardown_s": tail,
+            "ray_init_per_grid_s": ray_init_s,
+            "fresh_process_imports_s": imports,
+            "worker_setup_parts_s": parts,
+            "checkpoint_per_epoch": bare_after["checkpoint"],
+            "ray_actors_started": actors,
+            "trials_in_timeline": len(timeline),
+            "fixed_cost_each_s": fixed_each,
+        },
+        "p3_thesis_estimate": thesis_est | {"worker_setup_parts_s": thesis_parts},
+        "p4_detail": {
+            "quickstart": {k: both[k] for k in ("kd_overhead_train_only", "teacher_share_kd")},
+            "large_64px": {
+                k: large_sum[k]
+                for k in ("kd_overhead_train_only", "teacher_share_kd", "epochs_timed")
+            },
+            "thesis_224px_train_only": thesis_sum["kd_overhead_train_only"],
+        },
+        "p6_detail": {
+            "quickstart_no_kd": both["data_wait_plain"],
+            "thesis_224px_no_kd": thesis_sum["data_wait_plain"],
+            "thesis_224px_data_s_per_batch": sum(e["data_s"] for e in thesis["epochs"])
+            / sum(e["steps"] for e in thesis["epochs"]),
+        },
+        "meta": {
+            "quick": quick,
+            "cpus": os.cpu_count(),
+            "total_s": time.perf_counter() - started,
+            "grid_runs": len(grid.trials),
+            "grid_all_finished": grid.ok,
+            "load_avg_at_end": os.getloadavg(),
+        },
+    }
+    if keep:
+        log(f"kept {root}")
+    else:
+        shutil.rmtree(root, ignore_errors=True)
+    return rnd(result)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    # a fresh local Ray even when another one (`ray start`) runs on this machine: ray.init()
+    # would otherwise join it (and refuse the product's custom `trial_driver` resource)
+    os.environ["RAY_ADDRESS"] = "local"
+    stdout = os.dup(1)
+    os.dup2(2, 1)  # anything printed by Ray, Tune or child processes lands on stderr
+    result = run_all(args.quick, args.keep)
+    os.write(stdout, (json.dumps(result, indent=2) + "\n").encode())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
