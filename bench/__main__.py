@@ -120,7 +120,7 @@ def run_all(quick: bool, keep: bool) -> dict:
         rss.sample()
     session = raygrid.session_dir()
     events = raygrid.controller_events(session)
-    actors = raygrid.actor_summary()
+    actors = raygrid.actor_table()
     n_slots = raygrid.slots(job)
     ray.shutdown()
 
@@ -230,7 +230,8 @@ def run_all(quick: bool, keep: bool) -> dict:
             "fresh_process_imports_s": imports,
             "worker_setup_parts_s": parts,
             "checkpoint_per_epoch": bare_after["checkpoint"],
-            "ray_actors_started": actors,
+            "ray_actors_started": raygrid.actor_counts(actors),
+            "tune_driver_actor_start_to_wall_s_start": raygrid.driver_actor_lead(grid, actors),
             "trials_in_timeline": len(timeline),
             "fixed_cost_each_s": fixed_each,
         },

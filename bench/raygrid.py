@@ -152,13 +152,36 @@ def controller_events(session: Path) -> dict[str, dict[str, float]]:
     return runs
 
 
-def actor_summary() -> dict:
-    """Ray's actor table (from the GCS, no dashboard needed): how many actors of each class
-    the grid started, i.e. how many worker processes a trial costs."""
+def actor_table() -> list[dict]:
+    """Ray's actor table, read from the GCS (no dashboard needed)."""
+    return list(ray._private.state.actors().values())
+
+
+def actor_counts(actors: list[dict]) -> dict[str, int]:
+    """How many actors of each class the grids started: each is a worker process."""
     counts: dict[str, int] = {}
-    for actor in ray._private.state.actors().values():
+    for actor in actors:
         counts[actor["ActorClassName"]] = counts.get(actor["ActorClassName"], 0) + 1
     return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def driver_actor_lead(grid: GridRun, actors: list[dict]) -> list[float]:
+    """Per trial: seconds from its Tune driver actor's start (the GCS `StartTime` of the
+    `ImplicitFunc` actor whose pid Tune recorded in the trial's result.json) to `run_trial`
+    starting its `wall_s` clock — time a trial spends before `wall_s` counts."""
+    started = {
+        a["Pid"]: a["StartTime"] / 1000 for a in actors if a["ActorClassName"] == "ImplicitFunc"
+    }
+    leads = []
+    for result in grid.exp.tune_dir.glob("*/*/result.json"):
+        lines = result.read_text().splitlines()
+        if not lines:
+            continue
+        row = json.loads(lines[-1])
+        run = row.get("config", {}).get("run", {}).get("run_id")
+        if row.get("pid") in started and run in grid.driver_start:
+            leads.append(grid.driver_start[run] - started[row["pid"]])
+    return leads
 
 
 def trial_timeline(grid: GridRun, events: dict[str, dict[str, float]]) -> dict[str, dict]:
@@ -175,7 +198,7 @@ def trial_timeline(grid: GridRun, events: dict[str, dict[str, float]]) -> dict[s
         start = grid.driver_start.get(run)
         model_pt = grid.exp.run_dir(run) / "model.pt"
         needed = ("fn_launched", "shutdown_begin", "shutdown_done", "workers_created")
-        if not ev or start is None or row["wall_s"] is None or not model_pt.is_file():
+        if not ev or start is None or row["status"] != "finished" or not model_pt.is_file():
             continue
         if not all(k in ev for k in needed) or (row["attempts"] or 1) > 1:
             continue

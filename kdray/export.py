@@ -9,10 +9,12 @@ Values are `mean ± std` over seeds when a cell has several.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 
 from kdray.experiment import Experiment
 from kdray.results import read_trials, write_results
@@ -163,6 +165,17 @@ def render_tables(trials: pd.DataFrame, strategies: list[str]) -> dict[str, str]
     return out
 
 
+def flat_csv(table: pa.Table) -> pd.DataFrame:
+    """One line per trial: nested columns (per-class report, confusion, maps) as JSON text."""
+    rows = table.to_pylist()
+    for row in rows:
+        row["roles"] = ";".join(row["roles"] or [])
+        for key, value in row.items():
+            if isinstance(value, list | dict):
+                row[key] = json.dumps(dict(value) if key.endswith("_by_type") else value)
+    return pd.DataFrame(rows, columns=table.column_names)
+
+
 def export(experiment_dir: str | Path, out_dir: str | Path) -> dict[str, Path]:
     exp = Experiment.open(experiment_dir)
     table = (
@@ -178,11 +191,9 @@ def export(experiment_dir: str | Path, out_dir: str | Path) -> dict[str, Path]:
     if (exp.results_dir / "epochs.parquet").is_file():
         shutil.copyfile(exp.results_dir / "epochs.parquet", out / "epochs.parquet")
         written["epochs.parquet"] = out / "epochs.parquet"
-    trials = table.to_pandas()
-    trials.assign(roles=trials.roles.apply(lambda r: ";".join(r))).to_csv(
-        out / "trials.csv", index=False
-    )
+    flat_csv(table).to_csv(out / "trials.csv", index=False)
     written["trials.csv"] = out / "trials.csv"
+    trials = table.to_pandas()
     for name, text in render_tables(trials, list(exp.job().studies)).items():
         (out / name).write_text(text)
         written[name] = out / name
