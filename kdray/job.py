@@ -92,6 +92,11 @@ class DistillConfig(Strict):
         description="batchmean: sum over classes, mean over batch (Hinton, mdistiller); "
         "mean: element-wise mean, K times smaller (Yuan et al.'s code)",
     )
+    teacher_outputs: Literal["cached", "online"] = Field(
+        "cached",
+        description="cached: each teacher scores its students' augmented views once "
+        "(soft-label cache); online: the teacher runs on every student batch",
+    )
 
 
 class Study(Strict):

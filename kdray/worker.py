@@ -22,9 +22,8 @@ import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset
 
-from kdray.augment import build_train_augmentation
+from kdray import soft_labels
 from kdray.data import DATA_KINDS
 from kdray.data.cache import DataInfo, load_groups, load_split
 from kdray.job import Job
@@ -33,31 +32,13 @@ from kdray.models import count_params, create_model, load_model, save_model
 from kdray.plan import RunSpec
 from kdray.strategies import get_strategy
 from kdray.tracking import Tracker
+from kdray.train_data import train_batches
 
 STATE_FILE = "state.pt"
 
 
 class BandMissed(RuntimeError):
     """A defective teacher's validation accuracy never landed inside its band."""
-
-
-class TrainSet(Dataset):
-    def __init__(self, images: np.ndarray, labels: np.ndarray, augment, mean, std):
-        self.images, self.labels, self.augment = images, labels, augment
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int):
-        image = np.array(self.images[index])  # a writable copy of the memory-mapped row
-        if self.augment is not None:
-            image = self.augment(image=image)["image"]
-            if image.ndim == 2:
-                image = image[:, :, None]
-        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255)
-        return (x - self.mean) / self.std, int(self.labels[index])
 
 
 def to_tensor(images: np.ndarray, mean, std, device) -> torch.Tensor:
@@ -148,28 +129,37 @@ def train_loop(config: dict) -> None:
     model = ray.train.torch.prepare_model(model, move_to_device=device)
     core = model.module if hasattr(model, "module") else model
 
-    teacher = None
-    strategy = get_strategy(spec.strategy)(**job.distill.model_dump())
+    d = job.distill
+    strategy = get_strategy(spec.strategy)(d.temperature, d.alpha, d.kl_reduction)
+    use_cache = job.distill.teacher_outputs == "cached" and world_size == 1
+    teacher, cached_logits = None, None
     if spec.teacher_run:
-        teacher, teacher_meta = load_model(Path(config["teacher_dir"]) / "model.pt", device)
-        for p in teacher.parameters():
-            p.requires_grad_(False)
+        teacher_dir = Path(config["teacher_dir"])
+        if use_cache:
+            cached_logits = soft_labels.load(
+                teacher_dir, soft_labels.cache_key(job, spec.seed, info)
+            )
+        if cached_logits is None:  # online: the teacher runs on every batch
+            teacher, teacher_meta = load_model(teacher_dir / "model.pt", device)
+            for p in teacher.parameters():
+                p.requires_grad_(False)
     teacher_mean = teacher_meta["mean"] if teacher is not None else info.mean
     teacher_std = teacher_meta["std"] if teacher is not None else info.std
 
     train_images, train_labels = load_split(info.path, "train")
     valid_images, valid_labels = load_split(info.path, "valid")
-    augment = build_train_augmentation(job.train.augment, seed=spec.seed * 1000 + rank)
-    shuffle_rng = torch.Generator()
-    loader = DataLoader(
-        TrainSet(train_images, train_labels, augment, info.mean, info.std),
-        batch_size=job.train.batch_size,
-        shuffle=True,
-        generator=shuffle_rng,
-        drop_last=len(train_labels) > job.train.batch_size,
+    batches = train_batches(
+        train_images,
+        train_labels,
+        job.train.augment,
+        info.mean,
+        info.std,
+        job.train.batch_size,
+        spec.seed,
+        rank,
     )
-    loader = ray.train.torch.prepare_data_loader(loader, move_to_device=True)
-    steps_per_epoch = len(loader)
+    batches.loader = ray.train.torch.prepare_data_loader(batches.loader, move_to_device=True)
+    steps_per_epoch = len(batches)
 
     optimizer = _build_optimizer(job, model.parameters())
     scheduler = (
@@ -210,18 +200,10 @@ def train_loop(config: dict) -> None:
     first_step_s = None
     error = None
     for epoch in range(start_epoch, job.train.epochs):
-        # each epoch's shuffle and augmentation draws depend only on (seed, rank, epoch), so a
-        # run resumed from a checkpoint sees exactly the batches it would have seen
-        epoch_seed = (spec.seed * 1000 + rank) * 1000 + epoch
-        shuffle_rng.manual_seed(epoch_seed)
-        if augment is not None:
-            augment.set_random_seed(epoch_seed)
-        if hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
-            loader.sampler.set_epoch(epoch)
         model.train()
         epoch_start = time.time()
         totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, seen
-        for step, (x, y) in enumerate(loader, start=1):
+        for step, (x, y, index) in enumerate(batches.epoch(epoch), start=1):
             if job.train.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             if step == 2:
@@ -229,7 +211,10 @@ def train_loop(config: dict) -> None:
             if first_step_s is None:
                 first_step_s = time.time() - started
             teacher_logits = None
-            if teacher is not None:
+            if cached_logits is not None:
+                rows = cached_logits[epoch, index.cpu().numpy()]
+                teacher_logits = torch.from_numpy(rows.astype(np.float32)).to(device)
+            elif teacher is not None:
                 with torch.no_grad():
                     xt = (
                         x
@@ -300,6 +285,9 @@ def train_loop(config: dict) -> None:
         "train_s": time.time() - started,
         "band_val_acc": band_hit["val_acc"] if band_hit else None,
         "restored_from_epoch": restored_from,
+        "teacher_outputs": None
+        if not spec.teacher_run
+        else ("cached" if cached_logits is not None else "online"),
     }
     summary.update(final_metrics(model, job, info, device))
     if rank == 0:
@@ -315,6 +303,9 @@ def train_loop(config: dict) -> None:
             std=info.std,
             image_size=info.image_size,
         )
+        if spec.stage == "teacher" and use_cache and error is None:
+            # before summary.json: a teacher counts as finished only with its soft labels
+            soft_labels.build(core, job, spec.seed, info, device, run_dir)
         _write_json_atomic(run_dir / "summary.json", summary)
         tracker.finish(summary)
 

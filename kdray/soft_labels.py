@@ -1,0 +1,74 @@
+"""The teacher soft-label cache (after FKD, Shen & Xing): a teacher scores, once, every view its
+students will train on, and every KD student of that teacher reads the scores instead of running
+the teacher on each batch.
+
+Exact because the training batches are reproducible (`kdray.train_data`): for a given seed,
+epoch and sample, the student draws the same augmentation the teacher replayed. Logits are kept
+in float16 (`soft_labels.npy`, shape epochs x samples x classes) beside the teacher's weights;
+`soft_labels.json` records what they were computed for, and a student whose settings differ
+(or a data-parallel student, whose ranks shard the data differently) runs the teacher online.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kdray.augment import pipeline_spec
+from kdray.data.cache import DataInfo, load_split
+from kdray.job import Job
+from kdray.train_data import train_batches
+
+LOGITS_FILE = "soft_labels.npy"
+META_FILE = "soft_labels.json"
+
+
+def cache_key(job: Job, seed: int, info: DataInfo) -> dict:
+    """Everything that decides which views a student sees."""
+    return {
+        "seed": seed,
+        "epochs": job.train.epochs,
+        "batch_size": job.train.batch_size,
+        "augment": pipeline_spec(job.train.augment),
+        "data": info.fingerprint,
+        "image_size": info.image_size,
+    }
+
+
+@torch.no_grad()
+def build(teacher, job: Job, seed: int, info: DataInfo, device, run_dir: Path) -> Path:
+    """Replay every epoch's training views through `teacher`; write the logits atomically."""
+    images, labels = load_split(info.path, "train")
+    batches = train_batches(
+        images, labels, job.train.augment, info.mean, info.std, job.train.batch_size, seed
+    )
+    logits = np.zeros((job.train.epochs, len(labels), info.num_classes), dtype=np.float16)
+    was_training = teacher.training
+    teacher.eval()
+    for epoch in range(job.train.epochs):
+        for x, _, index in batches.epoch(epoch):
+            logits[epoch, index.numpy()] = teacher(x.to(device)).float().cpu().numpy()
+    teacher.train(was_training)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir / f".{LOGITS_FILE}"
+    with open(tmp, "wb") as fh:
+        np.save(fh, logits)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, run_dir / LOGITS_FILE)
+    (run_dir / META_FILE).write_text(json.dumps(cache_key(job, seed, info)))
+    return run_dir / LOGITS_FILE
+
+
+def load(run_dir: Path, key: dict) -> np.ndarray | None:
+    """The cached logits (memory-mapped) if they were computed for exactly `key`, else None."""
+    meta, logits = run_dir / META_FILE, run_dir / LOGITS_FILE
+    if not (meta.is_file() and logits.is_file()):
+        return None
+    if json.loads(meta.read_text()) != json.loads(json.dumps(key)):
+        return None
+    return np.load(logits, mmap_mode="r")

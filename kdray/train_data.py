@@ -1,0 +1,83 @@
+"""The training batches of a run: augmented, shuffled, and reproducible epoch by epoch.
+
+Each epoch's shuffle and augmentation draws depend only on (seed, rank, epoch). A run resumed
+from a checkpoint therefore sees the batches it would have seen, and a teacher can replay the
+exact views its students will train on (the soft-label cache).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from kdray.augment import build_train_augmentation
+
+
+class TrainSet(Dataset):
+    """(image, label, index) with the train-time augmentation; the index keys the soft labels."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, augment, mean, std):
+        self.images, self.labels, self.augment = images, labels, augment
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int):
+        image = np.array(self.images[index])  # a writable copy of the memory-mapped row
+        if self.augment is not None:
+            image = self.augment(image=image)["image"]
+            if image.ndim == 2:
+                image = image[:, :, None]
+        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255)
+        return (x - self.mean) / self.std, int(self.labels[index]), index
+
+
+@dataclass
+class TrainBatches:
+    loader: DataLoader
+    shuffle_rng: torch.Generator
+    augment: object
+    seed: int
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def epoch(self, epoch: int) -> Iterable:
+        """The batches of `epoch` (0-based), the same whenever they are drawn."""
+        epoch_seed = self.seed * 1000 + epoch
+        self.shuffle_rng.manual_seed(epoch_seed)
+        if self.augment is not None:
+            self.augment.set_random_seed(epoch_seed)
+        sampler = getattr(self.loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):  # DistributedSampler (DDP)
+            sampler.set_epoch(epoch)
+        return self.loader
+
+
+def train_batches(
+    images: np.ndarray,
+    labels: np.ndarray,
+    augment_spec,
+    mean,
+    std,
+    batch_size: int,
+    seed: int,
+    rank: int = 0,
+) -> TrainBatches:
+    run_seed = seed * 1000 + rank
+    augment = build_train_augmentation(augment_spec, seed=run_seed)
+    shuffle_rng = torch.Generator()
+    loader = DataLoader(
+        TrainSet(images, labels, augment, mean, std),
+        batch_size=batch_size,
+        shuffle=True,
+        generator=shuffle_rng,
+        drop_last=len(labels) > batch_size,
+    )
+    return TrainBatches(loader, shuffle_rng, augment, run_seed)

@@ -1,0 +1,83 @@
+"""The teacher soft-label cache: exact views, same loss as online KD, built once per teacher."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from kdray import soft_labels
+from kdray.data import load_split, prepare_data
+from kdray.job import parse_job
+from kdray.models import load_model
+from kdray.plan import make_plan
+from kdray.strategies import hinton_kd_loss
+from kdray.train_data import train_batches
+from tests.conftest import tiny_job_dict
+from tests.test_worker import run_local
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("soft")
+    raw = tiny_job_dict(tmp_path)
+    raw["studies"] = {
+        "normal": {"teachers": ["resnet10t"], "students": ["test_resnet", "resnet10t"]}
+    }
+    raw["baseline"] = False
+    job = parse_job(raw)
+    plan = make_plan(job)
+    data = prepare_data(job.data, tmp_path / "data")
+    spec = plan.stage("teacher")[0]
+    run_dir, summary = run_local(tmp_path, job, spec, data)
+    return tmp_path, job, plan, data, spec, run_dir
+
+
+def test_cached_logits_are_the_teachers_outputs_on_the_students_views(teacher):
+    _, job, _, data, spec, run_dir = teacher
+    cache = np.load(run_dir / soft_labels.LOGITS_FILE)
+    assert cache.shape == (job.train.epochs, data.counts["train"], data.num_classes)
+    model, _ = load_model(run_dir / "model.pt")
+    images, labels = load_split(data.path, "train")
+    # a student of the same seed draws its batches independently of the teacher's replay
+    student = train_batches(
+        images, labels, job.train.augment, data.mean, data.std, job.train.batch_size, spec.seed
+    )
+    for epoch in range(job.train.epochs):
+        x, y, index = next(iter(student.epoch(epoch)))
+        with torch.no_grad():
+            online = model(x)
+        cached = torch.from_numpy(cache[epoch, index.numpy()].astype(np.float32))
+        assert torch.allclose(cached, online, rtol=2e-3, atol=2e-3)
+        kd = {
+            name: hinton_kd_loss(online * 0.5, y, logits, 4.0, 0.9)["loss"].item()
+            for name, logits in (("online", online), ("cached", cached))
+        }
+        assert kd["cached"] == pytest.approx(kd["online"], rel=1e-3)  # the stated tolerance
+    # other epochs are other views: the cache is not one view repeated
+    assert not np.allclose(cache[0], cache[1])
+
+
+def test_the_cache_is_built_once_per_teacher_and_read_by_every_student(teacher):
+    tmp_path, job, plan, data, spec, run_dir = teacher
+    cache_file = run_dir / soft_labels.LOGITS_FILE
+    built = cache_file.stat().st_mtime_ns
+    students = [r for r in plan.stage("student") if r.teacher_run == spec.run_id]
+    assert len(students) == 2
+    for student in students:
+        _, summary = run_local(tmp_path, job, student, data, teacher_dir=run_dir)
+        assert summary["status"] == "finished" and summary["teacher_outputs"] == "cached"
+    assert cache_file.stat().st_mtime_ns == built
+
+
+def test_students_fall_back_to_the_online_teacher(teacher, tmp_path):
+    _, job, plan, data, spec, run_dir = teacher
+    key = soft_labels.cache_key(job, spec.seed, data)
+    assert soft_labels.load(run_dir, key) is not None
+    assert soft_labels.load(run_dir, {**key, "batch_size": 99}) is None  # other views: no cache
+    raw = json.loads(job.model_dump_json())
+    raw["distill"]["teacher_outputs"] = "online"
+    online_job = parse_job(raw)
+    student = next(r for r in make_plan(online_job).stage("student") if r.model == "test_resnet")
+    _, summary = run_local(tmp_path, online_job, student, data, teacher_dir=run_dir)
+    assert summary["teacher_outputs"] == "online"
