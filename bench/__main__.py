@@ -24,6 +24,24 @@ STUDENT, TEACHER = "resnet10t", "seresnet18"  # the quickstart's normal-KD pair
 LARGE_STUDENT, LARGE_TEACHER = "resnet18", "seresnet50"
 
 
+P1_OVERRIDES = (
+    "studies={normal: {teachers: [seresnet18], students: [resnet10t]}}",
+    "baseline=false",
+)
+
+
+def online_kd() -> list[str]:
+    """Overrides that make a KD trial run its teacher on every batch, as the bare loop does
+    (once kdray has a soft-label cache, its jobs choose with `distill.teacher_outputs`)."""
+    from kdray.job import DistillConfig
+
+    return (
+        ["distill.teacher_outputs=online"]
+        if "teacher_outputs" in DistillConfig.model_fields
+        else []
+    )
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument(
@@ -101,12 +119,7 @@ def run_all(quick: bool, keep: bool) -> dict:
 
     # --- Ray: the quickstart grid (P2, P3, P1 in a busy grid), then one KD trial alone (P1)
     ray_init_s = raygrid.timed_ray_init(job)
-    p1_job = load_bench_job(
-        root / "runs",
-        [*size, "studies={normal: {teachers: [seresnet18], students: [resnet10t]}}"]
-        + ["baseline=false"],
-        name="bench-p1",
-    )
+    p1_job = load_bench_job(root / "runs", [*size, *P1_OVERRIDES, *online_kd()], name="bench-p1")
     with raygrid.RssSampler() as rss:
         log(f"quickstart grid: {len(make_plan(job).runs)} runs")
         grid = raygrid.run_grid(job)

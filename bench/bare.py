@@ -26,7 +26,12 @@ from kdray.data.cache import DataInfo, load_split
 from kdray.job import Job
 from kdray.models import create_model, load_model, save_model
 from kdray.strategies import get_strategy
-from kdray.worker import TrainSet, _build_optimizer, _seed_everything, predict
+from kdray.worker import _build_optimizer, _seed_everything, predict
+
+try:  # the worker's Dataset; it moved to kdray.train_data with the soft-label cache
+    from kdray.train_data import TrainSet
+except ImportError:
+    from kdray.worker import TrainSet
 
 
 @dataclass
@@ -95,7 +100,8 @@ def run_epoch(
     """One epoch of the worker's loop body; `kd` runs the teacher on every batch (Hinton loss),
     otherwise the student trains alone (cross-entropy), as its no-KD baseline does."""
     job, model = loop.job, loop.model
-    strategy = get_strategy("normal" if kd else "none")(**job.distill.model_dump())
+    d = job.distill
+    strategy = get_strategy("normal" if kd else "none")(d.temperature, d.alpha, d.kl_reduction)
     epoch_seed = epoch  # the worker's (seed * 1000 + rank) * 1000 + epoch with seed 0, rank 0
     loop.shuffle_rng.manual_seed(epoch_seed)
     if loop.augment is not None:
@@ -109,7 +115,7 @@ def run_epoch(
     while max_steps is None or steps < max_steps:
         t0 = time.perf_counter()
         try:
-            x, y = next(batches)
+            x, y = next(batches)[:2]  # (image, label) or (image, label, index)
         except StopIteration:
             break
         t1 = time.perf_counter()

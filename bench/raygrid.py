@@ -190,7 +190,8 @@ def trial_timeline(grid: GridRun, events: dict[str, dict[str, float]]) -> dict[s
     Driver start: the mtime of `attempts.json` (run_trial writes it, then starts `wall_s`).
     Worker loop start: the controller's "Train function launched" (the loop starts its own
     clock as the launch returns). First step: loop start + `setup_s`. End of the worker's work:
-    the mtime of `model.pt` (written after the final metrics). Driver end: start + `wall_s`.
+    its last write into the run folder (`model.pt`, after the final metrics, and whatever else
+    it leaves there). Driver end: start + `wall_s`.
     """
     out = {}
     for row in grid.trials:
@@ -202,7 +203,7 @@ def trial_timeline(grid: GridRun, events: dict[str, dict[str, float]]) -> dict[s
             continue
         if not all(k in ev for k in needed) or (row["attempts"] or 1) > 1:
             continue
-        loop_start, saved = ev["fn_launched"], model_pt.stat().st_mtime
+        loop_start, saved = ev["fn_launched"], worker_done(grid.exp.run_dir(run))
         end = start + row["wall_s"]
         phases = {
             "driver_to_controller_up": ev["controller_up"] - start,
@@ -214,7 +215,7 @@ def trial_timeline(grid: GridRun, events: dict[str, dict[str, float]]) -> dict[s
             "train_fn_launch": loop_start - ev["callbacks_done"],
             "worker_setup_to_first_step": row["setup_s"],
             "training": row["train_s"] - row["setup_s"],
-            "final_metrics_and_save": saved - (loop_start + row["train_s"]),
+            "final_metrics_and_writes": saved - (loop_start + row["train_s"]),
             "finish_detected": ev["shutdown_begin"] - saved,
             "worker_group_shutdown": ev["shutdown_done"] - ev["shutdown_begin"],
             "controller_exit_to_driver": end - ev["shutdown_done"],
@@ -228,6 +229,16 @@ def trial_timeline(grid: GridRun, events: dict[str, dict[str, float]]) -> dict[s
             "phases": phases,
         }
     return out
+
+
+def worker_done(run_dir: Path) -> float:
+    """When the worker wrote its last file into the run folder (summary.json and
+    attempts.json excluded: the trial driver rewrites those)."""
+    return max(
+        p.stat().st_mtime
+        for p in run_dir.iterdir()
+        if p.is_file() and p.name not in ("summary.json", "attempts.json")
+    )
 
 
 def median_phases(timeline: dict[str, dict]) -> dict[str, float]:
@@ -302,8 +313,10 @@ def epoch_rate(grid: GridRun, run_id: str, images_per_epoch: int) -> dict:
     later = [e["epoch_s"] for e in rows[1:]]
     if not later:
         return {}
+    summary = grid.exp.summary(run_id) or {}
     return {
         "run_id": run_id,
+        "teacher_outputs": summary.get("teacher_outputs", "online"),
         "epochs_timed": len(later),
         "epoch_s": [round(s, 3) for s in later],
         "images_per_s": images_per_epoch * len(later) / sum(later),
