@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 PATH_FIELDS = ("path", "root", "csv")
+
+
+def distinct(names: list[str]) -> list[str]:
+    if len(set(names)) != len(names):
+        raise ValueError("names must be distinct")
+    return names
+
+
+DistinctNames = Annotated[list[str], AfterValidator(distinct)]
 
 
 class DataConfigBase(BaseModel):

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from kdray.data.base import DataConfigBase, DataError
+from kdray.data.base import DataConfigBase, DataError, DistinctNames
 from kdray.data.cache import SPLITS
 from kdray.data.files import (
     IMAGE_SUFFIXES,
@@ -57,18 +57,11 @@ class Config(DataConfigBase):
     kind: Literal["folder"] = "folder"
     root: Path | None = Field(None, description="one sub-folder per class (or train/valid/test)")
     csv: Path | None = Field(None, description="a CSV with columns path,label[,split,group]")
-    classes: list[str] | None = Field(
+    classes: DistinctNames | None = Field(
         None, min_length=2, description="class names in label order (default: sorted names)"
     )
     split_by: SplitFractions = Field(default_factory=SplitFractions)
     split_seed: int = Field(0, description="seeds the carving of valid/test")
-
-    @field_validator("classes")
-    @classmethod
-    def _distinct(cls, classes: list[str] | None) -> list[str] | None:
-        if classes is not None and len(set(classes)) != len(classes):
-            raise ValueError("classes must be distinct")
-        return classes
 
     @model_validator(mode="after")
     def _one_source(self) -> Config:

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from kdray.data.base import DataConfigBase, DataError
+from kdray.data.base import DataConfigBase, DataError, DistinctNames
 from kdray.data.cache import ArraySource
 from kdray.data.files import empty_class_problems, raise_problems
 
@@ -28,19 +28,12 @@ class Config(DataConfigBase):
     path: Path = Field(
         description="the .npz file; a relative path is resolved against the working directory"
     )
-    classes: list[str] | None = Field(
+    classes: DistinctNames | None = Field(
         None, min_length=2, description="class names by label index (default: '0', '1', ...)"
     )
     max_per_split: int | None = Field(
         None, ge=1, description="keep only the first N images of each split (quick runs)"
     )
-
-    @field_validator("classes")
-    @classmethod
-    def _distinct(cls, classes: list[str] | None) -> list[str] | None:
-        if classes is not None and len(set(classes)) != len(classes):
-            raise ValueError("classes must be distinct")
-        return classes
 
 
 def load_arrays(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:

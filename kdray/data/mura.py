@@ -20,12 +20,12 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from kdray.data.base import DataConfigBase, DataError
+from kdray.data.base import DataConfigBase, DataError, distinct
 from kdray.data.files import (
     SKIP_HINT,
     FileSource,
@@ -66,7 +66,7 @@ class Config(DataConfigBase):
     kind: Literal["mura"] = "mura"
     root: Path = Field(description=f"the folder containing {ARCHIVE}/ (or {ARCHIVE} itself)")
     task: Literal["body_part", "abnormality"] = "body_part"
-    body_parts: list[BodyPart] | None = Field(
+    body_parts: Annotated[list[BodyPart], AfterValidator(distinct)] | None = Field(
         None, min_length=1, description="study types to keep (default: all 7)"
     )
     max_per_class: SplitCaps | None = Field(
@@ -74,13 +74,6 @@ class Config(DataConfigBase):
     )
     test_fraction: float = Field(0.1, gt=0, lt=1, description="train patients moved to test")
     split_seed: int = Field(0, description="seeds the test patients and the per-class subset")
-
-    @field_validator("body_parts")
-    @classmethod
-    def _distinct(cls, parts: list[str] | None) -> list[str] | None:
-        if parts is not None and len(set(parts)) != len(parts):
-            raise ValueError("body_parts must be distinct")
-        return parts
 
     @model_validator(mode="after")
     def _two_classes(self) -> Config:
