@@ -100,3 +100,19 @@ def test_cluster_yaml_has_what_the_launcher_needs_and_binds_nothing_publicly():
     assert "0.0.0.0" not in text
     head_start = " ".join(cfg["head_start_ray_commands"])
     assert "--dashboard-host=127.0.0.1" in head_start
+
+
+def test_a_corrupt_or_wrong_checkpoint_fails_naming_the_file(tmp_path):
+    from kdray.models import create_model, save_model
+
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match=str(corrupt)):
+        load_model(corrupt)
+    wrong = tmp_path / "wrong.pt"
+    model = create_model("test_resnet", 3, 1)
+    save_model(wrong, model, model="resnet10t", num_classes=3, in_chans=1)  # name lies
+    with pytest.raises(ValueError, match=f"{wrong}.*does not match"):
+        load_model(wrong)
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        load_model(tmp_path / "missing.pt")
