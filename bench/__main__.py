@@ -1,9 +1,9 @@
 """`python -m bench [--quick] [--keep]`: run every benchmark, print one JSON object to stdout.
 
 Progress goes to stderr. The order keeps each ratio's two sides close in time: the bare
-quickstart loop runs right before and right after the Ray grids (P1's reference is both runs
-pooled), KD and no-KD epochs are interleaved in one process (P4), and data wait is timed inside
-the same loops (P6).
+quickstart loop runs right before and right after the solo Ray trial (P1's reference is both
+runs pooled), KD and no-KD epochs are interleaved in one process (P4), and data wait is timed
+inside the same loops (P6).
 """
 
 from __future__ import annotations
@@ -76,14 +76,14 @@ def bare_summary(runs: list[dict]) -> dict:
     }
 
 
-def rnd(value, digits: int = 3):
-    """Round floats (recursively) for a readable JSON object."""
+def rnd(value):
+    """Floats (recursively) to 4 significant digits, for a readable JSON object."""
     if isinstance(value, float):
-        return round(value, digits)
+        return float(f"{value:.4g}")
     if isinstance(value, dict):
-        return {k: rnd(v, digits) for k, v in value.items()}
-    if isinstance(value, list):
-        return [rnd(v, digits) for v in value]
+        return {k: rnd(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [rnd(v) for v in value]
     return value
 
 
@@ -115,9 +115,8 @@ def run_all(quick: bool, keep: bool) -> dict:
         log(f"bare loop {STUDENT} <- {TEACHER} ({tag}): {rounds} KD + {rounds} no-KD epochs")
         return in_fresh_process(bare.interleaved_epochs, job_json, info, STUDENT, TEACHER, rounds)
 
-    bare_before = bare_quickstart("before the grids")
-
-    # --- Ray: the quickstart grid (P2, P3, P1 in a busy grid), then one KD trial alone (P1)
+    # --- Ray: the quickstart grid (P2, P3, P1 in a busy grid), then one KD trial alone between
+    # two bare runs of the same loop (P1), then the rest without Ray
     ray_init_s = raygrid.timed_ray_init(job)
     p1_job = load_bench_job(root / "runs", [*size, *P1_OVERRIDES, *online_kd()], name="bench-p1")
     with raygrid.RssSampler() as rss:
@@ -127,17 +126,17 @@ def run_all(quick: bool, keep: bool) -> dict:
         teacher_run = make_plan(p1_job).stage("teacher")[0].run_id
         p1_exp = raygrid.Experiment.create(p1_job)
         raygrid.seed_teacher(grid.exp, p1_exp, teacher_run)
+        bare_before = bare_quickstart("before the solo trial")
         log("one KD trial alone (its teacher copied from the grid)")
         solo = raygrid.run_grid(p1_job)
         log(f"solo trial done in {solo.makespan_s:.1f}s")
         rss.sample()
+    bare_after = bare_quickstart("after the solo trial")
     session = raygrid.session_dir()
     events = raygrid.controller_events(session)
     actors = raygrid.actor_table()
     n_slots = raygrid.slots(job)
     ray.shutdown()
-
-    bare_after = bare_quickstart("after the grids")
 
     # --- P4's bigger pair, the thesis shape (P3 estimate, P6 at 224 px), set-up parts, imports
     large_job = load_bench_job(root / "runs", LARGE_OVERRIDES)
@@ -164,6 +163,7 @@ def run_all(quick: bool, keep: bool) -> dict:
         LARGE_TEACHER,
         1 if quick else 3,
         thesis_threads,
+        warmup_steps=1 if quick else 2,
     )
     log("worker set-up parts and cold imports")
     parts = in_fresh_process(bare.setup_parts, job_json, info, STUDENT, TEACHER)
@@ -200,6 +200,9 @@ def run_all(quick: bool, keep: bool) -> dict:
         tail,
         thesis_threads,
     )
+    data_s_per_batch = sum(e["data_s"] for e in thesis["epochs"]) / sum(
+        e["steps"] for e in thesis["epochs"]
+    )
     result = {
         "p1_worker_efficiency": p1_solo["images_per_s"] / both["kd_images_per_s"],
         "p2_packing": p2["p2_packing"],
@@ -215,6 +218,7 @@ def run_all(quick: bool, keep: bool) -> dict:
             "bare_loop_large_64px": large["peak_rss_mb"],
             "bare_loop_thesis_224px": thesis["peak_rss_mb"],
             "ray_processes": rss.by_role(),
+            "ray_one_trial_processes_sum": raygrid.per_trial_rss_mb(rss.by_role()),
         },
         "p1_detail": {
             "ray_solo_trial": p1_solo,
@@ -248,7 +252,11 @@ def run_all(quick: bool, keep: bool) -> dict:
             "trials_in_timeline": len(timeline),
             "fixed_cost_each_s": fixed_each,
         },
-        "p3_thesis_estimate": thesis_est | {"worker_setup_parts_s": thesis_parts},
+        "p3_thesis_estimate": thesis_est
+        | {
+            "kd_step_s_per_timed_epoch": [e["train_s"] / e["steps"] for e in kd_steps],
+            "worker_setup_parts_s": thesis_parts,
+        },
         "p4_detail": {
             "quickstart": {k: both[k] for k in ("kd_overhead_train_only", "teacher_share_kd")},
             "large_64px": {
@@ -260,8 +268,8 @@ def run_all(quick: bool, keep: bool) -> dict:
         "p6_detail": {
             "quickstart_no_kd": both["data_wait_plain"],
             "thesis_224px_no_kd": thesis_sum["data_wait_plain"],
-            "thesis_224px_data_s_per_batch": sum(e["data_s"] for e in thesis["epochs"])
-            / sum(e["steps"] for e in thesis["epochs"]),
+            "thesis_224px_data_s_per_batch": data_s_per_batch,
+            "thesis_224px_loader_images_per_s": thesis_job.train.batch_size / data_s_per_batch,
         },
         "meta": {
             "quick": quick,

@@ -272,7 +272,13 @@ def eval_rate(job_json: dict, info_json: dict, model_name: str, threads: int) ->
 
 
 def thesis_shape(
-    job_json: dict, info_json: dict, student: str, teacher: str, steps: int, threads: int
+    job_json: dict,
+    info_json: dict,
+    student: str,
+    teacher: str,
+    steps: int,
+    threads: int,
+    warmup_steps: int = 1,
 ) -> dict:
     """A few KD and no-KD steps at the thesis job's shape (after one warm-up step each), and
     the student's evaluation rate: the basis of P3's thesis estimate and of P6 at 224 px."""
@@ -283,7 +289,7 @@ def thesis_shape(
         teacher,
         rounds=1,
         max_steps=steps,
-        warmup_steps=1,
+        warmup_steps=warmup_steps,
         validate=False,
         threads=threads,
     )

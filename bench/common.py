@@ -108,10 +108,14 @@ def proc_children(root: int) -> list[int]:
 
 
 def proc_name_and_hwm(pid: int) -> tuple[str, float] | None:
-    """A process's title (Ray sets `ray::<Actor>.<method>`) and its peak RSS (VmHWM) in MB."""
+    """A process's title (Ray sets `ray::<Actor>.<method>`) and its peak RSS (VmHWM) in MB;
+    None for processes that are gone and for the benchmark's own multiprocessing children."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            title = fh.read().split(b"\0")[0].decode(errors="replace")
+            cmdline = fh.read()
+        if b"multiprocessing" in cmdline:
+            return None
+        title = cmdline.split(b"\0")[0].decode(errors="replace")
         with open(f"/proc/{pid}/status") as fh:
             hwm = next((line for line in fh if line.startswith("VmHWM:")), None)
     except OSError:

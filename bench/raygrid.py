@@ -114,12 +114,32 @@ class RssSampler:
         """Peak RSS in MB per process kind: the largest process of each Ray actor class."""
         roles: dict[str, float] = {}
         for title, mb in self.peaks.values():
-            if title.startswith("ray::"):
+            if title.startswith("ray::IDLE"):
+                role = "idle_pool_worker"
+            elif title.startswith("ray::"):
                 role = title.split(".")[0].removeprefix("ray::")
             else:  # raylet, gcs_server, or python for Ray's helper scripts
                 role = Path(title.split()[0]).name if title else "?"
             roles[role] = round(max(roles.get(role, 0.0), mb), 1)
         return dict(sorted(roles.items(), key=lambda kv: -kv[1]))
+
+
+# the processes Ray Train and Tune start for every trial (one each per single-worker trial)
+TRIAL_ROLES = (
+    "RayTrainWorker",
+    "ImplicitFunc",  # the Tune trial driver
+    "TrainController",
+    "SynchronizationActor",
+    "DatasetManager",
+    "PreemptionWatcher",
+    "PlacementGroupCleaner",
+)
+
+
+def per_trial_rss_mb(roles: dict[str, float]) -> float:
+    """The peak RSS of one trial's own processes added up (shared library pages counted in
+    each process, as RSS does)."""
+    return round(sum(roles.get(role, 0.0) for role in TRIAL_ROLES), 1)
 
 
 def session_dir() -> Path:
@@ -161,7 +181,8 @@ def actor_counts(actors: list[dict]) -> dict[str, int]:
     """How many actors of each class the grids started: each is a worker process."""
     counts: dict[str, int] = {}
     for actor in actors:
-        counts[actor["ActorClassName"]] = counts.get(actor["ActorClassName"], 0) + 1
+        name = actor["ActorClassName"].rsplit(".", 1)[-1]  # wrap_function.<locals>.ImplicitFunc
+        counts[name] = counts.get(name, 0) + 1
     return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
@@ -170,7 +191,9 @@ def driver_actor_lead(grid: GridRun, actors: list[dict]) -> list[float]:
     `ImplicitFunc` actor whose pid Tune recorded in the trial's result.json) to `run_trial`
     starting its `wall_s` clock — time a trial spends before `wall_s` counts."""
     started = {
-        a["Pid"]: a["StartTime"] / 1000 for a in actors if a["ActorClassName"] == "ImplicitFunc"
+        a["Pid"]: a["StartTime"] / 1000
+        for a in actors
+        if a["ActorClassName"].endswith("ImplicitFunc")
     }
     leads = []
     for result in grid.exp.tune_dir.glob("*/*/result.json"):
@@ -303,6 +326,15 @@ def packing(grid: GridRun, n_slots: int, ray_init_s: float) -> dict:
         out["before_first_trial_s"] = by_stage["teacher"][0] - grid.started
         out["between_stages_s"] = by_stage["student"][0] - by_stage["teacher"][1]
         out["after_last_trial_s"] = grid.started + grid.makespan_s - by_stage["student"][1]
+        # the rest: slots waiting inside a stage beyond the zero-gap schedule, mostly the
+        # start of the next trial's driver actor when a slot frees up
+        out["within_stages_s"] = (
+            grid.makespan_s
+            - out["zero_gap_schedule_s"]
+            - out["before_first_trial_s"]
+            - out["between_stages_s"]
+            - out["after_last_trial_s"]
+        )
     return out
 
 
