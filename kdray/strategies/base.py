@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import ClassVar, Literal
 
 import torch
@@ -18,7 +19,7 @@ def register(cls: type[Strategy]) -> type[Strategy]:
     return cls
 
 
-class Strategy:
+class Strategy(ABC):
     name: ClassVar[str]
     #: whether a student trial of this strategy loads a teacher (False: plain training)
     needs_teacher: ClassVar[bool] = True
@@ -33,6 +34,7 @@ class Strategy:
         self.alpha = alpha
         self.kl_reduction = kl_reduction
 
+    @abstractmethod
     def loss(
         self,
         student_logits: torch.Tensor,
@@ -40,7 +42,6 @@ class Strategy:
         teacher_logits: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Named loss terms; `loss` is the one to minimise."""
-        raise NotImplementedError
 
 
 def hinton_kd_loss(
