@@ -37,10 +37,6 @@ from kdray.train_data import train_batches
 STATE_FILE = "state.pt"
 
 
-class BandMissed(RuntimeError):
-    """A defective teacher's validation accuracy never landed inside its band."""
-
-
 def to_tensor(images: np.ndarray, mean, std, device) -> torch.Tensor:
     """A batch of uint8 (N, H, W, C) images as a normalised float (N, C, H, W) tensor."""
     x = torch.from_numpy(np.array(images)).to(device).permute(0, 3, 1, 2).float()
