@@ -20,11 +20,12 @@ from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
 from ray.train import RunConfig as TrainRunConfig
 from ray.train.torch import TorchTrainer
 
+from kdray.atomic import write_json
 from kdray.data.cache import DataInfo
 from kdray.experiment import Experiment
 from kdray.job import Job
 from kdray.plan import RunSpec, Stage
-from kdray.worker import _write_json_atomic, train_loop
+from kdray.worker import train_loop
 
 DRIVER_RESOURCE = "trial_driver"
 
@@ -134,7 +135,7 @@ def _bump_attempts(run_dir: Path) -> int:
     path = run_dir / "attempts.json"
     attempts = json.loads(path.read_text())["attempts"] + 1 if path.is_file() else 1
     run_dir.mkdir(parents=True, exist_ok=True)
-    _write_json_atomic(path, {"attempts": attempts})
+    write_json(path, {"attempts": attempts})
     return attempts
 
 
@@ -188,7 +189,7 @@ def run_trial(config: dict) -> None:
         if summary is None:
             raise RuntimeError(f"run {spec.run_id} ended without writing {run_dir}/summary.json")
         summary.update(wall_s=time.time() - started, attempts=attempts)
-        _write_json_atomic(run_dir / "summary.json", summary)
+        write_json(run_dir / "summary.json", summary)
     if summary["status"] != "finished":
         raise RuntimeError(summary["error"])
     tune.report({k: v for k, v in summary.items() if isinstance(v, int | float)})
@@ -244,7 +245,7 @@ def run_stage(
             outcome = TrialOutcome(run.run_id, summary["status"], summary.get("error"))
         elif errors.get(run.run_id) is not None:
             error = _short_error(errors[run.run_id])
-            _write_json_atomic(exp.run_dir(run.run_id) / "failure.json", {"error": error})
+            write_json(exp.run_dir(run.run_id) / "failure.json", {"error": error})
             outcome = TrialOutcome(run.run_id, "failed", error)
         else:
             raise GridInterrupted(f"stage {stage}: run {run.run_id} neither finished nor failed")

@@ -8,6 +8,8 @@ import timm
 import torch
 from torch import nn
 
+from kdray.atomic import atomic_write
+
 
 def create_model(
     name: str, num_classes: int, in_chans: int, weights: str | Path | None = None
@@ -37,11 +39,8 @@ def count_params(model: nn.Module) -> int:
 
 def save_model(path: str | Path, module: nn.Module, **meta) -> None:
     """Write weights plus what is needed to rebuild and feed the model (name, classes, mean/std)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save({"state_dict": module.state_dict(), **meta}, tmp)
-    tmp.replace(path)
+    with atomic_write(Path(path), "wb") as fh:
+        torch.save({"state_dict": module.state_dict(), **meta}, fh)
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:

@@ -4,12 +4,12 @@ epoch in `epochs.parquet`. Tables are rebuilt from the run folders and replaced 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from kdray.atomic import atomic_write
 from kdray.experiment import Experiment
 from kdray.plan import RunSpec
 
@@ -141,19 +141,8 @@ def epoch_rows(exp: Experiment, spec: RunSpec) -> list[dict]:
 
 
 def write_table_atomic(table: pa.Table, path: Path) -> None:
-    """Write, fsync, rename: readers see the old table or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
+    with atomic_write(path, "wb") as fh:
         pq.write_table(table, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def write_results(exp: Experiment, failures: dict[str, str] | None = None) -> pa.Table:

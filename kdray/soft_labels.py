@@ -12,12 +12,12 @@ in float16 (`soft_labels.npy`, shape epochs x samples x classes) beside the teac
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from kdray.atomic import atomic_write, write_json
 from kdray.augment import pipeline_spec
 from kdray.data.cache import DataInfo, load_split
 from kdray.job import Job
@@ -53,14 +53,9 @@ def build(teacher, job: Job, seed: int, info: DataInfo, device, run_dir: Path) -
         for x, _, index in batches.epoch(epoch):
             logits[epoch, index.numpy()] = teacher(x.to(device)).float().cpu().numpy()
     teacher.train(was_training)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / f".{LOGITS_FILE}"
-    with open(tmp, "wb") as fh:
+    with atomic_write(run_dir / LOGITS_FILE, "wb") as fh:
         np.save(fh, logits)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, run_dir / LOGITS_FILE)
-    (run_dir / META_FILE).write_text(json.dumps(cache_key(job, seed, info)))
+    write_json(run_dir / META_FILE, cache_key(job, seed, info))
     return run_dir / LOGITS_FILE
 
 

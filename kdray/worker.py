@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 
 from kdray import soft_labels
+from kdray.atomic import atomic_write, write_json
 from kdray.data import DATA_KINDS
 from kdray.data.cache import DataInfo, load_groups, load_split
 from kdray.job import Job
@@ -90,15 +91,6 @@ def _device(job: Job) -> torch.device:
     if job.resources.device == "cpu":
         return torch.device("cpu")
     return ray.train.torch.get_device()
-
-
-def _write_json_atomic(path: Path, payload: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w") as fh:
-        json.dump(payload, fh, indent=2, default=float)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def train_loop(config: dict) -> None:
@@ -302,7 +294,7 @@ def train_loop(config: dict) -> None:
         if spec.stage == "teacher" and use_cache and error is None:
             # before summary.json: a teacher counts as finished only with its soft labels
             soft_labels.build(core, job, spec.seed, info, device, run_dir)
-        _write_json_atomic(run_dir / "summary.json", summary)
+        write_json(run_dir / "summary.json", summary)
         tracker.finish(summary)
 
 
@@ -329,10 +321,8 @@ def final_metrics(model, job: Job, info: DataInfo, device) -> dict:
 
 def _write_history(run_dir: Path, history: list[dict]) -> None:
     """The run's per-epoch rows so far (read by `kdray status` while the run trains)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / "epochs.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(h) + "\n" for h in history))
-    os.replace(tmp, run_dir / "epochs.jsonl")
+    with atomic_write(run_dir / "epochs.jsonl") as fh:
+        fh.writelines(json.dumps(h) + "\n" for h in history)
 
 
 def _crash_once_if_asked(run_id: str, epoch: int) -> None:
