@@ -40,6 +40,21 @@ def tiny_job_dict(tmp_path: Path, **overrides) -> dict:
     return job
 
 
+def run_grid(job):
+    """Create the job's experiment and run it on a fresh local Ray, shut down afterwards."""
+    import ray
+
+    from kdray.experiment import Experiment
+    from kdray.runner import run_experiment
+
+    exp = Experiment.create(job)
+    try:
+        report = run_experiment(exp, job)
+    finally:
+        ray.shutdown()
+    return exp, report
+
+
 @pytest.fixture
 def tiny_job(tmp_path):
     return tiny_job_dict(tmp_path)

@@ -3,19 +3,16 @@ offline, and the cluster launcher config."""
 
 import numpy as np
 import pytest
-import ray
 import torch
 import yaml
 
 from kdray.data import load_split, prepare_data
-from kdray.experiment import Experiment
 from kdray.job import parse_job
 from kdray.metrics import classification_metrics
 from kdray.models import load_model
 from kdray.plan import make_plan
-from kdray.runner import run_experiment
 from kdray.worker import to_tensor
-from tests.conftest import REPO, tiny_job_dict
+from tests.conftest import REPO, run_grid, tiny_job_dict
 from tests.test_worker import run_local
 
 
@@ -34,12 +31,7 @@ def test_two_worker_ddp_trial_reports_metrics_over_the_whole_split(tmp_path):
     raw["studies"] = {"normal": {"teachers": ["resnet10t"], "students": ["test_resnet"]}}
     raw["baseline"] = False
     raw["resources"] = {"workers_per_trial": 2, "cpus_per_worker": 1, "max_concurrent_trials": 1}
-    job = parse_job(raw)
-    exp = Experiment.create(job)
-    try:
-        report = run_experiment(exp, job)
-    finally:
-        ray.shutdown()
+    exp, report = run_grid(parse_job(raw))
     assert report.ok, report.failed
     data = next(exp.data_dir.iterdir())
     for run_id in exp.plan().runs:

@@ -20,7 +20,7 @@ from kdray.experiment import Experiment
 from kdray.job import parse_job
 from kdray.runner import run_experiment
 from kdray.status import status_rows
-from tests.conftest import REPO, tiny_job_dict
+from tests.conftest import REPO, run_grid, tiny_job_dict
 
 pytestmark = pytest.mark.ray
 
@@ -39,12 +39,7 @@ def test_worker_killed_mid_trial_resumes_from_its_last_checkpoint(tmp_path, monk
     raw = tiny_job_dict(tmp_path)
     raw["train"]["epochs"] = 3
     raw["baseline"] = False
-    job = parse_job(raw)
-    exp = Experiment.create(job)
-    try:
-        report = run_experiment(exp, job)
-    finally:
-        ray.shutdown()
+    exp, report = run_grid(parse_job(raw))
     assert report.ok, report.failed
     crashed = sorted(p.name for p in crash_dir.iterdir())
     assert crashed == sorted(exp.plan().runs)  # every run's worker died once in epoch 2
