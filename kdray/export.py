@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow as pa
 
 from kdray.experiment import Experiment
-from kdray.results import read_trials, write_results
+from kdray.results import read_trials
 
 SPLITS = (("train", "train_acc"), ("valid", "val_acc"), ("test", "test_acc"))
 BASELINE_COLUMN = "no KD (baseline)"
@@ -178,11 +178,7 @@ def flat_csv(table: pa.Table) -> pd.DataFrame:
 
 def export(experiment_dir: str | Path, out_dir: str | Path) -> dict[str, Path]:
     exp = Experiment.open(experiment_dir)
-    table = (
-        write_results(exp)
-        if not (exp.results_dir / "trials.parquet").is_file()
-        else read_trials(exp)
-    )
+    table = read_trials(exp)  # builds the tables first if the grid never wrote them
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = {}

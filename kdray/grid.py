@@ -117,7 +117,7 @@ def filesystem_type(path: Path) -> str:
     return fstype
 
 
-def check_storage(job: Job, storage: Path) -> None:
+def check_storage(storage: Path) -> None:
     """On a cluster of several machines every node must see the experiment folder."""
     hosts = {n["NodeManagerAddress"] for n in ray.nodes() if n.get("Alive")}
     if len(hosts) <= 1:
@@ -134,9 +134,37 @@ def check_storage(job: Job, storage: Path) -> None:
 def _bump_attempts(run_dir: Path) -> int:
     path = run_dir / "attempts.json"
     attempts = json.loads(path.read_text())["attempts"] + 1 if path.is_file() else 1
-    run_dir.mkdir(parents=True, exist_ok=True)
     write_json(path, {"attempts": attempts})
     return attempts
+
+
+def build_trainer(exp: Experiment, job: Job, spec: RunSpec, config: dict) -> TorchTrainer:
+    """One run's TorchTrainer; its deterministic name makes a retried trial resume the run."""
+    r = job.resources
+    per_worker = {"CPU": r.cpus_per_worker}
+    if r.gpus_per_worker:
+        per_worker["GPU"] = r.gpus_per_worker
+    return TorchTrainer(
+        train_loop,
+        train_loop_config={
+            "job": config["job"],
+            "run": config["run"],
+            "data": config["data"],
+            "run_dir": str(exp.run_dir(spec.run_id)),
+            "teacher_dir": str(exp.run_dir(spec.teacher_run)) if spec.teacher_run else None,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=r.workers_per_trial,
+            use_gpu=r.gpus_per_worker > 0,
+            resources_per_worker=per_worker,
+        ),
+        run_config=TrainRunConfig(
+            name=spec.run_id,
+            storage_path=str(exp.train_dir),
+            failure_config=FailureConfig(max_failures=job.faults.trial_retries),
+            checkpoint_config=CheckpointConfig(num_to_keep=1),
+        ),
+    )
 
 
 def run_trial(config: dict) -> None:
@@ -155,36 +183,10 @@ def run_trial(config: dict) -> None:
     # for the next poll (~2 s per trial on the quickstart); 0.5 s costs little controller CPU
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     if summary is None:
-        run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "failure.json").unlink(missing_ok=True)
         attempts = _bump_attempts(run_dir)
         started = time.time()
-        r = job.resources
-        per_worker = {"CPU": r.cpus_per_worker}
-        if r.gpus_per_worker:
-            per_worker["GPU"] = r.gpus_per_worker
-        trainer = TorchTrainer(
-            train_loop,
-            train_loop_config={
-                "job": config["job"],
-                "run": config["run"],
-                "data": config["data"],
-                "run_dir": str(run_dir),
-                "teacher_dir": str(exp.run_dir(spec.teacher_run)) if spec.teacher_run else None,
-            },
-            scaling_config=ScalingConfig(
-                num_workers=r.workers_per_trial,
-                use_gpu=r.gpus_per_worker > 0,
-                resources_per_worker=per_worker,
-            ),
-            run_config=TrainRunConfig(
-                name=spec.run_id,
-                storage_path=str(exp.train_dir),
-                failure_config=FailureConfig(max_failures=job.faults.trial_retries),
-                checkpoint_config=CheckpointConfig(num_to_keep=1),
-            ),
-        )
-        trainer.fit()
+        build_trainer(exp, job, spec, config).fit()
         summary = exp.summary(spec.run_id)
         if summary is None:
             raise RuntimeError(f"run {spec.run_id} ended without writing {run_dir}/summary.json")

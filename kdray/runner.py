@@ -47,7 +47,7 @@ def run_experiment(
     report = RunReport(exp)
     init_ray(job, address, verbose)
     check_resources(job)
-    check_storage(job, exp.root)
+    check_storage(exp.root)
     with console.status("decoding data into the array cache"):
         data = prepare_data(job.data, exp.data_dir)
     skipped = sum(data.extra.get("skipped", {}).values())
