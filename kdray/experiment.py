@@ -69,7 +69,8 @@ class Experiment:
         if existing.is_file() and existing.read_text() != job_json:
             raise ExperimentError(
                 f"{exp.root} already holds a different job named {job.name!r}: resume it with "
-                f"`kdray resume {exp.root}`, or give this job another name or storage"
+                f"`kdray resume {exp.root}`, or run the new settings under another name "
+                f"(--set name={job.name}-2) or storage"
             )
         exp.root.mkdir(parents=True, exist_ok=True)
         existing.write_text(job_json)
