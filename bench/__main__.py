@@ -2,8 +2,8 @@
 
 Progress goes to stderr. The order keeps each ratio's two sides close in time: the bare
 quickstart loop runs right before and right after the solo Ray trial (P1's reference is both
-runs pooled), KD and no-KD epochs are interleaved in one process (P4), and data wait is timed
-inside the same loops (P6).
+runs' online-KD epochs pooled), cached-KD, no-KD and online-KD epochs are interleaved in one
+process (P4), and data wait is timed inside the same loops (P6).
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ P1_OVERRIDES = (
 
 
 def online_kd() -> list[str]:
-    """Overrides that make a KD trial run its teacher on every batch, as the bare loop does
-    (once kdray has a soft-label cache, its jobs choose with `distill.teacher_outputs`)."""
+    """Overrides that make a KD trial run its teacher on every batch, as the bare loop's online
+    mode does (P1 compares the two; kdray jobs choose with `distill.teacher_outputs`)."""
     from kdray.job import DistillConfig
 
     return (
@@ -54,25 +54,62 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def bare_summary(runs: list[dict]) -> dict:
-    """Pool the bare quickstart loops' timed epochs: KD images/s (P1's reference), KD epoch ÷
-    no-KD epoch (P4) and the share of step time spent in next() (P6)."""
-    kd = [e for r in runs for e in r["epochs"] if e["kd"]]
-    plain = [e for r in runs for e in r["epochs"] if not e["kd"]]
+    """Pool bare loops' timed epochs, per KD mode (`online`, `cached`, when they ran): images/s
+    (P1's reference is the online one), mean KD epoch ÷ mean no-KD epoch (P4), the share of
+    step time spent getting the teacher's logits (its forward, or the cache read) and in the
+    loader's next() (P6); `cache` is the soft-label cache's build, averaged over the runs."""
+    epochs = [e for r in runs for e in r["epochs"]]
+    plain = [e for e in epochs if e["mode"] == "plain"]
 
     def total(rows: list[dict], key: str) -> float:
         return sum(e[key] for e in rows)
 
-    return {
-        "kd_images_per_s": total(kd, "images") / total(kd, "epoch_s"),
-        "kd_overhead": (total(kd, "epoch_s") / len(kd)) / (total(plain, "epoch_s") / len(plain)),
-        "kd_overhead_train_only": (total(kd, "train_s") / len(kd))
-        / (total(plain, "train_s") / len(plain)),
-        "data_wait_kd": total(kd, "data_s") / total(kd, "train_s"),
+    def mean(rows: list[dict], key: str) -> float:
+        return total(rows, key) / len(rows)
+
+    out: dict = {
+        "epochs_timed": {
+            m: n
+            for m in ("cached", "plain", "online")
+            if (n := sum(e["mode"] == m for e in epochs))
+        },
         "data_wait_plain": total(plain, "data_s") / total(plain, "train_s"),
-        "teacher_share_kd": total(kd, "teacher_s") / total(kd, "train_s"),
-        "epochs_timed": {"kd": len(kd), "plain": len(plain)},
-        "kd_epoch_s": [round(e["epoch_s"], 3) for e in kd],
         "plain_epoch_s": [round(e["epoch_s"], 3) for e in plain],
+    }
+    for mode in ("online", "cached"):
+        kd = [e for e in epochs if e["mode"] == mode]
+        if not kd:
+            continue
+        out[mode] = {
+            "images_per_s": total(kd, "images") / total(kd, "epoch_s"),
+            "kd_overhead": mean(kd, "epoch_s") / mean(plain, "epoch_s"),
+            "kd_overhead_train_only": mean(kd, "train_s") / mean(plain, "train_s"),
+            "teacher_share": total(kd, "teacher_s") / total(kd, "train_s"),
+            "data_wait": total(kd, "data_s") / total(kd, "train_s"),
+            "epoch_s": [round(e["epoch_s"], 3) for e in kd],
+        }
+    caches = [r["cache"] for r in runs if r.get("cache")]
+    if caches:
+        out["cache"] = {k: statistics.mean(c[k] for c in caches) for k in caches[0]}
+    return out
+
+
+def p4_pair(summary: dict) -> dict:
+    """`p4_detail` for one pair: the ratios of the batches alone (no validation pass), what
+    getting the teacher's logits costs in a KD step, and the soft-label cache's build."""
+    cached, online, cache = summary["cached"], summary["online"], summary["cache"]
+    return {
+        "kd_overhead_train_only": cached["kd_overhead_train_only"],
+        "kd_overhead_train_only_online": online["kd_overhead_train_only"],
+        "teacher_share_online": online["teacher_share"],
+        "cache_read_share_cached": cached["teacher_share"],
+        "cache_build_s": cache["build_s"],
+        "cache_mb": cache["mb"],
+        "cache_epochs": cache["epochs"],
+        "cache_build_s_job": cache["job_build_s"],
+        "cache_mb_job": cache["job_mb"],
+        "job_epochs": cache["job_epochs"],
+        "epochs_timed": summary["epochs_timed"],
     }
 
 
@@ -112,7 +149,10 @@ def run_all(quick: bool, keep: bool) -> dict:
     images_per_epoch = info["counts"]["train"] // job.train.batch_size * job.train.batch_size
 
     def bare_quickstart(tag: str) -> dict:
-        log(f"bare loop {STUDENT} <- {TEACHER} ({tag}): {rounds} KD + {rounds} no-KD epochs")
+        log(
+            f"bare loop {STUDENT} <- {TEACHER} ({tag}): soft-label cache, then {rounds} each of "
+            "cached-KD, no-KD and online-KD epochs"
+        )
         return in_fresh_process(bare.interleaved_epochs, job_json, info, STUDENT, TEACHER, rounds)
 
     # --- Ray: the quickstart grid (P2, P3, P1 in a busy grid), then one KD trial alone between
@@ -188,7 +228,7 @@ def run_all(quick: bool, keep: bool) -> dict:
     head, tail = fixed.ray_fixed_phases(phases) if phases else (float("nan"),) * 2
     large_sum = bare_summary([large])
     thesis_sum = bare_summary([thesis])
-    kd_steps = [e for e in thesis["epochs"] if e["kd"]]
+    kd_steps = [e for e in thesis["epochs"] if e["mode"] == "online"]
     step_s = sum(e["train_s"] for e in kd_steps) / sum(e["steps"] for e in kd_steps)
     ckpt = thesis["checkpoint"]
     thesis_est = fixed.thesis_estimate(
@@ -204,15 +244,17 @@ def run_all(quick: bool, keep: bool) -> dict:
         e["steps"] for e in thesis["epochs"]
     )
     result = {
-        "p1_worker_efficiency": p1_solo["images_per_s"] / both["kd_images_per_s"],
+        "p1_worker_efficiency": p1_solo["images_per_s"] / both["online"]["images_per_s"],
         "p2_packing": p2["p2_packing"],
         "p3_fixed_cost_s": statistics.mean(fixed_each),
         "p3_fixed_share": sum(fixed_each) / sum(r["wall_s"] for r in finished),
         "p3_thesis_fixed_share_estimate": thesis_est["fixed_share"],
-        "p4_kd_overhead": both["kd_overhead"],
-        "p4_kd_overhead_large": large_sum["kd_overhead"],
-        "p6_data_wait": both["data_wait_kd"],
-        "p6_data_wait_224": thesis_sum["data_wait_kd"],
+        "p4_kd_overhead": both["cached"]["kd_overhead"],
+        "p4_kd_overhead_online": both["online"]["kd_overhead"],
+        "p4_kd_overhead_large": large_sum["cached"]["kd_overhead"],
+        "p4_kd_overhead_large_online": large_sum["online"]["kd_overhead"],
+        "p6_data_wait": both["online"]["data_wait"],
+        "p6_data_wait_224": thesis_sum["online"]["data_wait"],
         "peak_rss_mb": {
             "bare_loop": max(bare_before["peak_rss_mb"], bare_after["peak_rss_mb"]),
             "bare_loop_large_64px": large["peak_rss_mb"],
@@ -223,13 +265,17 @@ def run_all(quick: bool, keep: bool) -> dict:
         "p1_detail": {
             "ray_solo_trial": p1_solo,
             "ray_in_grid_trial": p1_grid,
-            "worker_efficiency_in_grid": p1_grid["images_per_s"] / both["kd_images_per_s"],
-            "bare_images_per_s": both["kd_images_per_s"],
+            "worker_efficiency_in_grid": p1_grid["images_per_s"] / both["online"]["images_per_s"],
+            # like for like: against the bare loop in the grid trial's own teacher_outputs mode
+            "worker_efficiency_in_grid_same_mode": p1_grid["images_per_s"]
+            / both[p1_grid["teacher_outputs"] or "online"]["images_per_s"],
+            "bare_images_per_s": both["online"]["images_per_s"],
             "bare_images_per_s_before_after": [
-                bare_summary([bare_before])["kd_images_per_s"],
-                bare_summary([bare_after])["kd_images_per_s"],
+                bare_summary([bare_before])["online"]["images_per_s"],
+                bare_summary([bare_after])["online"]["images_per_s"],
             ],
-            "bare_kd_epoch_s": both["kd_epoch_s"],
+            "bare_kd_epoch_s": both["online"]["epoch_s"],
+            "bare_cached_kd_images_per_s": both["cached"]["images_per_s"],
             "images_per_epoch": images_per_epoch,
             "torch_threads": bare_before["threads"],
         },
@@ -258,15 +304,13 @@ def run_all(quick: bool, keep: bool) -> dict:
             "worker_setup_parts_s": thesis_parts,
         },
         "p4_detail": {
-            "quickstart": {k: both[k] for k in ("kd_overhead_train_only", "teacher_share_kd")},
-            "large_64px": {
-                k: large_sum[k]
-                for k in ("kd_overhead_train_only", "teacher_share_kd", "epochs_timed")
-            },
-            "thesis_224px_train_only": thesis_sum["kd_overhead_train_only"],
+            "quickstart": p4_pair(both),
+            "large_64px": p4_pair(large_sum),
+            "thesis_224px_train_only_online": thesis_sum["online"]["kd_overhead_train_only"],
         },
         "p6_detail": {
             "quickstart_no_kd": both["data_wait_plain"],
+            "quickstart_kd_cached": both["cached"]["data_wait"],
             "thesis_224px_no_kd": thesis_sum["data_wait_plain"],
             "thesis_224px_data_s_per_batch": data_s_per_batch,
             "thesis_224px_loader_images_per_s": thesis_job.train.batch_size / data_s_per_batch,

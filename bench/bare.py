@@ -1,56 +1,69 @@
 """Bare PyTorch loops: the worker's per-epoch work, without Ray.
 
-Each loop does what `kdray.worker.train_loop` does in an epoch — the same `TrainSet` (with the
-job's albumentations pipeline), the same `DataLoader` settings, the same models (`timm` via
-`kdray.models.create_model`), optimizer, loss (`kdray.strategies`), per-batch bookkeeping and the
-closing validation `predict` — on data held in memory, with `torch.set_num_threads` set to the
-job's CPUs per worker. The functions here are meant to run in a fresh process
-(`bench.common.in_fresh_process`), so their peak RSS is their own.
+Each loop does what `kdray.worker.train_loop` does in an epoch — the same reproducible batches
+(`kdray.train_data.train_batches`: the job's albumentations pipeline, per-epoch reseeded shuffle
+and augmentation, `(x, y, index)` batches), the same models (`timm` via
+`kdray.models.create_model`), optimizer, loss (`kdray.strategies`), autocast/GradScaler/scheduler
+steps, per-batch bookkeeping and the closing validation `predict` — on data held in memory, with
+`torch.set_num_threads` set to the job's torch threads. A KD epoch gets its teacher's logits in
+one of the worker's two ways (`distill.teacher_outputs`): `online`, the teacher's forward pass on
+every batch, or `cached`, rows of the soft-label cache (`kdray.soft_labels`, built once for the
+bare teacher before the timed epochs) looked up by the batch's sample indices. The functions here
+are meant to run in a fresh process (`bench.common.in_fresh_process`), so their peak RSS is their
+own.
 """
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from bench.common import peak_rss_mb
-from kdray.augment import build_train_augmentation
+from kdray import soft_labels
 from kdray.data.cache import DataInfo, load_split
 from kdray.job import Job
 from kdray.models import create_model, load_model, save_model
 from kdray.strategies import get_strategy
+from kdray.train_data import TrainBatches, train_batches
 from kdray.worker import _build_optimizer, _seed_everything, predict
 
-try:  # the worker's Dataset; it moved to kdray.train_data with the soft-label cache
-    from kdray.train_data import TrainSet
-except ImportError:
-    from kdray.worker import TrainSet
+PLAIN, ONLINE, CACHED = "plain", "online", "cached"
+# the order of one round of timed epochs; the next round runs it backwards
+MODES = (CACHED, PLAIN, ONLINE)
+SEED = 0  # the run's seed (spec.seed); rank 0
 
 
 @dataclass
 class EpochTiming:
     """One epoch (or its first `max_steps` batches) of the bare loop, in seconds."""
 
-    kd: bool
+    mode: str  # "plain" (no KD), "online" (teacher on every batch) or "cached" (soft labels)
     images: int
     steps: int
-    data_s: float  # inside the DataLoader's next(): indexing, augmentation, collation
-    teacher_s: float  # the teacher's forward pass (no grad)
+    data_s: float  # inside the loader's next() + the batch's device transfer
+    teacher_s: float  # online: the teacher's forward (no grad); cached: reading the logits
     student_s: float  # student forward, loss, backward, optimizer step, bookkeeping
     train_s: float  # the epoch's batches, first next() to the last step's end
     eval_s: float  # the closing validation predict (0 when skipped)
 
     @property
+    def kd(self) -> bool:
+        return self.mode != PLAIN
+
+    @property
     def epoch_s(self) -> float:
         """What the worker records as `epoch_s`: the batches plus the validation pass."""
         return self.train_s + self.eval_s
+
+    def to_json(self) -> dict:
+        return asdict(self) | {"kd": self.kd, "epoch_s": self.epoch_s}
 
 
 @dataclass
@@ -59,76 +72,142 @@ class Loop:
 
     job: Job
     info: DataInfo
+    device: torch.device
     model: torch.nn.Module
     teacher: torch.nn.Module | None
     optimizer: torch.optim.Optimizer
-    loader: DataLoader
-    shuffle_rng: torch.Generator
-    augment: object | None
+    scheduler: object | None
+    scaler: torch.amp.GradScaler
+    amp_dtype: torch.dtype | None
+    batches: TrainBatches
     valid_images: np.ndarray
+    valid_labels: np.ndarray
+    cached_logits: np.ndarray | None = None  # soft_labels.load(): memory-mapped float16
+    cache: dict = field(default_factory=dict)  # how the cache was built: seconds, MB, epochs
+    val_acc: float | None = None  # the last validation's accuracy
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
 
 def build_loop(job: Job, info: DataInfo, student: str, teacher: str | None) -> Loop:
-    """Models, optimizer, in-memory data and DataLoader exactly as the worker sets them up."""
-    _seed_everything(0)
+    """Models, optimizer, in-memory data and batches exactly as the worker sets them up."""
+    device = torch.device("cpu")
+    _seed_everything(SEED)
     model = create_model(student, info.num_classes, info.channels)
+    if job.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model = model.to(device)
     teacher_model = None
-    if teacher is not None:
-        teacher_model = create_model(teacher, info.num_classes, info.channels).eval()
+    if teacher is not None:  # load_model gives the worker's teacher in eval mode
+        teacher_model = create_model(teacher, info.num_classes, info.channels).to(device).eval()
         for p in teacher_model.parameters():
             p.requires_grad_(False)
     train_images, train_labels = load_split(info.path, "train", mmap=False)
-    valid_images, _ = load_split(info.path, "valid", mmap=False)
-    augment = build_train_augmentation(job.train.augment, seed=0)
-    shuffle_rng = torch.Generator()
-    loader = DataLoader(
-        TrainSet(train_images, train_labels, augment, info.mean, info.std),
-        batch_size=job.train.batch_size,
-        shuffle=True,
-        generator=shuffle_rng,
-        drop_last=len(train_labels) > job.train.batch_size,
+    valid_images, valid_labels = load_split(info.path, "valid", mmap=False)
+    t = job.train
+    batches = train_batches(
+        train_images, train_labels, t.augment, info.mean, info.std, t.batch_size, SEED
     )
     optimizer = _build_optimizer(job, model.parameters())
-    return Loop(
-        job, info, model, teacher_model, optimizer, loader, shuffle_rng, augment, valid_images
+    scheduler = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t.epochs * len(batches))
+        if t.scheduler == "cosine"
+        else None
     )
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.precision)
+    scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "fp16")
+    return Loop(
+        job,
+        info,
+        device,
+        model,
+        teacher_model,
+        optimizer,
+        scheduler,
+        scaler,
+        amp_dtype,
+        batches,
+        valid_images,
+        valid_labels,
+    )
+
+
+def build_cache(loop: Loop, epochs: int, folder: Path) -> None:
+    """The bare teacher's soft-label cache for `epochs` epochs of the loop's batches, built as a
+    teacher trial builds it (`soft_labels.build` into `folder`) and opened as a KD student opens
+    it (`soft_labels.load`: memory-mapped); the build is timed, outside every timed epoch."""
+    job = loop.job.model_copy(
+        update={"train": loop.job.train.model_copy(update={"epochs": epochs})}
+    )
+    t0 = time.perf_counter()
+    path = soft_labels.build(loop.teacher, job, SEED, loop.info, loop.device, folder)
+    build_s = time.perf_counter() - t0
+    loop.cached_logits = soft_labels.load(folder, soft_labels.cache_key(job, SEED, loop.info))
+    if loop.cached_logits is None:
+        raise RuntimeError(f"soft labels in {folder} do not match the key they were built for")
+    mb = path.stat().st_size / 2**20
+    job_epochs = loop.job.train.epochs
+    loop.cache = {
+        "epochs": epochs,
+        "build_s": build_s,
+        "mb": mb,
+        # scaled to the job's own epochs: what a teacher trial of this job builds and writes
+        "job_epochs": job_epochs,
+        "job_build_s": build_s / epochs * job_epochs,
+        "job_mb": mb / epochs * job_epochs,
+    }
 
 
 def run_epoch(
-    loop: Loop, epoch: int, kd: bool, max_steps: int | None = None, validate: bool = True
+    loop: Loop, epoch: int, mode: str, max_steps: int | None = None, validate: bool = True
 ) -> EpochTiming:
-    """One epoch of the worker's loop body; `kd` runs the teacher on every batch (Hinton loss),
-    otherwise the student trains alone (cross-entropy), as its no-KD baseline does."""
-    job, model = loop.job, loop.model
+    """One epoch of the worker's loop body. `plain`: the student alone (cross-entropy), as its
+    no-KD baseline trains; `online` / `cached`: the Hinton loss with the teacher's logits from
+    its forward pass on the batch / from the soft-label cache at (epoch, sample index)."""
+    job, model, device = loop.job, loop.model, loop.device
     d = job.distill
-    strategy = get_strategy("normal" if kd else "none")(d.temperature, d.alpha, d.kl_reduction)
-    epoch_seed = epoch  # the worker's (seed * 1000 + rank) * 1000 + epoch with seed 0, rank 0
-    loop.shuffle_rng.manual_seed(epoch_seed)
-    if loop.augment is not None:
-        loop.augment.set_random_seed(epoch_seed)
+    strategy = get_strategy("none" if mode == PLAIN else "normal")(
+        d.temperature, d.alpha, d.kl_reduction
+    )
+    if mode == CACHED and loop.cached_logits is None:
+        raise ValueError("cached mode needs build_cache() first")
     model.train()
-    totals = torch.zeros(3, dtype=torch.float64)
+    totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, seen
     data_s = teacher_s = student_s = 0.0
     steps = images = 0
     start = time.perf_counter()
-    batches = iter(loop.loader)
+    batches = iter(loop.batches.epoch(epoch))
     while max_steps is None or steps < max_steps:
         t0 = time.perf_counter()
         try:
-            x, y = next(batches)[:2]  # (image, label) or (image, label, index)
+            x, y, index = next(batches)
         except StopIteration:
             break
+        # what Ray's prepare_data_loader(move_to_device=True) wrapper does to every batch
+        x, y, index = x.to(device), y.to(device), index.to(device)
+        if job.train.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         t1 = time.perf_counter()
         teacher_logits = None
-        if kd:
-            with torch.no_grad():
+        if mode == CACHED:
+            rows = loop.cached_logits[epoch, index.cpu().numpy()]
+            teacher_logits = torch.from_numpy(rows.astype(np.float32)).to(device)
+        elif mode == ONLINE:
+            with torch.no_grad(), loop.autocast():
                 teacher_logits = loop.teacher(x)
         t2 = time.perf_counter()
-        logits = model(x)
-        losses = strategy.loss(logits, y, teacher_logits)
+        with loop.autocast():
+            logits = model(x)
+            losses = strategy.loss(logits, y, teacher_logits)
         loop.optimizer.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        loop.optimizer.step()
+        loop.scaler.scale(losses["loss"]).backward()
+        loop.scaler.step(loop.optimizer)
+        loop.scaler.update()
+        if loop.scheduler is not None:
+            loop.scheduler.step()
         with torch.no_grad():  # the worker's running totals, kept on the device
             totals[0] += losses["loss"].detach().double() * len(y)
             totals[1] += (logits.argmax(1) == y).sum()
@@ -136,15 +215,18 @@ def run_epoch(
         t3 = time.perf_counter()
         data_s, teacher_s, student_s = data_s + t1 - t0, teacher_s + t2 - t1, student_s + t3 - t2
         steps, images = steps + 1, images + len(y)
-    totals.tolist()  # the worker reads them once per epoch
+    totals.tolist()  # the worker reads them once per epoch, for the epoch's row
     train_s = time.perf_counter() - start
     eval_s = 0.0
-    if validate:
+    if validate:  # the worker's val_accuracy()
         t0 = time.perf_counter()
         info = loop.info
-        predict(model, loop.valid_images, info.mean, info.std, "cpu", job.train.eval_batch_size)
+        probs = predict(
+            model, loop.valid_images, info.mean, info.std, device, job.train.eval_batch_size
+        )
+        loop.val_acc = float((probs.argmax(1) == loop.valid_labels).mean())
         eval_s = time.perf_counter() - t0
-    return EpochTiming(kd, images, steps, data_s, teacher_s, student_s, train_s, eval_s)
+    return EpochTiming(mode, images, steps, data_s, teacher_s, student_s, train_s, eval_s)
 
 
 def interleaved_epochs(
@@ -153,37 +235,45 @@ def interleaved_epochs(
     student: str,
     teacher: str,
     rounds: int,
-    modes: tuple[bool, ...] = (True, False),
+    modes: tuple[str, ...] = MODES,
     max_steps: int | None = None,
     warmup_steps: int | None = None,
     validate: bool = True,
     threads: int | None = None,
 ) -> dict:
-    """KD and no-KD epochs of one student, interleaved (KD, plain, plain, KD, ...) after one
-    warm-up epoch of each, so drift on a noisy machine hits both sides alike.
+    """Epochs of one student in each of `modes`, interleaved (cached, plain, online, online,
+    plain, cached, ...) after one warm-up epoch of each, so drift on a noisy machine hits every
+    side alike. With `cached` among the modes, the soft-label cache for every epoch the loop
+    runs is built first (timed, in a temporary folder).
 
-    Returns every epoch's timing plus this process's peak RSS and the checkpoint write cost.
+    Returns every epoch's timing plus the cache's build, this process's peak RSS and the
+    checkpoint write cost.
     """
     job = Job.model_validate(job_json)
     info = DataInfo(**info_json)
-    threads = threads or max(1, int(job.resources.cpus_per_worker))
+    threads = threads or job.resources.torch_threads or max(1, int(job.resources.cpus_per_worker))
     torch.set_num_threads(threads)
     loop = build_loop(job, info, student, teacher)
-    epoch = 0
-    warmup = []
-    for kd in modes:
-        warmup.append(run_epoch(loop, epoch, kd, warmup_steps or max_steps, validate))
-        epoch += 1
-    timed: list[EpochTiming] = []
-    for r in range(rounds):
-        for kd in modes if r % 2 == 0 else tuple(reversed(modes)):
-            timed.append(run_epoch(loop, epoch, kd, max_steps, validate))
+    with tempfile.TemporaryDirectory(prefix="bench-soft-labels-") as tmp:
+        if CACHED in modes:
+            build_cache(loop, len(modes) * (1 + rounds), Path(tmp))
+        epoch = 0
+        warmup = []
+        for mode in modes:
+            warmup.append(run_epoch(loop, epoch, mode, warmup_steps or max_steps, validate))
             epoch += 1
+        timed: list[EpochTiming] = []
+        for r in range(rounds):
+            for mode in modes if r % 2 == 0 else tuple(reversed(modes)):
+                timed.append(run_epoch(loop, epoch, mode, max_steps, validate))
+                epoch += 1
+        loop.cached_logits = None  # release the memory map before the folder goes
     return {
         "threads": threads,
-        "train_images": len(loop.loader.dataset),
-        "warmup": [asdict(e) | {"epoch_s": e.epoch_s} for e in warmup],
-        "epochs": [asdict(e) | {"epoch_s": e.epoch_s} for e in timed],
+        "train_images": len(loop.batches.loader.dataset),
+        "warmup": [e.to_json() for e in warmup],
+        "epochs": [e.to_json() for e in timed],
+        "cache": loop.cache,
         "checkpoint": checkpoint_write(loop),
         "peak_rss_mb": peak_rss_mb(),
     }
@@ -216,7 +306,7 @@ def checkpoint_write(loop: Loop) -> dict:
 def setup_parts(job_json: dict, info_json: dict, student: str, teacher: str) -> dict:
     """The worker's set-up steps before its first batch, timed one by one in a fresh process
     (torch, timm and kdray already imported): student creation, teacher checkpoint load, data
-    load (memory-mapped, as the worker does), and the first batch through the DataLoader."""
+    load (memory-mapped, as the worker does), and the first batch (`kdray.train_data`)."""
     job = Job.model_validate(job_json)
     info = DataInfo(**info_json)
     torch.set_num_threads(max(1, int(job.resources.cpus_per_worker)))
@@ -241,13 +331,11 @@ def setup_parts(job_json: dict, info_json: dict, student: str, teacher: str) -> 
         train_images, train_labels = load_split(info.path, "train")
         load_split(info.path, "valid")
         t3 = time.perf_counter()
-        augment = build_train_augmentation(job.train.augment, seed=0)
-        loader = DataLoader(
-            TrainSet(train_images, train_labels, augment, info.mean, info.std),
-            batch_size=job.train.batch_size,
-            shuffle=True,
+        t = job.train
+        batches = train_batches(
+            train_images, train_labels, t.augment, info.mean, info.std, t.batch_size, SEED
         )
-        next(iter(loader))
+        next(iter(batches.epoch(0)))
         t4 = time.perf_counter()
         out.update(
             create_student_s=t1 - t0,
@@ -280,14 +368,16 @@ def thesis_shape(
     threads: int,
     warmup_steps: int = 1,
 ) -> dict:
-    """A few KD and no-KD steps at the thesis job's shape (after one warm-up step each), and
-    the student's evaluation rate: the basis of P3's thesis estimate and of P6 at 224 px."""
+    """A few online-KD and no-KD steps at the thesis job's shape (after one warm-up step each),
+    and the student's evaluation rate: the basis of P3's thesis estimate and of P6 at 224 px.
+    (No cached mode here: its cache would cost a full teacher pass over the images per epoch.)"""
     result = interleaved_epochs(
         job_json,
         info_json,
         student,
         teacher,
         rounds=1,
+        modes=(ONLINE, PLAIN),
         max_steps=steps,
         warmup_steps=warmup_steps,
         validate=False,
