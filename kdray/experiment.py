@@ -5,7 +5,7 @@ plan.json     every run of the grid, with its id, stage and roles
 data/         the decoded array cache
 runs/<id>/    per run: summary.json, epochs.jsonl, model.pt, attempts.json
 train/<id>/   Ray Train's storage for the run (per-epoch checkpoints)
-tune/<stage>/ Ray Tune's experiment state for each stage
+tune/<time>/  Ray Tune's experiment state, one per `kdray run`/`resume` of the grid
 results/      trials.parquet, epochs.parquet
 """
 

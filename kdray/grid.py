@@ -1,4 +1,4 @@
-"""Ray Tune over one stage's runs; each trial is a light driver that fits a Ray Train TorchTrainer.
+"""Ray Tune over the grid's runs; each trial is a light driver that fits a Ray Train TorchTrainer.
 
 Follows Ray 2.60's Train V2 shape: `ray.tune.*` in the trial driver, `ray.train.*` only in the
 worker loop. Trial drivers hold one unit of the custom resource `trial_driver` (and no CPU), so
@@ -24,7 +24,8 @@ from kdray.atomic import write_json
 from kdray.data.cache import DataInfo
 from kdray.experiment import Experiment
 from kdray.job import Job
-from kdray.plan import RunSpec, Stage
+from kdray.plan import RunSpec
+from kdray.schedule import RunQueue
 from kdray.worker import train_loop
 
 DRIVER_RESOURCE = "trial_driver"
@@ -198,61 +199,74 @@ def run_trial(config: dict) -> None:
 
 
 class GridInterrupted(Exception):
-    """The stage stopped (Ctrl-C, or Ray gave up) with runs neither finished nor failed."""
+    """The grid stopped (Ctrl-C, or Ray gave up) with runs neither finished nor failed."""
 
 
-def run_stage(
-    exp: Experiment, job: Job, stage: Stage, runs: list[RunSpec], data: DataInfo
-) -> list[TrialOutcome]:
-    """Run one stage as one Tune experiment over all its runs, restoring it if it exists.
+def run_grid(exp: Experiment, job: Job, runs: list[RunSpec], data: DataInfo) -> list[TrialOutcome]:
+    """Run every run not yet done as one Tune experiment, each student after its teacher.
 
-    A restored experiment never reruns its TERMINATED trials and retries its errored ones
-    (`resume_errored`: same trial ids, so Train resumes them from their last checkpoint).
+    A resumed grid is a new Tune experiment (`tune/<time>/`) over the runs without a summary:
+    the others are read from their summaries, and an interrupted run's TorchTrainer, named
+    after the run, continues from that run's last checkpoint.
     """
-    if not runs:
-        return []
-    trainable = tune.with_resources(run_trial, driver_resources())
-    path = exp.tune_dir / stage
-    if tune.Tuner.can_restore(str(path)):
-        tuner = tune.Tuner.restore(
-            str(path), trainable, resume_unfinished=True, resume_errored=True
-        )
-    else:
+    # a run that wrote a summary is done, even a failed one (e.g. a defective teacher that
+    # missed its band): rerunning it would fail the same way
+    todo = [r for r in runs if exp.summary(r.run_id) is None]
+    common = {
+        "job": job.model_dump(mode="json"),
+        "data": data.to_json(),
+        "experiment": str(exp.root),
+    }
+    queue = RunQueue(
+        todo,
+        trial_config=lambda run: {**common, "run": run.to_dict()},
+        run_status=lambda run_id: _status(exp, run_id),
+        max_concurrent=job.resources.max_concurrent_trials,
+    )
+    if todo:
         tuner = tune.Tuner(
-            trainable,
-            param_space={
-                "run": tune.grid_search([r.to_dict() for r in runs]),
-                "job": job.model_dump(mode="json"),
-                "data": data.to_json(),
-                "experiment": str(exp.root),
-            },
+            tune.with_resources(run_trial, driver_resources()),
             tune_config=tune.TuneConfig(
-                max_concurrent_trials=job.resources.max_concurrent_trials,
+                search_alg=queue,
+                num_samples=len(todo),
+                # a finished trial's driver process (kdray.grid imported) starts the next one
+                reuse_actors=True,
                 trial_name_creator=_trial_name,
                 trial_dirname_creator=_trial_name,
             ),
             run_config=tune.RunConfig(
-                name=stage,
+                name=time.strftime("%Y%m%d-%H%M%S"),
                 storage_path=str(exp.tune_dir),
                 failure_config=tune.FailureConfig(max_failures=job.faults.trial_retries),
                 verbose=0,
             ),
         )
-    results = tuner.fit()
-    errors = {r.config["run"]["run_id"]: r.error for r in results if r.config}
+        results = tuner.fit()
+        errors = {r.config["run"]["run_id"]: r.error for r in results if r.config}
+    else:
+        errors = {}
+    blocked = queue.blocked()
     outcomes = []
     for run in runs:
         summary = exp.summary(run.run_id)
         if summary is not None:
             outcome = TrialOutcome(run.run_id, summary["status"], summary.get("error"))
-        elif errors.get(run.run_id) is not None:
-            error = _short_error(errors[run.run_id])
+        elif errors.get(run.run_id) is not None or run.run_id in blocked:
+            if run.run_id in blocked:
+                error = f"not started: its teacher run {blocked[run.run_id]} failed"
+            else:
+                error = _short_error(errors[run.run_id])
             write_json(exp.run_dir(run.run_id) / "failure.json", {"error": error})
             outcome = TrialOutcome(run.run_id, "failed", error)
         else:
-            raise GridInterrupted(f"stage {stage}: run {run.run_id} neither finished nor failed")
+            raise GridInterrupted(f"run {run.run_id} neither finished nor failed")
         outcomes.append(outcome)
     return outcomes
+
+
+def _status(exp: Experiment, run_id: str) -> str | None:
+    summary = exp.summary(run_id)
+    return summary["status"] if summary else None
 
 
 def _trial_name(trial) -> str:

@@ -1,5 +1,5 @@
 """`kdray run` / `kdray resume` from top to bottom: job -> experiment folder -> data cache ->
-stage 1 (teachers) -> stage 2 (students) -> results tables.
+the grid (each KD student as soon as its teacher finished) -> results tables.
 
 Running an experiment that already exists resumes it: finished runs are kept, unfinished ones
 continue from their last checkpoint. That makes `kdray run` safe to repeat (Ray Jobs never retry
@@ -15,9 +15,8 @@ from rich.console import Console
 
 from kdray.data import prepare_data
 from kdray.experiment import Experiment
-from kdray.grid import check_resources, check_storage, init_ray, run_stage
+from kdray.grid import check_resources, check_storage, init_ray, run_grid
 from kdray.job import Job
-from kdray.plan import STAGES
 from kdray.progress import GridProgress
 from kdray.results import write_results
 from kdray.status import clear_driver, mark_driver
@@ -41,7 +40,7 @@ def run_experiment(
     verbose: bool = False,
     console: Console | None = None,
 ) -> RunReport:
-    """Run (or resume) every stage of the experiment; the tables are rewritten after each."""
+    """Run (or resume) the experiment's grid, then write its results tables."""
     console = console or Console()
     plan = exp.plan()
     report = RunReport(exp)
@@ -65,13 +64,11 @@ def run_experiment(
         with GridProgress(console) as progress:
             poller = threading.Thread(target=progress.follow, args=(exp, stop_polling), daemon=True)
             poller.start()
-            for stage in STAGES:
-                for outcome in run_stage(exp, job, stage, plan.stage(stage), data):
-                    if outcome.status == "finished":
-                        report.finished.append(outcome.run_id)
-                    else:
-                        report.failed[outcome.run_id] = outcome.error or "failed"
-                write_results(exp)
+            for outcome in run_grid(exp, job, list(plan.runs.values()), data):
+                if outcome.status == "finished":
+                    report.finished.append(outcome.run_id)
+                else:
+                    report.failed[outcome.run_id] = outcome.error or "failed"
             stop_polling.set()
             poller.join()
             progress.refresh(exp)

@@ -1,0 +1,87 @@
+"""The grid's run order (kdray.schedule.RunQueue) without Ray: Tune only calls suggest() and
+on_trial_complete(), so the tests play Tune's part."""
+
+from ray.tune.search import Searcher
+
+from kdray.job import Job
+from kdray.plan import make_plan
+from kdray.schedule import RunQueue
+from tests.conftest import tiny_job_dict
+
+STUDIES = {
+    "normal": {"teachers": ["resnet10t", "resnet18"], "students": ["test_resnet"]},
+    "reverse": {"teachers": ["test_resnet"], "students": ["resnet10t"]},
+}
+
+
+def make_queue(tmp_path, max_concurrent=2):
+    plan = make_plan(Job.model_validate(tiny_job_dict(tmp_path, studies=STUDIES)))
+    status: dict[str, str] = {}
+    queue = RunQueue(
+        list(plan.runs.values()),
+        trial_config=lambda run: {"run": run.to_dict()},
+        run_status=status.get,
+        max_concurrent=max_concurrent,
+    )
+    return plan, queue, status
+
+
+def suggest(queue, trial_id):
+    config = queue.suggest(trial_id)
+    return config["run"]["run_id"] if isinstance(config, dict) else config
+
+
+def test_teachers_first_students_as_soon_as_their_own_teacher_finished(tmp_path):
+    plan, queue, status = make_queue(tmp_path, max_concurrent=10)
+    teachers = {r.teacher_run for r in plan.runs.values() if r.teacher_run}
+    students = {r.run_id: r.teacher_run for r in plan.runs.values() if r.teacher_run}
+    assert len(teachers) >= 2 and students
+
+    started = []
+    while (run_id := suggest(queue, f"t{len(started)}")) not in (None, Searcher.FINISHED):
+        started.append(run_id)
+    assert set(started[: len(teachers)]) == teachers  # teachers lead
+    assert not set(started) & set(students)  # every student waits: no teacher finished yet
+    assert run_id is None  # ... and the queue asks Tune to come back, it is not finished
+
+    first = started.index(next(iter(teachers)))
+    status[started[first]] = "finished"
+    queue.on_trial_complete(f"t{first}")
+    mine = {s for s, t in students.items() if t == started[first]}
+    after = []
+    while (run_id := suggest(queue, f"u{len(after)}")) not in (None, Searcher.FINISHED):
+        after.append(run_id)
+    assert set(after) == mine  # other teachers still train, their students still wait
+
+
+def test_concurrency_cap_counts_live_trials(tmp_path):
+    _, queue, status = make_queue(tmp_path, max_concurrent=2)
+    a, b = suggest(queue, "a"), suggest(queue, "b")
+    assert a and b and suggest(queue, "c") is None
+    status[a] = "finished"
+    queue.on_trial_complete("a")
+    assert suggest(queue, "c") not in (None, Searcher.FINISHED)
+
+
+def test_students_of_a_failed_teacher_are_blocked_and_the_queue_finishes(tmp_path):
+    plan, queue, status = make_queue(tmp_path, max_concurrent=100)
+    trials = {}
+    while (run_id := suggest(queue, f"t{len(trials)}")) not in (None, Searcher.FINISHED):
+        trials[f"t{len(trials)}"] = run_id
+    for trial_id in trials:  # every teacher errors out (no summary)
+        queue.on_trial_complete(trial_id, error=True)
+    assert suggest(queue, "z") == Searcher.FINISHED
+    students = {r.run_id: r.teacher_run for r in plan.runs.values() if r.teacher_run}
+    assert queue.blocked() == students
+
+
+def test_a_teacher_whose_summary_says_failed_blocks_its_students(tmp_path):
+    plan, queue, status = make_queue(tmp_path, max_concurrent=100)
+    trials = {}
+    while (run_id := suggest(queue, f"t{len(trials)}")) not in (None, Searcher.FINISHED):
+        trials[f"t{len(trials)}"] = run_id
+    for trial_id, run_id in trials.items():  # the worker wrote status "failed" (missed band)
+        status[run_id] = "failed"
+        queue.on_trial_complete(trial_id)
+    assert suggest(queue, "z") == Searcher.FINISHED
+    assert set(queue.blocked()) == {r.run_id for r in plan.runs.values() if r.teacher_run}
