@@ -22,7 +22,6 @@ from bench.common import log, proc_children, proc_name_and_hwm
 from kdray.experiment import Experiment
 from kdray.grid import init_ray
 from kdray.job import Job
-from kdray.plan import STAGES
 from kdray.runner import run_experiment
 
 # messages of Ray Train's controller (logs/train/ray-train-sys-controller-*.log), in order
@@ -282,24 +281,33 @@ def slots(job: Job) -> int:
 
 
 def list_schedule_s(grid: GridRun, n_slots: int) -> float:
-    """The makespan the trials' own durations allow with zero launch gaps: each stage's trials
-    in plan order, each started on the first free slot, stages one after the other."""
+    """The makespan the trials' own durations allow with zero launch gaps, in the order
+    `kdray.schedule.RunQueue` hands runs to Tune: teachers first, each student on the first
+    free slot once its teacher has finished."""
     plan = grid.exp.plan()
     walls = {r["trial_id"]: r["wall_s"] or 0.0 for r in grid.trials}
-    total = 0.0
-    for stage in STAGES:
-        free = [0.0] * n_slots
-        for run in plan.stage(stage):
-            t = heapq.heappop(free)
-            heapq.heappush(free, t + walls.get(run.run_id, 0.0))
-        total += max(free)
-    return total
+    teachers = {r.teacher_run for r in plan.runs.values() if r.teacher_run}
+    waiting = sorted(plan.runs.values(), key=lambda r: r.run_id not in teachers)
+    free = [0.0] * n_slots
+    end: dict[str, float] = {}
+    while waiting:
+        t = heapq.heappop(free)
+        ready = [r for r in waiting if r.teacher_run is None or end.get(r.teacher_run, 1e18) <= t]
+        if not ready:  # this slot idles until the next teacher finishes
+            heapq.heappush(free, min(end[r.teacher_run] for r in waiting if r.teacher_run in end))
+            continue
+        run = ready[0]
+        waiting.remove(run)
+        end[run.run_id] = t + walls.get(run.run_id, 0.0)
+        heapq.heappush(free, end[run.run_id])
+    return max(end.values(), default=0.0)
 
 
 def packing(grid: GridRun, n_slots: int, ray_init_s: float) -> dict:
     """P2: the makespan against the trials' busy time spread over the slots, and where the
-    difference goes (outside the trials: data, Tune start/stop per stage, results; inside the
-    stages: launch gaps and slots left idle by the stage barrier)."""
+    difference goes: outside the trials (data, Tune start and stop, results), slots idle in
+    the zero-gap schedule (students waiting for their teacher, the last trials' tail), and
+    launch gaps (a freed slot waiting for its next trial to start)."""
     walls = [r["wall_s"] for r in grid.trials if r["wall_s"] is not None]
     busy = sum(walls)
     ideal = busy / n_slots
@@ -313,28 +321,15 @@ def packing(grid: GridRun, n_slots: int, ray_init_s: float) -> dict:
         "zero_gap_schedule_s": list_schedule_s(grid, n_slots),
         "packing_incl_ray_init": (grid.makespan_s + ray_init_s) / ideal,
     }
-    by_stage = {}
-    for stage in STAGES:
-        rows = [
-            r for r in grid.trials if r["stage"] == stage and r["trial_id"] in grid.driver_start
-        ]
-        if rows:
-            starts = [grid.driver_start[r["trial_id"]] for r in rows]
-            ends = [grid.driver_start[r["trial_id"]] + (r["wall_s"] or 0) for r in rows]
-            by_stage[stage] = (min(starts), max(ends))
-    if "teacher" in by_stage and "student" in by_stage:
-        out["before_first_trial_s"] = by_stage["teacher"][0] - grid.started
-        out["between_stages_s"] = by_stage["student"][0] - by_stage["teacher"][1]
-        out["after_last_trial_s"] = grid.started + grid.makespan_s - by_stage["student"][1]
-        # the rest: slots waiting inside a stage beyond the zero-gap schedule, mostly the
-        # start of the next trial's driver actor when a slot frees up
-        out["within_stages_s"] = (
-            grid.makespan_s
-            - out["zero_gap_schedule_s"]
-            - out["before_first_trial_s"]
-            - out["between_stages_s"]
-            - out["after_last_trial_s"]
-        )
+    rows = [r for r in grid.trials if r["trial_id"] in grid.driver_start]
+    if rows:
+        starts = [grid.driver_start[r["trial_id"]] for r in rows]
+        ends = [grid.driver_start[r["trial_id"]] + (r["wall_s"] or 0) for r in rows]
+        out["before_first_trial_s"] = min(starts) - grid.started
+        out["after_last_trial_s"] = grid.started + grid.makespan_s - max(ends)
+        out["launch_gaps_s"] = (
+            max(ends) - min(starts) - out["zero_gap_schedule_s"]
+        )  # the trials' span beyond the zero-gap schedule
     return out
 
 
