@@ -203,8 +203,9 @@ def resume(
     ] = None,
     verbose: Annotated[bool, typer.Option(help="Show Ray's own logs.")] = False,
 ) -> None:
-    """Continue an interrupted or partly failed grid: finished runs are kept, unfinished and
-    failed runs continue from their last checkpoint, students only after every teacher."""
+    """Continue an interrupted or partly failed grid: runs with a result are kept; runs that
+    stopped without one (interrupted, crashed) continue from their last checkpoint, each
+    student once its teacher has finished."""
     from kdray.experiment import Experiment, ExperimentError
 
     try:

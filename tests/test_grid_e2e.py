@@ -84,3 +84,45 @@ def test_export_of_the_grid(grid):
     assert result.exit_code == 0, result.output
     assert "| test_resnet | test |" in (out / "normal.md").read_text()
     assert (out / "trials.csv").read_text().count("\n") == 1 + 6
+
+
+def test_each_student_starts_after_its_own_teacher_finished(grid):
+    tmp_path, _, _ = grid
+    exp = Experiment.open(tmp_path / "runs" / "tiny")
+    for run in exp.plan().runs.values():
+        if run.teacher_run:
+            teacher_done = (exp.run_dir(run.teacher_run) / "model.pt").stat().st_mtime
+            student_start = (exp.run_dir(run.run_id) / "attempts.json").stat().st_mtime
+            assert student_start >= teacher_done, run.run_id
+
+
+def test_students_of_a_failed_teacher_are_not_started(tmp_path):
+    """A defective teacher that cannot reach its band fails; its KD student is reported as not
+    started (no trial, no retries) and the grid ends instead of waiting for it."""
+    raw = tiny_job_dict(tmp_path)
+    raw["train"]["epochs"] = 1
+    raw["studies"] = {
+        "defective": {
+            "teachers": ["resnet10t"],
+            "students": ["test_resnet"],
+            "teacher_val_band": [0.99, 1.0],
+            "eval_every_steps": 100,
+        },
+    }
+    job_file = tmp_path / "tiny.yaml"
+    job_file.write_text(yaml.safe_dump(raw))
+    try:
+        result = CliRunner().invoke(app, ["run", str(job_file)])
+    finally:
+        ray.shutdown()
+    assert result.exit_code == 1, result.output
+    exp = Experiment.open(tmp_path / "runs" / "tiny")
+    runs = exp.plan().runs.values()
+    teacher = next(r for r in runs if r.band)
+    student = next(r for r in runs if r.teacher_run)
+    baseline = next(r for r in runs if not r.band and not r.teacher_run)
+    assert exp.summary(teacher.run_id)["status"] == "failed"
+    assert exp.summary(baseline.run_id)["status"] == "finished"
+    assert not (exp.run_dir(student.run_id) / "attempts.json").exists()
+    failure = json.loads((exp.run_dir(student.run_id) / "failure.json").read_text())
+    assert failure["error"] == f"not started: its teacher run {teacher.run_id} failed"
