@@ -11,9 +11,11 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
+import numpy as np
 from rich.console import Console
 
 from kdray.data import prepare_data
+from kdray.data.cache import DataInfo, load_split
 from kdray.experiment import Experiment
 from kdray.grid import check_resources, check_storage, init_ray, run_grid
 from kdray.job import Job
@@ -31,6 +33,25 @@ class RunReport:
     @property
     def ok(self) -> bool:
         return not self.failed
+
+
+def band_warnings(job: Job, data: DataInfo) -> list[str]:
+    """Defective-teacher bands that a teacher which learned nothing can land in: on imbalanced
+    data, always predicting the majority class already scores its share of the valid split."""
+    _, labels = load_split(data.path, "valid")
+    if len(labels) == 0:
+        return []
+    counts = np.bincount(labels, minlength=data.num_classes)
+    majority = counts.max() / len(labels)
+    name = data.classes[int(counts.argmax())]
+    return [
+        f"studies.{study_name}.teacher_val_band {list(study.teacher_val_band)} starts at or "
+        f"below {majority:.3f}, the validation accuracy of always predicting {name}: a teacher "
+        f"that learned nothing can stop inside it; a band above {majority:.2f} makes a "
+        "defective teacher one that learned something, badly"
+        for study_name, study in job.studies.items()
+        if study.teacher_val_band is not None and study.teacher_val_band[0] <= majority
+    ]
 
 
 def run_experiment(
@@ -58,6 +79,8 @@ def run_experiment(
         + (f", {skipped} bad images skipped" if skipped else ""),
         highlight=False,
     )
+    for warning in band_warnings(job, data):
+        console.print(f"[yellow]warning[/yellow]: {warning}", highlight=False)
     mark_driver(exp)
     stop_polling = threading.Event()
     try:
