@@ -12,7 +12,9 @@ so), so a resumed grid needs no saved scheduler state: it queues the runs that a
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from pathlib import Path
 
 from ray.tune.search import Searcher
 
@@ -57,6 +59,21 @@ class RunQueue(Searcher):
         run = self.live.pop(trial_id, None)
         if run is not None and (error or self.run_status(run.run_id) != "finished"):
             self.failed.add(run.run_id)
+
+    def save(self, checkpoint_path: str) -> None:
+        """What Tune checkpoints with its experiment: kept readable (JSON), for people only."""
+        state = {
+            "waiting": [r.run_id for r in self.waiting],
+            "live": {trial: r.run_id for trial, r in self.live.items()},
+            "failed": sorted(self.failed),
+        }
+        Path(checkpoint_path).write_text(json.dumps(state, indent=1))
+
+    def restore(self, checkpoint_path: str) -> None:
+        raise NotImplementedError(
+            "kdray resumes a grid from its experiment folder (`kdray resume`), not from "
+            "Tune's searcher state"
+        )
 
     def blocked(self) -> dict[str, str]:
         """Runs never started because their teacher did not finish: run id -> teacher run id."""

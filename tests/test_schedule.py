@@ -1,6 +1,8 @@
 """The grid's run order (kdray.schedule.RunQueue) without Ray: Tune only calls suggest() and
 on_trial_complete(), so the tests play Tune's part."""
 
+import json
+
 from ray.tune.search import Searcher
 
 from kdray.job import Job
@@ -85,3 +87,11 @@ def test_a_teacher_whose_summary_says_failed_blocks_its_students(tmp_path):
         queue.on_trial_complete(trial_id)
     assert suggest(queue, "z") == Searcher.FINISHED
     assert set(queue.blocked()) == {r.run_id for r in plan.runs.values() if r.teacher_run}
+
+
+def test_state_tune_saves_is_readable_json(tmp_path):
+    _, queue, _ = make_queue(tmp_path)
+    first = suggest(queue, "a")
+    queue.save(str(tmp_path / "queue.json"))
+    saved = json.loads((tmp_path / "queue.json").read_text())
+    assert saved["live"] == {"a": first} and first not in saved["waiting"]
