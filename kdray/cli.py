@@ -260,7 +260,7 @@ def export(
     experiment_dir: Path,
     out: Annotated[Path, typer.Option(help="Folder to write the tables into.")] = Path("results"),
 ) -> None:
-    """Write trials.parquet, trials.csv and the Markdown tables of an experiment."""
+    """Write trials.parquet, trials.csv, the Markdown tables and report.html of an experiment."""
     from kdray.experiment import ExperimentError
     from kdray.export import export as do_export
 

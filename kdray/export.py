@@ -1,10 +1,12 @@
-"""Thesis-style tables from `trials.parquet`: Parquet, CSV and Markdown.
+"""Thesis-style tables from `trials.parquet`: Parquet, CSV, Markdown, and an HTML report.
 
 teachers.md   each teacher: train / valid / test accuracy
 <strategy>.md Student x Teacher, a train / valid / test row per student, plus its no-KD baseline
 baseline.md   each student trained without KD
 summary.md    each KD cell's test accuracy against its student's baseline (the gain)
-Values are `mean ± std` over seeds when a cell has several.
+report.html   all of these tables with figures, one self-contained file (`kdray.report`)
+Values are `mean ± std` over seeds when a cell has several. `tables` computes the tables once,
+for both the Markdown files and the report.
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from kdray.experiment import Experiment
-from kdray.results import read_trials
+from kdray.results import EPOCH_SCHEMA, read_trials
 
 SPLITS = (("train", "train_acc"), ("valid", "val_acc"), ("test", "test_acc"))
 BASELINE_COLUMN = "no KD (baseline)"
@@ -83,16 +86,22 @@ def baseline_table(trials: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["Student", "Params (M)", "Train", "Valid", "Test"])
 
 
-def strategy_table(trials: pd.DataFrame, strategy: str) -> pd.DataFrame:
-    """Rows: student x {train, valid, test}; columns: teachers, then the student's baseline."""
+def kd_cells(trials: pd.DataFrame, strategy: str) -> pd.DataFrame:
+    """The strategy's student runs, with `teacher_label` (the teacher model, and its band)."""
     cells = trials[(trials.stage == "student") & (trials.strategy == strategy)].copy()
-    if cells.empty:
-        return pd.DataFrame()
     by_id = trials.set_index("trial_id")
     cells["teacher_label"] = [
         _teacher_label(by_id.loc[t]) if t in by_id.index else m
         for t, m in zip(cells.teacher_trial_id, cells.teacher, strict=True)
     ]
+    return cells
+
+
+def strategy_table(trials: pd.DataFrame, strategy: str) -> pd.DataFrame:
+    """Rows: student x {train, valid, test}; columns: teachers, then the student's baseline."""
+    cells = kd_cells(trials, strategy)
+    if cells.empty:
+        return pd.DataFrame()
     teachers = list(dict.fromkeys(cells.teacher_label))
     baselines = baseline_rows(trials)
     rows = []
@@ -108,14 +117,19 @@ def strategy_table(trials: pd.DataFrame, strategy: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def summary_table(trials: pd.DataFrame) -> pd.DataFrame:
+def kd_groups(trials: pd.DataFrame):
+    """(strategy, student, teacher, the cell's runs, the student's baseline runs) per KD cell."""
     cells = trials[(trials.stage == "student") & (trials.strategy != "none")]
     baselines = baseline_rows(trials)
-    rows = []
     for (strategy, student, teacher), group in cells.groupby(
         ["strategy", "model", "teacher"], sort=False
     ):
-        base = baselines[baselines.model == student]
+        yield strategy, student, teacher, group, baselines[baselines.model == student]
+
+
+def summary_table(trials: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for strategy, student, teacher, group, base in kd_groups(trials):
         kd_test, base_test = group.test_acc.dropna(), base.test_acc.dropna()
         gain = kd_test.mean() - base_test.mean() if len(kd_test) and len(base_test) else None
         rows.append(
@@ -143,25 +157,39 @@ def summary_table(trials: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def render_tables(trials: pd.DataFrame, strategies: list[str]) -> dict[str, str]:
-    """File name -> Markdown text, for every table of the export."""
+def tables(trials: pd.DataFrame, strategies: list[str]) -> dict[str, tuple[str, pd.DataFrame]]:
+    """Name -> (title, table) for every table of the export: `teachers`, `baseline`, one per
+    strategy (no columns when none of its trials finished), `summary`, and `unfinished` when some
+    trial did not finish."""
     done = trials[trials.status == "finished"]
     out = {
-        "teachers.md": "# Teachers\n\n" + markdown(teachers_table(done)),
-        "baseline.md": "# No-KD baselines\n\n" + markdown(baseline_table(done)),
+        "teachers": ("Teachers", teachers_table(done)),
+        "baseline": ("No-KD baselines", baseline_table(done)),
     }
     for strategy in strategies:
-        table = strategy_table(done, strategy)
-        body = markdown(table) if not table.empty else "_no finished trials_\n"
-        out[f"{strategy}.md"] = f"# {strategy} KD: student x teacher accuracy\n\n{body}"
-    summary = "# KD gain over each student's baseline (test accuracy)\n\n"
-    summary += markdown(summary_table(done))
+        out[strategy] = (
+            f"{strategy} KD: student x teacher accuracy",
+            strategy_table(done, strategy),
+        )
+    out["summary"] = (
+        "KD gain over each student's baseline (test accuracy)",
+        summary_table(done),
+    )
     failed = trials[trials.status != "finished"]
     if not failed.empty:
-        summary += "\n## Unfinished trials\n\n" + markdown(
-            failed[["trial_id", "status", "error"]].fillna("")
-        )
-    out["summary.md"] = summary
+        out["unfinished"] = ("Unfinished trials", failed[["trial_id", "status", "error"]])
+    return out
+
+
+def render_tables(trials: pd.DataFrame, strategies: list[str]) -> dict[str, str]:
+    """File name -> Markdown text, for every table of the export."""
+    out = {}
+    for name, (title, table) in tables(trials, strategies).items():
+        if name == "unfinished":
+            out["summary.md"] += f"\n## {title}\n\n" + markdown(table.fillna(""))
+            continue
+        body = markdown(table) if len(table.columns) else "_no finished trials_\n"
+        out[f"{name}.md"] = f"# {title}\n\n{body}"
     return out
 
 
@@ -190,7 +218,15 @@ def export(experiment_dir: str | Path, out_dir: str | Path) -> dict[str, Path]:
     flat_csv(table).to_csv(out / "trials.csv", index=False)
     written["trials.csv"] = out / "trials.csv"
     trials = table.to_pandas()
-    for name, text in render_tables(trials, list(exp.job().studies)).items():
+    studies = list(exp.job().studies)
+    for name, text in render_tables(trials, studies).items():
         (out / name).write_text(text)
         written[name] = out / name
+    from kdray.report import render_report  # matplotlib only when a report is written
+
+    epochs_file = exp.results_dir / "epochs.parquet"
+    epochs = pq.read_table(epochs_file) if epochs_file.is_file() else EPOCH_SCHEMA.empty_table()
+    html = render_report(trials, epochs.to_pandas(), studies, exp.job().name)
+    (out / "report.html").write_text(html, encoding="utf-8")
+    written["report.html"] = out / "report.html"
     return written

@@ -13,19 +13,22 @@ from kdray.job import parse_job
 from kdray.results import EPOCH_SCHEMA, TRIAL_SCHEMA, write_results
 from tests.conftest import tiny_job_dict
 
+STUDIES = {
+    "normal": {"teachers": ["resnet18"], "students": ["resnet10t"]},
+    "reverse": {"teachers": ["resnet10t"], "students": ["resnet18"]},
+    "defective": {
+        "teachers": ["resnet18"],
+        "students": ["resnet10t"],
+        "teacher_val_band": [0.5, 0.65],
+    },
+}
 
-def fake_experiment(tmp_path, seeds=(0, 1), fail=None):
+
+def fake_experiment(tmp_path, seeds=(0, 1), fail=None, studies=tuple(STUDIES)):
+    """Every run of a small three-study job written as finished (summary, epochs), except `fail`."""
     raw = tiny_job_dict(tmp_path)
     raw["seeds"] = list(seeds)
-    raw["studies"] = {
-        "normal": {"teachers": ["resnet18"], "students": ["resnet10t"]},
-        "reverse": {"teachers": ["resnet10t"], "students": ["resnet18"]},
-        "defective": {
-            "teachers": ["resnet18"],
-            "students": ["resnet10t"],
-            "teacher_val_band": [0.5, 0.65],
-        },
-    }
+    raw["studies"] = {name: STUDIES[name] for name in studies}
     job = parse_job(raw)
     exp = Experiment.create(job)
     for i, run in enumerate(exp.plan().runs.values()):

@@ -1,0 +1,224 @@
+"""`report.html`: the export's tables and figures in one self-contained file.
+
+The tables are `kdray.export.tables`, the ones the Markdown files hold; the figures are inline SVG
+drawn with matplotlib (Agg): each KD cell's test accuracy next to its student's no-KD baseline, a
+Student x Teacher heatmap of test accuracy per study, and validation accuracy per epoch (one panel
+per study, its teachers dashed, the defective teachers' band shaded; one panel for the
+baselines). No JavaScript, no external files, no network: it opens from disk.
+Failed runs show "—" in the tables and are left out of the figures.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import math
+import re
+from datetime import UTC, datetime
+
+import matplotlib
+import numpy as np
+import pandas as pd
+
+from kdray.export import baseline_rows, kd_cells, kd_groups, tables
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 72em; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }
+th { background: #f3f3f3; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+figure { margin: 0.5em 0 1.5em; }
+figure svg { max-width: 100%; height: auto; }
+.note { color: #666; font-style: italic; }
+"""
+
+
+def html_table(df: pd.DataFrame) -> str:
+    if not len(df.columns):
+        return '<p class="note">no finished trials</p>'
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
+    rows = []
+    for row in df.itertuples(index=False):
+        cells = []
+        for value in row:
+            text = "—" if value is None or pd.isna(value) else str(value)
+            numeric = text[:1].isdigit() or text[:1] in "+-—"
+            cells.append(f"<td{' class=num' if numeric else ''}>{html.escape(text)}</td>")
+        rows.append(f"<tr>{''.join(cells)}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def svg(fig, key: str) -> str:
+    """The figure as inline `<svg>` text (vector, text kept as text, no XML prolog), its ids
+    prefixed with `key` so that several figures share one page; the figure is closed."""
+    buf = io.StringIO()
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "kdray"}):
+        fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
+    plt.close(fig)
+    text = buf.getvalue()
+    text = text[text.index("<svg") :]
+    text = re.sub(r'\bid="([^"]+)"', rf'id="{key}-\1"', text)
+    text = re.sub(r'href="#([^"]+)"', rf'href="#{key}-\1"', text)
+    text = re.sub(r"url\(#([^)]+)\)", rf"url(#{key}-\1)", text)
+    return f"<figure>{text}</figure>"
+
+
+def _finite(values: pd.Series) -> pd.Series:
+    return pd.to_numeric(values, errors="coerce").dropna()
+
+
+def _mean_std(values: pd.Series) -> tuple[float, float, int]:
+    values = _finite(values)
+    std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    return float(values.mean()) if len(values) else math.nan, std, len(values)
+
+
+def gain_figure(done: pd.DataFrame) -> str | None:
+    """Grouped bars: each KD cell's test accuracy and its student's baseline; std over seeds."""
+    cells = []
+    for strategy, student, teacher, group, base in kd_groups(done):
+        kd, base_ = _mean_std(group.test_acc), _mean_std(base.test_acc)
+        if kd[2]:
+            cells.append((f"{strategy}\n{student} ← {teacher}", kd, base_))
+    if not cells:
+        return None
+    x = np.arange(len(cells))
+    width = 0.38
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(cells) + 1.5), 3.6))
+    several = any(c[1][2] > 1 or c[2][2] > 1 for c in cells)
+    for offset, which, name, color in ((-1, 1, "KD", "C0"), (1, 2, "no-KD baseline", "C7")):
+        means = [c[which][0] for c in cells]
+        errs = [c[which][1] for c in cells] if several else None
+        ax.bar(x + offset * width / 2, means, width, yerr=errs, capsize=3, label=name, color=color)
+    ax.set_xticks(x, [c[0] for c in cells], fontsize=8)
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8, loc="lower right")
+    title = "KD test accuracy against the student's baseline"
+    ax.set_title(title + (" (± std over seeds)" if several else ""))
+    return svg(fig, "gain")
+
+
+def heatmap_figure(done: pd.DataFrame, strategy: str) -> str | None:
+    """Student x Teacher mean test accuracy of one study, values written in the cells."""
+    cells = kd_cells(done, strategy)
+    cells = cells[pd.to_numeric(cells.test_acc, errors="coerce").notna()]
+    if cells.empty:
+        return None
+    grid = cells.pivot_table(
+        index="model", columns="teacher_label", values="test_acc", aggfunc="mean", sort=False
+    )
+    values = grid.to_numpy(dtype=float)
+    fig, ax = plt.subplots(
+        figsize=(max(3.5, 1.6 * grid.shape[1] + 2), max(2.2, 0.7 * grid.shape[0] + 1.4))
+    )
+    ax.pcolormesh(np.ma.masked_invalid(values), cmap="viridis", vmin=0, vmax=1)
+    for (i, j), value in np.ndenumerate(values):
+        text = "—" if np.isnan(value) else f"{value:.3f}"
+        color = "black" if np.isnan(value) or value > 0.6 else "white"
+        ax.text(j + 0.5, i + 0.5, text, ha="center", va="center", color=color, fontsize=9)
+    ax.set_xticks(np.arange(grid.shape[1]) + 0.5, list(grid.columns), fontsize=8)
+    ax.set_yticks(np.arange(grid.shape[0]) + 0.5, list(grid.index), fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("teacher")
+    ax.set_ylabel("student")
+    several = cells.groupby(["model", "teacher_label"]).size().max() > 1
+    ax.set_title(f"{strategy} KD: test accuracy" + (" (mean over seeds)" if several else ""))
+    return svg(fig, f"heatmap-{strategy}")
+
+
+def _run_label(row, as_teacher: bool) -> str:
+    if as_teacher:
+        return f"teacher {row.model} s{row.seed}"
+    if row.strategy == "none":
+        return f"{row.model} s{row.seed}"
+    return f"{row.model} ← {row.teacher} s{row.seed}"
+
+
+def curves_figure(done: pd.DataFrame, epochs: pd.DataFrame, strategies: list[str]) -> str | None:
+    """Validation accuracy per epoch: one panel per study (its teachers dashed, its students
+    solid, the teachers' band shaded), one for the no-KD baselines."""
+    epochs = epochs[pd.to_numeric(epochs.val_acc, errors="coerce").notna()]
+    epochs = epochs[epochs.trial_id.isin(done.trial_id)]
+    if epochs.empty:
+        return None
+    panels = []
+    for strategy in strategies:
+        teachers = done[done.roles.apply(lambda rs, s=strategy: f"teacher:{s}" in list(rs))]
+        students = done[(done.stage == "student") & (done.strategy == strategy)]
+        panels.append((f"{strategy} KD", teachers, students))
+    panels.append(("no-KD baselines", done.iloc[:0], baseline_rows(done)))
+    panels = [p for p in panels if epochs.trial_id.isin(pd.concat([p[1], p[2]]).trial_id).any()]
+    if not panels:
+        return None
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(4.2 * len(panels), 3.4), sharey=True, squeeze=False
+    )
+    for ax, (title, teachers, students) in zip(axes[0], panels, strict=True):
+        bands = teachers[["band_low", "band_high"]].dropna().drop_duplicates()
+        for low, high in bands.itertuples(index=False):
+            ax.axhspan(low, high, color="C3", alpha=0.12, label=f"band [{low:.2f}, {high:.2f}]")
+        for runs, as_teacher in ((teachers, True), (students, False)):
+            for row in runs.itertuples(index=False):
+                mine = epochs[epochs.trial_id == row.trial_id].sort_values("epoch")
+                if not mine.empty:
+                    style, label = "--" if as_teacher else "-", _run_label(row, as_teacher)
+                    ax.plot(mine.epoch, mine.val_acc, style, marker=".", label=label)
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend(fontsize=6, loc="lower right")
+    axes[0][0].set_ylabel("validation accuracy")
+    axes[0][0].set_ylim(0, 1)
+    return svg(fig, "curves")
+
+
+def render_report(
+    trials: pd.DataFrame,
+    epochs: pd.DataFrame,
+    strategies: list[str],
+    name: str,
+    written: datetime | None = None,
+) -> str:
+    """The whole HTML page. `trials` / `epochs` are `trials.parquet` / `epochs.parquet` as pandas;
+    `strategies` are the job's studies, in order (absent studies have no section)."""
+    written = written or datetime.now(UTC)
+    done = trials[trials.status == "finished"]
+    all_tables = tables(trials, strategies)
+    title = f"kdray report: {name}"
+    parts = [
+        f"<h1>{html.escape(title)}</h1>",
+        f"<p>written {written.isoformat(timespec='seconds')}; {len(trials)} runs, "
+        f"{len(done)} finished. Values are mean ± std over seeds when a cell has several; "
+        "— marks a cell without a finished run.</p>",
+    ]
+
+    def section(key: str, figure: str | None = None) -> None:
+        heading, table = all_tables[key]
+        parts.append(f"<h2>{html.escape(heading)}</h2>")
+        if figure:
+            parts.append(figure)
+        parts.append(html_table(table))
+
+    section("summary", figure=gain_figure(done))
+    section("teachers")
+    section("baseline")
+    for strategy in strategies:
+        section(strategy, figure=heatmap_figure(done, strategy))
+    parts.append("<h2>Learning curves</h2>")
+    curves = curves_figure(done, epochs, strategies)
+    parts.append(curves or '<p class="note">no epochs recorded</p>')
+    if "unfinished" in all_tables:
+        section("unfinished")
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f"<title>{html.escape(title)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n"
+        + "\n".join(parts)
+        + "\n</body>\n</html>\n"
+    )
