@@ -109,7 +109,14 @@ def build_loop(job: Job, info: DataInfo, student: str, teacher: str | None) -> L
     valid_images, valid_labels = load_split(info.path, "valid", mmap=False)
     t = job.train
     batches = train_batches(
-        train_images, train_labels, t.augment, info.mean, info.std, t.batch_size, SEED
+        train_images,
+        train_labels,
+        t.augment,
+        info.mean,
+        info.std,
+        t.batch_size,
+        SEED,
+        prefetch=t.prefetch_batches,
     )
     optimizer = _build_optimizer(job, model.parameters())
     scheduler = (
@@ -179,15 +186,14 @@ def run_epoch(
     data_s = teacher_s = student_s = 0.0
     steps = images = 0
     start = time.perf_counter()
-    batches = iter(loop.batches.epoch(epoch))
+    batches = loop.batches.epoch(epoch)  # a generator (the worker's prefetch thread)
     while max_steps is None or steps < max_steps:
         t0 = time.perf_counter()
         try:
             x, y, index = next(batches)
         except StopIteration:
             break
-        # what Ray's prepare_data_loader(move_to_device=True) wrapper does to every batch
-        x, y, index = x.to(device), y.to(device), index.to(device)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)  # as the worker
         if job.train.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         t1 = time.perf_counter()
@@ -215,6 +221,7 @@ def run_epoch(
         t3 = time.perf_counter()
         data_s, teacher_s, student_s = data_s + t1 - t0, teacher_s + t2 - t1, student_s + t3 - t2
         steps, images = steps + 1, images + len(y)
+    batches.close()  # stops the prefetch thread of an epoch cut short by max_steps
     totals.tolist()  # the worker reads them once per epoch, for the epoch's row
     train_s = time.perf_counter() - start
     eval_s = 0.0

@@ -66,6 +66,13 @@ class TrainConfig(Strict):
         "fp32", description="bf16/fp16: autocast mixed precision (fp16 adds a GradScaler)"
     )
     channels_last: bool = Field(False, description="channels-last memory format (faster on GPUs)")
+    prefetch_batches: int = Field(
+        2,
+        ge=0,
+        le=64,
+        description="training batches a background thread prepares ahead of the step "
+        "(0: prepare each batch when the step asks for it)",
+    )
 
     @field_validator("augment")
     @classmethod

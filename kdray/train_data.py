@@ -7,7 +7,9 @@ exact views its students will train on (the soft-label cache).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import queue
+import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,12 +40,51 @@ class TrainSet(Dataset):
         return (x - self.mean) / self.std, int(self.labels[index]), index
 
 
+def prefetched(batches: Iterable, depth: int) -> Iterator:
+    """`batches` in the same order, produced up to `depth` ahead by a background thread, so
+    decoding and augmentation overlap the training step (PyTorch and OpenCV release the GIL).
+    One thread draws every batch in order, so the batches are exactly those of `batches`."""
+    if depth <= 0:
+        yield from batches
+        return
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce() -> None:
+        try:
+            for batch in batches:
+                while not stop.is_set():
+                    try:
+                        ready.put(batch, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            ready.put(done)
+        except BaseException as exc:  # re-raised in the training thread
+            ready.put(exc)
+
+    producer = threading.Thread(target=produce, name="kdray-prefetch", daemon=True)
+    producer.start()
+    try:
+        while (item := ready.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:  # also when the loop breaks early (a defective teacher inside its band)
+        stop.set()
+        producer.join()
+
+
 @dataclass
 class TrainBatches:
     loader: DataLoader
     shuffle_rng: torch.Generator
     augment: object
     seed: int
+    prefetch: int = 0
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -57,7 +98,7 @@ class TrainBatches:
         sampler = getattr(self.loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):  # DistributedSampler (DDP)
             sampler.set_epoch(epoch)
-        return self.loader
+        return prefetched(self.loader, self.prefetch)
 
 
 def train_batches(
@@ -69,6 +110,8 @@ def train_batches(
     batch_size: int,
     seed: int,
     rank: int = 0,
+    prefetch: int = 0,
+    pin_memory: bool = False,
 ) -> TrainBatches:
     run_seed = seed * 1000 + rank
     augment = build_train_augmentation(augment_spec, seed=run_seed)
@@ -79,5 +122,6 @@ def train_batches(
         shuffle=True,
         generator=shuffle_rng,
         drop_last=len(labels) > batch_size,
+        pin_memory=pin_memory,
     )
-    return TrainBatches(loader, shuffle_rng, augment, run_seed)
+    return TrainBatches(loader, shuffle_rng, augment, run_seed, prefetch)

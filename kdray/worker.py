@@ -145,8 +145,12 @@ def train_loop(config: dict) -> None:
         job.train.batch_size,
         spec.seed,
         rank,
+        prefetch=job.train.prefetch_batches,
+        pin_memory=device.type == "cuda",
     )
-    batches.loader = ray.train.torch.prepare_data_loader(batches.loader, move_to_device=True)
+    # Ray adds the data-parallel sampler; batches move to the device in this thread (below),
+    # after the prefetch thread has prepared them
+    batches.loader = ray.train.torch.prepare_data_loader(batches.loader, move_to_device=False)
     steps_per_epoch = len(batches)
 
     optimizer = _build_optimizer(job, model.parameters())
@@ -192,6 +196,7 @@ def train_loop(config: dict) -> None:
         epoch_start = time.time()
         totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, seen
         for step, (x, y, index) in enumerate(batches.epoch(epoch), start=1):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             if job.train.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             if step == 2:
