@@ -220,7 +220,7 @@ def export(experiment_dir: str | Path, out_dir: str | Path) -> dict[str, Path]:
     trials = table.to_pandas()
     studies = list(exp.job().studies)
     for name, text in render_tables(trials, studies).items():
-        (out / name).write_text(text)
+        (out / name).write_text(text, encoding="utf-8")
         written[name] = out / name
     from kdray.report import render_report  # matplotlib only when a report is written
 
