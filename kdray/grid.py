@@ -9,6 +9,7 @@ free for the Train workers.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -200,6 +201,17 @@ def run_trial(config: dict) -> None:
 
 class GridInterrupted(Exception):
     """The grid stopped (Ctrl-C, or Ray gave up) with runs neither finished nor failed."""
+
+
+class _HideTuneRestoreHint(logging.Filter):
+    """Tune tells an interrupted user to call `Tuner.restore`; kdray resumes differently and
+    prints its own `kdray resume` command."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tuner.restore" not in record.getMessage()
+
+
+logging.getLogger("ray.tune.tune").addFilter(_HideTuneRestoreHint())
 
 
 def run_grid(exp: Experiment, job: Job, runs: list[RunSpec], data: DataInfo) -> list[TrialOutcome]:

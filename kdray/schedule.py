@@ -76,8 +76,14 @@ class RunQueue(Searcher):
         )
 
     def blocked(self) -> dict[str, str]:
-        """Runs never started because their teacher did not finish: run id -> teacher run id."""
-        return {r.run_id: r.teacher_run for r in self.waiting if r.teacher_run}
+        """Runs never started because their teacher failed: run id -> teacher run id. (Other
+        runs still waiting were cut short by an interruption: they are not blocked.)"""
+        return {
+            r.run_id: r.teacher_run
+            for r in self.waiting
+            if r.teacher_run
+            and (r.teacher_run in self.failed or self.run_status(r.teacher_run) == "failed")
+        }
 
     def _can_start(self, run: RunSpec) -> bool:
         if run.teacher_run is None:

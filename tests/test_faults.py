@@ -58,7 +58,8 @@ def digest(path: Path) -> str:
 
 
 @pytest.mark.timeout(600)
-def test_driver_killed_mid_grid_then_resumed_redoes_no_finished_run(tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGINT], ids=["killed", "ctrl-c"])
+def test_driver_stopped_mid_grid_then_resumed_redoes_no_finished_run(tmp_path, stop):
     raw = tiny_job_dict(tmp_path)
     raw["train"]["epochs"] = 4
     raw["studies"]["reverse"] = {"teachers": ["test_resnet"], "students": ["resnet10t"]}
@@ -80,12 +81,21 @@ def test_driver_killed_mid_grid_then_resumed_redoes_no_finished_run(tmp_path):
         time.sleep(1)
         for summary in exp.root.glob("runs/*/summary.json"):
             finished[summary.parent.name] = (digest(summary), summary.stat().st_mtime)
-    os.killpg(driver.pid, signal.SIGKILL)
-    driver.wait(timeout=30)
+    os.killpg(driver.pid, stop)
+    code = driver.wait(timeout=90)
     assert finished, "no run finished before the deadline"
+    if stop == signal.SIGINT:  # Ctrl-C: a clean stop that says how to resume
+        assert code == 130
+        # runs cut short are interrupted or pending, never reported as failed
+        assert not [r for r in status_rows(exp) if r["state"] == "failed"]
     time.sleep(2)
     unfinished = [r for r in status_rows(exp) if r["state"] not in ("finished", "failed")]
-    assert unfinished, "the grid was already complete when the driver was killed"
+    assert unfinished, "the grid was already complete when the driver was stopped"
+    # what the stopped grid left behind (a trial driver stopped gracefully may have added its
+    # wall time to a summary after we first saw it): resume must leave exactly this alone
+    finished = {
+        s.parent.name: (digest(s), s.stat().st_mtime) for s in exp.root.glob("runs/*/summary.json")
+    }
     models = {run_id: digest(exp.run_dir(run_id) / "model.pt") for run_id in finished}
 
     resumed = subprocess.run(

@@ -95,3 +95,13 @@ def test_state_tune_saves_is_readable_json(tmp_path):
     queue.save(str(tmp_path / "queue.json"))
     saved = json.loads((tmp_path / "queue.json").read_text())
     assert saved["live"] == {"a": first} and first not in saved["waiting"]
+
+
+def test_students_left_waiting_by_an_interruption_are_not_blocked(tmp_path):
+    plan, queue, status = make_queue(tmp_path, max_concurrent=100)
+    first = suggest(queue, "a")
+    status[first] = "finished"
+    queue.on_trial_complete("a")
+    # Ctrl-C now: Tune stops asking; the students of `first` never started, but not because
+    # their teacher failed
+    assert queue.blocked() == {}
