@@ -79,6 +79,13 @@ def run_experiment(
         + (f", {skipped} bad images skipped" if skipped else ""),
         highlight=False,
     )
+    _, train_labels = load_split(data.path, "train")
+    per_class = np.bincount(train_labels, minlength=data.num_classes)
+    console.print(
+        "train images per class: "
+        + ", ".join(f"{name} {n}" for name, n in zip(data.classes, per_class, strict=True)),
+        highlight=False,
+    )
     for warning in band_warnings(job, data):
         console.print(f"[yellow]warning[/yellow]: {warning}", highlight=False)
     mark_driver(exp)
