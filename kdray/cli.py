@@ -235,24 +235,21 @@ def status(experiment_dir: Path) -> None:
     for stage, counts in stage_counts(rows).items():
         parts = ", ".join(f"{counts[s]} {s}" for s in STATES if counts[s])
         console.print(f"{stage:<8} {sum(counts.values())} runs: {parts or 'none'}")
-    table = Table(
-        "stage", "strategy", "teacher", "student", "seed", "state", "best val", "attempts"
-    )
+    table = Table("stage", "run (runs/<run>/)", "teacher", "state", "best val", "attempts")
     colours = {"finished": "green", "failed": "red", "running": "cyan", "interrupted": "yellow"}
     for r in rows:
         best = "" if r["best_val_acc"] is None else f"{r['best_val_acc']:.3f}"
         state = f"[{colours.get(r['state'], 'white')}]{r['state']}"
         table.add_row(
             r["stage"],
-            r["strategy"],
+            r["trial_id"],
             r["teacher"],
-            r["model"],
-            str(r["seed"]),
             state,
             best,
             str(r["attempts"]),
         )
-    console.print(table)
+    # piped or redirected: no terminal width to fit, so never cut model names short
+    (console if console.is_terminal else Console(width=200)).print(table)
 
 
 @app.command()
