@@ -145,3 +145,15 @@ def test_cli_export_and_a_folder_that_is_not_an_experiment(tmp_path):
     assert ok.exit_code == 0 and "teachers.md" in ok.output
     bad = runner.invoke(app, ["export", str(tmp_path), "--out", str(tmp_path / "y")])
     assert bad.exit_code == 2 and "not a kdray experiment folder" in bad.output
+
+
+def test_cli_status_lists_every_run_by_its_folder_name_and_state(tmp_path):
+    exp0 = fake_experiment(tmp_path / "probe")
+    victim = next(r.run_id for r in exp0.plan().stage("student") if r.strategy == "reverse")
+    exp = fake_experiment(tmp_path, fail=victim)
+    result = CliRunner().invoke(app, ["status", str(exp.root)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    for run_id in exp.plan().runs:
+        (line,) = [ln for ln in lines if run_id in ln]  # whole, even though not a terminal
+        assert ("failed" if run_id == victim else "finished") in line
