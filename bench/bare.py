@@ -173,7 +173,7 @@ def run_epoch(
 ) -> EpochTiming:
     """One epoch of the worker's loop body. `plain`: the student alone (cross-entropy), as its
     no-KD baseline trains; `online` / `cached`: the Hinton loss with the teacher's logits from
-    its forward pass on the batch / from the soft-label cache at (epoch, sample index)."""
+    its forward pass on the batch / from the soft-label cache at (epoch, rank 0, position)."""
     job, model, device = loop.job, loop.model, loop.device
     d = job.distill
     strategy = get_strategy("none" if mode == PLAIN else "normal")(
@@ -190,7 +190,7 @@ def run_epoch(
     while max_steps is None or steps < max_steps:
         t0 = time.perf_counter()
         try:
-            x, y, index = next(batches)
+            x, y, _ = next(batches)
         except StopIteration:
             break
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)  # as the worker
@@ -199,7 +199,7 @@ def run_epoch(
         t1 = time.perf_counter()
         teacher_logits = None
         if mode == CACHED:
-            rows = loop.cached_logits[epoch, index.cpu().numpy()]
+            rows = loop.cached_logits[epoch, 0, images : images + len(y)]  # rank 0, as the worker
             teacher_logits = torch.from_numpy(rows.astype(np.float32)).to(device)
         elif mode == ONLINE:
             with torch.no_grad(), loop.autocast():

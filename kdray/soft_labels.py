@@ -4,9 +4,10 @@ the teacher on each batch.
 
 Exact because the training batches are reproducible (`kdray.train_data`): for a given seed,
 epoch and sample, the student draws the same augmentation the teacher replayed. Logits are kept
-in float16 (`soft_labels.npy`, shape epochs x samples x classes) beside the teacher's weights;
-`soft_labels.json` records what they were computed for, and a student whose settings differ
-(or a data-parallel student, whose ranks shard the data differently) runs the teacher online.
+in float16 (`soft_labels.npy`, shape epochs x ranks x positions x classes: what rank r's student
+sees at position p of epoch e) beside the teacher's weights; `soft_labels.json` records what they
+were computed for, and a student whose settings differ runs the teacher online. Data-parallel
+students read their own rank's slice: the teacher replays every rank's shard and augmentation.
 """
 
 from __future__ import annotations
@@ -36,22 +37,42 @@ def cache_key(job: Job, seed: int, info: DataInfo) -> dict:
         "augment": pipeline_spec(job.train.augment),
         "data": info.fingerprint,
         "image_size": info.image_size,
+        "world_size": job.resources.workers_per_trial,  # each rank has its own views
     }
 
 
 @torch.no_grad()
 def build(teacher, job: Job, seed: int, info: DataInfo, device, run_dir: Path) -> Path:
-    """Replay every epoch's training views through `teacher`; write the logits atomically."""
+    """Replay every epoch's training views of every student rank through `teacher`; write the
+    logits atomically, in the order each rank draws them (epoch, rank, position, class)."""
     images, labels = load_split(info.path, "train")
-    batches = train_batches(
-        images, labels, job.train.augment, info.mean, info.std, job.train.batch_size, seed
-    )
-    logits = np.zeros((job.train.epochs, len(labels), info.num_classes), dtype=np.float16)
+    world_size = job.resources.workers_per_trial
+    ranks = [
+        train_batches(
+            images,
+            labels,
+            job.train.augment,
+            info.mean,
+            info.std,
+            job.train.batch_size,
+            seed,
+            rank=rank,
+            world_size=world_size,
+            prefetch=job.train.prefetch_batches,
+        )
+        for rank in range(world_size)
+    ]
+    per_rank = max(len(b.loader.sampler) for b in ranks)
+    logits = np.zeros((job.train.epochs, world_size, per_rank, info.num_classes), dtype=np.float16)
     was_training = teacher.training
     teacher.eval()
     for epoch in range(job.train.epochs):
-        for x, _, index in batches.epoch(epoch):
-            logits[epoch, index.numpy()] = teacher(x.to(device)).float().cpu().numpy()
+        for rank, batches in enumerate(ranks):
+            position = 0
+            for x, _, _ in batches.epoch(epoch):
+                scores = teacher(x.to(device)).float().cpu().numpy()
+                logits[epoch, rank, position : position + len(x)] = scores
+                position += len(x)
     teacher.train(was_training)
     with atomic_write(run_dir / LOGITS_FILE, "wb") as fh:
         np.save(fh, logits)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from kdray.augment import build_train_augmentation
 
@@ -110,18 +110,29 @@ def train_batches(
     batch_size: int,
     seed: int,
     rank: int = 0,
+    world_size: int = 1,
     prefetch: int = 0,
     pin_memory: bool = False,
 ) -> TrainBatches:
+    """Rank `rank`'s batches of a run with `world_size` data-parallel workers: each rank its
+    shard of the epoch's seeded permutation (`DistributedSampler`) and its own augmentation
+    stream, so any process can replay any rank's batches (the teacher does, for the cache)."""
     run_seed = seed * 1000 + rank
     augment = build_train_augmentation(augment_spec, seed=run_seed)
     shuffle_rng = torch.Generator()
+    dataset = TrainSet(images, labels, augment, mean, std)
+    if world_size > 1:
+        sampler = DistributedSampler(dataset, world_size, rank, shuffle=True, seed=seed)
+        order = {"sampler": sampler}
+        per_rank = len(sampler)
+    else:
+        order = {"shuffle": True, "generator": shuffle_rng}
+        per_rank = len(labels)
     loader = DataLoader(
-        TrainSet(images, labels, augment, mean, std),
+        dataset,
         batch_size=batch_size,
-        shuffle=True,
-        generator=shuffle_rng,
-        drop_last=len(labels) > batch_size,
+        drop_last=per_rank > batch_size,
         pin_memory=pin_memory,
+        **order,
     )
     return TrainBatches(loader, shuffle_rng, augment, run_seed, prefetch)

@@ -119,7 +119,7 @@ def train_loop(config: dict) -> None:
 
     d = job.distill
     strategy = get_strategy(spec.strategy)(d.temperature, d.alpha, d.kl_reduction)
-    use_cache = job.distill.teacher_outputs == "cached" and world_size == 1
+    use_cache = job.distill.teacher_outputs == "cached"
     teacher, cached_logits = None, None
     if spec.teacher_run:
         teacher_dir = Path(config["teacher_dir"])
@@ -145,12 +145,10 @@ def train_loop(config: dict) -> None:
         job.train.batch_size,
         spec.seed,
         rank,
+        world_size,  # our own data-parallel sampler, so the teacher can replay every rank
         prefetch=job.train.prefetch_batches,
         pin_memory=device.type == "cuda",
     )
-    # Ray adds the data-parallel sampler; batches move to the device in this thread (below),
-    # after the prefetch thread has prepared them
-    batches.loader = ray.train.torch.prepare_data_loader(batches.loader, move_to_device=False)
     steps_per_epoch = len(batches)
 
     optimizer = _build_optimizer(job, model.parameters())
@@ -195,7 +193,8 @@ def train_loop(config: dict) -> None:
         model.train()
         epoch_start = time.time()
         totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, seen
-        for step, (x, y, index) in enumerate(batches.epoch(epoch), start=1):
+        position = 0  # in this rank's draw of the epoch: where its cached soft labels are
+        for step, (x, y, _) in enumerate(batches.epoch(epoch), start=1):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             if job.train.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -204,8 +203,9 @@ def train_loop(config: dict) -> None:
             if first_step_s is None:
                 first_step_s = time.time() - started
             teacher_logits = None
+            position += len(y)
             if cached_logits is not None:
-                rows = cached_logits[epoch, index.cpu().numpy()]
+                rows = cached_logits[epoch, rank, position - len(y) : position]
                 teacher_logits = torch.from_numpy(rows.astype(np.float32)).to(device)
             elif teacher is not None:
                 with torch.no_grad():

@@ -42,6 +42,9 @@ def test_two_worker_ddp_trial_reports_metrics_over_the_whole_split(tmp_path):
             assert summary[f"{prefix}_loss"] == pytest.approx(full["loss"], rel=1e-4)
         report_counts = np.array(summary["val_report"]["confusion"]).sum()
         assert report_counts == 41
+    # the data-parallel KD student read its ranks' soft labels instead of running the teacher
+    students = [r for r in exp.plan().runs.values() if r.teacher_run]
+    assert [exp.summary(r.run_id)["teacher_outputs"] for r in students] == ["cached"]
 
 
 def local_run(tmp_path, **train):

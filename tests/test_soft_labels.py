@@ -36,7 +36,7 @@ def teacher(tmp_path_factory):
 def test_cached_logits_are_the_teachers_outputs_on_the_students_views(teacher):
     _, job, _, data, spec, run_dir = teacher
     cache = np.load(run_dir / soft_labels.LOGITS_FILE)
-    assert cache.shape == (job.train.epochs, data.counts["train"], data.num_classes)
+    assert cache.shape == (job.train.epochs, 1, data.counts["train"], data.num_classes)
     model, _ = load_model(run_dir / "model.pt")
     images, labels = load_split(data.path, "train")
     # a student of the same seed draws its batches independently of the teacher's replay
@@ -44,10 +44,10 @@ def test_cached_logits_are_the_teachers_outputs_on_the_students_views(teacher):
         images, labels, job.train.augment, data.mean, data.std, job.train.batch_size, spec.seed
     )
     for epoch in range(job.train.epochs):
-        x, y, index = next(iter(student.epoch(epoch)))
+        x, y, _ = next(iter(student.epoch(epoch)))
         with torch.no_grad():
             online = model(x)
-        cached = torch.from_numpy(cache[epoch, index.numpy()].astype(np.float32))
+        cached = torch.from_numpy(cache[epoch, 0, : len(y)].astype(np.float32))
         assert torch.allclose(cached, online, rtol=2e-3, atol=2e-3)
         kd = {
             name: hinton_kd_loss(online * 0.5, y, logits, 4.0, 0.9)["loss"].item()
@@ -81,3 +81,40 @@ def test_students_fall_back_to_the_online_teacher(teacher, tmp_path):
     student = next(r for r in make_plan(online_job).stage("student") if r.model == "test_resnet")
     _, summary = run_local(tmp_path, online_job, student, data, teacher_dir=run_dir)
     assert summary["teacher_outputs"] == "online"
+
+
+def test_data_parallel_students_find_their_own_ranks_views(teacher, tmp_path):
+    """With 2 workers per trial each rank draws its own shard and augmentation; the teacher
+    replays both, and rank r's batches at any position match the cache's (epoch, r) rows."""
+    _, job, _, data, spec, run_dir = teacher
+    raw = json.loads(job.model_dump_json())
+    raw["resources"].update(workers_per_trial=2, max_concurrent_trials=1)
+    ddp_job = parse_job(raw)
+    model, _ = load_model(run_dir / "model.pt")
+    soft_labels.build(model, ddp_job, spec.seed, data, "cpu", tmp_path)
+    cache = soft_labels.load(tmp_path, soft_labels.cache_key(ddp_job, spec.seed, data))
+    assert cache is not None and cache.shape[:3] == (job.train.epochs, 2, data.counts["train"] // 2)
+    assert soft_labels.load(tmp_path, soft_labels.cache_key(job, spec.seed, data)) is None
+    images, labels = load_split(data.path, "train")
+    seen = []
+    for rank in (0, 1):
+        batches = train_batches(
+            images,
+            labels,
+            job.train.augment,
+            data.mean,
+            data.std,
+            job.train.batch_size,
+            spec.seed,
+            rank=rank,
+            world_size=2,
+        )
+        position = 0
+        for x, y, index in batches.epoch(1):
+            with torch.no_grad():
+                online = model(x)
+            cached = torch.from_numpy(cache[1, rank, position : position + len(y)].astype("f4"))
+            assert torch.allclose(cached, online, rtol=2e-3, atol=2e-3)
+            position += len(y)
+            seen.append(index)
+    assert len(torch.cat(seen).unique()) == len(torch.cat(seen))  # the ranks' shards are disjoint
