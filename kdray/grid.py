@@ -27,7 +27,6 @@ from kdray.experiment import Experiment
 from kdray.job import Job
 from kdray.plan import RunSpec
 from kdray.schedule import RunQueue
-from kdray.worker import train_loop
 
 DRIVER_RESOURCE = "trial_driver"
 
@@ -140,6 +139,14 @@ def _bump_attempts(run_dir: Path) -> int:
     return attempts
 
 
+def worker_loop(config: dict) -> None:
+    """What each Ray Train worker runs. `kdray.worker` (timm, albumentations, scikit-learn) is
+    imported here, in the worker, so that a Tune trial driver process starts without it."""
+    from kdray.worker import train_loop
+
+    train_loop(config)
+
+
 def build_trainer(exp: Experiment, job: Job, spec: RunSpec, config: dict) -> TorchTrainer:
     """One run's TorchTrainer; its deterministic name makes a retried trial resume the run."""
     r = job.resources
@@ -147,7 +154,7 @@ def build_trainer(exp: Experiment, job: Job, spec: RunSpec, config: dict) -> Tor
     if r.gpus_per_worker:
         per_worker["GPU"] = r.gpus_per_worker
     return TorchTrainer(
-        train_loop,
+        worker_loop,
         train_loop_config={
             "job": config["job"],
             "run": config["run"],

@@ -34,7 +34,6 @@ from kdray.data.files import (
     empty_class_problems,
     raise_problems,
 )
-from kdray.metrics import aggregate_by_group
 
 ARCHIVE = "MURA-v1.1"
 BODY_PARTS = ("ELBOW", "FINGER", "FOREARM", "HAND", "HUMERUS", "SHOULDER", "WRIST")
@@ -113,6 +112,8 @@ def study_level(
     probs: np.ndarray, labels: np.ndarray, groups: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Average image probabilities per study: (study_probs, study_labels, study_keys)."""
+    from kdray.metrics import aggregate_by_group  # scikit-learn: not needed to read the data
+
     return aggregate_by_group(probs, labels, groups)
 
 
