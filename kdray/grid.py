@@ -142,9 +142,10 @@ def _bump_attempts(run_dir: Path) -> int:
 def worker_loop(config: dict) -> None:
     """What each Ray Train worker runs. `kdray.worker` (timm, albumentations, scikit-learn) is
     imported here, in the worker, so that a Tune trial driver process starts without it."""
+    entered = time.time()  # the run's set-up time counts this import
     from kdray.worker import train_loop
 
-    train_loop(config)
+    train_loop({**config, "entered_at": entered})
 
 
 def build_trainer(exp: Experiment, job: Job, spec: RunSpec, config: dict) -> TorchTrainer:

@@ -95,7 +95,7 @@ def _device(job: Job) -> torch.device:
 
 def train_loop(config: dict) -> None:
     """Ray Train `train_loop_per_worker`. `config`: job, run (RunSpec), data (DataInfo), paths."""
-    started = time.time()
+    started = config.get("entered_at") or time.time()
     job = Job.model_validate(config["job"])
     spec = RunSpec.from_dict(config["run"])
     info = DataInfo(**config["data"])
