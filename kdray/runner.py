@@ -94,14 +94,17 @@ def run_experiment(
         with GridProgress(console) as progress:
             poller = threading.Thread(target=progress.follow, args=(exp, stop_polling), daemon=True)
             poller.start()
-            for outcome in run_grid(exp, job, list(plan.runs.values()), data):
-                if outcome.status == "finished":
-                    report.finished.append(outcome.run_id)
-                else:
-                    report.failed[outcome.run_id] = outcome.error or "failed"
-            stop_polling.set()
-            poller.join()
-            progress.refresh(exp)
+            try:
+                for outcome in run_grid(exp, job, list(plan.runs.values()), data):
+                    if outcome.status == "finished":
+                        report.finished.append(outcome.run_id)
+                    else:
+                        report.failed[outcome.run_id] = outcome.error or "failed"
+            finally:  # the last frame shows cut-short runs as interrupted, not running
+                stop_polling.set()
+                poller.join()
+                clear_driver(exp)
+                progress.refresh(exp)
     finally:
         stop_polling.set()
         clear_driver(exp)
