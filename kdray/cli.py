@@ -96,11 +96,12 @@ def _run(exp, job, address: str | None, verbose: bool) -> None:
     from kdray.grid import GridInterrupted, ResourceError
     from kdray.results import read_trials, write_results
     from kdray.runner import run_experiment
+    from kdray.status import GridBusy
 
     console.print(f"experiment: {exp.root}")
     try:
         report = run_experiment(exp, job, address=address, verbose=verbose, console=console)
-    except ResourceError as exc:
+    except (ResourceError, GridBusy) as exc:
         _error(str(exc))
         raise typer.Exit(2) from None
     except DataError as exc:

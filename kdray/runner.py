@@ -21,7 +21,7 @@ from kdray.grid import check_resources, check_storage, init_ray, run_grid
 from kdray.job import Job
 from kdray.progress import GridProgress
 from kdray.results import write_results
-from kdray.status import clear_driver, mark_driver
+from kdray.status import check_no_other_driver, clear_driver, mark_driver
 
 
 @dataclass
@@ -63,6 +63,7 @@ def run_experiment(
 ) -> RunReport:
     """Run (or resume) the experiment's grid, then write its results tables."""
     console = console or Console()
+    check_no_other_driver(exp)
     plan = exp.plan()
     report = RunReport(exp)
     init_ray(job, address, verbose)

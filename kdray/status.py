@@ -22,6 +22,25 @@ STATES = ("finished", "running", "failed", "interrupted", "pending")
 DRIVER_FILE = "driver.json"
 
 
+class GridBusy(Exception):
+    """Another `kdray run`/`resume` is driving this experiment."""
+
+
+def check_no_other_driver(exp: Experiment) -> None:
+    """Two drivers would train the same runs at once, into the same folders: refuse."""
+    if not grid_alive(exp):
+        return
+    driver = json.loads((exp.root / DRIVER_FILE).read_text())
+    if driver["host"] == socket.gethostname() and driver["pid"] == os.getpid():
+        return  # a marker this process left behind
+    since = time.strftime("%Y-%m-%d %H:%M", time.localtime(driver["started"]))
+    raise GridBusy(
+        f"{exp.root} is already being run by process {driver['pid']} on {driver['host']} "
+        f"(since {since}); wait for it, or stop it (Ctrl-C, or `kdray stop` for a Ray job). "
+        f"If that process is gone, delete {exp.root / DRIVER_FILE}"
+    )
+
+
 def mark_driver(exp: Experiment) -> None:
     """Record the live `kdray run`/`resume` process, so `status` can tell running from stopped."""
     payload = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}

@@ -157,3 +157,21 @@ def test_cli_status_lists_every_run_by_its_folder_name_and_state(tmp_path):
     for run_id in exp.plan().runs:
         (line,) = [ln for ln in lines if run_id in ln]  # whole, even though not a terminal
         assert ("failed" if run_id == victim else "finished") in line
+
+
+def test_a_second_driver_of_a_running_experiment_is_refused(tmp_path):
+    import socket
+    import subprocess
+    import time
+
+    exp = fake_experiment(tmp_path)
+    other = subprocess.Popen(["sleep", "60"])  # stands for a `kdray run` still going
+    try:
+        marker = {"pid": other.pid, "host": socket.gethostname(), "started": time.time()}
+        (exp.root / "driver.json").write_text(json.dumps(marker))
+        result = CliRunner().invoke(app, ["resume", str(exp.root)])
+        assert result.exit_code == 2
+        assert f"already being run by process {other.pid}" in result.output
+    finally:
+        other.kill()
+        other.wait()
