@@ -80,7 +80,7 @@ def _mean_std(values: pd.Series) -> tuple[float, float, int]:
 
 
 def gain_figure(done: pd.DataFrame) -> str | None:
-    """Grouped bars: each KD cell's test accuracy and its student's baseline; std over seeds."""
+    """Paired bars: each KD cell's test accuracy and its student's baseline; std over seeds."""
     cells = []
     for strategy, student, teacher, group, base in kd_groups(done):
         kd, base_ = _mean_std(group.test_acc), _mean_std(base.test_acc)
@@ -88,17 +88,20 @@ def gain_figure(done: pd.DataFrame) -> str | None:
             cells.append((f"{strategy}\n{student} ← {teacher}", kd, base_))
     if not cells:
         return None
-    x = np.arange(len(cells))
-    width = 0.38
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(cells) + 1.5), 3.6))
+    # one row per cell, read top to bottom in the tables' order: stays legible for a thesis grid
+    y = np.arange(len(cells))[::-1]
+    height = 0.38
+    fig, ax = plt.subplots(figsize=(7.0, 0.55 * len(cells) + 1.4))
     several = any(c[1][2] > 1 or c[2][2] > 1 for c in cells)
-    for offset, which, name, color in ((-1, 1, "KD", "C0"), (1, 2, "no-KD baseline", "C7")):
+    for offset, which, name, color in ((1, 1, "KD", "C0"), (-1, 2, "no-KD baseline", "C7")):
         means = [c[which][0] for c in cells]
         errs = [c[which][1] for c in cells] if several else None
-        ax.bar(x + offset * width / 2, means, width, yerr=errs, capsize=3, label=name, color=color)
-    ax.set_xticks(x, [c[0] for c in cells], fontsize=8)
-    ax.set_ylabel("test accuracy")
-    ax.set_ylim(0, 1)
+        ax.barh(
+            y + offset * height / 2, means, height, xerr=errs, capsize=3, label=name, color=color
+        )
+    ax.set_yticks(y, [c[0].replace("\n", ": ") for c in cells], fontsize=8)
+    ax.set_xlabel("test accuracy")
+    ax.set_xlim(0, 1)
     ax.legend(fontsize=8, loc="lower right")
     title = "KD test accuracy against the student's baseline"
     ax.set_title(title + (" (± std over seeds)" if several else ""))
