@@ -176,7 +176,8 @@ def curves_figure(done: pd.DataFrame, epochs: pd.DataFrame, strategies: list[str
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.legend(fontsize=6, loc="lower right")
+        # below the panel, not over the curves: a thesis study has a dozen runs per panel
+        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(0, -0.2), frameon=False)
     axes[0][0].set_ylabel("validation accuracy")
     axes[0][0].set_ylim(0, 1)
     return svg(fig, "curves")
