@@ -1,7 +1,8 @@
 """Thesis-style tables from `trials.parquet`: Parquet, CSV, Markdown, and an HTML report.
 
 teachers.md   each teacher: train / valid / test accuracy
-<strategy>.md Student x Teacher, a train / valid / test row per student, plus its no-KD baseline
+<study>.md    Student x Teacher, a train / valid / test row per student, plus its no-KD baseline
+              (one per study of the job, named after it; an ensemble is one teacher column)
 baseline.md   each student trained without KD
 summary.md    each KD cell's test accuracy against its student's baseline (the gain)
 report.html   all of these tables with figures, one self-contained file (`kdray.report`)
@@ -24,6 +25,7 @@ from kdray.results import EPOCH_SCHEMA, read_trials
 
 SPLITS = (("train", "train_acc"), ("valid", "val_acc"), ("test", "test_acc"))
 BASELINE_COLUMN = "no KD (baseline)"
+NO_TEACHER = "no teacher"
 
 
 def fmt(values: pd.Series) -> str:
@@ -68,7 +70,7 @@ def teachers_table(trials: pd.DataFrame) -> pd.DataFrame:
 
 
 def baseline_rows(trials: pd.DataFrame) -> pd.DataFrame:
-    return trials[trials.roles.apply(lambda rs: "baseline" in list(rs))]
+    return trials[has_role(trials, "baseline")]
 
 
 def baseline_table(trials: pd.DataFrame) -> pd.DataFrame:
@@ -86,20 +88,25 @@ def baseline_table(trials: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["Student", "Params (M)", "Train", "Valid", "Test"])
 
 
-def kd_cells(trials: pd.DataFrame, strategy: str) -> pd.DataFrame:
-    """The strategy's student runs, with `teacher_label` (the teacher model, and its band)."""
-    cells = trials[(trials.stage == "student") & (trials.strategy == strategy)].copy()
-    by_id = trials.set_index("trial_id")
+def has_role(trials: pd.DataFrame, role: str) -> pd.Series:
+    return trials.roles.apply(lambda rs: role in list(rs))
+
+
+def kd_cells(trials: pd.DataFrame, study: str) -> pd.DataFrame:
+    """The study's KD runs, with `teacher_label`: the teacher model and its band, "+"-joined
+    for an ensemble, `no teacher` for a teacher-free method."""
+    cells = trials[has_role(trials, f"kd:{study}")].copy()
+    labels = {row.trial_id: _teacher_label(row) for _, row in trials.iterrows()}
     cells["teacher_label"] = [
-        _teacher_label(by_id.loc[t]) if t in by_id.index else m
-        for t, m in zip(cells.teacher_trial_id, cells.teacher, strict=True)
+        "+".join(labels.get(t, t) for t in ids) if len(ids) else NO_TEACHER
+        for ids in cells.teacher_trial_ids
     ]
     return cells
 
 
-def strategy_table(trials: pd.DataFrame, strategy: str) -> pd.DataFrame:
+def study_table(trials: pd.DataFrame, study: str) -> pd.DataFrame:
     """Rows: student x {train, valid, test}; columns: teachers, then the student's baseline."""
-    cells = kd_cells(trials, strategy)
+    cells = kd_cells(trials, study)
     if cells.empty:
         return pd.DataFrame()
     teachers = list(dict.fromkeys(cells.teacher_label))
@@ -117,24 +124,39 @@ def strategy_table(trials: pd.DataFrame, strategy: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def kd_groups(trials: pd.DataFrame):
-    """(strategy, student, teacher, the cell's runs, the student's baseline runs) per KD cell."""
-    cells = trials[(trials.stage == "student") & (trials.strategy != "none")]
+def kd_groups(trials: pd.DataFrame, studies: list[str]):
+    """(study, method, student, teacher label, the cell's runs, the student's baseline runs)
+    per KD cell, study by study in the job's order."""
     baselines = baseline_rows(trials)
-    for (strategy, student, teacher), group in cells.groupby(
-        ["strategy", "model", "teacher"], sort=False
-    ):
-        yield strategy, student, teacher, group, baselines[baselines.model == student]
+    for study in studies:
+        cells = kd_cells(trials, study)
+        for (method, student, teacher), group in cells.groupby(
+            ["method", "model", "teacher_label"], sort=False
+        ):
+            yield study, method, student, teacher, group, baselines[baselines.model == student]
 
 
-def summary_table(trials: pd.DataFrame) -> pd.DataFrame:
+SUMMARY_COLUMNS = [
+    "Study",
+    "Method",
+    "Student",
+    "Teacher",
+    "Teacher valid",
+    "KD test",
+    "Baseline test",
+    "Gain",
+]
+
+
+def summary_table(trials: pd.DataFrame, studies: list[str]) -> pd.DataFrame:
     rows = []
-    for strategy, student, teacher, group, base in kd_groups(trials):
+    for study, method, student, teacher, group, base in kd_groups(trials, studies):
         kd_test, base_test = group.test_acc.dropna(), base.test_acc.dropna()
         gain = kd_test.mean() - base_test.mean() if len(kd_test) and len(base_test) else None
         rows.append(
             {
-                "Strategy": strategy,
+                "Study": study,
+                "Method": method,
                 "Student": student,
                 "Teacher": teacher,
                 "Teacher valid": fmt(group.teacher_val_acc),
@@ -143,37 +165,28 @@ def summary_table(trials: pd.DataFrame) -> pd.DataFrame:
                 "Gain": "—" if gain is None or pd.isna(gain) else f"{gain:+.3f}",
             }
         )
-    return pd.DataFrame(
-        rows,
-        columns=[
-            "Strategy",
-            "Student",
-            "Teacher",
-            "Teacher valid",
-            "KD test",
-            "Baseline test",
-            "Gain",
-        ],
-    )
+    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
 
-def tables(trials: pd.DataFrame, strategies: list[str]) -> dict[str, tuple[str, pd.DataFrame]]:
+def study_title(trials: pd.DataFrame, study: str) -> str:
+    methods = list(dict.fromkeys(kd_cells(trials, study).method))
+    return f"{study} ({', '.join(methods) or 'no runs'}): student x teacher accuracy"
+
+
+def tables(trials: pd.DataFrame, studies: list[str]) -> dict[str, tuple[str, pd.DataFrame]]:
     """Name -> (title, table) for every table of the export: `teachers`, `baseline`, one per
-    strategy (no columns when none of its trials finished), `summary`, and `unfinished` when some
+    study (no columns when none of its trials finished), `summary`, and `unfinished` when some
     trial did not finish."""
     done = trials[trials.status == "finished"]
     out = {
         "teachers": ("Teachers", teachers_table(done)),
         "baseline": ("No-KD baselines", baseline_table(done)),
     }
-    for strategy in strategies:
-        out[strategy] = (
-            f"{strategy} KD: student x teacher accuracy",
-            strategy_table(done, strategy),
-        )
+    for study in studies:
+        out[study] = (study_title(trials, study), study_table(done, study))
     out["summary"] = (
         "KD gain over each student's baseline (test accuracy)",
-        summary_table(done),
+        summary_table(done, studies),
     )
     failed = trials[trials.status != "finished"]
     if not failed.empty:
@@ -181,10 +194,10 @@ def tables(trials: pd.DataFrame, strategies: list[str]) -> dict[str, tuple[str, 
     return out
 
 
-def render_tables(trials: pd.DataFrame, strategies: list[str]) -> dict[str, str]:
+def render_tables(trials: pd.DataFrame, studies: list[str]) -> dict[str, str]:
     """File name -> Markdown text, for every table of the export."""
     out = {}
-    for name, (title, table) in tables(trials, strategies).items():
+    for name, (title, table) in tables(trials, studies).items():
         if name == "unfinished":
             out["summary.md"] += f"\n## {title}\n\n" + markdown(table.fillna(""))
             continue

@@ -161,7 +161,7 @@ def build_trainer(exp: Experiment, job: Job, spec: RunSpec, config: dict) -> Tor
             "run": config["run"],
             "data": config["data"],
             "run_dir": str(exp.run_dir(spec.run_id)),
-            "teacher_dir": str(exp.run_dir(spec.teacher_run)) if spec.teacher_run else None,
+            "teacher_dirs": [str(exp.run_dir(t)) for t in spec.teacher_runs],
         },
         scaling_config=ScalingConfig(
             num_workers=r.workers_per_trial,
@@ -184,11 +184,11 @@ def run_trial(config: dict) -> None:
     spec = RunSpec.from_dict(config["run"])
     run_dir = exp.run_dir(spec.run_id)
     summary = exp.summary(spec.run_id)
-    if summary is None and spec.teacher_run:
-        teacher = exp.summary(spec.teacher_run)
+    for teacher_run in spec.teacher_runs if summary is None else []:
+        teacher = exp.summary(teacher_run)
         if teacher is None or teacher["status"] != "finished":
             reason = (teacher or {}).get("error") or "it has not finished"
-            raise RuntimeError(f"teacher run {spec.teacher_run} is not usable: {reason}")
+            raise RuntimeError(f"teacher run {teacher_run} is not usable: {reason}")
     # Ray Train's controller polls its workers every 2 s by default: a finished trial waits
     # for the next poll (~2 s per trial on the quickstart); 0.5 s costs little controller CPU
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
@@ -273,7 +273,11 @@ def run_grid(exp: Experiment, job: Job, runs: list[RunSpec], data: DataInfo) -> 
             outcome = TrialOutcome(run.run_id, summary["status"], summary.get("error"))
         elif errors.get(run.run_id) is not None or run.run_id in blocked:
             if run.run_id in blocked:
-                error = f"not started: its teacher run {blocked[run.run_id]} failed"
+                teacher = blocked[run.run_id]
+                reason = _teacher_error(exp, teacher)
+                error = f"not started: its teacher run {teacher} failed" + (
+                    f" ({reason})" if reason else ""
+                )
             else:
                 error = _short_error(errors[run.run_id])
             write_json(exp.run_dir(run.run_id) / "failure.json", {"error": error})
@@ -282,6 +286,14 @@ def run_grid(exp: Experiment, job: Job, runs: list[RunSpec], data: DataInfo) -> 
             raise GridInterrupted(f"run {run.run_id} neither finished nor failed")
         outcomes.append(outcome)
     return outcomes
+
+
+def _teacher_error(exp: Experiment, run_id: str) -> str | None:
+    summary = exp.summary(run_id)
+    if summary is not None:
+        return summary.get("error")
+    failure = exp.run_dir(run_id) / "failure.json"
+    return json.loads(failure.read_text()).get("error") if failure.is_file() else None
 
 
 def _status(exp: Experiment, run_id: str) -> str | None:

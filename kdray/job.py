@@ -21,6 +21,7 @@ from pydantic import (
 )
 
 from kdray.data import DATA_KINDS
+from kdray.methods import METHODS, MethodParams
 
 DEFAULT_SPLIT_NAMES = ("train", "valid", "test")
 
@@ -106,14 +107,34 @@ class DistillConfig(Strict):
     )
 
 
+STUDY_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+RESERVED_STUDY_NAMES = ("teachers", "baseline", "summary", "unfinished")  # export file names
+SELF_TEACHER = "self"
+
+_method_params = tuple(method.Params for method in METHODS.values())
+MethodConfig = (
+    Annotated[Union[_method_params], Field(discriminator="name")]  # noqa: UP007
+    if len(_method_params) > 1
+    else _method_params[0]
+)
+
+
 class Study(Strict):
-    teachers: list[str] = Field(min_length=1)
+    teachers: list[str | list[str]] = Field(
+        default_factory=list,
+        description="per entry, who teaches each student: a timm model; `self` (the student's "
+        "own no-KD baseline run); or a list of models (an ensemble). Empty for teacher-free "
+        "methods",
+    )
     students: list[str] = Field(min_length=1)
+    method: MethodConfig | None = Field(
+        None, description="the distillation method and its settings (default: kd, Hinton)"
+    )
     teacher_val_band: tuple[float, float] | None = Field(
-        None, description="defective KD: keep the teacher when its val accuracy is in [lo, hi]"
+        None, description="defective teachers: keep a teacher when its val accuracy is in [lo, hi]"
     )
     eval_every_steps: int | None = Field(
-        None, ge=1, description="defective KD: evaluate the teacher every N steps (default: auto)"
+        None, ge=1, description="defective teachers: evaluate every N steps (default: auto)"
     )
 
     @field_validator("teacher_val_band")
@@ -122,6 +143,49 @@ class Study(Strict):
         if band is not None and not (0.0 <= band[0] < band[1] <= 1.0):
             raise ValueError("must be [low, high] with 0 <= low < high <= 1")
         return band
+
+    def method_name(self) -> str:
+        return self.method.name if self.method is not None else "kd"
+
+    def teacher_groups(self) -> list[list[str]]:
+        """Each entry of `teachers` as a list: one model, `self`, or an ensemble's models."""
+        return [[t] if isinstance(t, str) else list(t) for t in self.teachers]
+
+    def problems(self, name: str) -> list[str]:
+        """What makes this study unusable, one line each (`name`: the study's key)."""
+        method = METHODS[self.method_name()]
+        where = f"studies.{name}"
+        out = []
+        if method.needs != "none" and not self.teachers:
+            out.append(
+                f"{where}.teachers: method {method.name} needs a teacher per student: a timm "
+                "model, `self` (the student's own baseline run), or a list of models (ensemble)"
+            )
+        if method.needs == "none" and self.teachers:
+            out.append(f"{where}.teachers: method {method.name} uses no teacher; remove them")
+        for group in self.teacher_groups():
+            if len(group) > 1 and not method.allows_ensemble:
+                out.append(
+                    f"{where}.teachers: {group}: method {method.name} takes one teacher per "
+                    "student (its features are aligned stage by stage); use a logit method "
+                    "(kd, dkd) for an ensemble"
+                )
+            if len(group) > 1 and (SELF_TEACHER in group or len(set(group)) != len(group)):
+                out.append(
+                    f"{where}.teachers: {group}: an ensemble lists distinct models, not self"
+                )
+            if not group:
+                out.append(f"{where}.teachers: an empty ensemble")
+        if self.teacher_val_band is not None and [SELF_TEACHER] in self.teacher_groups():
+            out.append(
+                f"{where}.teacher_val_band: a `self` teacher is the student's converged baseline; "
+                "a band needs a model name"
+            )
+        if name == "defective" and self.teacher_val_band is None:
+            out.append(f"{where}.teacher_val_band: required for defective KD, e.g. [0.50, 0.65]")
+        if self.teacher_val_band is not None and not self.teachers:
+            out.append(f"{where}.teacher_val_band: this study has no teacher to stop early")
+        return out
 
 
 class Resources(Strict):
@@ -195,31 +259,45 @@ class Job(Strict):
             raise ValueError("seeds must be distinct")
         return seeds
 
-    @model_validator(mode="after")
-    def _studies_match_strategies(self) -> Job:
-        from kdray.strategies import STRATEGIES
+    @field_validator("studies")
+    @classmethod
+    def _file_safe_study_names(cls, studies: dict[str, Study]) -> dict[str, Study]:
+        import re
 
-        problems = []
-        for name, study in self.studies.items():
-            if name not in STRATEGIES or not STRATEGIES[name].needs_teacher:
-                allowed = sorted(n for n, s in STRATEGIES.items() if s.needs_teacher)
-                problems.append(f"studies.{name}: unknown KD strategy; allowed: {allowed}")
-                continue
-            needs_band = STRATEGIES[name].teacher_stop == "band"
-            if needs_band and study.teacher_val_band is None:
-                problems.append(
-                    f"studies.{name}.teacher_val_band: required for {name} KD, e.g. [0.50, 0.65]"
+        for name in studies:
+            if not re.match(STUDY_NAME, name) or name in RESERVED_STUDY_NAMES:
+                raise ValueError(
+                    f"{name!r}: a study name is letters, digits, '_', '.', '-' (it names the "
+                    f"study's table file) and not one of {list(RESERVED_STUDY_NAMES)}"
                 )
-            if not needs_band and study.teacher_val_band is not None:
-                problems.append(
-                    f"studies.{name}.teacher_val_band: only defective-style studies take a band"
-                )
+        return studies
+
+    @model_validator(mode="after")
+    def _usable_studies(self) -> Job:
+        problems = [line for name, study in self.studies.items() for line in study.problems(name)]
         if problems:
             raise JobError(problems)
         return self
 
+    def method_params(self, study_name: str) -> MethodParams:
+        """The study's method settings; Hinton parameters it leaves unset come from `distill`."""
+        study = self.studies[study_name]
+        method = METHODS[study.method_name()]
+        params = study.method if study.method is not None else method.Params()
+        inherited = {
+            key: getattr(self.distill, key)
+            for key in method.distill_defaults
+            if key not in params.model_fields_set
+        }
+        return params.model_copy(update=inherited) if inherited else params
+
     def models(self) -> set[str]:
-        return {m for s in self.studies.values() for m in (*s.teachers, *s.students)}
+        return {
+            m
+            for s in self.studies.values()
+            for m in (*(t for g in s.teacher_groups() for t in g), *s.students)
+            if m != SELF_TEACHER
+        }
 
 
 # --- loading ----------------------------------------------------------------------------------
@@ -283,8 +361,13 @@ def model_problems(job: Job) -> list[str]:
 
     problems = []
     for name, study in job.studies.items():
-        for role in ("teachers", "students"):
-            for model in getattr(study, role):
+        for role, models in (
+            ("teachers", [t for group in study.teacher_groups() for t in group]),
+            ("students", study.students),
+        ):
+            for model in models:
+                if model == SELF_TEACHER and role == "teachers":
+                    continue
                 if not timm.is_model(model):
                     close = timm.list_models(f"*{model.split('_')[0][:6]}*")[:5]
                     hint = f"; similar: {close}" if close else ""

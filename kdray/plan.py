@@ -1,11 +1,14 @@
 """Expand a job into training runs, with no Ray in sight.
 
 A *run* is one training of one model, identified by everything that determines it (model,
-data, training settings, loss, teacher, stop rule, seed). Runs with the same identity are the
-same run: a teacher that is also a student's no-KD baseline trains once and serves both.
+data, training settings, method and its settings, teachers, stop rule, seed) and nothing else:
+adding a study does not rename, and so retrain, another study's runs. Runs with the same
+identity are the same run: a teacher that is also a student's no-KD baseline trains once and
+serves both, and two studies that ask for the same KD training share it.
 
 Stage "teacher" holds every run some KD cell needs as a teacher; stage "student" holds the KD
-students and the baselines that are not already teacher runs.
+students and the baselines that are not already teacher runs. Roles say what each run is for:
+`teacher:<study>`, `kd:<study>`, `baseline`.
 """
 
 from __future__ import annotations
@@ -15,11 +18,12 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-from kdray.job import Job
-from kdray.strategies import STRATEGIES
+from kdray.job import SELF_TEACHER, Job
+from kdray.methods import METHODS
 
 Stage = Literal["teacher", "student"]
 STAGES: tuple[Stage, ...] = ("teacher", "student")
+PLAIN = "none"  # the method name of a run trained without a teacher: teachers and baselines
 
 
 @dataclass
@@ -27,13 +31,16 @@ class RunSpec:
     run_id: str
     stage: Stage
     model: str
-    strategy: str  # the loss the run trains with: "none" for teachers and baselines
     seed: int
-    teacher_run: str | None = None
-    teacher_model: str | None = None
+    method: str = PLAIN  # the distillation method the run trains with
+    method_params: dict | None = None
+    teacher_runs: list[str] = field(default_factory=list)  # several: an ensemble
+    teacher_models: list[str] = field(default_factory=list)
+    teacher_outputs: str | None = None  # how a KD run reads its teachers: cached | online
+    soft_labels: bool = False  # a teacher run whose students read its soft-label cache
     band: tuple[float, float] | None = None  # stop inside this val-accuracy band (defective)
     eval_every_steps: int | None = None
-    roles: list[str] = field(default_factory=list)  # "teacher:<study>", "baseline", "kd"
+    roles: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -61,21 +68,64 @@ class Plan:
         return cls({r["run_id"]: RunSpec.from_dict(r) for r in d["runs"]})
 
 
-def _run_id(job: Job, identity: dict) -> str:
-    """A readable, stable id: `<model>-<strategy>[-<teacher>]-s<seed>-<hash of the rest>`."""
+def _run_id(job: Job, identity: dict, label: str) -> str:
+    """A readable, stable id: `<model>-<method>[-band..]-s<seed>-<hash of the identity>`."""
     determined_by = {
         **identity,
         "data": job.data.model_dump(mode="json"),
         "train": job.train.model_dump(mode="json"),
         "weights": job.pretrained.get(identity["model"]),
     }
-    if identity["strategy"] != "none":
-        determined_by["distill"] = job.distill.model_dump(mode="json")
     digest = hashlib.sha256(json.dumps(determined_by, sort_keys=True).encode()).hexdigest()[:8]
-    parts = [identity["model"], identity["strategy"]]
+    parts = [identity["model"], label]
     if identity.get("band"):
         parts.append("band{:.2f}-{:.2f}".format(*identity["band"]))
     return "-".join(parts + [f"s{identity['seed']}", digest])
+
+
+def plain_run(job: Job, model: str, seed: int, stage: Stage, band=None, eval_every=None):
+    """A run without a teacher: a teacher (converged, or stopped in `band`) or a baseline."""
+    # the key "strategy" keeps the ids of teachers and baselines what they were before methods
+    identity = {"model": model, "strategy": PLAIN, "seed": seed, "band": band}
+    if band is not None:
+        identity["eval_every_steps"] = eval_every
+    return RunSpec(
+        run_id=_run_id(job, identity, PLAIN),
+        stage=stage,
+        model=model,
+        seed=seed,
+        band=band,
+        eval_every_steps=eval_every,
+    )
+
+
+def kd_run(job: Job, study_name: str, student: str, seed: int, teachers: list[RunSpec]):
+    method = METHODS[job.studies[study_name].method_name()]
+    params = job.method_params(study_name).model_dump(mode="json")
+    reads = None
+    if method.needs == "logits":
+        reads = job.distill.teacher_outputs
+    elif method.needs == "features":
+        reads = "online"
+    identity = {
+        "model": student,
+        "method": method.name,
+        "method_params": params,
+        "seed": seed,
+        "teacher_runs": [t.run_id for t in teachers],
+        "teacher_outputs": reads,
+    }
+    return RunSpec(
+        run_id=_run_id(job, identity, method.name),
+        stage="student",
+        model=student,
+        seed=seed,
+        method=method.name,
+        method_params=params,
+        teacher_runs=[t.run_id for t in teachers],
+        teacher_models=[t.model for t in teachers],
+        teacher_outputs=reads,
+    )
 
 
 def make_plan(job: Job) -> Plan:
@@ -87,51 +137,27 @@ def make_plan(job: Job) -> Plan:
             existing.roles.append(role)
         return existing
 
-    def training_run(model: str, seed: int, stage: Stage, band=None, eval_every=None) -> RunSpec:
-        identity = {"model": model, "strategy": "none", "seed": seed, "band": band}
-        if band is not None:
-            identity["eval_every_steps"] = eval_every
-        return RunSpec(
-            run_id=_run_id(job, identity),
-            stage=stage,
-            model=model,
-            strategy="none",
-            seed=seed,
-            band=band,
-            eval_every_steps=eval_every,
-        )
-
     for seed in job.seeds:
         for study_name, study in job.studies.items():
-            strategy = STRATEGIES[study_name]
-            band = study.teacher_val_band if strategy.teacher_stop == "band" else None
-            for teacher in study.teachers:
-                teacher_run = add(
-                    training_run(teacher, seed, "teacher", band, study.eval_every_steps),
-                    f"teacher:{study_name}",
-                )
+            band, every = study.teacher_val_band, study.eval_every_steps
+            for group in study.teacher_groups() or [[]]:
                 for student in study.students:
-                    identity = {
-                        "model": student,
-                        "strategy": study_name,
-                        "seed": seed,
-                        "teacher_run": teacher_run.run_id,
-                    }
-                    add(
-                        RunSpec(
-                            run_id=_run_id(job, identity),
-                            stage="student",
-                            model=student,
-                            strategy=study_name,
-                            seed=seed,
-                            teacher_run=teacher_run.run_id,
-                            teacher_model=teacher,
-                        ),
-                        "kd",
-                    )
+                    teachers = [
+                        add(
+                            plain_run(job, student, seed, "teacher")
+                            if model == SELF_TEACHER
+                            else plain_run(job, model, seed, "teacher", band, every),
+                            f"teacher:{study_name}",
+                        )
+                        for model in group
+                    ]
+                    kd = add(kd_run(job, study_name, student, seed, teachers), f"kd:{study_name}")
+                    if kd.teacher_outputs == "cached":
+                        for teacher in teachers:
+                            teacher.soft_labels = True
         if job.baseline:
             students = dict.fromkeys(s for st in job.studies.values() for s in st.students)
             for student in students:
                 # the same run as a converged teacher of that model, when there is one
-                add(training_run(student, seed, "student"), "baseline")
+                add(plain_run(job, student, seed, "student"), "baseline")
     return Plan(runs)

@@ -20,7 +20,7 @@ import matplotlib
 import numpy as np
 import pandas as pd
 
-from kdray.export import baseline_rows, kd_cells, kd_groups, tables
+from kdray.export import baseline_rows, has_role, kd_cells, kd_groups, tables
 
 matplotlib.use("Agg")
 
@@ -79,13 +79,13 @@ def _mean_std(values: pd.Series) -> tuple[float, float, int]:
     return float(values.mean()) if len(values) else math.nan, std, len(values)
 
 
-def gain_figure(done: pd.DataFrame) -> str | None:
+def gain_figure(done: pd.DataFrame, studies: list[str]) -> str | None:
     """Paired bars: each KD cell's test accuracy and its student's baseline; std over seeds."""
     cells = []
-    for strategy, student, teacher, group, base in kd_groups(done):
+    for study, _, student, teacher, group, base in kd_groups(done, studies):
         kd, base_ = _mean_std(group.test_acc), _mean_std(base.test_acc)
         if kd[2]:
-            cells.append((f"{strategy}\n{student} ← {teacher}", kd, base_))
+            cells.append((f"{study}\n{student} ← {teacher}", kd, base_))
     if not cells:
         return None
     # one row per cell, read top to bottom in the tables' order: stays legible for a thesis grid
@@ -108,9 +108,9 @@ def gain_figure(done: pd.DataFrame) -> str | None:
     return svg(fig, "gain")
 
 
-def heatmap_figure(done: pd.DataFrame, strategy: str) -> str | None:
+def heatmap_figure(done: pd.DataFrame, study: str) -> str | None:
     """Student x Teacher mean test accuracy of one study, values written in the cells."""
-    cells = kd_cells(done, strategy)
+    cells = kd_cells(done, study)
     cells = cells[pd.to_numeric(cells.test_acc, errors="coerce").notna()]
     if cells.empty:
         return None
@@ -132,19 +132,19 @@ def heatmap_figure(done: pd.DataFrame, strategy: str) -> str | None:
     ax.set_xlabel("teacher")
     ax.set_ylabel("student")
     several = cells.groupby(["model", "teacher_label"]).size().max() > 1
-    ax.set_title(f"{strategy} KD: test accuracy" + (" (mean over seeds)" if several else ""))
-    return svg(fig, f"heatmap-{strategy}")
+    ax.set_title(f"{study}: test accuracy" + (" (mean over seeds)" if several else ""))
+    return svg(fig, f"heatmap-{study}")
 
 
 def _run_label(row, as_teacher: bool) -> str:
     if as_teacher:
         return f"teacher {row.model} s{row.seed}"
-    if row.strategy == "none":
+    if row.method == "none":
         return f"{row.model} s{row.seed}"
-    return f"{row.model} ← {row.teacher} s{row.seed}"
+    return f"{row.model} ← {row.teacher or row.method} s{row.seed}"
 
 
-def curves_figure(done: pd.DataFrame, epochs: pd.DataFrame, strategies: list[str]) -> str | None:
+def curves_figure(done: pd.DataFrame, epochs: pd.DataFrame, studies: list[str]) -> str | None:
     """Validation accuracy per epoch: one panel per study (its teachers dashed, its students
     solid, the teachers' band shaded), one for the no-KD baselines."""
     epochs = epochs[pd.to_numeric(epochs.val_acc, errors="coerce").notna()]
@@ -152,10 +152,9 @@ def curves_figure(done: pd.DataFrame, epochs: pd.DataFrame, strategies: list[str
     if epochs.empty:
         return None
     panels = []
-    for strategy in strategies:
-        teachers = done[done.roles.apply(lambda rs, s=strategy: f"teacher:{s}" in list(rs))]
-        students = done[(done.stage == "student") & (done.strategy == strategy)]
-        panels.append((f"{strategy} KD", teachers, students))
+    for study in studies:
+        teachers = done[has_role(done, f"teacher:{study}")]
+        panels.append((study, teachers, done[has_role(done, f"kd:{study}")]))
     panels.append(("no-KD baselines", done.iloc[:0], baseline_rows(done)))
     panels = [p for p in panels if epochs.trial_id.isin(pd.concat([p[1], p[2]]).trial_id).any()]
     if not panels:
@@ -186,15 +185,15 @@ def curves_figure(done: pd.DataFrame, epochs: pd.DataFrame, strategies: list[str
 def render_report(
     trials: pd.DataFrame,
     epochs: pd.DataFrame,
-    strategies: list[str],
+    studies: list[str],
     name: str,
     written: datetime | None = None,
 ) -> str:
     """The whole HTML page. `trials` / `epochs` are `trials.parquet` / `epochs.parquet` as pandas;
-    `strategies` are the job's studies, in order (absent studies have no section)."""
+    `studies` are the job's studies, in order (absent studies have no section)."""
     written = written or datetime.now(UTC)
     done = trials[trials.status == "finished"]
-    all_tables = tables(trials, strategies)
+    all_tables = tables(trials, studies)
     title = f"kdray report: {name}"
     parts = [
         f"<h1>{html.escape(title)}</h1>",
@@ -210,13 +209,13 @@ def render_report(
             parts.append(figure)
         parts.append(html_table(table))
 
-    section("summary", figure=gain_figure(done))
+    section("summary", figure=gain_figure(done, studies))
     section("teachers")
     section("baseline")
-    for strategy in strategies:
-        section(strategy, figure=heatmap_figure(done, strategy))
+    for study in studies:
+        section(study, figure=heatmap_figure(done, study))
     parts.append("<h2>Learning curves</h2>")
-    curves = curves_figure(done, epochs, strategies)
+    curves = curves_figure(done, epochs, studies)
     parts.append(curves or '<p class="note">no epochs recorded</p>')
     if "unfinished" in all_tables:
         section("unfinished")

@@ -30,12 +30,14 @@ TRIAL_SCHEMA = pa.schema(
     [
         pa.field("trial_id", pa.string(), nullable=False),
         pa.field("stage", pa.string(), nullable=False),  # teacher | student
-        pa.field("strategy", pa.string(), nullable=False),  # the loss: none | normal | ...
+        pa.field("method", pa.string(), nullable=False),  # none | kd | dkd | fitnets | ...
+        pa.field("method_params", pa.string()),  # the method's settings, JSON
         pa.field("model", pa.string(), nullable=False),
-        pa.field("teacher", pa.string()),  # teacher model; null for teachers and baselines
-        pa.field("teacher_trial_id", pa.string()),
+        pa.field("teacher", pa.string()),  # teacher model(s), "+"-joined for an ensemble
+        pa.field("teacher_trial_ids", pa.list_(pa.string())),
+        pa.field("teacher_outputs", pa.string()),  # cached | online | null (no teacher)
         pa.field("seed", pa.int64(), nullable=False),
-        pa.field("roles", pa.list_(pa.string())),  # teacher:<study>, baseline, kd
+        pa.field("roles", pa.list_(pa.string())),  # teacher:<study>, kd:<study>, baseline
         pa.field("status", pa.string(), nullable=False),  # finished | failed | pending
         pa.field("epochs", pa.float64()),  # fractional for a teacher stopped inside its band
         *[
@@ -57,7 +59,7 @@ TRIAL_SCHEMA = pa.schema(
                 pa.field(f"{split}_confusion", pa.list_(pa.list_(pa.int64()))),
             )
         ],
-        pa.field("teacher_val_acc", pa.float64()),
+        pa.field("teacher_val_acc", pa.float64()),  # mean over an ensemble's teachers
         pa.field("band_low", pa.float64()),
         pa.field("band_high", pa.float64()),
         pa.field("params", pa.int64()),
@@ -81,6 +83,13 @@ EPOCH_SCHEMA = pa.schema(
         pa.field("epoch_s", pa.float64()),
     ]
 )
+LOSS_TERM_PREFIX = "loss_"  # one float64 column per loss term any run's method returned
+
+
+def epoch_schema(rows: list[dict]) -> pa.Schema:
+    """`EPOCH_SCHEMA` plus a `loss_<term>` column for every term found in `rows`."""
+    terms = sorted({k for r in rows for k in r if k.startswith(LOSS_TERM_PREFIX)})
+    return pa.schema([*EPOCH_SCHEMA, *(pa.field(t, pa.float64()) for t in terms)])
 
 
 def trial_row(exp: Experiment, spec: RunSpec, failure: str | None = None) -> dict:
@@ -88,22 +97,25 @@ def trial_row(exp: Experiment, spec: RunSpec, failure: str | None = None) -> dic
     failure_file = exp.run_dir(spec.run_id) / "failure.json"
     if not summary and failure is None and failure_file.is_file():
         failure = json.loads(failure_file.read_text())["error"]
-    teacher_summary = exp.summary(spec.teacher_run) if spec.teacher_run else None
+    teacher_accs = [(exp.summary(t) or {}).get("val_acc") for t in spec.teacher_runs]
+    teacher_accs = [a for a in teacher_accs if a is not None]
     attempts_file = exp.run_dir(spec.run_id) / "attempts.json"
     status = summary.get("status") or ("failed" if failure else "pending")
     model_file = exp.run_dir(spec.run_id) / "model.pt"
     row = {
         "trial_id": spec.run_id,
         "stage": spec.stage,
-        "strategy": spec.strategy,
+        "method": spec.method,
+        "method_params": json.dumps(spec.method_params) if spec.method_params else None,
         "model": spec.model,
-        "teacher": spec.teacher_model,
-        "teacher_trial_id": spec.teacher_run,
+        "teacher": "+".join(spec.teacher_models) or None,
+        "teacher_trial_ids": list(spec.teacher_runs),
+        "teacher_outputs": summary.get("teacher_outputs"),
         "seed": spec.seed,
         "roles": list(spec.roles),
         "status": status,
         "epochs": summary.get("epochs"),
-        "teacher_val_acc": (teacher_summary or {}).get("val_acc"),
+        "teacher_val_acc": sum(teacher_accs) / len(teacher_accs) if teacher_accs else None,
         "band_low": spec.band[0] if spec.band else None,
         "band_high": spec.band[1] if spec.band else None,
         "params": summary.get("params"),
@@ -135,9 +147,7 @@ def epoch_rows(exp: Experiment, spec: RunSpec) -> list[dict]:
     if not path.is_file():
         return []
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [
-        {"trial_id": spec.run_id, **{k: r.get(k) for k in EPOCH_SCHEMA.names[1:]}} for r in rows
-    ]
+    return [{"trial_id": spec.run_id, **r} for r in rows]
 
 
 def write_table_atomic(table: pa.Table, path: Path) -> None:
@@ -152,9 +162,9 @@ def write_results(exp: Experiment, failures: dict[str, str] | None = None) -> pa
     trials = pa.Table.from_pylist(
         [trial_row(exp, r, failures.get(r.run_id)) for r in runs], schema=TRIAL_SCHEMA
     )
-    epochs = pa.Table.from_pylist(
-        [row for r in runs for row in epoch_rows(exp, r)], schema=EPOCH_SCHEMA
-    )
+    rows = [row for r in runs for row in epoch_rows(exp, r)]
+    schema = epoch_schema(rows)
+    epochs = pa.Table.from_pylist([{k: r.get(k) for k in schema.names} for r in rows], schema)
     write_table_atomic(trials, exp.results_dir / "trials.parquet")
     write_table_atomic(epochs, exp.results_dir / "epochs.parquet")
     return trials

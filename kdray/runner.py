@@ -19,6 +19,7 @@ from kdray.data.cache import DataInfo, load_split
 from kdray.experiment import Experiment
 from kdray.grid import check_resources, check_storage, init_ray, run_grid
 from kdray.job import Job
+from kdray.methods import METHODS
 from kdray.progress import GridProgress
 from kdray.results import write_results
 from kdray.status import check_no_other_driver, clear_driver, mark_driver
@@ -51,6 +52,15 @@ def band_warnings(job: Job, data: DataInfo) -> list[str]:
         "defective teacher one that learned something, badly"
         for study_name, study in job.studies.items()
         if study.teacher_val_band is not None and study.teacher_val_band[0] <= majority
+    ]
+
+
+def method_warnings(job: Job, data: DataInfo) -> list[str]:
+    """What each study's method says about these settings on this data (e.g. DKD, 2 classes)."""
+    return [
+        f"studies.{name}.method: {line}"
+        for name, study in job.studies.items()
+        for line in METHODS[study.method_name()].warnings(job.method_params(name), data.num_classes)
     ]
 
 
@@ -87,7 +97,7 @@ def run_experiment(
         + ", ".join(f"{name} {n}" for name, n in zip(data.classes, per_class, strict=True)),
         highlight=False,
     )
-    for warning in band_warnings(job, data):
+    for warning in band_warnings(job, data) + method_warnings(job, data):
         console.print(f"[yellow]warning[/yellow]: {warning}", highlight=False)
     mark_driver(exp)
     stop_polling = threading.Event()

@@ -1,7 +1,7 @@
 """Which run Tune starts next: the grid's dependency order as a Tune `Searcher`.
 
-A KD student needs its teacher's weights (and soft labels), so it may start only once that
-teacher run has finished; everything else may start at once. Instead of a barrier between all
+A KD student needs its teachers' weights (and soft labels), so it may start only once all its
+teacher runs have finished; everything else may start at once. Instead of a barrier between all
 teachers and all students, each student is handed to Tune as soon as its own teacher is done,
 so students of one teacher train while other teachers still do. Teachers go first: they are
 on the grid's critical path.
@@ -34,7 +34,7 @@ class RunQueue(Searcher):
         max_concurrent: int,
     ):
         super().__init__()
-        teachers = {r.teacher_run for r in runs}
+        teachers = {t for r in runs for t in r.teacher_runs}
         self.waiting = sorted(runs, key=lambda r: r.run_id not in teachers)
         self.trial_config = trial_config
         self.run_status = run_status  # "finished" | "failed" | None, read from the run folder
@@ -76,16 +76,19 @@ class RunQueue(Searcher):
         )
 
     def blocked(self) -> dict[str, str]:
-        """Runs never started because their teacher failed: run id -> teacher run id. (Other
+        """Runs never started because a teacher failed: run id -> that teacher's run id. (Other
         runs still waiting were cut short by an interruption: they are not blocked.)"""
-        return {
-            r.run_id: r.teacher_run
-            for r in self.waiting
-            if r.teacher_run
-            and (r.teacher_run in self.failed or self.run_status(r.teacher_run) == "failed")
-        }
+        out = {}
+        for run in self.waiting:
+            failed = [t for t in run.teacher_runs if self._failed(t)]
+            if failed:
+                out[run.run_id] = failed[0]
+        return out
+
+    def _failed(self, run_id: str) -> bool:
+        return run_id in self.failed or self.run_status(run_id) == "failed"
 
     def _can_start(self, run: RunSpec) -> bool:
-        if run.teacher_run is None:
-            return True
-        return run.teacher_run not in self.failed and self.run_status(run.teacher_run) == "finished"
+        return all(
+            t not in self.failed and self.run_status(t) == "finished" for t in run.teacher_runs
+        )

@@ -105,8 +105,8 @@ def status_rows(exp: Experiment) -> list[dict]:
         rows.append(
             {
                 "stage": run.stage,
-                "strategy": run.strategy,
-                "teacher": run.teacher_model or "",
+                "method": run.method,
+                "teacher": "+".join(run.teacher_models),
                 "model": run.model,
                 "seed": run.seed,
                 "state": run_state(exp, run, alive),

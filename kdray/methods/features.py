@@ -1,0 +1,79 @@
+"""Helpers shared by the feature methods (FitNets, AT, feature L1); registers no method.
+
+The worker aligns student and teacher stages from the deepest one (`Method.feature_stages`
+receives the number `n` of aligned stages) and hands a method exactly the chosen stages' maps,
+in the order it chose them. These helpers resolve those choices, build the student-side
+adapters and bring a student/teacher pair to one spatial size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kdray.methods.base import Outputs, Shapes
+
+
+def resolve_stages(field: str, indices: Sequence[int], num_stages: int) -> list[int]:
+    """Aligned stage indices, negatives counted from the deepest (Python style), normalised;
+    `ValueError` naming `field` (e.g. "fitnets.stage") for an index out of range or repeated."""
+    if num_stages < 1:
+        raise ValueError(f"{field}: the two networks have no aligned stages")
+    resolved: list[int] = []
+    for index in indices:
+        if not -num_stages <= index < num_stages:
+            raise ValueError(
+                f"{field} {index}: the two networks have {num_stages} aligned stages "
+                f"(0..{num_stages - 1})"
+            )
+        stage = index % num_stages
+        if stage in resolved:
+            raise ValueError(f"{field} {index}: aligned stage {stage} is chosen twice")
+        resolved.append(stage)
+    return resolved
+
+
+def one_teacher(name: str, teachers: list[Outputs]) -> Outputs:
+    """The single teacher a feature method compares with."""
+    if len(teachers) != 1:
+        raise ValueError(f"{name}: a feature method takes exactly one teacher, got {len(teachers)}")
+    return teachers[0]
+
+
+def stage_channels(name: str, shapes: Shapes) -> list[tuple[int, int]]:
+    """(student, teacher) channels of each chosen stage, checked to pair up one to one."""
+    student = tuple(shapes.student_channels)
+    teacher = tuple(shapes.teacher_channels[0]) if len(shapes.teacher_channels) == 1 else None
+    if teacher is None or not student or len(student) != len(teacher):
+        raise ValueError(
+            f"{name}: needs the channels of the chosen stages of one student and one teacher, "
+            f"got student {student} and teachers {tuple(shapes.teacher_channels)}"
+        )
+    return list(zip(student, teacher, strict=True))
+
+
+def adapter(student_channels: int, teacher_channels: int) -> nn.Sequential:
+    """A learned 1x1 convolution (no bias) and batch norm: student channels to the teacher's."""
+    return nn.Sequential(
+        nn.Conv2d(student_channels, teacher_channels, kernel_size=1, bias=False),
+        nn.BatchNorm2d(teacher_channels),
+    )
+
+
+def adapters(name: str, shapes: Shapes) -> nn.ModuleList:
+    """One adapter per chosen stage, in the order the stages were chosen."""
+    return nn.ModuleList(adapter(s, t) for s, t in stage_channels(name, shapes))
+
+
+def same_size(student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Average-pool the larger of two (N, C, H, W) maps to the smaller's height and width
+    (per dimension, so neither map is ever upsampled)."""
+    size = (min(student.shape[-2], teacher.shape[-2]), min(student.shape[-1], teacher.shape[-1]))
+    if tuple(student.shape[-2:]) != size:
+        student = F.adaptive_avg_pool2d(student, size)
+    if tuple(teacher.shape[-2:]) != size:
+        teacher = F.adaptive_avg_pool2d(teacher, size)
+    return student, teacher
