@@ -47,13 +47,17 @@ def fake_experiment(tmp_path, seeds=(0, 1), fail=None, studies=tuple(STUDIES)):
             "wall_s": 10.0,
             "train_s": 5.0,
             "setup_s": 0.5,
+            "teacher_outputs": run.teacher_outputs,  # what the worker's teacher source was
         }
         for split in ("train", "val", "test"):
             summary[f"{split}_acc"] = acc
         (run_dir / "summary.json").write_text(json.dumps(summary))
+        # each loss term the run's method returned: ce alone without a teacher, ce and kd with
+        terms = {"loss_ce": 1.0} if run.method == "none" else {"loss_ce": 1.0, "loss_kd": 0.5}
         (run_dir / "epochs.jsonl").write_text(
             "".join(
-                json.dumps({"epoch": e, "train_acc": acc, "val_acc": acc}) + "\n" for e in (1, 2)
+                json.dumps({"epoch": e, "train_acc": acc, "val_acc": acc, **terms}) + "\n"
+                for e in (1, 2)
             )
         )
         (run_dir / "attempts.json").write_text(json.dumps({"attempts": 1}))
@@ -68,9 +72,12 @@ def test_trials_table_has_the_documented_schema_and_one_row_per_run(tmp_path):
     for column in [
         "trial_id",
         "stage",
-        "strategy",
+        "method",
+        "method_params",
         "model",
         "teacher",
+        "teacher_trial_ids",
+        "teacher_outputs",
         "seed",
         "status",
         "epochs",
@@ -87,11 +94,30 @@ def test_trials_table_has_the_documented_schema_and_one_row_per_run(tmp_path):
     assert trials.num_rows == len(exp.plan().runs)
     assert len(set(trials.column("trial_id").to_pylist())) == trials.num_rows
     epochs = pq.read_table(exp.results_dir / "epochs.parquet")
-    assert epochs.schema.equals(EPOCH_SCHEMA) and epochs.num_rows == 2 * trials.num_rows
+    assert epochs.column_names == [*EPOCH_SCHEMA.names, "loss_ce", "loss_kd"]
+    assert epochs.schema.field("loss_kd").type == "double" and epochs.num_rows == 2 * trials.num_rows
     rows = trials.to_pylist()
-    kd = [r for r in rows if r["strategy"] == "defective"]
+    by_id = {r["trial_id"]: r for r in rows}
+    kd = [r for r in rows if "kd:defective" in r["roles"]]
+    assert len(kd) == 2  # one student, two seeds
     assert all(r["teacher_val_acc"] == 0.55 and r["teacher"] == "resnet18" for r in kd)
-    assert all(r["teacher"] is None for r in rows if r["stage"] == "teacher")
+    for row in kd:  # a study without `method:` is Hinton KD, its settings from `distill`
+        assert row["method"] == "kd" and row["teacher_outputs"] == "cached"
+        params = json.loads(row["method_params"])
+        assert params["name"] == "kd" and params["temperature"] == 4.0 and params["alpha"] == 0.9
+        (teacher_id,) = row["teacher_trial_ids"]
+        assert by_id[teacher_id]["band_low"] == 0.5 and by_id[teacher_id]["val_acc"] == 0.55
+    for row in rows:
+        if row["stage"] == "teacher":
+            assert row["teacher"] is None and row["teacher_trial_ids"] == []
+            assert row["method"] == "none" and row["method_params"] is None
+            assert row["teacher_outputs"] is None
+    # the loss terms: a teacher's epochs have no KD term
+    losses = {
+        (r["trial_id"], r["epoch"]): (r["loss_ce"], r["loss_kd"]) for r in epochs.to_pylist()
+    }
+    for row in rows:
+        assert losses[row["trial_id"], 1] == ((1.0, None) if row["method"] == "none" else (1.0, 0.5))
 
 
 def test_export_writes_every_file_in_the_thesis_layout(tmp_path):
@@ -116,12 +142,14 @@ def test_export_writes_every_file_in_the_thesis_layout(tmp_path):
     defective = (out / "defective.md").read_text()
     assert "resnet18 [0.50, 0.65]" in defective
     summary = (out / "summary.md").read_text()
-    assert "| normal | resnet10t | resnet18 |" in summary and "Gain" in summary
+    assert "| normal | kd | resnet10t | resnet18 |" in summary and "Gain" in summary
+    assert summary.splitlines()[2].startswith("| Study | Method | Student | Teacher |")
+    assert normal[0] == "# normal (kd): student x teacher accuracy"
 
 
 def test_failed_runs_are_rows_with_their_error(tmp_path):
     exp0 = fake_experiment(tmp_path / "a", seeds=(0,))
-    victim = next(r.run_id for r in exp0.plan().stage("student") if r.strategy == "normal")
+    victim = next(r.run_id for r in exp0.plan().stage("student") if "kd:normal" in r.roles)
     exp = fake_experiment(tmp_path / "b", seeds=(0,), fail=victim)
     rows = {r["trial_id"]: r for r in write_results(exp).to_pylist()}
     assert rows[victim]["status"] == "failed" and rows[victim]["error"] == "worker died"
@@ -149,7 +177,7 @@ def test_cli_export_and_a_folder_that_is_not_an_experiment(tmp_path):
 
 def test_cli_status_lists_every_run_by_its_folder_name_and_state(tmp_path):
     exp0 = fake_experiment(tmp_path / "probe")
-    victim = next(r.run_id for r in exp0.plan().stage("student") if r.strategy == "reverse")
+    victim = next(r.run_id for r in exp0.plan().stage("student") if "kd:reverse" in r.roles)
     exp = fake_experiment(tmp_path, fail=victim)
     result = CliRunner().invoke(app, ["status", str(exp.root)])
     assert result.exit_code == 0, result.output

@@ -52,19 +52,34 @@ def test_each_problem_names_its_field(tmp_path):
     assert "trian: unknown field" in text
 
 
-def test_defective_needs_a_band_and_others_refuse_one(tmp_path):
+def test_defective_needs_a_band_and_a_band_needs_a_model_teacher(tmp_path):
     raw = tiny_job_dict(tmp_path)
     raw["studies"] = {
         "defective": {"teachers": ["resnet10t"], "students": ["test_resnet"]},
-        "normal": {
-            "teachers": ["resnet10t"],
+        "own": {
+            "teachers": ["self"],
             "students": ["test_resnet"],
+            "teacher_val_band": [0.5, 0.6],
+        },
+        "free": {
+            "students": ["test_resnet"],
+            "method": {"name": "tfkd_virtual"},
             "teacher_val_band": [0.5, 0.6],
         },
     }
     text = "\n".join(problems_of(raw))
     assert "studies.defective.teacher_val_band: required" in text
-    assert "studies.normal.teacher_val_band: only defective" in text
+    assert "studies.own.teacher_val_band: a `self` teacher" in text
+    assert "studies.free.teacher_val_band: this study has no teacher to stop early" in text
+    # a band on a model teacher is what makes a study's teachers defective, whatever its name
+    raw["studies"] = {
+        "normal": {
+            "teachers": ["resnet10t"],
+            "students": ["test_resnet"],
+            "teacher_val_band": [0.5, 0.6],
+        }
+    }
+    assert parse_job(raw).studies["normal"].teacher_val_band == (0.5, 0.6)
 
 
 def test_band_must_be_ordered(tmp_path):
@@ -79,10 +94,13 @@ def test_band_must_be_ordered(tmp_path):
     assert any("low < high" in line for line in problems_of(raw))
 
 
-def test_unknown_strategy_and_model(tmp_path):
+def test_unknown_method_and_model(tmp_path):
     raw = tiny_job_dict(tmp_path)
     raw["studies"] = {"magic": {"teachers": ["resnet10t"], "students": ["resnet10t"]}}
-    assert "studies.magic: unknown KD strategy" in problems_of(raw)[0]
+    assert parse_job(raw).studies["magic"].method_name() == "kd"  # study names are free
+    raw["studies"]["magic"]["method"] = {"name": "magic"}
+    (line,) = problems_of(raw)
+    assert line.startswith("studies.magic.method:") and "'magic'" in line and "'kd'" in line
     raw["studies"] = {"normal": {"teachers": ["resnet9000"], "students": ["resnet10t"]}}
     assert "'resnet9000' is not a timm model" in problems_of(raw)[0]
 

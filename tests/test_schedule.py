@@ -28,6 +28,15 @@ def make_queue(tmp_path, max_concurrent=2):
     return plan, queue, status
 
 
+def student_teachers(plan) -> dict[str, str]:
+    """KD run id -> its teacher run id (these studies have one teacher per student)."""
+    out = {}
+    for run in plan.runs.values():
+        if run.teacher_runs:
+            (out[run.run_id],) = run.teacher_runs
+    return out
+
+
 def suggest(queue, trial_id):
     config = queue.suggest(trial_id)
     return config["run"]["run_id"] if isinstance(config, dict) else config
@@ -35,8 +44,8 @@ def suggest(queue, trial_id):
 
 def test_teachers_first_students_as_soon_as_their_own_teacher_finished(tmp_path):
     plan, queue, status = make_queue(tmp_path, max_concurrent=10)
-    teachers = {r.teacher_run for r in plan.runs.values() if r.teacher_run}
-    students = {r.run_id: r.teacher_run for r in plan.runs.values() if r.teacher_run}
+    students = student_teachers(plan)
+    teachers = set(students.values())
     assert len(teachers) >= 2 and students
 
     started = []
@@ -73,8 +82,7 @@ def test_students_of_a_failed_teacher_are_blocked_and_the_queue_finishes(tmp_pat
     for trial_id in trials:  # every teacher errors out (no summary)
         queue.on_trial_complete(trial_id, error=True)
     assert suggest(queue, "z") == Searcher.FINISHED
-    students = {r.run_id: r.teacher_run for r in plan.runs.values() if r.teacher_run}
-    assert queue.blocked() == students
+    assert queue.blocked() == student_teachers(plan)
 
 
 def test_a_teacher_whose_summary_says_failed_blocks_its_students(tmp_path):
@@ -86,7 +94,7 @@ def test_a_teacher_whose_summary_says_failed_blocks_its_students(tmp_path):
         status[run_id] = "failed"
         queue.on_trial_complete(trial_id)
     assert suggest(queue, "z") == Searcher.FINISHED
-    assert set(queue.blocked()) == {r.run_id for r in plan.runs.values() if r.teacher_run}
+    assert set(queue.blocked()) == set(student_teachers(plan))
 
 
 def test_state_tune_saves_is_readable_json(tmp_path):
