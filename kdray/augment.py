@@ -12,9 +12,13 @@ A job declares its pipeline as a list of albumentations transforms by class name
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
-import albumentations as A
+# albumentations asks PyPI for a newer version at import: nothing may reach out at run time
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import albumentations as A  # noqa: E402
 
 # Suits radiographs: small rotations, shifts and zooms, mild exposure changes, and a horizontal
 # flip (left and right limbs mirror each other). No vertical flips: anatomy has an up.

@@ -66,6 +66,25 @@ def validate(job_file: Path, set_: SetOption = None) -> None:
     )
     counts = ", ".join(f"{split} {len(source)}" for split, source in sources.items())
     console.print(f"data: {job.data.kind}, {len(classes)} classes, {counts} images")
+    for line in study_lines(job, plan):
+        console.print(line, highlight=False)
+
+
+def study_lines(job, plan) -> list[str]:
+    """One line per study: its method, what it reads from teachers, its KD runs."""
+    from kdray.methods import METHODS
+
+    lines = []
+    for name, study in job.studies.items():
+        method = METHODS[study.method_name()]
+        runs = [r for r in plan.runs.values() if f"kd:{name}" in r.roles]
+        reads = {r.teacher_outputs for r in runs} - {None}
+        source = f"teacher {'/'.join(sorted(reads))}" if reads else "no teacher"
+        recipe = (
+            f", defective band {list(study.teacher_val_band)}" if study.teacher_val_band else ""
+        )
+        lines.append(f"study {name}: method {method.name} ({source}{recipe}), {len(runs)} KD runs")
+    return lines
 
 
 @app.command()

@@ -50,7 +50,12 @@ class Experiment:
         return Job.model_validate_json((self.root / "job.json").read_text())
 
     def plan(self) -> Plan:
-        return Plan.from_json(json.loads((self.root / "plan.json").read_text()))
+        saved = json.loads((self.root / "plan.json").read_text())
+        if any("strategy" in run for run in saved["runs"]):  # written before methods existed
+            plan = make_plan(self.job())
+            (self.root / "plan.json").write_text(json.dumps(plan.to_json(), indent=2))
+            return plan
+        return Plan.from_json(saved)
 
     def summary(self, run_id: str) -> dict | None:
         path = self.run_dir(run_id) / "summary.json"
@@ -66,7 +71,8 @@ class Experiment:
         exp = cls.for_job(job)
         job_json = job.model_dump_json(indent=2)
         existing = exp.root / "job.json"
-        if existing.is_file() and existing.read_text() != job_json:
+        # compared as jobs, not text: a job.json written by an older kdray lacks newer defaults
+        if existing.is_file() and Job.model_validate_json(existing.read_text()) != job:
             raise ExperimentError(
                 f"{exp.root} already holds a different job named {job.name!r}: resume it with "
                 f"`kdray resume {exp.root}`, or run the new settings under another name "

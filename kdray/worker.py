@@ -87,11 +87,23 @@ def train_loop(config: dict) -> None:
         "band_val_acc": band.hit["val_acc"] if band.hit else None,
         "restored_from_epoch": start_epoch or None,
         "teacher_outputs": session.teachers.kind,
+        "replicas_in_sync": replicas_in_sync(session),
     }
     summary.update(final_metrics(session.model, job, session.info, device))
     if rank == 0:
         finish(session, run_dir, history, summary)
         tracker.finish(summary)
+
+
+def replicas_in_sync(session: Session) -> bool | None:
+    """Data-parallel runs: whether every rank ends with the same student and method adapters
+    (a per-tensor checksum compared across ranks); None for a single worker."""
+    if session.world_size == 1:
+        return None
+    sums = torch.stack([p.detach().double().sum() for p in session.core.parameters()]).cpu()
+    parts: list = [None] * session.world_size
+    torch.distributed.all_gather_object(parts, sums)
+    return all(torch.equal(parts[0], other) for other in parts[1:])
 
 
 def restore(session: Session) -> tuple[int, list[dict]]:

@@ -205,3 +205,22 @@ def test_ensembles_self_and_teacher_free_studies(tmp_path):
     # every teacher model trained once per seed, however many studies use it
     keys = [(r.model, r.band, r.seed) for r in plan.runs.values() if r.method == "none"]
     assert len(keys) == len(set(keys)) == 2 * 2
+
+
+def test_an_experiment_folder_from_before_methods_opens_and_keeps_its_teacher_ids(tmp_path):
+    from kdray.experiment import Experiment
+
+    job = parse_job(tiny_job_dict(tmp_path))
+    exp = Experiment.create(job)
+    old_job = json.loads((exp.root / "job.json").read_text())
+    for study in old_job["studies"].values():  # what kdray wrote before studies had methods
+        del study["method"]
+    (exp.root / "job.json").write_text(json.dumps(old_job))
+    teacher = next(r for r in exp.plan().runs.values() if r.method == "none")
+    old_run = {"run_id": teacher.run_id, "stage": "teacher", "model": teacher.model,
+               "strategy": "none", "seed": 0, "teacher_run": None, "teacher_model": None,
+               "band": None, "eval_every_steps": None, "roles": ["teacher:normal"]}  # fmt: skip
+    (exp.root / "plan.json").write_text(json.dumps({"runs": [old_run]}))
+    assert Experiment.create(job).root == exp.root  # the same job: no "different job" refusal
+    plan = Experiment.open(exp.root).plan()
+    assert teacher.run_id in plan.runs and {r.method for r in plan.runs.values()} == {"none", "kd"}
