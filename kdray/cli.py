@@ -67,7 +67,7 @@ def validate(job_file: Path, set_: SetOption = None) -> None:
     counts = ", ".join(f"{split} {len(source)}" for split, source in sources.items())
     console.print(f"data: {job.data.kind}, {len(classes)} classes, {counts} images")
     for line in study_lines(job, plan):
-        console.print(line, highlight=False)
+        console.print(line, highlight=False, soft_wrap=True)
 
 
 def study_lines(job, plan) -> list[str]:
@@ -83,7 +83,16 @@ def study_lines(job, plan) -> list[str]:
         recipe = (
             f", defective band {list(study.teacher_val_band)}" if study.teacher_val_band else ""
         )
-        lines.append(f"study {name}: method {method.name} ({source}{recipe}), {len(runs)} KD runs")
+        axes = [
+            f"{len(study.students)} students",
+            f"{max(1, len(study.teachers))} teachers",
+            f"{len(job.seeds)} seeds",
+        ]
+        axes += [f"{key} {values} ({len(values)})" for key, values in study.sweep.items()]
+        lines.append(
+            f"study {name}: method {method.name} ({source}{recipe}), {len(runs)} KD runs = "
+            + " x ".join(axes)
+        )
     return lines
 
 

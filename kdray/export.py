@@ -4,7 +4,9 @@ teachers.md   each teacher: train / valid / test accuracy
 <study>.md    Student x Teacher, a train / valid / test row per student, plus its no-KD baseline
               (one per study of the job, named after it; an ensemble is one teacher column)
 baseline.md   each student trained without KD
-summary.md    each KD cell's test accuracy against its student's baseline (the gain)
+summary.md    each KD cell's test accuracy against its student's baseline: the paired gain, its
+              interval, p, n and verdict (`kdray.cells`, `kdray.stats`); how often KD won
+<study>.sensitivity.md  a sweeping study's every setting, valid and test, the chosen one marked
 report.html   all of these tables with figures, one self-contained file (`kdray.report`)
 Values are `mean ± std` over seeds when a cell has several. `tables` computes the tables once,
 for both the Markdown files and the report.
@@ -20,12 +22,45 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from kdray.cells import (
+    Cell,
+    baseline_rows,
+    improvement,
+    kd_runs,
+    study_cells,
+    teacher_label,
+)
 from kdray.experiment import Experiment
 from kdray.results import EPOCH_SCHEMA, read_trials
+from kdray.stats import BOOTSTRAP_FROM, MIN_SEEDS
 
 SPLITS = (("train", "train_acc"), ("valid", "val_acc"), ("test", "test_acc"))
 BASELINE_COLUMN = "no KD (baseline)"
-NO_TEACHER = "no teacher"
+CHOSEN_ROW = "setting (chosen on valid)"
+SUMMARY_COLUMNS = [
+    "Study",
+    "Method",
+    "Student",
+    "Teacher",
+    "Setting",
+    "Teacher valid",
+    "KD test",
+    "Baseline test",
+    "Gain",
+    "95% interval",
+    "p (Holm)",
+    "n",
+    "Verdict",
+]
+SENSITIVITY_COLUMNS = ["Student", "Teacher", "Setting", "Valid", "Test", "Seeds", "Chosen"]
+STATISTICS_NOTE = (
+    "Gain: mean over seeds of (KD − baseline) test accuracy, each KD run paired with the same "
+    "student's no-KD run of the same seed. Interval: 95%, a t-interval below "
+    f"{BOOTSTRAP_FROM} seeds, a BCa bootstrap from {BOOTSTRAP_FROM}. p: paired t-test, "
+    "Holm-corrected across the cells of a study. Verdict: better / worse when that p < 0.05, "
+    f"else no evidence; below {MIN_SEEDS} seeds, n too small. A sweeping study reports the "
+    "setting with the best mean validation accuracy; the test split chooses nothing."
+)
 
 
 def fmt(values: pd.Series) -> str:
@@ -44,17 +79,11 @@ def markdown(df: pd.DataFrame) -> str:
     return "\n".join([header, rule, *rows]) + "\n"
 
 
-def _teacher_label(row: pd.Series) -> str:
-    if pd.notna(row["band_low"]):
-        return f"{row['model']} [{row['band_low']:.2f}, {row['band_high']:.2f}]"
-    return row["model"]
-
-
 def teachers_table(trials: pd.DataFrame) -> pd.DataFrame:
     teachers = trials[trials.stage == "teacher"].copy()
     if teachers.empty:
         return pd.DataFrame(columns=["Teacher", "Used by", "Epochs", "Train", "Valid", "Test"])
-    teachers["label"] = teachers.apply(_teacher_label, axis=1)
+    teachers["label"] = teachers.apply(teacher_label, axis=1)
     rows = []
     for label, group in teachers.groupby("label", sort=False):
         roles = sorted({r.split(":", 1)[1] for rs in group.roles for r in rs if ":" in r})
@@ -67,10 +96,6 @@ def teachers_table(trials: pd.DataFrame) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
-
-
-def baseline_rows(trials: pd.DataFrame) -> pd.DataFrame:
-    return trials[has_role(trials, "baseline")]
 
 
 def baseline_table(trials: pd.DataFrame) -> pd.DataFrame:
@@ -88,106 +113,114 @@ def baseline_table(trials: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["Student", "Params (M)", "Train", "Valid", "Test"])
 
 
-def has_role(trials: pd.DataFrame, role: str) -> pd.Series:
-    return trials.roles.apply(lambda rs: role in list(rs))
-
-
-def kd_cells(trials: pd.DataFrame, study: str) -> pd.DataFrame:
-    """The study's KD runs, with `teacher_label`: the teacher model and its band, "+"-joined
-    for an ensemble, `no teacher` for a teacher-free method."""
-    cells = trials[has_role(trials, f"kd:{study}")].copy()
-    labels = {row.trial_id: _teacher_label(row) for _, row in trials.iterrows()}
-    cells["teacher_label"] = [
-        "+".join(labels.get(t, t) for t in ids) if len(ids) else NO_TEACHER
-        for ids in cells.teacher_trial_ids
-    ]
-    return cells
-
-
-def study_table(trials: pd.DataFrame, study: str) -> pd.DataFrame:
-    """Rows: student x {train, valid, test}; columns: teachers, then the student's baseline."""
-    cells = kd_cells(trials, study)
-    if cells.empty:
+def study_table(cells: list[Cell]) -> pd.DataFrame:
+    """Rows: student x {train, valid, test}; columns: teachers, then the student's baseline.
+    A sweeping study shows each cell's chosen setting in a row of its own."""
+    if not cells:
         return pd.DataFrame()
-    teachers = list(dict.fromkeys(cells.teacher_label))
-    baselines = baseline_rows(trials)
+    teachers = list(dict.fromkeys(c.teacher for c in cells))
+    sweeps = any(len(c.settings) > 1 for c in cells)
     rows = []
-    for student in dict.fromkeys(cells.model):
-        mine = cells[cells.model == student]
-        base = baselines[baselines.model == student]
+    for student in dict.fromkeys(c.student for c in cells):
+        mine = {c.teacher: c for c in cells if c.student == student}
+        base = next(iter(mine.values())).baseline
+        if sweeps:
+            row = {"Student": student, "Split": CHOSEN_ROW, BASELINE_COLUMN: ""}
+            rows.append(row | {t: mine[t].chosen if t in mine else "—" for t in teachers})
         for split, col in SPLITS:
             row = {"Student": student, "Split": split}
             for teacher in teachers:
-                row[teacher] = fmt(mine[mine.teacher_label == teacher][col])
+                row[teacher] = fmt(mine[teacher].runs[col]) if teacher in mine else "—"
             row[BASELINE_COLUMN] = fmt(base[col])
             rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["Student", "Split", *teachers, BASELINE_COLUMN])
 
 
-def kd_groups(trials: pd.DataFrame, studies: list[str]):
-    """(study, method, student, teacher label, the cell's runs, the student's baseline runs)
-    per KD cell, study by study in the job's order."""
-    baselines = baseline_rows(trials)
-    for study in studies:
-        cells = kd_cells(trials, study)
-        for (method, student, teacher), group in cells.groupby(
-            ["method", "model", "teacher_label"], sort=False
-        ):
-            yield study, method, student, teacher, group, baselines[baselines.model == student]
+def _number(value: float | None, sign: str = "") -> str:
+    return "—" if value is None or pd.isna(value) else f"{value:{sign}.3f}"
 
 
-SUMMARY_COLUMNS = [
-    "Study",
-    "Method",
-    "Student",
-    "Teacher",
-    "Teacher valid",
-    "KD test",
-    "Baseline test",
-    "Gain",
-]
-
-
-def summary_table(trials: pd.DataFrame, studies: list[str]) -> pd.DataFrame:
+def summary_table(cells: list[Cell]) -> pd.DataFrame:
+    """Each KD cell's test accuracy against its student's baseline, paired by seed: the mean
+    gain, its 95% interval (t or bootstrap), the Holm-corrected paired p, n and a verdict."""
     rows = []
-    for study, method, student, teacher, group, base in kd_groups(trials, studies):
-        kd_test, base_test = group.test_acc.dropna(), base.test_acc.dropna()
-        gain = kd_test.mean() - base_test.mean() if len(kd_test) and len(base_test) else None
+    for c in cells:
+        g = c.gain
+        interval = "—"
+        if g.low is not None:
+            interval = f"[{g.low:+.3f}, {g.high:+.3f}] ({g.interval})"
         rows.append(
             {
-                "Study": study,
-                "Method": method,
-                "Student": student,
-                "Teacher": teacher,
-                "Teacher valid": fmt(group.teacher_val_acc),
-                "KD test": fmt(group.test_acc),
-                "Baseline test": fmt(base.test_acc),
-                "Gain": "—" if gain is None or pd.isna(gain) else f"{gain:+.3f}",
+                "Study": c.study,
+                "Method": c.method,
+                "Student": c.student,
+                "Teacher": c.teacher,
+                "Setting": c.chosen or "—",
+                "Teacher valid": fmt(c.runs.teacher_val_acc),
+                "KD test": fmt(c.runs.test_acc),
+                "Baseline test": fmt(c.baseline.test_acc),
+                "Gain": _number(g.mean, "+"),
+                "95% interval": interval,
+                "p (Holm)": "—" if g.p_holm is None else f"{g.p_holm:.3g}",
+                "n": g.n,
+                "Verdict": g.verdict,
             }
         )
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
 
+def improvement_table(cells_by_study: dict[str, list[Cell]]) -> pd.DataFrame:
+    rows = []
+    for study, cells in cells_by_study.items():
+        n, share = improvement(cells)
+        rows.append({"Study": study, "Paired runs": n, "P(KD beats baseline)": _number(share)})
+    return pd.DataFrame(rows, columns=["Study", "Paired runs", "P(KD beats baseline)"])
+
+
+def sensitivity_table(cells: list[Cell]) -> pd.DataFrame:
+    """Every setting of a sweeping study: validation and test accuracy, the chosen one marked."""
+    rows = []
+    for c in cells:
+        for label, runs in c.settings.items():
+            rows.append(
+                {
+                    "Student": c.student,
+                    "Teacher": c.teacher,
+                    "Setting": label,
+                    "Valid": fmt(runs.val_acc),
+                    "Test": fmt(runs.test_acc),
+                    "Seeds": int(runs.val_acc.notna().sum()),
+                    "Chosen": "✓" if label == c.chosen else "",
+                }
+            )
+    return pd.DataFrame(rows, columns=SENSITIVITY_COLUMNS)
+
+
 def study_title(trials: pd.DataFrame, study: str) -> str:
-    methods = list(dict.fromkeys(kd_cells(trials, study).method))
+    methods = list(dict.fromkeys(kd_runs(trials, study).method))
     return f"{study} ({', '.join(methods) or 'no runs'}): student x teacher accuracy"
 
 
 def tables(trials: pd.DataFrame, studies: list[str]) -> dict[str, tuple[str, pd.DataFrame]]:
     """Name -> (title, table) for every table of the export: `teachers`, `baseline`, one per
-    study (no columns when none of its trials finished), `summary`, and `unfinished` when some
-    trial did not finish."""
+    study (no columns when none of its trials finished) and `<study>.sensitivity` for a study
+    that sweeps, `summary`, `improvement`, and `unfinished` when some trial did not finish."""
     done = trials[trials.status == "finished"]
+    cells = {study: study_cells(done, study) for study in studies}
     out = {
         "teachers": ("Teachers", teachers_table(done)),
         "baseline": ("No-KD baselines", baseline_table(done)),
     }
     for study in studies:
-        out[study] = (study_title(trials, study), study_table(done, study))
+        out[study] = (study_title(trials, study), study_table(cells[study]))
+        if any(len(c.settings) > 1 for c in cells[study]):
+            title = f"{study}: every setting of the sweep (chosen on validation accuracy)"
+            out[f"{study}.sensitivity"] = (title, sensitivity_table(cells[study]))
     out["summary"] = (
-        "KD gain over each student's baseline (test accuracy)",
-        summary_table(done, studies),
+        "KD gain over each student's baseline (test accuracy, paired by seed)",
+        summary_table([c for study in studies for c in cells[study]]),
     )
+    out["improvement"] = ("How often KD beat its baseline", improvement_table(cells))
     failed = trials[trials.status != "finished"]
     if not failed.empty:
         out["unfinished"] = ("Unfinished trials", failed[["trial_id", "status", "error"]])
@@ -200,6 +233,9 @@ def render_tables(trials: pd.DataFrame, studies: list[str]) -> dict[str, str]:
     for name, (title, table) in tables(trials, studies).items():
         if name == "unfinished":
             out["summary.md"] += f"\n## {title}\n\n" + markdown(table.fillna(""))
+            continue
+        if name == "improvement":
+            out["summary.md"] += f"\n## {title}\n\n{markdown(table)}\n{STATISTICS_NOTE}\n"
             continue
         body = markdown(table) if len(table.columns) else "_no finished trials_\n"
         out[f"{name}.md"] = f"# {title}\n\n{body}"

@@ -7,6 +7,9 @@ each, naming the field path and what is allowed.
 
 from __future__ import annotations
 
+import types
+import typing
+from itertools import product
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -119,6 +122,17 @@ MethodConfig = (
 )
 
 
+def scalar_field(params_cls: type[BaseModel], key: str) -> bool:
+    """Whether a method parameter holds one number or word (so a list of them is a sweep)."""
+    field_info = params_cls.model_fields.get(key)
+    if field_info is None or key == "name":
+        return False
+    annotation = field_info.annotation
+    kinds = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else ()
+    kinds = [k for k in kinds if k is not type(None)] or [annotation]
+    return all(k in (int, float, str) or typing.get_origin(k) is Literal for k in kinds)
+
+
 class Study(Strict):
     teachers: list[str | list[str]] = Field(
         default_factory=list,
@@ -136,6 +150,32 @@ class Study(Strict):
     eval_every_steps: int | None = Field(
         None, ge=1, description="defective teachers: evaluate every N steps (default: auto)"
     )
+    sweep: dict[str, list[float | int | str]] = Field(
+        default_factory=dict,
+        description="method parameters given as lists in `method`: every combination is a "
+        "setting, each trained for every student, teacher and seed",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lists_in_the_method_are_a_sweep(cls, data: Any) -> Any:
+        """`method: {name: kd, temperature: [1, 4]}` sweeps temperature: the lists move to
+        `sweep`, the method keeps each list's first value (so it validates as usual)."""
+        if not isinstance(data, dict) or not isinstance(data.get("method"), dict):
+            return data
+        method = dict(data["method"])
+        params_cls = getattr(METHODS.get(method.get("name")), "Params", None)
+        if params_cls is None:
+            return data
+        swept = {
+            key: value
+            for key, value in method.items()
+            if isinstance(value, list) and value and scalar_field(params_cls, key)
+        }
+        if not swept:
+            return data
+        method.update({key: values[0] for key, values in swept.items()})
+        return {**data, "method": method, "sweep": {**data.get("sweep", {}), **swept}}
 
     @field_validator("teacher_val_band")
     @classmethod
@@ -146,6 +186,11 @@ class Study(Strict):
 
     def method_name(self) -> str:
         return self.method.name if self.method is not None else "kd"
+
+    def settings(self) -> list[dict]:
+        """Every combination of the swept parameters (`[{}]` without a sweep)."""
+        keys = list(self.sweep)
+        return [dict(zip(keys, combo, strict=True)) for combo in product(*self.sweep.values())]
 
     def teacher_groups(self) -> list[list[str]]:
         """Each entry of `teachers` as a list: one model, `self`, or an ensemble's models."""
@@ -185,7 +230,28 @@ class Study(Strict):
             out.append(f"{where}.teacher_val_band: required for defective KD, e.g. [0.50, 0.65]")
         if self.teacher_val_band is not None and not self.teachers:
             out.append(f"{where}.teacher_val_band: this study has no teacher to stop early")
-        return out
+        return out + self._sweep_problems(where, method)
+
+    def _sweep_problems(self, where: str, method) -> list[str]:
+        out = []
+        for key, values in self.sweep.items():
+            if key not in method.Params.model_fields or not scalar_field(method.Params, key):
+                out.append(f"{where}.method.{key}: not a number or word {method.name} can sweep")
+            elif len(set(map(str, values))) != len(values) or not values:
+                out.append(f"{where}.method.{key}: a sweep lists distinct values, got {values}")
+        if out:
+            return out
+        base = self.method.model_dump() if self.method is not None else {"name": method.name}
+        for setting in self.settings():
+            try:
+                method.Params.model_validate({**base, **setting})
+            except ValidationError as exc:
+                for item in exc.errors():
+                    key = ".".join(str(p) for p in item["loc"])
+                    message = item["msg"].removeprefix("Value error, ")
+                    value = setting.get(key)
+                    out.append(f"{where}.method.{key}: {value!r} in the sweep: {message}")
+        return list(dict.fromkeys(out))
 
 
 class Resources(Strict):
@@ -279,17 +345,19 @@ class Job(Strict):
             raise JobError(problems)
         return self
 
-    def method_params(self, study_name: str) -> MethodParams:
-        """The study's method settings; Hinton parameters it leaves unset come from `distill`."""
+    def method_params(self, study_name: str, setting: dict | None = None) -> MethodParams:
+        """The study's method parameters (for one `setting` of its sweep; default: the first);
+        Hinton parameters it leaves unset come from `distill`."""
         study = self.studies[study_name]
         method = METHODS[study.method_name()]
         params = study.method if study.method is not None else method.Params()
+        setting = study.settings()[0] if setting is None else setting
         inherited = {
             key: getattr(self.distill, key)
             for key in method.distill_defaults
-            if key not in params.model_fields_set
+            if key not in params.model_fields_set and key not in setting
         }
-        return params.model_copy(update=inherited) if inherited else params
+        return method.Params.model_validate({**params.model_dump(), **inherited, **setting})
 
     def models(self) -> set[str]:
         return {

@@ -34,6 +34,7 @@ class RunSpec:
     seed: int
     method: str = PLAIN  # the distillation method the run trains with
     method_params: dict | None = None
+    setting: dict = field(default_factory=dict)  # the swept parameters' values, if any
     teacher_runs: list[str] = field(default_factory=list)  # several: an ensemble
     teacher_models: list[str] = field(default_factory=list)
     teacher_outputs: str | None = None  # how a KD run reads its teachers: cached | online
@@ -99,9 +100,22 @@ def plain_run(job: Job, model: str, seed: int, stage: Stage, band=None, eval_eve
     )
 
 
-def kd_run(job: Job, study_name: str, student: str, seed: int, teachers: list[RunSpec]):
+def setting_label(setting: dict) -> str:
+    """A sweep setting as a readable id part: `temperature1-alpha0.5`."""
+    return "-".join(f"{key}{value}" for key, value in setting.items())
+
+
+def kd_run(
+    job: Job,
+    study_name: str,
+    student: str,
+    seed: int,
+    teachers: list[RunSpec],
+    setting: dict | None = None,
+):
+    setting = setting or {}
     method = METHODS[job.studies[study_name].method_name()]
-    params = job.method_params(study_name).model_dump(mode="json")
+    params = job.method_params(study_name, setting).model_dump(mode="json")
     reads = None
     if method.needs == "logits":
         reads = job.distill.teacher_outputs
@@ -115,13 +129,15 @@ def kd_run(job: Job, study_name: str, student: str, seed: int, teachers: list[Ru
         "teacher_runs": [t.run_id for t in teachers],
         "teacher_outputs": reads,
     }
+    label = "-".join(filter(None, [method.name, setting_label(setting)]))
     return RunSpec(
-        run_id=_run_id(job, identity, method.name),
+        run_id=_run_id(job, identity, label),
         stage="student",
         model=student,
         seed=seed,
         method=method.name,
         method_params=params,
+        setting=setting,
         teacher_runs=[t.run_id for t in teachers],
         teacher_models=[t.model for t in teachers],
         teacher_outputs=reads,
@@ -151,10 +167,14 @@ def make_plan(job: Job) -> Plan:
                         )
                         for model in group
                     ]
-                    kd = add(kd_run(job, study_name, student, seed, teachers), f"kd:{study_name}")
-                    if kd.teacher_outputs == "cached":
-                        for teacher in teachers:
-                            teacher.soft_labels = True
+                    for setting in study.settings():
+                        kd = add(
+                            kd_run(job, study_name, student, seed, teachers, setting),
+                            f"kd:{study_name}",
+                        )
+                        if kd.teacher_outputs == "cached":
+                            for teacher in teachers:
+                                teacher.soft_labels = True
         if job.baseline:
             students = dict.fromkeys(s for st in job.studies.values() for s in st.students)
             for student in students:

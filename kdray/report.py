@@ -20,7 +20,8 @@ import matplotlib
 import numpy as np
 import pandas as pd
 
-from kdray.export import baseline_rows, has_role, kd_cells, kd_groups, tables
+from kdray.cells import Cell, baseline_rows, has_role, study_cells
+from kdray.export import STATISTICS_NOTE, tables
 
 matplotlib.use("Agg")
 
@@ -79,27 +80,27 @@ def _mean_std(values: pd.Series) -> tuple[float, float, int]:
     return float(values.mean()) if len(values) else math.nan, std, len(values)
 
 
-def gain_figure(done: pd.DataFrame, studies: list[str]) -> str | None:
+def gain_figure(cells: list[Cell]) -> str | None:
     """Paired bars: each KD cell's test accuracy and its student's baseline; std over seeds."""
-    cells = []
-    for study, _, student, teacher, group, base in kd_groups(done, studies):
-        kd, base_ = _mean_std(group.test_acc), _mean_std(base.test_acc)
+    bars = []
+    for c in cells:
+        kd, base_ = _mean_std(c.runs.test_acc), _mean_std(c.baseline.test_acc)
         if kd[2]:
-            cells.append((f"{study}\n{student} ← {teacher}", kd, base_))
-    if not cells:
+            bars.append((f"{c.study}: {c.student} ← {c.teacher}", kd, base_))
+    if not bars:
         return None
     # one row per cell, read top to bottom in the tables' order: stays legible for a thesis grid
-    y = np.arange(len(cells))[::-1]
+    y = np.arange(len(bars))[::-1]
     height = 0.38
-    fig, ax = plt.subplots(figsize=(7.0, 0.55 * len(cells) + 1.4))
-    several = any(c[1][2] > 1 or c[2][2] > 1 for c in cells)
+    fig, ax = plt.subplots(figsize=(7.0, 0.55 * len(bars) + 1.4))
+    several = any(c[1][2] > 1 or c[2][2] > 1 for c in bars)
     for offset, which, name, color in ((1, 1, "KD", "C0"), (-1, 2, "no-KD baseline", "C7")):
-        means = [c[which][0] for c in cells]
-        errs = [c[which][1] for c in cells] if several else None
+        means = [c[which][0] for c in bars]
+        errs = [c[which][1] for c in bars] if several else None
         ax.barh(
             y + offset * height / 2, means, height, xerr=errs, capsize=3, label=name, color=color
         )
-    ax.set_yticks(y, [c[0].replace("\n", ": ") for c in cells], fontsize=8)
+    ax.set_yticks(y, [c[0] for c in bars], fontsize=8)
     ax.set_xlabel("test accuracy")
     ax.set_xlim(0, 1)
     ax.legend(fontsize=8, loc="lower right")
@@ -108,13 +109,65 @@ def gain_figure(done: pd.DataFrame, studies: list[str]) -> str | None:
     return svg(fig, "gain")
 
 
-def heatmap_figure(done: pd.DataFrame, study: str) -> str | None:
-    """Student x Teacher mean test accuracy of one study, values written in the cells."""
-    cells = kd_cells(done, study)
-    cells = cells[pd.to_numeric(cells.test_acc, errors="coerce").notna()]
-    if cells.empty:
+def forest_figure(cells: list[Cell], study: str) -> str | None:
+    """The paired gain of each cell of a study with its 95% interval, a line at zero."""
+    rows = [c for c in cells if c.gain.mean is not None]
+    if not rows:
         return None
-    grid = cells.pivot_table(
+    y = np.arange(len(rows))[::-1]
+    fig, ax = plt.subplots(figsize=(7.0, 0.45 * len(rows) + 1.3))
+    ax.axvline(0, color="C7", lw=1)
+    for yi, c in zip(y, rows, strict=True):
+        g = c.gain
+        if g.low is not None:
+            ax.plot([g.low, g.high], [yi, yi], color="C0", lw=2)
+        color = {"better": "C2", "worse": "C3"}.get(g.verdict, "C0")
+        ax.plot([g.mean], [yi], "o", color=color)
+        ax.annotate(f" {g.verdict}, n={g.n}", (g.mean, yi), fontsize=7, va="bottom")
+    ax.set_yticks(y, [f"{c.student} ← {c.teacher}" for c in rows], fontsize=8)
+    ax.set_xlabel("test accuracy gain over the no-KD baseline (paired by seed, 95% interval)")
+    ax.set_title(f"{study}: KD gain")
+    return svg(fig, f"forest-{study}")
+
+
+def sensitivity_figure(cells: list[Cell], study: str) -> str | None:
+    """Validation and test accuracy of every setting of a sweep, per cell; the chosen ringed."""
+    swept = [c for c in cells if len(c.settings) > 1]
+    if not swept:
+        return None
+    fig, axes = plt.subplots(
+        1, len(swept), figsize=(4.6 * len(swept), 3.6), sharey=True, squeeze=False
+    )
+    for ax, c in zip(axes[0], swept, strict=True):
+        labels = list(c.settings)
+        x = np.arange(len(labels))
+        for column, name, color in (("val_acc", "valid", "C1"), ("test_acc", "test", "C0")):
+            stats = [_mean_std(c.settings[label][column]) for label in labels]
+            ax.errorbar(
+                x, [m for m, _, _ in stats], yerr=[s for _, s, _ in stats], fmt="o-",
+                capsize=3, color=color, label=name,
+            )  # fmt: skip
+        chosen = labels.index(c.chosen)
+        ax.plot([chosen], [_mean_std(c.runs.val_acc)[0]], "o", ms=14, mfc="none", color="C3")
+        ax.set_xticks(x, [label.replace(", ", "\n") for label in labels], fontsize=7)
+        ax.set_title(f"{c.student} ← {c.teacher}", fontsize=9)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("accuracy (mean ± std over seeds)")
+    fig.suptitle(f"{study}: every setting (ringed: chosen on validation)", fontsize=10)
+    return svg(fig, f"sensitivity-{study}")
+
+
+def heatmap_figure(cells: list[Cell], study: str) -> str | None:
+    """Student x Teacher mean test accuracy of one study (the chosen setting of a sweep)."""
+    rows = [
+        {"model": c.student, "teacher_label": c.teacher, "test_acc": v}
+        for c in cells
+        for v in pd.to_numeric(c.runs.test_acc, errors="coerce").dropna()
+    ]
+    if not rows:
+        return None
+    runs = pd.DataFrame(rows)
+    grid = runs.pivot_table(
         index="model", columns="teacher_label", values="test_acc", aggfunc="mean", sort=False
     )
     values = grid.to_numpy(dtype=float)
@@ -131,7 +184,7 @@ def heatmap_figure(done: pd.DataFrame, study: str) -> str | None:
     ax.invert_yaxis()
     ax.set_xlabel("teacher")
     ax.set_ylabel("student")
-    several = cells.groupby(["model", "teacher_label"]).size().max() > 1
+    several = runs.groupby(["model", "teacher_label"]).size().max() > 1
     ax.set_title(f"{study}: test accuracy" + (" (mean over seeds)" if several else ""))
     return svg(fig, f"heatmap-{study}")
 
@@ -209,11 +262,18 @@ def render_report(
             parts.append(figure)
         parts.append(html_table(table))
 
-    section("summary", figure=gain_figure(done, studies))
+    cells = {study: study_cells(done, study) for study in studies}
+    section("summary", figure=gain_figure([c for s in studies for c in cells[s]]))
+    for study in studies:
+        parts.append(forest_figure(cells[study], study) or "")
+    section("improvement")
+    parts.append(f'<p class="note">{html.escape(STATISTICS_NOTE)}</p>')
     section("teachers")
     section("baseline")
     for study in studies:
-        section(study, figure=heatmap_figure(done, study))
+        section(study, figure=heatmap_figure(cells[study], study))
+        if f"{study}.sensitivity" in all_tables:
+            section(f"{study}.sensitivity", figure=sensitivity_figure(cells[study], study))
     parts.append("<h2>Learning curves</h2>")
     curves = curves_figure(done, epochs, studies)
     parts.append(curves or '<p class="note">no epochs recorded</p>')

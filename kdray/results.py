@@ -31,7 +31,8 @@ TRIAL_SCHEMA = pa.schema(
         pa.field("trial_id", pa.string(), nullable=False),
         pa.field("stage", pa.string(), nullable=False),  # teacher | student
         pa.field("method", pa.string(), nullable=False),  # none | kd | dkd | fitnets | ...
-        pa.field("method_params", pa.string()),  # the method's settings, JSON
+        pa.field("method_params", pa.string()),  # the method's parameters, JSON
+        pa.field("setting", pa.string()),  # the swept parameters' values, JSON; null: no sweep
         pa.field("model", pa.string(), nullable=False),
         pa.field("teacher", pa.string()),  # teacher model(s), "+"-joined for an ensemble
         pa.field("teacher_trial_ids", pa.list_(pa.string())),
@@ -86,6 +87,31 @@ EPOCH_SCHEMA = pa.schema(
 LOSS_TERM_PREFIX = "loss_"  # one float64 column per loss term any run's method returned
 
 
+PARAM_PREFIX = "param_"  # one column per method parameter any run has, to filter on
+
+
+def param_columns(specs: list[RunSpec]) -> tuple[list[pa.Field], list[dict]]:
+    """`param_<name>` columns: float64 where every value is a number, else string (lists as
+    JSON); one dict of values per run (null where the run's method has no such parameter)."""
+    values = [{k: v for k, v in (s.method_params or {}).items() if k != "name"} for s in specs]
+    names = sorted({k for v in values for k in v})
+    fields = []
+    for name in names:
+        column = [v[name] for v in values if v.get(name) is not None]
+        numeric = all(isinstance(x, int | float) and not isinstance(x, bool) for x in column)
+        fields.append(pa.field(PARAM_PREFIX + name, pa.float64() if numeric else pa.string()))
+    rows = []
+    for v in values:
+        row = {}
+        for f in fields:
+            x = v.get(f.name.removeprefix(PARAM_PREFIX))
+            if x is not None and pa.types.is_string(f.type) and not isinstance(x, str):
+                x = json.dumps(x)
+            row[f.name] = x
+        rows.append(row)
+    return fields, rows
+
+
 def epoch_schema(rows: list[dict]) -> pa.Schema:
     """`EPOCH_SCHEMA` plus a `loss_<term>` column for every term found in `rows`."""
     terms = sorted({k for r in rows for k in r if k.startswith(LOSS_TERM_PREFIX)})
@@ -107,6 +133,7 @@ def trial_row(exp: Experiment, spec: RunSpec, failure: str | None = None) -> dic
         "stage": spec.stage,
         "method": spec.method,
         "method_params": json.dumps(spec.method_params) if spec.method_params else None,
+        "setting": json.dumps(spec.setting) if spec.setting else None,
         "model": spec.model,
         "teacher": "+".join(spec.teacher_models) or None,
         "teacher_trial_ids": list(spec.teacher_runs),
@@ -159,8 +186,13 @@ def write_results(exp: Experiment, failures: dict[str, str] | None = None) -> pa
     """Rebuild `results/trials.parquet` and `results/epochs.parquet` from the run folders."""
     failures = failures or {}
     runs = list(exp.plan().runs.values())
+    fields, params = param_columns(runs)
     trials = pa.Table.from_pylist(
-        [trial_row(exp, r, failures.get(r.run_id)) for r in runs], schema=TRIAL_SCHEMA
+        [
+            {**trial_row(exp, r, failures.get(r.run_id)), **p}
+            for r, p in zip(runs, params, strict=True)
+        ],
+        schema=pa.schema([*TRIAL_SCHEMA, *fields]),
     )
     rows = [row for r in runs for row in epoch_rows(exp, r)]
     schema = epoch_schema(rows)
@@ -171,7 +203,13 @@ def write_results(exp: Experiment, failures: dict[str, str] | None = None) -> pa
 
 
 def read_trials(exp: Experiment) -> pa.Table:
+    """`trials.parquet`, rebuilt from the run folders when it is missing, unreadable, or was
+    written by an older kdray (a column of today's schema is missing)."""
     path = exp.results_dir / "trials.parquet"
-    if not path.is_file():
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowInvalid):
         return write_results(exp)
-    return pq.read_table(path)
+    if not set(TRIAL_SCHEMA.names) <= set(table.column_names):
+        return write_results(exp)
+    return table
