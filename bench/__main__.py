@@ -53,6 +53,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+# what the worker's `epoch_s` (results/epochs.parquet) covers, so P1's two sides time the same
+# thing: since `kdray.training.train_epoch` it is the epoch's batches alone (`train_s`); before,
+# the worker added its validation pass (then this was "epoch_s", the batches plus validation)
+WORKER_EPOCH_S = "train_s"
+
+
 def bare_summary(runs: list[dict]) -> dict:
     """Pool bare loops' timed epochs, per KD mode (`online`, `cached`, when they ran): images/s
     (P1's reference is the online one), mean KD epoch ÷ mean no-KD epoch (P4), the share of
@@ -81,7 +87,7 @@ def bare_summary(runs: list[dict]) -> dict:
         if not kd:
             continue
         out[mode] = {
-            "images_per_s": total(kd, "images") / total(kd, "epoch_s"),
+            "images_per_s": total(kd, "images") / total(kd, WORKER_EPOCH_S),
             "kd_overhead": mean(kd, "epoch_s") / mean(plain, "epoch_s"),
             "kd_overhead_train_only": mean(kd, "train_s") / mean(plain, "train_s"),
             "teacher_share": total(kd, "teacher_s") / total(kd, "train_s"),
@@ -163,9 +169,9 @@ def run_all(quick: bool, keep: bool) -> dict:
         log(f"quickstart grid: {len(make_plan(job).runs)} runs")
         grid = raygrid.run_grid(job)
         log(f"quickstart grid done in {grid.makespan_s:.1f}s (all finished: {grid.ok})")
-        teacher_run = make_plan(p1_job).stage("teacher")[0].run_id
+        p1_kd = next(r for r in make_plan(p1_job).runs.values() if "kd:normal" in r.roles)
         p1_exp = raygrid.Experiment.create(p1_job)
-        raygrid.seed_teacher(grid.exp, p1_exp, teacher_run)
+        raygrid.seed_teachers(grid.exp, p1_exp, p1_kd.teacher_runs)
         bare_before = bare_quickstart("before the solo trial")
         log("one KD trial alone (its teacher copied from the grid)")
         solo = raygrid.run_grid(p1_job)

@@ -1,43 +1,51 @@
-"""Bare PyTorch loops: the worker's per-epoch work, without Ray.
+"""Bare loops: the Ray worker's own training pieces, without Ray.
 
-Each loop does what `kdray.worker.train_loop` does in an epoch — the same reproducible batches
-(`kdray.train_data.train_batches`: the job's albumentations pipeline, per-epoch reseeded shuffle
-and augmentation, `(x, y, index)` batches), the same models (`timm` via
-`kdray.models.create_model`), optimizer, loss (`kdray.strategies`), autocast/GradScaler/scheduler
-steps, per-batch bookkeeping and the closing validation `predict` — on data held in memory, with
-`torch.set_num_threads` set to the job's torch threads. A KD epoch gets its teacher's logits in
-one of the worker's two ways (`distill.teacher_outputs`): `online`, the teacher's forward pass on
-every batch, or `cached`, rows of the soft-label cache (`kdray.soft_labels`, built once for the
-bare teacher before the timed epochs) looked up by the batch's sample indices. The functions here
-are meant to run in a fresh process (`bench.common.in_fresh_process`), so their peak RSS is their
-own.
+Each loop builds its runs with `kdray.training.build_session` (rank 0 of 1, on the CPU, the
+module moved to the device as `prepare`'s default does) and trains them with
+`kdray.training.train_epoch`, the code `kdray.worker.train_loop` runs inside Ray Train: the
+same reproducible batches, models, method (`kdray.methods`), optimizer, autocast / GradScaler /
+scheduler steps and teacher sources (`kdray.teachers`), then the worker's closing validation
+(`Session.val_accuracy`). Each mode the benchmark measures is one run of the job's plan
+(`kdray.plan.make_plan` on the pair as a study): `plain` the student's no-KD baseline (method
+`none`), `cached` and `online` its Hinton KD run (method `kd`) reading the teacher's soft-label
+cache or running the teacher on every batch (`teacher_outputs`). The teacher is a fresh model
+saved as a teacher run leaves it (`model.pt`, plus `kdray.soft_labels.build`'s cache, built
+before the timed epochs).
+
+Nothing is copied from the loop: the timings are taken around its pieces. The session's batches
+are wrapped so the time inside their iterator's `next()` is counted (data wait), and so is the
+time inside the teacher source's `outputs()` (the teacher's forward, or the cache read). The
+functions here are meant to run in a fresh process (`bench.common.in_fresh_process`), so their
+peak RSS is their own.
 """
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from bench.common import peak_rss_mb
 from kdray import soft_labels
 from kdray.data.cache import DataInfo, load_split
+from kdray.evaluate import predict
 from kdray.job import Job
 from kdray.models import create_model, load_model, save_model
-from kdray.strategies import get_strategy
+from kdray.plan import RunSpec, make_plan
 from kdray.train_data import TrainBatches, train_batches
-from kdray.worker import _build_optimizer, _seed_everything, predict
+from kdray.training import Session, band_stop, build_session, seed_everything, train_epoch
 
 PLAIN, ONLINE, CACHED = "plain", "online", "cached"
 # the order of one round of timed epochs; the next round runs it backwards
 MODES = (CACHED, PLAIN, ONLINE)
 SEED = 0  # the run's seed (spec.seed); rank 0
+STUDY = "normal"  # the quickstart's Hinton-KD study: the pair is planned as this study
 
 
 @dataclass
@@ -47,11 +55,11 @@ class EpochTiming:
     mode: str  # "plain" (no KD), "online" (teacher on every batch) or "cached" (soft labels)
     images: int
     steps: int
-    data_s: float  # inside the loader's next() + the batch's device transfer
-    teacher_s: float  # online: the teacher's forward (no grad); cached: reading the logits
-    student_s: float  # student forward, loss, backward, optimizer step, bookkeeping
-    train_s: float  # the epoch's batches, first next() to the last step's end
-    eval_s: float  # the closing validation predict (0 when skipped)
+    data_s: float  # inside the batches iterator's next() (the device transfer: none on CPU)
+    teacher_s: float  # inside the teacher source's outputs(): the forward, or the cache read
+    student_s: float  # the rest of the batches: student forward, loss, backward, step, totals
+    train_s: float  # the epoch's batches: `train_epoch`'s own `epoch_s`
+    eval_s: float  # the closing validation (`Session.val_accuracy`; 0 when skipped)
 
     @property
     def kd(self) -> bool:
@@ -59,181 +67,181 @@ class EpochTiming:
 
     @property
     def epoch_s(self) -> float:
-        """What the worker records as `epoch_s`: the batches plus the validation pass."""
+        """The batches plus the validation pass."""
         return self.train_s + self.eval_s
 
     def to_json(self) -> dict:
         return asdict(self) | {"kd": self.kd, "epoch_s": self.epoch_s}
 
 
+class TimedBatches:
+    """A session's batches, counting the time spent inside their iterator's `next()` and
+    stopping an epoch after `max_steps` batches (what `train_epoch` sees of `TrainBatches`)."""
+
+    def __init__(self, batches: TrainBatches):
+        self.inner = batches
+        self.max_steps: int | None = None
+        self.data_s, self.steps, self.images = 0.0, 0, 0
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def reset(self, max_steps: int | None) -> None:
+        self.max_steps = max_steps
+        self.data_s, self.steps, self.images = 0.0, 0, 0
+
+    def epoch(self, epoch: int) -> Iterator:
+        batches = iter(self.inner.epoch(epoch))  # a generator (the prefetch thread's queue)
+        try:
+            while self.max_steps is None or self.steps < self.max_steps:
+                t0 = time.perf_counter()
+                try:
+                    batch = next(batches)
+                except StopIteration:
+                    return
+                self.data_s += time.perf_counter() - t0
+                self.steps += 1
+                self.images += len(batch[1])
+                yield batch
+        finally:
+            close = getattr(batches, "close", None)
+            if close is not None:  # stops the prefetch thread of an epoch cut short
+                close()
+
+
+class TimedTeachers:
+    """A session's teacher source, counting the time spent inside `outputs()`."""
+
+    def __init__(self, teachers):
+        self.inner = teachers
+        self.kind = teachers.kind
+        self.seconds = 0.0
+
+    def outputs(self, x: torch.Tensor, epoch: int, rank: int, start: int):
+        t0 = time.perf_counter()
+        out = self.inner.outputs(x, epoch, rank, start)
+        self.seconds += time.perf_counter() - t0
+        return out
+
+
 @dataclass
 class Loop:
-    """The pieces of one worker loop, built as `train_loop` builds them."""
+    """One session per mode, built as the worker builds its run, with timing wrappers."""
 
     job: Job
-    info: DataInfo
-    device: torch.device
-    model: torch.nn.Module
-    teacher: torch.nn.Module | None
-    optimizer: torch.optim.Optimizer
-    scheduler: object | None
-    scaler: torch.amp.GradScaler
-    amp_dtype: torch.dtype | None
-    batches: TrainBatches
-    valid_images: np.ndarray
-    valid_labels: np.ndarray
-    cached_logits: np.ndarray | None = None  # soft_labels.load(): memory-mapped float16
-    cache: dict = field(default_factory=dict)  # how the cache was built: seconds, MB, epochs
+    sessions: dict[str, Session]
+    cache: dict = dataclasses.field(default_factory=dict)  # how the cache was built
     val_acc: float | None = None  # the last validation's accuracy
 
-    def autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+def pair_job(job: Job, student: str, teacher: str, epochs: int) -> Job:
+    """The job with the pair as its only study (Hinton KD, the job's `distill` settings) plus
+    the student's baseline, trained for `epochs` epochs: the number of epochs the bare loop
+    runs, so the soft-label cache covers every one of them."""
+    raw = job.model_dump(mode="json")
+    raw["studies"] = {STUDY: {"teachers": [teacher], "students": [student]}}
+    raw["baseline"] = True
+    raw["seeds"] = [SEED]
+    raw["train"]["epochs"] = epochs
+    return Job.model_validate(raw)
 
 
-def build_loop(job: Job, info: DataInfo, student: str, teacher: str | None) -> Loop:
-    """Models, optimizer, in-memory data and batches exactly as the worker sets them up."""
-    device = torch.device("cpu")
-    _seed_everything(SEED)
-    model = create_model(student, info.num_classes, info.channels)
-    if job.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    model = model.to(device)
-    teacher_model = None
-    if teacher is not None:  # load_model gives the worker's teacher in eval mode
-        teacher_model = create_model(teacher, info.num_classes, info.channels).to(device).eval()
-        for p in teacher_model.parameters():
-            p.requires_grad_(False)
-    train_images, train_labels = load_split(info.path, "train", mmap=False)
-    valid_images, valid_labels = load_split(info.path, "valid", mmap=False)
-    t = job.train
-    batches = train_batches(
-        train_images,
-        train_labels,
-        t.augment,
-        info.mean,
-        info.std,
-        t.batch_size,
-        SEED,
-        prefetch=t.prefetch_batches,
-    )
-    optimizer = _build_optimizer(job, model.parameters())
-    scheduler = (
-        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t.epochs * len(batches))
-        if t.scheduler == "cosine"
-        else None
-    )
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.precision)
-    scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "fp16")
-    return Loop(
-        job,
-        info,
-        device,
-        model,
-        teacher_model,
-        optimizer,
-        scheduler,
-        scaler,
-        amp_dtype,
-        batches,
-        valid_images,
-        valid_labels,
-    )
-
-
-def build_cache(loop: Loop, epochs: int, folder: Path) -> None:
-    """The bare teacher's soft-label cache for `epochs` epochs of the loop's batches, built as a
-    teacher trial builds it (`soft_labels.build` into `folder`) and opened as a KD student opens
-    it (`soft_labels.load`: memory-mapped); the build is timed, outside every timed epoch."""
-    job = loop.job.model_copy(
-        update={"train": loop.job.train.model_copy(update={"epochs": epochs})}
-    )
-    t0 = time.perf_counter()
-    path = soft_labels.build(loop.teacher, job, SEED, loop.info, loop.device, folder)
-    build_s = time.perf_counter() - t0
-    loop.cached_logits = soft_labels.load(folder, soft_labels.cache_key(job, SEED, loop.info))
-    if loop.cached_logits is None:
-        raise RuntimeError(f"soft labels in {folder} do not match the key they were built for")
-    mb = path.stat().st_size / 2**20
-    job_epochs = loop.job.train.epochs
-    loop.cache = {
-        "epochs": epochs,
-        "build_s": build_s,
-        "mb": mb,
-        # scaled to the job's own epochs: what a teacher trial of this job builds and writes
-        "job_epochs": job_epochs,
-        "job_build_s": build_s / epochs * job_epochs,
-        "job_mb": mb / epochs * job_epochs,
+def mode_specs(job: Job) -> tuple[RunSpec, dict[str, RunSpec]]:
+    """The pair's teacher run, and the run each mode trains: the student's baseline (`plain`)
+    and its KD run reading the cache (`cached`) or running the teacher (`online`)."""
+    runs = make_plan(job).runs.values()
+    teacher = next(r for r in runs if f"teacher:{STUDY}" in r.roles)
+    kd = next(r for r in runs if f"kd:{STUDY}" in r.roles)
+    plain = next(r for r in runs if "baseline" in r.roles and r.model == kd.model)
+    return teacher, {
+        PLAIN: plain,
+        CACHED: dataclasses.replace(kd, teacher_outputs="cached"),
+        ONLINE: dataclasses.replace(kd, teacher_outputs="online"),
     }
+
+
+def make_teacher(job: Job, spec: RunSpec, info: DataInfo, folder: Path, cache: bool) -> dict:
+    """A teacher run's folder as a finished teacher leaves it: a fresh model in `model.pt`
+    (its weights do not change the cost) and, with `cache`, its soft labels, built by
+    `soft_labels.build` (timed: a teacher-side cost, outside every timed epoch)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    seed_everything(spec.seed)
+    teacher = create_model(spec.model, info.num_classes, info.channels)
+    save_model(
+        folder / "model.pt",
+        teacher,
+        model=spec.model,
+        num_classes=info.num_classes,
+        in_chans=info.channels,
+        classes=info.classes,
+        mean=info.mean,
+        std=info.std,
+        image_size=info.image_size,
+    )
+    if not cache:
+        return {}
+    t0 = time.perf_counter()
+    path = soft_labels.build(teacher, job, spec.seed, info, torch.device("cpu"), folder)
+    build_s = time.perf_counter() - t0
+    return {"build_s": build_s, "mb": path.stat().st_size / 2**20}
+
+
+def build_loop(
+    job: Job, info: DataInfo, student: str, teacher: str, modes: tuple[str, ...], epochs: int,
+    folder: Path,
+) -> Loop:  # fmt: skip
+    """The teacher run's folder, then one session per mode, each built by `build_session`."""
+    device = torch.device("cpu")
+    bench_job = pair_job(job, student, teacher, epochs)
+    teacher_spec, specs = mode_specs(bench_job)
+    teacher_dir = folder / teacher_spec.run_id
+    cache = make_teacher(bench_job, teacher_spec, info, teacher_dir, CACHED in modes)
+    if cache:
+        job_epochs = job.train.epochs
+        cache |= {
+            "epochs": epochs,
+            # scaled to the job's own epochs: what a teacher trial of this job builds and writes
+            "job_epochs": job_epochs,
+            "job_build_s": cache["build_s"] / epochs * job_epochs,
+            "job_mb": cache["mb"] / epochs * job_epochs,
+        }
+    sessions = {}
+    for mode in modes:
+        spec = specs[mode]
+        dirs = [folder / t for t in spec.teacher_runs]
+        session = build_session(bench_job, spec, info, dirs, device)
+        if session.teachers.kind != (None if mode == PLAIN else mode):
+            raise RuntimeError(
+                f"{mode} run got teacher outputs {session.teachers.kind!r}: the soft labels in "
+                f"{teacher_dir} do not match the run's cache key"
+            )
+        session.batches = TimedBatches(session.batches)
+        session.teachers = TimedTeachers(session.teachers)
+        sessions[mode] = session
+    return Loop(bench_job, sessions, cache)
 
 
 def run_epoch(
     loop: Loop, epoch: int, mode: str, max_steps: int | None = None, validate: bool = True
 ) -> EpochTiming:
-    """One epoch of the worker's loop body. `plain`: the student alone (cross-entropy), as its
-    no-KD baseline trains; `online` / `cached`: the Hinton loss with the teacher's logits from
-    its forward pass on the batch / from the soft-label cache at (epoch, rank 0, position)."""
-    job, model, device = loop.job, loop.model, loop.device
-    d = job.distill
-    strategy = get_strategy("none" if mode == PLAIN else "normal")(
-        d.temperature, d.alpha, d.kl_reduction
-    )
-    if mode == CACHED and loop.cached_logits is None:
-        raise ValueError("cached mode needs build_cache() first")
-    model.train()
-    totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, seen
-    data_s = teacher_s = student_s = 0.0
-    steps = images = 0
-    start = time.perf_counter()
-    batches = loop.batches.epoch(epoch)  # a generator (the worker's prefetch thread)
-    while max_steps is None or steps < max_steps:
-        t0 = time.perf_counter()
-        try:
-            x, y, _ = next(batches)
-        except StopIteration:
-            break
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)  # as the worker
-        if job.train.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        t1 = time.perf_counter()
-        teacher_logits = None
-        if mode == CACHED:
-            rows = loop.cached_logits[epoch, 0, images : images + len(y)]  # rank 0, as the worker
-            teacher_logits = torch.from_numpy(rows.astype(np.float32)).to(device)
-        elif mode == ONLINE:
-            with torch.no_grad(), loop.autocast():
-                teacher_logits = loop.teacher(x)
-        t2 = time.perf_counter()
-        with loop.autocast():
-            logits = model(x)
-            losses = strategy.loss(logits, y, teacher_logits)
-        loop.optimizer.zero_grad(set_to_none=True)
-        loop.scaler.scale(losses["loss"]).backward()
-        loop.scaler.step(loop.optimizer)
-        loop.scaler.update()
-        if loop.scheduler is not None:
-            loop.scheduler.step()
-        with torch.no_grad():  # the worker's running totals, kept on the device
-            totals[0] += losses["loss"].detach().double() * len(y)
-            totals[1] += (logits.argmax(1) == y).sum()
-            totals[2] += len(y)
-        t3 = time.perf_counter()
-        data_s, teacher_s, student_s = data_s + t1 - t0, teacher_s + t2 - t1, student_s + t3 - t2
-        steps, images = steps + 1, images + len(y)
-    batches.close()  # stops the prefetch thread of an epoch cut short by max_steps
-    totals.tolist()  # the worker reads them once per epoch, for the epoch's row
-    train_s = time.perf_counter() - start
+    """One epoch of `mode`'s run: `train_epoch` (its first `max_steps` batches), then the
+    worker's validation."""
+    session = loop.sessions[mode]
+    batches, teachers = session.batches, session.teachers
+    batches.reset(max_steps)
+    teachers.seconds = 0.0
+    row = train_epoch(session, epoch, band_stop(session))
+    train_s = row["epoch_s"]
     eval_s = 0.0
-    if validate:  # the worker's val_accuracy()
+    if validate:
         t0 = time.perf_counter()
-        info = loop.info
-        probs = predict(
-            model, loop.valid_images, info.mean, info.std, device, job.train.eval_batch_size
-        )
-        loop.val_acc = float((probs.argmax(1) == loop.valid_labels).mean())
+        loop.val_acc = session.val_accuracy()
         eval_s = time.perf_counter() - t0
-    return EpochTiming(mode, images, steps, data_s, teacher_s, student_s, train_s, eval_s)
+    student_s = train_s - batches.data_s - teachers.seconds
+    return EpochTiming(
+        mode, batches.images, batches.steps, batches.data_s, teachers.seconds, student_s,
+        train_s, eval_s,
+    )  # fmt: skip
 
 
 def interleaved_epochs(
@@ -248,10 +256,10 @@ def interleaved_epochs(
     validate: bool = True,
     threads: int | None = None,
 ) -> dict:
-    """Epochs of one student in each of `modes`, interleaved (cached, plain, online, online,
+    """Epochs of the student in each of `modes`, interleaved (cached, plain, online, online,
     plain, cached, ...) after one warm-up epoch of each, so drift on a noisy machine hits every
-    side alike. With `cached` among the modes, the soft-label cache for every epoch the loop
-    runs is built first (timed, in a temporary folder).
+    side alike. With `cached` among the modes, the teacher's soft-label cache for every epoch
+    the loop runs is built first (timed, in a temporary folder).
 
     Returns every epoch's timing plus the cache's build, this process's peak RSS and the
     checkpoint write cost.
@@ -260,10 +268,9 @@ def interleaved_epochs(
     info = DataInfo(**info_json)
     threads = threads or job.resources.torch_threads or max(1, int(job.resources.cpus_per_worker))
     torch.set_num_threads(threads)
-    loop = build_loop(job, info, student, teacher)
-    with tempfile.TemporaryDirectory(prefix="bench-soft-labels-") as tmp:
-        if CACHED in modes:
-            build_cache(loop, len(modes) * (1 + rounds), Path(tmp))
+    epochs = len(modes) * (1 + rounds)
+    with tempfile.TemporaryDirectory(prefix="bench-teacher-") as tmp:
+        loop = build_loop(job, info, student, teacher, modes, epochs, Path(tmp))
         epoch = 0
         warmup = []
         for mode in modes:
@@ -274,26 +281,29 @@ def interleaved_epochs(
             for mode in modes if r % 2 == 0 else tuple(reversed(modes)):
                 timed.append(run_epoch(loop, epoch, mode, max_steps, validate))
                 epoch += 1
-        loop.cached_logits = None  # release the memory map before the folder goes
-    return {
-        "threads": threads,
-        "train_images": len(loop.batches.loader.dataset),
-        "warmup": [e.to_json() for e in warmup],
-        "epochs": [e.to_json() for e in timed],
-        "cache": loop.cache,
-        "checkpoint": checkpoint_write(loop),
-        "peak_rss_mb": peak_rss_mb(),
-    }
+        last = loop.sessions[modes[-1]]
+        result = {
+            "threads": threads,
+            "train_images": len(last.batches.inner.loader.dataset),
+            "warmup": [e.to_json() for e in warmup],
+            "epochs": [e.to_json() for e in timed],
+            "cache": loop.cache,
+            "checkpoint": checkpoint_write(last),
+        }
+        del last
+        loop.sessions.clear()  # release the soft labels' memory map before the folder goes
+    result["peak_rss_mb"] = peak_rss_mb()
+    return result
 
 
-def checkpoint_write(loop: Loop) -> dict:
-    """What one per-epoch checkpoint costs the worker: `torch.save` of model + optimizer state
-    into a temporary folder (as `_report` does), then Ray's persist, which copies that folder
-    into the run's storage (imitated with a copy on the same file system)."""
+def checkpoint_write(session: Session) -> dict:
+    """What one per-epoch checkpoint costs the worker: `torch.save` of the run's state into a
+    temporary folder (as the worker's per-epoch report does), then Ray's persist, which copies
+    that folder into the run's storage (imitated with a copy on the same file system)."""
     state = {
-        "model": loop.model.state_dict(),
-        "optimizer": loop.optimizer.state_dict(),
-        "scheduler": None,
+        "model": session.core.state_dict(),
+        "optimizer": session.optimizer.state_dict(),
+        "scheduler": session.scheduler.state_dict() if session.scheduler else None,
         "epoch": 1,
         "history": [],
         "torch_rng": torch.get_rng_state(),

@@ -68,10 +68,11 @@ def run_grid(job: Job) -> GridRun:
     return GridRun(exp, job, started, makespan, report.ok, trials, epochs, driver_start)
 
 
-def seed_teacher(source: Experiment, target: Experiment, teacher_run: str) -> None:
-    """Copy a finished teacher run (and the decoded data) into another experiment, so that
-    experiment's student trains without retraining its teacher."""
-    shutil.copytree(source.run_dir(teacher_run), target.run_dir(teacher_run))
+def seed_teachers(source: Experiment, target: Experiment, teacher_runs: list[str]) -> None:
+    """Copy finished teacher runs (and the decoded data) into another experiment, so that
+    experiment's student trains without retraining its teachers."""
+    for run in teacher_runs:
+        shutil.copytree(source.run_dir(run), target.run_dir(run))
     shutil.copytree(source.data_dir, target.data_dir, dirs_exist_ok=True)
 
 
@@ -283,18 +284,19 @@ def slots(job: Job) -> int:
 def list_schedule_s(grid: GridRun, n_slots: int) -> float:
     """The makespan the trials' own durations allow with zero launch gaps, in the order
     `kdray.schedule.RunQueue` hands runs to Tune: teachers first, each student on the first
-    free slot once its teacher has finished."""
+    free slot once all its teachers have finished."""
     plan = grid.exp.plan()
     walls = {r["trial_id"]: r["wall_s"] or 0.0 for r in grid.trials}
-    teachers = {r.teacher_run for r in plan.runs.values() if r.teacher_run}
+    teachers = {t for r in plan.runs.values() for t in r.teacher_runs}
     waiting = sorted(plan.runs.values(), key=lambda r: r.run_id not in teachers)
     free = [0.0] * n_slots
     end: dict[str, float] = {}
     while waiting:
         t = heapq.heappop(free)
-        ready = [r for r in waiting if r.teacher_run is None or end.get(r.teacher_run, 1e18) <= t]
+        ready = [r for r in waiting if all(end.get(x, 1e18) <= t for x in r.teacher_runs)]
         if not ready:  # this slot idles until the next teacher finishes
-            heapq.heappush(free, min(end[r.teacher_run] for r in waiting if r.teacher_run in end))
+            later = [end[x] for r in waiting for x in r.teacher_runs if end.get(x, -1.0) > t]
+            heapq.heappush(free, min(later))
             continue
         run = ready[0]
         waiting.remove(run)
@@ -350,12 +352,13 @@ def epoch_rate(grid: GridRun, run_id: str, images_per_epoch: int) -> dict:
     }
 
 
-def kd_student_run(grid: GridRun, model: str = "resnet10t", strategy: str = "normal") -> str:
-    """The run id of the grid's KD student of the quickstart shape."""
+def kd_student_run(grid: GridRun, model: str = "resnet10t", study: str = "normal") -> str:
+    """The run id of the grid's KD student of the quickstart shape: `model`'s run with the
+    role `kd:<study>` (the quickstart's normal study: Hinton KD from seresnet18)."""
     for row in grid.trials:
-        if row["model"] == model and row["strategy"] == strategy:
+        if row["model"] == model and f"kd:{study}" in (row["roles"] or []):
             return row["trial_id"]
-    raise LookupError(f"no {strategy} run of {model} in {grid.exp.root}")
+    raise LookupError(f"no kd:{study} run of {model} in {grid.exp.root}")
 
 
 def timed_ray_init(job: Job) -> float:
