@@ -1,0 +1,81 @@
+"""KD cells from a trials table: the setting chosen on validation, paired gains and verdicts."""
+
+import json
+
+import pandas as pd
+
+from kdray.cells import study_cells
+from kdray.export import CHOSEN_ROW, sensitivity_table, study_table, summary_table, tables
+
+
+def run(trial_id, model, seed, val, test, roles, teachers=(), setting=None, method="kd"):
+    return {
+        "trial_id": trial_id,
+        "stage": "teacher" if not teachers and "baseline" not in roles else "student",
+        "model": model,
+        "seed": seed,
+        "method": method if teachers else "none",
+        "roles": list(roles),
+        "teacher_trial_ids": list(teachers),
+        "setting": json.dumps(setting) if setting else None,
+        "train_acc": val,
+        "val_acc": val,
+        "test_acc": test,
+        "teacher_val_acc": 0.9 if teachers else None,
+        "band_low": None,
+        "band_high": None,
+        "status": "finished",
+        "epochs": 4.0,
+        "params": 1000,
+        "error": None,
+    }
+
+
+def sweep_trials(seeds=(0, 1, 2)):
+    rows = []
+    for s in seeds:
+        rows.append(run(f"t{s}", "big", s, 0.9, 0.9, ["teacher:sw"]))
+        rows.append(run(f"b{s}", "small", s, 0.70, 0.70 + 0.01 * s, ["baseline"]))
+        # T=1: best on validation, modest on test; T=4: worse on validation, best on test
+        rows.append(
+            run(f"k1-{s}", "small", s, 0.80, 0.75 + 0.01 * s, ["kd:sw"], [f"t{s}"], {"T": 1})
+        )
+        rows.append(run(f"k4-{s}", "small", s, 0.72, 0.95, ["kd:sw"], [f"t{s}"], {"T": 4}))
+    return pd.DataFrame(rows)
+
+
+def test_the_validation_choice_is_reported_not_the_best_test_setting():
+    (cell,) = study_cells(sweep_trials(), "sw")
+    assert cell.chosen == "T=1" and set(cell.settings) == {"T=1", "T=4"}
+    assert list(cell.runs.trial_id) == ["k1-0", "k1-1", "k1-2"]
+    table = study_table([cell])
+    chosen = table[table.Split == CHOSEN_ROW].iloc[0]
+    assert chosen["big"] == "T=1"
+    test = table[table.Split == "test"].iloc[0]
+    assert test["big"].startswith("0.760")  # T=1's test mean, not T=4's 0.95
+    sens = sensitivity_table([cell])
+    assert list(sens.Setting) == ["T=1", "T=4"] and list(sens.Chosen) == ["✓", ""]
+
+
+def test_a_consistent_gain_is_better_and_the_summary_says_how_it_was_judged():
+    (cell,) = study_cells(sweep_trials(), "sw")
+    assert cell.gain.n == 3 and abs(cell.gain.mean - 0.05) < 1e-9
+    row = summary_table([cell]).iloc[0]
+    assert row.Verdict == "better" and row.n == 3 and row.Setting == "T=1"
+    assert row["95% interval"].endswith("(t)") and row.Gain == "+0.050"
+
+
+def test_two_seeds_give_no_verdict_and_every_study_is_in_the_tables():
+    trials = sweep_trials(seeds=(0, 1))
+    free = run("f0", "small", 0, 0.71, 0.72, ["kd:tf"], [], method="tfkd_virtual")
+    free.update(method="tfkd_virtual", stage="student")
+    trials = pd.concat([trials, pd.DataFrame([free])], ignore_index=True)
+    out = tables(trials, ["sw", "tf"])
+    summary = out["summary"][1]
+    assert list(summary.Study) == ["sw", "tf"]
+    assert set(summary.Verdict) == {"n too small"}
+    assert summary[summary.Study == "tf"].iloc[0].Teacher == "no teacher"
+    assert "sw.sensitivity" in out and "tf.sensitivity" not in out
+    improvement = out["improvement"][1].set_index("Study")
+    assert improvement.loc["sw", "Paired runs"] == 2
+    assert improvement.loc["sw", "P(KD beats baseline)"] == "1.000"
