@@ -110,9 +110,10 @@ def gain_figure(cells: list[Cell]) -> str | None:
 
 
 def forest_figure(cells: list[Cell], study: str) -> str | None:
-    """The paired gain of each cell of a study with its 95% interval, a line at zero."""
+    """The paired gain of each cell of a study with its 95% interval, a line at zero (drawn once
+    some cell has enough seeds for an interval)."""
     rows = [c for c in cells if c.gain.mean is not None]
-    if not rows:
+    if not any(c.gain.low is not None for c in rows):
         return None
     y = np.arange(len(rows))[::-1]
     fig, ax = plt.subplots(figsize=(7.0, 0.45 * len(rows) + 1.3))

@@ -7,11 +7,11 @@ import torch
 import yaml
 
 from kdray.data import load_split, prepare_data
+from kdray.evaluate import to_tensor
 from kdray.job import parse_job
 from kdray.metrics import classification_metrics
 from kdray.models import load_model
 from kdray.plan import make_plan
-from kdray.worker import to_tensor
 from tests.conftest import REPO, run_grid, tiny_job_dict
 from tests.test_worker import run_local
 
@@ -42,8 +42,9 @@ def test_two_worker_ddp_trial_reports_metrics_over_the_whole_split(tmp_path):
             assert summary[f"{prefix}_loss"] == pytest.approx(full["loss"], rel=1e-4)
         report_counts = np.array(summary["val_report"]["confusion"]).sum()
         assert report_counts == 41
+        assert summary["replicas_in_sync"] is True  # both ranks end with the same weights
     # the data-parallel KD student read its ranks' soft labels instead of running the teacher
-    students = [r for r in exp.plan().runs.values() if r.teacher_run]
+    students = [r for r in exp.plan().runs.values() if r.teacher_runs]
     assert [exp.summary(r.run_id)["teacher_outputs"] for r in students] == ["cached"]
 
 

@@ -2,6 +2,7 @@
 
 import json
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
@@ -68,7 +69,22 @@ def test_trials_table_has_the_documented_schema_and_one_row_per_run(tmp_path):
     exp = fake_experiment(tmp_path)
     write_results(exp)
     trials = pq.read_table(exp.results_dir / "trials.parquet")
-    assert trials.schema.equals(TRIAL_SCHEMA)
+    fixed = pa.schema(list(trials.schema)[: len(TRIAL_SCHEMA)])
+    assert fixed.equals(TRIAL_SCHEMA)
+    # then one column per method parameter, to filter on
+    params = trials.schema.names[len(TRIAL_SCHEMA) :]
+    assert params == ["param_alpha", "param_kl_reduction", "param_temperature"]
+    assert trials.schema.field("param_alpha").type == pa.float64()
+    kd_alpha = [
+        a
+        for a, m in zip(
+            trials.column("param_alpha").to_pylist(),
+            trials.column("method").to_pylist(),
+            strict=True,
+        )
+        if m == "kd"
+    ]
+    assert kd_alpha and set(kd_alpha) == {0.9}  # fmt: skip
     for column in [
         "trial_id",
         "stage",
@@ -95,7 +111,8 @@ def test_trials_table_has_the_documented_schema_and_one_row_per_run(tmp_path):
     assert len(set(trials.column("trial_id").to_pylist())) == trials.num_rows
     epochs = pq.read_table(exp.results_dir / "epochs.parquet")
     assert epochs.column_names == [*EPOCH_SCHEMA.names, "loss_ce", "loss_kd"]
-    assert epochs.schema.field("loss_kd").type == "double" and epochs.num_rows == 2 * trials.num_rows
+    assert epochs.schema.field("loss_kd").type == pa.float64()
+    assert epochs.num_rows == 2 * trials.num_rows
     rows = trials.to_pylist()
     by_id = {r["trial_id"]: r for r in rows}
     kd = [r for r in rows if "kd:defective" in r["roles"]]
@@ -113,11 +130,10 @@ def test_trials_table_has_the_documented_schema_and_one_row_per_run(tmp_path):
             assert row["method"] == "none" and row["method_params"] is None
             assert row["teacher_outputs"] is None
     # the loss terms: a teacher's epochs have no KD term
-    losses = {
-        (r["trial_id"], r["epoch"]): (r["loss_ce"], r["loss_kd"]) for r in epochs.to_pylist()
-    }
+    losses = {(r["trial_id"], r["epoch"]): (r["loss_ce"], r["loss_kd"]) for r in epochs.to_pylist()}
     for row in rows:
-        assert losses[row["trial_id"], 1] == ((1.0, None) if row["method"] == "none" else (1.0, 0.5))
+        expected = (1.0, None) if row["method"] == "none" else (1.0, 0.5)
+        assert losses[row["trial_id"], 1] == expected
 
 
 def test_export_writes_every_file_in_the_thesis_layout(tmp_path):

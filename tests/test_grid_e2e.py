@@ -40,7 +40,7 @@ def grid(tmp_path_factory):
 def test_run_finishes_every_trial_and_prints_the_tables(grid):
     _, _, result = grid
     assert result.exit_code == 0, result.output
-    assert "normal KD: student x teacher accuracy" in result.output
+    assert "normal (kd): student x teacher accuracy" in result.output
     assert "kdray export" in result.output
 
 
@@ -55,16 +55,19 @@ def test_trials_table_holds_every_run_once(grid):
     teachers = [r for r in trials if r["stage"] == "teacher"]
     assert len(teachers) == 3 and all(r["attempts"] == 1 for r in teachers)
     # baselines are the converged teacher runs: no separate no-KD student runs
-    assert not [r for r in trials if r["stage"] == "student" and r["strategy"] == "none"]
+    assert not [r for r in trials if r["stage"] == "student" and r["method"] == "none"]
     defective = next(r for r in teachers if r["band_low"] is not None)
     assert defective["band_low"] <= defective["val_acc"] <= defective["band_high"]
     for row in trials:
         if row["stage"] == "student":
-            teacher = next(t for t in teachers if t["trial_id"] == row["teacher_trial_id"])
+            assert row["method"] == "kd" and row["teacher_outputs"] == "cached"
+            (teacher_id,) = row["teacher_trial_ids"]
+            teacher = next(t for t in teachers if t["trial_id"] == teacher_id)
             assert row["teacher_val_acc"] == teacher["val_acc"]
         assert row["checkpoint"] and row["wall_s"] > 0
     epochs = pq.read_table(exp.results_dir / "epochs.parquet")
     assert set(epochs.column("trial_id").to_pylist()) == set(plan.runs)
+    assert {"loss_ce", "loss_kd"} <= set(epochs.column_names)  # one column per loss term
 
 
 def test_running_again_redoes_no_finished_work(grid):
@@ -90,8 +93,8 @@ def test_each_student_starts_after_its_own_teacher_finished(grid):
     tmp_path, _, _ = grid
     exp = Experiment.open(tmp_path / "runs" / "tiny")
     for run in exp.plan().runs.values():
-        if run.teacher_run:
-            teacher_done = (exp.run_dir(run.teacher_run) / "model.pt").stat().st_mtime
+        for teacher_run in run.teacher_runs:
+            teacher_done = (exp.run_dir(teacher_run) / "model.pt").stat().st_mtime
             student_start = (exp.run_dir(run.run_id) / "attempts.json").stat().st_mtime
             assert student_start >= teacher_done, run.run_id
 
@@ -119,10 +122,13 @@ def test_students_of_a_failed_teacher_are_not_started(tmp_path):
     exp = Experiment.open(tmp_path / "runs" / "tiny")
     runs = exp.plan().runs.values()
     teacher = next(r for r in runs if r.band)
-    student = next(r for r in runs if r.teacher_run)
-    baseline = next(r for r in runs if not r.band and not r.teacher_run)
-    assert exp.summary(teacher.run_id)["status"] == "failed"
+    student = next(r for r in runs if r.teacher_runs)
+    baseline = next(r for r in runs if not r.band and not r.teacher_runs)
+    teacher_summary = exp.summary(teacher.run_id)
+    assert teacher_summary["status"] == "failed" and teacher_summary["error"]
     assert exp.summary(baseline.run_id)["status"] == "finished"
     assert not (exp.run_dir(student.run_id) / "attempts.json").exists()
     failure = json.loads((exp.run_dir(student.run_id) / "failure.json").read_text())
-    assert failure["error"] == f"not started: its teacher run {teacher.run_id} failed"
+    assert failure["error"] == (
+        f"not started: its teacher run {teacher.run_id} failed ({teacher_summary['error']})"
+    )

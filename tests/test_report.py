@@ -32,6 +32,10 @@ def markdown_rows(text: str) -> list[list[str]]:
     return [[c.strip() for c in line.strip("|").split("|")] for line in lines]
 
 
+def has_role(trials, role):
+    return trials.roles.apply(lambda roles: role in list(roles))
+
+
 def load(exp):
     trials = write_results(exp).to_pandas()
     epochs = pq.read_table(exp.results_dir / "epochs.parquet").to_pandas()
@@ -54,20 +58,20 @@ def test_report_holds_every_table_of_the_markdown_export_and_one_figure_each(tmp
     assert "<title>kdray report: tiny</title>" in page and "written 20" in page
     found = sections(page)
     for name in ("teachers", "baseline", "normal", "reverse", "defective", "summary"):
-        text = (out / f"{name}.md").read_text()
+        text = (out / f"{name}.md").read_text().split("\n## ")[0]  # summary.md: its first table
         heading = text.splitlines()[0].removeprefix("# ")
         assert html_rows(found[heading]) == markdown_rows(text), name
     # the numbers themselves: normal KD test accuracy, mean ± std over the two seeds
     trials, _ = load(exp)
-    kd = trials[(trials.strategy == "normal")].test_acc
-    normal = html_rows(found["normal KD: student x teacher accuracy"])
+    kd = trials[has_role(trials, "kd:normal")].test_acc
+    normal = html_rows(found["normal (kd): student x teacher accuracy"])
     assert normal[3][:3] == ["resnet10t", "test", f"{kd.mean():.3f} ± {kd.std():.3f}"]
     # gain bars + a heatmap per study + learning curves; two seeds give error bars
     assert page.count("<svg") == 5
-    gain = found["KD gain over each student's baseline (test accuracy)"]
+    gain = found["KD gain over each student's baseline (test accuracy, paired by seed)"]
     assert "± std over seeds" in gain and 'id="gain-LineCollection' in gain  # the error bars
     for study in ("normal", "reverse", "defective"):
-        assert found[f"{study} KD: student x teacher accuracy"].count("<svg") == 1
+        assert found[f"{study} (kd): student x teacher accuracy"].count("<svg") == 1
     assert "band [0.50, 0.65]" in found["Learning curves"]  # the defective teachers' band
     assert_self_contained(page)
     ids = re.findall(r'\bid="([^"]+)"', page)
@@ -79,13 +83,13 @@ def test_studies_absent_from_the_job_have_no_section_and_one_seed_no_error_bars(
     trials, epochs = load(exp)
     page = render_report(trials, epochs, ["normal"], "tiny")
     found = sections(page)
-    assert "normal KD: student x teacher accuracy" in found
+    assert "normal (kd): student x teacher accuracy" in found
     assert "reverse" not in page and "defective" not in page and "band [" not in page
     assert page.count("<svg") == 3  # gain, the normal heatmap, curves
-    gain = found["KD gain over each student's baseline (test accuracy)"]
+    gain = found["KD gain over each student's baseline (test accuracy, paired by seed)"]
     assert "± std over seeds" not in gain and "LineCollection" not in gain
-    kd = trials[trials.strategy == "normal"].test_acc.iloc[0]
-    assert f"{kd:.3f}" in found["normal KD: student x teacher accuracy"].split("<table>")[0]
+    kd = trials[has_role(trials, "kd:normal")].test_acc.iloc[0]
+    assert f"{kd:.3f}" in found["normal (kd): student x teacher accuracy"].split("<table>")[0]
 
 
 def test_a_failed_baseline_shows_a_dash_and_the_report_still_renders(tmp_path):
@@ -94,11 +98,14 @@ def test_a_failed_baseline_shows_a_dash_and_the_report_still_renders(tmp_path):
     exp = fake_experiment(tmp_path / "b", seeds=(0,), studies=("normal",), fail=victim)
     page = (export(exp.root, tmp_path / "out")["report.html"]).read_text()
     found = sections(page)
-    normal = html_rows(found["normal KD: student x teacher accuracy"])
+    normal = html_rows(found["normal (kd): student x teacher accuracy"])
     assert normal[0][-1] == "no KD (baseline)"
     assert [row[-1] for row in normal[1:]] == ["—", "—", "—"]
-    summary = html_rows(found["KD gain over each student's baseline (test accuracy)"])
-    assert summary[1][-2:] == ["—", "—"]  # baseline test, gain
+    summary = html_rows(
+        found["KD gain over each student's baseline (test accuracy, paired by seed)"]
+    )
+    row = dict(zip(summary[0], summary[1], strict=True))
+    assert (row["Baseline test"], row["Gain"], row["Verdict"]) == ("—", "—", "n too small")
     assert victim in found["Unfinished trials"]
     assert page.count("<svg") == 3
     assert_self_contained(page)
@@ -107,15 +114,17 @@ def test_a_failed_baseline_shows_a_dash_and_the_report_still_renders(tmp_path):
 def test_failed_runs_stay_out_of_the_figures(tmp_path):
     exp = fake_experiment(tmp_path, seeds=(0,), studies=("normal",))
     trials, epochs = load(exp)
-    kd = trials.strategy == "normal"
+    kd = has_role(trials, "kd:normal")
     trials.loc[kd, "status"] = "failed"
     trials.loc[kd, ["train_acc", "val_acc", "test_acc"]] = float("nan")
     page = render_report(trials, epochs, ["normal"], "tiny")  # its epochs are still there
     found = sections(page)
     assert "resnet10t ← resnet18" not in page  # no curve, no bar, no heatmap row
-    assert "<svg" not in found["normal KD: student x teacher accuracy"]
-    assert "no finished trials" in found["normal KD: student x teacher accuracy"]
-    assert "<svg" not in found["KD gain over each student's baseline (test accuracy)"]
+    assert "<svg" not in found["normal (kd): student x teacher accuracy"]
+    assert "no finished trials" in found["normal (kd): student x teacher accuracy"]
+    assert (
+        "<svg" not in found["KD gain over each student's baseline (test accuracy, paired by seed)"]
+    )
     assert found["Learning curves"].count("<svg") == 1
     assert page.count("<svg") == 1
 

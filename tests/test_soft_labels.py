@@ -9,9 +9,10 @@ import torch
 from kdray import soft_labels
 from kdray.data import load_split, prepare_data
 from kdray.job import parse_job
+from kdray.methods import METHODS, Outputs, Shapes
+from kdray.methods.kd import KDParams
 from kdray.models import load_model
 from kdray.plan import make_plan
-from kdray.strategies import hinton_kd_loss
 from kdray.train_data import train_batches
 from tests.conftest import tiny_job_dict
 from tests.test_worker import run_local
@@ -43,6 +44,10 @@ def test_cached_logits_are_the_teachers_outputs_on_the_students_views(teacher):
     student = train_batches(
         images, labels, job.train.augment, data.mean, data.std, job.train.batch_size, spec.seed
     )
+    kd_loss = METHODS["kd"](
+        KDParams(temperature=4.0, alpha=0.9),
+        Shapes(num_classes=data.num_classes, total_epochs=job.train.epochs),
+    )
     for epoch in range(job.train.epochs):
         x, y, _ = next(iter(student.epoch(epoch)))
         with torch.no_grad():
@@ -50,7 +55,7 @@ def test_cached_logits_are_the_teachers_outputs_on_the_students_views(teacher):
         cached = torch.from_numpy(cache[epoch, 0, : len(y)].astype(np.float32))
         assert torch.allclose(cached, online, rtol=2e-3, atol=2e-3)
         kd = {
-            name: hinton_kd_loss(online * 0.5, y, logits, 4.0, 0.9)["loss"].item()
+            name: kd_loss(Outputs(online * 0.5), [Outputs(logits)], y, epoch)["loss"].item()
             for name, logits in (("online", online), ("cached", cached))
         }
         assert kd["cached"] == pytest.approx(kd["online"], rel=1e-3)  # the stated tolerance
@@ -62,10 +67,12 @@ def test_the_cache_is_built_once_per_teacher_and_read_by_every_student(teacher):
     tmp_path, job, plan, data, spec, run_dir = teacher
     cache_file = run_dir / soft_labels.LOGITS_FILE
     built = cache_file.stat().st_mtime_ns
-    students = [r for r in plan.stage("student") if r.teacher_run == spec.run_id]
+    assert spec.soft_labels  # its students read cached soft labels: it wrote them
+    students = [r for r in plan.stage("student") if r.teacher_runs == [spec.run_id]]
     assert len(students) == 2
     for student in students:
-        _, summary = run_local(tmp_path, job, student, data, teacher_dir=run_dir)
+        assert student.teacher_outputs == "cached"
+        _, summary = run_local(tmp_path, job, student, data, teacher_dirs=[run_dir])
         assert summary["status"] == "finished" and summary["teacher_outputs"] == "cached"
     assert cache_file.stat().st_mtime_ns == built
 
@@ -78,8 +85,11 @@ def test_students_fall_back_to_the_online_teacher(teacher, tmp_path):
     raw = json.loads(job.model_dump_json())
     raw["distill"]["teacher_outputs"] = "online"
     online_job = parse_job(raw)
-    student = next(r for r in make_plan(online_job).stage("student") if r.model == "test_resnet")
-    _, summary = run_local(tmp_path, online_job, student, data, teacher_dir=run_dir)
+    online_plan = make_plan(online_job)
+    student = next(r for r in online_plan.stage("student") if r.model == "test_resnet")
+    assert student.teacher_outputs == "online"
+    assert not online_plan.runs[student.teacher_runs[0]].soft_labels  # no cache to build
+    _, summary = run_local(tmp_path, online_job, student, data, teacher_dirs=[run_dir])
     assert summary["teacher_outputs"] == "online"
 
 

@@ -14,14 +14,14 @@ from kdray.worker import train_loop
 from tests.conftest import tiny_job_dict
 
 
-def run_local(tmp_path, job, spec, data, teacher_dir=None, run_dir=None):
+def run_local(tmp_path, job, spec, data, teacher_dirs=(), run_dir=None):
     run_dir = run_dir or tmp_path / "runs" / spec.run_id
     config = {
         "job": job.model_dump(mode="json"),
         "run": spec.to_dict(),
         "data": data.to_json(),
         "run_dir": str(run_dir),
-        "teacher_dir": str(teacher_dir) if teacher_dir else None,
+        "teacher_dirs": [str(d) for d in teacher_dirs],
     }
     TorchTrainer(
         train_loop,
@@ -52,8 +52,8 @@ def trained(tmp_path_factory):
         key = "defective_teacher" if spec.band else "teacher"
         out[key] = (spec, *run_local(tmp_path, job, spec, data))
     teacher_spec, teacher_dir, _ = out["teacher"]
-    student = next(r for r in plan.stage("student") if r.teacher_run == teacher_spec.run_id)
-    out["student"] = (student, *run_local(tmp_path, job, student, data, teacher_dir))
+    student = next(r for r in plan.stage("student") if r.teacher_runs == [teacher_spec.run_id])
+    out["student"] = (student, *run_local(tmp_path, job, student, data, [teacher_dir]))
     return out
 
 
@@ -72,7 +72,7 @@ def test_a_run_writes_its_summary_epochs_and_weights(trained):
 def test_saved_teacher_reproduces_its_recorded_validation_accuracy(trained):
     import torch
 
-    from kdray.worker import to_tensor
+    from kdray.evaluate import to_tensor
 
     _, run_dir, summary = trained["teacher"]
     data = trained["data"]
@@ -93,9 +93,21 @@ def test_defective_teacher_stops_inside_its_band(trained):
 
 
 def test_kd_student_trains_from_its_teacher(trained):
-    spec, _, summary = trained["student"]
-    assert spec.strategy == "normal"
+    spec, run_dir, summary = trained["student"]
+    assert spec.method == "kd" and spec.roles == ["kd:normal"]
+    assert spec.teacher_models == ["resnet10t"]
     assert summary["status"] == "finished" and summary["epochs"] == 3
+    assert summary["teacher_outputs"] == "cached"  # its teacher wrote soft labels for it
+    # every epoch records each of the method's loss terms besides the minimised total
+    epochs = [json.loads(line) for line in (run_dir / "epochs.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in epochs] == [1, 2, 3]
+    for epoch in epochs:
+        assert {"loss_ce", "loss_kd"} <= set(epoch)
+        alpha = spec.method_params["alpha"]
+        mixed = (1 - alpha) * epoch["loss_ce"] + alpha * epoch["loss_kd"]
+        assert epoch["train_loss"] == pytest.approx(mixed, rel=1e-5)
+    teacher_epochs = (trained["teacher"][1] / "epochs.jsonl").read_text().splitlines()
+    assert all("loss_kd" not in json.loads(line) for line in teacher_epochs)
 
 
 def test_a_band_out_of_reach_is_reported_not_hidden(tmp_path, trained):
