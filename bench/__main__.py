@@ -1,4 +1,5 @@
-"""`python -m bench [--quick] [--keep]`: run every benchmark, print one JSON object to stdout.
+"""`python -m bench [--quick] [--keep] [--gpu]`: run every benchmark, print one JSON object to
+stdout (`--gpu`: only the GPU benchmarks of bench/gpu.py).
 
 Progress goes to stderr. The order keeps each ratio's two sides close in time: the bare
 quickstart loop runs right before and right after the solo Ray trial (P1's reference is both
@@ -49,6 +50,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--keep", action="store_true", help="keep the benchmark's experiment folders"
+    )
+    parser.add_argument(
+        "--gpu",
+        action="store_true",
+        help="run only the GPU benchmarks (bench/gpu.py; with --quick: smaller sizes); "
+        "skipped, exit 0, without a CUDA device",
     )
     return parser.parse_args(argv)
 
@@ -345,9 +352,22 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["RAY_ADDRESS"] = "local"
     stdout = os.dup(1)
     os.dup2(2, 1)  # anything printed by Ray, Tune or child processes lands on stderr
-    result = run_all(args.quick, args.keep)
-    os.write(stdout, (json.dumps(result, indent=2) + "\n").encode())
+    result = run_gpu(args.quick, args.keep) if args.gpu else run_all(args.quick, args.keep)
+    indent = None if "gpu" in result else 2  # the skip object: one line
+    os.write(stdout, (json.dumps(result, indent=indent) + "\n").encode())
     return 0
+
+
+def run_gpu(quick: bool, keep: bool) -> dict:
+    """`--gpu`: the GPU benchmarks (bench/gpu.py), or the skip object without CUDA."""
+    import torch
+
+    if not torch.cuda.is_available():
+        log("--gpu: no CUDA device (torch.cuda.is_available() is false): GPU benchmarks skipped")
+        return {"gpu": "skipped: no CUDA device"}
+    from bench import gpu
+
+    return rnd(gpu.run_gpu(quick, keep))
 
 
 if __name__ == "__main__":

@@ -160,13 +160,20 @@ def mode_specs(job: Job) -> tuple[RunSpec, dict[str, RunSpec]]:
     }
 
 
-def make_teacher(job: Job, spec: RunSpec, info: DataInfo, folder: Path, cache: bool) -> dict:
-    """A teacher run's folder as a finished teacher leaves it: a fresh model in `model.pt`
-    (its weights do not change the cost) and, with `cache`, its soft labels, built by
-    `soft_labels.build` (timed: a teacher-side cost, outside every timed epoch)."""
+def make_teacher(
+    job: Job, spec: RunSpec, info: DataInfo, folder: Path, cache: bool,
+    device: torch.device | str = "cpu", model: torch.nn.Module | None = None,
+) -> dict:  # fmt: skip
+    """A teacher run's folder as a finished teacher leaves it: a fresh model (or `model`, a
+    trained one) in `model.pt` (its weights do not change the cost) and, with `cache`, its soft
+    labels, built by `soft_labels.build` on `device` (timed: a teacher-side cost, outside every
+    timed epoch)."""
     folder.mkdir(parents=True, exist_ok=True)
-    seed_everything(spec.seed)
-    teacher = create_model(spec.model, info.num_classes, info.channels)
+    if model is None:
+        seed_everything(spec.seed)
+        teacher = create_model(spec.model, info.num_classes, info.channels)
+    else:
+        teacher = model
     save_model(
         folder / "model.pt",
         teacher,
@@ -180,22 +187,27 @@ def make_teacher(job: Job, spec: RunSpec, info: DataInfo, folder: Path, cache: b
     )
     if not cache:
         return {}
+    device = torch.device(device)
+    teacher = teacher.to(device)
     t0 = time.perf_counter()
-    path = soft_labels.build(teacher, job, spec.seed, info, torch.device("cpu"), folder)
+    path = soft_labels.build(teacher, job, spec.seed, info, device, folder)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     build_s = time.perf_counter() - t0
     return {"build_s": build_s, "mb": path.stat().st_size / 2**20}
 
 
 def build_loop(
     job: Job, info: DataInfo, student: str, teacher: str, modes: tuple[str, ...], epochs: int,
-    folder: Path,
+    folder: Path, device: torch.device | str = "cpu",
 ) -> Loop:  # fmt: skip
-    """The teacher run's folder, then one session per mode, each built by `build_session`."""
-    device = torch.device("cpu")
+    """The teacher run's folder, then one session per mode, each built by `build_session` on
+    `device` (the CPU unless told: the GPU benchmarks pass `cuda`)."""
+    device = torch.device(device)
     bench_job = pair_job(job, student, teacher, epochs)
     teacher_spec, specs = mode_specs(bench_job)
     teacher_dir = folder / teacher_spec.run_id
-    cache = make_teacher(bench_job, teacher_spec, info, teacher_dir, CACHED in modes)
+    cache = make_teacher(bench_job, teacher_spec, info, teacher_dir, CACHED in modes, device)
     if cache:
         job_epochs = job.train.epochs
         cache |= {

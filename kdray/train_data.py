@@ -51,20 +51,24 @@ def prefetched(batches: Iterable, depth: int) -> Iterator:
     stop = threading.Event()
     done = object()
 
+    def offer(item) -> bool:
+        """Put `item` unless the consumer stopped (it may stop with the queue full)."""
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def produce() -> None:
         try:
             for batch in batches:
-                while not stop.is_set():
-                    try:
-                        ready.put(batch, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not offer(batch):
                     return
-            ready.put(done)
+            offer(done)
         except BaseException as exc:  # re-raised in the training thread
-            ready.put(exc)
+            offer(exc)
 
     producer = threading.Thread(target=produce, name="kdray-prefetch", daemon=True)
     producer.start()

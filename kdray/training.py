@@ -142,6 +142,8 @@ def open_teachers(job: Job, spec: RunSpec, info: DataInfo, teacher_dirs, device,
         if caches is not None:
             return CachedTeachers(caches, device)
     models, metas = load_teachers(teacher_dirs, device)
+    if job.train.channels_last:  # the student's batches come in that layout
+        models = [m.to(memory_format=torch.channels_last) for m in models]
     return OnlineTeachers(models, metas, [[] for _ in models], info, autocast)
 
 

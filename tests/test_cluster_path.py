@@ -1,6 +1,8 @@
 """The cluster path on this CPU machine: data-parallel trials (gloo), mixed precision, W&B
 offline, and the cluster launcher config."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -28,7 +30,8 @@ def full_split_metrics(model_file, data_path, split):
 def test_two_worker_ddp_trial_reports_metrics_over_the_whole_split(tmp_path):
     raw = tiny_job_dict(tmp_path)
     raw["data"]["valid_size"] = 41  # odd: shards of unequal size must still cover every image
-    raw["studies"] = {"normal": {"teachers": ["resnet10t"], "students": ["test_resnet"]}}
+    pair = {"teachers": ["resnet10t"], "students": ["test_resnet"]}
+    raw["studies"] = {"normal": pair, "l1": {**pair, "method": {"name": "feature_l1"}}}
     raw["baseline"] = False
     raw["resources"] = {"workers_per_trial": 2, "cpus_per_worker": 1, "max_concurrent_trials": 1}
     exp, report = run_grid(parse_job(raw))
@@ -42,10 +45,17 @@ def test_two_worker_ddp_trial_reports_metrics_over_the_whole_split(tmp_path):
             assert summary[f"{prefix}_loss"] == pytest.approx(full["loss"], rel=1e-4)
         report_counts = np.array(summary["val_report"]["confusion"]).sum()
         assert report_counts == 41
-        assert summary["replicas_in_sync"] is True  # both ranks end with the same weights
-    # the data-parallel KD student read its ranks' soft labels instead of running the teacher
-    students = [r for r in exp.plan().runs.values() if r.teacher_runs]
-    assert [exp.summary(r.run_id)["teacher_outputs"] for r in students] == ["cached"]
+        # both ranks end with the same weights, a feature method's adapter included
+        assert summary["replicas_in_sync"] is True
+    # the data-parallel KD student read its ranks' soft labels instead of running the teacher;
+    # the feature-KD student ran it online, its adapter trained under DDP
+    students = {r.method: r.run_id for r in exp.plan().runs.values() if r.teacher_runs}
+    assert {m: exp.summary(r)["teacher_outputs"] for m, r in students.items()} == {
+        "kd": "cached",
+        "feature_l1": "online",
+    }
+    l1 = (exp.run_dir(students["feature_l1"]) / "epochs.jsonl").read_text().splitlines()
+    assert all(json.loads(e)["loss_l1"] > 0 for e in l1)
 
 
 def local_run(tmp_path, **train):

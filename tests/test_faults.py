@@ -14,13 +14,16 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import ray
+import torch
 import yaml
 
+from kdray.data import prepare_data
 from kdray.experiment import Experiment
 from kdray.job import parse_job
 from kdray.runner import run_experiment
 from kdray.status import status_rows
 from tests.conftest import REPO, run_grid, tiny_job_dict
+from tests.test_worker import run_local
 
 pytestmark = pytest.mark.ray
 
@@ -39,7 +42,13 @@ def test_worker_killed_mid_trial_resumes_from_its_last_checkpoint(tmp_path, monk
     raw = tiny_job_dict(tmp_path)
     raw["train"]["epochs"] = 3
     raw["baseline"] = False
-    exp, report = run_grid(parse_job(raw))
+    raw["studies"]["hint"] = {
+        "teachers": ["resnet10t"],
+        "students": ["test_resnet"],
+        "method": {"name": "fitnets"},
+    }
+    job = parse_job(raw)
+    exp, report = run_grid(job)
     assert report.ok, report.failed
     crashed = sorted(p.name for p in crash_dir.iterdir())
     assert crashed == sorted(exp.plan().runs)  # every run's worker died once in epoch 2
@@ -51,6 +60,18 @@ def test_worker_killed_mid_trial_resumes_from_its_last_checkpoint(tmp_path, monk
         epochs = (exp.run_dir(run_id) / "epochs.jsonl").read_text().splitlines()
         assert [json.loads(e)["epoch"] for e in epochs] == [1, 2, 3]
     assert all(r["status"] == "finished" for r in finished_rows(exp))
+    # the feature-KD student's adapter was checkpointed and restored: the resumed run ends
+    # exactly where an uninterrupted run of the same seed, from the same teacher, ends
+    hint = next(r for r in exp.plan().runs.values() if r.method == "fitnets")
+    state = torch.load(next((exp.train_dir / hint.run_id).rglob("state.pt")), weights_only=True)
+    assert [k for k in state["model"] if k.startswith("method.adapters")]
+    monkeypatch.delenv("KDRAY_TEST_CRASH_EPOCH")
+    data = prepare_data(job.data, exp.data_dir)  # the grid's decoded cache
+    teachers = [exp.run_dir(t) for t in hint.teacher_runs]
+    _, clean = run_local(tmp_path / "clean", job, hint, data, teacher_dirs=teachers)
+    resumed = exp.summary(hint.run_id)
+    for key in ("train_acc", "val_acc", "test_acc", "train_loss", "val_loss", "test_loss"):
+        assert resumed[key] == clean[key], key
 
 
 def digest(path: Path) -> str:

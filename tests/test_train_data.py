@@ -1,6 +1,7 @@
 """The training batches: the prefetch thread changes when a batch is made, never which."""
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -42,3 +43,20 @@ def test_an_error_while_preparing_a_batch_reaches_the_training_loop():
     assert next(it) == 1
     with pytest.raises(OSError, match="bad image file"):
         next(it)
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("left", [0, 1, 2, 3])
+def test_stopping_early_never_hangs_the_prefetch_thread(left):
+    """A defective teacher stops mid-epoch: with exactly `depth` batches left, the producer
+    had already queued everything and must still notice the stop (it used to block for ever)."""
+    batches = list(range(6))
+    stream = prefetched(iter(batches), depth=2)
+    taken = []
+    for batch in stream:
+        taken.append(batch)
+        if len(taken) == len(batches) - left:
+            time.sleep(0.3)  # the producer has filled the queue and waits to put the end
+            break
+    stream.close()  # what leaving a for loop over a generator does
+    assert taken == batches[: len(batches) - left]
