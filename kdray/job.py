@@ -77,14 +77,6 @@ class TrainConfig(Strict):
         description="training batches a background thread prepares ahead of the step "
         "(0: prepare each batch when the step asks for it)",
     )
-    loader_threads: int = Field(
-        1,
-        ge=1,
-        le=64,
-        description="threads preparing each batch's images (decode, augment): raise it when a "
-        "GPU waits for data (224 px). 1 draws one augmentation stream per epoch in batch order; "
-        "more seed each image's draw by (seed, epoch, index): other views, same in every run",
-    )
 
     @field_validator("augment")
     @classmethod

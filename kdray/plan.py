@@ -69,25 +69,12 @@ class Plan:
         return cls({r["run_id"]: RunSpec.from_dict(r) for r in d["runs"]})
 
 
-# training settings added after runs were first planned: at their default they leave the ids of
-# existing experiments unchanged (their runs are found again, not retrained)
-LATER_TRAIN_DEFAULTS = {"loader_threads": 1}
-
-
-def train_identity(job: Job) -> dict:
-    train = job.train.model_dump(mode="json")
-    for key, default in LATER_TRAIN_DEFAULTS.items():
-        if train.get(key) == default:
-            del train[key]
-    return train
-
-
 def _run_id(job: Job, identity: dict, label: str) -> str:
     """A readable, stable id: `<model>-<method>[-band..]-s<seed>-<hash of the identity>`."""
     determined_by = {
         **identity,
         "data": job.data.model_dump(mode="json"),
-        "train": train_identity(job),
+        "train": job.train.model_dump(mode="json"),
         "weights": job.pretrained.get(identity["model"]),
     }
     digest = hashlib.sha256(json.dumps(determined_by, sort_keys=True).encode()).hexdigest()[:8]

@@ -38,7 +38,6 @@ def cache_key(job: Job, seed: int, info: DataInfo) -> dict:
         "data": info.fingerprint,
         "image_size": info.image_size,
         "world_size": job.resources.workers_per_trial,  # each rank has its own views
-        **({"per_sample_seeding": True} if job.train.loader_threads > 1 else {}),
     }
 
 
@@ -60,7 +59,6 @@ def build(teacher, job: Job, seed: int, info: DataInfo, device, run_dir: Path) -
             rank=rank,
             world_size=world_size,
             prefetch=job.train.prefetch_batches,
-            threads=job.train.loader_threads,
         )
         for rank in range(world_size)
     ]
