@@ -57,6 +57,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="run only the GPU benchmarks (bench/gpu.py; with --quick: smaller sizes); "
         "skipped, exit 0, without a CUDA device",
     )
+    parser.add_argument(
+        "--gpu-parts",
+        default="precision,thesis,grids",
+        help="with --gpu: which parts, comma-separated (precision, thesis, grids)",
+    )
     return parser.parse_args(argv)
 
 
@@ -352,13 +357,17 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["RAY_ADDRESS"] = "local"
     stdout = os.dup(1)
     os.dup2(2, 1)  # anything printed by Ray, Tune or child processes lands on stderr
-    result = run_gpu(args.quick, args.keep) if args.gpu else run_all(args.quick, args.keep)
+    result = (
+        run_gpu(args.quick, args.keep, tuple(args.gpu_parts.split(",")))
+        if args.gpu
+        else run_all(args.quick, args.keep)
+    )
     indent = None if "gpu" in result else 2  # the skip object: one line
     os.write(stdout, (json.dumps(result, indent=indent) + "\n").encode())
     return 0
 
 
-def run_gpu(quick: bool, keep: bool) -> dict:
+def run_gpu(quick: bool, keep: bool, parts: tuple[str, ...]) -> dict:
     """`--gpu`: the GPU benchmarks (bench/gpu.py), or the skip object without CUDA."""
     import torch
 
@@ -367,7 +376,10 @@ def run_gpu(quick: bool, keep: bool) -> dict:
         return {"gpu": "skipped: no CUDA device"}
     from bench import gpu
 
-    return rnd(gpu.run_gpu(quick, keep))
+    unknown = set(parts) - set(gpu.PARTS)
+    if unknown:
+        raise SystemExit(f"--gpu-parts: unknown {sorted(unknown)}; choose from {gpu.PARTS}")
+    return rnd(gpu.run_gpu(quick, keep, parts=parts))
 
 
 if __name__ == "__main__":

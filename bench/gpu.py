@@ -550,61 +550,66 @@ def ray_grids(root: Path, sizes: Sizes, use_gpu: bool = True) -> dict:
 # --- all of it -------------------------------------------------------------------------------
 
 
-def run_gpu(quick: bool, keep: bool, device: str = "cuda") -> dict:
-    """Every GPU measurement: the bare parts first (fresh processes, nothing else on the GPU),
-    then the Ray grids."""
+PARTS = ("precision", "thesis", "grids")
+
+
+def run_gpu(quick: bool, keep: bool, device: str = "cuda", parts: tuple[str, ...] = PARTS) -> dict:
+    """The GPU measurements in `parts` (all by default; one device call may not hold them all):
+    the bare parts first (fresh processes, nothing else on the GPU), then the Ray grids."""
     sizes = QUICK if quick else FULL
     started = time.perf_counter()
     root = Path(tempfile.mkdtemp(prefix="kdray-bench-gpu-"))
     log(f"working folder {root}")
     parts_s: dict[str, float] = {}
-
-    t0 = time.perf_counter()
+    result: dict = {}
     pjob = load_bench_job(root / "runs", sizes.quickstart)
     pinfo = prepare(pjob, root / "data")
-    precision = in_fresh_process(
-        precision_check, pjob.model_dump(mode="json"), pinfo, device, PRECISIONS,
-        sizes.precision_epochs,
-    )  # fmt: skip
-    info = precision.pop("device_info")
-    parts_s["precision"] = time.perf_counter() - t0
+    info = in_fresh_process(device_info, device)
+    result.update(gpu_device=info.get("gpu_device"), torch=info["torch"], device_info=info)
 
-    t0 = time.perf_counter()
-    thesis_data = (
-        "data.native_size=64",  # drawn small, resized to 224 px: the loader's cost is the same
-        f"data.train_size={thesis_train_size(sizes, pjob.train.prefetch_batches)}",
-    )
-    tjob = load_bench_job(root / "runs", [*THESIS_OVERRIDES, *thesis_data])
-    tinfo = prepare(tjob, root / "data")
-    thesis = in_fresh_process(
-        thesis_shape, tjob.model_dump(mode="json"), tinfo, device, sizes.thesis_steps,
-        sizes.thesis_warmup, THESIS_THREADS, sizes.thesis_settings,
-    )  # fmt: skip
-    parts_s["thesis_shape"] = time.perf_counter() - t0
+    if "precision" in parts:
+        t0 = time.perf_counter()
+        precision = in_fresh_process(
+            precision_check, pjob.model_dump(mode="json"), pinfo, device, PRECISIONS,
+            sizes.precision_epochs,
+        )  # fmt: skip
+        precision.pop("device_info", None)
+        result["precision"] = precision
+        parts_s["precision"] = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
-    grids = ray_grids(root, sizes, use_gpu=device == "cuda")
-    parts_s["ray_grids"] = time.perf_counter() - t0
+    if "thesis" in parts:
+        t0 = time.perf_counter()
+        thesis_data = (
+            "data.native_size=64",  # drawn small, resized to 224 px: the loader's cost is alike
+            f"data.train_size={thesis_train_size(sizes, pjob.train.prefetch_batches)}",
+        )
+        tjob = load_bench_job(root / "runs", [*THESIS_OVERRIDES, *thesis_data])
+        tinfo = prepare(tjob, root / "data")
+        thesis = in_fresh_process(
+            thesis_shape, tjob.model_dump(mode="json"), tinfo, device, sizes.thesis_steps,
+            sizes.thesis_warmup, THESIS_THREADS, sizes.thesis_settings,
+        )  # fmt: skip
+        result["thesis_shape"] = thesis[0]
+        for setting in thesis[1:]:
+            key = f"thesis_shape_{setting['precision']}"
+            result[key] = setting
+        parts_s["thesis_shape"] = time.perf_counter() - t0
 
-    result = {
-        "gpu_device": info.get("gpu_device"),
-        "torch": info["torch"],
-        "device_info": info,
-        "quickstart_gpu1": grids["quickstart_gpu1"],
-        "quickstart_gpu_quarter": grids["quickstart_gpu_quarter"],
-        "quickstart_cpu": grids["quickstart_cpu"],
-        "precision": precision,
-        "thesis_shape": thesis[0],
-        **{f"thesis_shape_{s['precision']}": s for s in thesis[1:]},
-        "medmnist_grid": grids["medmnist_grid"],
-        "meta": {
-            "quick": quick,
-            "cpus": os.cpu_count(),
-            "ray_init_s": grids["ray_init_s"],
-            "parts_s": parts_s,
-            "total_s": time.perf_counter() - started,
-            "load_avg_at_end": os.getloadavg(),
-        },
+    if "grids" in parts:
+        t0 = time.perf_counter()
+        grids = ray_grids(root, sizes, use_gpu=device == "cuda")
+        for key in ("quickstart_gpu1", "quickstart_gpu_quarter", "quickstart_cpu", "medmnist_grid"):
+            result[key] = grids[key]
+        parts_s["ray_grids"] = time.perf_counter() - t0
+        parts_s["ray_init_s"] = grids["ray_init_s"]
+
+    result["meta"] = {
+        "quick": quick,
+        "parts": list(parts),
+        "cpus": os.cpu_count(),
+        "parts_s": parts_s,
+        "total_s": time.perf_counter() - started,
+        "load_avg_at_end": os.getloadavg(),
     }
     if keep:
         log(f"kept {root}")
