@@ -22,6 +22,7 @@ measurement is a function taking the device (or `use_gpu`), so each can be run o
 from __future__ import annotations
 
 import gc
+import json
 import math
 import os
 import shutil
@@ -488,7 +489,7 @@ def fixed_costs(grid, events: dict, n_slots: int, ray_init_s: float) -> dict:
     }
 
 
-def ray_grids(root: Path, sizes: Sizes, use_gpu: bool = True) -> dict:
+def ray_grids(root: Path, sizes: Sizes, use_gpu: bool = True, quickstarts_too: bool = True) -> dict:
     """One local Ray (`kdray.grid.init_ray`, 4 trial drivers), then the MedMNIST-shaped grid
     (first: the controller logs read for its timeline hold only its trials), the quickstart on
     one whole GPU per trial, on a quarter GPU per trial with 4 at a time, and on the CPU."""
@@ -512,7 +513,9 @@ def ray_grids(root: Path, sizes: Sizes, use_gpu: bool = True) -> dict:
         runs, [*sizes.quickstart, *grid_overrides(False, 0, 4, cpus)], "bench-gpu-quickstart-cpu"
     )
     quickstarts = [("quickstart_gpu1", gpu1), ("quickstart_gpu_quarter", quarter)]
-    if sizes.cpu_reference:
+    if not quickstarts_too:
+        quickstarts = []
+    elif sizes.cpu_reference:
         quickstarts.append(("quickstart_cpu", cpu))
     ray_init_s = raygrid.timed_ray_init(medmnist)  # trial drivers: 4, the most any grid runs
     try:
@@ -531,26 +534,28 @@ def ray_grids(root: Path, sizes: Sizes, use_gpu: bool = True) -> dict:
             **fixed_costs(mm, events, grid_slots(medmnist), ray_init_s),
             "test_acc": {r["trial_id"]: r["test_acc"] for r in mm.trials},
         }
+        log("medmnist_grid " + json.dumps(out["medmnist_grid"]))  # kept if a later part dies
         grids = {}
         for key, job in quickstarts:
             log(f"{key}: the quickstart, {job.resources.gpus_per_worker} GPU per trial")
             grid = raygrid.run_grid(job)
             log(f"{key} done in {grid.makespan_s:.1f}s (all finished: {grid.ok})")
             grids[key] = grid_summary(grid, grid_slots(job))
+            log(f"{key} " + json.dumps(grids[key]))
     finally:
         ray.shutdown()
     reference = grids.get("quickstart_cpu")
-    for key in ("quickstart_gpu1", "quickstart_gpu_quarter"):
+    for key in [k for k in ("quickstart_gpu1", "quickstart_gpu_quarter") if k in grids]:
         grids[key]["vs_cpu"] = versus(grids[key], reference) if reference else "no CPU grid"
     if reference is None:
-        grids["quickstart_cpu"] = "skipped under --quick"
+        grids["quickstart_cpu"] = "skipped (--quick, or --gpu-parts medmnist)"
     return out | grids
 
 
 # --- all of it -------------------------------------------------------------------------------
 
 
-PARTS = ("precision", "thesis", "grids")
+PARTS = ("precision", "thesis", "grids", "medmnist")  # medmnist: that grid alone
 
 
 def run_gpu(quick: bool, keep: bool, device: str = "cuda", parts: tuple[str, ...] = PARTS) -> dict:
@@ -595,11 +600,12 @@ def run_gpu(quick: bool, keep: bool, device: str = "cuda", parts: tuple[str, ...
             result[key] = setting
         parts_s["thesis_shape"] = time.perf_counter() - t0
 
-    if "grids" in parts:
+    if "grids" in parts or "medmnist" in parts:
         t0 = time.perf_counter()
-        grids = ray_grids(root, sizes, use_gpu=device == "cuda")
+        grids = ray_grids(root, sizes, device == "cuda", quickstarts_too="grids" in parts)
         for key in ("quickstart_gpu1", "quickstart_gpu_quarter", "quickstart_cpu", "medmnist_grid"):
-            result[key] = grids[key]
+            if key in grids:
+                result[key] = grids[key]
         parts_s["ray_grids"] = time.perf_counter() - t0
         parts_s["ray_init_s"] = grids["ray_init_s"]
 
