@@ -16,7 +16,8 @@ NO_TEACHER = "no teacher"
 
 
 def has_role(trials: pd.DataFrame, role: str) -> pd.Series:
-    return trials.roles.apply(lambda rs: role in list(rs))
+    # bool even when empty: an empty object Series would index columns, not rows
+    return trials.roles.apply(lambda rs: role in list(rs)).astype(bool)
 
 
 def baseline_rows(trials: pd.DataFrame) -> pd.DataFrame:

@@ -285,8 +285,22 @@ def status(experiment_dir: Path) -> None:
 def export(
     experiment_dir: Path,
     out: Annotated[Path, typer.Option(help="Folder to write the tables into.")] = Path("results"),
+    onnx: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--onnx",
+            help="Also write onnx/<RUN_ID>.onnx, checked against PyTorch (repeatable).",
+            metavar="RUN_ID",
+            show_default=False,
+        ),
+    ] = None,
+    onnx_pareto: Annotated[
+        bool,
+        typer.Option(help="Also write the Pareto-optimal KD students and baselines (vs MACs)."),
+    ] = False,
 ) -> None:
-    """Write trials.parquet, trials.csv, the Markdown tables and report.html of an experiment."""
+    """Write trials.parquet, trials.csv, the Markdown tables and report.html of an experiment;
+    with --onnx / --onnx-pareto, deployable ONNX files of its models."""
     from kdray.experiment import ExperimentError
     from kdray.export import export as do_export
 
@@ -297,6 +311,45 @@ def export(
         raise typer.Exit(2) from None
     for path in written.values():
         console.print(f"wrote {path}", highlight=False)
+    runs = list(onnx or [])
+    if onnx_pareto:
+        runs += _pareto_runs(experiment_dir)
+    for run_id in dict.fromkeys(runs):
+        _export_onnx(experiment_dir, run_id, out)
+
+
+def _pareto_runs(experiment_dir: Path) -> list[str]:
+    from kdray.cells import study_cells
+    from kdray.compression import pareto_runs
+    from kdray.experiment import Experiment
+    from kdray.results import read_trials
+
+    exp = Experiment.open(experiment_dir)
+    trials = read_trials(exp).to_pandas()
+    done = trials[trials.status == "finished"]
+    cells = [c for study in exp.job().studies for c in study_cells(done, study)]
+    chosen = pareto_runs(cells, done)
+    if not chosen:
+        _error("--onnx-pareto: no KD student or baseline has a measured cost (macs)")
+        raise typer.Exit(2)
+    return chosen
+
+
+def _export_onnx(experiment_dir: Path, run_id: str, out: Path) -> None:
+    from kdray.deploy import DeployError, export_onnx
+
+    try:
+        result = export_onnx(experiment_dir, run_id, out)
+    except DeployError as exc:
+        _error(str(exc))
+        raise typer.Exit(2) from None
+    console.print(
+        f"wrote {result.path}: max |Δp| {result.max_abs_diff:.1e} against PyTorch on "
+        f"{result.images} validation images; onnxruntime batch-1 latency "
+        f"{result.latency_ms:.2f} ms (median)",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def main() -> None:  # pragma: no cover

@@ -8,7 +8,8 @@
 - `throughput`: images per second at the evaluation batch size.
 Each (model, image size, channels, classes, device) is measured once per experiment and kept in
 `costs/<key>.json`: a teacher and its model's baseline share one measurement. Timing is bounded
-(`budget_s` per model) so it never costs a trial noticeable time.
+(`budget_s` per model, 1 s: about 1 s per model on the quickstart, where 3 s cost its grid ~3%)
+so it never costs a trial noticeable time.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def _timed(model: nn.Module, x: torch.Tensor) -> float:
 
 @torch.no_grad()
 def time_inference(
-    model: nn.Module, channels: int, size: int, batch_size: int, budget_s: float = 3.0
+    model: nn.Module, channels: int, size: int, batch_size: int, budget_s: float = 1.0
 ) -> dict:
     """Batch-1 latency (median, p90, in ms) and throughput at `batch_size` (images/s), within
     about `budget_s` seconds: fewer timed calls for a slow model, at least 3."""

@@ -6,6 +6,7 @@ data/         the decoded array cache
 runs/<id>/    per run: summary.json, epochs.jsonl, model.pt, attempts.json
 train/<id>/   Ray Train's storage for the run (per-epoch checkpoints)
 tune/<time>/  Ray Tune's experiment state, one per `kdray run`/`resume` of the grid
+costs/        each model's measured cost per data shape and device (`kdray.cost`)
 results/      trials.parquet, epochs.parquet
 """
 

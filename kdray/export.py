@@ -5,7 +5,8 @@ teachers.md   each teacher: train / valid / test accuracy
               (one per study of the job, named after it; an ensemble is one teacher column)
 baseline.md   each student trained without KD
 summary.md    each KD cell's test accuracy against its student's baseline: the paired gain, its
-              interval, p, n and verdict (`kdray.cells`, `kdray.stats`); how often KD won
+              interval, p, n and verdict (`kdray.cells`, `kdray.stats`); how often KD won; what
+              each KD student costs against its teacher (`kdray.compression`)
 <study>.sensitivity.md  a sweeping study's every setting, valid and test, the chosen one marked
 report.html   all of these tables with figures, one self-contained file (`kdray.report`)
 Values are `mean ± std` over seeds when a cell has several. `tables` computes the tables once,
@@ -30,6 +31,7 @@ from kdray.cells import (
     study_cells,
     teacher_label,
 )
+from kdray.compression import COMPRESSION_NOTE, compression_table
 from kdray.experiment import Experiment
 from kdray.results import EPOCH_SCHEMA, read_trials
 from kdray.stats import BOOTSTRAP_FROM, MIN_SEEDS
@@ -204,7 +206,8 @@ def study_title(trials: pd.DataFrame, study: str) -> str:
 def tables(trials: pd.DataFrame, studies: list[str]) -> dict[str, tuple[str, pd.DataFrame]]:
     """Name -> (title, table) for every table of the export: `teachers`, `baseline`, one per
     study (no columns when none of its trials finished) and `<study>.sensitivity` for a study
-    that sweeps, `summary`, `improvement`, and `unfinished` when some trial did not finish."""
+    that sweeps, `summary`, `improvement`, `compression`, and `unfinished` when some trial did
+    not finish."""
     done = trials[trials.status == "finished"]
     cells = {study: study_cells(done, study) for study in studies}
     out = {
@@ -221,6 +224,10 @@ def tables(trials: pd.DataFrame, studies: list[str]) -> dict[str, tuple[str, pd.
         summary_table([c for study in studies for c in cells[study]]),
     )
     out["improvement"] = ("How often KD beat its baseline", improvement_table(cells))
+    out["compression"] = (
+        "What distillation bought: each KD student against its teacher",
+        compression_table([c for study in studies for c in cells[study]], done),
+    )
     failed = trials[trials.status != "finished"]
     if not failed.empty:
         out["unfinished"] = ("Unfinished trials", failed[["trial_id", "status", "error"]])
@@ -236,6 +243,9 @@ def render_tables(trials: pd.DataFrame, studies: list[str]) -> dict[str, str]:
             continue
         if name == "improvement":
             out["summary.md"] += f"\n## {title}\n\n{markdown(table)}\n{STATISTICS_NOTE}\n"
+            continue
+        if name == "compression":
+            out["summary.md"] += f"\n## {title}\n\n{markdown(table)}\n{COMPRESSION_NOTE}\n"
             continue
         body = markdown(table) if len(table.columns) else "_no finished trials_\n"
         out[f"{name}.md"] = f"# {title}\n\n{body}"

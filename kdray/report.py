@@ -2,7 +2,8 @@
 
 The tables are `kdray.export.tables`, the ones the Markdown files hold; the figures are inline SVG
 drawn with matplotlib (Agg): each KD cell's test accuracy next to its student's no-KD baseline, a
-Student x Teacher heatmap of test accuracy per study, and validation accuracy per epoch (one panel
+Student x Teacher heatmap of test accuracy per study, test accuracy against MACs and latency with
+the Pareto-optimal models marked (`kdray.frontier`), and validation accuracy per epoch (one panel
 per study, its teachers dashed, the defective teachers' band shaded; one panel for the
 baselines). No JavaScript, no external files, no network: it opens from disk.
 Failed runs show "—" in the tables and are left out of the figures.
@@ -21,7 +22,9 @@ import numpy as np
 import pandas as pd
 
 from kdray.cells import Cell, baseline_rows, has_role, study_cells
+from kdray.compression import COMPRESSION_NOTE, frontier_points
 from kdray.export import STATISTICS_NOTE, tables
+from kdray.frontier import frontier_figure
 
 matplotlib.use("Agg")
 
@@ -269,6 +272,9 @@ def render_report(
         parts.append(forest_figure(cells[study], study) or "")
     section("improvement")
     parts.append(f'<p class="note">{html.escape(STATISTICS_NOTE)}</p>')
+    frontier = frontier_figure(frontier_points([c for s in studies for c in cells[s]], done))
+    section("compression", figure=svg(frontier, "frontier") if frontier else None)
+    parts.append(f'<p class="note">{html.escape(COMPRESSION_NOTE)}</p>')
     section("teachers")
     section("baseline")
     for study in studies:

@@ -13,6 +13,9 @@ from kdray.atomic import atomic_write
 from kdray.experiment import Experiment
 from kdray.plan import RunSpec
 
+COST_COLUMNS = (
+    "macs", "weights_mb", "latency_ms_p50", "latency_ms_p90", "throughput", "cost_device",
+)  # fmt: skip
 METRICS = ("acc", "f1", "kappa", "auroc", "loss")
 SPLIT_PREFIXES = ("train", "val", "test")
 
@@ -64,6 +67,14 @@ TRIAL_SCHEMA = pa.schema(
         pa.field("band_low", pa.float64()),
         pa.field("band_high", pa.float64()),
         pa.field("params", pa.int64()),
+        # what the deployable model costs (kdray.cost): one forward pass of one image, model.pt
+        # on disk, batch-1 latency and throughput on the device the run trained on
+        pa.field("macs", pa.int64()),
+        pa.field("weights_mb", pa.float64()),
+        pa.field("latency_ms_p50", pa.float64()),
+        pa.field("latency_ms_p90", pa.float64()),
+        pa.field("throughput", pa.float64()),  # images/s at the evaluation batch size
+        pa.field("cost_device", pa.string()),
         pa.field("wall_s", pa.float64()),  # trial driver: launch to end, Ray overhead included
         pa.field("setup_s", pa.float64()),  # worker start to first training step
         pa.field("train_s", pa.float64()),  # worker start to end
@@ -146,6 +157,7 @@ def trial_row(exp: Experiment, spec: RunSpec, failure: str | None = None) -> dic
         "band_low": spec.band[0] if spec.band else None,
         "band_high": spec.band[1] if spec.band else None,
         "params": summary.get("params"),
+        **{k: summary.get(k) for k in COST_COLUMNS},
         "wall_s": summary.get("wall_s"),
         "setup_s": summary.get("setup_s"),
         "train_s": summary.get("train_s"),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ import ray.train
 import ray.train.torch
 import torch
 
-from kdray import soft_labels
+from kdray import cost, soft_labels
 from kdray.atomic import atomic_write, write_json
 from kdray.data.cache import DataInfo
 from kdray.evaluate import final_metrics
@@ -128,9 +129,10 @@ def restore(session: Session) -> tuple[int, list[dict]]:
 
 
 def finish(session: Session, run_dir: Path, history: list[dict], summary: dict) -> None:
-    """Rank 0: the run's files. The deployable `model.pt` is the student alone (no adapters);
-    a teacher whose students read cached soft labels writes them before `summary.json`, so a
-    teacher counts as finished only with its soft labels."""
+    """Rank 0: the run's files. The deployable `model.pt` is the student alone (no adapters),
+    and what it costs goes into the summary; a teacher whose students read cached soft labels
+    writes them before `summary.json`, so a teacher counts as finished only with its soft
+    labels."""
     info, spec = session.info, session.spec
     _write_history(run_dir, history)
     save_model(
@@ -144,11 +146,29 @@ def finish(session: Session, run_dir: Path, history: list[dict], summary: dict) 
         std=info.std,
         image_size=info.image_size,
     )
+    summary.update(model_cost(session, run_dir))
     if spec.soft_labels and summary["error"] is None:
         soft_labels.build(
             session.core.student, session.job, spec.seed, info, session.device, run_dir
         )
     write_json(run_dir / "summary.json", summary)
+
+
+def model_cost(session: Session, run_dir: Path) -> dict:
+    """What the deployable student costs (`kdray.cost`), measured once per model and data shape
+    in the experiment's `costs/` folder; a failure to measure is logged and never fails the run."""
+    info = session.info
+    out = {"weights_mb": (run_dir / "model.pt").stat().st_size / 1e6}
+    try:
+        measured = cost.measure(
+            session.core.student, session.spec.model, info.channels, info.image_size,
+            info.num_classes, session.job.train.eval_batch_size, run_dir.parent.parent / "costs",
+        )  # fmt: skip
+        keys = ("macs", "latency_ms_p50", "latency_ms_p90", "throughput")
+        return out | {k: measured[k] for k in keys} | {"cost_device": measured["device"]}
+    except Exception as exc:  # a cost is a report, not a result: never lose the run over it
+        print(f"kdray: cost of {session.spec.run_id} not measured: {exc!r}", file=sys.stderr)
+        return out
 
 
 def _device(job: Job) -> torch.device:

@@ -70,6 +70,20 @@ def test_trials_table_holds_every_run_once(grid):
     assert {"loss_ce", "loss_kd"} <= set(epochs.column_names)  # one column per loss term
 
 
+def test_every_finished_run_has_its_cost(grid):
+    """Measured in the worker, once per model and data shape (`costs/`), for every run."""
+    tmp_path, _, _ = grid
+    exp = Experiment.open(tmp_path / "runs" / "tiny")
+    trials = pq.read_table(exp.results_dir / "trials.parquet").to_pylist()
+    for row in trials:
+        assert row["status"] == "finished"
+        assert row["macs"] > 0 and row["weights_mb"] > 0, row["trial_id"]
+        assert row["latency_ms_p90"] >= row["latency_ms_p50"] > 0 and row["throughput"] > 0
+        assert row["cost_device"] == "cpu"
+    models = {r["model"] for r in trials}
+    assert len(list((exp.root / "costs").glob("*.json"))) == len(models)
+
+
 def test_running_again_redoes_no_finished_work(grid):
     tmp_path, job_file, _ = grid
     exp = Experiment.open(tmp_path / "runs" / "tiny")
