@@ -18,6 +18,7 @@ Who teaches whom and how a teacher is trained belong to the study, never to the 
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
@@ -57,7 +58,7 @@ class Shapes:
     teacher_channels: tuple[tuple[int, ...], ...] = ()  # one tuple per teacher
 
 
-class Method(nn.Module):
+class Method(nn.Module, ABC):
     """Base of every distillation method; see the module docstring for the contract."""
 
     name: ClassVar[str]
@@ -84,6 +85,7 @@ class Method(nn.Module):
         """What a user should know before training with these settings on this data."""
         return []
 
+    @abstractmethod
     def forward(
         self,
         student: Outputs,
@@ -91,7 +93,7 @@ class Method(nn.Module):
         targets: torch.Tensor,
         epoch: float,
     ) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
+        """Named loss terms; `loss` is the one minimised, the others are logged."""
 
 
 def register(cls: type[Method]) -> type[Method]:
