@@ -25,7 +25,7 @@ def _log_axis(ax, low: float, high: float) -> None:
     """Log x with ticks at 1, 2, 5 x 10^k labelled 20M, 50M (a model grid often spans less than
     a decade), and room on the right for the points' labels."""
     ax.set_xscale("log")
-    ax.set_xlim(low / 1.3, high * 2.2)
+    ax.set_xlim(low / 1.15, high * 1.8)
     ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
     ax.xaxis.set_major_formatter(EngFormatter(sep=""))
     ax.xaxis.set_minor_formatter(NullFormatter())
@@ -43,11 +43,15 @@ def frontier_figure(points: pd.DataFrame) -> Figure | None:
         shown = points[points[cost].notna() & points.test_acc.notna()]
         for row in shown.itertuples(index=False):
             colour = colours.get(row.study, "0.35" if row.kind == BASELINE else "0.1")
-            x = getattr(row, cost)
-            ax.plot(x, row.test_acc, MARKERS[row.kind], color=colour, ms=7, alpha=0.85)
+            size, zorder = (6, 3) if row.kind == KD else (9, 2)  # a KD dot shows on its baseline
+            ax.plot(getattr(row, cost), row.test_acc, MARKERS[row.kind], color=colour, ms=size,
+                    alpha=0.85, zorder=zorder)  # fmt: skip
+        # one label per place: a KD student as accurate as its baseline shares the point
+        for (x, acc), group in shown.groupby([cost, "test_acc"], sort=False):
             ax.annotate(
-                row.label, (x, row.test_acc), fontsize=6, xytext=(4, 3), textcoords="offset points"
-            )
+                "\n".join(group.label), (x, acc), fontsize=6, xytext=(5, 3),
+                textcoords="offset points", va="bottom",
+            )  # fmt: skip
         best = shown[shown[optimal]].sort_values(cost)
         if not best.empty:
             ax.plot(best[cost], best.test_acc, "o", ms=14, mfc="none", color="C3", mew=1.5)

@@ -26,6 +26,7 @@ from kdray.training import build_session
 from tests.conftest import tiny_job_dict
 from tests.test_cells import run
 from tests.test_export import fake_experiment
+from tests.test_report import assert_self_contained
 
 
 def test_macs_of_a_small_network_equal_a_hand_count(tmp_path):
@@ -142,6 +143,8 @@ def test_costs_reach_the_table_the_summary_and_the_report(tmp_path):
     assert "| reverse | kd | resnet18 | resnet10t | — | 0.44× | 0.50× | 0.40× |" in section
     page = (out / "report.html").read_text()
     assert 'id="frontier-' in page and "MACs per image" in page and "Pareto-optimal" in page
+    assert page.count("<svg") == 6  # test_report's five figures and the frontier
+    assert_self_contained(page)
 
 
 def tiny_experiment(tmp_path, studies=None):
