@@ -125,8 +125,12 @@ def _run(exp, job, address: str | None, verbose: bool) -> None:
     from kdray.results import read_trials, write_results
     from kdray.runner import run_experiment
     from kdray.status import GridBusy
+    from kdray.versions import resume_warning
 
     console.print(f"experiment: {exp.root}")
+    changed = resume_warning(exp.root)  # a resumed (or re-run) experiment, other packages
+    if changed:
+        err.print(Text.assemble(("warning ", "bold yellow"), changed), soft_wrap=True)
     try:
         report = run_experiment(exp, job, address=address, verbose=verbose, console=console)
     except (ResourceError, GridBusy) as exc:

@@ -7,6 +7,7 @@ runs/<id>/    per run: summary.json, epochs.jsonl, model.pt, attempts.json
 train/<id>/   Ray Train's storage for the run (per-epoch checkpoints)
 tune/<time>/  Ray Tune's experiment state, one per `kdray run`/`resume` of the grid
 costs/        each model's measured cost per data shape and device (`kdray.cost`)
+versions.json the versions of python and the packages that shape results, at creation
 results/      trials.parquet, epochs.parquet
 """
 
@@ -16,6 +17,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from kdray import versions
 from kdray.job import Job
 from kdray.plan import Plan, make_plan
 
@@ -79,9 +81,12 @@ class Experiment:
                 f"`kdray resume {exp.root}`, or run the new settings under another name "
                 f"(--set name={job.name}-2) or storage"
             )
+        is_new = not existing.is_file()
         exp.root.mkdir(parents=True, exist_ok=True)
         existing.write_text(job_json)
         (exp.root / "plan.json").write_text(json.dumps(make_plan(job).to_json(), indent=2))
+        if is_new:  # what it started with; a resume compares against it (kdray.versions)
+            versions.record(exp.root)
         return exp
 
     @classmethod

@@ -9,6 +9,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from kdray import versions
 from kdray.atomic import atomic_write
 from kdray.experiment import Experiment
 from kdray.plan import RunSpec
@@ -204,7 +205,8 @@ def write_results(exp: Experiment, failures: dict[str, str] | None = None) -> pa
             {**trial_row(exp, r, failures.get(r.run_id)), **p}
             for r, p in zip(runs, params, strict=True)
         ],
-        schema=pa.schema([*TRIAL_SCHEMA, *fields]),
+        # the versions the experiment started with travel with the table (kdray.versions)
+        schema=pa.schema([*TRIAL_SCHEMA, *fields], metadata=versions.parquet_metadata(exp.root)),
     )
     rows = [row for r in runs for row in epoch_rows(exp, r)]
     schema = epoch_schema(rows)

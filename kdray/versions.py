@@ -1,0 +1,113 @@
+"""The versions of everything that shapes a run's numbers, recorded with the experiment.
+
+The same job, seed and code give other accuracies when a dependency changes what it computes
+(an augmentation's random draws, a model's initialisation, a kernel): a fresh install of
+unpinned dependencies moved the quickstart's numbers once. So the experiment folder keeps
+`versions.json`, written when the folder is created; `trials.parquet` carries the same in its
+schema metadata (`kdray.versions`); and `kdray resume` (or running the same job again) warns,
+package by package, when it runs with other versions than the experiment started with.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from importlib import metadata
+from pathlib import Path
+
+VERSIONS_FILE = "versions.json"
+PARQUET_KEY = b"kdray.versions"
+
+# distributions whose version can change a run's numbers (or its speed, for the cost columns)
+PACKAGES = (
+    "kdray",
+    "torch",
+    "torchvision",
+    "timm",
+    "albumentations",
+    "albucore",
+    "opencv-python-headless",
+    "numpy",
+    "pillow",
+    "scikit-learn",
+    "scipy",
+    "ray",
+    "pydicom",
+    "pylibjpeg",
+    "pylibjpeg-libjpeg",
+    "pylibjpeg-openjpeg",
+    "nvidia-cudnn-cu13",
+    "nvidia-cudnn-cu12",
+    "nvidia-cublas",
+    "nvidia-cublas-cu12",
+)
+
+
+def current() -> dict[str, str]:
+    """Python, each installed package of `PACKAGES`, and the CUDA and cuDNN torch was built
+    with (build properties: read without touching a GPU)."""
+    found = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    found.update(_cuda())
+    return found
+
+
+def _cuda() -> dict[str, str]:
+    import torch  # `kdray run` imports it anyway; this creates no CUDA context
+
+    found = {"torch.cuda": str(torch.version.cuda)}  # "None" for a CPU-only build
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    if cudnn is not None:
+        found["cudnn"] = str(cudnn)
+    return found
+
+
+def record(root: Path) -> dict[str, str]:
+    """Write `versions.json` into a new experiment folder; an existing one is kept (it says
+    what the experiment started with)."""
+    path = root / VERSIONS_FILE
+    if path.is_file():
+        return recorded(root) or {}
+    versions = current()
+    path.write_text(json.dumps(versions, indent=2) + "\n")
+    return versions
+
+
+def recorded(root: Path) -> dict[str, str] | None:
+    """The versions the experiment started with; None for a folder made before kdray kept them."""
+    path = root / VERSIONS_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def differences(old: dict[str, str], new: dict[str, str]) -> list[str]:
+    """`name old -> new` for every entry that differs (`-` where one side lacks it)."""
+    return [
+        f"{name} {old.get(name, '-')} -> {new.get(name, '-')}"
+        for name in sorted(set(old) | set(new))
+        if old.get(name) != new.get(name)
+    ]
+
+
+def resume_warning(root: Path, now: dict[str, str] | None = None) -> str | None:
+    """One line when this environment differs from the one the experiment started with."""
+    old = recorded(root)
+    if old is None:
+        return None
+    changed = differences(old, now if now is not None else current())
+    if not changed:
+        return None
+    return (
+        f"this environment differs from the one {root.name} started with ({VERSIONS_FILE}): "
+        + ", ".join(changed)
+        + "; runs continued here may not match the finished ones"
+    )
+
+
+def parquet_metadata(root: Path) -> dict[bytes, bytes]:
+    """Schema metadata for the experiment's tables: its recorded versions, as JSON."""
+    versions = recorded(root)
+    return {PARQUET_KEY: json.dumps(versions).encode()} if versions else {}

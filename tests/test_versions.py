@@ -1,0 +1,78 @@
+"""The versions that shape results: recorded at creation, compared on resume, kept in the
+tables. No Ray: `kdray resume` stops at the grid (a stand-in `run_experiment`)."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+from typer.testing import CliRunner
+
+from kdray import versions
+from kdray.cli import app
+from kdray.experiment import Experiment
+from kdray.job import parse_job
+from kdray.results import write_results
+from tests.conftest import tiny_job_dict
+
+
+def _experiment(tmp_path) -> Experiment:
+    return Experiment.create(parse_job(tiny_job_dict(tmp_path)))
+
+
+def test_a_new_experiment_records_the_versions_it_starts_with(tmp_path):
+    exp = _experiment(tmp_path)
+    saved = json.loads((exp.root / "versions.json").read_text())
+    assert saved == versions.current()
+    for name in ("python", "torch", "torchvision", "timm", "albumentations", "numpy", "ray"):
+        assert saved[name], name
+    # running the same job again resumes it: what it started with is kept
+    (exp.root / "versions.json").write_text(json.dumps({**saved, "numpy": "1.0.0"}))
+    Experiment.create(parse_job(tiny_job_dict(tmp_path)))
+    assert versions.recorded(exp.root)["numpy"] == "1.0.0"
+
+
+def _resume_output(exp: Experiment, monkeypatch) -> str:
+    import kdray.runner
+    from kdray.grid import ResourceError
+
+    def no_grid(*args, **kwargs):
+        raise ResourceError("stopped before the grid (test)")
+
+    monkeypatch.setattr(kdray.runner, "run_experiment", no_grid)
+    result = CliRunner().invoke(app, ["resume", str(exp.root)])
+    assert result.exit_code == 2, result.output
+    return result.output
+
+
+def test_resume_with_other_versions_warns_once_naming_each_package(tmp_path, monkeypatch):
+    exp = _experiment(tmp_path)
+    now = versions.current()
+    started = {**now, "numpy": "1.26.4", "albumentations": "1.4.0", "gone": "0.1"}
+    del started["timm"]
+    (exp.root / "versions.json").write_text(json.dumps(started))
+    output = _resume_output(exp, monkeypatch)
+    lines = [line for line in output.splitlines() if "versions.json" in line]
+    assert len(lines) == 1 and lines[0].startswith("warning"), output
+    for change in (
+        f"numpy 1.26.4 -> {now['numpy']}",
+        f"albumentations 1.4.0 -> {now['albumentations']}",
+        f"timm - -> {now['timm']}",
+        "gone 0.1 -> -",
+    ):
+        assert change in lines[0], change
+    assert "torch " not in lines[0]  # unchanged packages are not listed
+
+
+def test_resume_with_the_same_versions_or_none_recorded_says_nothing(tmp_path, monkeypatch):
+    exp = _experiment(tmp_path)
+    assert "warning" not in _resume_output(exp, monkeypatch)
+    (exp.root / "versions.json").unlink()  # a folder made before kdray recorded versions
+    assert "warning" not in _resume_output(exp, monkeypatch)
+
+
+def test_trials_parquet_metadata_holds_the_recorded_versions(tmp_path):
+    exp = _experiment(tmp_path)
+    write_results(exp)
+    metadata = pq.read_schema(exp.results_dir / "trials.parquet").metadata
+    assert json.loads(metadata[b"kdray.versions"]) == versions.recorded(exp.root)
