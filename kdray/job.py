@@ -77,6 +77,13 @@ class TrainConfig(Strict):
         description="training batches a background thread prepares ahead of the step "
         "(0: prepare each batch when the step asks for it)",
     )
+    loader_workers: int = Field(
+        0,
+        ge=0,
+        description="loader processes augmenting training batches (0: in the training process, "
+        "prefetch_batches ahead); each sample's augmentation is then seeded by (seed, epoch, "
+        "index), other views than with 0; keep it within resources.cpus_per_worker",
+    )
 
     @field_validator("augment")
     @classmethod

@@ -120,6 +120,7 @@ def build_session(
         images, labels, job.train.augment, info.mean, info.std, job.train.batch_size, spec.seed,
         rank, world_size,  # our own data-parallel sampler, so a teacher can replay every rank
         prefetch=job.train.prefetch_batches, pin_memory=device.type == "cuda",
+        workers=job.train.loader_workers,
     )  # fmt: skip
     optimizer = build_optimizer(job, model.parameters())
     scheduler = None
