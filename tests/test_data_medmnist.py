@@ -1,7 +1,9 @@
-"""The `medmnist` data kind: a MedMNIST .npz made here, and the real BreastMNIST file."""
+"""The `medmnist` data kind: a MedMNIST .npz made here, the BreastMNIST copy kdray ships, and
+the broken files a user may point it at (each one clear line, exit 2)."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -10,11 +12,12 @@ from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from kdray.cli import app
-from kdray.data import DataError, load_split, open_sources, prepare_data
+from kdray.data import DataError, load_split, medmnist, open_sources, prepare_data
 from kdray.data.medmnist import Config
 
 REPO = Path(__file__).resolve().parents[1]
-BREASTMNIST = REPO.parent / "shared/data/breastmnist.npz"
+BREASTMNIST = REPO / "kdray/data/builtin/breastmnist.npz"
+BREASTMNIST_SHA256 = "5e68d79723fb3a63a399b0a66b66451799fc2eb3651f469cec0b679cfd743b68"
 
 
 def write_npz(path: Path, rgb: bool = False, column_labels: bool = True, drop: str = "") -> Path:
@@ -59,14 +62,68 @@ def test_missing_file_not_an_npz_and_missing_key_are_reported(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         open_sources(Config(path=tmp_path / "nowhere.npz"))
     junk = tmp_path / "junk.npz"
-    junk.write_text("not a zip")
-    with pytest.raises(DataError, match="junk.npz: not a NumPy .npz archive"):
+    junk.write_text("train_images,train_labels\n")
+    with pytest.raises(DataError) as err:
         open_sources(Config(path=junk))
+    assert err.value.problems[0].startswith(f"{junk}: not an .npz file")
+    assert "pickle" not in str(err.value)
+    single = tmp_path / "single.npz"
+    with open(single, "wb") as f:
+        np.save(f, np.zeros(3))
+    with pytest.raises(DataError, match="a single .npy array"):
+        open_sources(Config(path=single))
     no_val = write_npz(tmp_path / "noval.npz", drop="val_labels")
     with pytest.raises(DataError) as err:
         open_sources(Config(path=no_val))
     assert len(err.value.problems) == 1
     assert err.value.problems[0].startswith(f"{no_val}: no array 'val_labels'")
+
+
+def test_object_arrays_and_an_empty_split_are_refused(tmp_path):
+    objects = write_npz(tmp_path / "objects.npz")
+    arrays = dict(np.load(objects))
+    arrays["train_labels"] = np.array([[i % 3] for i in range(30)], dtype=object)
+    np.savez(objects, **arrays)
+    with pytest.raises(DataError) as err:
+        open_sources(Config(path=objects))
+    assert err.value.problems == [
+        f"{objects}: train_labels holds Python objects (a pickled object array), which kdray "
+        "does not load: save it as a numeric array (uint8 images, integer labels)"
+    ]
+    empty = write_npz(tmp_path / "empty.npz")
+    arrays = dict(np.load(empty))
+    arrays["val_images"], arrays["val_labels"] = arrays["val_images"][:0], arrays["val_labels"][:0]
+    np.savez(empty, **arrays)
+    with pytest.raises(DataError) as err:
+        open_sources(Config(path=empty))
+    assert len(err.value.problems) == 1
+    assert err.value.problems[0].startswith(f"{empty}: the val split is empty (0 images)")
+
+
+@pytest.mark.parametrize("broken", ["text", "objects", "empty_split"])
+def test_validate_names_a_broken_file_in_one_line_and_exits_2(tmp_path, monkeypatch, broken):
+    path = tmp_path / f"{broken}.npz"
+    if broken == "text":
+        path.write_text("not numpy at all")
+    else:
+        arrays = dict(np.load(write_npz(path)))
+        if broken == "objects":
+            arrays["test_images"] = np.array([None] * 12, dtype=object)
+        else:
+            arrays["train_images"], arrays["train_labels"] = (
+                arrays["train_images"][:0],
+                np.array([]),
+            )
+        np.savez(path, **arrays)
+    monkeypatch.chdir(REPO)
+    result = CliRunner().invoke(
+        app,
+        ["validate", "jobs/medmnist.yaml", "--set", "data.name=null", "--set", f"data.path={path}"],
+    )
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and str(path) in lines[0], result.output
+    assert "Traceback" not in result.output
 
 
 def test_labels_outside_the_named_classes_are_reported(tmp_path):
@@ -84,9 +141,12 @@ def test_config_rejects_duplicate_classes_and_zero_cap(tmp_path):
         Config(path=tmp_path / "x.npz", max_per_split=0)
 
 
-def test_real_breastmnist():
-    if not BREASTMNIST.is_file():
-        pytest.skip(f"{BREASTMNIST} not present (shared/ sits beside the repo checkout)")
+def test_shipped_breastmnist_with_its_licence_beside_it():
+    assert hashlib.sha256(BREASTMNIST.read_bytes()).hexdigest() == BREASTMNIST_SHA256
+    attribution = (BREASTMNIST.parent / "README.md").read_text()
+    assert "CC BY 4.0" in attribution and "10.1038/s41597-022-01721-8" in attribution
+    licence = (BREASTMNIST.parent / "LICENSE-CC-BY-4.0.txt").read_text()
+    assert "Creative Commons Attribution 4.0 International Public License" in licence
     classes, sources = open_sources(Config(path=BREASTMNIST, image_size=28))
     assert classes == ["0", "1"]
     assert {s: len(src) for s, src in sources.items()} == {"train": 546, "valid": 78, "test": 156}
@@ -95,16 +155,36 @@ def test_real_breastmnist():
         assert source.image(0).shape == (28, 28)
 
 
+def test_breastmnist_by_name_reads_the_shipped_copy_without_download(tmp_path, monkeypatch):
+    def no_download(*args, **kwargs):
+        raise AssertionError("BreastMNIST at 28 ships with kdray; nothing may be downloaded")
+
+    monkeypatch.setattr(medmnist, "fetch", no_download)
+    cfg = Config(name="breastmnist", folder=tmp_path / "medmnist")
+    assert (cfg.image_size, cfg.channels) == (28, 1)  # the set's own size and channels
+    assert medmnist.data_file(cfg) == BREASTMNIST
+    classes, sources = open_sources(cfg)
+    assert classes == ["malignant", "normal, benign"]  # the MedMNIST registry's names
+    assert len(sources["test"]) == 156
+    assert not (tmp_path / "medmnist").exists()
+
+
 def test_shipped_job_validates_and_a_missing_file_exits_2(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)  # the job's relative path is resolved against the working directory
     missing = tmp_path / "nothing.npz"
     result = CliRunner().invoke(
-        app, ["validate", "jobs/medmnist.yaml", "--set", f"data.path={missing}"]
+        app,
+        [
+            "validate",
+            "jobs/medmnist.yaml",
+            "--set",
+            "data.name=null",
+            "--set",
+            f"data.path={missing}",
+        ],
     )
     assert result.exit_code == 2
     assert f"data: {missing}: does not exist" in result.output
-    if not BREASTMNIST.is_file():
-        pytest.skip(f"{BREASTMNIST} not present (shared/ sits beside the repo checkout)")
     result = CliRunner().invoke(app, ["validate", "jobs/medmnist.yaml"])
     assert result.exit_code == 0, result.output
     assert "2 classes, train 546, valid 78, test 156" in result.output

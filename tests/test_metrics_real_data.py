@@ -10,11 +10,11 @@ from kdray.experiment import Experiment
 from kdray.job import parse_job
 from kdray.metrics import classification_metrics, study_metrics
 from kdray.results import write_results
-from tests.conftest import SHARED
+from tests.conftest import REPO
 from tests.test_data_mura import build_mura
 from tests.test_worker import run_local
 
-BREASTMNIST = SHARED / "data" / "breastmnist.npz"
+BREASTMNIST = REPO / "kdray" / "data" / "builtin" / "breastmnist.npz"  # ships with kdray
 
 
 def train_one(tmp_path, data: dict, epochs: int = 2):

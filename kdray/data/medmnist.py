@@ -3,51 +3,107 @@
 MedMNIST v2 ships each data set as one NumPy archive: images N×H×W (gray) or N×H×W×3 (RGB)
 uint8, labels N×1 (some re-packagings: N). Its `val` split is our `valid`. Multi-label sets
 (ChestMNIST: labels N×14) are not single-label classification and are refused.
+
+The file is named either by `path`, or by registry `name` and `size`: then it is looked up in
+`folder` (default `~/.medmnist`, the `medmnist` package's own) under the package's file name,
+downloaded there on first use and checked against the registry's MD5 before it is read; classes,
+channels and image size default to the registry's. BreastMNIST at 28 ships with kdray
+(`builtin/`) and is never downloaded.
 """
 
 from __future__ import annotations
 
 import zipfile
+import zlib
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
+from kdray.data import medmnist_registry
 from kdray.data.base import DataConfigBase, DataError, DistinctNames
 from kdray.data.cache import ArraySource
 from kdray.data.files import empty_class_problems, raise_problems
+from kdray.data.medmnist_download import fetch, file_md5
 
 SPLIT_KEYS = {"train": "train", "valid": "val", "test": "test"}
+BUILTIN = Path(__file__).resolve().parent / "builtin"
+SHIPPED = {("breastmnist", 28): BUILTIN / "breastmnist.npz"}
+NPY_MAGIC = b"\x93NUMPY"
 
 
 class Config(DataConfigBase):
-    """`data: {kind: medmnist, path: ...}`: one MedMNIST `.npz` archive."""
+    """`data: {kind: medmnist, path: ...}` or `{kind: medmnist, name: ..., size: ...}`."""
 
     kind: Literal["medmnist"] = "medmnist"
-    path: Path = Field(
-        description="the .npz file; a relative path is resolved against the working directory"
+    path: Path | None = Field(
+        None, description="the .npz file; a relative path is resolved against the working directory"
+    )
+    name: str | None = Field(
+        None, description="a MedMNIST v2 2D set by registry name (pneumoniamnist, ...) instead"
+    )
+    size: int = Field(28, description="with name: the published image size (28, 64, 128, 224)")
+    folder: Path = Field(
+        default_factory=lambda: Path.home() / ".medmnist",
+        description="with name: where registry files are looked up and downloaded",
     )
     classes: DistinctNames | None = Field(
-        None, min_length=2, description="class names by label index (default: '0', '1', ...)"
+        None, min_length=2, description="class names by label index (default: the registry's)"
     )
     max_per_split: int | None = Field(
         None, ge=1, description="keep only the first N images of each split (quick runs)"
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults_from_registry(cls, data: Any) -> Any:
+        """A named set is trained at its own size and channels unless the job says otherwise."""
+        if isinstance(data, dict) and isinstance(data.get("name"), str):
+            known = medmnist_registry.registry().get(data["name"])
+            if known is not None:
+                data = {"image_size": data.get("size", 28), "channels": known.n_channels, **data}
+        return data
+
+    @field_validator("folder")
+    @classmethod
+    def _absolute_folder(cls, folder: Path) -> Path:
+        return folder.expanduser().resolve()
+
+    @model_validator(mode="after")
+    def _one_file(self) -> Config:
+        if (self.path is None) == (self.name is None):
+            raise ValueError("give exactly one of path (a .npz file) and name (a MedMNIST set)")
+        if self.name is not None:
+            medmnist_registry.lookup(self.name, self.size)  # a clear ValueError if unknown
+        return self
+
+
+def data_file(cfg: Config) -> Path:
+    """The `.npz` to read: `path`, or the named set's shipped, local or freshly fetched copy."""
+    if cfg.path is not None:
+        return Path(cfg.path).expanduser()
+    remote = medmnist_registry.lookup(cfg.name, cfg.size)
+    shipped = SHIPPED.get((cfg.name, cfg.size))
+    if shipped is not None and shipped.is_file():
+        return shipped
+    local = cfg.folder / remote.filename
+    if not local.is_file():
+        return fetch(remote, local)
+    md5 = file_md5(local)
+    if md5 != remote.md5:
+        raise DataError(
+            [
+                f"{local}: MD5 {md5} is not the registry's {remote.md5} for {cfg.name} size "
+                f"{cfg.size}; delete the file and kdray downloads it again"
+            ]
+        )
+    return local
+
 
 def load_arrays(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """{split: (images, labels)} from the archive, labels flattened to (N,) int64."""
-    if not path.is_file():
-        what = "is a folder" if path.is_dir() else "does not exist"
-        raise DataError([f"{path}: {what}; set data.path to a MedMNIST .npz file"])
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise DataError([f"{path}: not a NumPy .npz archive ({exc})"]) from None
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise DataError([f"{path}: a single .npy array, not a MedMNIST .npz archive"])
-    with archive:
+    with _open_npz(path) as archive:
         wanted = [f"{key}_{part}" for key in SPLIT_KEYS.values() for part in ("images", "labels")]
         missing = [key for key in wanted if key not in archive.files]
         if missing:
@@ -56,11 +112,52 @@ def load_arrays(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
             )
         arrays, problems = {}, []
         for split, key in SPLIT_KEYS.items():
-            images, labels = archive[f"{key}_images"], archive[f"{key}_labels"]
+            images = _read_array(archive, path, f"{key}_images")
+            labels = _read_array(archive, path, f"{key}_labels")
             problems += _shape_problems(path, key, images, labels)
             arrays[split] = (images, labels.reshape(-1) if labels.ndim == 2 else labels)
     raise_problems(problems)
     return {s: (im, lab.astype(np.int64)) for s, (im, lab) in arrays.items()}
+
+
+def _open_npz(path: Path) -> np.lib.npyio.NpzFile:
+    """The archive, or DataError with one line saying what the file is instead."""
+    if not path.is_file():
+        what = "is a folder" if path.is_dir() else "does not exist"
+        raise DataError([f"{path}: {what}; set data.path to a MedMNIST .npz file"])
+    with open(path, "rb") as f:
+        head = f.read(len(NPY_MAGIC))
+    if head == NPY_MAGIC:
+        raise DataError([f"{path}: a single .npy array, not a MedMNIST .npz archive"])
+    if not zipfile.is_zipfile(path):
+        raise DataError(
+            [
+                f"{path}: not an .npz file (an .npz is a zip archive of .npy arrays; this is "
+                "not a zip archive): point data.path at a MedMNIST .npz"
+            ]
+        )
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise DataError([f"{path}: not a readable .npz archive ({exc})"]) from None
+
+
+def _read_array(archive: np.lib.npyio.NpzFile, path: Path, key: str) -> np.ndarray:
+    try:
+        return archive[key]
+    except ValueError as exc:
+        if "allow_pickle" not in str(exc):
+            raise DataError([f"{path}: {key} cannot be read ({exc})"]) from None
+        raise DataError(
+            [
+                f"{path}: {key} holds Python objects (a pickled object array), which kdray does "
+                "not load: save it as a numeric array (uint8 images, integer labels)"
+            ]
+        ) from None
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise DataError(
+            [f"{path}: {key} is damaged ({exc}); copy or download the file again"]
+        ) from None
 
 
 def _shape_problems(path: Path, key: str, images: np.ndarray, labels: np.ndarray) -> list[str]:
@@ -69,6 +166,11 @@ def _shape_problems(path: Path, key: str, images: np.ndarray, labels: np.ndarray
     colour = images.ndim == 4 and images.shape[3] in (1, 3)
     if not (gray or colour):
         problems.append(f"{path}: {key}_images has shape {images.shape}; expected N×H×W[×3]")
+    elif len(images) == 0:  # whatever its labels' dtype, this is the one thing to fix
+        return [
+            f"{path}: the {key} split is empty (0 images); kdray needs images in train, val "
+            "and test: re-export the file with all three"
+        ]
     if images.dtype != np.uint8:
         problems.append(f"{path}: {key}_images has dtype {images.dtype}; expected uint8")
     if labels.ndim == 2 and labels.shape[1] != 1:
@@ -87,21 +189,20 @@ def _shape_problems(path: Path, key: str, images: np.ndarray, labels: np.ndarray
 
 def open_sources(cfg: Config) -> tuple[list[str], dict[str, ArraySource]]:
     """The three splits of the archive, each cut to `max_per_split` images when set."""
-    arrays = load_arrays(Path(cfg.path).expanduser())
-    all_labels = np.concatenate([labels for _, labels in arrays.values()])
-    top = int(all_labels.max()) if len(all_labels) else -1
-    classes = list(cfg.classes) if cfg.classes else [str(i) for i in range(max(top + 1, 2))]
+    path = data_file(cfg)
+    arrays = load_arrays(path)
+    classes = _class_names(cfg, arrays)
     problems = []
     for split, (_, labels) in arrays.items():
         bad = np.unique(labels[(labels < 0) | (labels >= len(classes))])
         if len(bad):
             problems.append(
-                f"{cfg.path}: {SPLIT_KEYS[split]}_labels has labels {bad.tolist()} outside the "
+                f"{path}: {SPLIT_KEYS[split]}_labels has labels {bad.tolist()} outside the "
                 f"{len(classes)} classes {classes}; fix data.classes"
             )
     raise_problems(problems)
     problems = empty_class_problems(
-        classes, arrays["train"][1], "train", str(cfg.path), "check data.classes"
+        classes, arrays["train"][1], "train", str(path), "check data.classes"
     )
     raise_problems(problems)
     sources = {}
@@ -109,3 +210,14 @@ def open_sources(cfg: Config) -> tuple[list[str], dict[str, ArraySource]]:
         n = len(labels) if cfg.max_per_split is None else min(cfg.max_per_split, len(labels))
         sources[split] = ArraySource(images[:n], labels[:n])
     return classes, sources
+
+
+def _class_names(cfg: Config, arrays: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[str]:
+    """The job's names, else the registry's for a named set, else '0', '1', ... ."""
+    if cfg.classes:
+        return list(cfg.classes)
+    if cfg.name is not None:
+        return list(medmnist_registry.lookup(cfg.name, cfg.size).info.labels)
+    all_labels = np.concatenate([labels for _, labels in arrays.values()])
+    top = int(all_labels.max()) if len(all_labels) else -1
+    return [str(i) for i in range(max(top + 1, 2))]
