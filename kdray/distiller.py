@@ -54,6 +54,8 @@ class Distiller(nn.Module):
         self.student = student
         self.method = method
         self.student_stages = list(student_stages)
+        if method is not None:
+            method.bind_student(student)
 
     def forward(
         self,
@@ -68,4 +70,6 @@ class Distiller(nn.Module):
         outputs = network_outputs(self.student, x, self.student_stages)
         if self.method is None:
             return outputs.logits, plain_cross_entropy(outputs, targets)
-        return outputs.logits, self.method(outputs, teachers or [], targets, epoch)
+        own = self.method.teach(x, self.student)
+        teachers = own if own is not None else teachers or []
+        return outputs.logits, self.method(outputs, teachers, targets, epoch)

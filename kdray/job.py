@@ -117,6 +117,36 @@ class DistillConfig(Strict):
     )
 
 
+class LabelBudgets(Strict):
+    """Few-label settings, an axis of the whole grid: every run is trained once per budget."""
+
+    fraction: list[float] | None = Field(
+        None, description="share of each class's training labels kept, e.g. [0.1, 1.0]"
+    )
+    per_class: list[int] | None = Field(
+        None, description="training labels kept per class, e.g. [10, 50]"
+    )
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> LabelBudgets:
+        values = self.fraction if self.fraction is not None else self.per_class
+        if (self.fraction is None) == (self.per_class is None):
+            raise ValueError("give either fraction: [...] or per_class: [...], not both")
+        if not values or len(set(values)) != len(values):
+            raise ValueError(f"a list of distinct values, got {values}")
+        if self.fraction is not None and not all(0 < f <= 1 for f in self.fraction):
+            raise ValueError(f"fractions are in (0, 1], got {self.fraction}")
+        if self.per_class is not None and not all(n >= 1 for n in self.per_class):
+            raise ValueError(f"counts per class are at least 1, got {self.per_class}")
+        return self
+
+    def budgets(self) -> list[dict | None]:
+        """One budget per setting; a fraction of 1 is every label (None)."""
+        if self.fraction is not None:
+            return [None if f == 1 else {"fraction": f} for f in self.fraction]
+        return [{"per_class": n} for n in self.per_class]
+
+
 STUDY_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 RESERVED_STUDY_NAMES = ("teachers", "baseline", "summary", "unfinished")  # export file names
 SELF_TEACHER = "self"
@@ -156,6 +186,11 @@ class Study(Strict):
     )
     eval_every_steps: int | None = Field(
         None, ge=1, description="defective teachers: evaluate every N steps (default: auto)"
+    )
+    unlabelled: bool = Field(
+        False,
+        description="students also train on the unlabelled pool a label budget leaves "
+        "(the method's unsupervised terms only there)",
     )
     sweep: dict[str, list[float | int | str]] = Field(
         default_factory=dict,
@@ -235,6 +270,11 @@ class Study(Strict):
             )
         if name == "defective" and self.teacher_val_band is None:
             out.append(f"{where}.teacher_val_band: required for defective KD, e.g. [0.50, 0.65]")
+        if self.unlabelled and not method.uses_unlabelled:
+            out.append(
+                f"{where}.unlabelled: method {method.name} needs a label for every image; "
+                f"use one that trains on unlabelled images ({_pool_methods()})"
+            )
         if self.teacher_val_band is not None and not self.teachers:
             out.append(f"{where}.teacher_val_band: this study has no teacher to stop early")
         return out + self._sweep_problems(where, method)
@@ -259,6 +299,10 @@ class Study(Strict):
                     value = setting.get(key)
                     out.append(f"{where}.method.{key}: {value!r} in the sweep: {message}")
         return list(dict.fromkeys(out))
+
+
+def _pool_methods() -> str:
+    return ", ".join(name for name, m in METHODS.items() if m.uses_unlabelled)
 
 
 class Resources(Strict):
@@ -311,6 +355,9 @@ class Job(Strict):
     studies: dict[str, Study] = Field(min_length=1)
     baseline: bool = True
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    labelled: LabelBudgets | None = Field(
+        None, description="few labels: train every run once per label budget (default: all)"
+    )
     pretrained: dict[str, str] = Field(
         default_factory=dict,
         description="timm model name -> local weights file; models not named start from scratch",
@@ -348,6 +395,13 @@ class Job(Strict):
     @model_validator(mode="after")
     def _usable_studies(self) -> Job:
         problems = [line for name, study in self.studies.items() for line in study.problems(name)]
+        if self.labelled is None or self.label_budgets() == [None]:
+            problems += [
+                f"studies.{name}.unlabelled: the job keeps every training label, so there is "
+                "no unlabelled pool; add e.g. `labelled: {fraction: [0.1, 1.0]}`"
+                for name, study in self.studies.items()
+                if study.unlabelled
+            ]
         if problems:
             raise JobError(problems)
         return self
@@ -365,6 +419,10 @@ class Job(Strict):
             if key not in params.model_fields_set and key not in setting
         }
         return method.Params.model_validate({**params.model_dump(), **inherited, **setting})
+
+    def label_budgets(self) -> list[dict | None]:
+        """Every label budget of the grid (`[None]`: every label)."""
+        return self.labelled.budgets() if self.labelled is not None else [None]
 
     def models(self) -> set[str]:
         return {

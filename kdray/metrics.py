@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 from sklearn.metrics import (
     accuracy_score,
+    balanced_accuracy_score,
     cohen_kappa_score,
     confusion_matrix,
     f1_score,
@@ -17,13 +18,15 @@ from sklearn.metrics import (
 
 
 def classification_metrics(probs: np.ndarray, labels: np.ndarray) -> dict[str, float | None]:
-    """accuracy, macro-F1, Cohen's kappa, AUROC (binary: positive-class score; multi-class:
-    macro one-vs-rest; None when a split lacks a class) and mean cross-entropy."""
+    """accuracy, balanced accuracy, macro-F1, Cohen's kappa, AUROC (binary: positive-class
+    score; multi-class: macro one-vs-rest; None when a split lacks a class) and mean
+    cross-entropy."""
     labels = np.asarray(labels)
     k = probs.shape[1]
     preds = probs.argmax(1)
     out: dict[str, float | None] = {
         "acc": float(accuracy_score(labels, preds)),
+        "balanced_acc": None,
         "f1": float(f1_score(labels, preds, average="macro", labels=np.arange(k), zero_division=0)),
         "kappa": None,
         "auroc": None,
@@ -32,6 +35,8 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray) -> dict[str, f
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         kappa = cohen_kappa_score(labels, preds)
+        # the mean of per-class recalls: not flattered by a majority class, as accuracy is
+        out["balanced_acc"] = float(balanced_accuracy_score(labels, preds))
     out["kappa"] = None if np.isnan(kappa) else float(kappa)
     if len(np.unique(labels)) == k:
         if k == 2:

@@ -12,12 +12,16 @@ import pyarrow.parquet as pq
 from kdray import versions
 from kdray.atomic import atomic_write
 from kdray.experiment import Experiment
+from kdray.labels import budget_label
 from kdray.plan import RunSpec
 
 COST_COLUMNS = (
     "macs", "weights_mb", "latency_ms_p50", "latency_ms_p90", "throughput", "cost_device",
 )  # fmt: skip
-METRICS = ("acc", "f1", "kappa", "auroc", "loss")
+METRICS = ("acc", "balanced_acc", "f1", "kappa", "auroc", "loss")
+EMA_METRICS = (  # a mean-teacher run's moving-average model, evaluated beside its student
+    "ema_train_acc", "ema_val_acc", "ema_test_acc", "ema_test_balanced_acc", "ema_test_f1",
+)  # fmt: skip
 SPLIT_PREFIXES = ("train", "val", "test")
 
 PER_CLASS = pa.struct(
@@ -42,6 +46,8 @@ TRIAL_SCHEMA = pa.schema(
         pa.field("teacher_trial_ids", pa.list_(pa.string())),
         pa.field("teacher_outputs", pa.string()),  # cached | online | null (no teacher)
         pa.field("seed", pa.int64(), nullable=False),
+        pa.field("labels", pa.string()),  # the label budget: "10%", "20 per class"; null: all
+        pa.field("unlabelled", pa.bool_()),  # trained on the budget's unlabelled pool too
         pa.field("roles", pa.list_(pa.string())),  # teacher:<study>, kd:<study>, baseline
         pa.field("status", pa.string(), nullable=False),  # finished | failed | pending
         pa.field("epochs", pa.float64()),  # fractional for a teacher stopped inside its band
@@ -56,6 +62,7 @@ TRIAL_SCHEMA = pa.schema(
             for metric in ("acc", "kappa", "auroc")
         ],
         pa.field("test_study_kappa_by_type", pa.map_(pa.string(), pa.float64())),
+        *[pa.field(name, pa.float64()) for name in EMA_METRICS],
         *[
             field
             for split in ("val", "test")
@@ -151,6 +158,8 @@ def trial_row(exp: Experiment, spec: RunSpec, failure: str | None = None) -> dic
         "teacher_trial_ids": list(spec.teacher_runs),
         "teacher_outputs": summary.get("teacher_outputs"),
         "seed": spec.seed,
+        "labels": budget_label(spec.labels) if spec.labels else None,
+        "unlabelled": spec.unlabelled,
         "roles": list(spec.roles),
         "status": status,
         "epochs": summary.get("epochs"),
@@ -177,6 +186,7 @@ def trial_row(exp: Experiment, spec: RunSpec, failure: str | None = None) -> dic
         report = summary.get(f"{split}_report") or {}
         row[f"{split}_per_class"] = report.get("per_class")
         row[f"{split}_confusion"] = report.get("confusion")
+    row.update({name: summary.get(name) for name in EMA_METRICS})
     by_type = summary.get("test_study_kappa_by_category")
     row["test_study_kappa_by_type"] = list(by_type.items()) if by_type else None
     return row

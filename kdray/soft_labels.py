@@ -20,15 +20,27 @@ import torch
 
 from kdray.atomic import atomic_write, write_json
 from kdray.augment import pipeline_spec
-from kdray.data.cache import DataInfo, load_split
+from kdray.data.cache import DataInfo
 from kdray.job import Job
+from kdray.labels import training_arrays
 from kdray.train_data import train_batches
 
 LOGITS_FILE = "soft_labels.npy"
 META_FILE = "soft_labels.json"
+POOL_SUFFIX = "_pool"  # the views of students that also train on a label budget's pool
 
 
-def cache_key(job: Job, seed: int, info: DataInfo) -> dict:
+def files(run_dir: Path, pool: bool) -> tuple[Path, Path]:
+    """(logits, meta) of the cache for students without (`soft_labels.*`) or with the pool."""
+    suffix = POOL_SUFFIX if pool else ""
+    logits, meta = Path(LOGITS_FILE), Path(META_FILE)
+    return (
+        run_dir / f"{logits.stem}{suffix}{logits.suffix}",
+        run_dir / f"{meta.stem}{suffix}{meta.suffix}",
+    )
+
+
+def cache_key(job: Job, seed: int, info: DataInfo, labels=None, pool: bool = False) -> dict:
     """Everything that decides which views a student sees (loader workers draw other views
     than the in-process loader: seeded per sample, shuffled by another generator)."""
     key = {
@@ -42,14 +54,19 @@ def cache_key(job: Job, seed: int, info: DataInfo) -> dict:
     }
     if job.train.loader_workers:  # any count draws the same views; 0 (absent) others
         key["views"] = "per-sample seeds"
+    if labels:  # the students' label budget, and whether they train on its pool too
+        key.update(labels=labels, pool=pool)
     return key
 
 
 @torch.no_grad()
-def build(teacher, job: Job, seed: int, info: DataInfo, device, run_dir: Path) -> Path:
+def build(
+    teacher, job: Job, seed: int, info: DataInfo, device, run_dir: Path, budget=None, pool=False
+) -> Path:
     """Replay every epoch's training views of every student rank through `teacher`; write the
-    logits atomically, in the order each rank draws them (epoch, rank, position, class)."""
-    images, labels = load_split(info.path, "train")
+    logits atomically, in the order each rank draws them (epoch, rank, position, class).
+    `budget`, `pool`: the students' label budget, and whether they train on its pool too."""
+    images, labels = training_arrays(info, budget, seed, pool)
     world_size = job.resources.workers_per_trial
     ranks = [
         train_batches(
@@ -79,15 +96,16 @@ def build(teacher, job: Job, seed: int, info: DataInfo, device, run_dir: Path) -
                 logits[epoch, rank, position : position + len(x)] = scores
                 position += len(x)
     teacher.train(was_training)
-    with atomic_write(run_dir / LOGITS_FILE, "wb") as fh:
+    logits_file, meta_file = files(run_dir, pool)
+    with atomic_write(logits_file, "wb") as fh:
         np.save(fh, logits)
-    write_json(run_dir / META_FILE, cache_key(job, seed, info))
-    return run_dir / LOGITS_FILE
+    write_json(meta_file, cache_key(job, seed, info, budget, pool))
+    return logits_file
 
 
 def load(run_dir: Path, key: dict) -> np.ndarray | None:
     """The cached logits (memory-mapped) if they were computed for exactly `key`, else None."""
-    meta, logits = run_dir / META_FILE, run_dir / LOGITS_FILE
+    logits, meta = files(run_dir, bool(key.get("pool")))
     if not (meta.is_file() and logits.is_file()):
         return None
     if json.loads(meta.read_text()) != json.loads(json.dumps(key)):

@@ -19,6 +19,7 @@ from kdray.distiller import network_outputs
 from kdray.job import Job
 from kdray.methods import Outputs
 from kdray.models import load_model
+from kdray.plan import RunSpec
 
 
 class NoTeacher:
@@ -73,9 +74,9 @@ class OnlineTeachers:
         return out
 
 
-def load_cached(job: Job, seed: int, info: DataInfo, teacher_dirs: list[Path]):
+def load_cached(job: Job, spec: RunSpec, info: DataInfo, teacher_dirs: list[Path]):
     """Every teacher's soft labels for this student's views, or None if any is missing."""
-    key = soft_labels.cache_key(job, seed, info)
+    key = soft_labels.cache_key(job, spec.seed, info, spec.labels, spec.unlabelled)
     caches = [soft_labels.load(d, key) for d in teacher_dirs]
     return None if any(c is None for c in caches) else caches
 

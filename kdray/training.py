@@ -23,7 +23,8 @@ from kdray.data.cache import DataInfo, load_split
 from kdray.distiller import Distiller, aligned_stages, stage_channels, stage_count
 from kdray.evaluate import predict
 from kdray.job import Job
-from kdray.methods import Shapes, get_method
+from kdray.labels import class_counts, training_arrays
+from kdray.methods import UNLABELLED, Shapes, get_method
 from kdray.models import count_params, create_model
 from kdray.plan import PLAIN, RunSpec
 from kdray.teachers import CachedTeachers, NoTeacher, OnlineTeachers, load_cached, load_teachers
@@ -109,20 +110,22 @@ def build_session(
     )
     params = count_params(student)
     autocast = autocast_for(job, device)
+    images, labels = training_arrays(info, spec.labels, spec.seed, pool=spec.unlabelled)
     teachers = open_teachers(job, spec, info, teacher_dirs, device, autocast)
-    core = _distiller(job, spec, info, student, teachers)
+    counts = class_counts(labels, info.num_classes)
+    core = _distiller(job, spec, info, student, teachers, counts)
     if job.train.channels_last:
         core = core.to(memory_format=torch.channels_last)
     prepare = prepare or (lambda m: m.to(device))
     model = prepare(core)
-    images, labels = load_split(info.path, "train")
     batches = train_batches(
         images, labels, job.train.augment, info.mean, info.std, job.train.batch_size, spec.seed,
         rank, world_size,  # our own data-parallel sampler, so a teacher can replay every rank
         prefetch=job.train.prefetch_batches, pin_memory=device.type == "cuda",
         workers=job.train.loader_workers,
     )  # fmt: skip
-    optimizer = build_optimizer(job, model.parameters())
+    # not a method's own copies of the student (mean teacher's moving average)
+    optimizer = build_optimizer(job, [p for p in model.parameters() if p.requires_grad])
     scheduler = None
     if job.train.scheduler == "cosine":
         steps = job.train.epochs * len(batches)
@@ -139,7 +142,7 @@ def open_teachers(job: Job, spec: RunSpec, info: DataInfo, teacher_dirs, device,
     if spec.method == PLAIN or not spec.teacher_runs:
         return NoTeacher()
     if spec.teacher_outputs == "cached":
-        caches = load_cached(job, spec.seed, info, teacher_dirs)
+        caches = load_cached(job, spec, info, teacher_dirs)
         if caches is not None:
             return CachedTeachers(caches, device)
     models, metas = load_teachers(teacher_dirs, device)
@@ -148,7 +151,9 @@ def open_teachers(job: Job, spec: RunSpec, info: DataInfo, teacher_dirs, device,
     return OnlineTeachers(models, metas, [[] for _ in models], info, autocast)
 
 
-def _distiller(job: Job, spec: RunSpec, info: DataInfo, student, teachers) -> Distiller:
+def _distiller(
+    job: Job, spec: RunSpec, info: DataInfo, student, teachers, counts: tuple[int, ...]
+) -> Distiller:
     """The student with its method (none for teachers and baselines). A feature method's
     stages are chosen here, and the online teacher is told which of its stages to return."""
     if spec.method == PLAIN:
@@ -165,7 +170,9 @@ def _distiller(job: Job, spec: RunSpec, info: DataInfo, student, teachers) -> Di
         teachers.stages = [teacher_stages]
         student_channels = tuple(stage_channels(student)[i] for i in student_stages)
         teacher_channels = (tuple(stage_channels(teacher)[i] for i in teacher_stages),)
-    shapes = Shapes(info.num_classes, job.train.epochs, student_channels, teacher_channels)
+    shapes = Shapes(
+        info.num_classes, job.train.epochs, student_channels, teacher_channels, counts, spec.seed
+    )
     return Distiller(student, method_cls(params, shapes), student_stages)
 
 
@@ -242,13 +249,16 @@ def train_epoch(
         s.scaler.update()
         if s.scheduler is not None:
             s.scheduler.step()
+        if s.core.method is not None:
+            s.core.method.after_step(s.core.student, epoch + step / steps)
         with torch.no_grad():
             if sums is None:
                 names = [k for k in losses if k != "loss"]
-                sums = torch.zeros(3 + len(names), dtype=torch.float64, device=s.device)
+                sums = torch.zeros(4 + len(names), dtype=torch.float64, device=s.device)
             values = [losses["loss"], *(losses[k] for k in names)]
             sums[: len(values)] += torch.stack([v.detach().double() for v in values]) * len(y)
-            sums[-2] += (logits.argmax(1) == y).sum()
+            sums[-3] += (logits.argmax(1) == y).sum()  # a pool image's target matches no class
+            sums[-2] += (y != UNLABELLED).sum()
             sums[-1] += len(y)
         if step % band.every == 0 and band.check(s, epoch + step / steps):
             break
@@ -257,7 +267,7 @@ def train_epoch(
     seen = max(sums[-1].item(), 1)
     row = {"epoch": epoch + 1, "train_loss": sums[0].item() / seen}
     row.update({f"loss_{k}": sums[1 + i].item() / seen for i, k in enumerate(names)})
-    row["train_acc"] = sums[-2].item() / seen
+    row["train_acc"] = sums[-3].item() / max(sums[-2].item(), 1)  # over labelled images
     row["lr"] = s.optimizer.param_groups[0]["lr"]
     row["epoch_s"] = time.time() - started
     return row

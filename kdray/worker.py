@@ -32,6 +32,7 @@ from kdray.tracking import Tracker
 from kdray.training import Session, band_stop, build_session, train_epoch
 
 STATE_FILE = "state.pt"
+EVALUATED = ("train_acc", "val_acc", "test_acc", "test_balanced_acc", "test_f1")
 
 
 def train_loop(config: dict) -> None:
@@ -91,9 +92,23 @@ def train_loop(config: dict) -> None:
         "replicas_in_sync": replicas_in_sync(session),
     }
     summary.update(final_metrics(session.model, job, session.info, device))
+    summary.update(method_model_metrics(session))
     if rank == 0:
         finish(session, run_dir, history, summary)
         tracker.finish(summary)
+
+
+def method_model_metrics(session: Session) -> dict:
+    """The accuracy of the models a method trains besides the student (mean teacher's moving
+    average), under the method's prefix: `ema_test_acc`, ..."""
+    method = session.core.method
+    if method is None:
+        return {}
+    out = {}
+    for prefix, model in method.evaluated_models().items():
+        metrics = final_metrics(model, session.job, session.info, session.device)
+        out.update({f"{prefix}_{k}": v for k, v in metrics.items() if k in EVALUATED})
+    return out
 
 
 def replicas_in_sync(session: Session) -> bool | None:
@@ -147,10 +162,12 @@ def finish(session: Session, run_dir: Path, history: list[dict], summary: dict) 
         image_size=info.image_size,
     )
     summary.update(model_cost(session, run_dir))
-    if spec.soft_labels and summary["error"] is None:
-        soft_labels.build(
-            session.core.student, session.job, spec.seed, info, session.device, run_dir
-        )
+    for pool, wanted in ((False, spec.soft_labels), (True, spec.soft_labels_pool)):
+        if wanted and summary["error"] is None:
+            soft_labels.build(
+                session.core.student, session.job, spec.seed, info, session.device, run_dir,
+                spec.labels, pool,
+            )  # fmt: skip
     write_json(run_dir / "summary.json", summary)
 
 

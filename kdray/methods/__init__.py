@@ -9,11 +9,14 @@ import pkgutil
 
 from kdray.methods.base import (
     METHODS,
+    UNLABELLED,
     Method,
     MethodParams,
     Outputs,
     Shapes,
+    class_weights,
     kl_to_student,
+    labelled_cross_entropy,
     plain_cross_entropy,
     register,
     teacher_log_probs,
@@ -33,12 +36,15 @@ def get_method(name: str) -> type[Method]:
 
 __all__ = [
     "METHODS",
+    "UNLABELLED",
     "Method",
     "MethodParams",
     "Outputs",
     "Shapes",
+    "class_weights",
     "get_method",
     "kl_to_student",
+    "labelled_cross_entropy",
     "plain_cross_entropy",
     "register",
     "teacher_log_probs",

@@ -8,9 +8,12 @@ saved in checkpoints and left out of the deployable `model.pt`.
 
 A method declares what it needs from a teacher (`needs`): `logits` (the soft-label cache can
 serve them), `features` (the teacher runs online; stages come from timm's
-`forward_intermediates`) or `none`. Its parameters are a pydantic model (`Params`) whose `name`
-field is the method's name in job files; the job's `studies.<name>.method` is the discriminated
-union of every registered method's `Params`.
+`forward_intermediates`) or `none`. A method that makes its own teacher (mean teacher's moving
+average of the student) overrides `teach` and `after_step`. A method that can train on images
+without a label (target `UNLABELLED`, a label budget's pool) says so with `uses_unlabelled`.
+Its parameters are a pydantic model (`Params`) whose `name` field is the method's name in job
+files; the job's `studies.<name>.method` is the discriminated union of every registered
+method's `Params`.
 
 Who teaches whom and how a teacher is trained belong to the study, never to the method.
 """
@@ -36,8 +39,19 @@ class MethodParams(BaseModel):
     """A method's validated settings; subclasses add `name: Literal["<method>"] = "<method>"`."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    #: fields added after runs were planned: left out of a run's identity at their default,
+    #: so those runs keep their ids
+    added_later: ClassVar[tuple[str, ...]] = ()
 
     name: str
+
+    def identity(self) -> dict:
+        """The settings that decide a run (`kdray.plan`)."""
+        values = self.model_dump(mode="json")
+        for key in self.added_later:
+            if values.get(key) == type(self).model_fields[key].default:
+                values.pop(key)
+        return values
 
 
 @dataclass
@@ -50,12 +64,15 @@ class Outputs:
 
 @dataclass(frozen=True)
 class Shapes:
-    """What a method may size its adapters by: classes and each network's stage channels."""
+    """What a method may size its adapters and weights by: classes, each network's stage
+    channels, and the labelled training images per class."""
 
     num_classes: int
     total_epochs: int
     student_channels: tuple[int, ...] = ()
     teacher_channels: tuple[tuple[int, ...], ...] = ()  # one tuple per teacher
+    class_counts: tuple[int, ...] = ()
+    seed: int = 0
 
 
 class Method(nn.Module, ABC):
@@ -68,6 +85,8 @@ class Method(nn.Module, ABC):
     distill_defaults: ClassVar[tuple[str, ...]] = ()
     #: False: one teacher per student only (feature methods align one teacher's stages)
     allows_ensemble: ClassVar[bool] = True
+    #: True: the loss is defined on images without a label (target UNLABELLED)
+    uses_unlabelled: ClassVar[bool] = False
 
     def __init__(self, params: MethodParams, shapes: Shapes):
         super().__init__()
@@ -84,6 +103,21 @@ class Method(nn.Module, ABC):
     def warnings(cls, params: MethodParams, num_classes: int) -> list[str]:
         """What a user should know before training with these settings on this data."""
         return []
+
+    def bind_student(self, student: nn.Module) -> None:
+        """Called once with the student before training (mean teacher copies its weights)."""
+
+    def evaluated_models(self) -> dict[str, nn.Module]:
+        """Models the method trains besides the student, evaluated at the end under a prefix
+        (`ema_test_acc`, ...)."""
+        return {}
+
+    def teach(self, x: torch.Tensor, student: nn.Module) -> list[Outputs] | None:
+        """Teachers the method makes itself for batch `x`; None: the study's teachers."""
+        return None
+
+    def after_step(self, student: nn.Module, epoch: float) -> None:
+        """Called after every optimizer step (a moving-average teacher updates here)."""
 
     @abstractmethod
     def forward(
@@ -133,3 +167,32 @@ def plain_cross_entropy(student: Outputs, targets: torch.Tensor) -> dict[str, to
     """No distillation: what teachers and baselines train with."""
     ce = F.cross_entropy(student.logits, targets)
     return {"loss": ce, "ce": ce}
+
+
+UNLABELLED = -1  # kdray.labels.UNLABELLED: a pool image's target
+
+
+def labelled_cross_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Cross-entropy over the labelled images of the batch (0 when it has none, where torch's
+    own ignore_index would give NaN); `weight`: per-class weights, normalised over the batch
+    as torch does."""
+    labelled = targets != UNLABELLED
+    if not bool(labelled.any()):
+        return logits.sum() * 0.0  # keeps the graph (DDP expects every parameter used)
+    return F.cross_entropy(logits[labelled], targets[labelled], weight=weight)
+
+
+def class_weights(counts: tuple[int, ...], kind: str, beta: float = 0.999) -> torch.Tensor:
+    """Per-class loss weights from labelled counts, summing to the number of classes:
+    `inverse` frequency, or Cui et al.'s (CVPR 2019) effective number `(1 - b) / (1 - b^n)`.
+    A class with no labelled image gets weight 0."""
+    n = torch.tensor(counts, dtype=torch.float64)
+    if kind == "inverse":
+        raw = torch.where(n > 0, 1.0 / n.clamp(min=1), torch.zeros_like(n))
+    elif kind == "effective":
+        raw = torch.where(n > 0, (1 - beta) / (1 - beta**n), torch.zeros_like(n))
+    else:
+        raise ValueError(f"unknown class weighting {kind!r}")
+    return (raw * len(counts) / raw.sum()).float()

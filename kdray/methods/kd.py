@@ -5,23 +5,42 @@
 averages over batch and classes, K times smaller (Yuan et al.'s reference code). With several
 teachers the target is the mean of their softened probabilities. Unset parameters come from the
 job's `distill` block.
+
+Few labels: images without a label (a label budget's pool) get the KD term only. Class-balanced
+KD (`class_weights`: inverse frequency or Cui et al.'s effective number) weighs both terms by the
+image's class (for a pool image, the teachers' predicted class), as torch weighs cross-entropy.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
+import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from kdray.methods.base import Method, MethodParams, kl_to_student, register, teacher_log_probs
+from kdray.methods.base import (
+    UNLABELLED,
+    Method,
+    MethodParams,
+    class_weights,
+    kl_to_student,
+    labelled_cross_entropy,
+    register,
+    teacher_log_probs,
+)
 
 
 class KDParams(MethodParams):
     name: Literal["kd"] = "kd"
+    added_later: ClassVar[tuple[str, ...]] = ("class_weights", "beta")
     temperature: float = Field(4.0, gt=0)
     alpha: float = Field(0.9, ge=0, le=1, description="weight of the KD term")
     kl_reduction: Literal["batchmean", "mean"] = "batchmean"
+    class_weights: Literal["none", "inverse", "effective"] = Field(
+        "none", description="per-class weights on both terms, from the labelled counts"
+    )
+    beta: float = Field(0.999, gt=0, lt=1, description="effective-number weights' beta")
 
 
 @register
@@ -29,13 +48,30 @@ class HintonKD(Method):
     Params = KDParams
     needs = "logits"
     distill_defaults = ("temperature", "alpha", "kl_reduction")
+    uses_unlabelled = True
+
+    def __init__(self, params: KDParams, shapes):
+        super().__init__(params, shapes)
+        weight = None
+        if params.class_weights != "none":
+            weight = class_weights(shapes.class_counts, params.class_weights, params.beta)
+        self.register_buffer("class_weight", weight, persistent=False)
 
     def forward(self, student, teachers, targets, epoch):
         p = self.params
-        ce = F.cross_entropy(student.logits, targets)
+        ce = labelled_cross_entropy(student.logits, targets, self.class_weight)
+        log_p_teacher = teacher_log_probs(teachers, p.temperature)
         log_p_student = F.log_softmax(student.logits / p.temperature, dim=1)
-        kl = kl_to_student(
-            teacher_log_probs(teachers, p.temperature), log_p_student, p.kl_reduction
-        )
+        if self.class_weight is None:
+            kl = kl_to_student(log_p_teacher, log_p_student, p.kl_reduction)
+        else:
+            kl = self._weighted_kl(log_p_teacher, log_p_student, targets)
         kd = kl * p.temperature * p.temperature
         return {"loss": (1 - p.alpha) * ce + p.alpha * kd, "ce": ce, "kd": kd}
+
+    def _weighted_kl(self, log_p_teacher, log_p_student, targets) -> torch.Tensor:
+        per_image = F.kl_div(log_p_student, log_p_teacher, reduction="none", log_target=True)
+        classes = torch.where(targets != UNLABELLED, targets, log_p_teacher.argmax(1))
+        weight = self.class_weight[classes]
+        kl = (per_image.sum(1) * weight).sum() / weight.sum().clamp(min=1e-12)
+        return kl / log_p_student.shape[1] if self.params.kl_reduction == "mean" else kl

@@ -1,0 +1,138 @@
+"""Few labels: the labelled subset, the unlabelled pool, and how budgets enter the plan."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import kdray.labels
+from kdray.data import prepare_data
+from kdray.job import JobError, parse_job
+from kdray.labels import UNLABELLED, budget_label, labelled_indices, training_arrays
+from kdray.plan import make_plan
+from kdray.training import band_stop, build_session, train_epoch
+from tests.conftest import tiny_job_dict
+
+SKEWED = np.array([0] * 70 + [1] * 20 + [2] * 10)
+
+
+def test_a_fraction_keeps_that_share_of_every_class():
+    keep = labelled_indices(SKEWED, {"fraction": 0.1}, seed=0)
+    assert np.bincount(SKEWED[keep]).tolist() == [7, 2, 1]
+    assert np.all(np.diff(keep) > 0)  # sorted, no repeats
+
+
+def test_a_count_per_class_keeps_at_most_the_class():
+    keep = labelled_indices(SKEWED, {"per_class": 15}, seed=0)
+    assert np.bincount(SKEWED[keep]).tolist() == [15, 15, 10]
+
+
+def test_the_same_budget_and_seed_pick_the_same_images_and_another_seed_others():
+    a = labelled_indices(SKEWED, {"fraction": 0.2}, seed=3)
+    assert np.array_equal(a, labelled_indices(SKEWED.copy(), {"fraction": 0.2}, seed=3))
+    assert not np.array_equal(a, labelled_indices(SKEWED, {"fraction": 0.2}, seed=4))
+    assert np.array_equal(labelled_indices(SKEWED, None, 0), np.arange(len(SKEWED)))
+
+
+def test_budget_labels():
+    assert budget_label({"fraction": 0.1}) == "10%"
+    assert budget_label({"per_class": 20}) == "20 per class"
+    assert budget_label(None) == "all"
+
+
+def semi_job(tmp_path, **study):
+    raw = tiny_job_dict(tmp_path)
+    raw["labelled"] = {"fraction": [0.25, 1.0]}
+    raw["studies"]["mt"] = {"students": ["test_resnet"], "unlabelled": True,
+                            "method": {"name": "mean_teacher"}, **study}  # fmt: skip
+    raw["studies"]["pool"] = {"teachers": ["resnet10t"], "students": ["test_resnet"],
+                              "unlabelled": True}  # fmt: skip
+    return parse_job(raw)
+
+
+def test_budgets_multiply_the_grid_and_a_fraction_of_one_is_the_full_label_run(tmp_path):
+    job = semi_job(tmp_path)
+    plan = make_plan(job)
+    full = make_plan(parse_job(tiny_job_dict(tmp_path)))
+    # every label: the same runs, the same ids, as a job without budgets
+    assert set(full.runs) <= set(plan.runs)
+    few = [r for r in plan.runs.values() if r.labels == {"fraction": 0.25}]
+    teachers = [r for r in few if r.stage == "teacher"]
+    assert [t.model for t in teachers] == ["resnet10t"] and "labels25pct" in teachers[0].run_id
+    pool_kd = next(r for r in few if r.method == "kd" and r.unlabelled)
+    plain_kd = next(r for r in few if r.method == "kd" and not r.unlabelled)
+    assert "labels25pct-pool-" in pool_kd.run_id and "-pool-" not in plain_kd.run_id
+    assert teachers[0].soft_labels and teachers[0].soft_labels_pool  # both students cached
+    assert plain_kd.teacher_runs == pool_kd.teacher_runs
+    baselines = [r for r in few if "baseline" in r.roles]
+    assert [b.model for b in baselines] == ["test_resnet"]
+    # at 100% there is no pool: the pool study's KD run is the normal study's KD run
+    full_kd = [r for r in plan.runs.values() if r.method == "kd" and r.labels is None]
+    assert len(full_kd) == 1 and {"kd:normal", "kd:pool"} <= set(full_kd[0].roles)
+    assert len([r for r in plan.runs.values() if r.method == "mean_teacher"]) == 2
+
+
+def test_a_pool_needs_a_budget_and_a_method_that_trains_without_labels(tmp_path):
+    raw = tiny_job_dict(tmp_path)
+    raw["studies"]["pool"] = {"teachers": ["resnet10t"], "students": ["test_resnet"],
+                              "unlabelled": True, "method": {"name": "dkd"}}  # fmt: skip
+    with pytest.raises(JobError) as error:
+        parse_job(raw)
+    text = str(error.value)
+    assert "studies.pool.unlabelled: method dkd needs a label for every image" in text
+    assert "no unlabelled pool; add e.g. `labelled:" in text
+
+
+@pytest.mark.parametrize(
+    "labelled, message",
+    [
+        ({"fraction": [0.1], "per_class": [5]}, "not both"),
+        ({"fraction": [0.0]}, "fractions are in (0, 1]"),
+        ({"per_class": [5, 5]}, "distinct"),
+    ],
+)
+def test_bad_budgets_are_refused_naming_the_field(tmp_path, labelled, message):
+    raw = tiny_job_dict(tmp_path, labelled=labelled)
+    with pytest.raises(JobError, match="labelled") as error:
+        parse_job(raw)
+    assert message in str(error.value)
+
+
+def test_a_pool_run_trains_without_reading_a_pool_label(tmp_path, monkeypatch):
+    """The pool's labels replaced by a class that does not exist: training still runs, and
+    ends with exactly the weights of a run on the true labels."""
+    job = semi_job(tmp_path)
+    spec = next(r for r in make_plan(job).runs.values()
+                if r.method == "mean_teacher" and r.labels)  # fmt: skip
+    data = prepare_data(job.data, tmp_path / "data")
+    labels_file = f"{data.path}/train_labels.npy"
+    labels = np.load(labels_file)
+    keep = labelled_indices(labels, spec.labels, spec.seed)
+    images, targets = training_arrays(data, spec.labels, spec.seed, pool=True)
+    assert len(images) == len(labels) and np.all(targets[keep] == labels[keep])
+    assert np.all(np.delete(targets, keep) == UNLABELLED)
+
+    def trained_weights():
+        session = build_session(job, spec, data, [], torch.device("cpu"))
+        train_epoch(session, 0, band_stop(session))
+        return {k: v.clone() for k, v in session.core.state_dict().items()}
+
+    clean = trained_weights()
+    corrupt = labels.copy()
+    corrupt[np.setdiff1d(np.arange(len(labels)), keep)] = 99  # no such class
+    np.save(labels_file, corrupt)
+    # the labelled images were chosen from the true labels; keep that choice
+    monkeypatch.setattr(kdray.labels, "labelled_indices", lambda *args: keep)
+    corrupted = trained_weights()
+    assert clean.keys() == corrupted.keys()
+    assert all(torch.equal(clean[k], corrupted[k]) for k in clean)
+
+
+def test_a_labelled_only_run_trains_on_the_kept_images(tmp_path):
+    job = semi_job(tmp_path)
+    data = prepare_data(job.data, tmp_path / "data")
+    images, targets = training_arrays(data, {"fraction": 0.25}, 0)
+    all_images, labels = training_arrays(data, None, 0)
+    keep = labelled_indices(labels, {"fraction": 0.25}, 0)
+    assert np.array_equal(images, all_images[keep]) and np.array_equal(targets, labels[keep])
