@@ -1,5 +1,5 @@
-"""KD cells: per study, one cell per (student, teacher); when the study sweeps its method's
-parameters, the cell holds every setting and the one chosen on validation (mean validation
+"""KD cells: per study, one cell per (student, label budget, teacher); when the study sweeps its
+method's parameters, the cell holds every setting and the one chosen on validation (mean validation
 accuracy over seeds: the test split chooses nothing); each cell's paired gain over the same
 student's no-KD baseline (`kdray.stats`), Holm-corrected across the cells of its study."""
 
@@ -22,6 +22,22 @@ def has_role(trials: pd.DataFrame, role: str) -> pd.Series:
 
 def baseline_rows(trials: pd.DataFrame) -> pd.DataFrame:
     return trials[has_role(trials, "baseline")]
+
+
+def budgets(trials: pd.DataFrame) -> pd.Series:
+    """Each run's label budget ("10%", ...; "all" for every label)."""
+    if "labels" not in trials:
+        return pd.Series("all", index=trials.index, dtype=object)
+    return trials["labels"].astype(object).where(trials["labels"].notna(), "all")
+
+
+def has_budgets(trials: pd.DataFrame) -> bool:
+    return "labels" in trials and bool(trials["labels"].notna().any())
+
+
+def with_budget(name: str, budget: str, shown: bool) -> str:
+    """`resnet10t (10% labels)` where the job has label budgets, else the name alone."""
+    return f"{name} ({budget} labels)" if shown else name
 
 
 def teacher_label(row) -> str:
@@ -61,6 +77,7 @@ class Cell:
     chosen: str
     baseline: pd.DataFrame
     gain: Gain
+    budget: str = "all"  # the label budget of the cell's runs and baseline
 
     @property
     def runs(self) -> pd.DataFrame:
@@ -88,14 +105,19 @@ def choose_on_validation(settings: dict[str, pd.DataFrame]) -> str:
 def study_cells(trials: pd.DataFrame, study: str) -> list[Cell]:
     """The study's cells in table order, their gains judged together (Holm)."""
     runs, baselines = kd_runs(trials, study), baseline_rows(trials)
+    runs["budget"], base_budgets = budgets(runs), budgets(baselines)
+    shown = has_budgets(trials)
     cells = []
-    for (student, teacher), group in runs.groupby(["model", "teacher_label"], sort=False):
+    for (student, budget, teacher), group in runs.groupby(
+        ["model", "budget", "teacher_label"], sort=False
+    ):
         settings = {label: g for label, g in group.groupby("setting_label", sort=False)}
         chosen = choose_on_validation(settings)
-        base = baselines[baselines.model == student]
+        base = baselines[(baselines.model == student) & (base_budgets == budget)]
         gain = paired_gain(by_seed(settings[chosen]), by_seed(base))
         method = str(group.method.iloc[0])
-        cells.append(Cell(study, method, student, teacher, settings, chosen, base, gain))
+        name = with_budget(student, budget, shown)
+        cells.append(Cell(study, method, name, teacher, settings, chosen, base, gain, budget))
     judge([c.gain for c in cells])
     return cells
 

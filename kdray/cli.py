@@ -72,6 +72,7 @@ def validate(job_file: Path, set_: SetOption = None) -> None:
 
 def study_lines(job, plan) -> list[str]:
     """One line per study: its method, what it reads from teachers, its KD runs."""
+    from kdray.labels import budget_label
     from kdray.methods import METHODS
 
     lines = []
@@ -89,6 +90,10 @@ def study_lines(job, plan) -> list[str]:
             f"{len(job.seeds)} seeds",
         ]
         axes += [f"{key} {values} ({len(values)})" for key, values in study.sweep.items()]
+        if job.labelled is not None:
+            budgets = [budget_label(b) for b in job.label_budgets()]
+            pool = ", students also on the unlabelled pool" if study.unlabelled else ""
+            axes.append(f"labels {budgets} ({len(budgets)}){pool}")
         lines.append(
             f"study {name}: method {method.name} ({source}{recipe}), {len(runs)} KD runs = "
             + " x ".join(axes)

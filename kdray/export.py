@@ -8,6 +8,8 @@ summary.md    each KD cell's test accuracy against its student's baseline: the p
               interval, p, n and verdict (`kdray.cells`, `kdray.stats`); how often KD won; what
               each KD student costs against its teacher (`kdray.compression`)
 <study>.sensitivity.md  a sweeping study's every setting, valid and test, the chosen one marked
+labels.md     with label budgets: per student and budget, baseline vs every study (and a mean
+              teacher's moving average) in test accuracy, balanced accuracy and macro-F1
 report.html   all of these tables with figures, one self-contained file (`kdray.report`)
 Values are `mean ± std` over seeds when a cell has several. `tables` computes the tables once,
 for both the Markdown files and the report.
@@ -26,13 +28,17 @@ import pyarrow.parquet as pq
 from kdray.cells import (
     Cell,
     baseline_rows,
+    budgets,
+    has_budgets,
     improvement,
     kd_runs,
     study_cells,
     teacher_label,
+    with_budget,
 )
 from kdray.compression import COMPRESSION_NOTE, compression_table
 from kdray.experiment import Experiment
+from kdray.few_labels import few_labels_table
 from kdray.results import EPOCH_SCHEMA, read_trials
 from kdray.stats import BOOTSTRAP_FROM, MIN_SEEDS
 
@@ -85,7 +91,11 @@ def teachers_table(trials: pd.DataFrame) -> pd.DataFrame:
     teachers = trials[trials.stage == "teacher"].copy()
     if teachers.empty:
         return pd.DataFrame(columns=["Teacher", "Used by", "Epochs", "Train", "Valid", "Test"])
-    teachers["label"] = teachers.apply(teacher_label, axis=1)
+    shown = has_budgets(trials)
+    teachers["label"] = [
+        with_budget(teacher_label(row), budget, shown)
+        for (_, row), budget in zip(teachers.iterrows(), budgets(teachers), strict=True)
+    ]
     rows = []
     for label, group in teachers.groupby("label", sort=False):
         roles = sorted({r.split(":", 1)[1] for rs in group.roles for r in rs if ":" in r})
@@ -101,11 +111,12 @@ def teachers_table(trials: pd.DataFrame) -> pd.DataFrame:
 
 
 def baseline_table(trials: pd.DataFrame) -> pd.DataFrame:
-    rows = []
-    for model, group in baseline_rows(trials).groupby("model", sort=False):
+    rows, runs = [], baseline_rows(trials).copy()
+    runs["budget"], shown = budgets(runs), has_budgets(trials)
+    for (model, budget), group in runs.groupby(["model", "budget"], sort=False):
         rows.append(
             {
-                "Student": model,
+                "Student": with_budget(model, budget, shown),
                 "Params (M)": f"{group.params.dropna().iloc[0] / 1e6:.1f}"
                 if group.params.notna().any()
                 else "—",
@@ -219,6 +230,11 @@ def tables(trials: pd.DataFrame, studies: list[str]) -> dict[str, tuple[str, pd.
         if any(len(c.settings) > 1 for c in cells[study]):
             title = f"{study}: every setting of the sweep (chosen on validation accuracy)"
             out[f"{study}.sensitivity"] = (title, sensitivity_table(cells[study]))
+    if has_budgets(done):
+        out["labels"] = (
+            "Few labels: each student's test metrics per label budget, baseline vs every study",
+            few_labels_table([c for study in studies for c in cells[study]], fmt),
+        )
     out["summary"] = (
         "KD gain over each student's baseline (test accuracy, paired by seed)",
         summary_table([c for study in studies for c in cells[study]]),

@@ -148,7 +148,7 @@ class LabelBudgets(Strict):
 
 
 STUDY_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
-RESERVED_STUDY_NAMES = ("teachers", "baseline", "summary", "unfinished")  # export file names
+RESERVED_STUDY_NAMES = ("teachers", "baseline", "summary", "unfinished", "labels")  # exports
 SELF_TEACHER = "self"
 
 _method_params = tuple(method.Params for method in METHODS.values())

@@ -6,6 +6,10 @@ a run whose study uses the pool trains on them with target `UNLABELLED` (no labe
 the data for them); every other run trains on the labelled images alone. The same budget and
 seed pick the same images in every run (teacher, baseline, student), so paired comparisons
 share their labelled images. No budget (or a fraction of 1) is every label, as without one.
+
+With a budget, every run's epoch is as long as a full-label epoch: a run on the labelled images
+alone cycles through them (each draw its own augmentation), so runs with and without the pool
+take the same number of steps, and more steps are never what the pool is credited with.
 """
 
 from __future__ import annotations
@@ -60,21 +64,23 @@ def training_arrays(
     info: DataInfo, budget: Budget | None, seed: int, pool: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """(images, targets) a run trains on. Without a budget: the whole training split (images
-    memory-mapped). With one: the labelled images alone, or (`pool`) every image with the pool's
-    targets set to `UNLABELLED` without reading their labels."""
+    memory-mapped). With one: the labelled images alone, cycled to the split's length, or
+    (`pool`) every image with the pool's targets set to `UNLABELLED` without reading their
+    labels."""
     images, labels = load_split(info.path, "train")
     if not budget:
         return images, labels
     keep = labelled_indices(labels, budget, seed)
     if not pool:
-        return np.ascontiguousarray(images[keep]), labels[keep]
+        cycled = np.resize(keep, len(labels))
+        return np.ascontiguousarray(images[cycled]), labels[cycled]
     targets = np.full(len(labels), UNLABELLED, dtype=labels.dtype)
     targets[keep] = labels[keep]
     return images, targets
 
 
-def class_counts(targets: np.ndarray, num_classes: int) -> tuple[int, ...]:
-    """Labelled images per class (pool images not counted)."""
-    targets = np.asarray(targets)
-    labelled = targets[targets != UNLABELLED]
-    return tuple(int(c) for c in np.bincount(labelled, minlength=num_classes))
+def class_counts(info: DataInfo, budget: Budget | None, seed: int) -> tuple[int, ...]:
+    """Labelled training images per class (each once; pool images not counted)."""
+    _, labels = load_split(info.path, "train")
+    kept = labels[labelled_indices(labels, budget, seed)]
+    return tuple(int(c) for c in np.bincount(kept, minlength=info.num_classes))

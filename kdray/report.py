@@ -275,6 +275,8 @@ def render_report(
     frontier = frontier_figure(frontier_points([c for s in studies for c in cells[s]], done))
     section("compression", figure=svg(frontier, "frontier") if frontier else None)
     parts.append(f'<p class="note">{html.escape(COMPRESSION_NOTE)}</p>')
+    if "labels" in all_tables:
+        section("labels")
     section("teachers")
     section("baseline")
     for study in studies:

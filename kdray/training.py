@@ -112,7 +112,7 @@ def build_session(
     autocast = autocast_for(job, device)
     images, labels = training_arrays(info, spec.labels, spec.seed, pool=spec.unlabelled)
     teachers = open_teachers(job, spec, info, teacher_dirs, device, autocast)
-    counts = class_counts(labels, info.num_classes)
+    counts = class_counts(info, spec.labels, spec.seed)
     core = _distiller(job, spec, info, student, teachers, counts)
     if job.train.channels_last:
         core = core.to(memory_format=torch.channels_last)

@@ -3,6 +3,7 @@
 import json
 
 import pandas as pd
+import pytest
 
 from kdray.cells import study_cells
 from kdray.export import CHOSEN_ROW, sensitivity_table, study_table, summary_table, tables
@@ -79,3 +80,59 @@ def test_two_seeds_give_no_verdict_and_every_study_is_in_the_tables():
     improvement = out["improvement"][1].set_index("Study")
     assert improvement.loc["sw", "Paired runs"] == 2
     assert improvement.loc["sw", "P(KD beats baseline)"] == "1.000"
+
+
+def budget_trials():
+    """Per seed and budget: a teacher, a baseline, a KD student; at 10% a mean teacher too."""
+    rows = []
+    for s in (0, 1, 2):
+        for labels, base, kd in ((None, 0.80, 0.81), ("10%", 0.60, 0.70)):
+            tag = labels or "all"
+            rows.append(run(f"t{tag}{s}", "big", s, 0.9, 0.9, ["teacher:kd"]))
+            rows.append(run(f"b{tag}{s}", "small", s, base, base + 0.01 * s, ["baseline"]))
+            rows.append(run(f"k{tag}{s}", "small", s, kd, kd + 0.01 * s, ["kd:kd"], [f"t{tag}{s}"]))
+        mt = run(f"m{s}", "small", s, 0.65, 0.66 + 0.01 * s, ["kd:mt"], [], method="mean_teacher")
+        mt["method"] = "mean_teacher"
+        rows.append(mt | {"ema_test_acc": 0.68})
+    trials = pd.DataFrame(rows)
+    trials["labels"] = [None if "all" in t else "10%" for t in trials.trial_id]
+    trials.loc[trials.trial_id.str.startswith("m"), "labels"] = "10%"
+    for metric in ("balanced_acc", "f1"):
+        trials[f"test_{metric}"] = trials.test_acc - 0.1
+    trials["ema_test_balanced_acc"] = trials["ema_test_f1"] = trials.get("ema_test_acc")
+    return trials
+
+
+def test_each_label_budget_is_its_own_cell_paired_with_the_baseline_of_that_budget():
+    trials = budget_trials()
+    cells = study_cells(trials, "kd")
+    assert [(c.student, c.budget) for c in cells] == [
+        ("small (all labels)", "all"),
+        ("small (10% labels)", "10%"),
+    ]
+    few = cells[1]
+    assert sorted(few.baseline.trial_id) == ["b10%0", "b10%1", "b10%2"]
+    assert few.gain.mean == pytest.approx(0.10) and few.gain.n == 3
+    (mt,) = study_cells(trials, "mt")
+    assert mt.student == "small (10% labels)" and mt.teacher == "no teacher"
+    assert mt.gain.mean == pytest.approx(0.06)
+
+
+def test_the_few_labels_table_shows_every_study_and_the_moving_average_per_budget():
+    built = tables(budget_trials(), ["kd", "mt"])
+    title, table = built["labels"]
+    assert "label budget" in title
+    assert list(table.columns) == [
+        "Student", "Test metric", "no KD (baseline)", "kd", "mt", "mt (EMA)",
+    ]  # fmt: skip
+    few = table[table.Student == "small (10% labels)"].set_index("Test metric")
+    assert few.loc["accuracy", "no KD (baseline)"].startswith("0.610")
+    assert few.loc["accuracy", "kd"].startswith("0.710")
+    assert few.loc["accuracy", "mt"].startswith("0.670")
+    assert few.loc["accuracy", "mt (EMA)"].startswith("0.680")
+    assert few.loc["balanced accuracy", "kd"].startswith("0.610")
+    full = table[table.Student == "small (all labels)"].set_index("Test metric")
+    assert full.loc["accuracy", "mt"] == "—"  # no mean-teacher run with every label
+    baselines = built["baseline"][1]
+    assert list(baselines.Student) == ["small (all labels)", "small (10% labels)"]
+    assert "labels" not in tables(sweep_trials(), ["sw"])  # no budgets, no such table

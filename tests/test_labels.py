@@ -9,7 +9,13 @@ import torch
 import kdray.labels
 from kdray.data import prepare_data
 from kdray.job import JobError, parse_job
-from kdray.labels import UNLABELLED, budget_label, labelled_indices, training_arrays
+from kdray.labels import (
+    UNLABELLED,
+    budget_label,
+    class_counts,
+    labelled_indices,
+    training_arrays,
+)
 from kdray.plan import make_plan
 from kdray.training import band_stop, build_session, train_epoch
 from tests.conftest import tiny_job_dict
@@ -129,10 +135,15 @@ def test_a_pool_run_trains_without_reading_a_pool_label(tmp_path, monkeypatch):
     assert all(torch.equal(clean[k], corrupted[k]) for k in clean)
 
 
-def test_a_labelled_only_run_trains_on_the_kept_images(tmp_path):
+def test_a_labelled_only_run_cycles_its_images_to_a_full_epoch(tmp_path):
     job = semi_job(tmp_path)
     data = prepare_data(job.data, tmp_path / "data")
     images, targets = training_arrays(data, {"fraction": 0.25}, 0)
     all_images, labels = training_arrays(data, None, 0)
     keep = labelled_indices(labels, {"fraction": 0.25}, 0)
-    assert np.array_equal(images, all_images[keep]) and np.array_equal(targets, labels[keep])
+    assert len(targets) == len(labels)  # as many steps as a run on every label
+    drawn = np.unique(images.reshape(len(images), -1), axis=0)
+    kept = np.unique(all_images[keep].reshape(len(keep), -1), axis=0)
+    assert np.array_equal(drawn, kept)  # only the kept images, each of them
+    assert np.array_equal(targets[: len(keep)], labels[keep])
+    assert np.array_equal(np.bincount(labels[keep]), class_counts(data, {"fraction": 0.25}, 0))
