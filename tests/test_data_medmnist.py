@@ -188,3 +188,13 @@ def test_shipped_job_validates_and_a_missing_file_exits_2(tmp_path, monkeypatch)
     result = CliRunner().invoke(app, ["validate", "jobs/medmnist.yaml"])
     assert result.exit_code == 0, result.output
     assert "2 classes, train 546, valid 78, test 156" in result.output
+
+
+def test_a_path_section_dumps_as_before_names_existed(tmp_path):
+    """Experiments made before `name` existed keep their data cache and soft-label keys."""
+    dumped = Config(path=tmp_path / "x.npz", image_size=28).model_dump(mode="json")
+    assert set(dumped) == {
+        *("image_size", "channels", "on_bad_image", "kind", "path", "classes", "max_per_split")
+    }
+    named = Config(name="breastmnist", folder=tmp_path)
+    assert "path" not in named.model_dump() and Config(**named.model_dump()) == named

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_serializer, model_validator
 
 from kdray.data import medmnist_registry
 from kdray.data.base import DataConfigBase, DataError, DistinctNames
@@ -69,6 +69,12 @@ class Config(DataConfigBase):
     @classmethod
     def _absolute_folder(cls, folder: Path) -> Path:
         return folder.expanduser().resolve()
+
+    @model_serializer(mode="wrap")
+    def _without_the_unused_source(self, handler: Any) -> dict[str, Any]:
+        """A `path` section dumps, and so fingerprints its cache, as before `name` existed."""
+        unused = ("name", "size", "folder") if self.path is not None else ("path",)
+        return {k: v for k, v in handler(self).items() if k not in unused}
 
     @model_validator(mode="after")
     def _one_file(self) -> Config:
