@@ -148,6 +148,31 @@ def worker_loop(config: dict) -> None:
     train_loop({**config, "entered_at": entered})
 
 
+# Ray Train 2.60 settings for each trial's TorchTrainer, read from its source
+# (ray/train/v2/_internal/constants.py; bench/README.md "Processes per trial" lists every actor a
+# trial starts). The trial driver sets them in its own environment: Ray Train reads the metrics
+# switch there and passes the others on to the controller and workers it starts.
+TRAIN_ENV = {
+    # the controller polls its workers every 2 s by default: a finished trial waits for the
+    # next poll (~2 s per trial on the quickstart); 0.5 s costs little controller CPU
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+    # a PreemptionWatcher actor (one more process) per fit, polling for node drains to serve
+    # `ray.train.get_preemption_info`, which kdray never calls; a worker lost to a preempted node
+    # is still recognised as preempted (RayActorError.preempted) and restarted from its last
+    # checkpoint, as any lost worker is
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+    # Ray Train's Prometheus metrics (a controller and a worker callback): kdray records its own
+    # times per run and epoch, and a local Ray has no dashboard to show them
+    "RAY_TRAIN_METRICS_ENABLED": "0",
+}
+
+
+def apply_train_env() -> None:
+    """Set `TRAIN_ENV` in this trial driver's environment; a value already set there wins."""
+    for name, value in TRAIN_ENV.items():
+        os.environ.setdefault(name, value)
+
+
 def build_trainer(exp: Experiment, job: Job, spec: RunSpec, config: dict) -> TorchTrainer:
     """One run's TorchTrainer; its deterministic name makes a retried trial resume the run."""
     r = job.resources
@@ -189,9 +214,7 @@ def run_trial(config: dict) -> None:
         if teacher is None or teacher["status"] != "finished":
             reason = (teacher or {}).get("error") or "it has not finished"
             raise RuntimeError(f"teacher run {teacher_run} is not usable: {reason}")
-    # Ray Train's controller polls its workers every 2 s by default: a finished trial waits
-    # for the next poll (~2 s per trial on the quickstart); 0.5 s costs little controller CPU
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+    apply_train_env()
     if summary is None:
         (run_dir / "failure.json").unlink(missing_ok=True)
         attempts = _bump_attempts(run_dir)
@@ -219,7 +242,18 @@ class _HideTuneRestoreHint(logging.Filter):
         return "Tuner.restore" not in record.getMessage()
 
 
+class _NoTrialTraceback(logging.Filter):
+    """Tune logs a failed trial with its whole traceback; kdray lists each failed run and its
+    error at the end, and the traceback stays in the trial's error.txt under tune/."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith("Trial task failed"):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
 logging.getLogger("ray.tune.tune").addFilter(_HideTuneRestoreHint())
+logging.getLogger("ray.tune.execution.tune_controller").addFilter(_NoTrialTraceback())
 
 
 def run_grid(exp: Experiment, job: Job, runs: list[RunSpec], data: DataInfo) -> list[TrialOutcome]:

@@ -7,6 +7,7 @@ each, naming the field path and what is allowed.
 
 from __future__ import annotations
 
+import os
 import types
 import typing
 from itertools import product
@@ -348,7 +349,7 @@ class Faults(Strict):
 
 class Job(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=80)
-    storage: str = "kdray-runs"
+    storage: str = Field("kdray-runs", pattern=r"\S", description="a folder for experiments")
     data: DataConfig = Field(default_factory=lambda: DATA_KINDS["synthetic"].Config())
     train: TrainConfig = Field(default_factory=TrainConfig)
     distill: DistillConfig = Field(default_factory=DistillConfig)
@@ -445,7 +446,7 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
     if not keys:
         raise JobError([f"--set {assignment}: empty field path"])
     try:
-        value = yaml.safe_load(text)
+        value = read_yaml(text)
     except yaml.YAMLError as exc:
         raise JobError([f"--set {assignment}: value is not valid YAML ({exc})"]) from None
     node = raw
@@ -505,20 +506,72 @@ def model_problems(job: Job) -> list[str]:
                     close = timm.list_models(f"*{model.split('_')[0][:6]}*")[:5]
                     hint = f"; similar: {close}" if close else ""
                     problems.append(f"studies.{name}.{role}: {model!r} is not a timm model{hint}")
+    from kdray.models import weights_problem
+
     for model, weights in job.pretrained.items():
         if model not in job.models():
             problems.append(f"pretrained.{model}: not a model of any study")
-        if not Path(weights).expanduser().is_file():
-            problems.append(f"pretrained.{model}: weights file {weights} does not exist")
+        problem = weights_problem(Path(weights).expanduser())
+        if problem:
+            problems.append(f"pretrained.{model}: {problem}")
     return problems
+
+
+VIRTUAL_FILE_SYSTEMS = ("/proc", "/sys", "/dev")
+
+
+def storage_problems(storage: str) -> list[str]:
+    """Whether experiment folders can be created under `storage` (nothing is created here).
+    Checked where the grid runs (`validate`, `run`), not by `submit`: a cluster's storage
+    need not exist on the submitting machine."""
+    path = Path(storage).expanduser().resolve()
+    if any(path == Path(v) or Path(v) in path.parents for v in VIRTUAL_FILE_SYSTEMS):
+        return [f"storage: {path} is in a virtual file system; give a folder on disk"]
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        return [f"storage: {existing} is a file, not a folder; give a folder for experiments"]
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return [f"storage: {existing} is not writable; give a folder you can write to"]
+    return []
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML that refuses a key given twice in one mapping: plain YAML keeps the last one, which
+    silently drops a whole section written twice."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, typing.Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"duplicate key {key!r} (also on line {seen[key]}): YAML would keep only "
+                    "the last one; merge them into one",
+                    key_node.start_mark,
+                )
+            if isinstance(key, typing.Hashable):
+                seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
 
 
 def load_job(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Job:
     path = Path(path)
+    if path.is_dir():
+        raise JobError([f"{path}: is a folder; give the job's YAML file"])
     if not path.is_file():
         raise JobError([f"{path}: no such job file"])
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = read_yaml(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise JobError(
+            [f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8"]
+        ) from None
     except yaml.YAMLError as exc:
         raise JobError([f"{path}: not valid YAML: {exc}".replace("\n", " ")]) from None
     return parse_job(raw, overrides)

@@ -76,10 +76,7 @@ def run_experiment(
     check_no_other_driver(exp)
     plan = exp.plan()
     report = RunReport(exp)
-    init_ray(job, address, verbose)
-    check_resources(job)
-    check_storage(exp.root)
-    with console.status("decoding data into the array cache"):
+    with console.status("decoding data into the array cache"):  # bad data: refused before Ray
         data = prepare_data(job.data, exp.data_dir)
     skipped = sum(data.extra.get("skipped", {}).values())
     skipped += sum(data.extra.get("dropped_rows", {}).values())
@@ -99,6 +96,9 @@ def run_experiment(
     )
     for warning in band_warnings(job, data) + method_warnings(job, data):
         console.print(f"[yellow]warning[/yellow]: {warning}", highlight=False)
+    init_ray(job, address, verbose)
+    check_resources(job)
+    check_storage(exp.root)
     mark_driver(exp)
     stop_polling = threading.Event()
     try:

@@ -120,3 +120,23 @@ def test_kd_trains_pool_images_on_the_kd_term_only():
     assert pool_only["ce"].item() == 0.0 and torch.isfinite(pool_only["loss"])
     pool_only["loss"].backward()
     assert s.grad.abs().sum() > 0  # the KD term still teaches
+
+
+def test_balanced_dkd_weighs_ce_and_each_images_terms_by_its_class():
+    from kdray.methods.dkd import dkd_terms
+
+    cls = get_method("dkd")
+    torch.manual_seed(2)
+    s, t = torch.randn(6, 3), torch.randn(6, 3)
+    y = torch.tensor([0, 0, 0, 0, 1, 2])
+    shapes = Shapes(num_classes=3, total_epochs=12, class_counts=(40, 5, 5))
+    dkd = cls(cls.Params(class_weights="inverse", warmup_epochs=0), shapes)
+    terms = dkd(Outputs(s), [Outputs(t)], y, 1.0)
+    w = class_weights((40, 5, 5), "inverse")
+    torch.testing.assert_close(terms["ce"], F.cross_entropy(s, y, weight=w))
+    log_t = F.log_softmax(t / 4, 1)
+    per_image = [dkd_terms(s[i : i + 1], log_t[i : i + 1], y[i : i + 1], 4.0) for i in range(6)]
+    tckd = sum(w[y[i]] * per_image[i][0] for i in range(6)) / w[y].sum()
+    torch.testing.assert_close(terms["tckd"], tckd)
+    plain = cls(cls.Params(warmup_epochs=0), shapes)(Outputs(s), [Outputs(t)], y, 1.0)
+    assert not torch.allclose(plain["tckd"], terms["tckd"])

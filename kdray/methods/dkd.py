@@ -12,13 +12,14 @@ temperature T and with p the softened distributions:
 The returned `tckd` and `nckd` terms are unweighted: before alpha, beta and the warm-up factor.
 `warmup_epochs=None` means 1/12 of the run's epochs (the paper's 20 of 240); 0 disables it. With
 several teachers the teacher distribution is the mean of their softened probabilities. With two
-classes NCKD is identically 0 and DKD reduces to TCKD plus CE (a warning says so).
+classes NCKD is identically 0 and DKD reduces to TCKD plus CE (a warning says so). Class-balanced
+DKD (`class_weights`, as in `kd`) weighs CE and each image's TCKD and NCKD by its class.
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +30,7 @@ from kdray.methods.base import (
     MethodParams,
     Outputs,
     Shapes,
+    class_weights,
     register,
     teacher_log_probs,
 )
@@ -36,6 +38,7 @@ from kdray.methods.base import (
 
 class DKDParams(MethodParams):
     name: Literal["dkd"] = "dkd"
+    added_later: ClassVar[tuple[str, ...]] = ("class_weights", "class_beta")
     alpha: float = Field(1.0, ge=0, description="weight of TCKD (target-class KD)")
     beta: float = Field(8.0, ge=0, description="weight of NCKD (non-target-class KD)")
     temperature: float = Field(4.0, gt=0)
@@ -43,6 +46,10 @@ class DKDParams(MethodParams):
     warmup_epochs: float | None = Field(
         None, ge=0, description="linear warm-up of the KD terms; None: 1/12 of the run's epochs"
     )
+    class_weights: Literal["none", "inverse", "effective"] = Field(
+        "none", description="per-class weights on CE, TCKD and NCKD, from the labelled counts"
+    )
+    class_beta: float = Field(0.999, gt=0, lt=1, description="effective-number weights' beta")
 
 
 def _two_class_warning() -> str:
@@ -60,9 +67,14 @@ def _split(log_p: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch
 
 
 def dkd_terms(
-    student_logits: torch.Tensor, log_p_teacher: torch.Tensor, targets: torch.Tensor, T: float
+    student_logits: torch.Tensor,
+    log_p_teacher: torch.Tensor,
+    targets: torch.Tensor,
+    T: float,
+    weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(TCKD, NCKD), each times T^2 and averaged over the batch, unweighted."""
+    """(TCKD, NCKD), each times T^2 and averaged over the batch (weighted by each image's class
+    weight when `weight` is given, as torch weighs cross-entropy), before alpha and beta."""
     mask = F.one_hot(targets, student_logits.shape[1]).bool()
     log_s = F.log_softmax(student_logits.float() / T, dim=1)
     s_target, s_others = _split(log_s, mask)
@@ -74,7 +86,10 @@ def dkd_terms(
     log_s_nt = log_s - s_others[:, None]
     p_t_nt = log_t_nt.exp().masked_fill(mask, 0.0)
     nckd = (p_t_nt * (log_t_nt - log_s_nt)).masked_fill(mask, 0.0).sum(dim=1)
-    return tckd.mean() * T * T, nckd.mean() * T * T
+    if weight is None:
+        return tckd.mean() * T * T, nckd.mean() * T * T
+    w = weight[targets]
+    return (tckd * w).sum() / w.sum() * T * T, (nckd * w).sum() / w.sum() * T * T
 
 
 @register
@@ -86,6 +101,10 @@ class DKD(Method):
         super().__init__(params, shapes)
         if shapes.num_classes == 2:
             warnings.warn(_two_class_warning(), UserWarning, stacklevel=2)
+        weight = None
+        if params.class_weights != "none":
+            weight = class_weights(shapes.class_counts, params.class_weights, params.class_beta)
+        self.register_buffer("class_weight", weight, persistent=False)
 
     @classmethod
     def warnings(cls, params: MethodParams, num_classes: int) -> list[str]:
@@ -102,8 +121,10 @@ class DKD(Method):
         self, student: Outputs, teachers: list[Outputs], targets: torch.Tensor, epoch: float
     ) -> dict[str, torch.Tensor]:
         p = self.params
-        ce = F.cross_entropy(student.logits, targets)
+        ce = F.cross_entropy(student.logits, targets, weight=self.class_weight)
         log_p_teacher = teacher_log_probs(teachers, p.temperature)
-        tckd, nckd = dkd_terms(student.logits, log_p_teacher, targets, p.temperature)
+        tckd, nckd = dkd_terms(
+            student.logits, log_p_teacher, targets, p.temperature, self.class_weight
+        )
         kd = self.warmup_factor(epoch) * (p.alpha * tckd + p.beta * nckd)
         return {"loss": p.ce_weight * ce + kd, "ce": ce, "tckd": tckd, "nckd": nckd}
