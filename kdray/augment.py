@@ -12,7 +12,9 @@ A job declares its pipeline as a list of albumentations transforms by class name
 
 from __future__ import annotations
 
+import inspect
 import os
+from inspect import Parameter
 from typing import Any
 
 # albumentations asks PyPI for a newer version at import: nothing may reach out at run time
@@ -52,6 +54,10 @@ def build_transform(step: dict[str, Any]) -> A.BasicTransform:
             f"{name!r} is not an albumentations transform (e.g. Affine, HorizontalFlip)"
         )
     params = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
+    unknown = unknown_arguments(cls, params)
+    if unknown:  # albumentations would only warn and ignore them
+        allowed = [k for k in inspect.signature(cls).parameters if k != "kwargs"]
+        raise ValueError(f"{name}: unknown argument(s) {unknown}; {name} takes {allowed}")
     try:
         return cls(**params)
     except Exception as exc:  # albumentations validates its own parameters
@@ -60,6 +66,12 @@ def build_transform(step: dict[str, Any]) -> A.BasicTransform:
             ln for ln in lines if "errors.pydantic.dev" not in ln and "validation error" not in ln
         ]
         raise ValueError(f"{name}: {' '.join(lines) or type(exc).__name__}") from None
+
+
+def unknown_arguments(cls: type, params: dict[str, Any]) -> list[str]:
+    """Arguments the transform's constructor does not name."""
+    signature = inspect.signature(cls).parameters
+    return [k for k in params if k not in signature or signature[k].kind is Parameter.VAR_KEYWORD]
 
 
 def build_train_augmentation(augment: bool | list[dict[str, Any]], seed: int) -> A.Compose | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -45,29 +47,83 @@ def _load(job_file: Path, overrides: list[str] | None):
         raise typer.Exit(2) from None
 
 
+def _check_storage(job, job_file: Path) -> None:
+    from kdray.job import storage_problems
+
+    problems = storage_problems(job.storage)
+    for line in problems:
+        _error(f"{job_file}: {line}")
+    if problems:
+        raise typer.Exit(2)
+
+
+def _data_errors(exc, where: str) -> None:
+    for line in exc.problems:
+        _error(f"{where}data: {line}")
+    raise typer.Exit(2) from None
+
+
+def _decode_pixels(job, job_file: Path):
+    """Decode every image into the cache `kdray run` reads (so the work is not repeated);
+    on bad images, the folders this made are removed again."""
+    from kdray.data import DataError, prepare_data
+    from kdray.experiment import Experiment
+
+    exp = Experiment.for_job(job)
+    made = [p for p in (exp.data_dir, exp.root, exp.root.parent) if not p.exists()]
+    try:
+        with console.status("decoding every image (the cache `kdray run` reuses)"):
+            return prepare_data(job.data, exp.data_dir)
+    except DataError as exc:
+        for folder in made:  # innermost first; only if still empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        _data_errors(exc, f"{job_file}: ")
+
+
 @app.command()
-def validate(job_file: Path, set_: SetOption = None) -> None:
-    """Check a job file; exit 0 if it is valid, 2 with one line per problem if not."""
+def validate(
+    job_file: Path,
+    set_: SetOption = None,
+    quick: Annotated[
+        bool, typer.Option(help="Check the file lists only, without decoding the images.")
+    ] = False,
+) -> None:
+    """Check a job file, its storage and its data (every image decoded, unless --quick);
+    exit 0 if all is well, 2 with one line per problem if not."""
     job = _load(job_file, set_)
+    _check_storage(job, job_file)
     from kdray.data import DataError, open_sources
     from kdray.plan import make_plan
 
     try:
         classes, sources = open_sources(job.data)
     except DataError as exc:
-        for line in exc.problems:
-            _error(f"{job_file}: data: {line}")
-        raise typer.Exit(2) from None
+        _data_errors(exc, f"{job_file}: ")
+    info = None if quick else _decode_pixels(job, job_file)
     plan = make_plan(job)
     teachers, students = plan.stage("teacher"), plan.stage("student")
     console.print(
         f"[green]ok[/green] {job_file}: job {job.name!r}, {len(job.studies)} studies, "
-        f"{len(job.seeds)} seed(s): {len(teachers)} teacher runs + {len(students)} student runs"
+        f"{len(job.seeds)} seed(s): {len(teachers)} teacher runs + {len(students)} student runs",
+        highlight=False,
+        soft_wrap=True,
     )
     counts = ", ".join(f"{split} {len(source)}" for split, source in sources.items())
     console.print(f"data: {job.data.kind}, {len(classes)} classes, {counts} images")
     for line in study_lines(job, plan):
         console.print(line, highlight=False, soft_wrap=True)
+    console.print(checked_line(info), highlight=False, soft_wrap=True)
+
+
+def checked_line(info) -> str:
+    """What `validate` checked, so that "ok" promises no more than that."""
+    checked = "checked: the job's fields, models, weights files, storage and data file lists"
+    if info is None:
+        return f"{checked}; not the pixels (--quick): `kdray run` decodes them"
+    skipped = sum(info.extra.get("skipped", {}).values())
+    note = f", {skipped} unreadable left out (on_bad_image: skip)" if skipped else ""
+    return f"{checked}, and decoded every image{note} into {info.path} (kdray run reuses it)"
 
 
 def study_lines(job, plan) -> list[str]:
@@ -113,18 +169,26 @@ def run(
 ) -> None:
     """Run the grid of JOB_FILE: teachers first, then students; results in Parquet."""
     job = _load(job_file, set_)
+    _check_storage(job, job_file)
     from kdray.experiment import Experiment, ExperimentError
 
+    fresh = not Experiment.for_job(job).root.exists()
     try:
         exp = Experiment.create(job)
     except ExperimentError as exc:
         _error(str(exc))
         raise typer.Exit(2) from None
-    _run(exp, job, address, verbose)
+    try:
+        _run(exp, job, address, verbose)
+    except typer.Exit as exit_:
+        if exit_.exit_code == 2 and fresh and not exp.started_runs():
+            shutil.rmtree(exp.root, ignore_errors=True)  # refused before any run: leave nothing
+        raise
 
 
 def _run(exp, job, address: str | None, verbose: bool) -> None:
     from kdray.data import DataError
+    from kdray.experiment import ExperimentError
     from kdray.export import render_tables
     from kdray.grid import GridInterrupted, ResourceError
     from kdray.results import read_trials, write_results
@@ -138,13 +202,11 @@ def _run(exp, job, address: str | None, verbose: bool) -> None:
         err.print(Text.assemble(("warning ", "bold yellow"), changed), soft_wrap=True)
     try:
         report = run_experiment(exp, job, address=address, verbose=verbose, console=console)
-    except (ResourceError, GridBusy) as exc:
+    except (ResourceError, GridBusy, ExperimentError) as exc:
         _error(str(exc))
         raise typer.Exit(2) from None
     except DataError as exc:
-        for line in exc.problems:
-            _error(f"data: {line}")
-        raise typer.Exit(2) from None
+        _data_errors(exc, "")
     except (KeyboardInterrupt, GridInterrupted):
         write_results(exp)
         err.print(
@@ -181,6 +243,7 @@ def submit(
 ) -> None:
     """Submit the grid of JOB_FILE to a running Ray cluster (Ray Jobs API); prints its id."""
     from kdray.job import JobError
+    from kdray.submit import SubmitError
     from kdray.submit import submit as do_submit
 
     try:
@@ -188,6 +251,9 @@ def submit(
     except JobError as exc:
         for line in exc.problems:
             _error(line)
+        raise typer.Exit(2) from None
+    except SubmitError as exc:
+        _error(str(exc))
         raise typer.Exit(2) from None
     except (ConnectionError, RuntimeError) as exc:
         _error(f"cannot reach the Ray Jobs API at {address}: {exc}")
@@ -208,28 +274,47 @@ def logs(
     follow: Annotated[bool, typer.Option(help="Keep printing until the job ends.")] = False,
 ) -> None:
     """Print the logs of a submitted grid."""
-    from kdray.submit import client
-
-    jobs = client(address)
-    if not follow:
-        console.out(jobs.get_job_logs(submission_id), end="", highlight=False)
-        return
     import asyncio
+
+    jobs = _jobs_client(address)
 
     async def tail() -> None:
         async for chunk in jobs.tail_job_logs(submission_id):
             console.out(chunk, end="", highlight=False)
 
-    asyncio.run(tail())
-    console.print(f"status: {jobs.get_job_status(submission_id)}")
+    with _jobs_api(address, submission_id):
+        if not follow:
+            console.out(jobs.get_job_logs(submission_id), end="", highlight=False)
+            return
+        asyncio.run(tail())
+        console.print(f"status: {jobs.get_job_status(submission_id)}")
+
+
+def _jobs_client(address: str):
+    from kdray.submit import SubmitError, client
+
+    try:
+        return client(address)
+    except SubmitError as exc:
+        _error(str(exc))
+        raise typer.Exit(2) from None
+
+
+@contextlib.contextmanager
+def _jobs_api(address: str, submission_id: str):
+    """A request the Ray Jobs API refused (an unknown id) or lost (the cluster went away)."""
+    try:
+        yield
+    except (RuntimeError, ConnectionError) as exc:
+        _error(f"{submission_id} at {address}: {str(exc).strip().splitlines()[0][:300]}")
+        raise typer.Exit(2) from None
 
 
 @app.command()
 def stop(submission_id: str, address: AddressOption = "http://127.0.0.1:8265") -> None:
     """Stop a submitted grid; `kdray resume` (or submitting it again) continues it later."""
-    from kdray.submit import client
-
-    stopped = client(address).stop_job(submission_id)
+    with _jobs_api(address, submission_id):
+        stopped = _jobs_client(address).stop_job(submission_id)
     console.print(f"{submission_id}: {'stopping' if stopped else 'already finished'}")
 
 
@@ -261,20 +346,23 @@ def status(experiment_dir: Path) -> None:
     from rich.table import Table
 
     from kdray.experiment import Experiment, ExperimentError
-    from kdray.status import STATES, grid_alive, stage_counts, status_rows
+    from kdray.status import STATES, grid_alive, stage_counts, status_rows, unreadable_runs
 
     try:
         exp = Experiment.open(experiment_dir)
+        rows = status_rows(exp)
+        alive = grid_alive(exp)
+        unreadable = unreadable_runs(exp)
     except ExperimentError as exc:
         _error(str(exc))
         raise typer.Exit(2) from None
-    rows = status_rows(exp)
-    console.print(f"experiment: {exp.root} ({'running' if grid_alive(exp) else 'not running'})")
+    console.print(f"experiment: {exp.root} ({'running' if alive else 'not running'})")
     for stage, counts in stage_counts(rows).items():
         parts = ", ".join(f"{counts[s]} {s}" for s in STATES if counts[s])
         console.print(f"{stage:<8} {sum(counts.values())} runs: {parts or 'none'}")
     table = Table("stage", "run (runs/<run>/)", "teacher", "state", "best val", "attempts")
     colours = {"finished": "green", "failed": "red", "running": "cyan", "interrupted": "yellow"}
+    colours["unreadable"] = "red"
     for r in rows:
         best = "" if r["best_val_acc"] is None else f"{r['best_val_acc']:.3f}"
         state = f"[{colours.get(r['state'], 'white')}]{r['state']}"
@@ -288,6 +376,10 @@ def status(experiment_dir: Path) -> None:
         )
     # piped or redirected: no terminal width to fit, so never cut model names short
     (console if console.is_terminal else Console(width=200)).print(table)
+    for message in unreadable.values():
+        _error(message)
+    if unreadable:
+        raise typer.Exit(2)
 
 
 @app.command()
@@ -315,16 +407,16 @@ def export(
 
     try:
         written = do_export(experiment_dir, out)
+        for path in written.values():
+            console.print(f"wrote {path}", highlight=False)
+        runs = list(onnx or [])
+        if onnx_pareto:
+            runs += _pareto_runs(experiment_dir)
+        for run_id in dict.fromkeys(runs):
+            _export_onnx(experiment_dir, run_id, out)
     except ExperimentError as exc:
         _error(str(exc))
         raise typer.Exit(2) from None
-    for path in written.values():
-        console.print(f"wrote {path}", highlight=False)
-    runs = list(onnx or [])
-    if onnx_pareto:
-        runs += _pareto_runs(experiment_dir)
-    for run_id in dict.fromkeys(runs):
-        _export_onnx(experiment_dir, run_id, out)
 
 
 def _pareto_runs(experiment_dir: Path) -> list[str]:

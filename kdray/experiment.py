@@ -16,6 +16,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
 
 from kdray import versions
 from kdray.job import Job
@@ -24,6 +27,20 @@ from kdray.plan import Plan, make_plan
 
 class ExperimentError(Exception):
     pass
+
+
+def read_json(path: Path, what_to_do: str) -> Any:
+    """A JSON file of the experiment folder; a damaged one raises `ExperimentError` naming the
+    file, what is wrong with it and `what_to_do`."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ExperimentError(damaged(path, exc, what_to_do)) from None
+
+
+def damaged(path: Path, exc: Exception, what_to_do: str) -> str:
+    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return f"{path} is damaged ({reason[:200]}): {what_to_do}"
 
 
 @dataclass(frozen=True)
@@ -50,19 +67,52 @@ class Experiment:
         return self.root / "runs" / run_id
 
     def job(self) -> Job:
-        return Job.model_validate_json((self.root / "job.json").read_text())
+        path = self.root / "job.json"
+        advice = (
+            "delete it and run the job file again (`kdray run JOB_FILE`): it rewrites job.json, "
+            "and runs that finished keep their results"
+        )
+        raw = read_json(path, advice)
+        try:
+            return Job.model_validate(raw)
+        except (ValidationError, ValueError) as exc:
+            raise ExperimentError(damaged(path, exc, advice)) from None
 
     def plan(self) -> Plan:
-        saved = json.loads((self.root / "plan.json").read_text())
-        if any("strategy" in run for run in saved["runs"]):  # written before methods existed
-            plan = make_plan(self.job())
-            (self.root / "plan.json").write_text(json.dumps(plan.to_json(), indent=2))
-            return plan
-        return Plan.from_json(saved)
+        """The grid's runs; a plan.json that is damaged or predates methods is rebuilt from
+        the job (a run's id depends only on the job, so nothing changes name)."""
+        path = self.root / "plan.json"
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+            if not any("strategy" in run for run in saved["runs"]):
+                return Plan.from_json(saved)
+        except (UnicodeDecodeError, KeyError, TypeError, ValueError):  # JSONDecodeError too
+            pass
+        plan = make_plan(self.job())
+        path.write_text(json.dumps(plan.to_json(), indent=2))
+        return plan
 
     def summary(self, run_id: str) -> dict | None:
         path = self.run_dir(run_id) / "summary.json"
-        return json.loads(path.read_text()) if path.is_file() else None
+        if not path.is_file():
+            return None
+        advice = (
+            f"delete it and run `kdray resume {self.root}` (the run continues from its last "
+            "checkpoint)"
+        )
+        summary = read_json(path, advice)
+        if not isinstance(summary, dict) or "status" not in summary:
+            raise ExperimentError(f"{path} is damaged (no status): {advice}")
+        return summary
+
+    def started_runs(self) -> bool:
+        """Whether any run of this folder was ever launched (its attempts or result exist)."""
+        runs = self.root / "runs"
+        return runs.is_dir() and any(
+            (d / name).exists()
+            for d in runs.iterdir()
+            for name in ("attempts.json", "summary.json", "failure.json")
+        )
 
     @classmethod
     def for_job(cls, job: Job) -> Experiment:
@@ -74,16 +124,23 @@ class Experiment:
         exp = cls.for_job(job)
         job_json = job.model_dump_json(indent=2)
         existing = exp.root / "job.json"
-        # compared as jobs, not text: a job.json written by an older kdray lacks newer defaults
-        if existing.is_file() and Job.model_validate_json(existing.read_text()) != job:
+        # compared as jobs, not text: a job.json written by an older kdray lacks newer defaults;
+        # a folder where no run ever started takes the corrected job (a refused first attempt)
+        if existing.is_file() and exp.started_runs() and exp.job() != job:
             raise ExperimentError(
                 f"{exp.root} already holds a different job named {job.name!r}: resume it with "
                 f"`kdray resume {exp.root}`, or run the new settings under another name "
                 f"(--set name={job.name}-2) or storage"
             )
         is_new = not existing.is_file()
-        exp.root.mkdir(parents=True, exist_ok=True)
-        existing.write_text(job_json)
+        try:
+            exp.root.mkdir(parents=True, exist_ok=True)
+            existing.write_text(job_json)
+        except OSError as exc:
+            raise ExperimentError(
+                f"storage: cannot create the experiment folder {exp.root} ({exc.strerror}); "
+                "set storage to a writable folder"
+            ) from None
         (exp.root / "plan.json").write_text(json.dumps(make_plan(job).to_json(), indent=2))
         if is_new:  # what it started with; a resume compares against it (kdray.versions)
             versions.record(exp.root)

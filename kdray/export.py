@@ -23,7 +23,6 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from kdray.cells import (
     Cell,
@@ -37,9 +36,9 @@ from kdray.cells import (
     with_budget,
 )
 from kdray.compression import COMPRESSION_NOTE, compression_table
-from kdray.experiment import Experiment
+from kdray.experiment import Experiment, ExperimentError
 from kdray.few_labels import few_labels_table
-from kdray.results import EPOCH_SCHEMA, read_trials
+from kdray.results import read_epochs, write_results
 from kdray.stats import BOOTSTRAP_FROM, MIN_SEEDS
 
 SPLITS = (("train", "train_acc"), ("valid", "val_acc"), ("test", "test_acc"))
@@ -280,28 +279,42 @@ def flat_csv(table: pa.Table) -> pd.DataFrame:
 
 
 def export(experiment_dir: str | Path, out_dir: str | Path) -> dict[str, Path]:
+    """Write the experiment's tables and report into `out_dir`. Everything is computed before
+    the first file is written, so a failure leaves `out_dir` as it was."""
     exp = Experiment.open(experiment_dir)
-    table = read_trials(exp)  # builds the tables first if the grid never wrote them
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    written = {}
-    shutil.copyfile(exp.results_dir / "trials.parquet", out / "trials.parquet")
-    written["trials.parquet"] = out / "trials.parquet"
-    if (exp.results_dir / "epochs.parquet").is_file():
-        shutil.copyfile(exp.results_dir / "epochs.parquet", out / "epochs.parquet")
-        written["epochs.parquet"] = out / "epochs.parquet"
-    flat_csv(table).to_csv(out / "trials.csv", index=False)
-    written["trials.csv"] = out / "trials.csv"
+    out = check_out_dir(exp, Path(out_dir))
+    table = write_results(exp)  # from the run folders: tables of a killed grid may be stale
+    epochs = read_epochs(exp)
     trials = table.to_pandas()
-    studies = list(exp.job().studies)
-    for name, text in render_tables(trials, studies).items():
-        (out / name).write_text(text, encoding="utf-8")
-        written[name] = out / name
+    job = exp.job()
+    texts = render_tables(trials, list(job.studies))
     from kdray.report import render_report  # matplotlib only when a report is written
 
-    epochs_file = exp.results_dir / "epochs.parquet"
-    epochs = pq.read_table(epochs_file) if epochs_file.is_file() else EPOCH_SCHEMA.empty_table()
-    html = render_report(trials, epochs.to_pandas(), studies, exp.job().name)
-    (out / "report.html").write_text(html, encoding="utf-8")
-    written["report.html"] = out / "report.html"
+    texts["report.html"] = render_report(trials, epochs.to_pandas(), list(job.studies), job.name)
+    out.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for name in ("trials.parquet", "epochs.parquet"):
+        shutil.copyfile(exp.results_dir / name, out / name)
+        written[name] = out / name
+    flat_csv(table).to_csv(out / "trials.csv", index=False)
+    written["trials.csv"] = out / "trials.csv"
+    for name, text in texts.items():
+        (out / name).write_text(text, encoding="utf-8")
+        written[name] = out / name
     return written
+
+
+def check_out_dir(exp: Experiment, out: Path) -> Path:
+    """`--out` must be a folder (or not exist yet) outside the experiment's own `results/`."""
+    resolved = out.expanduser().resolve()
+    if resolved.exists() and not resolved.is_dir():
+        raise ExperimentError(f"--out {out}: is a file, not a folder; give a folder to write into")
+    if resolved == exp.results_dir or exp.results_dir in resolved.parents:
+        raise ExperimentError(
+            f"--out {out}: is the experiment's own results folder, which kdray rewrites; "
+            "give another folder (e.g. --out results/)"
+        )
+    for parent in resolved.parents:
+        if parent.exists() and not parent.is_dir():
+            raise ExperimentError(f"--out {out}: {parent} is a file, not a folder")
+    return resolved

@@ -19,7 +19,7 @@ class GridProgress:
         self.progress = Progress(
             TextColumn("[bold]{task.fields[stage]:<8}"),
             BarColumn(),
-            TextColumn("{task.completed}/{task.total} done"),
+            TextColumn("{task.fields[finished]}/{task.total} finished"),
             TextColumn("[cyan]{task.fields[running]} running"),
             TextColumn("[red]{task.fields[failed]} failed"),
             TimeElapsedColumn(),
@@ -41,12 +41,13 @@ class GridProgress:
             total = sum(c.values())
             if stage not in self._tasks:
                 self._tasks[stage] = self.progress.add_task(
-                    stage, total=total, stage=stage, running=0, failed=0
+                    stage, total=total, stage=stage, running=0, failed=0, finished=0
                 )
             self.progress.update(
                 self._tasks[stage],
                 total=total,
-                completed=c["finished"] + c["failed"],
+                completed=c["finished"] + c["failed"],  # the bar: runs that ended
+                finished=c["finished"],
                 running=c["running"],
                 failed=c["failed"],
             )

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 
 from kdray import versions
 from kdray.atomic import atomic_write
-from kdray.experiment import Experiment
+from kdray.experiment import Experiment, ExperimentError, damaged, read_json
 from kdray.labels import budget_label
 from kdray.plan import RunSpec
 
@@ -141,7 +141,9 @@ def trial_row(exp: Experiment, spec: RunSpec, failure: str | None = None) -> dic
     summary = exp.summary(spec.run_id) or {}
     failure_file = exp.run_dir(spec.run_id) / "failure.json"
     if not summary and failure is None and failure_file.is_file():
-        failure = json.loads(failure_file.read_text())["error"]
+        failed = read_json(failure_file, f"delete it; `kdray resume {exp.root}` retries the run")
+        failure = failed.get("error") if isinstance(failed, dict) else None
+        failure = failure or "failed (no error recorded)"
     teacher_accs = [(exp.summary(t) or {}).get("val_acc") for t in spec.teacher_runs]
     teacher_accs = [a for a in teacher_accs if a is not None]
     attempts_file = exp.run_dir(spec.run_id) / "attempts.json"
@@ -171,9 +173,7 @@ def trial_row(exp: Experiment, spec: RunSpec, failure: str | None = None) -> dic
         "wall_s": summary.get("wall_s"),
         "setup_s": summary.get("setup_s"),
         "train_s": summary.get("train_s"),
-        "attempts": json.loads(attempts_file.read_text())["attempts"]
-        if attempts_file.is_file()
-        else 0,
+        "attempts": _attempts(exp, attempts_file),
         "checkpoint": str(model_file) if status == "finished" and model_file.is_file() else None,
         "error": summary.get("error") or (failure if status != "finished" else None),
     }
@@ -192,12 +192,34 @@ def trial_row(exp: Experiment, spec: RunSpec, failure: str | None = None) -> dic
     return row
 
 
+def _attempts(exp: Experiment, path: Path) -> int:
+    if not path.is_file():
+        return 0
+    saved = read_json(path, "delete it (it only counts how often the run was launched)")
+    if not isinstance(saved, dict) or not isinstance(saved.get("attempts"), int):
+        raise ExperimentError(f"{path} is damaged (no attempts count): delete it")
+    return saved["attempts"]
+
+
 def epoch_rows(exp: Experiment, spec: RunSpec) -> list[dict]:
     path = exp.run_dir(spec.run_id) / "epochs.jsonl"
     if not path.is_file():
         return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [{"trial_id": spec.run_id, **r} for r in rows]
+    rows = []
+    for number, line in enumerate(path.read_bytes().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as exc:
+            where = f"line {number} of {path}"
+            raise ExperimentError(
+                damaged(where, exc, "delete that line (the run's other epochs are kept)")
+            ) from None
+        rows.append({"trial_id": spec.run_id, **row})
+    return rows
 
 
 def write_table_atomic(table: pa.Table, path: Path) -> None:
@@ -237,3 +259,13 @@ def read_trials(exp: Experiment) -> pa.Table:
     if not set(TRIAL_SCHEMA.names) <= set(table.column_names):
         return write_results(exp)
     return table
+
+
+def read_epochs(exp: Experiment) -> pa.Table:
+    """`epochs.parquet`, rebuilt (with `trials.parquet`) from the run folders when it is missing
+    or unreadable."""
+    try:
+        return pq.read_table(exp.results_dir / "epochs.parquet")
+    except (OSError, pa.ArrowInvalid):
+        write_results(exp)
+        return pq.read_table(exp.results_dir / "epochs.parquet")

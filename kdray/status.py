@@ -3,7 +3,8 @@ after it stopped, and with no Ray running).
 
 A run is `finished` or `failed` once it wrote `summary.json` (or a Ray-level `failure.json`),
 `running` while a live grid has launched it, `interrupted` when it was launched by a grid that is
-gone, and `pending` before its first launch.
+gone, and `pending` before its first launch. A run whose `summary.json` cannot be read is
+`unreadable` (`unreadable_runs` says which file and what to do).
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from kdray.experiment import Experiment
+from kdray.atomic import write_json
+from kdray.experiment import Experiment, ExperimentError, read_json
 from kdray.plan import STAGES, RunSpec
 
-STATES = ("finished", "running", "failed", "interrupted", "pending")
+STATES = ("finished", "running", "failed", "interrupted", "pending", "unreadable")
 DRIVER_FILE = "driver.json"
 
 
@@ -30,7 +32,7 @@ def check_no_other_driver(exp: Experiment) -> None:
     """Two drivers would train the same runs at once, into the same folders: refuse."""
     if not grid_alive(exp):
         return
-    driver = json.loads((exp.root / DRIVER_FILE).read_text())
+    driver = _read_driver(exp)
     if driver["host"] == socket.gethostname() and driver["pid"] == os.getpid():
         return  # a marker this process left behind
     since = time.strftime("%Y-%m-%d %H:%M", time.localtime(driver["started"]))
@@ -44,7 +46,7 @@ def check_no_other_driver(exp: Experiment) -> None:
 def mark_driver(exp: Experiment) -> None:
     """Record the live `kdray run`/`resume` process, so `status` can tell running from stopped."""
     payload = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
-    (exp.root / DRIVER_FILE).write_text(json.dumps(payload))
+    write_json(exp.root / DRIVER_FILE, payload)
 
 
 def clear_driver(exp: Experiment) -> None:
@@ -55,7 +57,7 @@ def grid_alive(exp: Experiment) -> bool:
     path = exp.root / DRIVER_FILE
     if not path.is_file():
         return False
-    driver = json.loads(path.read_text())
+    driver = _read_driver(exp)
     if driver["host"] != socket.gethostname():
         return True  # another machine's driver: trust the marker
     try:
@@ -67,16 +69,43 @@ def grid_alive(exp: Experiment) -> bool:
     return True
 
 
+def _read_driver(exp: Experiment) -> dict:
+    path = exp.root / DRIVER_FILE
+    driver = read_json(
+        path,
+        "if no `kdray run`/`resume` is driving this experiment now, delete it (it only marks "
+        "a live driver)",
+    )
+    if not isinstance(driver, dict) or not {"host", "pid", "started"} <= set(driver):
+        raise ExperimentError(f"{path} is damaged (no host, pid, started): delete it")
+    return driver
+
+
 def _read_json(path: Path) -> dict | None:
     try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
         return None
+    return value if isinstance(value, dict) else None
+
+
+def unreadable_runs(exp: Experiment) -> dict[str, str]:
+    """Run id -> why its summary.json cannot be read and what to do, for every such run."""
+    out = {}
+    for run_id in exp.plan().runs:
+        try:
+            exp.summary(run_id)
+        except ExperimentError as exc:
+            out[run_id] = str(exc)
+    return out
 
 
 def run_state(exp: Experiment, run: RunSpec, alive: bool) -> str:
     run_dir = exp.run_dir(run.run_id)
-    summary = _read_json(run_dir / "summary.json")
+    try:
+        summary = exp.summary(run.run_id)
+    except ExperimentError:
+        return "unreadable"
     if summary is not None:
         return "finished" if summary["status"] == "finished" else "failed"
     if (run_dir / "failure.json").is_file():
@@ -89,10 +118,16 @@ def run_state(exp: Experiment, run: RunSpec, alive: bool) -> str:
 def best_val_acc(exp: Experiment, run_id: str) -> float | None:
     path = exp.run_dir(run_id) / "epochs.jsonl"
     try:
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    except FileNotFoundError:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
         return None
-    values = [r["val_acc"] for r in rows if r.get("val_acc") is not None]
+    rows = []
+    for line in lines:  # a damaged line shows no value here; export names it
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
+    values = [r["val_acc"] for r in rows if isinstance(r, dict) and r.get("val_acc") is not None]
     return max(values) if values else None
 
 
@@ -101,7 +136,7 @@ def status_rows(exp: Experiment) -> list[dict]:
     rows = []
     runs = sorted(exp.plan().runs.values(), key=lambda r: (STAGES.index(r.stage), r.seed))
     for run in runs:
-        attempts = _read_json(exp.run_dir(run.run_id) / "attempts.json") or {"attempts": 0}
+        attempts = _read_json(exp.run_dir(run.run_id) / "attempts.json") or {}
         rows.append(
             {
                 "stage": run.stage,
@@ -111,7 +146,7 @@ def status_rows(exp: Experiment) -> list[dict]:
                 "seed": run.seed,
                 "state": run_state(exp, run, alive),
                 "best_val_acc": best_val_acc(exp, run.run_id),
-                "attempts": attempts["attempts"],
+                "attempts": attempts.get("attempts", 0),
                 "trial_id": run.run_id,
             }
         )

@@ -12,6 +12,11 @@ from pathlib import Path
 
 from kdray.job import JobError, load_job
 
+
+class SubmitError(Exception):
+    """The Ray Jobs API cannot be reached, or refused a request."""
+
+
 EXCLUDES = [".venv", ".git", "kdray-runs", "results", "wandb", "**/__pycache__", "*.egg-info"]
 
 
@@ -28,8 +33,6 @@ def submit(
     """Validate the job here, then submit it; returns the submission id."""
     import logging
 
-    from ray.job_submission import JobSubmissionClient
-
     logging.getLogger("ray").setLevel(logging.WARNING)  # packaging chatter
     job = load_job(job_file, overrides)  # a bad job fails here, not minutes later on the cluster
     try:
@@ -41,8 +44,7 @@ def submit(
                 "which is what travels to the cluster"
             ]
         ) from None
-    client = JobSubmissionClient(address)
-    return client.submit_job(
+    return client(address).submit_job(
         entrypoint=entrypoint(relative.as_posix(), overrides, python),
         runtime_env={"working_dir": str(working_dir), "excludes": EXCLUDES},
         metadata={"kdray_job": job.name},
@@ -50,6 +52,14 @@ def submit(
 
 
 def client(address: str):
+    """A Ray Jobs client; an address that is malformed or does not answer raises SubmitError."""
     from ray.job_submission import JobSubmissionClient
 
-    return JobSubmissionClient(address)
+    try:
+        return JobSubmissionClient(address)
+    except (ConnectionError, ValueError) as exc:
+        raise SubmitError(
+            f"cannot reach the Ray Jobs API at {address} ({exc}); start the cluster or its "
+            "SSH tunnel (docs/cluster.md), or give its dashboard with --address "
+            "http://HOST:8265"
+        ) from None

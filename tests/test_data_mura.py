@@ -271,7 +271,8 @@ def test_truncated_png_is_reported_or_skipped(tmp_path):
     truncate(bad)
     with pytest.raises(DataError) as err:
         prepare_data(cfg(base, image_size=16), tmp_path / "cache")
-    assert len(err.value.problems) == 1 and str(bad) in err.value.problems[0]
+    assert len(err.value.problems) == 2 and str(bad) in err.value.problems[0]
+    assert "on_bad_image: skip" in err.value.problems[1]  # what to do, once
     info = prepare_data(cfg(base, image_size=16, on_bad_image="skip"), tmp_path / "cache")
     assert info.extra["skipped"]["valid"] == 1
     assert info.counts["valid"] == len(csv_lines(base, "valid_image_paths.csv")) - 1

@@ -13,6 +13,7 @@ from types import ModuleType
 from kdray.data import folder, medmnist, mura, synthetic
 from kdray.data.base import DataError
 from kdray.data.cache import SPLITS, DataInfo, fingerprint, load_split, read_info, write_cache
+from kdray.data.files import stamp_digest
 
 DATA_KINDS: dict[str, ModuleType] = {
     "synthetic": synthetic,
@@ -24,12 +25,20 @@ DATA_KINDS: dict[str, ModuleType] = {
 
 def prepare_data(cfg, cache_root: str | Path) -> DataInfo:
     """Decode the job's data once (or reuse an earlier decode of the same configuration)."""
-    fp = fingerprint({**cfg.model_dump(mode="json"), "files": cfg.file_stamps()})
+    # kinds that read image files (folder, MURA) list them first: an image replaced, repaired
+    # or damaged after a decode gives a new fingerprint; other kinds are not opened on a hit
+    opened = open_sources(cfg) if reads_image_files(cfg) else None
+    stamps = {"files": cfg.file_stamps()}
+    if opened is not None:
+        stamps["images"] = {
+            s: stamp_digest(getattr(src, "paths", [])) for s, src in opened[1].items()
+        }
+    fp = fingerprint({**cfg.model_dump(mode="json"), **stamps})
     dest = Path(cache_root) / f"{cfg.kind}-{fp}"
     info = read_info(dest)
     if info is not None:
         return info
-    classes, sources = open_sources(cfg)
+    classes, sources = opened or open_sources(cfg)
     dropped = {split: len(getattr(src, "dropped", ()) or ()) for split, src in sources.items()}
     return write_cache(
         dest,
@@ -41,6 +50,11 @@ def prepare_data(cfg, cache_root: str | Path) -> DataInfo:
         extra={"dropped_rows": dropped} if any(dropped.values()) else None,
         on_bad_image=cfg.on_bad_image,
     )
+
+
+def reads_image_files(cfg) -> bool:
+    """Whether the data kind decodes one file per image (a `root` or `csv` of files)."""
+    return any(getattr(cfg, key, None) is not None for key in ("root", "csv"))
 
 
 def open_sources(cfg) -> tuple[list[str], dict]:

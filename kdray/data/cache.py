@@ -24,8 +24,17 @@ import cv2
 import numpy as np
 
 from kdray.data.base import DataError
+from kdray.data.files import MAX_PROBLEM_LINES
 
 SPLITS = ("train", "valid", "test")
+BAD_IMAGE_HINT = (
+    "fix, restore or remove the files above, or set data.on_bad_image: skip to leave them out"
+)
+
+
+def more(problems: list[str]) -> list[str]:
+    extra = len(problems) - MAX_PROBLEM_LINES
+    return [f"... and {extra} more unreadable images"] if extra > 0 else []
 
 
 class SplitSource(Protocol):
@@ -171,7 +180,9 @@ def write_cache(
             all_problems += problems
             skipped[split] = len(problems)
         if all_problems and on_bad_image != "skip":
-            raise DataError(all_problems)
+            raise DataError(
+                [*all_problems[:MAX_PROBLEM_LINES], *more(all_problems), BAD_IMAGE_HINT]
+            )
         empty = [s for s, c in counts.items() if c == 0]
         if empty:
             raise DataError([f"split {s}: no usable images" for s in empty])

@@ -88,7 +88,12 @@ def read_dicom(path: str | Path) -> np.ndarray:
     import pydicom
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-    ds = pydicom.dcmread(path)
+    try:
+        ds = pydicom.dcmread(path)
+    except pydicom.errors.InvalidDicomError:
+        raise ValueError(
+            "not a DICOM file (no DICM header); convert it to DICOM, PNG or JPEG, or remove it"
+        ) from None
     if "PixelData" not in ds:
         raise ValueError("DICOM file has no pixel data")
     pixels = ds.pixel_array  # pydicom picks the decoder for compressed transfer syntaxes
@@ -128,6 +133,18 @@ def _window_output_range(ds) -> tuple[float, float]:
     if slope is not None and intercept is not None:
         low, high = low * float(slope) + float(intercept), high * float(slope) + float(intercept)
     return min(low, high), max(low, high)
+
+
+def stamp_digest(paths: Iterable[Path]) -> str:
+    """A digest of each file's path, size and modification time (a missing file: its path)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        try:
+            stat = Path(path).stat()
+            digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        except OSError:
+            digest.update(f"{path}\0missing\n".encode())
+    return digest.hexdigest()[:16]
 
 
 # --- building file lists ----------------------------------------------------------------------

@@ -1,0 +1,593 @@
+"""Bad inputs a hostile but honest user gives `kdray`: each must end in one clear message that
+names the file or field and the next step, exit 2 (1 where a run legitimately failed), no
+traceback, and no file damaged or left behind (issue 15). Only the one case that needs a run
+that really fails starts Ray; every other case is refused before it."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+from typer.testing import CliRunner
+
+from kdray.cli import app
+
+runner = CliRunner()
+
+
+# --- fixtures ---------------------------------------------------------------------------------
+
+
+def make_images(root: Path, per_class: int = 8) -> Path:
+    """root/<class>/<n>.png: two classes of small gray images (made once per test)."""
+    if root.exists():
+        return root
+    rng = np.random.default_rng(0)
+    for label in ("left", "right"):
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 255, (12, 12), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / label / f"{i}.png")
+    return root
+
+
+def job_dict(tmp_path: Path, **changes) -> dict:
+    job = {
+        "name": "bad",
+        "storage": str(tmp_path / "runs"),
+        "data": {
+            "kind": "folder",
+            "root": str(make_images(tmp_path / "images")),
+            "image_size": 16,
+            "split_by": {"valid": 0.25, "test": 0.25},
+        },
+        "train": {"epochs": 1, "batch_size": 8, "eval_batch_size": 16, "augment": False},
+        "studies": {"normal": {"teachers": ["resnet10t"], "students": ["test_resnet"]}},
+        "seeds": [0],
+        "resources": {"max_concurrent_trials": 1},
+    }
+    job.update(changes)
+    return job
+
+
+def write_job(tmp_path: Path, job: dict | None = None, name: str = "job.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(job if job is not None else job_dict(tmp_path)))
+    return path
+
+
+def cli(*args, env: dict | None = None):
+    """Invoke kdray; whatever the outcome, no Python traceback may reach the user."""
+    result = runner.invoke(app, [str(a) for a in args], env=env)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise AssertionError(f"traceback for {args}: {result.exception!r}\n{result.output}")
+    assert "Traceback" not in result.output
+    return result
+
+
+def refused(*args, says: tuple[str, ...] = (), code: int = 2) -> str:
+    """Run kdray expecting `code`; returns the error lines, which must contain each of `says`."""
+    result = cli(*args)
+    assert result.exit_code == code, result.output
+    errors = "\n".join(line for line in result.output.splitlines() if line.startswith("error"))
+    assert errors, result.output
+    for text in says:
+        assert text in errors, f"{text!r} not in:\n{result.output}"
+    return errors
+
+
+def experiment(tmp_path: Path, job: dict | None = None) -> Path:
+    """An experiment folder as `kdray run` creates it, no run started."""
+    from kdray.experiment import Experiment
+    from kdray.job import parse_job
+
+    return Experiment.create(parse_job(job or job_dict(tmp_path))).root
+
+
+def fake_finished_runs(root: Path) -> list[str]:
+    """Give every run of the plan a finished summary and one epoch, as a grid would."""
+    plan = json.loads((root / "plan.json").read_text())
+    ids = [run["run_id"] for run in plan["runs"]]
+    for run_id in ids:
+        run_dir = root / "runs" / run_id
+        run_dir.mkdir(parents=True)
+        metrics = {f"{s}_acc": 0.5 for s in ("train", "val", "test")}
+        (run_dir / "summary.json").write_text(
+            json.dumps({"status": "finished", "epochs": 1.0, **metrics})
+        )
+        (run_dir / "attempts.json").write_text(json.dumps({"attempts": 1}))
+        (run_dir / "epochs.jsonl").write_text(json.dumps({"epoch": 1, "val_acc": 0.5}) + "\n")
+    return ids
+
+
+def truncate_an_image(tmp_path: Path) -> Path:
+    victim = tmp_path / "images" / "left" / "3.png"
+    victim.write_bytes(victim.read_bytes()[:40])
+    return victim
+
+
+# --- 1: every run fails; weights that are not a checkpoint, or another model's -----------------
+
+
+def test_weights_of_random_bytes_are_refused_before_any_run(tmp_path):
+    weights = tmp_path / "noise.pth"
+    weights.write_bytes(os.urandom(4096))
+    job = write_job(tmp_path, job_dict(tmp_path, pretrained={"resnet10t": str(weights)}))
+    for command in ("validate", "run"):
+        errors = refused(command, job, says=("pretrained.resnet10t", "is not a PyTorch checkpoint"))
+        assert "weights_only=False" not in errors
+    assert not (tmp_path / "runs").exists()
+
+
+def test_export_of_a_never_run_or_all_failed_experiment_writes_tables(tmp_path):
+    root = experiment(tmp_path)
+    out = tmp_path / "out"
+    result = cli("export", root, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert (out / "teachers.md").read_text().startswith("# Teachers")
+    for run_id in json.loads((root / "plan.json").read_text())["runs"]:
+        failure = root / "runs" / run_id["run_id"] / "failure.json"
+        failure.parent.mkdir(parents=True)
+        failure.write_text(json.dumps({"error": "it broke"}))
+    result = cli("export", root, "--out", tmp_path / "out2")
+    assert result.exit_code == 0, result.output
+    assert "it broke" in (tmp_path / "out2" / "summary.md").read_text()
+
+
+@pytest.mark.ray
+def test_run_where_no_run_finishes_exits_1_listing_each_failed_run(tmp_path):
+    import timm
+    import torch
+
+    weights = tmp_path / "other.pth"  # a real checkpoint, of another architecture
+    torch.save(timm.create_model("test_efficientnet").state_dict(), weights)
+    job = job_dict(tmp_path, pretrained={"resnet10t": str(weights), "test_resnet": str(weights)})
+    job["faults"] = {"trial_retries": 0}
+    result = cli("run", write_job(tmp_path, job))
+    assert result.exit_code == 1, result.output
+    assert "3 run(s) failed" in result.output and "does not fit" in result.output
+    failures = [
+        json.loads(f.read_text())["error"]
+        for f in (tmp_path / "runs").glob("bad/runs/*/*.json")
+        if f.name in ("summary.json", "failure.json")
+    ]
+    assert failures and not any("weights_only" in error for error in failures)
+    assert any("shape mismatches" in e or "keys missing" in e for e in failures)
+    exported = cli("export", tmp_path / "runs" / "bad", "--out", tmp_path / "out")
+    assert exported.exit_code == 0, exported.output
+
+
+# --- 2: a run refused before training locks nothing -------------------------------------------
+
+
+def test_a_refused_first_run_leaves_no_folder_and_a_corrected_job_is_accepted(tmp_path):
+    job = write_job(tmp_path)
+    truncate_an_image(tmp_path)
+    refused("run", job, says=("3.png", "on_bad_image: skip"))
+    assert not (tmp_path / "runs" / "bad").exists()
+    root = experiment(tmp_path, job_dict(tmp_path, train={"epochs": 3}))  # an earlier attempt
+    errors = refused("run", job, says=("3.png",))
+    assert "already holds a different job" not in errors
+    assert json.loads((root / "job.json").read_text())["train"]["epochs"] == 1
+
+
+# --- 3: damaged files in an experiment folder -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "commands", "says"),
+    [
+        ("job.json", ("resume", "export"), "kdray run JOB_FILE"),
+        ("driver.json", ("status", "resume"), "delete it"),
+    ],
+)
+def test_a_damaged_folder_file_is_named_with_what_to_do(tmp_path, name, commands, says):
+    root = experiment(tmp_path)
+    (root / name).write_text('{"truncated": ')
+    for command in commands:
+        args = (
+            (command, root, "--out", tmp_path / "out") if command == "export" else (command, root)
+        )
+        refused(*args, says=(str(root / name), "is damaged", says))
+    assert (root / name).read_text() == '{"truncated": '  # left for the user to judge
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_damaged_plan_is_rebuilt_from_the_job(tmp_path):
+    root = experiment(tmp_path)
+    plan = (root / "plan.json").read_text()
+    (root / "plan.json").write_bytes(b"\xff\x00garbage")
+    result = cli("status", root)
+    assert result.exit_code == 0, result.output
+    assert (root / "plan.json").read_text() == plan
+
+
+def test_an_unreadable_summary_is_shown_as_unreadable_not_interrupted(tmp_path):
+    root = experiment(tmp_path)
+    run_id = fake_finished_runs(root)[0]
+    summary = root / "runs" / run_id / "summary.json"
+    summary.write_text('{"status": "fini')
+    result = cli("status", root)
+    assert result.exit_code == 2 and "unreadable" in result.output
+    assert "interrupted" not in result.output
+    assert str(summary) in result.output and "kdray resume" in result.output
+    refused("export", root, "--out", tmp_path / "out", says=(str(summary), "is damaged"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_damaged_epoch_line_is_named(tmp_path):
+    root = experiment(tmp_path)
+    run_id = fake_finished_runs(root)[0]
+    epochs = root / "runs" / run_id / "epochs.jsonl"
+    epochs.write_text(epochs.read_text() + '{"epoch": 2, "val_ac\n')
+    refused("export", root, "--out", tmp_path / "out", says=(f"line 2 of {epochs}", "delete"))
+    assert cli("status", root).exit_code == 0  # status shows what it can
+
+
+def test_truncated_tables_are_rebuilt_from_the_run_folders(tmp_path):
+    root = experiment(tmp_path)
+    fake_finished_runs(root)
+    assert cli("export", root, "--out", tmp_path / "out").exit_code == 0
+    for table in ("trials.parquet", "epochs.parquet"):
+        path = root / "results" / table
+        path.write_bytes(path.read_bytes()[:100])
+    result = cli("export", root, "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert "0.500" in (tmp_path / "out" / "teachers.md").read_text()
+
+
+# --- 4: storage -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("storage", "says"),
+    [
+        ("a_file", "is a file, not a folder"),
+        ("a_file/below", "is a file, not a folder"),
+        ("/proc/kdray", "virtual file system"),
+        ("", "storage"),
+        ("   ", "storage"),
+    ],
+)
+def test_storage_that_cannot_hold_experiments_is_refused(tmp_path, storage, says, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a_file").write_text("not a folder")
+    job = write_job(tmp_path, job_dict(tmp_path, storage=storage))
+    for command in ("validate", "run"):
+        refused(command, job, says=(says,))
+    assert (tmp_path / "a_file").read_text() == "not a folder"
+    assert not (tmp_path / "bad").exists()
+
+
+# --- 5: loading the job file ------------------------------------------------------------------
+
+
+def test_a_key_given_twice_is_refused_not_silently_dropped(tmp_path):
+    text = yaml.safe_dump(job_dict(tmp_path)) + "train: {epochs: 20}\n"
+    (tmp_path / "job.yaml").write_text(text)
+    refused("validate", tmp_path / "job.yaml", says=("duplicate key 'train'", "merge them"))
+
+
+def test_a_job_file_that_is_not_utf8_is_refused(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_bytes(yaml.safe_dump(job_dict(tmp_path)).encode() + b"# caf\xe9\n")
+    refused("validate", path, says=("not UTF-8", "save it as UTF-8"))
+
+
+def test_an_augmentation_argument_with_a_typo_is_refused(tmp_path):
+    job = job_dict(tmp_path)
+    job["train"]["augment"] = [{"name": "HorizontalFlip", "q": 7}]
+    refused(
+        "validate", write_job(tmp_path, job), says=("train.augment", "unknown argument(s) ['q']")
+    )
+
+
+# --- 6: logs and export targets ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("address", ["http://127.0.0.1:9", "not an address"])
+def test_logs_and_stop_with_an_unreachable_address(address):
+    for command in ("logs", "stop"):
+        refused(command, "raysubmit_x", "--address", address, says=("Ray Jobs API", "--address"))
+
+
+def test_export_into_a_file_or_the_experiments_own_results(tmp_path):
+    root = experiment(tmp_path)
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    refused("export", root, "--out", a_file, says=("is a file, not a folder",))
+    assert a_file.read_text() == "mine"
+    refused("export", root, "--out", root / "results", says=("own results folder",))
+    assert not (root / "results" / "teachers.md").exists()
+
+
+# --- 7: validate checks the pixels ------------------------------------------------------------
+
+
+def test_validate_reports_a_truncated_image_and_says_what_it_checked(tmp_path):
+    job = write_job(tmp_path)
+    ok = cli("validate", job)
+    assert ok.exit_code == 0 and "decoded every image" in ok.output, ok.output
+    victim = truncate_an_image(tmp_path)
+    refused("validate", job, says=(str(victim), "on_bad_image: skip"))
+    quick = cli("validate", job, "--quick")
+    assert quick.exit_code == 0 and "not the pixels (--quick)" in quick.output
+
+
+# --- 8: smaller -------------------------------------------------------------------------------
+
+
+def test_the_ok_line_is_one_line_at_80_columns(tmp_path):
+    result = cli("validate", write_job(tmp_path), "--quick", env={"COLUMNS": "80"})
+    (line,) = [ln for ln in result.output.splitlines() if ln.startswith("ok ")]
+    assert line.endswith("student runs")
+
+
+def test_a_failed_stage_does_not_read_as_done(tmp_path):
+    import io
+
+    from rich.console import Console
+    from rich.progress import TextColumn
+
+    from kdray.experiment import Experiment
+    from kdray.progress import GridProgress
+
+    root = experiment(tmp_path)
+    for run in json.loads((root / "plan.json").read_text())["runs"]:
+        (root / "runs" / run["run_id"]).mkdir(parents=True)
+        (root / "runs" / run["run_id"] / "failure.json").write_text('{"error": "broke"}')
+    progress = GridProgress(Console(file=io.StringIO(), width=120))
+    progress.refresh(Experiment.open(root))
+    teacher = progress.progress.tasks[0]
+    columns = [c for c in progress.progress.columns if isinstance(c, TextColumn)]
+    text = " ".join(str(c.render(teacher)) for c in columns)
+    assert "0/1 finished" in text and "1 failed" in text and "done" not in text
+
+
+def test_a_file_that_is_not_dicom_is_named_without_pydicom_advice(tmp_path):
+    job = job_dict(tmp_path)
+    (tmp_path / "images" / "right" / "scan.dcm").write_bytes(b"not a dicom file" * 10)
+    errors = refused("validate", write_job(tmp_path, job), says=("scan.dcm", "not a DICOM file"))
+    assert "force=True" not in errors and "on_bad_image: skip" in errors
+
+
+# --- the sweep: more of what a hostile but honest user tries -----------------------------------
+
+
+def _set(path: str, value):
+    """A job change: set a dotted field (a value of ... deletes it)."""
+
+    def change(job: dict, tmp_path: Path) -> None:
+        *parents, last = path.split(".")
+        node = job
+        for key in parents:
+            node = node.setdefault(key, {})
+        if value is ...:
+            node.pop(last, None)
+        else:
+            node[last] = _resolve(value, tmp_path)
+
+    return change
+
+
+def _resolve(value, tmp_path: Path):
+    """A value whose callables (files made on demand) are called with tmp_path."""
+    if callable(value):
+        return value(tmp_path)
+    if isinstance(value, dict):
+        return {k: _resolve(v, tmp_path) for k, v in value.items()}
+    return value
+
+
+def _file(name: str, content: bytes | str):
+    def make(tmp_path: Path) -> str:
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content.encode() if isinstance(content, str) else content)
+        return str(path)
+
+    return make
+
+
+def _csv(text: str | bytes):
+    def make(tmp_path: Path) -> str:
+        make_images(tmp_path / "images")
+        path = tmp_path / "images" / "list.csv"
+        path.write_bytes(text.encode() if isinstance(text, str) else text)
+        return str(path)
+
+    return make
+
+
+def _image(relative: str, content: bytes):
+    def change(job: dict, tmp_path: Path) -> None:
+        (tmp_path / "images" / relative).write_bytes(content)
+
+    return change
+
+
+JOB_SWEEP = [  # (id, change to the job, a text the error must contain)
+    ("epochs-word", _set("train.epochs", "ten"), "train.epochs"),
+    ("epochs-zero", _set("train.epochs", 0), "train.epochs"),
+    ("batch-negative", _set("train.batch_size", -1), "train.batch_size"),
+    ("lr-word", _set("train.lr", "fast"), "train.lr"),
+    ("optimizer", _set("train.optimizer", "rmsprop"), "train.optimizer"),
+    ("seeds-string", _set("seeds", "0"), "seeds"),
+    ("seeds-empty", _set("seeds", []), "seeds"),
+    ("seeds-float", _set("seeds", [0.5]), "seeds"),
+    ("seeds-twice", _set("seeds", [1, 1]), "seeds must be distinct"),
+    ("studies-empty", _set("studies", {}), "studies"),
+    ("studies-missing", _set("studies", ...), "studies"),
+    ("name-missing", _set("name", ...), "name"),
+    ("name-space", _set("name", "my job"), "name"),
+    ("name-escape", _set("name", "../x"), "name"),
+    ("name-number", _set("name", 123), "name"),
+    ("name-long", _set("name", "n" * 81), "name"),
+    ("kind", _set("data.kind", "imagenet"), "data"),
+    ("image-size", _set("data.image_size", 4), "data.image_size"),
+    ("image-size-huge", _set("data.image_size", 5000), "data.image_size"),
+    ("channels", _set("data.channels", 2), "data.channels"),
+    ("on-bad-image", _set("data.on_bad_image", "ignore"), "data.on_bad_image"),
+    ("root-missing", _set("data.root", lambda t: str(t / "nowhere")), "nowhere"),
+    ("root-a-file", _set("data.root", _file("plain.txt", "x")), "plain.txt"),
+    ("root-empty", _set("data.root", lambda t: str((t / "e").mkdir() or t / "e")), "/e"),
+    ("root-and-csv", _set("data.csv", _csv("path,label\n")), "exactly one"),
+    ("split-fractions", _set("data.split_by", {"valid": 0.6, "test": 0.6}), "below 1"),
+    ("classes-unknown", _set("data.classes", ["up", "down"]), "up"),
+    ("students-empty", _set("studies.normal.students", []), "students"),
+    ("students-string", _set("studies.normal.students", "resnet10t"), "students"),
+    ("student-unknown", _set("studies.normal.students", ["resnet9000"]), "resnet9000"),
+    ("study-not-mapping", _set("studies.normal", "x"), "studies.normal"),
+    ("study-reserved", _set("studies.summary", {"students": ["test_resnet"]}), "summary"),
+    ("ensemble-twice", _set("studies.normal.teachers", [["resnet10t", "resnet10t"]]), "distinct"),
+    ("method-unknown", _set("studies.normal.method", {"name": "magic"}), "method"),
+    ("method-param", _set("studies.normal.method", {"name": "kd", "temperature": -1}), "temper"),
+    ("sweep-twice", _set("studies.normal.method", {"name": "kd", "alpha": [0.5, 0.5]}), "alpha"),
+    ("band-reversed", _set("studies.normal.teacher_val_band", [0.9, 0.1]), "low < high"),
+    ("alpha", _set("distill.alpha", 2), "distill.alpha"),
+    ("baseline-word", _set("baseline", "maybe"), "baseline"),
+    ("storage-number", _set("storage", 5), "storage"),
+    ("pretrained-stranger", _set("pretrained", {"resnet18": _file("w.pth", "x")}), "resnet18"),
+    ("pretrained-missing", _set("pretrained", {"resnet10t": "/nowhere.pth"}), "does not exist"),
+    ("pretrained-folder", _set("pretrained", {"resnet10t": lambda t: str(t)}), "does not exist"),
+    ("pretrained-empty", _set("pretrained", {"resnet10t": _file("e.pth", b"")}), "checkpoint"),
+    ("device-cuda", _set("resources.device", "cuda"), "gpus_per_worker"),
+    ("cpus-zero", _set("resources.cpus_per_worker", 0), "cpus_per_worker"),
+    ("retries", _set("faults.trial_retries", -1), "faults.trial_retries"),
+    ("eval-every", _set("studies.normal.eval_every_steps", 0), "eval_every_steps"),
+    ("unknown-top", _set("epochs", 3), "epochs: unknown field"),
+    ("unknown-nested", _set("train.epoch", 3), "train.epoch: unknown field"),
+    ("augment-word", _set("train.augment", "yes please"), "train.augment"),
+    ("augment-unknown", _set("train.augment", [{"name": "Flop"}]), "Flop"),
+    ("augment-p", _set("train.augment", [{"name": "HorizontalFlip", "p": 3}]), "p"),
+    ("augment-nameless", _set("train.augment", [{"p": 1}]), "None"),
+    ("augment-not-dicts", _set("train.augment", [1, 2]), "train.augment"),
+    ("wandb-mode", _set("tracking.wandb", {"mode": "loud"}), "tracking.wandb.mode"),
+    ("csv-missing", _set("data", {"kind": "folder", "csv": "/no/list.csv"}), "list.csv"),
+    ("csv-header", _set("data", {"kind": "folder", "csv": _csv("file,class\n")}), "list.csv"),
+    ("csv-empty", _set("data", {"kind": "folder", "csv": _csv("")}), "list.csv"),
+    (
+        "csv-bad-bytes",
+        _set("data", {"kind": "folder", "csv": _csv(b"path,label\n\xff\xfe,a\n")}),
+        "csv",
+    ),
+    (
+        "csv-missing-image",
+        _set("data", {"kind": "folder", "csv": _csv("path,label\nx.png,a\n")}),
+        "x.png",
+    ),
+    ("mura-root", _set("data", {"kind": "mura", "root": "/no/mura"}), "/no/mura"),
+    ("mura-task", _set("data", {"kind": "mura", "root": "/tmp", "task": "fracture"}), "task"),
+]
+
+PIXEL_SWEEP = [  # bad images: found by `validate` (which decodes), each file named
+    ("zero-byte-png", _image("left/0.png", b""), "0.png"),
+    ("text-as-png", _image("left/1.png", b"hello, I am text"), "1.png"),
+    ("jpeg-as-png", _image("right/2.png", b"\xff\xd8\xff\xe0" + b"\x00" * 30), "2.png"),
+    ("dcm-garbage", _image("right/x.dcm", b"DICM" * 40), "x.dcm"),
+]
+
+
+@pytest.mark.parametrize(
+    ("change", "says"), [c[1:] for c in JOB_SWEEP], ids=[c[0] for c in JOB_SWEEP]
+)
+def test_sweep_bad_job_fields(tmp_path, change, says):
+    job = job_dict(tmp_path)
+    change(job, tmp_path)
+    refused("validate", write_job(tmp_path, job), "--quick", says=(says,))
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    ("change", "says"), [c[1:] for c in PIXEL_SWEEP], ids=[c[0] for c in PIXEL_SWEEP]
+)
+def test_sweep_bad_images(tmp_path, change, says):
+    job = write_job(tmp_path)
+    change(None, tmp_path)
+    refused("validate", job, says=(says, "on_bad_image: skip"))
+    assert not (tmp_path / "runs").exists()
+
+
+def _job_text(text: str | bytes):
+    def make(tmp_path: Path) -> list:
+        path = tmp_path / "job.yaml"
+        path.write_bytes(text.encode() if isinstance(text, str) else text)
+        return ["validate", path]
+
+    return make
+
+
+def _with_job(*args):
+    def make(tmp_path: Path) -> list:
+        return [a if a != "JOB" else write_job(tmp_path) for a in args]
+
+    return make
+
+
+def _on_experiment(*args, damage: tuple[str, str] | None = None):
+    """A command on an experiment with fake finished runs; `damage`: (file glob, content)."""
+
+    def make(tmp_path: Path) -> list:
+        root = experiment(tmp_path)
+        fake_finished_runs(root)
+        if damage is not None:
+            for path in root.glob(damage[0]) if "*" in damage[0] else [root / damage[0]]:
+                path.write_text(damage[1])
+        return [a if a != "EXP" else root for a in (*args, "EXP")]
+
+    return make
+
+
+ARGS_SWEEP = [  # (id, the command line, a text the error must contain)
+    ("job-missing", lambda t: ["validate", t / "nope.yaml"], "no such job file"),
+    ("job-folder", lambda t: ["validate", t], "is a folder"),
+    ("job-list", _job_text("- name: x\n"), "YAML mapping"),
+    ("job-empty", _job_text(""), "YAML mapping"),
+    ("job-tabs", _job_text("name: x\nstudies:\n\tnormal: {}\n"), "not valid YAML"),
+    ("job-unclosed", _job_text("name: [x\n"), "not valid YAML"),
+    ("job-binary", _job_text(os.urandom(64) + b"\xff"), "job.yaml"),
+    ("set-no-equals", _with_job("validate", "JOB", "--set", "train.epochs"), "--set"),
+    ("set-empty-path", _with_job("validate", "JOB", "--set", "=3"), "--set"),
+    ("set-into-scalar", _with_job("validate", "JOB", "--set", "train.epochs.x=1"), "section"),
+    ("set-bad-yaml", _with_job("validate", "JOB", "--set", "seeds=[1"), "--set"),
+    ("set-unknown", _with_job("validate", "JOB", "--set", "train.speed=9"), "train.speed"),
+    ("set-duplicate", _with_job("validate", "JOB", "--set", "seeds={a: 1, a: 2}"), "duplicate"),
+    ("status-missing", lambda t: ["status", t / "nowhere"], "not a kdray experiment"),
+    ("status-file", lambda t: ["status", _file("f.txt", "x")(t)], "not a kdray experiment"),
+    ("status-not-exp", lambda t: ["status", t], "not a kdray experiment"),
+    ("resume-missing", lambda t: ["resume", t / "nowhere"], "not a kdray experiment"),
+    ("export-missing", lambda t: ["export", t / "nowhere"], "not a kdray experiment"),
+    ("export-out-under-file", _on_experiment("export", "--out", "/etc/hostname/x"), "is a file"),
+    ("onnx-unknown-run", _on_experiment("export", "--out", "/tmp/o", "--onnx", "x"), "x"),
+    ("summary-a-list", _on_experiment("export", damage=("runs/*/summary.json", "[]")), "summary"),
+    ("attempts", _on_experiment("export", damage=("runs/*/attempts.json", "{")), "attempts"),
+    ("failure", _on_experiment("export", damage=("runs/*/summary.json", "")), "summary.json"),
+    ("driver-keys", _on_experiment("status", damage=("driver.json", "{}")), "driver.json"),
+    ("job-future", _on_experiment("resume", damage=("job.json", '{"name": "x", "z": 1}')), "job"),
+    (
+        "submit-outside",
+        lambda t: ["submit", write_job(t), "--address", "http://127.0.0.1:9"],
+        "project",
+    ),
+]
+
+
+@pytest.mark.parametrize("make_args", [c[1] for c in ARGS_SWEEP], ids=[c[0] for c in ARGS_SWEEP])
+def test_sweep_bad_command_lines(tmp_path, make_args, monkeypatch):
+    case = next(c for c in ARGS_SWEEP if c[1] is make_args)
+    (tmp_path / "project").mkdir()  # submit: the job file lies outside the project folder
+    monkeypatch.chdir(tmp_path / "project" if case[0] == "submit-outside" else tmp_path)
+    refused(*make_args(tmp_path), says=(case[2],))
+
+
+@pytest.mark.parametrize(
+    "args", [["run", "--epochs", "3"], ["validate"], ["frobnicate"], ["status", "a", "b"]]
+)
+def test_sweep_usage_errors_exit_2_with_usage(args):
+    result = cli(*args)
+    assert result.exit_code == 2 and "Usage" in result.output
