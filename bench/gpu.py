@@ -9,6 +9,9 @@
 3. The thesis trial shape (`resnet18` <- `seresnet50`, 224 px, 3 channels) on synthetic data at
    batch 16 and 64: images/s of a no-KD, a cached-KD and an online-KD student, the share of step
    time spent waiting for the loader, the loader's own rate, and GPU memory per trial.
+3b. The thesis shape fed by loader worker processes (`train.loader_workers`): the same modes
+   and batch sizes with 0 (in process), 4 and 8 workers, over longer windows, and how long a
+   worker pool takes to start (fork, fork server, spawn).
 4. A MedMNIST-shaped grid (28 px, 1 channel, several thousand images, 20 epochs, 8 runs,
    4 trials sharing the GPU): each trial's fixed share (Ray start-up, worker set-up, teardown)
    and the grid's makespan against its trials' busy time.
@@ -37,10 +40,11 @@ import torch
 from bench import bare
 from bench.bare import CACHED, ONLINE, PLAIN
 from bench.common import THESIS_OVERRIDES, in_fresh_process, load_bench_job, log, prepare
-from kdray.data.cache import DataInfo
+from kdray.data.cache import DataInfo, load_split
 from kdray.evaluate import final_metrics
 from kdray.job import Job
 from kdray.plan import make_plan
+from kdray.train_data import train_batches
 from kdray.training import Session, band_stop, build_session, train_epoch
 
 SKIP = {"gpu": "skipped: no CUDA device"}
@@ -73,6 +77,9 @@ class Sizes:
     thesis_warmup: int
     thesis_settings: tuple[tuple[str, bool], ...]  # (precision, channels_last)
     medmnist: tuple[str, ...]  # overrides of the MedMNIST-shaped grid
+    # 3b: (loader workers, precision, channels_last) per run, and its timed steps per batch size
+    loader_runs: tuple[tuple[int, str, bool], ...] = ((0, "fp32", False), (2, "fp32", False))
+    loader_steps: tuple[tuple[int, int], ...] = ((16, 8), (64, 3))
     cpu_reference: bool = True  # run the quickstart on the CPU too (its results: the reference)
 
 
@@ -90,6 +97,14 @@ FULL = Sizes(
         "data.test_size=500",
         "train.epochs=20",
     ),
+    loader_runs=(
+        (0, "fp32", False),
+        (4, "fp32", False),
+        (8, "fp32", False),
+        (0, "bf16", True),
+        (8, "bf16", True),
+    ),
+    loader_steps=((16, 160), (64, 40)),
 )
 QUICK = Sizes(
     quickstart=(
@@ -271,11 +286,11 @@ def precision_check(
 # --- 3. the thesis shape ---------------------------------------------------------------------
 
 
-def thesis_train_size(sizes: Sizes, prefetch: int) -> int:
+def thesis_train_size(sizes: Sizes, prefetch: int, steps: dict[int, int] | None = None) -> int:
     """Training images enough that every epoch cut short leaves more than `prefetch` batches
     undrawn: `kdray.train_data.prefetched` hangs when its consumer stops with exactly
     `prefetch` batches left (the producer then blocks putting its end marker in a full queue)."""
-    steps = sizes.thesis_steps
+    steps = steps or sizes.thesis_steps
     needed = ((max(n, sizes.thesis_warmup) + prefetch + 2) * b for b, n in steps.items())
     return max(sizes.thesis_train_size, *needed)
 
@@ -310,13 +325,15 @@ def thesis_shape(
     settings: tuple[tuple[str, bool], ...] = (("fp32", False),),
     student: str = LARGE_STUDENT,
     teacher: str = LARGE_TEACHER,
+    loader_workers: int = 0,
 ) -> list[dict]:
     """Per setting (precision, channels_last) and batch size: each mode's run built alone by
     `bench.bare.build_loop` on `device` (the cached mode's soft labels built there first),
     `warmup_steps` steps, then `steps[batch]` timed steps (`bare.run_epoch`, no validation),
     the GPU's peak memory over those (reset after the warm-up: the run's weights, optimizer
-    state, teacher and activations), then the run is freed before the next one is built."""
-    base = Job.model_validate(job_json)
+    state, teacher and activations), then the run is freed before the next one is built.
+    `loader_workers`: the job's `train.loader_workers` (0: the in-process loader)."""
+    base = with_train(Job.model_validate(job_json), loader_workers=loader_workers)
     info = DataInfo(**info_json)
     dev = torch.device(device)
     threads = min(threads, os.cpu_count() or 1)
@@ -332,6 +349,7 @@ def thesis_shape(
                 "precision": precision,
                 "channels_last": channels_last,
                 "threads": threads,
+                "loader_workers": loader_workers,
                 "train_images": info.counts["train"],
             }
             for batch, n_steps in steps.items():
@@ -366,6 +384,60 @@ def thesis_shape(
                 out[f"batch{batch}"] = part
             results.append(out)
     return results
+
+
+# --- 3b. loader worker processes -------------------------------------------------------------
+
+START_METHODS = ("fork", "forkserver", "spawn")
+
+
+def loader_startup(job_json: dict, info_json: dict, workers: int, start_method: str) -> dict:
+    """Seconds from building the training batches (`workers` loader processes started by
+    `start_method`; 0: in process) to their first batch, in a fresh process (a fork server's
+    own start included), and to the first batch of the next epoch (persistent workers resume)."""
+    job, info = Job.model_validate(job_json), DataInfo(**info_json)
+    images, labels = load_split(info.path, "train")
+    t0 = time.perf_counter()
+    batches = train_batches(
+        images, labels, job.train.augment, info.mean, info.std, job.train.batch_size, 0,
+        prefetch=job.train.prefetch_batches, workers=workers, start_method=start_method,
+    )  # fmt: skip
+    out = {}
+    for epoch in (0, 1):
+        stream = iter(batches.epoch(epoch))
+        next(stream)
+        out[f"epoch{epoch}_first_batch_s"] = time.perf_counter() - t0
+        stream.close()
+        t0 = time.perf_counter()
+    return out
+
+
+def loader_part(root: Path, sizes: Sizes, prefetch: int, device: str) -> dict:
+    """The thesis shape (`thesis_shape`) for each of `sizes.loader_runs` (loader workers,
+    precision, channels_last), each in a fresh process, over `sizes.loader_steps` timed steps
+    (a worker pool refills at each epoch's start: longer windows than part 3's); then the pool's
+    start-up per start method, at the largest worker count, batch 64."""
+    steps = dict(sizes.loader_steps)
+    data = ("data.native_size=64", f"data.train_size={thesis_train_size(sizes, prefetch, steps)}")
+    job = load_bench_job(root / "runs", [*THESIS_OVERRIDES, *data])
+    info = prepare(job, root / "data")
+    job_json = job.model_dump(mode="json")
+    most = max(w for w, _, _ in sizes.loader_runs)
+    startup_job = with_train(job, batch_size=64).model_dump(mode="json")
+    out: dict = {"steps": steps, "warmup_steps": sizes.thesis_warmup, "startup": {}}
+    for method in START_METHODS:
+        log(f"loader start-up, {most} workers, {method}")
+        out["startup"][method] = in_fresh_process(loader_startup, startup_job, info, most, method)
+    out["startup"]["in_process"] = in_fresh_process(loader_startup, startup_job, info, 0, "")
+    log("loader start-up " + json.dumps(out["startup"]))
+    for workers, precision, channels_last in sizes.loader_runs:
+        [run] = in_fresh_process(
+            thesis_shape, job_json, info, device, steps, sizes.thesis_warmup, THESIS_THREADS,
+            ((precision, channels_last),), loader_workers=workers,
+        )  # fmt: skip
+        out[f"{precision}_w{workers}"] = run
+        log(f"loader workers {workers}, {precision}: " + json.dumps(run))
+    return out
 
 
 # --- 1 and 4. the Ray grids ----------------------------------------------------------------
@@ -555,13 +627,17 @@ def ray_grids(root: Path, sizes: Sizes, use_gpu: bool = True, quickstarts_too: b
 # --- all of it -------------------------------------------------------------------------------
 
 
-PARTS = ("precision", "thesis", "grids", "medmnist")  # medmnist: that grid alone
+PARTS = ("precision", "thesis", "loader", "grids", "medmnist")  # medmnist: that grid alone
 
 
-def run_gpu(quick: bool, keep: bool, device: str = "cuda", parts: tuple[str, ...] = PARTS) -> dict:
+def run_gpu(
+    quick: bool, keep: bool, device: str = "cuda", parts: tuple[str, ...] = PARTS,
+    sizes: Sizes | None = None,
+) -> dict:  # fmt: skip
     """The GPU measurements in `parts` (all by default; one device call may not hold them all):
-    the bare parts first (fresh processes, nothing else on the GPU), then the Ray grids."""
-    sizes = QUICK if quick else FULL
+    the bare parts first (fresh processes, nothing else on the GPU), then the Ray grids.
+    `sizes`: instead of `QUICK` / `FULL` (a CPU dry run of the code path)."""
+    sizes = sizes or (QUICK if quick else FULL)
     started = time.perf_counter()
     root = Path(tempfile.mkdtemp(prefix="kdray-bench-gpu-"))
     log(f"working folder {root}")
@@ -599,6 +675,13 @@ def run_gpu(quick: bool, keep: bool, device: str = "cuda", parts: tuple[str, ...
             key = f"thesis_shape_{setting['precision']}"
             result[key] = setting
         parts_s["thesis_shape"] = time.perf_counter() - t0
+
+    if "loader" in parts:
+        t0 = time.perf_counter()
+        result["thesis_loader_workers"] = loader_part(
+            root, sizes, pjob.train.prefetch_batches, device
+        )
+        parts_s["loader"] = time.perf_counter() - t0
 
     if "grids" in parts or "medmnist" in parts:
         t0 = time.perf_counter()
