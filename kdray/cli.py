@@ -406,17 +406,32 @@ def export(
     from kdray.export import export as do_export
 
     try:
+        runs = list(onnx or [])  # checked before anything is written
+        if onnx_pareto:
+            runs += _pareto_runs(experiment_dir)
+        _check_finished(experiment_dir, runs)
         written = do_export(experiment_dir, out)
         for path in written.values():
             console.print(f"wrote {path}", highlight=False)
-        runs = list(onnx or [])
-        if onnx_pareto:
-            runs += _pareto_runs(experiment_dir)
         for run_id in dict.fromkeys(runs):
             _export_onnx(experiment_dir, run_id, out)
     except ExperimentError as exc:
         _error(str(exc))
         raise typer.Exit(2) from None
+
+
+def _check_finished(experiment_dir: Path, runs: list[str]) -> None:
+    from kdray.experiment import Experiment
+
+    exp = Experiment.open(experiment_dir)
+    for run_id in runs:
+        if not (exp.run_dir(run_id) / "model.pt").is_file():
+            finished = [r for r in exp.plan().runs if (exp.run_dir(r) / "model.pt").is_file()]
+            _error(
+                f"--onnx {run_id}: not a finished run of {exp.root} (no model.pt); finished: "
+                + (", ".join(finished[:10]) or "none yet")
+            )
+            raise typer.Exit(2)
 
 
 def _pareto_runs(experiment_dir: Path) -> list[str]:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from kdray.data import load_split, prepare_data
+from kdray.data import DataError, load_split, prepare_data
 from kdray.evaluate import predict, to_tensor
 from kdray.experiment import Experiment
 from kdray.models import load_model
@@ -110,8 +110,16 @@ def export_onnx(experiment_dir: str | Path, run_id: str, out_dir: str | Path) ->
     model_file = exp.run_dir(run_id) / "model.pt"
     if not model_file.is_file():
         raise DeployError(f"run {run_id}: no {model_file} (not a finished run of {exp.root})")
-    model, meta = load_model(model_file)
-    info = prepare_data(exp.job().data, exp.data_dir)  # the decoded arrays the grid trained on
+    try:
+        model, meta = load_model(model_file)
+        info = prepare_data(exp.job().data, exp.data_dir)  # the arrays the grid trained on
+    except ValueError as exc:  # a damaged model.pt
+        raise DeployError(
+            f"run {run_id}: {exc}; delete {exp.run_dir(run_id) / 'summary.json'} and run "
+            f"`kdray resume {exp.root}`: the run finishes again from its last checkpoint"
+        ) from None
+    except DataError as exc:
+        raise DeployError(f"run {run_id}: its data cannot be read: {exc.problems[0]}") from None
     images, _ = load_split(info.path, "valid")
     size, channels = meta.get("image_size", info.image_size), meta["in_chans"]
     metadata = {

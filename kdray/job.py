@@ -378,6 +378,8 @@ class Job(Strict):
     def _distinct_seeds(cls, seeds: list[int]) -> list[int]:
         if len(set(seeds)) != len(seeds):
             raise ValueError("seeds must be distinct")
+        if not all(0 <= s < 2**32 for s in seeds):  # numpy's generators take 0 .. 2**32 - 1
+            raise ValueError(f"seeds are integers from 0 to {2**32 - 1}, got {seeds}")
         return seeds
 
     @field_validator("studies")

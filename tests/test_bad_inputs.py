@@ -421,6 +421,10 @@ JOB_SWEEP = [  # (id, change to the job, a text the error must contain)
     ("seeds-empty", _set("seeds", []), "seeds"),
     ("seeds-float", _set("seeds", [0.5]), "seeds"),
     ("seeds-twice", _set("seeds", [1, 1]), "seeds must be distinct"),
+    ("seeds-huge", _set("seeds", [10**23]), "seeds are integers from 0"),
+    ("seeds-negative", _set("seeds", [-1]), "seeds are integers from 0"),
+    ("studies-list", _set("studies", [1]), "studies"),
+    ("data-null", _set("data", None), "data"),
     ("studies-empty", _set("studies", {}), "studies"),
     ("studies-missing", _set("studies", ...), "studies"),
     ("name-missing", _set("name", ...), "name"),
@@ -439,6 +443,7 @@ JOB_SWEEP = [  # (id, change to the job, a text the error must contain)
     ("root-and-csv", _set("data.csv", _csv("path,label\n")), "exactly one"),
     ("split-fractions", _set("data.split_by", {"valid": 0.6, "test": 0.6}), "below 1"),
     ("classes-unknown", _set("data.classes", ["up", "down"]), "up"),
+    ("classes-extra", _set("data.classes", ["left", "right", "middle"]), "'middle'"),
     ("students-empty", _set("studies.normal.students", []), "students"),
     ("students-string", _set("studies.normal.students", "resnet10t"), "students"),
     ("student-unknown", _set("studies.normal.students", ["resnet9000"]), "resnet9000"),
@@ -538,7 +543,8 @@ def _on_experiment(*args, damage: tuple[str, str] | None = None):
         if damage is not None:
             for path in root.glob(damage[0]) if "*" in damage[0] else [root / damage[0]]:
                 path.write_text(damage[1])
-        return [a if a != "EXP" else root for a in (*args, "EXP")]
+        fill = {"EXP": root, "OUT": tmp_path / "out"}
+        return [fill.get(a, a) if isinstance(a, str) else a for a in (*args, "EXP")]
 
     return make
 
@@ -557,13 +563,18 @@ ARGS_SWEEP = [  # (id, the command line, a text the error must contain)
     ("set-bad-yaml", _with_job("validate", "JOB", "--set", "seeds=[1"), "--set"),
     ("set-unknown", _with_job("validate", "JOB", "--set", "train.speed=9"), "train.speed"),
     ("set-duplicate", _with_job("validate", "JOB", "--set", "seeds={a: 1, a: 2}"), "duplicate"),
+    ("set-new-section", _with_job("validate", "JOB", "--set", "a.b.c=1"), "a: unknown field"),
+    ("set-name-empty", _with_job("validate", "JOB", "--set", "name="), "name"),
     ("status-missing", lambda t: ["status", t / "nowhere"], "not a kdray experiment"),
     ("status-file", lambda t: ["status", _file("f.txt", "x")(t)], "not a kdray experiment"),
     ("status-not-exp", lambda t: ["status", t], "not a kdray experiment"),
     ("resume-missing", lambda t: ["resume", t / "nowhere"], "not a kdray experiment"),
+    ("resume-job-file", lambda t: ["resume", write_job(t)], "not a kdray experiment"),
+    ("pareto-never-run", _on_experiment("export", "--out", "OUT", "--onnx-pareto"), "macs"),
+    ("job-json-empty", _on_experiment("export", damage=("job.json", "{}")), "job.json"),
     ("export-missing", lambda t: ["export", t / "nowhere"], "not a kdray experiment"),
     ("export-out-under-file", _on_experiment("export", "--out", "/etc/hostname/x"), "is a file"),
-    ("onnx-unknown-run", _on_experiment("export", "--out", "/tmp/o", "--onnx", "x"), "x"),
+    ("onnx-unknown-run", _on_experiment("export", "--out", "OUT", "--onnx", "x"), "--onnx x"),
     ("summary-a-list", _on_experiment("export", damage=("runs/*/summary.json", "[]")), "summary"),
     ("attempts", _on_experiment("export", damage=("runs/*/attempts.json", "{")), "attempts"),
     ("failure", _on_experiment("export", damage=("runs/*/summary.json", "")), "summary.json"),
@@ -583,6 +594,7 @@ def test_sweep_bad_command_lines(tmp_path, make_args, monkeypatch):
     (tmp_path / "project").mkdir()  # submit: the job file lies outside the project folder
     monkeypatch.chdir(tmp_path / "project" if case[0] == "submit-outside" else tmp_path)
     refused(*make_args(tmp_path), says=(case[2],))
+    assert not (tmp_path / "out").exists()  # export: nothing written when refused
 
 
 @pytest.mark.parametrize(
@@ -591,3 +603,13 @@ def test_sweep_bad_command_lines(tmp_path, make_args, monkeypatch):
 def test_sweep_usage_errors_exit_2_with_usage(args):
     result = cli(*args)
     assert result.exit_code == 2 and "Usage" in result.output
+
+
+def test_onnx_of_a_run_whose_model_file_is_damaged(tmp_path):
+    root = experiment(tmp_path)
+    run_id = fake_finished_runs(root)[0]
+    (root / "runs" / run_id / "model.pt").write_bytes(b"\x80garbage")
+    refused(
+        "export", root, "--out", tmp_path / "out", "--onnx", run_id,
+        says=("model.pt", "unreadable or corrupt", "kdray resume"),
+    )  # fmt: skip
