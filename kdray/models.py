@@ -62,7 +62,7 @@ def weights_problem(path: Path) -> str | None:
     return None
 
 
-def mismatch(name: str, path: Path, examples: int = 3) -> str | None:
+def mismatch(name: str, path: Path, examples: int = 2) -> str | None:
     """How the state dict in `path` differs from timm's `name` (ImageNet head and stem, as
     weights files have them): missing and unexpected keys, mismatched shapes, with examples."""
     saved = torch.load(path, map_location="cpu", weights_only=True)
@@ -77,7 +77,7 @@ def mismatch(name: str, path: Path, examples: int = 3) -> str | None:
     missing = [k for k in expected if k not in saved]
     unexpected = [k for k in saved if k not in expected]
     shapes = [
-        f"{k} {list(getattr(saved[k], 'shape', []))} in the file, {list(v.shape)} in {name}"
+        f"{k}: file {list(getattr(saved[k], 'shape', []))}, model {list(v.shape)}"
         for k, v in expected.items()
         if k in saved and getattr(saved[k], "shape", None) != v.shape
     ]
@@ -85,17 +85,14 @@ def mismatch(name: str, path: Path, examples: int = 3) -> str | None:
         f"{len(items)} {what} (e.g. {'; '.join(items[:examples])})"
         for what, items in (
             ("keys missing", missing),
-            ("unexpected keys", unexpected),
-            ("shape mismatches", shapes),
+            ("unexpected", unexpected),
+            ("shapes differ", shapes),
         )
         if items
     ]
     if not parts:
         return None
-    return (
-        f"does not fit {name}: " + ", ".join(parts) + f"; give weights of {name} itself "
-        "(e.g. from timm.create_model(name, pretrained=True).state_dict())"
-    )
+    return f"does not fit {name}: " + ", ".join(parts) + f"; give weights of {name} itself"
 
 
 def count_params(model: nn.Module) -> int:

@@ -157,7 +157,7 @@ def test_run_where_no_run_finishes_exits_1_listing_each_failed_run(tmp_path):
         if f.name in ("summary.json", "failure.json")
     ]
     assert failures and not any("weights_only" in error for error in failures)
-    assert any("shape mismatches" in e or "keys missing" in e for e in failures)
+    assert any("shapes differ" in e or "keys missing" in e for e in failures)
     exported = cli("export", tmp_path / "runs" / "bad", "--out", tmp_path / "out")
     assert exported.exit_code == 0, exported.output
 
