@@ -1,8 +1,9 @@
 """The versions of everything that shapes a run's numbers, recorded with the experiment.
 
 The same job, seed and code give other accuracies when a dependency changes what it computes
-(an augmentation's random draws, a model's initialisation, a kernel): a fresh install of
-unpinned dependencies moved the quickstart's numbers once. So the experiment folder keeps
+(an augmentation's random draws, a model's initialisation, a kernel), or on a CPU where PyTorch
+picks other kernels: the quickstart's teacher tests at 0.720 with AVX-512 and 0.745 with AVX2
+(`ONEDNN_MAX_CPU_ISA=AVX2`), same packages. So the experiment folder keeps
 `versions.json`, written when the folder is created; `trials.parquet` carries the same in its
 schema metadata (`kdray.versions`); and `kdray resume` (or running the same job again) warns,
 package by package, when it runs with other versions than the experiment started with.
@@ -11,6 +12,7 @@ package by package, when it runs with other versions than the experiment started
 from __future__ import annotations
 
 import json
+import os
 import platform
 from importlib import metadata
 from pathlib import Path
@@ -44,8 +46,9 @@ PACKAGES = (
 
 
 def current() -> dict[str, str]:
-    """Python, each installed package of `PACKAGES`, and the CUDA and cuDNN torch was built
-    with (build properties: read without touching a GPU)."""
+    """Python, each installed package of `PACKAGES`, the CUDA and cuDNN torch was built with
+    (read without touching a GPU), and this machine's CPU and the vector ISA PyTorch uses on it.
+    Taken where `kdray run` runs: on a cluster, trials may run on other machines."""
     found = {"python": platform.python_version()}
     for name in PACKAGES:
         try:
@@ -63,7 +66,23 @@ def _cuda() -> dict[str, str]:
     cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
     if cudnn is not None:
         found["cudnn"] = str(cudnn)
+    # the CPU's vector ISA picks PyTorch's (oneDNN's) kernels, hence the rounding: the same
+    # packages train the quickstart to other accuracies on an AVX2 CPU than on an AVX-512 one
+    found["cpu"] = _cpu_model()
+    found["cpu.isa"] = torch.backends.cpu.get_cpu_capability()
+    if os.environ.get("ONEDNN_MAX_CPU_ISA"):
+        found["cpu.isa"] += f" (ONEDNN_MAX_CPU_ISA={os.environ['ONEDNN_MAX_CPU_ISA']})"
     return found
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def record(root: Path) -> dict[str, str]:
