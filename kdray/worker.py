@@ -132,6 +132,24 @@ def restore(session: Session) -> tuple[int, list[dict]]:
         state = torch.load(
             Path(folder) / STATE_FILE, map_location=session.device, weights_only=True
         )
+    return load_state(session, state)
+
+
+def checkpoint_state(session: Session, epoch: int, history: list[dict]) -> dict:
+    """What an epoch's checkpoint holds: student and method state (adapters, a mean teacher's
+    moving average), optimizer, scheduler, history and the RNG state."""
+    return {
+        "model": session.core.state_dict(),
+        "optimizer": session.optimizer.state_dict(),
+        "scheduler": session.scheduler.state_dict() if session.scheduler else None,
+        "epoch": epoch,
+        "history": history,
+        "torch_rng": torch.get_rng_state(),
+    }
+
+
+def load_state(session: Session, state: dict) -> tuple[int, list[dict]]:
+    """Put a checkpoint's state back into `session`: (first epoch to train, history)."""
     weights = state["model"]
     if not any(k.startswith("student.") for k in weights):  # a checkpoint from before methods
         weights = {f"student.{k}": v for k, v in weights.items()}
@@ -224,15 +242,5 @@ def _report(session: Session, metrics: dict, epoch: int, history: list) -> None:
         ray.train.report(metrics, checkpoint=None)
         return
     with tempfile.TemporaryDirectory() as folder:
-        torch.save(
-            {
-                "model": session.core.state_dict(),
-                "optimizer": session.optimizer.state_dict(),
-                "scheduler": session.scheduler.state_dict() if session.scheduler else None,
-                "epoch": epoch,
-                "history": history,
-                "torch_rng": torch.get_rng_state(),
-            },
-            Path(folder) / STATE_FILE,
-        )
+        torch.save(checkpoint_state(session, epoch, history), Path(folder) / STATE_FILE)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))

@@ -147,3 +147,35 @@ def test_a_labelled_only_run_cycles_its_images_to_a_full_epoch(tmp_path):
     assert np.array_equal(drawn, kept)  # only the kept images, each of them
     assert np.array_equal(targets[: len(keep)], labels[keep])
     assert np.array_equal(np.bincount(labels[keep]), class_counts(data, {"fraction": 0.25}, 0))
+
+
+def test_a_mean_teacher_resumed_from_its_checkpoint_ends_where_an_uninterrupted_run_ends(
+    tmp_path,
+):
+    """The checkpoint the worker writes holds the moving average and its step count: a run
+    rebuilt from scratch and restored from epoch 1's checkpoint trains epoch 2 to exactly the
+    weights (student and moving average) of the run that never stopped."""
+    import io
+
+    from kdray.worker import checkpoint_state, load_state
+
+    job = semi_job(tmp_path)
+    spec = next(r for r in make_plan(job).runs.values()
+                if r.method == "mean_teacher" and r.labels)  # fmt: skip
+    data = prepare_data(job.data, tmp_path / "data")
+    cpu = torch.device("cpu")
+    uninterrupted = build_session(job, spec, data, [], cpu)
+    train_epoch(uninterrupted, 0, band_stop(uninterrupted))
+    saved = io.BytesIO()
+    torch.save(checkpoint_state(uninterrupted, 1, [{"epoch": 1}]), saved)
+    train_epoch(uninterrupted, 1, band_stop(uninterrupted))
+
+    resumed = build_session(job, spec, data, [], cpu)  # a fresh worker: fresh weights
+    saved.seek(0)
+    start, history = load_state(resumed, torch.load(saved, weights_only=True))
+    assert (start, history) == (1, [{"epoch": 1}])
+    train_epoch(resumed, 1, band_stop(resumed))
+    final, expected = resumed.core.state_dict(), uninterrupted.core.state_dict()
+    assert any(k.startswith("method.ema.") for k in final) and int(final["method.steps"]) > 0
+    for key in expected:
+        torch.testing.assert_close(final[key], expected[key], rtol=0, atol=0, msg=key)
