@@ -409,6 +409,8 @@ def loader_startup(job_json: dict, info_json: dict, workers: int, start_method: 
         out[f"epoch{epoch}_first_batch_s"] = time.perf_counter() - t0
         stream.close()
         t0 = time.perf_counter()
+    del stream, batches  # the pool shuts down here, not while the interpreter exits
+    gc.collect()
     return out
 
 
