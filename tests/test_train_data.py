@@ -12,7 +12,7 @@ import torch
 from kdray import soft_labels
 from kdray.augment import build_train_augmentation
 from kdray.data import load_split, prepare_data
-from kdray.job import parse_job
+from kdray.job import JobError, parse_job
 from kdray.models import create_model
 from kdray.train_data import TrainSet, prefetched, train_batches
 from tests.conftest import tiny_job_dict
@@ -186,3 +186,11 @@ def test_the_cache_replays_the_views_students_draw_in_workers(tmp_path):
         cached = torch.from_numpy(cache[epoch, 0, : len(x)].astype(np.float32))
         assert torch.allclose(cached, online, rtol=2e-3, atol=2e-3)
     assert not np.allclose(cache[0], cache[1])
+
+
+def test_loader_workers_is_a_validated_train_setting(tmp_path):
+    raw = tiny_job_dict(tmp_path)
+    assert parse_job(raw).train.loader_workers == 0  # the in-process path by default
+    raw["train"]["loader_workers"] = -1
+    with pytest.raises(JobError, match="loader_workers"):
+        parse_job(raw)
