@@ -273,6 +273,18 @@ def test_a_key_given_twice_is_refused_not_silently_dropped(tmp_path):
     refused("validate", tmp_path / "job.yaml", says=("duplicate key 'train'", "merge them"))
 
 
+def test_anchors_and_merge_keys_are_not_duplicates(tmp_path):
+    from kdray.job import load_job
+
+    job = job_dict(tmp_path)
+    text = yaml.safe_dump({k: v for k, v in job.items() if k != "studies"})
+    text += "studies:\n  normal: &normal {teachers: [resnet10t], students: [test_resnet]}\n"
+    text += "  reverse: {<<: *normal, teachers: [test_resnet], students: [resnet10t]}\n"
+    (tmp_path / "job.yaml").write_text(text)
+    studies = load_job(tmp_path / "job.yaml").studies
+    assert studies["reverse"].teachers == ["test_resnet"]  # a merged key may be overridden
+
+
 def test_a_job_file_that_is_not_utf8_is_refused(tmp_path):
     path = tmp_path / "job.yaml"
     path.write_bytes(yaml.safe_dump(job_dict(tmp_path)).encode() + b"# caf\xe9\n")
