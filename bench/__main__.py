@@ -60,7 +60,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--gpu-parts",
         default="precision,thesis,grids",
-        help="with --gpu: which parts, comma-separated (precision, thesis, grids)",
+        help="with --gpu: which parts, comma-separated (precision, thesis, loader, grids, "
+        "medmnist)",
     )
     return parser.parse_args(argv)
 
