@@ -110,7 +110,11 @@ def validate(
         soft_wrap=True,
     )
     counts = ", ".join(f"{split} {len(source)}" for split, source in sources.items())
-    console.print(f"data: {job.data.kind}, {len(classes)} classes, {counts} images")
+    console.print(
+        f"data: {job.data.kind}, {len(classes)} classes, {counts} images",
+        highlight=False,
+        soft_wrap=True,
+    )
     for line in study_lines(job, plan):
         console.print(line, highlight=False, soft_wrap=True)
     console.print(checked_line(info), highlight=False, soft_wrap=True)
