@@ -73,7 +73,10 @@ def test_trials_table_has_the_documented_schema_and_one_row_per_run(tmp_path):
     assert fixed.equals(TRIAL_SCHEMA)
     # then one column per method parameter, to filter on
     params = trials.schema.names[len(TRIAL_SCHEMA) :]
-    assert params == ["param_alpha", "param_kl_reduction", "param_temperature"]
+    assert params == [
+        "param_alpha", "param_class_beta", "param_class_weights", "param_kl_reduction",
+        "param_temperature",
+    ]  # fmt: skip
     assert trials.schema.field("param_alpha").type == pa.float64()
     kd_alpha = [
         a

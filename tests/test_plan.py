@@ -116,7 +116,7 @@ def test_the_thesis_job_file_plans_the_same_trainings_as_before_methods(tmp_path
                 "alpha": 0.9,
                 "kl_reduction": "batchmean",
                 "class_weights": "none",
-                "beta": 0.999,
+                "class_beta": 0.999,
             },  # the last two: not in the ids
             sort_keys=True,
         )

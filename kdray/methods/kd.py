@@ -33,14 +33,14 @@ from kdray.methods.base import (
 
 class KDParams(MethodParams):
     name: Literal["kd"] = "kd"
-    added_later: ClassVar[tuple[str, ...]] = ("class_weights", "beta")
+    added_later: ClassVar[tuple[str, ...]] = ("class_weights", "class_beta")
     temperature: float = Field(4.0, gt=0)
     alpha: float = Field(0.9, ge=0, le=1, description="weight of the KD term")
     kl_reduction: Literal["batchmean", "mean"] = "batchmean"
     class_weights: Literal["none", "inverse", "effective"] = Field(
         "none", description="per-class weights on both terms, from the labelled counts"
     )
-    beta: float = Field(0.999, gt=0, lt=1, description="effective-number weights' beta")
+    class_beta: float = Field(0.999, gt=0, lt=1, description="effective-number weights' beta")
 
 
 @register
@@ -54,7 +54,7 @@ class HintonKD(Method):
         super().__init__(params, shapes)
         weight = None
         if params.class_weights != "none":
-            weight = class_weights(shapes.class_counts, params.class_weights, params.beta)
+            weight = class_weights(shapes.class_counts, params.class_weights, params.class_beta)
         self.register_buffer("class_weight", weight, persistent=False)
 
     def forward(self, student, teachers, targets, epoch):
