@@ -339,8 +339,28 @@ class WandbConfig(Strict):
     tags: list[str] = Field(default_factory=list)
 
 
+class MlflowConfig(Strict):
+    tracking_uri: str | None = Field(
+        None,
+        description="the MLflow tracking server (e.g. http://mlflow.hospital.local:5000) or a "
+        "store URI; default: sqlite:///<experiment folder>/mlflow/mlflow.db, nothing leaves "
+        "the machine (MLFLOW_TRACKING_URI is not read: the job says where results go)",
+    )
+    experiment: str | None = Field(
+        None, description="the MLflow experiment (default: the job's name)"
+    )
+    tags: dict[str, str] = Field(
+        default_factory=dict, description="extra tags on the grid's run and every nested run"
+    )
+
+
 class Tracking(Strict):
     wandb: WandbConfig | None = None
+    mlflow: MlflowConfig | None = Field(
+        None,
+        description="one MLflow run per grid, one nested run per kdray run ({} for the local "
+        "default store)",
+    )
 
 
 class Faults(Strict):

@@ -23,6 +23,7 @@ from kdray.methods import METHODS
 from kdray.progress import GridProgress
 from kdray.results import write_results
 from kdray.status import check_no_other_driver, clear_driver, mark_driver
+from kdray.tracking import GridTracker
 
 
 @dataclass
@@ -99,6 +100,8 @@ def run_experiment(
     init_ray(job, address, verbose)
     check_resources(job)
     check_storage(exp.root)
+    tracking = GridTracker.start(exp, job, data)  # MLflow: the grid's run, before its trials
+    complete = False
     mark_driver(exp)
     stop_polling = threading.Event()
     try:
@@ -111,6 +114,7 @@ def run_experiment(
                         report.finished.append(outcome.run_id)
                     else:
                         report.failed[outcome.run_id] = outcome.error or "failed"
+                complete = True
             finally:  # the last frame shows cut-short runs as interrupted, not running
                 stop_polling.set()
                 poller.join()
@@ -120,4 +124,5 @@ def run_experiment(
         stop_polling.set()
         clear_driver(exp)
         write_results(exp)
+        tracking.finish(report.finished, report.failed, complete)
     return report

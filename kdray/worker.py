@@ -56,7 +56,7 @@ def train_loop(config: dict) -> None:
         prepare=lambda m: ray.train.torch.prepare_model(m, move_to_device=device),
     )
     start_epoch, history = restore(session)
-    tracker = Tracker.start(job, spec, run_dir) if rank == 0 else Tracker()
+    tracker = Tracker.start(job, spec, run_dir, session.info, history) if rank == 0 else Tracker()
     band = band_stop(session)
     first_step_s = None
 
