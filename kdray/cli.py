@@ -389,7 +389,7 @@ def status(experiment_dir: Path) -> None:
 @app.command()
 def export(
     experiment_dir: Path,
-    out: Annotated[Path, typer.Option(help="Folder to write the tables into.")] = Path("results"),
+    out: Annotated[str, typer.Option(help="Folder to write the tables into.")] = "results",
     onnx: Annotated[
         list[str] | None,
         typer.Option(
@@ -409,16 +409,19 @@ def export(
     from kdray.experiment import ExperimentError
     from kdray.export import export as do_export
 
+    if not out.strip():  # Path("") would be the working directory
+        _error("--out: empty; give the folder to write the tables into, e.g. --out results")
+        raise typer.Exit(2)
     try:
         runs = list(onnx or [])  # checked before anything is written
         if onnx_pareto:
             runs += _pareto_runs(experiment_dir)
         _check_finished(experiment_dir, runs)
-        written = do_export(experiment_dir, out)
+        written = do_export(experiment_dir, Path(out))
         for path in written.values():
             console.print(f"wrote {path}", highlight=False)
         for run_id in dict.fromkeys(runs):
-            _export_onnx(experiment_dir, run_id, out)
+            _export_onnx(experiment_dir, run_id, Path(out))
     except ExperimentError as exc:
         _error(str(exc))
         raise typer.Exit(2) from None

@@ -316,6 +316,9 @@ def test_export_into_a_file_or_the_experiments_own_results(tmp_path):
     assert a_file.read_text() == "mine"
     refused("export", root, "--out", root / "results", says=("own results folder",))
     assert not (root / "results" / "teachers.md").exists()
+    before = set(Path.cwd().iterdir())
+    refused("export", root, "--out", "", says=("--out: empty",))
+    assert set(Path.cwd().iterdir()) == before  # nothing written into the working directory
 
 
 # --- 7: validate checks the pixels ------------------------------------------------------------
