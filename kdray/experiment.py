@@ -43,6 +43,15 @@ def damaged(path: Path, exc: Exception, what_to_do: str) -> str:
     return f"{path} is damaged ({reason[:200]}): {what_to_do}"
 
 
+RUN_SETTINGS = ("tracking", "faults")  # how a grid is run and watched, not what it trains
+
+
+def same_training(old: Job, new: Job) -> bool:
+    """Whether two jobs train the same runs: they may differ in tracking and fault settings
+    (MLflow added to a started grid, more retries), which the folder then takes."""
+    return old.model_copy(update={key: getattr(new, key) for key in RUN_SETTINGS}) == new
+
+
 @dataclass(frozen=True)
 class Experiment:
     root: Path
@@ -126,7 +135,7 @@ class Experiment:
         existing = exp.root / "job.json"
         # compared as jobs, not text: a job.json written by an older kdray lacks newer defaults;
         # a folder where no run ever started takes the corrected job (a refused first attempt)
-        if existing.is_file() and exp.started_runs() and exp.job() != job:
+        if existing.is_file() and exp.started_runs() and not same_training(exp.job(), job):
             raise ExperimentError(
                 f"{exp.root} already holds a different job named {job.name!r}: resume it with "
                 f"`kdray resume {exp.root}`, or run the new settings under another name "

@@ -185,6 +185,15 @@ def test_a_different_job_under_the_same_name_is_refused(tmp_path):
         Experiment.create(parse_job(raw))
 
 
+def test_tracking_and_retries_may_change_in_a_started_grid(tmp_path):
+    fake_experiment(tmp_path, seeds=(0,))
+    raw = tiny_job_dict(tmp_path, seeds=[0], studies=dict(STUDIES))  # the same runs
+    raw["tracking"] = {"mlflow": {}}
+    raw["faults"] = {"trial_retries": 5}
+    exp = Experiment.create(parse_job(raw))  # no refusal: the same runs train
+    assert exp.job().tracking.mlflow is not None and exp.job().faults.trial_retries == 5
+
+
 def test_cli_export_and_a_folder_that_is_not_an_experiment(tmp_path):
     exp = fake_experiment(tmp_path, seeds=(0,))
     runner = CliRunner()
