@@ -202,7 +202,7 @@ def test_an_onnx_file_that_disagrees_is_removed_and_the_cli_exits_2(tmp_path, mo
     out = tmp_path / "out"
     runner = CliRunner()
     unknown = runner.invoke(app, ["export", str(exp.root), "--out", str(out), "--onnx", "nope"])
-    assert unknown.exit_code == 2 and "run nope" in unknown.output
+    assert unknown.exit_code == 2 and "--onnx nope: not a finished run" in unknown.output
     monkeypatch.setattr(deploy, "TOLERANCE", -1.0)  # nothing can pass
     failed = runner.invoke(app, ["export", str(exp.root), "--out", str(out), "--onnx", spec.run_id])
     assert failed.exit_code == 2 and "differ from PyTorch's" in failed.output
