@@ -148,9 +148,11 @@ def test_run_where_no_run_finishes_exits_1_listing_each_failed_run(tmp_path):
     torch.save(timm.create_model("test_efficientnet").state_dict(), weights)
     job = job_dict(tmp_path, pretrained={"resnet10t": str(weights), "test_resnet": str(weights)})
     job["faults"] = {"trial_retries": 0}
+    job["baseline"] = False  # one trial: the teacher fails, its student is never started
     result = cli("run", write_job(tmp_path, job))
     assert result.exit_code == 1, result.output
-    assert "3 run(s) failed" in result.output and "does not fit" in result.output
+    assert "2 run(s) failed" in result.output and "does not fit" in result.output
+    assert "not started: its teacher run" in result.output
     failures = [
         json.loads(f.read_text())["error"]
         for f in (tmp_path / "runs").glob("bad/runs/*/*.json")
