@@ -34,7 +34,7 @@ P1_OVERRIDES = (
 def online_kd() -> list[str]:
     """Overrides that make a KD trial run its teacher on every batch, as the bare loop's online
     mode does (P1 compares the two; kdray jobs choose with `distill.teacher_outputs`)."""
-    from kdray.job import DistillConfig
+    from kdray.spec.job import DistillConfig
 
     return (
         ["distill.teacher_outputs=online"]
@@ -67,8 +67,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 # what the worker's `epoch_s` (results/epochs.parquet) covers, so P1's two sides time the same
-# thing: since `kdray.training.train_epoch` it is the epoch's batches alone (`train_s`); before,
-# the worker added its validation pass (then this was "epoch_s", the batches plus validation)
+# thing: since `kdray.train.session.train_epoch` it is the epoch's batches alone (`train_s`);
+# before, the worker added its validation pass (then this was "epoch_s", the batches plus
+# validation)
 WORKER_EPOCH_S = "train_s"
 
 
@@ -155,7 +156,7 @@ def run_all(quick: bool, keep: bool) -> dict:
         load_bench_job,
         prepare,
     )
-    from kdray.plan import make_plan
+    from kdray.spec.plan import make_plan
 
     started = time.perf_counter()
     root = Path(tempfile.mkdtemp(prefix="kdray-bench-"))

@@ -1,15 +1,15 @@
 """Bare loops: the Ray worker's own training pieces, without Ray.
 
-Each loop builds its runs with `kdray.training.build_session` (rank 0 of 1, on the CPU, the
+Each loop builds its runs with `kdray.train.session.build_session` (rank 0 of 1, on the CPU, the
 module moved to the device as `prepare`'s default does) and trains them with
-`kdray.training.train_epoch`, the code `kdray.worker.train_loop` runs inside Ray Train: the
-same reproducible batches, models, method (`kdray.methods`), optimizer, autocast / GradScaler /
-scheduler steps and teacher sources (`kdray.teachers`), then the worker's closing validation
+`kdray.train.session.train_epoch`, the code `kdray.train.worker.train_loop` runs inside Ray Train:
+the same reproducible batches, models, method (`kdray.methods`), optimizer, autocast / GradScaler /
+scheduler steps and teacher sources (`kdray.train.teachers`), then the worker's closing validation
 (`Session.val_accuracy`). Each mode the benchmark measures is one run of the job's plan
-(`kdray.plan.make_plan` on the pair as a study): `plain` the student's no-KD baseline (method
+(`kdray.spec.plan.make_plan` on the pair as a study): `plain` the student's no-KD baseline (method
 `none`), `cached` and `online` its Hinton KD run (method `kd`) reading the teacher's soft-label
 cache or running the teacher on every batch (`teacher_outputs`). The teacher is a fresh model
-saved as a teacher run leaves it (`model.pt`, plus `kdray.soft_labels.build`'s cache, built
+saved as a teacher run leaves it (`model.pt`, plus `kdray.train.soft_labels.build`'s cache, built
 before the timed epochs).
 
 Nothing is copied from the loop: the timings are taken around its pieces. The session's batches
@@ -32,14 +32,15 @@ from pathlib import Path
 import torch
 
 from bench.common import peak_rss_mb
-from kdray import soft_labels
 from kdray.data.cache import DataInfo, load_split
-from kdray.evaluate import predict
-from kdray.job import Job
-from kdray.models import create_model, load_model, save_model
-from kdray.plan import RunSpec, make_plan
-from kdray.train_data import TrainBatches, train_batches
-from kdray.training import Session, band_stop, build_session, seed_everything, train_epoch
+from kdray.spec.job import Job
+from kdray.spec.plan import RunSpec, make_plan
+from kdray.store.model_file import load_model, save_model
+from kdray.tasks.models import create_model
+from kdray.train import soft_labels
+from kdray.train.batches import TrainBatches, train_batches
+from kdray.train.evaluate import predict
+from kdray.train.session import Session, band_stop, build_session, seed_everything, train_epoch
 
 PLAIN, ONLINE, CACHED = "plain", "online", "cached"
 # the order of one round of timed epochs; the next round runs it backwards
@@ -335,7 +336,7 @@ def checkpoint_write(session: Session) -> dict:
 def setup_parts(job_json: dict, info_json: dict, student: str, teacher: str) -> dict:
     """The worker's set-up steps before its first batch, timed one by one in a fresh process
     (torch, timm and kdray already imported): student creation, teacher checkpoint load, data
-    load (memory-mapped, as the worker does), and the first batch (`kdray.train_data`)."""
+    load (memory-mapped, as the worker does), and the first batch (`kdray.train.batches`)."""
     job = Job.model_validate(job_json)
     info = DataInfo(**info_json)
     torch.set_num_threads(max(1, int(job.resources.cpus_per_worker)))

@@ -60,7 +60,7 @@ def log(message: str) -> None:
 
 def load_bench_job(storage: Path, overrides: Sequence[str] = (), name: str | None = None):
     """jobs/quickstart.yaml with the benchmark's storage and any `--set`-style overrides."""
-    from kdray.job import load_job
+    from kdray.spec.job import load_job
 
     extra = [f"storage={storage}"] + ([f"name={name}"] if name else [])
     return load_job(QUICKSTART, [*extra, *overrides])

@@ -21,10 +21,11 @@ IMPORTS = {
     "python_start": "pass",
     "import_ray": "import ray",
     "import_torch_timm": "import torch, timm",
-    # the Train worker unpickles train_loop, i.e. imports kdray.worker and everything below it
-    "import_kdray_worker": "import kdray.worker",
-    # the Tune trial driver unpickles run_trial: kdray.grid (ray.train.torch, kdray.worker, ...)
-    "import_kdray_grid": "import kdray.grid",
+    # the Train worker unpickles train_loop, i.e. imports kdray.train.worker and everything below it
+    "import_kdray_worker": "import kdray.train.worker",
+    # the Tune trial driver unpickles run_trial: kdray.grid.tune (ray.train.torch,
+    # kdray.train.worker, ...)
+    "import_kdray_grid": "import kdray.grid.tune",
 }
 
 

@@ -1,6 +1,6 @@
 """`python -m bench --gpu [--quick]`: the GPU path, measured (skipped cleanly without CUDA).
 
-1. The quickstart grid on the GPU through `kdray.runner.run_experiment`: with
+1. The quickstart grid on the GPU through `kdray.grid.run.run_experiment`: with
    `resources.gpus_per_worker: 1` (one trial at a time), with `0.25` and 4 concurrent trials
    (fractional GPUs), and on the CPU as the reference its results are compared with.
 2. Mixed precision: the quickstart's KD pair (`resnet10t` <- `seresnet18`) trained in fp32, bf16
@@ -16,7 +16,7 @@
    4 trials sharing the GPU): each trial's fixed share (Ray start-up, worker set-up, teardown)
    and the grid's makespan against its trials' busy time.
 
-Parts 2 and 3 are the worker's own pieces without Ray (`kdray.training.build_session` and
+Parts 2 and 3 are the worker's own pieces without Ray (`kdray.train.session.build_session` and
 `train_epoch` on `device`, through `bench.bare`), each in a fresh process (its own CUDA context
 and peak memory); parts 1 and 4 are Ray grids in one local Ray (`bench.raygrid`). Every
 measurement is a function taking the device (or `use_gpu`), so each can be run on the CPU too.
@@ -41,11 +41,11 @@ from bench import bare
 from bench.bare import CACHED, ONLINE, PLAIN
 from bench.common import THESIS_OVERRIDES, in_fresh_process, load_bench_job, log, prepare
 from kdray.data.cache import DataInfo, load_split
-from kdray.evaluate import final_metrics
-from kdray.job import Job
-from kdray.plan import make_plan
-from kdray.train_data import train_batches
-from kdray.training import Session, band_stop, build_session, train_epoch
+from kdray.spec.job import Job
+from kdray.spec.plan import make_plan
+from kdray.train.batches import train_batches
+from kdray.train.evaluate import final_metrics
+from kdray.train.session import Session, band_stop, build_session, train_epoch
 
 SKIP = {"gpu": "skipped: no CUDA device"}
 STUDENT, TEACHER = "resnet10t", "seresnet18"  # the quickstart's normal-KD pair
@@ -288,7 +288,7 @@ def precision_check(
 
 def thesis_train_size(sizes: Sizes, prefetch: int, steps: dict[int, int] | None = None) -> int:
     """Training images enough that every epoch cut short leaves more than `prefetch` batches
-    undrawn: `kdray.train_data.prefetched` hangs when its consumer stops with exactly
+    undrawn: `kdray.train.batches.prefetched` hangs when its consumer stops with exactly
     `prefetch` batches left (the producer then blocks putting its end marker in a full queue)."""
     steps = steps or sizes.thesis_steps
     needed = ((max(n, sizes.thesis_warmup) + prefetch + 2) * b for b, n in steps.items())
@@ -564,7 +564,7 @@ def fixed_costs(grid, events: dict, n_slots: int, ray_init_s: float) -> dict:
 
 
 def ray_grids(root: Path, sizes: Sizes, use_gpu: bool = True, quickstarts_too: bool = True) -> dict:
-    """One local Ray (`kdray.grid.init_ray`, 4 trial drivers), then the MedMNIST-shaped grid
+    """One local Ray (`kdray.grid.tune.init_ray`, 4 trial drivers), then the MedMNIST-shaped grid
     (first: the controller logs read for its timeline hold only its trials), the quickstart on
     one whole GPU per trial, on a quarter GPU per trial with 4 at a time, and on the CPU."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")

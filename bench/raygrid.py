@@ -1,5 +1,5 @@
-"""The Ray side: grids run through the product's own path (`kdray.runner.run_experiment` on a
-local Ray started by `kdray.grid.init_ray`), then read back from the experiment folder, Ray
+"""The Ray side: grids run through the product's own path (`kdray.grid.run.run_experiment` on a
+local Ray started by `kdray.grid.tune.init_ray`), then read back from the experiment folder, Ray
 Train's controller logs and Ray's actor table."""
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ import ray
 from rich.console import Console
 
 from bench.common import log, proc_children, proc_name_and_hwm
-from kdray.experiment import Experiment
-from kdray.grid import init_ray
-from kdray.job import Job
-from kdray.runner import run_experiment
+from kdray.grid.run import run_experiment
+from kdray.grid.tune import init_ray
+from kdray.spec.job import Job
+from kdray.store.experiment import Experiment
 
 # messages of Ray Train's controller (logs/train/ray-train-sys-controller-*.log), in order
 CONTROLLER_EVENTS = {
@@ -283,7 +283,7 @@ def slots(job: Job) -> int:
 
 def list_schedule_s(grid: GridRun, n_slots: int) -> float:
     """The makespan the trials' own durations allow with zero launch gaps, in the order
-    `kdray.schedule.RunQueue` hands runs to Tune: teachers first, each student on the first
+    `kdray.grid.schedule.RunQueue` hands runs to Tune: teachers first, each student on the first
     free slot once all its teachers have finished."""
     plan = grid.exp.plan()
     walls = {r["trial_id"]: r["wall_s"] or 0.0 for r in grid.trials}
@@ -362,7 +362,7 @@ def kd_student_run(grid: GridRun, model: str = "resnet10t", study: str = "normal
 
 
 def timed_ray_init(job: Job) -> float:
-    """Seconds to start the local Ray the product starts (`kdray.grid.init_ray`)."""
+    """Seconds to start the local Ray the product starts (`kdray.grid.tune.init_ray`)."""
     t0 = time.perf_counter()
     init_ray(job)
     seconds = time.perf_counter() - t0

@@ -37,7 +37,7 @@ def _error(message: str) -> None:
 
 
 def _load(job_file: Path, overrides: list[str] | None):
-    from kdray.job import JobError, load_job
+    from kdray.spec.job import JobError, load_job
 
     try:
         return load_job(job_file, overrides or [])
@@ -48,7 +48,7 @@ def _load(job_file: Path, overrides: list[str] | None):
 
 
 def _check_storage(job, job_file: Path) -> None:
-    from kdray.job import storage_problems
+    from kdray.spec.job import storage_problems
 
     problems = storage_problems(job.storage)
     for line in problems:
@@ -67,7 +67,7 @@ def _decode_pixels(job, job_file: Path):
     """Decode every image into the cache `kdray run` reads (so the work is not repeated);
     on bad images, the folders this made are removed again."""
     from kdray.data import DataError, prepare_data
-    from kdray.experiment import Experiment
+    from kdray.store.experiment import Experiment
 
     exp = Experiment.for_job(job)
     made = [p for p in (exp.data_dir, exp.root, exp.root.parent) if not p.exists()]
@@ -94,7 +94,7 @@ def validate(
     job = _load(job_file, set_)
     _check_storage(job, job_file)
     from kdray.data import DataError, open_sources
-    from kdray.plan import make_plan
+    from kdray.spec.plan import make_plan
 
     try:
         classes, sources = open_sources(job.data)
@@ -132,7 +132,7 @@ def checked_line(info) -> str:
 
 def study_lines(job, plan) -> list[str]:
     """One line per study: its method, what it reads from teachers, its KD runs."""
-    from kdray.labels import budget_label
+    from kdray.data.budgets import budget_label
     from kdray.methods import METHODS
 
     lines = []
@@ -174,7 +174,7 @@ def run(
     """Run the grid of JOB_FILE: teachers first, then students; results in Parquet."""
     job = _load(job_file, set_)
     _check_storage(job, job_file)
-    from kdray.experiment import Experiment, ExperimentError
+    from kdray.store.experiment import Experiment, ExperimentError
 
     fresh = not Experiment.for_job(job).root.exists()
     try:
@@ -192,13 +192,13 @@ def run(
 
 def _run(exp, job, address: str | None, verbose: bool) -> None:
     from kdray.data import DataError
-    from kdray.experiment import ExperimentError
-    from kdray.export import render_tables
-    from kdray.grid import GridInterrupted, ResourceError
-    from kdray.results import read_trials, write_results
-    from kdray.runner import run_experiment
-    from kdray.status import GridBusy
-    from kdray.versions import resume_warning
+    from kdray.export.markdown import render_tables
+    from kdray.grid.run import run_experiment
+    from kdray.grid.tune import GridInterrupted, ResourceError
+    from kdray.results.tables import read_trials, write_results
+    from kdray.store.experiment import ExperimentError
+    from kdray.store.status import GridBusy
+    from kdray.store.versions import resume_warning
 
     console.print(f"experiment: {exp.root}")
     changed = resume_warning(exp.root)  # a resumed (or re-run) experiment, other packages
@@ -246,9 +246,9 @@ def submit(
     ] = "python",
 ) -> None:
     """Submit the grid of JOB_FILE to a running Ray cluster (Ray Jobs API); prints its id."""
-    from kdray.job import JobError
-    from kdray.submit import SubmitError
-    from kdray.submit import submit as do_submit
+    from kdray.grid.submit import SubmitError
+    from kdray.grid.submit import submit as do_submit
+    from kdray.spec.job import JobError
 
     try:
         submission_id = do_submit(job_file, set_ or [], address, Path.cwd(), python)
@@ -295,7 +295,7 @@ def logs(
 
 
 def _jobs_client(address: str):
-    from kdray.submit import SubmitError, client
+    from kdray.grid.submit import SubmitError, client
 
     try:
         return client(address)
@@ -333,7 +333,7 @@ def resume(
     """Continue an interrupted or partly failed grid: runs with a result are kept; runs that
     stopped without one (interrupted, crashed) continue from their last checkpoint, each
     student once its teacher has finished."""
-    from kdray.experiment import Experiment, ExperimentError
+    from kdray.store.experiment import Experiment, ExperimentError
 
     try:
         exp = Experiment.open(experiment_dir)
@@ -349,8 +349,8 @@ def status(experiment_dir: Path) -> None:
     """Per stage: finished / running / failed / interrupted / pending runs, and every run."""
     from rich.table import Table
 
-    from kdray.experiment import Experiment, ExperimentError
-    from kdray.status import STATES, grid_alive, stage_counts, status_rows, unreadable_runs
+    from kdray.store.experiment import Experiment, ExperimentError
+    from kdray.store.status import STATES, grid_alive, stage_counts, status_rows, unreadable_runs
 
     try:
         exp = Experiment.open(experiment_dir)
@@ -406,8 +406,8 @@ def export(
 ) -> None:
     """Write trials.parquet, trials.csv, the Markdown tables and report.html of an experiment;
     with --onnx / --onnx-pareto, deployable ONNX files of its models."""
-    from kdray.experiment import ExperimentError
-    from kdray.export import export as do_export
+    from kdray.export.write import export as do_export
+    from kdray.store.experiment import ExperimentError
 
     if not out.strip():  # Path("") would be the working directory
         _error("--out: empty; give the folder to write the tables into, e.g. --out results")
@@ -428,7 +428,7 @@ def export(
 
 
 def _check_finished(experiment_dir: Path, runs: list[str]) -> None:
-    from kdray.experiment import Experiment
+    from kdray.store.experiment import Experiment
 
     exp = Experiment.open(experiment_dir)
     for run_id in runs:
@@ -442,10 +442,10 @@ def _check_finished(experiment_dir: Path, runs: list[str]) -> None:
 
 
 def _pareto_runs(experiment_dir: Path) -> list[str]:
-    from kdray.cells import study_cells
-    from kdray.compression import pareto_runs
-    from kdray.experiment import Experiment
-    from kdray.results import read_trials
+    from kdray.results.cells import study_cells
+    from kdray.results.cost_ratios import pareto_runs
+    from kdray.results.tables import read_trials
+    from kdray.store.experiment import Experiment
 
     exp = Experiment.open(experiment_dir)
     trials = read_trials(exp).to_pandas()
@@ -459,7 +459,7 @@ def _pareto_runs(experiment_dir: Path) -> list[str]:
 
 
 def _export_onnx(experiment_dir: Path, run_id: str, out: Path) -> None:
-    from kdray.deploy import DeployError, export_onnx
+    from kdray.export.onnx import DeployError, export_onnx
 
     try:
         result = export_onnx(experiment_dir, run_id, out)

@@ -44,8 +44,8 @@ def run_grid(job):
     """Create the job's experiment and run it on a fresh local Ray, shut down afterwards."""
     import ray
 
-    from kdray.experiment import Experiment
-    from kdray.runner import run_experiment
+    from kdray.grid.run import run_experiment
+    from kdray.store.experiment import Experiment
 
     exp = Experiment.create(job)
     try:

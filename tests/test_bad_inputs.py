@@ -83,8 +83,8 @@ def refused(*args, says: tuple[str, ...] = (), code: int = 2) -> str:
 
 def experiment(tmp_path: Path, job: dict | None = None) -> Path:
     """An experiment folder as `kdray run` creates it, no run started."""
-    from kdray.experiment import Experiment
-    from kdray.job import parse_job
+    from kdray.spec.job import parse_job
+    from kdray.store.experiment import Experiment
 
     return Experiment.create(parse_job(job or job_dict(tmp_path))).root
 
@@ -276,7 +276,7 @@ def test_a_key_given_twice_is_refused_not_silently_dropped(tmp_path):
 
 
 def test_anchors_and_merge_keys_are_not_duplicates(tmp_path):
-    from kdray.job import load_job
+    from kdray.spec.job import load_job
 
     job = job_dict(tmp_path)
     text = yaml.safe_dump({k: v for k, v in job.items() if k != "studies"})
@@ -351,8 +351,8 @@ def test_a_failed_stage_does_not_read_as_done(tmp_path):
     from rich.console import Console
     from rich.progress import TextColumn
 
-    from kdray.experiment import Experiment
-    from kdray.progress import GridProgress
+    from kdray.grid.progress import GridProgress
+    from kdray.store.experiment import Experiment
 
     root = experiment(tmp_path)
     for run in json.loads((root / "plan.json").read_text())["runs"]:

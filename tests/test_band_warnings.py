@@ -3,8 +3,8 @@
 import numpy as np
 
 from kdray.data.cache import DataInfo
-from kdray.job import Job
-from kdray.runner import band_warnings
+from kdray.grid.run import band_warnings
+from kdray.spec.job import Job
 from tests.conftest import tiny_job_dict
 
 

@@ -5,8 +5,8 @@ import json
 import pandas as pd
 import pytest
 
-from kdray.cells import study_cells
-from kdray.export import CHOSEN_ROW, sensitivity_table, study_table, summary_table, tables
+from kdray.export.markdown import CHOSEN_ROW, sensitivity_table, study_table, summary_table, tables
+from kdray.results.cells import study_cells
 
 
 def run(trial_id, model, seed, val, test, roles, teachers=(), setting=None, method="kd"):

@@ -9,11 +9,11 @@ import torch
 import yaml
 
 from kdray.data import load_split, prepare_data
-from kdray.evaluate import to_tensor
-from kdray.job import parse_job
-from kdray.metrics import classification_metrics
-from kdray.models import load_model
-from kdray.plan import make_plan
+from kdray.spec.job import parse_job
+from kdray.spec.plan import make_plan
+from kdray.store.model_file import load_model
+from kdray.tasks.metrics import classification_metrics
+from kdray.train.evaluate import to_tensor
 from tests.conftest import REPO, run_grid, tiny_job_dict
 from tests.test_worker import run_local
 
@@ -109,7 +109,8 @@ def test_cluster_yaml_has_what_the_launcher_needs_and_binds_nothing_publicly():
 
 
 def test_a_corrupt_or_wrong_checkpoint_fails_naming_the_file(tmp_path):
-    from kdray.models import create_model, save_model
+    from kdray.store.model_file import save_model
+    from kdray.tasks.models import create_model
 
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"not a checkpoint")

@@ -10,19 +10,26 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from kdray import deploy, worker
-from kdray.cells import study_cells
 from kdray.cli import app
-from kdray.compression import compression_table, frontier_points, pareto_optimal, pareto_runs
-from kdray.cost import count_macs, measure
 from kdray.data import load_split, prepare_data
-from kdray.evaluate import predict
-from kdray.experiment import Experiment
-from kdray.export import export
-from kdray.job import parse_job
-from kdray.models import count_params, create_model, load_model, save_model
-from kdray.results import COST_COLUMNS, write_results
-from kdray.training import build_session
+from kdray.export import onnx as deploy
+from kdray.export.write import export
+from kdray.results.cells import study_cells
+from kdray.results.cost_ratios import (
+    compression_table,
+    frontier_points,
+    pareto_optimal,
+    pareto_runs,
+)
+from kdray.results.tables import COST_COLUMNS, write_results
+from kdray.spec.job import parse_job
+from kdray.store.experiment import Experiment
+from kdray.store.model_file import load_model, save_model
+from kdray.tasks.models import count_params, create_model
+from kdray.train import worker
+from kdray.train.cost import count_macs, measure
+from kdray.train.evaluate import predict
+from kdray.train.session import build_session
 from tests.conftest import tiny_job_dict
 from tests.test_cells import run
 from tests.test_export import fake_experiment
@@ -157,7 +164,7 @@ def tiny_experiment(tmp_path, studies=None):
 
 
 def save_run(exp, spec, info, model=None) -> nn.Module:
-    """A finished run's `model.pt` as `kdray.worker.finish` writes it (untrained weights)."""
+    """A finished run's `model.pt` as `kdray.train.worker.finish` writes it (untrained weights)."""
     model = model or create_model(spec.model, info.num_classes, info.channels)
     exp.run_dir(spec.run_id).mkdir(parents=True, exist_ok=True)
     save_model(

@@ -8,10 +8,10 @@ import pytest
 from typer.testing import CliRunner
 
 from kdray.cli import app
-from kdray.experiment import Experiment, ExperimentError
-from kdray.export import export
-from kdray.job import parse_job
-from kdray.results import EPOCH_SCHEMA, TRIAL_SCHEMA, write_results
+from kdray.export.write import export
+from kdray.results.tables import EPOCH_SCHEMA, TRIAL_SCHEMA, write_results
+from kdray.spec.job import parse_job
+from kdray.store.experiment import Experiment, ExperimentError
 from tests.conftest import tiny_job_dict
 
 STUDIES = {

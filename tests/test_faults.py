@@ -18,10 +18,10 @@ import torch
 import yaml
 
 from kdray.data import prepare_data
-from kdray.experiment import Experiment
-from kdray.job import parse_job
-from kdray.runner import run_experiment
-from kdray.status import status_rows
+from kdray.grid.run import run_experiment
+from kdray.spec.job import parse_job
+from kdray.store.experiment import Experiment
+from kdray.store.status import status_rows
 from tests.conftest import REPO, run_grid, tiny_job_dict
 from tests.test_worker import run_local
 

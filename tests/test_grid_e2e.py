@@ -9,7 +9,7 @@ import yaml
 from typer.testing import CliRunner
 
 from kdray.cli import app
-from kdray.experiment import Experiment
+from kdray.store.experiment import Experiment
 from tests.conftest import tiny_job_dict
 
 pytestmark = pytest.mark.ray

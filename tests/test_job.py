@@ -2,7 +2,7 @@ import yaml
 from typer.testing import CliRunner
 
 from kdray.cli import app
-from kdray.job import JobError, apply_override, load_job, parse_job
+from kdray.spec.job import JobError, apply_override, load_job, parse_job
 from tests.conftest import REPO, tiny_job_dict
 
 runner = CliRunner()
@@ -139,7 +139,7 @@ def test_cli_validate_reports_a_missing_or_broken_file(tmp_path):
 def test_augmentation_is_declared_as_albumentations_transforms(tmp_path):
     import numpy as np
 
-    from kdray.augment import build_train_augmentation
+    from kdray.data.augment import build_train_augmentation
 
     raw = tiny_job_dict(tmp_path)
     raw["train"]["augment"] = [

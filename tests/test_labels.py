@@ -6,18 +6,18 @@ import numpy as np
 import pytest
 import torch
 
-import kdray.labels
+import kdray.data.budgets
 from kdray.data import prepare_data
-from kdray.job import JobError, parse_job
-from kdray.labels import (
+from kdray.data.budgets import (
     UNLABELLED,
     budget_label,
     class_counts,
     labelled_indices,
     training_arrays,
 )
-from kdray.plan import make_plan
-from kdray.training import band_stop, build_session, train_epoch
+from kdray.spec.job import JobError, parse_job
+from kdray.spec.plan import make_plan
+from kdray.train.session import band_stop, build_session, train_epoch
 from tests.conftest import tiny_job_dict
 
 SKEWED = np.array([0] * 70 + [1] * 20 + [2] * 10)
@@ -129,7 +129,7 @@ def test_a_pool_run_trains_without_reading_a_pool_label(tmp_path, monkeypatch):
     corrupt[np.setdiff1d(np.arange(len(labels)), keep)] = 99  # no such class
     np.save(labels_file, corrupt)
     # the labelled images were chosen from the true labels; keep that choice
-    monkeypatch.setattr(kdray.labels, "labelled_indices", lambda *args: keep)
+    monkeypatch.setattr(kdray.data.budgets, "labelled_indices", lambda *args: keep)
     corrupted = trained_weights()
     assert clean.keys() == corrupted.keys()
     assert all(torch.equal(clean[k], corrupted[k]) for k in clean)
@@ -157,7 +157,7 @@ def test_a_mean_teacher_resumed_from_its_checkpoint_ends_where_an_uninterrupted_
     weights (student and moving average) of the run that never stopped."""
     import io
 
-    from kdray.worker import checkpoint_state, load_state
+    from kdray.train.worker import checkpoint_state, load_state
 
     job = semi_job(tmp_path)
     spec = next(r for r in make_plan(job).runs.values()

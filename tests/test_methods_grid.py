@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from kdray.data import load_split
-from kdray.evaluate import to_tensor
-from kdray.export import export
-from kdray.job import parse_job
-from kdray.models import load_model
+from kdray.export.write import export
+from kdray.spec.job import parse_job
+from kdray.store.model_file import load_model
+from kdray.train.evaluate import to_tensor
 from tests.conftest import run_grid, tiny_job_dict
 
 pytestmark = pytest.mark.ray

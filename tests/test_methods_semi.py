@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdray.distiller import Distiller
 from kdray.methods import UNLABELLED, Outputs, Shapes, class_weights, get_method
 from kdray.methods.mean_teacher import perturbed_view, rampup
+from kdray.train.distiller import Distiller
 
 
 def mean_teacher(student: nn.Module, **params):

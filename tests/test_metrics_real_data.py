@@ -6,10 +6,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from kdray.data import prepare_data
-from kdray.experiment import Experiment
-from kdray.job import parse_job
-from kdray.metrics import classification_metrics, study_metrics
-from kdray.results import write_results
+from kdray.results.tables import write_results
+from kdray.spec.job import parse_job
+from kdray.store.experiment import Experiment
+from kdray.tasks.metrics import classification_metrics, study_metrics
 from tests.conftest import REPO
 from tests.test_data_mura import build_mura
 from tests.test_worker import run_local

@@ -1,7 +1,7 @@
 import json
 
-from kdray.job import parse_job
-from kdray.plan import Plan, make_plan
+from kdray.spec.job import parse_job
+from kdray.spec.plan import Plan, make_plan
 from tests.conftest import tiny_job_dict
 
 
@@ -94,7 +94,7 @@ def test_the_thesis_job_file_plans_the_same_trainings_as_before_methods(tmp_path
     """The ids of teachers and baselines are unchanged, so are the runs' count and pairing."""
     from pathlib import Path
 
-    from kdray.job import load_job
+    from kdray.spec.job import load_job
 
     repo = Path(__file__).resolve().parents[1]
     plan = make_plan(load_job(repo / "jobs/mura_thesis.yaml", ["data.root=/data/mura"]))
@@ -215,7 +215,7 @@ def test_ensembles_self_and_teacher_free_studies(tmp_path):
 
 
 def test_an_experiment_folder_from_before_methods_opens_and_keeps_its_teacher_ids(tmp_path):
-    from kdray.experiment import Experiment
+    from kdray.store.experiment import Experiment
 
     job = parse_job(tiny_job_dict(tmp_path))
     exp = Experiment.create(job)

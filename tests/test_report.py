@@ -7,9 +7,9 @@ import pyarrow.parquet as pq
 from typer.testing import CliRunner
 
 from kdray.cli import app
-from kdray.export import export
-from kdray.report import render_report
-from kdray.results import EPOCH_SCHEMA, write_results
+from kdray.export.report import render_report
+from kdray.export.write import export
+from kdray.results.tables import EPOCH_SCHEMA, write_results
 from tests.test_export import fake_experiment
 
 

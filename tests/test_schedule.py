@@ -1,13 +1,13 @@
-"""The grid's run order (kdray.schedule.RunQueue) without Ray: Tune only calls suggest() and
+"""The grid's run order (kdray.grid.schedule.RunQueue) without Ray: Tune only calls suggest() and
 on_trial_complete(), so the tests play Tune's part."""
 
 import json
 
 from ray.tune.search import Searcher
 
-from kdray.job import Job
-from kdray.plan import make_plan
-from kdray.schedule import RunQueue
+from kdray.grid.schedule import RunQueue
+from kdray.spec.job import Job
+from kdray.spec.plan import make_plan
 from tests.conftest import tiny_job_dict
 
 STUDIES = {

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from kdray import soft_labels
 from kdray.data import load_split, prepare_data
-from kdray.job import parse_job
 from kdray.methods import METHODS, Outputs, Shapes
 from kdray.methods.kd import KDParams
-from kdray.models import load_model
-from kdray.plan import make_plan
-from kdray.train_data import train_batches
+from kdray.spec.job import parse_job
+from kdray.spec.plan import make_plan
+from kdray.store.model_file import load_model
+from kdray.train import soft_labels
+from kdray.train.batches import train_batches
 from tests.conftest import tiny_job_dict
 from tests.test_worker import run_local
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from kdray.stats import holm, judge, paired_gain, probability_of_improvement
+from kdray.results.stats import holm, judge, paired_gain, probability_of_improvement
 
 KD = {0: 0.81, 1: 0.78, 2: 0.84, 3: 0.80, 4: 0.79}
 BASE = {0: 0.76, 1: 0.77, 2: 0.79, 3: 0.74, 4: 0.78}

@@ -14,7 +14,7 @@ import yaml
 from typer.testing import CliRunner
 
 from kdray.cli import app
-from kdray.submit import entrypoint, submit
+from kdray.grid.submit import entrypoint, submit
 from tests.conftest import tiny_job_dict
 
 pytestmark = pytest.mark.ray

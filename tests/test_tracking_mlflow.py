@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 
 from kdray.data import prepare_data
-from kdray.experiment import Experiment
-from kdray.job import parse_job
-from kdray.plan import make_plan
-from kdray.runner import run_experiment
-from kdray.tracking import Tracker
+from kdray.grid.run import run_experiment
+from kdray.spec.job import parse_job
+from kdray.spec.plan import make_plan
+from kdray.store.experiment import Experiment
+from kdray.tracking.tracker import Tracker
 from tests.conftest import tiny_job_dict
 from tests.test_worker import run_local
 
@@ -210,7 +210,7 @@ def test_the_grid_run_is_found_again_and_closes_what_dead_trials_left_running(
 ):
     """The driver's side without training: a grid interrupted with one trial dead for good and
     one cut short, then resumed."""
-    from kdray.tracking import GridTracker
+    from kdray.tracking.tracker import GridTracker
 
     raw = tiny_job_dict(tmp_path)  # a teacher, its KD student, the student's baseline
     name = f"driver-{tmp_path.name}"

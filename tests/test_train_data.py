@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from kdray import soft_labels
-from kdray.augment import build_train_augmentation
 from kdray.data import load_split, prepare_data
-from kdray.job import JobError, parse_job
-from kdray.models import create_model
-from kdray.train_data import TrainSet, prefetched, train_batches
+from kdray.data.augment import build_train_augmentation
+from kdray.spec.job import JobError, parse_job
+from kdray.tasks.models import create_model
+from kdray.train import soft_labels
+from kdray.train.batches import TrainSet, prefetched, train_batches
 from tests.conftest import tiny_job_dict
 
 

@@ -9,7 +9,7 @@ import pytest
 from ray._private.ray_constants import env_bool
 from ray.train.v2._internal import constants
 
-from kdray.grid import TRAIN_ENV, apply_train_env
+from kdray.grid.tune import TRAIN_ENV, apply_train_env
 
 
 @pytest.fixture

@@ -8,11 +8,11 @@ import json
 import pyarrow.parquet as pq
 from typer.testing import CliRunner
 
-from kdray import versions
 from kdray.cli import app
-from kdray.experiment import Experiment
-from kdray.job import parse_job
-from kdray.results import write_results
+from kdray.results.tables import write_results
+from kdray.spec.job import parse_job
+from kdray.store import versions
+from kdray.store.experiment import Experiment
 from tests.conftest import tiny_job_dict
 
 
@@ -33,13 +33,13 @@ def test_a_new_experiment_records_the_versions_it_starts_with(tmp_path):
 
 
 def _resume_output(exp: Experiment, monkeypatch) -> str:
-    import kdray.runner
-    from kdray.grid import ResourceError
+    import kdray.grid.run
+    from kdray.grid.tune import ResourceError
 
     def no_grid(*args, **kwargs):
         raise ResourceError("stopped before the grid (test)")
 
-    monkeypatch.setattr(kdray.runner, "run_experiment", no_grid)
+    monkeypatch.setattr(kdray.grid.run, "run_experiment", no_grid)
     result = CliRunner().invoke(app, ["resume", str(exp.root)])
     assert result.exit_code == 2, result.output
     return result.output

@@ -7,10 +7,10 @@ from ray.train import RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from kdray.data import load_split, prepare_data
-from kdray.job import parse_job
-from kdray.models import load_model
-from kdray.plan import make_plan
-from kdray.worker import train_loop
+from kdray.spec.job import parse_job
+from kdray.spec.plan import make_plan
+from kdray.store.model_file import load_model
+from kdray.train.worker import train_loop
 from tests.conftest import tiny_job_dict
 
 
@@ -72,7 +72,7 @@ def test_a_run_writes_its_summary_epochs_and_weights(trained):
 def test_saved_teacher_reproduces_its_recorded_validation_accuracy(trained):
     import torch
 
-    from kdray.evaluate import to_tensor
+    from kdray.train.evaluate import to_tensor
 
     _, run_dir, summary = trained["teacher"]
     data = trained["data"]

@@ -3,7 +3,7 @@
 A method receives the student's outputs, its teachers' outputs (one entry per teacher; several
 make an ensemble), the targets and the training progress (fractional epoch, for warm-ups), and
 returns named loss terms; `loss` is the one minimised. Its own trainable parts (adapters) are
-sub-modules: they train with the student, are wrapped by DDP with it (`kdray.distiller`), are
+sub-modules: they train with the student, are wrapped by DDP with it (`kdray.train.distiller`), are
 saved in checkpoints and left out of the deployable `model.pt`.
 
 A method declares what it needs from a teacher (`needs`): `logits` (the soft-label cache can
@@ -30,6 +30,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
+from kdray.tasks.base import UNLABELLED  # a pool image's target
+
 Needs = Literal["none", "logits", "features"]
 
 METHODS: dict[str, type[Method]] = {}
@@ -46,7 +48,7 @@ class MethodParams(BaseModel):
     name: str
 
     def identity(self) -> dict:
-        """The settings that decide a run (`kdray.plan`)."""
+        """The settings that decide a run (`kdray.spec.plan`)."""
         values = self.model_dump(mode="json")
         for key in self.added_later:
             if values.get(key) == type(self).model_fields[key].default:
@@ -167,9 +169,6 @@ def plain_cross_entropy(student: Outputs, targets: torch.Tensor) -> dict[str, to
     """No distillation: what teachers and baselines train with."""
     ce = F.cross_entropy(student.logits, targets)
     return {"loss": ce, "ce": ce}
-
-
-UNLABELLED = -1  # kdray.labels.UNLABELLED: a pool image's target
 
 
 def labelled_cross_entropy(

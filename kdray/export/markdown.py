@@ -1,0 +1,261 @@
+"""Thesis-style tables from `trials.parquet`, as Markdown (and for the HTML report).
+
+teachers.md   each teacher: train / valid / test accuracy
+<study>.md    Student x Teacher, a train / valid / test row per student, plus its no-KD baseline
+              (one per study of the job, named after it; an ensemble is one teacher column)
+baseline.md   each student trained without KD
+summary.md    each KD cell's test accuracy against its student's baseline: the paired gain, its
+              interval, p, n and verdict (`kdray.results.cells`, `kdray.results.stats`); how
+              often KD won; what each KD student costs against its teacher
+              (`kdray.results.cost_ratios`)
+<study>.sensitivity.md  a sweeping study's every setting, valid and test, the chosen one marked
+labels.md     with label budgets: per student and budget, baseline vs every study (and a mean
+              teacher's moving average) in test accuracy, balanced accuracy and macro-F1
+report.html   all of these tables with figures, one self-contained file (`kdray.export.report`)
+Values are `mean ± std` over seeds when a cell has several. `tables` computes the tables once,
+for both the Markdown files and the report.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from kdray.results.cells import (
+    Cell,
+    baseline_rows,
+    budgets,
+    has_budgets,
+    improvement,
+    kd_runs,
+    study_cells,
+    teacher_label,
+    with_budget,
+)
+from kdray.results.cost_ratios import COMPRESSION_NOTE, compression_table
+from kdray.results.few_labels import few_labels_table
+from kdray.results.stats import BOOTSTRAP_FROM, MIN_SEEDS
+
+SPLITS = (("train", "train_acc"), ("valid", "val_acc"), ("test", "test_acc"))
+BASELINE_COLUMN = "no KD (baseline)"
+CHOSEN_ROW = "setting (chosen on valid)"
+SUMMARY_COLUMNS = [
+    "Study",
+    "Method",
+    "Student",
+    "Teacher",
+    "Setting",
+    "Teacher valid",
+    "KD test",
+    "Baseline test",
+    "Gain",
+    "95% interval",
+    "p (Holm)",
+    "n",
+    "Verdict",
+]
+SENSITIVITY_COLUMNS = ["Student", "Teacher", "Setting", "Valid", "Test", "Seeds", "Chosen"]
+STATISTICS_NOTE = (
+    "Gain: mean over seeds of (KD − baseline) test accuracy, each KD run paired with the same "
+    "student's no-KD run of the same seed. Interval: 95%, a t-interval below "
+    f"{BOOTSTRAP_FROM} seeds, a BCa bootstrap from {BOOTSTRAP_FROM}. p: paired t-test, "
+    "Holm-corrected across the cells of a study. Verdict: better / worse when that p < 0.05, "
+    f"else no evidence; below {MIN_SEEDS} seeds, n too small. A sweeping study reports the "
+    "setting with the best mean validation accuracy; the test split chooses nothing."
+)
+
+
+def fmt(values: pd.Series) -> str:
+    values = values.dropna()
+    if values.empty:
+        return "—"
+    if len(values) == 1:
+        return f"{values.iloc[0]:.3f}"
+    return f"{values.mean():.3f} ± {values.std(ddof=1):.3f}"
+
+
+def markdown(df: pd.DataFrame) -> str:
+    header = "| " + " | ".join(str(c) for c in df.columns) + " |"
+    rule = "|" + "|".join("---" for _ in df.columns) + "|"
+    rows = ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join([header, rule, *rows]) + "\n"
+
+
+def teachers_table(trials: pd.DataFrame) -> pd.DataFrame:
+    teachers = trials[trials.stage == "teacher"].copy()
+    if teachers.empty:
+        return pd.DataFrame(columns=["Teacher", "Used by", "Epochs", "Train", "Valid", "Test"])
+    shown = has_budgets(trials)
+    teachers["label"] = [
+        with_budget(teacher_label(row), budget, shown)
+        for (_, row), budget in zip(teachers.iterrows(), budgets(teachers), strict=True)
+    ]
+    rows = []
+    for label, group in teachers.groupby("label", sort=False):
+        roles = sorted({r.split(":", 1)[1] for rs in group.roles for r in rs if ":" in r})
+        rows.append(
+            {
+                "Teacher": label,
+                "Used by": ", ".join(roles),
+                "Epochs": fmt(group.epochs),
+                **{name.capitalize(): fmt(group[col]) for name, col in SPLITS},
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def baseline_table(trials: pd.DataFrame) -> pd.DataFrame:
+    rows, runs = [], baseline_rows(trials).copy()
+    runs["budget"], shown = budgets(runs), has_budgets(trials)
+    for (model, budget), group in runs.groupby(["model", "budget"], sort=False):
+        rows.append(
+            {
+                "Student": with_budget(model, budget, shown),
+                "Params (M)": f"{group.params.dropna().iloc[0] / 1e6:.1f}"
+                if group.params.notna().any()
+                else "—",
+                **{name.capitalize(): fmt(group[col]) for name, col in SPLITS},
+            }
+        )
+    return pd.DataFrame(rows, columns=["Student", "Params (M)", "Train", "Valid", "Test"])
+
+
+def study_table(cells: list[Cell]) -> pd.DataFrame:
+    """Rows: student x {train, valid, test}; columns: teachers, then the student's baseline.
+    A sweeping study shows each cell's chosen setting in a row of its own."""
+    if not cells:
+        return pd.DataFrame()
+    teachers = list(dict.fromkeys(c.teacher for c in cells))
+    sweeps = any(len(c.settings) > 1 for c in cells)
+    rows = []
+    for student in dict.fromkeys(c.student for c in cells):
+        mine = {c.teacher: c for c in cells if c.student == student}
+        base = next(iter(mine.values())).baseline
+        if sweeps:
+            row = {"Student": student, "Split": CHOSEN_ROW, BASELINE_COLUMN: ""}
+            rows.append(row | {t: mine[t].chosen if t in mine else "—" for t in teachers})
+        for split, col in SPLITS:
+            row = {"Student": student, "Split": split}
+            for teacher in teachers:
+                row[teacher] = fmt(mine[teacher].runs[col]) if teacher in mine else "—"
+            row[BASELINE_COLUMN] = fmt(base[col])
+            rows.append(row)
+    return pd.DataFrame(rows, columns=["Student", "Split", *teachers, BASELINE_COLUMN])
+
+
+def _number(value: float | None, sign: str = "") -> str:
+    return "—" if value is None or pd.isna(value) else f"{value:{sign}.3f}"
+
+
+def summary_table(cells: list[Cell]) -> pd.DataFrame:
+    """Each KD cell's test accuracy against its student's baseline, paired by seed: the mean
+    gain, its 95% interval (t or bootstrap), the Holm-corrected paired p, n and a verdict."""
+    rows = []
+    for c in cells:
+        g = c.gain
+        interval = "—"
+        if g.low is not None:
+            interval = f"[{g.low:+.3f}, {g.high:+.3f}] ({g.interval})"
+        rows.append(
+            {
+                "Study": c.study,
+                "Method": c.method,
+                "Student": c.student,
+                "Teacher": c.teacher,
+                "Setting": c.chosen or "—",
+                "Teacher valid": fmt(c.runs.teacher_val_acc),
+                "KD test": fmt(c.runs.test_acc),
+                "Baseline test": fmt(c.baseline.test_acc),
+                "Gain": _number(g.mean, "+"),
+                "95% interval": interval,
+                "p (Holm)": "—" if g.p_holm is None else f"{g.p_holm:.3g}",
+                "n": g.n,
+                "Verdict": g.verdict,
+            }
+        )
+    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+
+
+def improvement_table(cells_by_study: dict[str, list[Cell]]) -> pd.DataFrame:
+    rows = []
+    for study, cells in cells_by_study.items():
+        n, share = improvement(cells)
+        rows.append({"Study": study, "Paired runs": n, "P(KD beats baseline)": _number(share)})
+    return pd.DataFrame(rows, columns=["Study", "Paired runs", "P(KD beats baseline)"])
+
+
+def sensitivity_table(cells: list[Cell]) -> pd.DataFrame:
+    """Every setting of a sweeping study: validation and test accuracy, the chosen one marked."""
+    rows = []
+    for c in cells:
+        for label, runs in c.settings.items():
+            rows.append(
+                {
+                    "Student": c.student,
+                    "Teacher": c.teacher,
+                    "Setting": label,
+                    "Valid": fmt(runs.val_acc),
+                    "Test": fmt(runs.test_acc),
+                    "Seeds": int(runs.val_acc.notna().sum()),
+                    "Chosen": "✓" if label == c.chosen else "",
+                }
+            )
+    return pd.DataFrame(rows, columns=SENSITIVITY_COLUMNS)
+
+
+def study_title(trials: pd.DataFrame, study: str) -> str:
+    methods = list(dict.fromkeys(kd_runs(trials, study).method))
+    return f"{study} ({', '.join(methods) or 'no runs'}): student x teacher accuracy"
+
+
+def tables(trials: pd.DataFrame, studies: list[str]) -> dict[str, tuple[str, pd.DataFrame]]:
+    """Name -> (title, table) for every table of the export: `teachers`, `baseline`, one per
+    study (no columns when none of its trials finished) and `<study>.sensitivity` for a study
+    that sweeps, `summary`, `improvement`, `compression`, and `unfinished` when some trial did
+    not finish."""
+    done = trials[trials.status == "finished"]
+    cells = {study: study_cells(done, study) for study in studies}
+    out = {
+        "teachers": ("Teachers", teachers_table(done)),
+        "baseline": ("No-KD baselines", baseline_table(done)),
+    }
+    for study in studies:
+        out[study] = (study_title(trials, study), study_table(cells[study]))
+        if any(len(c.settings) > 1 for c in cells[study]):
+            title = f"{study}: every setting of the sweep (chosen on validation accuracy)"
+            out[f"{study}.sensitivity"] = (title, sensitivity_table(cells[study]))
+    if has_budgets(done):
+        out["labels"] = (
+            "Few labels: each student's test metrics per label budget, baseline vs every study",
+            few_labels_table([c for study in studies for c in cells[study]], fmt),
+        )
+    out["summary"] = (
+        "KD gain over each student's baseline (test accuracy, paired by seed)",
+        summary_table([c for study in studies for c in cells[study]]),
+    )
+    out["improvement"] = ("How often KD beat its baseline", improvement_table(cells))
+    out["compression"] = (
+        "What distillation bought: each KD student against its teacher",
+        compression_table([c for study in studies for c in cells[study]], done),
+    )
+    failed = trials[trials.status != "finished"]
+    if not failed.empty:
+        out["unfinished"] = ("Unfinished trials", failed[["trial_id", "status", "error"]])
+    return out
+
+
+def render_tables(trials: pd.DataFrame, studies: list[str]) -> dict[str, str]:
+    """File name -> Markdown text, for every table of the export."""
+    out = {}
+    for name, (title, table) in tables(trials, studies).items():
+        if name == "unfinished":
+            out["summary.md"] += f"\n## {title}\n\n" + markdown(table.fillna(""))
+            continue
+        if name == "improvement":
+            out["summary.md"] += f"\n## {title}\n\n{markdown(table)}\n{STATISTICS_NOTE}\n"
+            continue
+        if name == "compression":
+            out["summary.md"] += f"\n## {title}\n\n{markdown(table)}\n{COMPRESSION_NOTE}\n"
+            continue
+        body = markdown(table) if len(table.columns) else "_no finished trials_\n"
+        out[f"{name}.md"] = f"# {title}\n\n{body}"
+    return out

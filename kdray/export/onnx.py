@@ -1,0 +1,137 @@
+"""Deployable students: a run's network as an ONNX file, checked against PyTorch on real images.
+
+`export_onnx` loads the run's `model.pt` (the network alone: a feature method's adapters never
+reach it), exports it with PyTorch's dynamo exporter (input `image` with a dynamic batch axis,
+output `logits`) and records in the file's metadata what a deployment needs to feed it: class
+names, image size, channels, mean and std, the kdray run id and the model. Then it checks the
+file: onnxruntime on the experiment's validation images must reproduce the PyTorch softmax
+probabilities within `TOLERANCE`, or the file is removed and `DeployError` raised; and it times
+onnxruntime's batch-1 latency. onnx, onnxscript and onnxruntime are imported here only, when a
+file is exported.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from kdray.data import DataError, load_split, prepare_data
+from kdray.store.experiment import Experiment
+from kdray.store.model_file import load_model
+from kdray.train.evaluate import predict, to_tensor
+
+TOLERANCE = 1e-4  # max absolute difference of probabilities, onnxruntime against PyTorch
+CHECK_BATCH = 64  # not a divisor of most splits: the last batch exercises the dynamic axis
+WARMUP_CALLS, TIMED_CALLS = 5, 30
+PREPROCESSING = "float32 NCHW: (pixels / 255 - mean) / std per channel"
+
+
+class DeployError(Exception):
+    pass
+
+
+@dataclass
+class OnnxFile:
+    path: Path
+    max_abs_diff: float  # of softmax probabilities over `images` validation images
+    images: int
+    latency_ms: float  # onnxruntime, batch 1, median of `TIMED_CALLS` after warm-up
+
+
+def to_onnx(model: nn.Module, channels: int, size: int, path: Path, metadata: dict) -> None:
+    """Export `model` (eval mode, CPU) with a dynamic batch axis and string metadata."""
+    import onnxscript  # noqa: F401  (the dynamo exporter's dependency: fail here, by name)
+
+    batch = torch.export.Dim("batch")
+    example = torch.zeros(2, channels, size, size)  # 2: a batch of 1 would be specialised
+    program = torch.onnx.export(
+        model,
+        (example,),
+        dynamo=True,
+        input_names=["image"],
+        output_names=["logits"],
+        dynamic_shapes=({0: batch},),
+        verbose=False,
+    )
+    program.model.metadata_props.update({k: str(v) for k, v in metadata.items()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    program.save(str(path))
+
+
+def onnx_probabilities(session, images: np.ndarray, mean, std) -> np.ndarray:
+    """Softmax probabilities from the ONNX file, normalised as `kdray.train.evaluate` does."""
+    logits = []
+    for start in range(0, len(images), CHECK_BATCH):
+        x = to_tensor(images[start : start + CHECK_BATCH], mean, std, "cpu").numpy()
+        logits.append(session.run(None, {"image": x})[0])
+    return torch.softmax(torch.from_numpy(np.concatenate(logits)), dim=1).numpy()
+
+
+def onnx_latency_ms(session, one: np.ndarray) -> float:
+    """Median batch-1 latency of `session` in milliseconds, after warm-up."""
+    for _ in range(WARMUP_CALLS):
+        session.run(None, {"image": one})
+    times = []
+    for _ in range(TIMED_CALLS):
+        start = time.perf_counter()
+        session.run(None, {"image": one})
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def check_onnx(path: Path, model: nn.Module, images: np.ndarray, mean, std) -> OnnxFile:
+    """onnxruntime (CPU) against the PyTorch model on `images`; the file is removed and
+    `DeployError` raised when their probabilities differ by more than `TOLERANCE`."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    expected = predict(model, images, mean, std, "cpu", CHECK_BATCH)
+    diff = float(np.abs(onnx_probabilities(session, images, mean, std) - expected).max())
+    if not diff <= TOLERANCE:  # NaN fails too
+        path.unlink(missing_ok=True)
+        raise DeployError(
+            f"{path.name}: onnxruntime's probabilities differ from PyTorch's by {diff:.2e} on "
+            f"{len(images)} validation images (tolerance {TOLERANCE:g}); the file was removed"
+        )
+    one = to_tensor(images[:1], mean, std, "cpu").numpy()
+    return OnnxFile(path, diff, len(images), onnx_latency_ms(session, one))
+
+
+def export_onnx(experiment_dir: str | Path, run_id: str, out_dir: str | Path) -> OnnxFile:
+    """`<out_dir>/onnx/<run_id>.onnx` from the run's final weights, checked and timed."""
+    exp = Experiment.open(experiment_dir)
+    model_file = exp.run_dir(run_id) / "model.pt"
+    if not model_file.is_file():
+        raise DeployError(f"run {run_id}: no {model_file} (not a finished run of {exp.root})")
+    try:
+        model, meta = load_model(model_file)
+        info = prepare_data(exp.job().data, exp.data_dir)  # the arrays the grid trained on
+    except ValueError as exc:  # a damaged model.pt
+        raise DeployError(
+            f"run {run_id}: {exc}; delete {exp.run_dir(run_id) / 'summary.json'} and run "
+            f"`kdray resume {exp.root}`: the run finishes again from its last checkpoint"
+        ) from None
+    except DataError as exc:
+        raise DeployError(f"run {run_id}: its data cannot be read: {exc.problems[0]}") from None
+    images, _ = load_split(info.path, "valid")
+    size, channels = meta.get("image_size", info.image_size), meta["in_chans"]
+    metadata = {
+        "classes": json.dumps(meta["classes"]),
+        "image_size": size,
+        "channels": channels,
+        "mean": json.dumps(meta["mean"]),
+        "std": json.dumps(meta["std"]),
+        "preprocessing": PREPROCESSING,
+        "kdray_run_id": run_id,
+        "model": meta["model"],
+    }
+    path = Path(out_dir) / "onnx" / f"{run_id}.onnx"
+    to_onnx(model, channels, size, path, metadata)
+    return check_onnx(path, model, np.asarray(images), meta["mean"], meta["std"])

@@ -1,0 +1,68 @@
+"""`kdray export`: an experiment's tables as Parquet, CSV, Markdown (`kdray.export.markdown`)
+and an HTML report (`kdray.export.report`), written into a folder of the user's choosing."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+
+from kdray.export.markdown import render_tables
+from kdray.results.tables import read_epochs, write_results
+from kdray.store.experiment import Experiment, ExperimentError
+
+
+def flat_csv(table: pa.Table) -> pd.DataFrame:
+    """One line per trial: nested columns (per-class report, confusion, maps) as JSON text."""
+    rows = table.to_pylist()
+    for row in rows:
+        row["roles"] = ";".join(row["roles"] or [])
+        for key, value in row.items():
+            if isinstance(value, list | dict):
+                row[key] = json.dumps(dict(value) if key.endswith("_by_type") else value)
+    return pd.DataFrame(rows, columns=table.column_names)
+
+
+def export(experiment_dir: str | Path, out_dir: str | Path) -> dict[str, Path]:
+    """Write the experiment's tables and report into `out_dir`. Everything is computed before
+    the first file is written, so a failure leaves `out_dir` as it was."""
+    exp = Experiment.open(experiment_dir)
+    out = check_out_dir(exp, Path(out_dir))
+    table = write_results(exp)  # from the run folders: tables of a killed grid may be stale
+    epochs = read_epochs(exp)
+    trials = table.to_pandas()
+    job = exp.job()
+    texts = render_tables(trials, list(job.studies))
+    from kdray.export.report import render_report  # matplotlib only when a report is written
+
+    texts["report.html"] = render_report(trials, epochs.to_pandas(), list(job.studies), job.name)
+    out.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for name in ("trials.parquet", "epochs.parquet"):
+        shutil.copyfile(exp.results_dir / name, out / name)
+        written[name] = out / name
+    flat_csv(table).to_csv(out / "trials.csv", index=False)
+    written["trials.csv"] = out / "trials.csv"
+    for name, text in texts.items():
+        (out / name).write_text(text, encoding="utf-8")
+        written[name] = out / name
+    return written
+
+
+def check_out_dir(exp: Experiment, out: Path) -> Path:
+    """`--out` must be a folder (or not exist yet) outside the experiment's own `results/`."""
+    resolved = out.expanduser().resolve()
+    if resolved.exists() and not resolved.is_dir():
+        raise ExperimentError(f"--out {out}: is a file, not a folder; give a folder to write into")
+    if resolved == exp.results_dir or exp.results_dir in resolved.parents:
+        raise ExperimentError(
+            f"--out {out}: is the experiment's own results folder, which kdray rewrites; "
+            "give another folder (e.g. --out results/)"
+        )
+    for parent in resolved.parents:
+        if parent.exists() and not parent.is_dir():
+            raise ExperimentError(f"--out {out}: {parent} is a file, not a folder")
+    return resolved

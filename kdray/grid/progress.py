@@ -1,0 +1,61 @@
+"""A live view of a grid: one bar per stage with done / running / failed counts, read from the
+experiment folder (so it is the same view `kdray status` gives)."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from kdray.spec.plan import STAGES
+from kdray.store.experiment import Experiment
+from kdray.store.status import stage_counts, status_rows
+
+
+class GridProgress:
+    def __init__(self, console: Console | None = None):
+        self.progress = Progress(
+            TextColumn("[bold]{task.fields[stage]:<8}"),
+            BarColumn(),
+            TextColumn("{task.fields[finished]}/{task.total} finished"),
+            TextColumn("[cyan]{task.fields[running]} running"),
+            TextColumn("[red]{task.fields[failed]} failed"),
+            TimeElapsedColumn(),
+            console=console,
+        )
+        self._tasks: dict[str, int] = {}
+
+    def __enter__(self) -> GridProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.stop()
+
+    def refresh(self, exp: Experiment) -> None:
+        counts = stage_counts(status_rows(exp))
+        for stage in STAGES:
+            c = counts[stage]
+            total = sum(c.values())
+            if stage not in self._tasks:
+                self._tasks[stage] = self.progress.add_task(
+                    stage, total=total, stage=stage, running=0, failed=0, finished=0
+                )
+            self.progress.update(
+                self._tasks[stage],
+                total=total,
+                completed=c["finished"] + c["failed"],  # the bar: runs that ended
+                finished=c["finished"],
+                running=c["running"],
+                failed=c["failed"],
+            )
+
+    def follow(self, exp: Experiment, stop: threading.Event, every_s: float = 1.0) -> None:
+        """Refresh from the experiment folder until `stop` is set (run it in a thread)."""
+        while not stop.is_set():
+            # a file half-written mid-poll: the next poll sees it whole
+            with contextlib.suppress(Exception):
+                self.refresh(exp)
+            stop.wait(every_s)

@@ -1,0 +1,128 @@
+"""`kdray run` / `kdray resume` from top to bottom: job -> experiment folder -> data cache ->
+the grid (each KD student as soon as its teacher finished) -> results tables.
+
+Running an experiment that already exists resumes it: finished runs are kept, unfinished ones
+continue from their last checkpoint. That makes `kdray run` safe to repeat (Ray Jobs never retry
+an entrypoint; a user can just submit it again).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+from rich.console import Console
+
+from kdray.data import prepare_data
+from kdray.data.cache import DataInfo, load_split
+from kdray.grid.progress import GridProgress
+from kdray.grid.tune import check_resources, check_storage, init_ray, run_grid
+from kdray.methods import METHODS
+from kdray.results.tables import write_results
+from kdray.spec.job import Job
+from kdray.store.experiment import Experiment
+from kdray.store.status import check_no_other_driver, clear_driver, mark_driver
+from kdray.tracking.tracker import GridTracker
+
+
+@dataclass
+class RunReport:
+    experiment: Experiment
+    finished: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def band_warnings(job: Job, data: DataInfo) -> list[str]:
+    """Defective-teacher bands that a teacher which learned nothing can land in: on imbalanced
+    data, always predicting the majority class already scores its share of the valid split."""
+    _, labels = load_split(data.path, "valid")
+    if len(labels) == 0:
+        return []
+    counts = np.bincount(labels, minlength=data.num_classes)
+    majority = counts.max() / len(labels)
+    name = data.classes[int(counts.argmax())]
+    return [
+        f"studies.{study_name}.teacher_val_band {list(study.teacher_val_band)} starts at or "
+        f"below {majority:.3f}, the validation accuracy of always predicting {name}: a teacher "
+        f"that learned nothing can stop inside it; a band above {majority:.2f} makes a "
+        "defective teacher one that learned something, badly"
+        for study_name, study in job.studies.items()
+        if study.teacher_val_band is not None and study.teacher_val_band[0] <= majority
+    ]
+
+
+def method_warnings(job: Job, data: DataInfo) -> list[str]:
+    """What each study's method says about these settings on this data (e.g. DKD, 2 classes)."""
+    return [
+        f"studies.{name}.method: {line}"
+        for name, study in job.studies.items()
+        for line in METHODS[study.method_name()].warnings(job.method_params(name), data.num_classes)
+    ]
+
+
+def run_experiment(
+    exp: Experiment,
+    job: Job,
+    address: str | None = None,
+    verbose: bool = False,
+    console: Console | None = None,
+) -> RunReport:
+    """Run (or resume) the experiment's grid, then write its results tables."""
+    console = console or Console()
+    check_no_other_driver(exp)
+    plan = exp.plan()
+    report = RunReport(exp)
+    with console.status("decoding data into the array cache"):  # bad data: refused before Ray
+        data = prepare_data(job.data, exp.data_dir)
+    skipped = sum(data.extra.get("skipped", {}).values())
+    skipped += sum(data.extra.get("dropped_rows", {}).values())
+    console.print(
+        f"data: {job.data.kind}, {data.num_classes} classes, "
+        + ", ".join(f"{k} {v}" for k, v in data.counts.items())
+        + f", {data.image_size}px x {data.channels}ch"
+        + (f", {skipped} bad images skipped" if skipped else ""),
+        highlight=False,
+    )
+    _, train_labels = load_split(data.path, "train")
+    per_class = np.bincount(train_labels, minlength=data.num_classes)
+    console.print(
+        "train images per class: "
+        + ", ".join(f"{name} {n}" for name, n in zip(data.classes, per_class, strict=True)),
+        highlight=False,
+    )
+    for warning in band_warnings(job, data) + method_warnings(job, data):
+        console.print(f"[yellow]warning[/yellow]: {warning}", highlight=False)
+    init_ray(job, address, verbose)
+    check_resources(job)
+    check_storage(exp.root)
+    tracking = GridTracker.start(exp, job, data)  # MLflow: the grid's run, before its trials
+    complete = False
+    mark_driver(exp)
+    stop_polling = threading.Event()
+    try:
+        with GridProgress(console) as progress:
+            poller = threading.Thread(target=progress.follow, args=(exp, stop_polling), daemon=True)
+            poller.start()
+            try:
+                for outcome in run_grid(exp, job, list(plan.runs.values()), data):
+                    if outcome.status == "finished":
+                        report.finished.append(outcome.run_id)
+                    else:
+                        report.failed[outcome.run_id] = outcome.error or "failed"
+                complete = True
+            finally:  # the last frame shows cut-short runs as interrupted, not running
+                stop_polling.set()
+                poller.join()
+                clear_driver(exp)
+                progress.refresh(exp)
+    finally:
+        stop_polling.set()
+        clear_driver(exp)
+        write_results(exp)
+        tracking.finish(report.finished, report.failed, complete)
+    return report

@@ -1,0 +1,65 @@
+"""Submitting a grid to a running Ray cluster through the Ray Jobs API.
+
+The project folder travels as the job's working directory (without virtualenvs and results), so
+the job file must live inside it; the entrypoint is `kdray run <job> --address auto`, which
+resumes by itself if the experiment already exists (Ray never retries an entrypoint).
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+from kdray.spec.job import JobError, load_job
+
+
+class SubmitError(Exception):
+    """The Ray Jobs API cannot be reached, or refused a request."""
+
+
+EXCLUDES = [".venv", ".git", "kdray-runs", "results", "wandb", "**/__pycache__", "*.egg-info"]
+
+
+def entrypoint(job_path: str, overrides: list[str], python: str = "python") -> str:
+    words = [python, "-m", "kdray", "run", job_path, "--address", "auto"]
+    for assignment in overrides:
+        words += ["--set", assignment]
+    return " ".join(shlex.quote(w) for w in words)
+
+
+def submit(
+    job_file: Path, overrides: list[str], address: str, working_dir: Path, python: str = "python"
+) -> str:
+    """Validate the job here, then submit it; returns the submission id."""
+    import logging
+
+    logging.getLogger("ray").setLevel(logging.WARNING)  # packaging chatter
+    job = load_job(job_file, overrides)  # a bad job fails here, not minutes later on the cluster
+    try:
+        relative = job_file.resolve().relative_to(working_dir.resolve())
+    except ValueError:
+        raise JobError(
+            [
+                f"{job_file}: the job file must be inside the project folder {working_dir}, "
+                "which is what travels to the cluster"
+            ]
+        ) from None
+    return client(address).submit_job(
+        entrypoint=entrypoint(relative.as_posix(), overrides, python),
+        runtime_env={"working_dir": str(working_dir), "excludes": EXCLUDES},
+        metadata={"kdray_job": job.name},
+    )
+
+
+def client(address: str):
+    """A Ray Jobs client; an address that is malformed or does not answer raises SubmitError."""
+    from ray.job_submission import JobSubmissionClient
+
+    try:
+        return JobSubmissionClient(address)
+    except (ConnectionError, ValueError) as exc:
+        raise SubmitError(
+            f"cannot reach the Ray Jobs API at {address} ({exc}); start the cluster or its "
+            "SSH tunnel (docs/cluster.md), or give its dashboard with --address "
+            "http://HOST:8265"
+        ) from None

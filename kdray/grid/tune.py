@@ -1,0 +1,346 @@
+"""Ray Tune over the grid's runs; each trial is a light driver that fits a Ray Train TorchTrainer.
+
+Follows Ray 2.60's Train V2 shape: `ray.tune.*` in the trial driver, `ray.train.*` only in the
+worker loop. Trial drivers hold one unit of the custom resource `trial_driver` (and no CPU), so
+at most `max_concurrent_trials` run however Tune schedules or restores them, and the CPUs stay
+free for the Train workers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+from ray import tune
+from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
+from ray.train import RunConfig as TrainRunConfig
+from ray.train.torch import TorchTrainer
+
+from kdray.data.cache import DataInfo
+from kdray.grid.schedule import RunQueue
+from kdray.spec.job import Job
+from kdray.spec.plan import RunSpec
+from kdray.store.atomic import write_json
+from kdray.store.experiment import Experiment
+
+DRIVER_RESOURCE = "trial_driver"
+
+
+class ResourceError(Exception):
+    pass
+
+
+@dataclass
+class TrialOutcome:
+    run_id: str
+    status: str  # finished | failed
+    error: str | None = None
+
+
+def init_ray(job: Job, address: str | None = None, verbose: bool = False) -> None:
+    """Start a local Ray (default) or join a cluster; idempotent."""
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the legacy reporter is silent at verbose=0
+    if address:
+        ray.init(address=address, log_to_driver=verbose)
+    else:
+        ray.init(
+            address="local",  # a new local Ray, even if another one runs on this machine
+            resources={DRIVER_RESOURCE: job.resources.max_concurrent_trials},
+            include_dashboard=False,
+            log_to_driver=verbose,
+            configure_logging=verbose,
+        )
+
+
+def driver_resources() -> dict[str, float]:
+    if ray.cluster_resources().get(DRIVER_RESOURCE, 0) > 0:
+        return {DRIVER_RESOURCE: 1}
+    return {"CPU": 0.01}  # a cluster without the custom resource (see cluster.yaml)
+
+
+def check_resources(job: Job) -> None:
+    """Refuse a grid no node can host: Train would otherwise wait forever for its workers."""
+    r = job.resources
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    cpu_fit = [n for n in nodes if n.get("CPU", 0) >= r.cpus_per_worker]
+    if not cpu_fit:
+        most = max((n.get("CPU", 0) for n in nodes), default=0)
+        raise ResourceError(
+            f"resources.cpus_per_worker={r.cpus_per_worker}: no node has that many CPUs "
+            f"(largest: {most}); lower it"
+        )
+    if r.gpus_per_worker > 0 and not [n for n in cpu_fit if n.get("GPU", 0) >= r.gpus_per_worker]:
+        raise ResourceError(
+            f"resources.gpus_per_worker={r.gpus_per_worker}: no node of this Ray cluster has "
+            "that many GPUs; set gpus_per_worker: 0 to train on CPU"
+        )
+    total_cpu = sum(n.get("CPU", 0) for n in nodes)
+    if r.cpus_per_worker * r.workers_per_trial > total_cpu:
+        raise ResourceError(
+            f"resources: {r.workers_per_trial} workers x {r.cpus_per_worker} CPUs exceeds the "
+            f"cluster's {total_cpu} CPUs; lower workers_per_trial or cpus_per_worker"
+        )
+
+
+NETWORK_FILESYSTEMS = (
+    "nfs",
+    "nfs4",
+    "cifs",
+    "smb3",
+    "ceph",
+    "lustre",
+    "glusterfs",
+    "beegfs",
+    "gpfs",
+    "fuse.",
+)
+
+
+def filesystem_type(path: Path) -> str:
+    """The type of the mounted file system holding `path` (longest mount prefix)."""
+    best, fstype = "", "unknown"
+    try:
+        mounts = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return fstype
+    for line in mounts:
+        parts = line.split()
+        if len(parts) >= 3 and str(path).startswith(parts[1]) and len(parts[1]) > len(best):
+            best, fstype = parts[1], parts[2]
+    return fstype
+
+
+def check_storage(storage: Path) -> None:
+    """On a cluster of several machines every node must see the experiment folder."""
+    hosts = {n["NodeManagerAddress"] for n in ray.nodes() if n.get("Alive")}
+    if len(hosts) <= 1:
+        return
+    fstype = filesystem_type(storage.resolve())
+    if not fstype.startswith(NETWORK_FILESYSTEMS):
+        raise ResourceError(
+            f"storage: {storage} is on a local {fstype} file system, but this Ray cluster spans "
+            f"{len(hosts)} machines that must all see the experiment folder; set storage to a "
+            "shared mount (NFS/EFS, e.g. /mnt/kdray/runs, see docs/cluster.md)"
+        )
+
+
+def _bump_attempts(run_dir: Path) -> int:
+    path = run_dir / "attempts.json"
+    attempts = json.loads(path.read_text())["attempts"] + 1 if path.is_file() else 1
+    write_json(path, {"attempts": attempts})
+    return attempts
+
+
+def worker_loop(config: dict) -> None:
+    """What each Ray Train worker runs. `kdray.train.worker` (timm, albumentations, scikit-learn) is
+    imported here, in the worker, so that a Tune trial driver process starts without it."""
+    entered = time.time()  # the run's set-up time counts this import
+    from kdray.train.worker import train_loop
+
+    train_loop({**config, "entered_at": entered})
+
+
+# Ray Train 2.60 settings for each trial's TorchTrainer, read from its source
+# (ray/train/v2/_internal/constants.py; bench/README.md "Processes per trial" lists every actor a
+# trial starts). The trial driver sets them in its own environment: Ray Train reads the metrics
+# switch there and passes the others on to the controller and workers it starts.
+TRAIN_ENV = {
+    # the controller polls its workers every 2 s by default: a finished trial waits for the
+    # next poll (~2 s per trial on the quickstart); 0.5 s costs little controller CPU
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+    # a PreemptionWatcher actor (one more process) per fit, polling for node drains to serve
+    # `ray.train.get_preemption_info`, which kdray never calls; a worker lost to a preempted node
+    # is still recognised as preempted (RayActorError.preempted) and restarted from its last
+    # checkpoint, as any lost worker is
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+    # Ray Train's Prometheus metrics (a controller and a worker callback): kdray records its own
+    # times per run and epoch, and a local Ray has no dashboard to show them
+    "RAY_TRAIN_METRICS_ENABLED": "0",
+}
+
+
+def apply_train_env() -> None:
+    """Set `TRAIN_ENV` in this trial driver's environment; a value already set there wins."""
+    for name, value in TRAIN_ENV.items():
+        os.environ.setdefault(name, value)
+
+
+def build_trainer(exp: Experiment, job: Job, spec: RunSpec, config: dict) -> TorchTrainer:
+    """One run's TorchTrainer; its deterministic name makes a retried trial resume the run."""
+    r = job.resources
+    per_worker = {"CPU": r.cpus_per_worker}
+    if r.gpus_per_worker:
+        per_worker["GPU"] = r.gpus_per_worker
+    return TorchTrainer(
+        worker_loop,
+        train_loop_config={
+            "job": config["job"],
+            "run": config["run"],
+            "data": config["data"],
+            "run_dir": str(exp.run_dir(spec.run_id)),
+            "teacher_dirs": [str(exp.run_dir(t)) for t in spec.teacher_runs],
+        },
+        scaling_config=ScalingConfig(
+            num_workers=r.workers_per_trial,
+            use_gpu=r.gpus_per_worker > 0,
+            resources_per_worker=per_worker,
+        ),
+        run_config=TrainRunConfig(
+            name=spec.run_id,
+            storage_path=str(exp.train_dir),
+            failure_config=FailureConfig(max_failures=job.faults.trial_retries),
+            checkpoint_config=CheckpointConfig(num_to_keep=1),
+        ),
+    )
+
+
+def run_trial(config: dict) -> None:
+    """The Tune trainable: fit one run's TorchTrainer, unless the run already finished."""
+    exp = Experiment(Path(config["experiment"]))
+    job = Job.model_validate(config["job"])
+    spec = RunSpec.from_dict(config["run"])
+    run_dir = exp.run_dir(spec.run_id)
+    summary = exp.summary(spec.run_id)
+    for teacher_run in spec.teacher_runs if summary is None else []:
+        teacher = exp.summary(teacher_run)
+        if teacher is None or teacher["status"] != "finished":
+            reason = (teacher or {}).get("error") or "it has not finished"
+            raise RuntimeError(f"teacher run {teacher_run} is not usable: {reason}")
+    apply_train_env()
+    if summary is None:
+        (run_dir / "failure.json").unlink(missing_ok=True)
+        attempts = _bump_attempts(run_dir)
+        started = time.time()
+        build_trainer(exp, job, spec, config).fit()
+        summary = exp.summary(spec.run_id)
+        if summary is None:
+            raise RuntimeError(f"run {spec.run_id} ended without writing {run_dir}/summary.json")
+        summary.update(wall_s=time.time() - started, attempts=attempts)
+        write_json(run_dir / "summary.json", summary)
+    if summary["status"] != "finished":
+        raise RuntimeError(summary["error"])
+    tune.report({k: v for k, v in summary.items() if isinstance(v, int | float)})
+
+
+class GridInterrupted(Exception):
+    """The grid stopped (Ctrl-C, or Ray gave up) with runs neither finished nor failed."""
+
+
+class _HideTuneRestoreHint(logging.Filter):
+    """Tune tells an interrupted user to call `Tuner.restore`; kdray resumes differently and
+    prints its own `kdray resume` command."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tuner.restore" not in record.getMessage()
+
+
+class _NoTrialTraceback(logging.Filter):
+    """Tune logs a failed trial with its whole traceback; kdray lists each failed run and its
+    error at the end, and the traceback stays in the trial's error.txt under tune/."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith("Trial task failed"):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+logging.getLogger("ray.tune.tune").addFilter(_HideTuneRestoreHint())
+logging.getLogger("ray.tune.execution.tune_controller").addFilter(_NoTrialTraceback())
+
+
+def run_grid(exp: Experiment, job: Job, runs: list[RunSpec], data: DataInfo) -> list[TrialOutcome]:
+    """Run every run not yet done as one Tune experiment, each student after its teacher.
+
+    A resumed grid is a new Tune experiment (`tune/<time>/`) over the runs without a summary:
+    the others are read from their summaries, and an interrupted run's TorchTrainer, named
+    after the run, continues from that run's last checkpoint.
+    """
+    # a run that wrote a summary is done, even a failed one (e.g. a defective teacher that
+    # missed its band): rerunning it would fail the same way
+    todo = [r for r in runs if exp.summary(r.run_id) is None]
+    common = {
+        "job": job.model_dump(mode="json"),
+        "data": data.to_json(),
+        "experiment": str(exp.root),
+    }
+    queue = RunQueue(
+        todo,
+        trial_config=lambda run: {**common, "run": run.to_dict()},
+        run_status=lambda run_id: _status(exp, run_id),
+        max_concurrent=job.resources.max_concurrent_trials,
+    )
+    if todo:
+        tuner = tune.Tuner(
+            tune.with_resources(run_trial, driver_resources()),
+            tune_config=tune.TuneConfig(
+                search_alg=queue,
+                num_samples=len(todo),
+                # a finished trial's driver process (kdray.grid.tune imported) starts the next one
+                reuse_actors=True,
+                trial_name_creator=_trial_name,
+                trial_dirname_creator=_trial_name,
+            ),
+            run_config=tune.RunConfig(
+                name=time.strftime("%Y%m%d-%H%M%S"),
+                storage_path=str(exp.tune_dir),
+                failure_config=tune.FailureConfig(max_failures=job.faults.trial_retries),
+                verbose=0,
+            ),
+        )
+        results = tuner.fit()
+        errors = {r.config["run"]["run_id"]: r.error for r in results if r.config}
+    else:
+        errors = {}
+    blocked = queue.blocked()
+    outcomes = []
+    for run in runs:
+        summary = exp.summary(run.run_id)
+        if summary is not None:
+            outcome = TrialOutcome(run.run_id, summary["status"], summary.get("error"))
+        elif errors.get(run.run_id) is not None or run.run_id in blocked:
+            if run.run_id in blocked:
+                teacher = blocked[run.run_id]
+                reason = _teacher_error(exp, teacher)
+                error = f"not started: its teacher run {teacher} failed" + (
+                    f" ({reason})" if reason else ""
+                )
+            else:
+                error = _short_error(errors[run.run_id])
+            write_json(exp.run_dir(run.run_id) / "failure.json", {"error": error})
+            outcome = TrialOutcome(run.run_id, "failed", error)
+        else:
+            raise GridInterrupted(f"run {run.run_id} neither finished nor failed")
+        outcomes.append(outcome)
+    return outcomes
+
+
+def _teacher_error(exp: Experiment, run_id: str) -> str | None:
+    summary = exp.summary(run_id)
+    if summary is not None:
+        return summary.get("error")
+    failure = exp.run_dir(run_id) / "failure.json"
+    return json.loads(failure.read_text()).get("error") if failure.is_file() else None
+
+
+def _status(exp: Experiment, run_id: str) -> str | None:
+    summary = exp.summary(run_id)
+    return summary["status"] if summary else None
+
+
+def _trial_name(trial) -> str:
+    return trial.config["run"]["run_id"]
+
+
+def _short_error(error: BaseException | None) -> str:
+    if error is None:
+        return "unknown error"
+    text = str(error).strip().splitlines()
+    return (text[-1] if text else type(error).__name__)[:500]

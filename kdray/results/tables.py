@@ -1,0 +1,271 @@
+"""The grid's results as Arrow tables: one row per run in `trials.parquet`, one row per run and
+epoch in `epochs.parquet`. Tables are rebuilt from the run folders and replaced atomically."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from kdray.store import versions
+from kdray.store.atomic import atomic_write
+from kdray.store.experiment import Experiment, ExperimentError, damaged, read_json
+from kdray.data.budgets import budget_label
+from kdray.spec.plan import RunSpec
+
+COST_COLUMNS = (
+    "macs", "weights_mb", "latency_ms_p50", "latency_ms_p90", "throughput", "cost_device",
+)  # fmt: skip
+METRICS = ("acc", "balanced_acc", "f1", "kappa", "auroc", "loss")
+EMA_METRICS = (  # a mean-teacher run's moving-average model, evaluated beside its student
+    "ema_train_acc", "ema_val_acc", "ema_test_acc", "ema_test_balanced_acc", "ema_test_f1",
+)  # fmt: skip
+SPLIT_PREFIXES = ("train", "val", "test")
+
+PER_CLASS = pa.struct(
+    [
+        ("class", pa.string()),
+        ("precision", pa.float64()),
+        ("recall", pa.float64()),
+        ("f1", pa.float64()),
+        ("support", pa.int64()),
+    ]
+)
+
+TRIAL_SCHEMA = pa.schema(
+    [
+        pa.field("trial_id", pa.string(), nullable=False),
+        pa.field("stage", pa.string(), nullable=False),  # teacher | student
+        pa.field("method", pa.string(), nullable=False),  # none | kd | dkd | fitnets | ...
+        pa.field("method_params", pa.string()),  # the method's parameters, JSON
+        pa.field("setting", pa.string()),  # the swept parameters' values, JSON; null: no sweep
+        pa.field("model", pa.string(), nullable=False),
+        pa.field("teacher", pa.string()),  # teacher model(s), "+"-joined for an ensemble
+        pa.field("teacher_trial_ids", pa.list_(pa.string())),
+        pa.field("teacher_outputs", pa.string()),  # cached | online | null (no teacher)
+        pa.field("seed", pa.int64(), nullable=False),
+        pa.field("labels", pa.string()),  # the label budget: "10%", "20 per class"; null: all
+        pa.field("unlabelled", pa.bool_()),  # trained on the budget's unlabelled pool too
+        pa.field("roles", pa.list_(pa.string())),  # teacher:<study>, kd:<study>, baseline
+        pa.field("status", pa.string(), nullable=False),  # finished | failed | pending
+        pa.field("epochs", pa.float64()),  # fractional for a teacher stopped inside its band
+        *[
+            pa.field(f"{split}_{metric}", pa.float64())
+            for split in SPLIT_PREFIXES
+            for metric in METRICS
+        ],
+        *[
+            pa.field(f"{split}_study_{metric}", pa.float64())  # per study (MURA), else null
+            for split in ("val", "test")
+            for metric in ("acc", "kappa", "auroc")
+        ],
+        pa.field("test_study_kappa_by_type", pa.map_(pa.string(), pa.float64())),
+        *[pa.field(name, pa.float64()) for name in EMA_METRICS],
+        *[
+            field
+            for split in ("val", "test")
+            for field in (
+                pa.field(f"{split}_per_class", pa.list_(PER_CLASS)),
+                pa.field(f"{split}_confusion", pa.list_(pa.list_(pa.int64()))),
+            )
+        ],
+        pa.field("teacher_val_acc", pa.float64()),  # mean over an ensemble's teachers
+        pa.field("band_low", pa.float64()),
+        pa.field("band_high", pa.float64()),
+        pa.field("params", pa.int64()),
+        # what the deployable model costs (kdray.train.cost): one forward pass of one image, model.pt
+        # on disk, batch-1 latency and throughput on the device the run trained on
+        pa.field("macs", pa.int64()),
+        pa.field("weights_mb", pa.float64()),
+        pa.field("latency_ms_p50", pa.float64()),
+        pa.field("latency_ms_p90", pa.float64()),
+        pa.field("throughput", pa.float64()),  # images/s at the evaluation batch size
+        pa.field("cost_device", pa.string()),
+        pa.field("wall_s", pa.float64()),  # trial driver: launch to end, Ray overhead included
+        pa.field("setup_s", pa.float64()),  # worker start to first training step
+        pa.field("train_s", pa.float64()),  # worker start to end
+        pa.field("attempts", pa.int64()),
+        pa.field("checkpoint", pa.string()),  # the run's final weights (model.pt)
+        pa.field("error", pa.string()),
+    ]
+)
+
+EPOCH_SCHEMA = pa.schema(
+    [
+        pa.field("trial_id", pa.string(), nullable=False),
+        pa.field("epoch", pa.int64(), nullable=False),
+        pa.field("train_loss", pa.float64()),
+        pa.field("train_acc", pa.float64()),
+        pa.field("val_acc", pa.float64()),
+        pa.field("lr", pa.float64()),
+        pa.field("epoch_s", pa.float64()),
+    ]
+)
+LOSS_TERM_PREFIX = "loss_"  # one float64 column per loss term any run's method returned
+
+
+PARAM_PREFIX = "param_"  # one column per method parameter any run has, to filter on
+
+
+def param_columns(specs: list[RunSpec]) -> tuple[list[pa.Field], list[dict]]:
+    """`param_<name>` columns: float64 where every value is a number, else string (lists as
+    JSON); one dict of values per run (null where the run's method has no such parameter)."""
+    values = [{k: v for k, v in (s.method_params or {}).items() if k != "name"} for s in specs]
+    names = sorted({k for v in values for k in v})
+    fields = []
+    for name in names:
+        column = [v[name] for v in values if v.get(name) is not None]
+        numeric = all(isinstance(x, int | float) and not isinstance(x, bool) for x in column)
+        fields.append(pa.field(PARAM_PREFIX + name, pa.float64() if numeric else pa.string()))
+    rows = []
+    for v in values:
+        row = {}
+        for f in fields:
+            x = v.get(f.name.removeprefix(PARAM_PREFIX))
+            if x is not None and pa.types.is_string(f.type) and not isinstance(x, str):
+                x = json.dumps(x)
+            row[f.name] = x
+        rows.append(row)
+    return fields, rows
+
+
+def epoch_schema(rows: list[dict]) -> pa.Schema:
+    """`EPOCH_SCHEMA` plus a `loss_<term>` column for every term found in `rows`."""
+    terms = sorted({k for r in rows for k in r if k.startswith(LOSS_TERM_PREFIX)})
+    return pa.schema([*EPOCH_SCHEMA, *(pa.field(t, pa.float64()) for t in terms)])
+
+
+def trial_row(exp: Experiment, spec: RunSpec, failure: str | None = None) -> dict:
+    summary = exp.summary(spec.run_id) or {}
+    failure_file = exp.run_dir(spec.run_id) / "failure.json"
+    if not summary and failure is None and failure_file.is_file():
+        failed = read_json(failure_file, f"delete it; `kdray resume {exp.root}` retries the run")
+        failure = failed.get("error") if isinstance(failed, dict) else None
+        failure = failure or "failed (no error recorded)"
+    teacher_accs = [(exp.summary(t) or {}).get("val_acc") for t in spec.teacher_runs]
+    teacher_accs = [a for a in teacher_accs if a is not None]
+    attempts_file = exp.run_dir(spec.run_id) / "attempts.json"
+    status = summary.get("status") or ("failed" if failure else "pending")
+    model_file = exp.run_dir(spec.run_id) / "model.pt"
+    row = {
+        "trial_id": spec.run_id,
+        "stage": spec.stage,
+        "method": spec.method,
+        "method_params": json.dumps(spec.method_params) if spec.method_params else None,
+        "setting": json.dumps(spec.setting) if spec.setting else None,
+        "model": spec.model,
+        "teacher": "+".join(spec.teacher_models) or None,
+        "teacher_trial_ids": list(spec.teacher_runs),
+        "teacher_outputs": summary.get("teacher_outputs"),
+        "seed": spec.seed,
+        "labels": budget_label(spec.labels) if spec.labels else None,
+        "unlabelled": spec.unlabelled,
+        "roles": list(spec.roles),
+        "status": status,
+        "epochs": summary.get("epochs"),
+        "teacher_val_acc": sum(teacher_accs) / len(teacher_accs) if teacher_accs else None,
+        "band_low": spec.band[0] if spec.band else None,
+        "band_high": spec.band[1] if spec.band else None,
+        "params": summary.get("params"),
+        **{k: summary.get(k) for k in COST_COLUMNS},
+        "wall_s": summary.get("wall_s"),
+        "setup_s": summary.get("setup_s"),
+        "train_s": summary.get("train_s"),
+        "attempts": _attempts(exp, attempts_file),
+        "checkpoint": str(model_file) if status == "finished" and model_file.is_file() else None,
+        "error": summary.get("error") or (failure if status != "finished" else None),
+    }
+    for split in SPLIT_PREFIXES:
+        for metric in METRICS:
+            row[f"{split}_{metric}"] = summary.get(f"{split}_{metric}")
+    for split in ("val", "test"):
+        for metric in ("acc", "kappa", "auroc"):
+            row[f"{split}_study_{metric}"] = summary.get(f"{split}_study_{metric}")
+        report = summary.get(f"{split}_report") or {}
+        row[f"{split}_per_class"] = report.get("per_class")
+        row[f"{split}_confusion"] = report.get("confusion")
+    row.update({name: summary.get(name) for name in EMA_METRICS})
+    by_type = summary.get("test_study_kappa_by_category")
+    row["test_study_kappa_by_type"] = list(by_type.items()) if by_type else None
+    return row
+
+
+def _attempts(exp: Experiment, path: Path) -> int:
+    if not path.is_file():
+        return 0
+    saved = read_json(path, "delete it (it only counts how often the run was launched)")
+    if not isinstance(saved, dict) or not isinstance(saved.get("attempts"), int):
+        raise ExperimentError(f"{path} is damaged (no attempts count): delete it")
+    return saved["attempts"]
+
+
+def epoch_rows(exp: Experiment, spec: RunSpec) -> list[dict]:
+    path = exp.run_dir(spec.run_id) / "epochs.jsonl"
+    if not path.is_file():
+        return []
+    rows = []
+    for number, line in enumerate(path.read_bytes().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as exc:
+            where = f"line {number} of {path}"
+            raise ExperimentError(
+                damaged(where, exc, "delete that line (the run's other epochs are kept)")
+            ) from None
+        rows.append({"trial_id": spec.run_id, **row})
+    return rows
+
+
+def write_table_atomic(table: pa.Table, path: Path) -> None:
+    with atomic_write(path, "wb") as fh:
+        pq.write_table(table, fh)
+
+
+def write_results(exp: Experiment, failures: dict[str, str] | None = None) -> pa.Table:
+    """Rebuild `results/trials.parquet` and `results/epochs.parquet` from the run folders."""
+    failures = failures or {}
+    runs = list(exp.plan().runs.values())
+    fields, params = param_columns(runs)
+    trials = pa.Table.from_pylist(
+        [
+            {**trial_row(exp, r, failures.get(r.run_id)), **p}
+            for r, p in zip(runs, params, strict=True)
+        ],
+        # the versions the experiment started with travel with the table (kdray.store.versions)
+        schema=pa.schema([*TRIAL_SCHEMA, *fields], metadata=versions.parquet_metadata(exp.root)),
+    )
+    rows = [row for r in runs for row in epoch_rows(exp, r)]
+    schema = epoch_schema(rows)
+    epochs = pa.Table.from_pylist([{k: r.get(k) for k in schema.names} for r in rows], schema)
+    write_table_atomic(trials, exp.results_dir / "trials.parquet")
+    write_table_atomic(epochs, exp.results_dir / "epochs.parquet")
+    return trials
+
+
+def read_trials(exp: Experiment) -> pa.Table:
+    """`trials.parquet`, rebuilt from the run folders when it is missing, unreadable, or was
+    written by an older kdray (a column of today's schema is missing)."""
+    path = exp.results_dir / "trials.parquet"
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowInvalid):
+        return write_results(exp)
+    if not set(TRIAL_SCHEMA.names) <= set(table.column_names):
+        return write_results(exp)
+    return table
+
+
+def read_epochs(exp: Experiment) -> pa.Table:
+    """`epochs.parquet`, rebuilt (with `trials.parquet`) from the run folders when it is missing
+    or unreadable."""
+    try:
+        return pq.read_table(exp.results_dir / "epochs.parquet")
+    except (OSError, pa.ArrowInvalid):
+        write_results(exp)
+        return pq.read_table(exp.results_dir / "epochs.parquet")

@@ -1,0 +1,167 @@
+"""The experiment folder: everything a grid needs and produces lives under `<storage>/<name>/`.
+
+job.json      the validated job (overrides applied)
+plan.json     every run of the grid, with its id, stage and roles
+data/         the decoded array cache
+runs/<id>/    per run: summary.json, epochs.jsonl, model.pt, attempts.json
+train/<id>/   Ray Train's storage for the run (per-epoch checkpoints)
+tune/<time>/  Ray Tune's experiment state, one per `kdray run`/`resume` of the grid
+costs/        each model's measured cost per data shape and device (`kdray.train.cost`)
+versions.json the versions of python and the packages that shape results, at creation
+results/      trials.parquet, epochs.parquet
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from kdray.spec.job import Job
+from kdray.spec.plan import Plan, make_plan
+from kdray.store import versions
+
+
+class ExperimentError(Exception):
+    pass
+
+
+def read_json(path: Path, what_to_do: str) -> Any:
+    """A JSON file of the experiment folder; a damaged one raises `ExperimentError` naming the
+    file, what is wrong with it and `what_to_do`."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ExperimentError(damaged(path, exc, what_to_do)) from None
+
+
+def damaged(path: Path, exc: Exception, what_to_do: str) -> str:
+    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return f"{path} is damaged ({reason[:200]}): {what_to_do}"
+
+
+RUN_SETTINGS = ("tracking", "faults")  # how a grid is run and watched, not what it trains
+
+
+def same_training(old: Job, new: Job) -> bool:
+    """Whether two jobs train the same runs: they may differ in tracking and fault settings
+    (MLflow added to a started grid, more retries), which the folder then takes."""
+    return old.model_copy(update={key: getattr(new, key) for key in RUN_SETTINGS}) == new
+
+
+@dataclass(frozen=True)
+class Experiment:
+    root: Path
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def train_dir(self) -> Path:
+        return self.root / "train"
+
+    @property
+    def tune_dir(self) -> Path:
+        return self.root / "tune"
+
+    @property
+    def results_dir(self) -> Path:
+        return self.root / "results"
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.root / "runs" / run_id
+
+    def job(self) -> Job:
+        path = self.root / "job.json"
+        advice = (
+            "delete it and run the job file again (`kdray run JOB_FILE`): it rewrites job.json, "
+            "and runs that finished keep their results"
+        )
+        raw = read_json(path, advice)
+        try:
+            return Job.model_validate(raw)
+        except (ValidationError, ValueError) as exc:
+            raise ExperimentError(damaged(path, exc, advice)) from None
+
+    def plan(self) -> Plan:
+        """The grid's runs; a plan.json that is damaged or predates methods is rebuilt from
+        the job (a run's id depends only on the job, so nothing changes name)."""
+        path = self.root / "plan.json"
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+            if not any("strategy" in run for run in saved["runs"]):
+                return Plan.from_json(saved)
+        except (UnicodeDecodeError, KeyError, TypeError, ValueError):  # JSONDecodeError too
+            pass
+        plan = make_plan(self.job())
+        path.write_text(json.dumps(plan.to_json(), indent=2))
+        return plan
+
+    def summary(self, run_id: str) -> dict | None:
+        path = self.run_dir(run_id) / "summary.json"
+        if not path.is_file():
+            return None
+        advice = (
+            f"delete it and run `kdray resume {self.root}` (the run continues from its last "
+            "checkpoint)"
+        )
+        summary = read_json(path, advice)
+        if not isinstance(summary, dict) or "status" not in summary:
+            raise ExperimentError(f"{path} is damaged (no status): {advice}")
+        return summary
+
+    def started_runs(self) -> bool:
+        """Whether any run of this folder was ever launched (its attempts or result exist)."""
+        runs = self.root / "runs"
+        return runs.is_dir() and any(
+            (d / name).exists()
+            for d in runs.iterdir()
+            for name in ("attempts.json", "summary.json", "failure.json")
+        )
+
+    @classmethod
+    def for_job(cls, job: Job) -> Experiment:
+        return cls(Path(job.storage).expanduser().resolve() / job.name)
+
+    @classmethod
+    def create(cls, job: Job) -> Experiment:
+        """Write the job and its plan; an existing folder must hold the same job."""
+        exp = cls.for_job(job)
+        job_json = job.model_dump_json(indent=2)
+        existing = exp.root / "job.json"
+        # compared as jobs, not text: a job.json written by an older kdray lacks newer defaults;
+        # a folder where no run ever started takes the corrected job (a refused first attempt)
+        if existing.is_file() and exp.started_runs() and not same_training(exp.job(), job):
+            raise ExperimentError(
+                f"{exp.root} already holds a different job named {job.name!r}: resume it with "
+                f"`kdray resume {exp.root}`, or run the new settings under another name "
+                f"(--set name={job.name}-2) or storage"
+            )
+        is_new = not existing.is_file()
+        try:
+            exp.root.mkdir(parents=True, exist_ok=True)
+            existing.write_text(job_json)
+        except OSError as exc:
+            raise ExperimentError(
+                f"storage: cannot create the experiment folder {exp.root} ({exc.strerror}); "
+                "set storage to a writable folder"
+            ) from None
+        (exp.root / "plan.json").write_text(json.dumps(make_plan(job).to_json(), indent=2))
+        if is_new:  # what it started with; a resume compares against it (kdray.store.versions)
+            versions.record(exp.root)
+        return exp
+
+    @classmethod
+    def open(cls, path: str | Path) -> Experiment:
+        exp = cls(Path(path).expanduser().resolve())
+        for name in ("job.json", "plan.json"):
+            if not (exp.root / name).is_file():
+                raise ExperimentError(
+                    f"{exp.root} is not a kdray experiment folder (no {name}); "
+                    "expected <storage>/<job name>/ as created by `kdray run`"
+                )
+        return exp

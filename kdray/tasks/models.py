@@ -1,0 +1,97 @@
+"""Models by timm name; weights only from local files, never from a hub."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+
+def create_model(
+    name: str, num_classes: int, in_chans: int, weights: str | Path | None = None
+) -> nn.Module:
+    """`timm.create_model`, optionally initialised from a local weights file.
+
+    timm adapts the file's stem to `in_chans` and drops a classifier whose size differs from
+    `num_classes`; with no file the model starts from random weights.
+    """
+    if weights is None:
+        return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans)
+    path = Path(weights).expanduser()
+    problem = weights_problem(path)
+    if problem:
+        raise ValueError(f"pretrained.{name}: {problem}")
+    try:
+        return timm.create_model(
+            name,
+            pretrained=True,
+            pretrained_cfg_overlay={"file": str(path), "hf_hub_id": None, "url": None},
+            num_classes=num_classes,
+            in_chans=in_chans,
+        )
+    except (RuntimeError, KeyError) as exc:
+        raise ValueError(f"pretrained.{name}: {path} {mismatch(name, path) or exc}") from None
+
+
+def weights_problem(path: Path) -> str | None:
+    """Why `path` cannot be a weights file (missing, not a PyTorch checkpoint), or None."""
+    if not path.is_file():
+        return f"weights file {path} does not exist"
+    with path.open("rb") as fh:
+        head = fh.read(2)
+    if not zipfile.is_zipfile(path) and head[:1] != b"\x80":  # torch.save: a zip, or a pickle
+        return (
+            f"{path} is not a PyTorch checkpoint (neither torch.save's zip archive nor a "
+            "pickle); give a state dict saved with torch.save(model.state_dict(), path)"
+        )
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
+        if "weights_only" in str(exc):  # a pickle of arbitrary objects, not plain tensors
+            first = "it holds Python objects besides tensors"
+        return (
+            f"{path} is not a PyTorch checkpoint of plain tensors ({first or type(exc).__name__}); "
+            "give a state dict saved with torch.save(model.state_dict(), path)"
+        )
+    return None
+
+
+def mismatch(name: str, path: Path, examples: int = 2) -> str | None:
+    """How the state dict in `path` differs from timm's `name` (ImageNet head and stem, as
+    weights files have them): missing and unexpected keys, mismatched shapes, with examples."""
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model", "state_dict_ema"):
+        if isinstance(saved, dict) and isinstance(saved.get(key), dict):
+            saved = saved[key]
+            break
+    if not isinstance(saved, dict):
+        return f"holds a {type(saved).__name__}, not a state dict"
+    saved = {k.removeprefix("module."): v for k, v in saved.items()}
+    expected = timm.create_model(name, pretrained=False).state_dict()
+    missing = [k for k in expected if k not in saved]
+    unexpected = [k for k in saved if k not in expected]
+    shapes = [
+        f"{k}: file {list(getattr(saved[k], 'shape', []))}, model {list(v.shape)}"
+        for k, v in expected.items()
+        if k in saved and getattr(saved[k], "shape", None) != v.shape
+    ]
+    parts = [
+        f"{len(items)} {what} (e.g. {'; '.join(items[:examples])})"
+        for what, items in (
+            ("keys missing", missing),
+            ("unexpected", unexpected),
+            ("shapes differ", shapes),
+        )
+        if items
+    ]
+    if not parts:
+        return None
+    return f"does not fit {name}: " + ", ".join(parts) + f"; give weights of {name} itself"
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,278 @@
+"""The training batches of a run: augmented, shuffled, and reproducible epoch by epoch.
+
+Each epoch's shuffle and augmentation draws depend only on (seed, rank, epoch). A run resumed
+from a checkpoint therefore sees the batches it would have seen, and a teacher can replay the
+exact views its students will train on (the soft-label cache).
+
+Two ways to make them. In process (`workers=0`, the default): one augmentation pipeline draws
+each epoch's views in order from its seed, optionally a batch or two ahead in a background
+thread (`prefetched`). In loader worker processes (`workers > 0`): a persistent `DataLoader`
+pool, each worker with its own copy of the pipeline, so each sample's augmentation is seeded
+from (run seed, epoch, index) (`SeededTrainSet`); its views depend on neither the number of
+workers nor which worker drew them, but differ from the in-process ones (the soft-label cache
+records which path its views came from).
+"""
+
+from __future__ import annotations
+
+import mmap
+import multiprocessing
+import queue
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler
+
+from kdray.data.augment import build_train_augmentation
+
+START_METHOD = "forkserver"  # how loader worker processes start (see `worker_loader`)
+PREFETCH_FACTOR = 2  # batches each loader worker prepares ahead
+
+
+class TrainSet(Dataset):
+    """(image, label, index) with the train-time augmentation; the index keys the soft labels."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, augment, mean, std):
+        self.images, self.labels, self.augment = images, labels, augment
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int):
+        image = np.array(self.images[index])  # a writable copy of the memory-mapped row
+        if self.augment is not None:
+            image = self.augment(image=image)["image"]
+            if image.ndim == 2:
+                image = image[:, :, None]
+        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255)
+        return (x - self.mean) / self.std, int(self.labels[index]), index
+
+    def __getstate__(self) -> dict:
+        """Pickled for a worker process: a memory-mapped split travels as its file's path."""
+        return self.__dict__ | {"images": MappedFile.of(self.images) or self.images}
+
+    def __setstate__(self, state: dict) -> None:
+        images = state["images"]
+        if isinstance(images, MappedFile):
+            images = images.open()
+        self.__dict__.update(state, images=images)
+
+
+@dataclass(frozen=True)
+class MappedFile:
+    """Where a memory-mapped array lies, so another process maps the file instead of receiving
+    a copy of the whole array (what pickling an `np.memmap` would send)."""
+
+    filename: str
+    dtype: str
+    shape: tuple[int, ...]
+    offset: int
+
+    @classmethod
+    def of(cls, array) -> MappedFile | None:
+        """The file behind `array` if it maps a whole file region (not a view of one)."""
+        if not (isinstance(array, np.memmap) and isinstance(array.base, mmap.mmap)):
+            return None
+        if not (array.filename and array.flags.c_contiguous):
+            return None
+        return cls(str(array.filename), array.dtype.str, array.shape, array.offset)
+
+    def open(self) -> np.memmap:
+        return np.memmap(self.filename, self.dtype, "r", self.offset, self.shape)
+
+
+def sample_seed(run_seed: int, epoch: int, index: int) -> int:
+    """The augmentation seed of one sample of one epoch (64 bits, well mixed)."""
+    return int(np.random.SeedSequence((run_seed, epoch, index)).generate_state(1, np.uint64)[0])
+
+
+class SeededTrainSet(TrainSet):
+    """`TrainSet` for loader workers: items are asked for as (epoch, index), and each sample's
+    augmentation is seeded from (run seed, epoch, index) before it is drawn."""
+
+    def __init__(self, images, labels, augment, mean, std, run_seed: int):
+        super().__init__(images, labels, augment, mean, std)
+        self.run_seed = run_seed
+
+    def __getitem__(self, key: tuple[int, int]):
+        epoch, index = key
+        if self.augment is not None:
+            self.augment.set_random_seed(sample_seed(self.run_seed, epoch, index))
+        return super().__getitem__(index)
+
+
+class EpochSampler(Sampler):
+    """The indices of `order` as (epoch, index) pairs: the epoch reaches the worker processes
+    with each index, so persistent workers need no other message."""
+
+    def __init__(self, order: Sampler):
+        self.order, self.epoch = order, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if hasattr(self.order, "set_epoch"):  # DistributedSampler (DDP)
+            self.order.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.epoch
+        return ((epoch, int(index)) for index in self.order)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+
+def prefetched(batches: Iterable, depth: int) -> Iterator:
+    """`batches` in the same order, produced up to `depth` ahead by a background thread, so
+    decoding and augmentation overlap the training step (PyTorch and OpenCV release the GIL).
+    One thread draws every batch in order, so the batches are exactly those of `batches`."""
+    if depth <= 0:
+        yield from batches
+        return
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def offer(item) -> bool:
+        """Put `item` unless the consumer stopped (it may stop with the queue full)."""
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for batch in batches:
+                if not offer(batch):
+                    return
+            offer(done)
+        except BaseException as exc:  # re-raised in the training thread
+            offer(exc)
+
+    producer = threading.Thread(target=produce, name="kdray-prefetch", daemon=True)
+    producer.start()
+    try:
+        while (item := ready.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:  # also when the loop breaks early (a defective teacher inside its band)
+        stop.set()
+        producer.join()
+
+
+@dataclass
+class TrainBatches:
+    loader: DataLoader
+    shuffle_rng: torch.Generator
+    augment: object  # the in-process pipeline (None with loader workers: each has its own)
+    seed: int
+    prefetch: int = 0
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def epoch(self, epoch: int) -> Iterable:
+        """The batches of `epoch` (0-based), the same whenever they are drawn."""
+        epoch_seed = self.seed * 1000 + epoch
+        self.shuffle_rng.manual_seed(epoch_seed)
+        if self.augment is not None:
+            self.augment.set_random_seed(epoch_seed)
+        sampler = getattr(self.loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):  # DistributedSampler (DDP), EpochSampler (workers)
+            sampler.set_epoch(epoch)
+        return prefetched(self.loader, self.prefetch)
+
+
+def train_batches(
+    images: np.ndarray,
+    labels: np.ndarray,
+    augment_spec,
+    mean,
+    std,
+    batch_size: int,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+    prefetch: int = 0,
+    pin_memory: bool = False,
+    workers: int = 0,
+    start_method: str = START_METHOD,
+) -> TrainBatches:
+    """Rank `rank`'s batches of a run with `world_size` data-parallel workers: each rank its
+    shard of the epoch's seeded permutation (`DistributedSampler`) and its own augmentation
+    stream, so any process can replay any rank's batches (the teacher does, for the cache).
+    `workers > 0` draws them in that many loader processes (`worker_loader`; `prefetch` is then
+    the pool's own), else in this process, `prefetch` batches ahead in a thread."""
+    run_seed = seed * 1000 + rank
+    augment = build_train_augmentation(augment_spec, seed=run_seed)
+    shuffle_rng = torch.Generator()
+    if workers:
+        dataset = SeededTrainSet(images, labels, augment, mean, std, run_seed)
+    else:
+        dataset = TrainSet(images, labels, augment, mean, std)
+    sampler, per_rank = None, len(labels)
+    if world_size > 1:
+        sampler = DistributedSampler(dataset, world_size, rank, shuffle=True, seed=seed)
+        per_rank = len(sampler)
+    drop_last = per_rank > batch_size
+    if workers:
+        order = EpochSampler(sampler or RandomSampler(dataset, generator=shuffle_rng))
+        loader = worker_loader(
+            dataset, order, batch_size, drop_last, pin_memory, workers, start_method
+        )
+        return TrainBatches(loader, shuffle_rng, None, run_seed)
+    order = {"sampler": sampler} if sampler else {"shuffle": True, "generator": shuffle_rng}
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        drop_last=drop_last,
+        pin_memory=pin_memory,
+        **order,
+    )
+    return TrainBatches(loader, shuffle_rng, augment, run_seed, prefetch)
+
+
+def worker_loader(
+    dataset: SeededTrainSet,
+    order: EpochSampler,
+    batch_size: int,
+    drop_last: bool,
+    pin_memory: bool,
+    workers: int,
+    start_method: str = START_METHOD,
+) -> DataLoader:
+    """A loader over `workers` persistent processes, each `PREFETCH_FACTOR` batches ahead,
+    batches returned in the sampler's order. They start from a fork server by default: forking
+    a Ray worker (gRPC and other threads running) is unsafe, and the server, preloaded with this
+    module, forks each worker with torch and albumentations already imported."""
+    context = multiprocessing.get_context(start_method)
+    if start_method == "forkserver":
+        context.set_forkserver_preload([__name__])
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=order,
+        drop_last=drop_last,
+        num_workers=workers,
+        persistent_workers=True,
+        pin_memory=pin_memory,
+        prefetch_factor=PREFETCH_FACTOR,
+        multiprocessing_context=context,
+        worker_init_fn=one_opencv_thread,
+        generator=torch.Generator(),  # its base seed, drawn once, leaves the global RNG alone
+    )
+
+
+def one_opencv_thread(worker_id: int) -> None:
+    """Each loader process augments on one thread (torch sets its own threads to 1 there)."""
+    import cv2
+
+    cv2.setNumThreads(1)

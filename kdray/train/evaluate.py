@@ -1,0 +1,69 @@
+"""Evaluation: softmax probabilities over a whole split (shared across data-parallel ranks) and
+every split's metrics from a run's final weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from kdray.data import DATA_KINDS
+from kdray.data.cache import DataInfo, load_groups, load_split
+from kdray.spec.job import Job
+from kdray.tasks.metrics import classification_metrics, classification_report, study_metrics
+
+
+def to_tensor(images: np.ndarray, mean, std, device) -> torch.Tensor:
+    """A batch of uint8 (N, H, W, C) images as a normalised float (N, C, H, W) tensor."""
+    x = torch.from_numpy(np.array(images)).to(device).permute(0, 3, 1, 2).float()
+    m = torch.tensor(mean, device=device).view(1, -1, 1, 1)
+    s = torch.tensor(std, device=device).view(1, -1, 1, 1)
+    return (x / 255 - m) / s
+
+
+def world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+@torch.no_grad()
+def predict(model, images: np.ndarray, mean, std, device, batch_size: int) -> np.ndarray:
+    """Softmax probabilities over the whole split; ranks share the work and gather the result."""
+    rank, size = world()
+    shard = np.array_split(np.arange(len(images)), size)[rank]
+    was_training = model.training
+    model.eval()
+    probs = []
+    for start in range(0, len(shard), batch_size):
+        idx = shard[start : start + batch_size]
+        logits = model(to_tensor(images[idx[0] : idx[-1] + 1], mean, std, device))
+        probs.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+    model.train(was_training)
+    local = np.concatenate(probs) if probs else np.zeros((0, 0), np.float32)
+    if size == 1:
+        return local
+    parts: list = [None] * size
+    dist.all_gather_object(parts, local)
+    return np.concatenate([p for p in parts if len(p)])
+
+
+def final_metrics(model, job: Job, info: DataInfo, device) -> dict:
+    """Every split's metrics from the final weights (train without augmentation); for valid
+    and test also the per-class report, and study-level metrics when the data has studies."""
+    category = getattr(DATA_KINDS[job.data.kind], "group_category", None)
+    out: dict = {}
+    for split in ("train", "valid", "test"):
+        prefix = "val" if split == "valid" else split
+        images, labels = load_split(info.path, split)
+        probs = predict(model, images, info.mean, info.std, device, job.train.eval_batch_size)
+        for key, value in classification_metrics(probs, labels).items():
+            out[f"{prefix}_{key}"] = value
+        if split == "train":
+            continue
+        out[f"{prefix}_report"] = classification_report(probs, labels, info.classes)
+        groups = load_groups(info.path, split)
+        if groups is not None:
+            for key, value in study_metrics(probs, labels, groups, category).items():
+                out[f"{prefix}_{key}"] = value
+    return out

@@ -1,0 +1,279 @@
+"""The pieces of a training run a reader can name: the session (student, method, teachers,
+optimizer, batches), one training epoch, and the defective-band stop.
+
+`kdray.train.worker.train_loop` strings them together inside Ray Train; the benchmarks call the same
+pieces in a bare loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from kdray.data.budgets import class_counts, training_arrays
+from kdray.data.cache import DataInfo, load_split
+from kdray.methods import UNLABELLED, Shapes, get_method
+from kdray.spec.job import Job
+from kdray.spec.plan import PLAIN, RunSpec
+from kdray.tasks.models import count_params, create_model
+from kdray.train.batches import TrainBatches, train_batches
+from kdray.train.distiller import Distiller, aligned_stages, stage_channels, stage_count
+from kdray.train.evaluate import predict
+from kdray.train.teachers import (
+    CachedTeachers,
+    NoTeacher,
+    OnlineTeachers,
+    load_cached,
+    load_teachers,
+)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_optimizer(job: Job, params) -> torch.optim.Optimizer:
+    t = job.train
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
+    return cls(params, lr=t.lr, weight_decay=t.weight_decay)
+
+
+def autocast_for(job: Job, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(job.train.precision)
+
+    def autocast():
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=dtype)
+
+    return autocast
+
+
+@dataclass
+class Session:
+    """Everything one worker trains with. `model` is what trains (DDP-wrapped when there are
+    several workers); `core` the unwrapped `Distiller` (student + method), what checkpoints
+    hold; `core.student` the deployable network."""
+
+    job: Job
+    spec: RunSpec
+    info: DataInfo
+    device: torch.device
+    rank: int
+    world_size: int
+    model: torch.nn.Module
+    core: Distiller
+    teachers: NoTeacher | CachedTeachers | OnlineTeachers
+    batches: TrainBatches
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    autocast: Callable[[], contextlib.AbstractContextManager]
+    scaler: torch.amp.GradScaler
+    params: int
+    valid: tuple[np.ndarray, np.ndarray] = field(repr=False, default=None)
+
+    def val_accuracy(self) -> float:
+        images, labels = self.valid
+        probs = predict(
+            self.model,
+            images,
+            self.info.mean,
+            self.info.std,
+            self.device,
+            self.job.train.eval_batch_size,
+        )
+        return float((probs.argmax(1) == labels).mean())
+
+
+def build_session(
+    job: Job,
+    spec: RunSpec,
+    info: DataInfo,
+    teacher_dirs: list[Path],
+    device: torch.device,
+    rank: int = 0,
+    world_size: int = 1,
+    prepare: Callable | None = None,
+) -> Session:
+    """Seeded student, its teachers (cached logits or networks), method, data and optimizer.
+    `prepare` wraps the module for the workers (Ray Train's `prepare_model`)."""
+    seed_everything(spec.seed)
+    student = create_model(
+        spec.model, info.num_classes, info.channels, job.pretrained.get(spec.model)
+    )
+    params = count_params(student)
+    autocast = autocast_for(job, device)
+    images, labels = training_arrays(info, spec.labels, spec.seed, pool=spec.unlabelled)
+    teachers = open_teachers(job, spec, info, teacher_dirs, device, autocast)
+    counts = class_counts(info, spec.labels, spec.seed)
+    core = _distiller(job, spec, info, student, teachers, counts)
+    if job.train.channels_last:
+        core = core.to(memory_format=torch.channels_last)
+    prepare = prepare or (lambda m: m.to(device))
+    model = prepare(core)
+    batches = train_batches(
+        images, labels, job.train.augment, info.mean, info.std, job.train.batch_size, spec.seed,
+        rank, world_size,  # our own data-parallel sampler, so a teacher can replay every rank
+        prefetch=job.train.prefetch_batches, pin_memory=device.type == "cuda",
+        workers=job.train.loader_workers,
+    )  # fmt: skip
+    # not a method's own copies of the student (mean teacher's moving average)
+    optimizer = build_optimizer(job, [p for p in model.parameters() if p.requires_grad])
+    scheduler = None
+    if job.train.scheduler == "cosine":
+        steps = job.train.epochs * len(batches)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+    scaler = torch.amp.GradScaler(device.type, enabled=job.train.precision == "fp16")
+    return Session(
+        job, spec, info, device, rank, world_size, model, core, teachers, batches, optimizer,
+        scheduler, autocast, scaler, params, valid=load_split(info.path, "valid"),
+    )  # fmt: skip
+
+
+def open_teachers(job: Job, spec: RunSpec, info: DataInfo, teacher_dirs, device, autocast):
+    """The teacher source: none, the teachers' soft-label caches, or the teachers online."""
+    if spec.method == PLAIN or not spec.teacher_runs:
+        return NoTeacher()
+    if spec.teacher_outputs == "cached":
+        caches = load_cached(job, spec, info, teacher_dirs)
+        if caches is not None:
+            return CachedTeachers(caches, device)
+    models, metas = load_teachers(teacher_dirs, device)
+    if job.train.channels_last:  # the student's batches come in that layout
+        models = [m.to(memory_format=torch.channels_last) for m in models]
+    return OnlineTeachers(models, metas, [[] for _ in models], info, autocast)
+
+
+def _distiller(
+    job: Job, spec: RunSpec, info: DataInfo, student, teachers, counts: tuple[int, ...]
+) -> Distiller:
+    """The student with its method (none for teachers and baselines). A feature method's
+    stages are chosen here, and the online teacher is told which of its stages to return."""
+    if spec.method == PLAIN:
+        return Distiller(student, None, [])
+    method_cls = get_method(spec.method)
+    params = method_cls.Params.model_validate(spec.method_params)
+    student_stages, student_channels, teacher_channels = [], (), ()
+    if method_cls.needs == "features":
+        teacher = teachers.models[0]
+        chosen = method_cls.feature_stages(params, min(stage_count(student), stage_count(teacher)))
+        student_stages, teacher_stages = aligned_stages(
+            chosen, stage_count(student), stage_count(teacher)
+        )
+        teachers.stages = [teacher_stages]
+        student_channels = tuple(stage_channels(student)[i] for i in student_stages)
+        teacher_channels = (tuple(stage_channels(teacher)[i] for i in teacher_stages),)
+    shapes = Shapes(
+        info.num_classes, job.train.epochs, student_channels, teacher_channels, counts, spec.seed
+    )
+    return Distiller(student, method_cls(params, shapes), student_stages)
+
+
+@dataclass
+class BandStop:
+    """Defective teachers: evaluate every `every` steps; stop once validation accuracy is inside
+    the band (the run's weights are the defective teacher), fail if it jumped past it."""
+
+    band: tuple[float, float] | None
+    every: int
+    hit: dict | None = None
+    error: str | None = None
+
+    def check(self, session: Session, epoch: float) -> bool:
+        """True when training must stop now (inside the band, or past it)."""
+        if self.band is None:
+            return False
+        acc = session.val_accuracy()
+        low, high = self.band
+        if acc > high and self.hit is None:
+            self.error = (
+                f"defective teacher {session.spec.model} jumped past its band {list(self.band)}: "
+                f"val acc {acc:.3f} at epoch {epoch:.2f}; set a smaller "
+                "studies.<name>.eval_every_steps, a lower lr, or a wider band"
+            )
+            return True
+        if low <= acc <= high:
+            self.hit = {"val_acc": acc, "epoch": epoch}
+            return True
+        return False
+
+    def missed(self, session: Session, history: list[dict]) -> None:
+        """After the last epoch: a band never reached is the run's error."""
+        if self.band is None or self.hit is not None or self.error is not None:
+            return
+        best = max(h["val_acc"] for h in history)
+        self.error = (
+            f"defective teacher {session.spec.model} never reached its band {list(self.band)} in "
+            f"{session.job.train.epochs} epochs (best val acc {best:.3f}); "
+            "raise train.epochs or lower the band"
+        )
+
+
+def band_stop(session: Session) -> BandStop:
+    steps = len(session.batches)
+    every = session.spec.eval_every_steps or max(1, math.ceil(steps / 10))
+    return BandStop(session.spec.band, every)
+
+
+def train_epoch(
+    session: Session, epoch: int, band: BandStop, on_step: Callable[[int], None] | None = None
+) -> dict:
+    """One epoch (0-based) over the run's reproducible batches; returns its history row without
+    validation: mean loss, every loss term the method returned (`loss_<term>`), accuracy."""
+    s = session
+    s.model.train()
+    started = time.time()
+    steps = len(s.batches)
+    sums, names = None, []  # on the device: no host sync per step
+    position = 0  # in this rank's draw of the epoch: where its cached soft labels are
+    for step, (x, y, _) in enumerate(s.batches.epoch(epoch), start=1):
+        x, y = x.to(s.device, non_blocking=True), y.to(s.device, non_blocking=True)
+        if s.job.train.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if on_step is not None:
+            on_step(step)
+        teachers = s.teachers.outputs(x, epoch, s.rank, position)
+        position += len(y)
+        with s.autocast():
+            logits, losses = s.model(x, y, teachers, epoch + step / steps)
+        s.optimizer.zero_grad(set_to_none=True)
+        s.scaler.scale(losses["loss"]).backward()
+        s.scaler.step(s.optimizer)
+        s.scaler.update()
+        if s.scheduler is not None:
+            s.scheduler.step()
+        if s.core.method is not None:
+            s.core.method.after_step(s.core.student, epoch + step / steps)
+        with torch.no_grad():
+            if sums is None:
+                names = [k for k in losses if k != "loss"]
+                sums = torch.zeros(4 + len(names), dtype=torch.float64, device=s.device)
+            values = [losses["loss"], *(losses[k] for k in names)]
+            sums[: len(values)] += torch.stack([v.detach().double() for v in values]) * len(y)
+            sums[-3] += (logits.argmax(1) == y).sum()  # a pool image's target matches no class
+            sums[-2] += (y != UNLABELLED).sum()
+            sums[-1] += len(y)
+        if step % band.every == 0 and band.check(s, epoch + step / steps):
+            break
+    if s.world_size > 1:
+        dist.all_reduce(sums)
+    seen = max(sums[-1].item(), 1)
+    row = {"epoch": epoch + 1, "train_loss": sums[0].item() / seen}
+    row.update({f"loss_{k}": sums[1 + i].item() / seen for i, k in enumerate(names)})
+    row["train_acc"] = sums[-3].item() / max(sums[-2].item(), 1)  # over labelled images
+    row["lr"] = s.optimizer.param_groups[0]["lr"]
+    row["epoch_s"] = time.time() - started
+    return row

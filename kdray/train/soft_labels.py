@@ -1,0 +1,113 @@
+"""The teacher soft-label cache (after FKD, Shen & Xing): a teacher scores, once, every view its
+students will train on, and every KD student of that teacher reads the scores instead of running
+the teacher on each batch.
+
+Exact because the training batches are reproducible (`kdray.train.batches`): for a given seed,
+epoch and sample, the student draws the same augmentation the teacher replayed. Logits are kept
+in float16 (`soft_labels.npy`, shape epochs x ranks x positions x classes: what rank r's student
+sees at position p of epoch e) beside the teacher's weights; `soft_labels.json` records what they
+were computed for, and a student whose settings differ runs the teacher online. Data-parallel
+students read their own rank's slice: the teacher replays every rank's shard and augmentation.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kdray.data.augment import pipeline_spec
+from kdray.data.budgets import training_arrays
+from kdray.data.cache import DataInfo
+from kdray.spec.job import Job
+from kdray.store.atomic import atomic_write, write_json
+from kdray.train.batches import train_batches
+
+LOGITS_FILE = "soft_labels.npy"
+META_FILE = "soft_labels.json"
+POOL_SUFFIX = "_pool"  # the views of students that also train on a label budget's pool
+
+
+def files(run_dir: Path, pool: bool) -> tuple[Path, Path]:
+    """(logits, meta) of the cache for students without (`soft_labels.*`) or with the pool."""
+    suffix = POOL_SUFFIX if pool else ""
+    logits, meta = Path(LOGITS_FILE), Path(META_FILE)
+    return (
+        run_dir / f"{logits.stem}{suffix}{logits.suffix}",
+        run_dir / f"{meta.stem}{suffix}{meta.suffix}",
+    )
+
+
+def cache_key(job: Job, seed: int, info: DataInfo, labels=None, pool: bool = False) -> dict:
+    """Everything that decides which views a student sees (loader workers draw other views
+    than the in-process loader: seeded per sample, shuffled by another generator)."""
+    key = {
+        "seed": seed,
+        "epochs": job.train.epochs,
+        "batch_size": job.train.batch_size,
+        "augment": pipeline_spec(job.train.augment),
+        "data": info.fingerprint,
+        "image_size": info.image_size,
+        "world_size": job.resources.workers_per_trial,  # each rank has its own views
+    }
+    if job.train.loader_workers:  # any count draws the same views; 0 (absent) others
+        key["views"] = "per-sample seeds"
+    if labels:  # the students' label budget, and whether they train on its pool too
+        key.update(labels=labels, pool=pool)
+    return key
+
+
+@torch.no_grad()
+def build(
+    teacher, job: Job, seed: int, info: DataInfo, device, run_dir: Path, budget=None, pool=False
+) -> Path:
+    """Replay every epoch's training views of every student rank through `teacher`; write the
+    logits atomically, in the order each rank draws them (epoch, rank, position, class).
+    `budget`, `pool`: the students' label budget, and whether they train on its pool too."""
+    images, labels = training_arrays(info, budget, seed, pool)
+    world_size = job.resources.workers_per_trial
+    ranks = [
+        train_batches(
+            images,
+            labels,
+            job.train.augment,
+            info.mean,
+            info.std,
+            job.train.batch_size,
+            seed,
+            rank=rank,
+            world_size=world_size,
+            prefetch=job.train.prefetch_batches,
+            workers=job.train.loader_workers,
+        )
+        for rank in range(world_size)
+    ]
+    per_rank = max(len(b.loader.sampler) for b in ranks)
+    logits = np.zeros((job.train.epochs, world_size, per_rank, info.num_classes), dtype=np.float16)
+    was_training = teacher.training
+    teacher.eval()
+    for epoch in range(job.train.epochs):
+        for rank, batches in enumerate(ranks):
+            position = 0
+            for x, _, _ in batches.epoch(epoch):
+                scores = teacher(x.to(device)).float().cpu().numpy()
+                logits[epoch, rank, position : position + len(x)] = scores
+                position += len(x)
+    teacher.train(was_training)
+    logits_file, meta_file = files(run_dir, pool)
+    with atomic_write(logits_file, "wb") as fh:
+        np.save(fh, logits)
+    write_json(meta_file, cache_key(job, seed, info, budget, pool))
+    return logits_file
+
+
+def load(run_dir: Path, key: dict) -> np.ndarray | None:
+    """The cached logits (memory-mapped) if they were computed for exactly `key`, else None."""
+    logits, meta = files(run_dir, bool(key.get("pool")))
+    if not (meta.is_file() and logits.is_file()):
+        return None
+    if json.loads(meta.read_text()) != json.loads(json.dumps(key)):
+        return None
+    return np.load(logits, mmap_mode="r")
