@@ -5,7 +5,7 @@ module moved to the device as `prepare`'s default does) and trains them with
 `kdray.train.session.train_epoch`, the code `kdray.train.worker.train_loop` runs inside Ray Train:
 the same reproducible batches, models, method (`kdray.methods`), optimizer, autocast / GradScaler /
 scheduler steps and teacher sources (`kdray.train.teachers`), then the worker's closing validation
-(`Session.val_accuracy`). Each mode the benchmark measures is one run of the job's plan
+(`Session.val_score`). Each mode the benchmark measures is one run of the job's plan
 (`kdray.spec.plan.make_plan` on the pair as a study): `plain` the student's no-KD baseline (method
 `none`), `cached` and `online` its Hinton KD run (method `kd`) reading the teacher's soft-label
 cache or running the teacher on every batch (`teacher_outputs`). The teacher is a fresh model
@@ -36,6 +36,7 @@ from kdray.data.cache import DataInfo, load_split
 from kdray.spec.job import Job
 from kdray.spec.plan import RunSpec, make_plan
 from kdray.store.model_file import load_model, save_model
+from kdray.tasks import get_task
 from kdray.tasks.models import create_model
 from kdray.train import soft_labels
 from kdray.train.batches import TrainBatches, train_batches
@@ -60,7 +61,7 @@ class EpochTiming:
     teacher_s: float  # inside the teacher source's outputs(): the forward, or the cache read
     student_s: float  # the rest of the batches: student forward, loss, backward, step, totals
     train_s: float  # the epoch's batches: `train_epoch`'s own `epoch_s`
-    eval_s: float  # the closing validation (`Session.val_accuracy`; 0 when skipped)
+    eval_s: float  # the closing validation (`Session.val_score`; 0 when skipped)
 
     @property
     def kd(self) -> bool:
@@ -248,7 +249,7 @@ def run_epoch(
     eval_s = 0.0
     if validate:
         t0 = time.perf_counter()
-        loop.val_acc = session.val_accuracy()
+        loop.val_acc = session.val_score()
         eval_s = time.perf_counter() - t0
     student_s = train_s - batches.data_s - teachers.seconds
     return EpochTiming(
@@ -381,11 +382,12 @@ def eval_rate(job_json: dict, info_json: dict, model_name: str, threads: int) ->
     job = Job.model_validate(job_json)
     info = DataInfo(**info_json)
     torch.set_num_threads(threads)
-    model = create_model(model_name, info.num_classes, info.channels)
+    task = get_task(info.task)
+    model = task.create_model(model_name, info.num_classes, info.channels)
     images, _ = load_split(info.path, "valid", mmap=False)
-    predict(model, images[:4], info.mean, info.std, "cpu", job.train.eval_batch_size)  # warm-up
+    predict(model, images[:4], info.mean, info.std, "cpu", job.train.eval_batch_size, task)  # warm-up
     t0 = time.perf_counter()
-    predict(model, images, info.mean, info.std, "cpu", job.train.eval_batch_size)
+    predict(model, images, info.mean, info.std, "cpu", job.train.eval_batch_size, task)
     return (time.perf_counter() - t0) / len(images)
 
 

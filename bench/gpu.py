@@ -202,7 +202,7 @@ def train_run(session: Session, epochs: int) -> dict:
         session.batches.reset(None)
         sync(device)
         row = train_epoch(session, epoch, band)
-        row["val_acc"] = session.val_accuracy()
+        row[session.val_key] = session.val_score()
         rows.append(row)
         counted.append((session.batches.images, row["epoch_s"]))
     final = final_metrics(session.model, session.job, session.info, device)

@@ -12,7 +12,7 @@ from kdray.data import load_split, prepare_data
 from kdray.spec.job import parse_job
 from kdray.spec.plan import make_plan
 from kdray.store.model_file import load_model
-from kdray.tasks.metrics import classification_metrics
+from kdray.tasks.classification_metrics import classification_metrics
 from kdray.train.evaluate import to_tensor
 from tests.conftest import REPO, run_grid, tiny_job_dict
 from tests.test_worker import run_local

@@ -25,6 +25,7 @@ from kdray.results.tables import COST_COLUMNS, write_results
 from kdray.spec.job import parse_job
 from kdray.store.experiment import Experiment
 from kdray.store.model_file import load_model, save_model
+from kdray.tasks import get_task
 from kdray.tasks.models import count_params, create_model
 from kdray.train import worker
 from kdray.train.cost import count_macs, measure
@@ -194,7 +195,7 @@ def test_onnx_export_reproduces_pytorch_on_validation_images_and_carries_metadat
     assert meta["kdray_run_id"] == spec.run_id and meta["model"] == "test_resnet"
     # independently of the export's own check: the whole split in one dynamic batch
     model, _ = load_model(exp.run_dir(spec.run_id) / "model.pt")
-    expected = predict(model, images, info.mean, info.std, "cpu", 64)
+    expected = predict(model, images, info.mean, info.std, "cpu", 64, get_task(info.task))
     session = onnxruntime.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
     x = ((images.transpose(0, 3, 1, 2) / 255 - info.mean[0]) / info.std[0]).astype(np.float32)
     logits = session.run(None, {"image": x})[0]

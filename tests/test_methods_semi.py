@@ -18,7 +18,7 @@ from kdray.train.distiller import Distiller
 def mean_teacher(student: nn.Module, **params):
     cls = get_method("mean_teacher")
     method = cls(cls.Params(**params), Shapes(num_classes=3, total_epochs=10, seed=7))
-    return Distiller(student, method, []), method
+    return Distiller(student, method, [], method.task), method
 
 
 def test_the_moving_average_matches_a_hand_computation():

@@ -9,7 +9,7 @@ from kdray.data import prepare_data
 from kdray.results.tables import write_results
 from kdray.spec.job import parse_job
 from kdray.store.experiment import Experiment
-from kdray.tasks.metrics import classification_metrics, study_metrics
+from kdray.tasks.classification_metrics import classification_metrics, study_metrics
 from tests.conftest import REPO
 from tests.test_data_mura import build_mura
 from tests.test_worker import run_local

@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
+
 from kdray.data import folder, medmnist, mura, synthetic
 from kdray.data.base import DataError
 from kdray.data.cache import SPLITS, DataInfo, fingerprint, load_split, read_info, write_cache
@@ -49,7 +51,17 @@ def prepare_data(cfg, cache_root: str | Path) -> DataInfo:
         fp,
         extra={"dropped_rows": dropped} if any(dropped.values()) else None,
         on_bad_image=cfg.on_bad_image,
+        task=data_task(cfg, sources),
     )
+
+
+def data_task(cfg, sources: dict) -> str:
+    """The task of the data (`kdray.tasks`): the job's `data.task`, else what the data kind says
+    (MedMNIST's registry), else from the targets: a row of labels per image is multi-label."""
+    declared = cfg.task or cfg.declared_task()
+    if declared is not None:
+        return declared
+    return "multi_label" if np.ndim(sources["train"].labels) == 2 else "single_label"
 
 
 def reads_image_files(cfg) -> bool:
@@ -70,6 +82,7 @@ __all__ = [
     "DATA_KINDS",
     "SPLITS",
     "DataError",
+    "data_task",
     "DataInfo",
     "load_split",
     "open_sources",

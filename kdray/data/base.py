@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_serializer, model_validator
 
 PATH_FIELDS = ("path", "root", "csv")
 
@@ -29,6 +29,25 @@ class DataConfigBase(BaseModel):
     on_bad_image: Literal["error", "skip"] = Field(
         "error", description="a missing/unreadable image stops the run (error) or is skipped"
     )
+    task: Literal["single_label", "multi_label"] | None = Field(
+        None,
+        description="what a target is (kdray.tasks); default: from the data (MedMNIST's "
+        "registry; a row of labels per image is multi_label)",
+    )
+
+    def declared_task(self) -> str | None:
+        """The task the data kind knows without reading the data (MedMNIST's registry)."""
+        return None
+
+    def unused_fields(self) -> set[str]:
+        """Fields left out of the section's dump (and so of cache fingerprints and run ids):
+        fields added later, at their default, keep older jobs' ids."""
+        return {"task"} if self.task is None else set()
+
+    @model_serializer(mode="wrap")
+    def _without_unused_fields(self, handler: Any) -> dict[str, Any]:
+        unused = self.unused_fields()
+        return {k: v for k, v in handler(self).items() if k not in unused}
 
     @model_validator(mode="before")
     @classmethod

@@ -19,7 +19,7 @@ import math
 import numpy as np
 
 from kdray.data.cache import DataInfo, load_split
-from kdray.tasks.base import UNLABELLED  # a pool image's target: CE skips it, KD does not
+from kdray.tasks import UNLABELLED, get_task  # UNLABELLED: a pool image's target (row)
 
 Budget = dict  # {"fraction": 0.1} or {"per_class": 20}; None: every label
 
@@ -44,10 +44,15 @@ def budget_id(budget: Budget | None) -> str:
 
 def labelled_indices(labels: np.ndarray, budget: Budget | None, seed: int) -> np.ndarray:
     """The sorted indices of the labelled training images: per class, the first
-    ceil(fraction x n) (at least 1) or min(count, n) of a permutation seeded by (seed, class)."""
+    ceil(fraction x n) (at least 1) or min(count, n) of a permutation seeded by (seed, class).
+    Multi-label rows have no one class to stratify by: the first ceil(fraction x N) of a
+    permutation seeded by the seed (a count per class is refused for them by `kdray.spec`)."""
     labels = np.asarray(labels)
     if not budget:
         return np.arange(len(labels))
+    if labels.ndim == 2:
+        keep = max(1, math.ceil(budget["fraction"] * len(labels)))
+        return np.sort(np.random.default_rng([seed]).permutation(len(labels))[:keep])
     chosen = []
     for cls in np.unique(labels):
         members = np.flatnonzero(labels == cls)
@@ -80,7 +85,8 @@ def training_arrays(
 
 
 def class_counts(info: DataInfo, budget: Budget | None, seed: int) -> tuple[int, ...]:
-    """Labelled training images per class (each once; pool images not counted)."""
+    """Labelled training images per class, or positives per label (each image once; pool
+    images not counted): what class-balanced weights are made of."""
     _, labels = load_split(info.path, "train")
     kept = labels[labelled_indices(labels, budget, seed)]
-    return tuple(int(c) for c in np.bincount(kept, minlength=info.num_classes))
+    return get_task(info.task).class_counts(kept, info.num_classes)

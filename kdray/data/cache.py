@@ -4,7 +4,8 @@ Layout of a cache folder:
     meta.json                 classes, channels, image_size, counts, mean/std (written last:
                               its presence means the cache is complete)
     <split>_images.npy        (N, H, W, C) uint8
-    <split>_labels.npy        (N,) int64
+    <split>_labels.npy        (N,) int64 class indices, or (N, L) int64 0/1/-1 labels
+                              (multi-label; -1: unknown)
     <split>_groups.npy        (N,) str, optional (patient / study ids)
 """
 
@@ -83,6 +84,7 @@ class DataInfo:
     mean: list[float]
     std: list[float]
     extra: dict = field(default_factory=dict)
+    task: str = "single_label"  # kdray.tasks (caches made before tasks: single-label)
 
     @property
     def num_classes(self) -> int:
@@ -162,6 +164,7 @@ def write_cache(
     fp: str,
     extra: dict | None = None,
     on_bad_image: str = "error",
+    task: str = "single_label",
 ) -> DataInfo:
     """Decode every split into `dest`; atomic: a crash leaves no half-written cache behind.
 
@@ -198,6 +201,7 @@ def write_cache(
             mean=[round(float(v), 5) for v in sample.mean(axis=(0, 1, 2))],
             std=[round(float(max(v, 1e-3)), 5) for v in sample.std(axis=(0, 1, 2))],
             extra={**(extra or {}), "skipped": skipped, "skipped_files": all_problems[:100]},
+            task=task,
         )
         (tmp / "meta.json").write_text(json.dumps(info.to_json(), indent=2))
         if dest.exists():

@@ -2,7 +2,8 @@
 
 MedMNIST v2 ships each data set as one NumPy archive: images N×H×W (gray) or N×H×W×3 (RGB)
 uint8, labels N×1 (some re-packagings: N). Its `val` split is our `valid`. Multi-label sets
-(ChestMNIST: labels N×14) are not single-label classification and are refused.
+(ChestMNIST: labels N×14 of 0/1) are the multi-label task (`kdray.tasks.multi_label`); so is
+any archive whose labels are N×L with L > 1 (0, 1, and -1 for an unknown label).
 
 The file is named either by `path`, or by registry `name` and `size`: then it is looked up in
 `folder` (default `~/.medmnist`, the `medmnist` package's own) under the package's file name,
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field, field_validator, model_serializer, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from kdray.data import medmnist_registry
 from kdray.data.base import DataConfigBase, DataError, DistinctNames
@@ -70,11 +71,16 @@ class Config(DataConfigBase):
     def _absolute_folder(cls, folder: Path) -> Path:
         return folder.expanduser().resolve()
 
-    @model_serializer(mode="wrap")
-    def _without_the_unused_source(self, handler: Any) -> dict[str, Any]:
+    def unused_fields(self) -> set[str]:
         """A `path` section dumps, and so fingerprints its cache, as before `name` existed."""
-        unused = ("name", "size", "folder") if self.path is not None else ("path",)
-        return {k: v for k, v in handler(self).items() if k not in unused}
+        unused = {"name", "size", "folder"} if self.path is not None else {"path"}
+        return super().unused_fields() | unused
+
+    def declared_task(self) -> str | None:
+        if self.name is None:
+            return None
+        task = medmnist_registry.lookup(self.name, self.size).info.task
+        return "multi_label" if task.startswith("multi-label") else "single_label"
 
     @model_validator(mode="after")
     def _one_file(self) -> Config:
@@ -108,7 +114,8 @@ def data_file(cfg: Config) -> Path:
 
 
 def load_arrays(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """{split: (images, labels)} from the archive, labels flattened to (N,) int64."""
+    """{split: (images, labels)} from the archive, labels int64: (N,) class indices (an N×1
+    column flattened), or N×L rows of labels."""
     with _open_npz(path) as archive:
         wanted = [f"{key}_{part}" for key in SPLIT_KEYS.values() for part in ("images", "labels")]
         missing = [key for key in wanted if key not in archive.files]
@@ -121,7 +128,8 @@ def load_arrays(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
             images = _read_array(archive, path, f"{key}_images")
             labels = _read_array(archive, path, f"{key}_labels")
             problems += _shape_problems(path, key, images, labels)
-            arrays[split] = (images, labels.reshape(-1) if labels.ndim == 2 else labels)
+            column = labels.ndim == 2 and labels.shape[1] == 1
+            arrays[split] = (images, labels.reshape(-1) if column else labels)
     raise_problems(problems)
     return {s: (im, lab.astype(np.int64)) for s, (im, lab) in arrays.items()}
 
@@ -179,14 +187,10 @@ def _shape_problems(path: Path, key: str, images: np.ndarray, labels: np.ndarray
         ]
     if images.dtype != np.uint8:
         problems.append(f"{path}: {key}_images has dtype {images.dtype}; expected uint8")
-    if labels.ndim == 2 and labels.shape[1] != 1:
-        problems.append(
-            f"{path}: {key}_labels has shape {labels.shape}: multi-label data is not supported"
-        )
-    elif labels.ndim not in (1, 2) or not np.issubdtype(labels.dtype, np.integer):
+    if labels.ndim not in (1, 2) or not np.issubdtype(labels.dtype, np.integer):
         problems.append(
             f"{path}: {key}_labels has shape {labels.shape} and dtype {labels.dtype}; "
-            "expected N or N×1 integers"
+            "expected N or N×1 integers (classes), or N×L integers (multi-label)"
         )
     elif len(labels) != len(images):
         problems.append(f"{path}: {len(images)} {key}_images but {len(labels)} {key}_labels")
@@ -198,6 +202,24 @@ def open_sources(cfg: Config) -> tuple[list[str], dict[str, ArraySource]]:
     path = data_file(cfg)
     arrays = load_arrays(path)
     classes = _class_names(cfg, arrays)
+    if arrays["train"][1].ndim == 2:
+        raise_problems(label_matrix_problems(path, arrays, classes))
+    else:
+        raise_problems(class_index_problems(path, arrays, classes))
+        raise_problems(
+            empty_class_problems(
+                classes, arrays["train"][1], "train", str(path), "check data.classes"
+            )
+        )
+    sources = {}
+    for split, (images, labels) in arrays.items():
+        n = len(labels) if cfg.max_per_split is None else min(cfg.max_per_split, len(labels))
+        sources[split] = ArraySource(images[:n], labels[:n])
+    return classes, sources
+
+
+def class_index_problems(path: Path, arrays: dict, classes: list[str]) -> list[str]:
+    """Single-label: every label an index of `classes`."""
     problems = []
     for split, (_, labels) in arrays.items():
         bad = np.unique(labels[(labels < 0) | (labels >= len(classes))])
@@ -206,16 +228,27 @@ def open_sources(cfg: Config) -> tuple[list[str], dict[str, ArraySource]]:
                 f"{path}: {SPLIT_KEYS[split]}_labels has labels {bad.tolist()} outside the "
                 f"{len(classes)} classes {classes}; fix data.classes"
             )
-    raise_problems(problems)
-    problems = empty_class_problems(
-        classes, arrays["train"][1], "train", str(path), "check data.classes"
-    )
-    raise_problems(problems)
-    sources = {}
-    for split, (images, labels) in arrays.items():
-        n = len(labels) if cfg.max_per_split is None else min(cfg.max_per_split, len(labels))
-        sources[split] = ArraySource(images[:n], labels[:n])
-    return classes, sources
+    return problems
+
+
+def label_matrix_problems(path: Path, arrays: dict, labels_named: list[str]) -> list[str]:
+    """Multi-label: every split N×L with L the number of label names, values 0, 1 or -1."""
+    problems = []
+    for split, (_, labels) in arrays.items():
+        key = f"{SPLIT_KEYS[split]}_labels"
+        if labels.ndim != 2 or labels.shape[1] != len(labels_named):
+            problems.append(
+                f"{path}: {key} has shape {labels.shape}; every split needs one column per "
+                f"label: {len(labels_named)} ({labels_named})"
+            )
+            continue
+        bad = np.unique(labels[~np.isin(labels, (-1, 0, 1))])
+        if len(bad):
+            problems.append(
+                f"{path}: {key} has values {bad.tolist()[:5]}; a multi-label row holds 1 "
+                "(present), 0 (absent) or -1 (unknown)"
+            )
+    return problems
 
 
 def _class_names(cfg: Config, arrays: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[str]:
@@ -224,6 +257,8 @@ def _class_names(cfg: Config, arrays: dict[str, tuple[np.ndarray, np.ndarray]]) 
         return list(cfg.classes)
     if cfg.name is not None:
         return list(medmnist_registry.lookup(cfg.name, cfg.size).info.labels)
+    if arrays["train"][1].ndim == 2:  # one name per label column
+        return [str(i) for i in range(arrays["train"][1].shape[1])]
     all_labels = np.concatenate([labels for _, labels in arrays.values()])
     top = int(all_labels.max()) if len(all_labels) else -1
     return [str(i) for i in range(max(top + 1, 2))]

@@ -72,11 +72,6 @@ def lookup(name: str, size: int) -> RemoteFile:
     if name not in sets:
         raise ValueError(f"{name!r} is not a MedMNIST v2 2D set; pick one of {_names(sets)}")
     info = sets[name]
-    if info.task.startswith("multi-label"):
-        raise ValueError(
-            f"{name} is multi-label ({len(info.labels)} labels per image); kdray trains "
-            "single-label classifiers: pick another set"
-        )
     if size not in info.md5:
         raise ValueError(f"{name} is published at sizes {sorted(info.md5)}, not {size}")
     base = os.environ.get(MIRROR_ENV) or info.base_url
@@ -85,7 +80,7 @@ def lookup(name: str, size: int) -> RemoteFile:
 
 
 def _names(sets: dict[str, MedMNISTSet]) -> str:
-    return ", ".join(n for n, s in sets.items() if not s.task.startswith("multi-label"))
+    return ", ".join(sets)
 
 
 SETS: dict[str, MedMNISTSet] = {

@@ -112,7 +112,9 @@ def study_level(
     probs: np.ndarray, labels: np.ndarray, groups: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Average image probabilities per study: (study_probs, study_labels, study_keys)."""
-    from kdray.tasks.metrics import aggregate_by_group  # scikit-learn: not needed to read the data
+    from kdray.tasks.classification_metrics import (
+        aggregate_by_group,  # scikit-learn: not needed to read the data
+    )
 
     return aggregate_by_group(probs, labels, groups)
 

@@ -25,6 +25,7 @@ from torch import nn
 from kdray.data import DataError, load_split, prepare_data
 from kdray.store.experiment import Experiment
 from kdray.store.model_file import load_model
+from kdray.tasks import DEFAULT_TASK, Task, get_task
 from kdray.train.evaluate import predict, to_tensor
 
 TOLERANCE = 1e-4  # max absolute difference of probabilities, onnxruntime against PyTorch
@@ -65,13 +66,14 @@ def to_onnx(model: nn.Module, channels: int, size: int, path: Path, metadata: di
     program.save(str(path))
 
 
-def onnx_probabilities(session, images: np.ndarray, mean, std) -> np.ndarray:
-    """Softmax probabilities from the ONNX file, normalised as `kdray.train.evaluate` does."""
+def onnx_probabilities(session, images: np.ndarray, mean, std, task: Task) -> np.ndarray:
+    """The task's probabilities from the ONNX file, inputs normalised as `kdray.train.evaluate`
+    does."""
     logits = []
     for start in range(0, len(images), CHECK_BATCH):
         x = to_tensor(images[start : start + CHECK_BATCH], mean, std, "cpu").numpy()
         logits.append(session.run(None, {"image": x})[0])
-    return torch.softmax(torch.from_numpy(np.concatenate(logits)), dim=1).numpy()
+    return task.probabilities(torch.from_numpy(np.concatenate(logits))).numpy()
 
 
 def onnx_latency_ms(session, one: np.ndarray) -> float:
@@ -86,14 +88,17 @@ def onnx_latency_ms(session, one: np.ndarray) -> float:
     return statistics.median(times)
 
 
-def check_onnx(path: Path, model: nn.Module, images: np.ndarray, mean, std) -> OnnxFile:
+def check_onnx(
+    path: Path, model: nn.Module, images: np.ndarray, mean, std, task: Task | None = None
+) -> OnnxFile:
     """onnxruntime (CPU) against the PyTorch model on `images`; the file is removed and
     `DeployError` raised when their probabilities differ by more than `TOLERANCE`."""
     import onnxruntime
 
+    task = task or get_task(DEFAULT_TASK)
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    expected = predict(model, images, mean, std, "cpu", CHECK_BATCH)
-    diff = float(np.abs(onnx_probabilities(session, images, mean, std) - expected).max())
+    expected = predict(model, images, mean, std, "cpu", CHECK_BATCH, task)
+    diff = float(np.abs(onnx_probabilities(session, images, mean, std, task) - expected).max())
     if not diff <= TOLERANCE:  # NaN fails too
         path.unlink(missing_ok=True)
         raise DeployError(
@@ -122,7 +127,9 @@ def export_onnx(experiment_dir: str | Path, run_id: str, out_dir: str | Path) ->
         raise DeployError(f"run {run_id}: its data cannot be read: {exc.problems[0]}") from None
     images, _ = load_split(info.path, "valid")
     size, channels = meta.get("image_size", info.image_size), meta["in_chans"]
+    task = get_task(meta.get("task", DEFAULT_TASK))  # model.pt files before tasks: single-label
     metadata = {
+        "task": task.name,
         "classes": json.dumps(meta["classes"]),
         "image_size": size,
         "channels": channels,
@@ -134,4 +141,4 @@ def export_onnx(experiment_dir: str | Path, run_id: str, out_dir: str | Path) ->
     }
     path = Path(out_dir) / "onnx" / f"{run_id}.onnx"
     to_onnx(model, channels, size, path, metadata)
-    return check_onnx(path, model, np.asarray(images), meta["mean"], meta["std"])
+    return check_onnx(path, model, np.asarray(images), meta["mean"], meta["std"], task)

@@ -9,18 +9,17 @@ import pkgutil
 
 from kdray.methods.base import (
     METHODS,
-    UNLABELLED,
     Method,
     MethodParams,
     Outputs,
     Shapes,
     class_weights,
     kl_to_student,
-    labelled_cross_entropy,
-    plain_cross_entropy,
+    plain_loss,
     register,
     teacher_log_probs,
 )
+from kdray.tasks import UNLABELLED
 
 for _module in pkgutil.iter_modules(__path__):
     if _module.name != "base":
@@ -44,8 +43,7 @@ __all__ = [
     "class_weights",
     "get_method",
     "kl_to_student",
-    "labelled_cross_entropy",
-    "plain_cross_entropy",
+    "plain_loss",
     "register",
     "teacher_log_probs",
 ]

@@ -42,6 +42,7 @@ class AttentionTransfer(Method):
     Params = ATParams
     needs = "features"
     allows_ensemble = False
+    tasks = ("single_label", "multi_label")
 
     @classmethod
     def feature_stages(cls, params: ATParams, num_stages: int) -> list[int]:
@@ -60,5 +61,5 @@ class AttentionTransfer(Method):
             f_s, f_t = same_size(f_s, f_t.detach())
             terms.append((attention(f_s, p.p) - attention(f_t, p.p)).pow(2).mean())
         at = torch.stack(terms).sum()
-        ce = F.cross_entropy(student.logits, targets)
-        return {"loss": p.ce_weight * ce + p.at_weight * at, "ce": ce, "at": at}
+        ce = self.task.supervised_loss(student.logits, targets)
+        return {"loss": p.ce_weight * ce + p.at_weight * at, self.task.loss_name: ce, "at": at}

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from kdray.tasks.base import UNLABELLED  # a pool image's target
+from kdray.tasks import DEFAULT_TASK, Task, get_task
 
 Needs = Literal["none", "logits", "features"]
 
@@ -73,8 +73,9 @@ class Shapes:
     total_epochs: int
     student_channels: tuple[int, ...] = ()
     teacher_channels: tuple[tuple[int, ...], ...] = ()  # one tuple per teacher
-    class_counts: tuple[int, ...] = ()
+    class_counts: tuple[int, ...] = ()  # positives per label for a multi-label task
     seed: int = 0
+    task: str = DEFAULT_TASK  # kdray.tasks: what a target and an output are
 
 
 class Method(nn.Module, ABC):
@@ -89,11 +90,14 @@ class Method(nn.Module, ABC):
     allows_ensemble: ClassVar[bool] = True
     #: True: the loss is defined on images without a label (target UNLABELLED)
     uses_unlabelled: ClassVar[bool] = False
+    #: the tasks (kdray.tasks) whose outputs the method's loss is defined for
+    tasks: ClassVar[tuple[str, ...]] = ("single_label",)
 
     def __init__(self, params: MethodParams, shapes: Shapes):
         super().__init__()
         self.params = params
         self.shapes = shapes
+        self.task: Task = get_task(shapes.task)
 
     @classmethod
     def feature_stages(cls, params: MethodParams, num_stages: int) -> list[int]:
@@ -145,10 +149,11 @@ def register(cls: type[Method]) -> type[Method]:
 # --- shared maths ------------------------------------------------------------------------------
 
 
-def teacher_log_probs(teachers: list[Outputs], temperature: float) -> torch.Tensor:
-    """log of the teachers' softened distribution: with several teachers, the mean of their
-    softened probabilities (the usual ensemble target)."""
-    logs = [F.log_softmax(t.logits.detach().float() / temperature, dim=1) for t in teachers]
+def teacher_log_probs(task: Task, teachers: list[Outputs], temperature: float) -> torch.Tensor:
+    """log of the teachers' softened distribution (`Task.log_probs`, outcomes along dim 1):
+    with several teachers, the mean of their softened probabilities (the usual ensemble
+    target)."""
+    logs = [task.log_probs(t.logits.detach(), temperature) for t in teachers]
     if len(logs) == 1:
         return logs[0]
     return torch.logsumexp(torch.stack(logs), dim=0) - math.log(len(logs))
@@ -157,30 +162,20 @@ def teacher_log_probs(teachers: list[Outputs], temperature: float) -> torch.Tens
 def kl_to_student(
     log_p_teacher: torch.Tensor, log_p_student: torch.Tensor, reduction: str = "batchmean"
 ) -> torch.Tensor:
-    """KL(teacher || student) summed over classes; `batchmean` divides by the batch size,
-    `mean` by batch x classes (Yuan et al.'s element-wise mean, K times smaller)."""
+    """KL(teacher || student) summed over the outcomes (dim 1); `batchmean` averages it over
+    everything else (the images; a multi-label task's images and labels), `mean` over the
+    outcomes too (Yuan et al.'s element-wise mean, K times smaller)."""
     kl = F.kl_div(log_p_student, log_p_teacher, reduction="sum", log_target=True)
     # explicit divisors: torch's own reduction="mean" is announced to change meaning
-    divisor = log_p_student.numel() if reduction == "mean" else log_p_student.shape[0]
+    outcomes = log_p_student.shape[1]
+    divisor = log_p_student.numel() if reduction == "mean" else log_p_student.numel() // outcomes
     return kl / divisor
 
 
-def plain_cross_entropy(student: Outputs, targets: torch.Tensor) -> dict[str, torch.Tensor]:
-    """No distillation: what teachers and baselines train with."""
-    ce = F.cross_entropy(student.logits, targets)
-    return {"loss": ce, "ce": ce}
-
-
-def labelled_cross_entropy(
-    logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Cross-entropy over the labelled images of the batch (0 when it has none, where torch's
-    own ignore_index would give NaN); `weight`: per-class weights, normalised over the batch
-    as torch does."""
-    labelled = targets != UNLABELLED
-    if not bool(labelled.any()):
-        return logits.sum() * 0.0  # keeps the graph (DDP expects every parameter used)
-    return F.cross_entropy(logits[labelled], targets[labelled], weight=weight)
+def plain_loss(task: Task, student: Outputs, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+    """No distillation: what teachers and baselines train with (the task's supervised loss)."""
+    loss = task.supervised_loss(student.logits, targets)
+    return {"loss": loss, task.loss_name: loss}
 
 
 def class_weights(counts: tuple[int, ...], kind: str, beta: float = 0.999) -> torch.Tensor:

@@ -122,7 +122,7 @@ class DKD(Method):
     ) -> dict[str, torch.Tensor]:
         p = self.params
         ce = F.cross_entropy(student.logits, targets, weight=self.class_weight)
-        log_p_teacher = teacher_log_probs(teachers, p.temperature)
+        log_p_teacher = teacher_log_probs(self.task, teachers, p.temperature)
         tckd, nckd = dkd_terms(
             student.logits, log_p_teacher, targets, p.temperature, self.class_weight
         )

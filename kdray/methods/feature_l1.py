@@ -35,6 +35,7 @@ class FeatureL1(Method):
     Params = FeatureL1Params
     needs = "features"
     allows_ensemble = False
+    tasks = ("single_label", "multi_label")
 
     def __init__(self, params: FeatureL1Params, shapes: Shapes):
         super().__init__(params, shapes)
@@ -56,5 +57,5 @@ class FeatureL1(Method):
             f_s, f_t = same_size(adapt(f_s), f_t.detach())
             terms.append(F.l1_loss(f_s.float(), f_t.float()))
         l1 = torch.stack(terms).mean()
-        ce = F.cross_entropy(student.logits, targets)
-        return {"loss": p.ce_weight * ce + p.l1_weight * l1, "ce": ce, "l1": l1}
+        ce = self.task.supervised_loss(student.logits, targets)
+        return {"loss": p.ce_weight * ce + p.l1_weight * l1, self.task.loss_name: ce, "l1": l1}

@@ -34,6 +34,7 @@ class FitNets(Method):
     Params = FitNetsParams
     needs = "features"
     allows_ensemble = False
+    tasks = ("single_label", "multi_label")
 
     def __init__(self, params: FitNetsParams, shapes: Shapes):
         super().__init__(params, shapes)
@@ -51,5 +52,9 @@ class FitNets(Method):
         teacher = one_teacher("fitnets", teachers)
         f_s, f_t = same_size(self.adapters[0](student.features[0]), teacher.features[0].detach())
         hint = F.mse_loss(f_s.float(), f_t.float())
-        ce = F.cross_entropy(student.logits, targets)
-        return {"loss": p.ce_weight * ce + p.hint_weight * hint, "ce": ce, "hint": hint}
+        ce = self.task.supervised_loss(student.logits, targets)
+        return {
+            "loss": p.ce_weight * ce + p.hint_weight * hint,
+            self.task.loss_name: ce,
+            "hint": hint,
+        }

@@ -20,12 +20,10 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from kdray.methods.base import (
-    UNLABELLED,
     Method,
     MethodParams,
     class_weights,
     kl_to_student,
-    labelled_cross_entropy,
     register,
     teacher_log_probs,
 )
@@ -49,6 +47,7 @@ class HintonKD(Method):
     needs = "logits"
     distill_defaults = ("temperature", "alpha", "kl_reduction")
     uses_unlabelled = True
+    tasks = ("single_label", "multi_label")  # multi-label: per-label binary KD
 
     def __init__(self, params: KDParams, shapes):
         super().__init__(params, shapes)
@@ -59,19 +58,19 @@ class HintonKD(Method):
 
     def forward(self, student, teachers, targets, epoch):
         p = self.params
-        ce = labelled_cross_entropy(student.logits, targets, self.class_weight)
-        log_p_teacher = teacher_log_probs(teachers, p.temperature)
-        log_p_student = F.log_softmax(student.logits / p.temperature, dim=1)
+        ce = self.task.supervised_loss(student.logits, targets, self.class_weight)
+        log_p_teacher = teacher_log_probs(self.task, teachers, p.temperature)
+        log_p_student = self.task.log_probs(student.logits, p.temperature)
         if self.class_weight is None:
             kl = kl_to_student(log_p_teacher, log_p_student, p.kl_reduction)
         else:
             kl = self._weighted_kl(log_p_teacher, log_p_student, targets)
         kd = kl * p.temperature * p.temperature
-        return {"loss": (1 - p.alpha) * ce + p.alpha * kd, "ce": ce, "kd": kd}
+        return {"loss": (1 - p.alpha) * ce + p.alpha * kd, self.task.loss_name: ce, "kd": kd}
 
     def _weighted_kl(self, log_p_teacher, log_p_student, targets) -> torch.Tensor:
-        per_image = F.kl_div(log_p_student, log_p_teacher, reduction="none", log_target=True)
-        classes = torch.where(targets != UNLABELLED, targets, log_p_teacher.argmax(1))
-        weight = self.class_weight[classes]
-        kl = (per_image.sum(1) * weight).sum() / weight.sum().clamp(min=1e-12)
+        """Each item's KL (an image; a multi-label image's label) weighted by its class."""
+        per_item = F.kl_div(log_p_student, log_p_teacher, reduction="none", log_target=True)
+        weight = self.task.item_weights(self.class_weight, targets, log_p_teacher)
+        kl = (per_item.sum(1) * weight).sum() / weight.sum().clamp(min=1e-12)
         return kl / log_p_student.shape[1] if self.params.kl_reduction == "mean" else kl

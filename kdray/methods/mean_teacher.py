@@ -30,7 +30,7 @@ from pydantic import Field
 from timm.utils import ModelEmaV3
 from torch import nn
 
-from kdray.methods.base import Method, MethodParams, Outputs, labelled_cross_entropy, register
+from kdray.methods.base import Method, MethodParams, Outputs, register
 
 
 class MeanTeacherParams(MethodParams):
@@ -74,6 +74,7 @@ class MeanTeacher(Method):
     Params = MeanTeacherParams
     needs = "none"
     uses_unlabelled = True
+    tasks = ("single_label", "multi_label")  # MSE of the task's probabilities
 
     def __init__(self, params: MeanTeacherParams, shapes):
         super().__init__(params, shapes)
@@ -104,9 +105,10 @@ class MeanTeacher(Method):
         return {"ema": self.ema.module}
 
     def forward(self, student, teachers, targets, epoch):
-        ce = labelled_cross_entropy(student.logits, targets)
-        p_student = F.softmax(student.logits.float(), dim=1)
-        p_teacher = F.softmax(teachers[0].logits.detach().float(), dim=1)
+        ce = self.task.supervised_loss(student.logits, targets)
+        p_student = self.task.probabilities(student.logits)
+        p_teacher = self.task.probabilities(teachers[0].logits.detach())
         consistency = F.mse_loss(p_student, p_teacher)
         weight = self.params.consistency * rampup(epoch, self.params.rampup_epochs)
-        return {"loss": ce + weight * consistency, "ce": ce, "consistency": consistency}
+        terms = {self.task.loss_name: ce, "consistency": consistency}
+        return {"loss": ce + weight * consistency, **terms}

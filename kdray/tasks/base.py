@@ -1,5 +1,111 @@
-"""What every task shares: the target conventions."""
+"""The task contract: what a target is and everything that depends on it.
+
+A task is one small module in this package, registered by name like the methods. It says:
+- what a target is (`describe_targets`): one class index per image (single-label), a 0/1 row of
+  labels per image (multi-label), ...; `UNLABELLED` marks a target nobody may read (a label
+  budget's pool image, an uncertain or missing label);
+- how a model for it is built (`create_model`; timm classifiers for classification);
+- its supervised loss (`supervised_loss`) and what a prediction is (`probabilities`);
+- the distribution a teacher hands its student (`log_probs`: dim 1 holds the outcomes, so KL
+  divergences and ensembles are written once for every task) and the shape of a teacher's cached
+  output per image (`output_shape`);
+- its metrics over a whole split (`metrics`, `report`) and the **primary metric** (`primary`):
+  the one number that cells, selection on validation, paired statistics, the frontier and the
+  summary use.
+Methods declare which tasks they support (`Method.tasks`); the data says which task it is
+(`kdray.data`), or the job's `data.task`.
+"""
 
 from __future__ import annotations
 
-UNLABELLED = -1  # a target (or one label of a multi-label target) nobody may read: pool images
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+UNLABELLED = -1  # a target (or one label of a multi-label target) nobody may read
+
+TASKS: dict[str, Task] = {}
+
+
+class Task(ABC):
+    """Base of every task; see the module docstring for the contract."""
+
+    name: ClassVar[str]
+    primary: ClassVar[str]  # the primary metric's key in `metrics` (`acc`, `auroc`)
+    primary_title: ClassVar[str]  # how tables name it ("accuracy", "mean AUROC")
+    outputs: ClassVar[str]  # what one output means, for the README and errors ("classes")
+    loss_name: ClassVar[str]  # the supervised loss's term in epochs.parquet (`loss_ce`)
+
+    @abstractmethod
+    def create_model(self, name: str, num_classes: int, channels: int, weights=None) -> nn.Module:
+        """A model for this task by name, `num_classes` outputs, `channels` input channels."""
+
+    @abstractmethod
+    def supervised_loss(
+        self, logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The loss on the labelled targets of a batch (0, keeping the graph, when there are
+        none); `weight`: one weight per class or label (class-balanced training)."""
+
+    @abstractmethod
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """What a prediction is: per-class (softmax) or per-label (sigmoid) probabilities."""
+
+    @abstractmethod
+    def log_probs(self, logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        """The output distribution at `temperature`, its outcomes along dim 1 (summing to one
+        there): what KD compares between teacher and student."""
+
+    @abstractmethod
+    def item_weights(
+        self, weight: torch.Tensor, targets: torch.Tensor, teacher_log_probs: torch.Tensor
+    ) -> torch.Tensor:
+        """Per-class weights spread over the items of `log_probs` (dim 1 summed out): an image
+        its class's weight (the teacher's class when unlabelled), a label its own weight."""
+
+    @abstractmethod
+    def correct(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(right, counted): the training accuracy's numerator and denominator for a batch."""
+
+    @abstractmethod
+    def class_counts(self, targets: np.ndarray, num_classes: int) -> tuple[int, ...]:
+        """Labelled training images per class, or positives per label (class weights)."""
+
+    @abstractmethod
+    def metrics(self, probs: np.ndarray, targets: np.ndarray) -> dict[str, float | None]:
+        """Every metric of a whole split, the primary one included, from `probabilities`."""
+
+    @abstractmethod
+    def report(self, probs: np.ndarray, targets: np.ndarray, names: list[str]) -> dict:
+        """The per-class or per-label detail of a split (`<split>_report` in a summary)."""
+
+    def group_metrics(self, probs: np.ndarray, targets: np.ndarray, groups, category) -> dict:
+        """Metrics over groups of images (MURA's studies), where the task defines them."""
+        return {}
+
+    def output_shape(self, num_classes: int, image_size: int) -> tuple[int, ...]:
+        """The shape of one image's output (what a teacher's soft-label cache stores)."""
+        return (num_classes,)
+
+    def primary_score(self, probs: np.ndarray, targets: np.ndarray) -> float:
+        """The primary metric alone (validation during training, defective teachers' band)."""
+        value = self.metrics(probs, targets)[self.primary]
+        return float("nan") if value is None else float(value)
+
+
+def register(task_cls: type[Task]) -> type[Task]:
+    """Class decorator: make a task available by its name."""
+    if task_cls.name in TASKS:
+        raise ValueError(f"task {task_cls.name!r} is registered twice")
+    TASKS[task_cls.name] = task_cls()
+    return task_cls
+
+
+def get_task(name: str) -> Task:
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise KeyError(f"unknown task {name!r}; known: {sorted(TASKS)}") from None

@@ -50,7 +50,7 @@ class TrainSet(Dataset):
             if image.ndim == 2:
                 image = image[:, :, None]
         x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255)
-        return (x - self.mean) / self.std, int(self.labels[index]), index
+        return (x - self.mean) / self.std, target(self.labels[index]), index
 
     def __getstate__(self) -> dict:
         """Pickled for a worker process: a memory-mapped split travels as its file's path."""
@@ -61,6 +61,11 @@ class TrainSet(Dataset):
         if isinstance(images, MappedFile):
             images = images.open()
         self.__dict__.update(state, images=images)
+
+
+def target(label: np.ndarray):
+    """One image's target as the loader collates it: a class index, or a row of labels."""
+    return int(label) if np.ndim(label) == 0 else torch.from_numpy(np.array(label))
 
 
 @dataclass(frozen=True)

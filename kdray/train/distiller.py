@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kdray.methods import Method, Outputs, plain_cross_entropy
+from kdray.methods import Method, Outputs, plain_loss
+from kdray.tasks import Task
 
 
 def stage_count(model: nn.Module) -> int:
@@ -49,10 +50,13 @@ def network_outputs(model: nn.Module, x: torch.Tensor, stages: list[int]) -> Out
 
 
 class Distiller(nn.Module):
-    def __init__(self, student: nn.Module, method: Method | None, student_stages: list[int]):
+    def __init__(
+        self, student: nn.Module, method: Method | None, student_stages: list[int], task: Task
+    ):
         super().__init__()
         self.student = student
         self.method = method
+        self.task = task
         self.student_stages = list(student_stages)
         if method is not None:
             method.bind_student(student)
@@ -69,7 +73,7 @@ class Distiller(nn.Module):
             return self.student(x)
         outputs = network_outputs(self.student, x, self.student_stages)
         if self.method is None:
-            return outputs.logits, plain_cross_entropy(outputs, targets)
+            return outputs.logits, plain_loss(self.task, outputs, targets)
         own = self.method.teach(x, self.student)
         teachers = own if own is not None else teachers or []
         return outputs.logits, self.method(outputs, teachers, targets, epoch)

@@ -10,7 +10,7 @@ import torch.distributed as dist
 from kdray.data import DATA_KINDS
 from kdray.data.cache import DataInfo, load_groups, load_split
 from kdray.spec.job import Job
-from kdray.tasks.metrics import classification_metrics, classification_report, study_metrics
+from kdray.tasks import Task, get_task
 
 
 def to_tensor(images: np.ndarray, mean, std, device) -> torch.Tensor:
@@ -28,8 +28,10 @@ def world() -> tuple[int, int]:
 
 
 @torch.no_grad()
-def predict(model, images: np.ndarray, mean, std, device, batch_size: int) -> np.ndarray:
-    """Softmax probabilities over the whole split; ranks share the work and gather the result."""
+def predict(
+    model, images: np.ndarray, mean, std, device, batch_size: int, task: Task
+) -> np.ndarray:
+    """The task's probabilities over the whole split; ranks share the work and gather them."""
     rank, size = world()
     shard = np.array_split(np.arange(len(images)), size)[rank]
     was_training = model.training
@@ -38,7 +40,7 @@ def predict(model, images: np.ndarray, mean, std, device, batch_size: int) -> np
     for start in range(0, len(shard), batch_size):
         idx = shard[start : start + batch_size]
         logits = model(to_tensor(images[idx[0] : idx[-1] + 1], mean, std, device))
-        probs.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+        probs.append(task.probabilities(logits).cpu().numpy())
     model.train(was_training)
     local = np.concatenate(probs) if probs else np.zeros((0, 0), np.float32)
     if size == 1:
@@ -50,20 +52,22 @@ def predict(model, images: np.ndarray, mean, std, device, batch_size: int) -> np
 
 def final_metrics(model, job: Job, info: DataInfo, device) -> dict:
     """Every split's metrics from the final weights (train without augmentation); for valid
-    and test also the per-class report, and study-level metrics when the data has studies."""
+    and test also the task's per-class (per-label) report, and study-level metrics when the
+    data has studies."""
+    task = get_task(info.task)
     category = getattr(DATA_KINDS[job.data.kind], "group_category", None)
     out: dict = {}
     for split in ("train", "valid", "test"):
         prefix = "val" if split == "valid" else split
         images, labels = load_split(info.path, split)
-        probs = predict(model, images, info.mean, info.std, device, job.train.eval_batch_size)
-        for key, value in classification_metrics(probs, labels).items():
+        probs = predict(model, images, info.mean, info.std, device, job.train.eval_batch_size, task)
+        for key, value in task.metrics(probs, labels).items():
             out[f"{prefix}_{key}"] = value
         if split == "train":
             continue
-        out[f"{prefix}_report"] = classification_report(probs, labels, info.classes)
+        out[f"{prefix}_report"] = task.report(probs, labels, info.classes)
         groups = load_groups(info.path, split)
         if groups is not None:
-            for key, value in study_metrics(probs, labels, groups, category).items():
+            for key, value in task.group_metrics(probs, labels, groups, category).items():
                 out[f"{prefix}_{key}"] = value
     return out

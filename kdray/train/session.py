@@ -21,10 +21,11 @@ import torch.distributed as dist
 
 from kdray.data.budgets import class_counts, training_arrays
 from kdray.data.cache import DataInfo, load_split
-from kdray.methods import UNLABELLED, Shapes, get_method
+from kdray.methods import Shapes, get_method
 from kdray.spec.job import Job
 from kdray.spec.plan import PLAIN, RunSpec
-from kdray.tasks.models import count_params, create_model
+from kdray.tasks import Task, get_task
+from kdray.tasks.models import count_params
 from kdray.train.batches import TrainBatches, train_batches
 from kdray.train.distiller import Distiller, aligned_stages, stage_channels, stage_count
 from kdray.train.evaluate import predict
@@ -71,6 +72,7 @@ class Session:
     job: Job
     spec: RunSpec
     info: DataInfo
+    task: Task
     device: torch.device
     rank: int
     world_size: int
@@ -85,7 +87,13 @@ class Session:
     params: int
     valid: tuple[np.ndarray, np.ndarray] = field(repr=False, default=None)
 
-    def val_accuracy(self) -> float:
+    @property
+    def val_key(self) -> str:
+        """The history's validation column: `val_<primary metric>` (`val_acc`, `val_auroc`)."""
+        return f"val_{self.task.primary}"
+
+    def val_score(self) -> float:
+        """The task's primary metric on the validation split (the model in eval mode)."""
         images, labels = self.valid
         probs = predict(
             self.model,
@@ -94,8 +102,9 @@ class Session:
             self.info.std,
             self.device,
             self.job.train.eval_batch_size,
+            self.task,
         )
-        return float((probs.argmax(1) == labels).mean())
+        return self.task.primary_score(probs, labels)
 
 
 def build_session(
@@ -111,7 +120,8 @@ def build_session(
     """Seeded student, its teachers (cached logits or networks), method, data and optimizer.
     `prepare` wraps the module for the workers (Ray Train's `prepare_model`)."""
     seed_everything(spec.seed)
-    student = create_model(
+    task = get_task(info.task)
+    student = task.create_model(
         spec.model, info.num_classes, info.channels, job.pretrained.get(spec.model)
     )
     params = count_params(student)
@@ -119,7 +129,7 @@ def build_session(
     images, labels = training_arrays(info, spec.labels, spec.seed, pool=spec.unlabelled)
     teachers = open_teachers(job, spec, info, teacher_dirs, device, autocast)
     counts = class_counts(info, spec.labels, spec.seed)
-    core = _distiller(job, spec, info, student, teachers, counts)
+    core = _distiller(job, spec, info, task, student, teachers, counts)
     if job.train.channels_last:
         core = core.to(memory_format=torch.channels_last)
     prepare = prepare or (lambda m: m.to(device))
@@ -138,7 +148,7 @@ def build_session(
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     scaler = torch.amp.GradScaler(device.type, enabled=job.train.precision == "fp16")
     return Session(
-        job, spec, info, device, rank, world_size, model, core, teachers, batches, optimizer,
+        job, spec, info, task, device, rank, world_size, model, core, teachers, batches, optimizer,
         scheduler, autocast, scaler, params, valid=load_split(info.path, "valid"),
     )  # fmt: skip
 
@@ -158,12 +168,12 @@ def open_teachers(job: Job, spec: RunSpec, info: DataInfo, teacher_dirs, device,
 
 
 def _distiller(
-    job: Job, spec: RunSpec, info: DataInfo, student, teachers, counts: tuple[int, ...]
+    job: Job, spec: RunSpec, info: DataInfo, task: Task, student, teachers, counts: tuple[int, ...]
 ) -> Distiller:
     """The student with its method (none for teachers and baselines). A feature method's
     stages are chosen here, and the online teacher is told which of its stages to return."""
     if spec.method == PLAIN:
-        return Distiller(student, None, [])
+        return Distiller(student, None, [], task)
     method_cls = get_method(spec.method)
     params = method_cls.Params.model_validate(spec.method_params)
     student_stages, student_channels, teacher_channels = [], (), ()
@@ -177,9 +187,10 @@ def _distiller(
         student_channels = tuple(stage_channels(student)[i] for i in student_stages)
         teacher_channels = (tuple(stage_channels(teacher)[i] for i in teacher_stages),)
     shapes = Shapes(
-        info.num_classes, job.train.epochs, student_channels, teacher_channels, counts, spec.seed
-    )
-    return Distiller(student, method_cls(params, shapes), student_stages)
+        info.num_classes, job.train.epochs, student_channels, teacher_channels, counts, spec.seed,
+        task.name,
+    )  # fmt: skip
+    return Distiller(student, method_cls(params, shapes), student_stages, task)
 
 
 @dataclass
@@ -196,17 +207,17 @@ class BandStop:
         """True when training must stop now (inside the band, or past it)."""
         if self.band is None:
             return False
-        acc = session.val_accuracy()
+        acc = session.val_score()
         low, high = self.band
         if acc > high and self.hit is None:
             self.error = (
                 f"defective teacher {session.spec.model} jumped past its band {list(self.band)}: "
-                f"val acc {acc:.3f} at epoch {epoch:.2f}; set a smaller "
-                "studies.<name>.eval_every_steps, a lower lr, or a wider band"
+                f"{session.val_key.replace('_', ' ')} {acc:.3f} at epoch {epoch:.2f}; set a "
+                "smaller studies.<name>.eval_every_steps, a lower lr, or a wider band"
             )
             return True
         if low <= acc <= high:
-            self.hit = {"val_acc": acc, "epoch": epoch}
+            self.hit = {"score": acc, "epoch": epoch}
             return True
         return False
 
@@ -214,10 +225,11 @@ class BandStop:
         """After the last epoch: a band never reached is the run's error."""
         if self.band is None or self.hit is not None or self.error is not None:
             return
-        best = max(h["val_acc"] for h in history)
+        best = max(h[session.val_key] for h in history)
         self.error = (
             f"defective teacher {session.spec.model} never reached its band {list(self.band)} in "
-            f"{session.job.train.epochs} epochs (best val acc {best:.3f}); "
+            f"{session.job.train.epochs} epochs (best {session.val_key.replace('_', ' ')} "
+            f"{best:.3f}); "
             "raise train.epochs or lower the band"
         )
 
@@ -263,8 +275,9 @@ def train_epoch(
                 sums = torch.zeros(4 + len(names), dtype=torch.float64, device=s.device)
             values = [losses["loss"], *(losses[k] for k in names)]
             sums[: len(values)] += torch.stack([v.detach().double() for v in values]) * len(y)
-            sums[-3] += (logits.argmax(1) == y).sum()  # a pool image's target matches no class
-            sums[-2] += (y != UNLABELLED).sum()
+            right, counted = s.task.correct(logits, y)  # labelled images (labels) only
+            sums[-3] += right
+            sums[-2] += counted
             sums[-1] += len(y)
         if step % band.every == 0 and band.check(s, epoch + step / steps):
             break
@@ -273,7 +286,7 @@ def train_epoch(
     seen = max(sums[-1].item(), 1)
     row = {"epoch": epoch + 1, "train_loss": sums[0].item() / seen}
     row.update({f"loss_{k}": sums[1 + i].item() / seen for i, k in enumerate(names)})
-    row["train_acc"] = sums[-3].item() / max(sums[-2].item(), 1)  # over labelled images
+    row["train_acc"] = sums[-3].item() / max(sums[-2].item(), 1)  # over labelled targets
     row["lr"] = s.optimizer.param_groups[0]["lr"]
     row["epoch_s"] = time.time() - started
     return row

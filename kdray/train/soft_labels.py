@@ -3,11 +3,12 @@ students will train on, and every KD student of that teacher reads the scores in
 the teacher on each batch.
 
 Exact because the training batches are reproducible (`kdray.train.batches`): for a given seed,
-epoch and sample, the student draws the same augmentation the teacher replayed. Logits are kept
-in float16 (`soft_labels.npy`, shape epochs x ranks x positions x classes: what rank r's student
-sees at position p of epoch e) beside the teacher's weights; `soft_labels.json` records what they
-were computed for, and a student whose settings differ runs the teacher online. Data-parallel
-students read their own rank's slice: the teacher replays every rank's shard and augmentation.
+epoch and sample, the student draws the same augmentation the teacher replayed. Logits are kept in
+float16 (`soft_labels.npy`, shape epochs x ranks x positions x classes: what rank r's student sees
+at position p of epoch e; a task's output per image, `Task.output_shape`) beside the teacher's
+weights; `soft_labels.json` records what they were computed for, and a student whose settings
+differ runs the teacher online. Data-parallel students read their own rank's slice: the teacher
+replays every rank's shard and augmentation.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from kdray.data.budgets import training_arrays
 from kdray.data.cache import DataInfo
 from kdray.spec.job import Job
 from kdray.store.atomic import atomic_write, write_json
+from kdray.tasks import get_task
 from kdray.train.batches import train_batches
 
 LOGITS_FILE = "soft_labels.npy"
@@ -85,7 +87,8 @@ def build(
         for rank in range(world_size)
     ]
     per_rank = max(len(b.loader.sampler) for b in ranks)
-    logits = np.zeros((job.train.epochs, world_size, per_rank, info.num_classes), dtype=np.float16)
+    shape = get_task(info.task).output_shape(info.num_classes, info.image_size)
+    logits = np.zeros((job.train.epochs, world_size, per_rank, *shape), dtype=np.float16)
     was_training = teacher.training
     teacher.eval()
     for epoch in range(job.train.epochs):

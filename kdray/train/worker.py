@@ -32,7 +32,6 @@ from kdray.train.evaluate import final_metrics
 from kdray.train.session import Session, band_stop, build_session, train_epoch
 
 STATE_FILE = "state.pt"
-EVALUATED = ("train_acc", "val_acc", "test_acc", "test_balanced_acc", "test_f1")
 
 
 def train_loop(config: dict) -> None:
@@ -69,7 +68,7 @@ def train_loop(config: dict) -> None:
 
     for epoch in range(start_epoch, job.train.epochs):
         row = train_epoch(session, epoch, band, on_step)
-        row["val_acc"] = session.val_accuracy()
+        row[session.val_key] = session.val_score()
         history.append(row)
         _report(session, row, epoch + 1, history)
         if rank == 0:
@@ -80,13 +79,15 @@ def train_loop(config: dict) -> None:
     band.missed(session, history)
     summary = {
         "run_id": spec.run_id,
+        "task": session.task.name,
+        "primary_metric": session.task.primary,  # what `<split>_score` means in the tables
         "status": "finished" if band.error is None else "failed",
         "error": band.error,
         "epochs": band.hit["epoch"] if band.hit else len(history),
         "params": session.params,
         "setup_s": first_step_s,
         "train_s": time.time() - started,
-        "band_val_acc": band.hit["val_acc"] if band.hit else None,
+        "band_val_score": band.hit["score"] if band.hit else None,
         "restored_from_epoch": start_epoch or None,
         "teacher_outputs": session.teachers.kind,
         "replicas_in_sync": replicas_in_sync(session),
@@ -104,10 +105,13 @@ def method_model_metrics(session: Session) -> dict:
     method = session.core.method
     if method is None:
         return {}
+    primary = session.task.primary
+    evaluated = {f"{split}_{primary}" for split in ("train", "val", "test")}
+    evaluated |= {"test_balanced_acc", "test_f1"}
     out = {}
     for prefix, model in method.evaluated_models().items():
         metrics = final_metrics(model, session.job, session.info, session.device)
-        out.update({f"{prefix}_{k}": v for k, v in metrics.items() if k in EVALUATED})
+        out.update({f"{prefix}_{k}": v for k, v in metrics.items() if k in evaluated})
     return out
 
 
@@ -172,6 +176,7 @@ def finish(session: Session, run_dir: Path, history: list[dict], summary: dict) 
         run_dir / "model.pt",
         session.core.student,
         model=spec.model,
+        task=info.task,
         num_classes=info.num_classes,
         in_chans=info.channels,
         classes=info.classes,

@@ -1,4 +1,5 @@
-"""Classification metrics over a whole split, computed with scikit-learn."""
+"""Single-label classification metrics over a whole split (scikit-learn), and MURA's study-level
+metrics (the images of a study averaged)."""
 
 from __future__ import annotations
 

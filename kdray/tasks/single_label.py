@@ -1,0 +1,68 @@
+"""Single-label classification: one class per image (the thesis's task, MURA, most MedMNIST).
+
+A target is a class index (`UNLABELLED` for a pool image); the loss is cross-entropy over the
+labelled images; predictions are softmax probabilities; a teacher hands its student a softened
+categorical distribution over the classes. Metrics: accuracy (primary), balanced accuracy,
+macro-F1, Cohen's kappa, AUROC, cross-entropy; the report holds per-class precision / recall /
+F1 and the confusion matrix.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from kdray.tasks.base import UNLABELLED, Task, register
+from kdray.tasks.classification_metrics import (
+    classification_metrics,
+    classification_report,
+    study_metrics,
+)
+from kdray.tasks.models import create_model
+
+
+@register
+class SingleLabel(Task):
+    name = "single_label"
+    primary = "acc"
+    primary_title = "accuracy"
+    outputs = "classes"
+    loss_name = "ce"
+
+    def create_model(self, name, num_classes, channels, weights=None):
+        return create_model(name, num_classes, channels, weights)
+
+    def supervised_loss(self, logits, targets, weight=None):
+        # a pool image's target is ignored; a batch of pool images alone would give 0/0, so it
+        # gives 0 instead (its gradient is 0 either way), without a host sync per step
+        loss = F.cross_entropy(logits, targets, weight=weight, ignore_index=UNLABELLED)
+        return torch.where((targets != UNLABELLED).any(), loss, torch.zeros_like(loss))
+
+    def probabilities(self, logits):
+        return torch.softmax(logits.float(), dim=1)
+
+    def log_probs(self, logits, temperature=1.0):
+        return F.log_softmax(logits.float() / temperature, dim=1)
+
+    def item_weights(self, weight, targets, teacher_log_probs):
+        classes = torch.where(targets != UNLABELLED, targets, teacher_log_probs.argmax(1))
+        return weight[classes]
+
+    def correct(self, logits, targets):
+        labelled = targets != UNLABELLED  # a pool image's target matches no class anyway
+        return (logits.argmax(1) == targets).sum(), labelled.sum()
+
+    def class_counts(self, targets, num_classes):
+        kept = np.asarray(targets)[np.asarray(targets) != UNLABELLED]
+        return tuple(int(c) for c in np.bincount(kept, minlength=num_classes))
+
+    def metrics(self, probs, targets):
+        return classification_metrics(probs, targets)
+
+    def report(self, probs, targets, names):
+        return classification_report(probs, targets, names)
+
+    def group_metrics(self, probs, targets, groups, category):
+        """MURA's rule: a study's images averaged, positive at 0.5 (`study_acc`, kappa, ...)."""
+        return study_metrics(probs, targets, groups, category)
