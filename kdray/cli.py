@@ -93,13 +93,21 @@ def validate(
     exit 0 if all is well, 2 with one line per problem if not."""
     job = _load(job_file, set_)
     _check_storage(job, job_file)
-    from kdray.data import DataError, open_sources
+    from kdray.data import DataError, data_task, open_sources
+    from kdray.spec.job import task_problems
     from kdray.spec.plan import make_plan
+    from kdray.tasks import get_task
 
     try:
         classes, sources = open_sources(job.data)
     except DataError as exc:
         _data_errors(exc, f"{job_file}: ")
+    task = data_task(job.data, sources)
+    problems = task_problems(job, task)
+    for line in problems:
+        _error(f"{job_file}: {line}")
+    if problems:
+        raise typer.Exit(2)
     info = None if quick else _decode_pixels(job, job_file)
     plan = make_plan(job)
     teachers, students = plan.stage("teacher"), plan.stage("student")
@@ -111,7 +119,8 @@ def validate(
     )
     counts = ", ".join(f"{split} {len(source)}" for split, source in sources.items())
     console.print(
-        f"data: {job.data.kind}, {len(classes)} classes, {counts} images",
+        f"data: {job.data.kind}, {task.replace('_', '-')}, {len(classes)} "
+        f"{get_task(task).outputs}, {counts} images",
         highlight=False,
         soft_wrap=True,
     )
@@ -196,6 +205,7 @@ def _run(exp, job, address: str | None, verbose: bool) -> None:
     from kdray.grid.run import run_experiment
     from kdray.grid.tune import GridInterrupted, ResourceError
     from kdray.results.tables import read_trials, write_results
+    from kdray.spec.job import JobError
     from kdray.store.experiment import ExperimentError
     from kdray.store.status import GridBusy
     from kdray.store.versions import resume_warning
@@ -208,6 +218,10 @@ def _run(exp, job, address: str | None, verbose: bool) -> None:
         report = run_experiment(exp, job, address=address, verbose=verbose, console=console)
     except (ResourceError, GridBusy, ExperimentError) as exc:
         _error(str(exc))
+        raise typer.Exit(2) from None
+    except JobError as exc:  # what the data's task cannot give (known once it is read)
+        for line in exc.problems:
+            _error(line)
         raise typer.Exit(2) from None
     except DataError as exc:
         _data_errors(exc, "")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
-import numpy as np
 from rich.console import Console
 
 from kdray.data import prepare_data
@@ -20,9 +19,10 @@ from kdray.grid.progress import GridProgress
 from kdray.grid.tune import check_resources, check_storage, init_ray, run_grid
 from kdray.methods import METHODS
 from kdray.results.tables import write_results
-from kdray.spec.job import Job
+from kdray.spec.job import Job, JobError, task_problems
 from kdray.store.experiment import Experiment
 from kdray.store.status import check_no_other_driver, clear_driver, mark_driver
+from kdray.tasks import get_task
 from kdray.tracking.tracker import GridTracker
 
 
@@ -43,16 +43,15 @@ def band_warnings(job: Job, data: DataInfo) -> list[str]:
     _, labels = load_split(data.path, "valid")
     if len(labels) == 0:
         return []
-    counts = np.bincount(labels, minlength=data.num_classes)
-    majority = counts.max() / len(labels)
-    name = data.classes[int(counts.argmax())]
+    task = get_task(data.task)
+    floor, how = task.no_skill(labels, data.classes)
     return [
         f"studies.{study_name}.teacher_val_band {list(study.teacher_val_band)} starts at or "
-        f"below {majority:.3f}, the validation accuracy of always predicting {name}: a teacher "
-        f"that learned nothing can stop inside it; a band above {majority:.2f} makes a "
+        f"below {floor:.3f}, the validation {task.primary_title} of {how}: a teacher "
+        f"that learned nothing can stop inside it; a band above {floor:.2f} makes a "
         "defective teacher one that learned something, badly"
         for study_name, study in job.studies.items()
-        if study.teacher_val_band is not None and study.teacher_val_band[0] <= majority
+        if study.teacher_val_band is not None and study.teacher_val_band[0] <= floor
     ]
 
 
@@ -79,22 +78,21 @@ def run_experiment(
     report = RunReport(exp)
     with console.status("decoding data into the array cache"):  # bad data: refused before Ray
         data = prepare_data(job.data, exp.data_dir)
+    problems = task_problems(job, data.task)
+    if problems:
+        raise JobError(problems)
     skipped = sum(data.extra.get("skipped", {}).values())
     skipped += sum(data.extra.get("dropped_rows", {}).values())
+    task = get_task(data.task)
     console.print(
-        f"data: {job.data.kind}, {data.num_classes} classes, "
+        f"data: {job.data.kind}, {task.name.replace('_', '-')}, {data.num_classes} {task.outputs}, "
         + ", ".join(f"{k} {v}" for k, v in data.counts.items())
         + f", {data.image_size}px x {data.channels}ch"
         + (f", {skipped} bad images skipped" if skipped else ""),
         highlight=False,
     )
     _, train_labels = load_split(data.path, "train")
-    per_class = np.bincount(train_labels, minlength=data.num_classes)
-    console.print(
-        "train images per class: "
-        + ", ".join(f"{name} {n}" for name, n in zip(data.classes, per_class, strict=True)),
-        highlight=False,
-    )
+    console.print(f"train {task.count_line(train_labels, data.classes)}", highlight=False)
     for warning in band_warnings(job, data) + method_warnings(job, data):
         console.print(f"[yellow]warning[/yellow]: {warning}", highlight=False)
     init_ray(job, address, verbose)

@@ -418,6 +418,9 @@ class Job(Strict):
     @model_validator(mode="after")
     def _usable_studies(self) -> Job:
         problems = [line for name, study in self.studies.items() for line in study.problems(name)]
+        declared = self.data.task or self.data.declared_task()  # else known once data is read
+        if declared is not None:
+            problems += task_problems(self, declared)
         if self.labelled is None or self.label_budgets() == [None]:
             problems += [
                 f"studies.{name}.unlabelled: the job keeps every training label, so there is "
@@ -454,6 +457,31 @@ class Job(Strict):
             for m in (*(t for g in s.teacher_groups() for t in g), *s.students)
             if m != SELF_TEACHER
         }
+
+
+def task_problems(job: Job, task: str) -> list[str]:
+    """What the job asks that data of `task` (kdray.tasks) cannot give, one line each: a method
+    defined for other targets (DKD's decoupling assumes mutually exclusive classes), a label
+    budget per class where an image has no one class."""
+    problems = []
+    for name, study in job.studies.items():
+        method = METHODS[study.method_name()]
+        if task not in method.tasks:
+            fits = [n for n, m in METHODS.items() if task in m.tasks]
+            problems.append(
+                f"studies.{name}.method: {method.name} is defined for {_tasks(method.tasks)} "
+                f"data, and this data is {task.replace('_', '-')}; use one of {fits}"
+            )
+    if task == "multi_label" and job.labelled is not None and job.labelled.per_class:
+        problems.append(
+            "labelled.per_class: a multi-label image has no one class to count it under; "
+            "give labelled.fraction instead"
+        )
+    return problems
+
+
+def _tasks(names: tuple[str, ...]) -> str:
+    return " or ".join(n.replace("_", "-") for n in names)
 
 
 # --- loading ----------------------------------------------------------------------------------

@@ -75,6 +75,15 @@ class Task(ABC):
         """Labelled training images per class, or positives per label (class weights)."""
 
     @abstractmethod
+    def count_line(self, targets: np.ndarray, names: list[str]) -> str:
+        """A split's targets in one line for people: images per class, positives per label."""
+
+    @abstractmethod
+    def no_skill(self, targets: np.ndarray, names: list[str]) -> tuple[float, str]:
+        """The primary metric a model that learned nothing scores on `targets`, and what such
+        a model does (a defective teacher's band should start above it)."""
+
+    @abstractmethod
     def metrics(self, probs: np.ndarray, targets: np.ndarray) -> dict[str, float | None]:
         """Every metric of a whole split, the primary one included, from `probabilities`."""
 

@@ -65,6 +65,14 @@ class MultiLabel(Task):
     def class_counts(self, targets, num_classes):
         return tuple(int(c) for c in (np.asarray(targets) == 1).sum(axis=0))
 
+    def count_line(self, targets, names):
+        positives = (np.asarray(targets) == 1).sum(axis=0)
+        pairs = ", ".join(f"{n} {c}" for n, c in zip(names, positives, strict=True))
+        return f"positives per label: {pairs}"
+
+    def no_skill(self, targets, names):
+        return 0.5, "ranking images at random"
+
     def metrics(self, probs, targets):
         per_label = label_scores(probs, targets)
         scored = [s for s in per_label if s["auroc"] is not None]

@@ -57,6 +57,16 @@ class SingleLabel(Task):
         kept = np.asarray(targets)[np.asarray(targets) != UNLABELLED]
         return tuple(int(c) for c in np.bincount(kept, minlength=num_classes))
 
+    def count_line(self, targets, names):
+        per_class = np.bincount(np.asarray(targets), minlength=len(names))
+        pairs = ", ".join(f"{n} {c}" for n, c in zip(names, per_class, strict=True))
+        return f"images per class: {pairs}"
+
+    def no_skill(self, targets, names):
+        counts = np.bincount(np.asarray(targets), minlength=len(names))
+        majority = int(counts.argmax())
+        return counts[majority] / max(len(targets), 1), f"always predicting {names[majority]}"
+
     def metrics(self, probs, targets):
         return classification_metrics(probs, targets)
 
