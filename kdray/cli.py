@@ -382,7 +382,7 @@ def status(experiment_dir: Path) -> None:
     colours = {"finished": "green", "failed": "red", "running": "cyan", "interrupted": "yellow"}
     colours["unreadable"] = "red"
     for r in rows:
-        best = "" if r["best_val_acc"] is None else f"{r['best_val_acc']:.3f}"
+        best = "" if r["best_val"] is None else f"{r['best_val']:.3f}"
         state = f"[{colours.get(r['state'], 'white')}]{r['state']}"
         table.add_row(
             r["stage"],

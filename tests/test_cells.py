@@ -19,10 +19,11 @@ def run(trial_id, model, seed, val, test, roles, teachers=(), setting=None, meth
         "roles": list(roles),
         "teacher_trial_ids": list(teachers),
         "setting": json.dumps(setting) if setting else None,
-        "train_acc": val,
-        "val_acc": val,
-        "test_acc": test,
-        "teacher_val_acc": 0.9 if teachers else None,
+        "task": "single_label",
+        "train_score": val,
+        "val_score": val,
+        "test_score": test,
+        "teacher_val_score": 0.9 if teachers else None,
         "band_low": None,
         "band_high": None,
         "status": "finished",
@@ -93,13 +94,13 @@ def budget_trials():
             rows.append(run(f"k{tag}{s}", "small", s, kd, kd + 0.01 * s, ["kd:kd"], [f"t{tag}{s}"]))
         mt = run(f"m{s}", "small", s, 0.65, 0.66 + 0.01 * s, ["kd:mt"], [], method="mean_teacher")
         mt["method"] = "mean_teacher"
-        rows.append(mt | {"ema_test_acc": 0.68})
+        rows.append(mt | {"ema_test_score": 0.68})
     trials = pd.DataFrame(rows)
     trials["labels"] = [None if "all" in t else "10%" for t in trials.trial_id]
     trials.loc[trials.trial_id.str.startswith("m"), "labels"] = "10%"
     for metric in ("balanced_acc", "f1"):
-        trials[f"test_{metric}"] = trials.test_acc - 0.1
-    trials["ema_test_balanced_acc"] = trials["ema_test_f1"] = trials.get("ema_test_acc")
+        trials[f"test_{metric}"] = trials.test_score - 0.1
+    trials["ema_test_balanced_acc"] = trials["ema_test_f1"] = trials.get("ema_test_score")
     return trials
 
 

@@ -117,7 +117,7 @@ def test_the_frontier_and_the_students_it_ships():
     )
     optimal = set(points.index[points.pareto_macs])
     assert optimal == {"small ← big", "big", "huge"}  # at 0.9 GMACs KD with big is best
-    assert points.loc["small ← big", "test_acc"] == pytest.approx(0.855)
+    assert points.loc["small ← big", "test_score"] == pytest.approx(0.855)
     # shipped: KD students and baselines on the MACs frontier, their best seed on validation
     assert pareto_runs(fixed_cells(trials), trials) == ["k1"]
 

@@ -177,7 +177,6 @@ def test_validate_reports_an_interrupted_download_in_one_line(tmp_path, served, 
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({"name": "chestmnist"}, "chestmnist is multi-label (14 labels per image)"),
         ({"name": "organmnist3d"}, "organmnist3d is a 3D MedMNIST set"),
         ({"name": "tinymnist", "size": 128}, "tinymnist is published at sizes [28, 64], not 128"),
         ({"name": "nosuchmnist"}, "'nosuchmnist' is not a MedMNIST v2 2D set; pick one of"),

@@ -29,7 +29,7 @@ class DataConfigBase(BaseModel):
     on_bad_image: Literal["error", "skip"] = Field(
         "error", description="a missing/unreadable image stops the run (error) or is skipped"
     )
-    task: Literal["single_label", "multi_label"] | None = Field(
+    task_type: Literal["single_label", "multi_label"] | None = Field(
         None,
         description="what a target is (kdray.tasks); default: from the data (MedMNIST's "
         "registry; a row of labels per image is multi_label)",
@@ -42,7 +42,7 @@ class DataConfigBase(BaseModel):
     def unused_fields(self) -> set[str]:
         """Fields left out of the section's dump (and so of cache fingerprints and run ids):
         fields added later, at their default, keep older jobs' ids."""
-        return {"task"} if self.task is None else set()
+        return {"task_type"} if self.task_type is None else set()
 
     @model_serializer(mode="wrap")
     def _without_unused_fields(self, handler: Any) -> dict[str, Any]:

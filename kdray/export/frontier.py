@@ -31,7 +31,7 @@ def _log_axis(ax, low: float, high: float) -> None:
     ax.xaxis.set_minor_formatter(NullFormatter())
 
 
-def frontier_figure(points: pd.DataFrame) -> Figure | None:
+def frontier_figure(points: pd.DataFrame, metric: str = "accuracy") -> Figure | None:
     """Two panels, accuracy against MACs and against latency; None when nothing was measured."""
     if points.empty or points[[p[0] for p in PANELS]].notna().to_numpy().sum() == 0:
         return None
@@ -40,29 +40,29 @@ def frontier_figure(points: pd.DataFrame) -> Figure | None:
     fig = Figure(figsize=(11.0, 4.4))
     axes = fig.subplots(1, 2, sharey=True)
     for ax, (cost, optimal, xlabel) in zip(axes, PANELS, strict=True):
-        shown = points[points[cost].notna() & points.test_acc.notna()]
+        shown = points[points[cost].notna() & points.test_score.notna()]
         for row in shown.itertuples(index=False):
             colour = colours.get(row.study, "0.35" if row.kind == BASELINE else "0.1")
             size, zorder = (6, 3) if row.kind == KD else (9, 2)  # a KD dot shows on its baseline
-            ax.plot(getattr(row, cost), row.test_acc, MARKERS[row.kind], color=colour, ms=size,
+            ax.plot(getattr(row, cost), row.test_score, MARKERS[row.kind], color=colour, ms=size,
                     alpha=0.85, zorder=zorder)  # fmt: skip
         # one label per place: a KD student as accurate as its baseline shares the point
-        for (x, acc), group in shown.groupby([cost, "test_acc"], sort=False):
+        for (x, acc), group in shown.groupby([cost, "test_score"], sort=False):
             ax.annotate(
                 "\n".join(group.label), (x, acc), fontsize=6, xytext=(5, 3),
                 textcoords="offset points", va="bottom",
             )  # fmt: skip
         best = shown[shown[optimal]].sort_values(cost)
         if not best.empty:
-            ax.plot(best[cost], best.test_acc, "o", ms=14, mfc="none", color="C3", mew=1.5)
-            ax.step(best[cost], best.test_acc, where="post", color="C3", lw=1, ls="--")
+            ax.plot(best[cost], best.test_score, "o", ms=14, mfc="none", color="C3", mew=1.5)
+            ax.step(best[cost], best.test_score, where="post", color="C3", lw=1, ls="--")
         if shown.empty:
             ax.text(0.5, 0.5, "not measured", ha="center", transform=ax.transAxes)
         else:
             _log_axis(ax, shown[cost].min(), shown[cost].max())
         ax.set_xlabel(xlabel)
         ax.grid(True, which="both", alpha=0.25)
-    axes[0].set_ylabel("test accuracy (mean over seeds)")
+    axes[0].set_ylabel(f"test {metric} (mean over seeds)")
     legend = [
         *(Line2D([], [], marker="o", ls="", color=colours[s], label=f"KD: {s}") for s in studies),
         Line2D([], [], marker="s", ls="", color="0.35", label=BASELINE),
@@ -71,5 +71,5 @@ def frontier_figure(points: pd.DataFrame) -> Figure | None:
     ]
     fig.legend(handles=legend, loc="upper center", ncol=min(len(legend), 6), fontsize=8,
                bbox_to_anchor=(0.5, 1.02), frameon=False)  # fmt: skip
-    fig.suptitle("What distillation bought: accuracy against cost", y=1.09)
+    fig.suptitle(f"What distillation bought: {metric} against cost", y=1.09)
     return fig

@@ -1,5 +1,8 @@
 """Thesis-style tables from `trials.parquet`, as Markdown (and for the HTML report).
 
+Every number is the task's primary metric (`<split>_score`: accuracy for single-label data, mean
+AUROC for multi-label), named in each title.
+
 teachers.md   each teacher: train / valid / test accuracy
 <study>.md    Student x Teacher, a train / valid / test row per student, plus its no-KD baseline
               (one per study of the job, named after it; an ensemble is one teacher column)
@@ -27,15 +30,16 @@ from kdray.results.cells import (
     has_budgets,
     improvement,
     kd_runs,
+    metric_title,
     study_cells,
     teacher_label,
     with_budget,
 )
-from kdray.results.cost_ratios import COMPRESSION_NOTE, compression_table
+from kdray.results.cost_ratios import compression_note, compression_table
 from kdray.results.few_labels import few_labels_table
 from kdray.results.stats import BOOTSTRAP_FROM, MIN_SEEDS
 
-SPLITS = (("train", "train_acc"), ("valid", "val_acc"), ("test", "test_acc"))
+SPLITS = (("train", "train_score"), ("valid", "val_score"), ("test", "test_score"))
 BASELINE_COLUMN = "no KD (baseline)"
 CHOSEN_ROW = "setting (chosen on valid)"
 SUMMARY_COLUMNS = [
@@ -54,14 +58,22 @@ SUMMARY_COLUMNS = [
     "Verdict",
 ]
 SENSITIVITY_COLUMNS = ["Student", "Teacher", "Setting", "Valid", "Test", "Seeds", "Chosen"]
-STATISTICS_NOTE = (
-    "Gain: mean over seeds of (KD − baseline) test accuracy, each KD run paired with the same "
-    "student's no-KD run of the same seed. Interval: 95%, a t-interval below "
-    f"{BOOTSTRAP_FROM} seeds, a BCa bootstrap from {BOOTSTRAP_FROM}. p: paired t-test, "
-    "Holm-corrected across the cells of a study. Verdict: better / worse when that p < 0.05, "
-    f"else no evidence; below {MIN_SEEDS} seeds, n too small. A sweeping study reports the "
-    "setting with the best mean validation accuracy; the test split chooses nothing."
-)
+
+
+def statistics_note(title: str = "accuracy") -> str:
+    """How the KD gain table was computed; `title`: the primary metric's name."""
+    return (
+        f"Gain: mean over seeds of (KD − baseline) test {title}, each KD run paired with the "
+        "same student's no-KD run of the same seed. Interval: 95%, a t-interval below "
+        f"{BOOTSTRAP_FROM} seeds, a BCa bootstrap from {BOOTSTRAP_FROM}. p: paired t-test, "
+        "Holm-corrected across the cells of a study. Verdict: better / worse when that p < "
+        f"0.05, else no evidence; below {MIN_SEEDS} seeds, n too small. A sweeping study "
+        f"reports the setting with the best mean validation {title}; the test split chooses "
+        "nothing."
+    )
+
+
+STATISTICS_NOTE = statistics_note()
 
 
 def fmt(values: pd.Series) -> str:
@@ -162,9 +174,9 @@ def summary_table(cells: list[Cell]) -> pd.DataFrame:
                 "Student": c.student,
                 "Teacher": c.teacher,
                 "Setting": c.chosen or "—",
-                "Teacher valid": fmt(c.runs.teacher_val_acc),
-                "KD test": fmt(c.runs.test_acc),
-                "Baseline test": fmt(c.baseline.test_acc),
+                "Teacher valid": fmt(c.runs.teacher_val_score),
+                "KD test": fmt(c.runs.test_score),
+                "Baseline test": fmt(c.baseline.test_score),
                 "Gain": _number(g.mean, "+"),
                 "95% interval": interval,
                 "p (Holm)": "—" if g.p_holm is None else f"{g.p_holm:.3g}",
@@ -193,18 +205,18 @@ def sensitivity_table(cells: list[Cell]) -> pd.DataFrame:
                     "Student": c.student,
                     "Teacher": c.teacher,
                     "Setting": label,
-                    "Valid": fmt(runs.val_acc),
-                    "Test": fmt(runs.test_acc),
-                    "Seeds": int(runs.val_acc.notna().sum()),
+                    "Valid": fmt(runs.val_score),
+                    "Test": fmt(runs.test_score),
+                    "Seeds": int(runs.val_score.notna().sum()),
                     "Chosen": "✓" if label == c.chosen else "",
                 }
             )
     return pd.DataFrame(rows, columns=SENSITIVITY_COLUMNS)
 
 
-def study_title(trials: pd.DataFrame, study: str) -> str:
+def study_title(trials: pd.DataFrame, study: str, title: str = "accuracy") -> str:
     methods = list(dict.fromkeys(kd_runs(trials, study).method))
-    return f"{study} ({', '.join(methods) or 'no runs'}): student x teacher accuracy"
+    return f"{study} ({', '.join(methods) or 'no runs'}): student x teacher {title}"
 
 
 def tables(trials: pd.DataFrame, studies: list[str]) -> dict[str, tuple[str, pd.DataFrame]]:
@@ -214,28 +226,29 @@ def tables(trials: pd.DataFrame, studies: list[str]) -> dict[str, tuple[str, pd.
     not finish."""
     done = trials[trials.status == "finished"]
     cells = {study: study_cells(done, study) for study in studies}
+    metric = metric_title(trials)
     out = {
         "teachers": ("Teachers", teachers_table(done)),
         "baseline": ("No-KD baselines", baseline_table(done)),
     }
     for study in studies:
-        out[study] = (study_title(trials, study), study_table(cells[study]))
+        out[study] = (study_title(trials, study, metric), study_table(cells[study]))
         if any(len(c.settings) > 1 for c in cells[study]):
-            title = f"{study}: every setting of the sweep (chosen on validation accuracy)"
+            title = f"{study}: every setting of the sweep (chosen on validation {metric})"
             out[f"{study}.sensitivity"] = (title, sensitivity_table(cells[study]))
     if has_budgets(done):
         out["labels"] = (
             "Few labels: each student's test metrics per label budget, baseline vs every study",
-            few_labels_table([c for study in studies for c in cells[study]], fmt),
+            few_labels_table([c for study in studies for c in cells[study]], fmt, metric),
         )
     out["summary"] = (
-        "KD gain over each student's baseline (test accuracy, paired by seed)",
+        f"KD gain over each student's baseline (test {metric}, paired by seed)",
         summary_table([c for study in studies for c in cells[study]]),
     )
     out["improvement"] = ("How often KD beat its baseline", improvement_table(cells))
     out["compression"] = (
         "What distillation bought: each KD student against its teacher",
-        compression_table([c for study in studies for c in cells[study]], done),
+        compression_table([c for study in studies for c in cells[study]], done, metric),
     )
     failed = trials[trials.status != "finished"]
     if not failed.empty:
@@ -246,15 +259,16 @@ def tables(trials: pd.DataFrame, studies: list[str]) -> dict[str, tuple[str, pd.
 def render_tables(trials: pd.DataFrame, studies: list[str]) -> dict[str, str]:
     """File name -> Markdown text, for every table of the export."""
     out = {}
+    metric = metric_title(trials)
     for name, (title, table) in tables(trials, studies).items():
         if name == "unfinished":
             out["summary.md"] += f"\n## {title}\n\n" + markdown(table.fillna(""))
             continue
         if name == "improvement":
-            out["summary.md"] += f"\n## {title}\n\n{markdown(table)}\n{STATISTICS_NOTE}\n"
+            out["summary.md"] += f"\n## {title}\n\n{markdown(table)}\n{statistics_note(metric)}\n"
             continue
         if name == "compression":
-            out["summary.md"] += f"\n## {title}\n\n{markdown(table)}\n{COMPRESSION_NOTE}\n"
+            out["summary.md"] += f"\n## {title}\n\n{markdown(table)}\n{compression_note(metric)}\n"
             continue
         body = markdown(table) if len(table.columns) else "_no finished trials_\n"
         out[f"{name}.md"] = f"# {title}\n\n{body}"

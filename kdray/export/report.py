@@ -22,9 +22,9 @@ import numpy as np
 import pandas as pd
 
 from kdray.export.frontier import frontier_figure
-from kdray.export.markdown import STATISTICS_NOTE, tables
-from kdray.results.cells import Cell, baseline_rows, has_role, study_cells
-from kdray.results.cost_ratios import COMPRESSION_NOTE, frontier_points
+from kdray.export.markdown import statistics_note, tables
+from kdray.results.cells import Cell, baseline_rows, has_role, metric_title, study_cells
+from kdray.results.cost_ratios import compression_note, frontier_points
 
 matplotlib.use("Agg")
 
@@ -83,11 +83,11 @@ def _mean_std(values: pd.Series) -> tuple[float, float, int]:
     return float(values.mean()) if len(values) else math.nan, std, len(values)
 
 
-def gain_figure(cells: list[Cell]) -> str | None:
+def gain_figure(cells: list[Cell], metric: str = "accuracy") -> str | None:
     """Paired bars: each KD cell's test accuracy and its student's baseline; std over seeds."""
     bars = []
     for c in cells:
-        kd, base_ = _mean_std(c.runs.test_acc), _mean_std(c.baseline.test_acc)
+        kd, base_ = _mean_std(c.runs.test_score), _mean_std(c.baseline.test_score)
         if kd[2]:
             bars.append((f"{c.study}: {c.student} ← {c.teacher}", kd, base_))
     if not bars:
@@ -104,15 +104,15 @@ def gain_figure(cells: list[Cell]) -> str | None:
             y + offset * height / 2, means, height, xerr=errs, capsize=3, label=name, color=color
         )
     ax.set_yticks(y, [c[0] for c in bars], fontsize=8)
-    ax.set_xlabel("test accuracy")
+    ax.set_xlabel(f"test {metric}")
     ax.set_xlim(0, 1)
     ax.legend(fontsize=8, loc="lower right")
-    title = "KD test accuracy against the student's baseline"
+    title = f"KD test {metric} against the student's baseline"
     ax.set_title(title + (" (± std over seeds)" if several else ""))
     return svg(fig, "gain")
 
 
-def forest_figure(cells: list[Cell], study: str) -> str | None:
+def forest_figure(cells: list[Cell], study: str, metric: str = "accuracy") -> str | None:
     """The paired gain of each cell of a study with its 95% interval, a line at zero (drawn once
     some cell has enough seeds for an interval)."""
     rows = [c for c in cells if c.gain.mean is not None]
@@ -129,12 +129,12 @@ def forest_figure(cells: list[Cell], study: str) -> str | None:
         ax.plot([g.mean], [yi], "o", color=color)
         ax.annotate(f" {g.verdict}, n={g.n}", (g.mean, yi), fontsize=7, va="bottom")
     ax.set_yticks(y, [f"{c.student} ← {c.teacher}" for c in rows], fontsize=8)
-    ax.set_xlabel("test accuracy gain over the no-KD baseline (paired by seed, 95% interval)")
+    ax.set_xlabel(f"test {metric} gain over the no-KD baseline (paired by seed, 95% interval)")
     ax.set_title(f"{study}: KD gain")
     return svg(fig, f"forest-{study}")
 
 
-def sensitivity_figure(cells: list[Cell], study: str) -> str | None:
+def sensitivity_figure(cells: list[Cell], study: str, metric: str = "accuracy") -> str | None:
     """Validation and test accuracy of every setting of a sweep, per cell; the chosen ringed."""
     swept = [c for c in cells if len(c.settings) > 1]
     if not swept:
@@ -145,34 +145,34 @@ def sensitivity_figure(cells: list[Cell], study: str) -> str | None:
     for ax, c in zip(axes[0], swept, strict=True):
         labels = list(c.settings)
         x = np.arange(len(labels))
-        for column, name, color in (("val_acc", "valid", "C1"), ("test_acc", "test", "C0")):
+        for column, name, color in (("val_score", "valid", "C1"), ("test_score", "test", "C0")):
             stats = [_mean_std(c.settings[label][column]) for label in labels]
             ax.errorbar(
                 x, [m for m, _, _ in stats], yerr=[s for _, s, _ in stats], fmt="o-",
                 capsize=3, color=color, label=name,
             )  # fmt: skip
         chosen = labels.index(c.chosen)
-        ax.plot([chosen], [_mean_std(c.runs.val_acc)[0]], "o", ms=14, mfc="none", color="C3")
+        ax.plot([chosen], [_mean_std(c.runs.val_score)[0]], "o", ms=14, mfc="none", color="C3")
         ax.set_xticks(x, [label.replace(", ", "\n") for label in labels], fontsize=7)
         ax.set_title(f"{c.student} ← {c.teacher}", fontsize=9)
         ax.legend(fontsize=7)
-    axes[0][0].set_ylabel("accuracy (mean ± std over seeds)")
+    axes[0][0].set_ylabel(f"{metric} (mean ± std over seeds)")
     fig.suptitle(f"{study}: every setting (ringed: chosen on validation)", fontsize=10)
     return svg(fig, f"sensitivity-{study}")
 
 
-def heatmap_figure(cells: list[Cell], study: str) -> str | None:
+def heatmap_figure(cells: list[Cell], study: str, metric: str = "accuracy") -> str | None:
     """Student x Teacher mean test accuracy of one study (the chosen setting of a sweep)."""
     rows = [
-        {"model": c.student, "teacher_label": c.teacher, "test_acc": v}
+        {"model": c.student, "teacher_label": c.teacher, "test_score": v}
         for c in cells
-        for v in pd.to_numeric(c.runs.test_acc, errors="coerce").dropna()
+        for v in pd.to_numeric(c.runs.test_score, errors="coerce").dropna()
     ]
     if not rows:
         return None
     runs = pd.DataFrame(rows)
     grid = runs.pivot_table(
-        index="model", columns="teacher_label", values="test_acc", aggfunc="mean", sort=False
+        index="model", columns="teacher_label", values="test_score", aggfunc="mean", sort=False
     )
     values = grid.to_numpy(dtype=float)
     fig, ax = plt.subplots(
@@ -189,7 +189,7 @@ def heatmap_figure(cells: list[Cell], study: str) -> str | None:
     ax.set_xlabel("teacher")
     ax.set_ylabel("student")
     several = runs.groupby(["model", "teacher_label"]).size().max() > 1
-    ax.set_title(f"{study}: test accuracy" + (" (mean over seeds)" if several else ""))
+    ax.set_title(f"{study}: test {metric}" + (" (mean over seeds)" if several else ""))
     return svg(fig, f"heatmap-{study}")
 
 
@@ -201,10 +201,12 @@ def _run_label(row, as_teacher: bool) -> str:
     return f"{row.model} ← {row.teacher or row.method} s{row.seed}"
 
 
-def curves_figure(done: pd.DataFrame, epochs: pd.DataFrame, studies: list[str]) -> str | None:
+def curves_figure(
+    done: pd.DataFrame, epochs: pd.DataFrame, studies: list[str], metric: str = "accuracy"
+) -> str | None:
     """Validation accuracy per epoch: one panel per study (its teachers dashed, its students
     solid, the teachers' band shaded), one for the no-KD baselines."""
-    epochs = epochs[pd.to_numeric(epochs.val_acc, errors="coerce").notna()]
+    epochs = epochs[pd.to_numeric(epochs.val_score, errors="coerce").notna()]
     epochs = epochs[epochs.trial_id.isin(done.trial_id)]
     if epochs.empty:
         return None
@@ -228,13 +230,13 @@ def curves_figure(done: pd.DataFrame, epochs: pd.DataFrame, studies: list[str]) 
                 mine = epochs[epochs.trial_id == row.trial_id].sort_values("epoch")
                 if not mine.empty:
                     style, label = "--" if as_teacher else "-", _run_label(row, as_teacher)
-                    ax.plot(mine.epoch, mine.val_acc, style, marker=".", label=label)
+                    ax.plot(mine.epoch, mine.val_score, style, marker=".", label=label)
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         # below the panel, not over the curves: a thesis study has a dozen runs per panel
         ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(0, -0.2), frameon=False)
-    axes[0][0].set_ylabel("validation accuracy")
+    axes[0][0].set_ylabel(f"validation {metric}")
     axes[0][0].set_ylim(0, 1)
     return svg(fig, "curves")
 
@@ -267,24 +269,27 @@ def render_report(
         parts.append(html_table(table))
 
     cells = {study: study_cells(done, study) for study in studies}
-    section("summary", figure=gain_figure([c for s in studies for c in cells[s]]))
+    metric = metric_title(trials)
+    section("summary", figure=gain_figure([c for s in studies for c in cells[s]], metric))
     for study in studies:
-        parts.append(forest_figure(cells[study], study) or "")
+        parts.append(forest_figure(cells[study], study, metric) or "")
     section("improvement")
-    parts.append(f'<p class="note">{html.escape(STATISTICS_NOTE)}</p>')
-    frontier = frontier_figure(frontier_points([c for s in studies for c in cells[s]], done))
+    parts.append(f'<p class="note">{html.escape(statistics_note(metric))}</p>')
+    points = frontier_points([c for s in studies for c in cells[s]], done)
+    frontier = frontier_figure(points, metric)
     section("compression", figure=svg(frontier, "frontier") if frontier else None)
-    parts.append(f'<p class="note">{html.escape(COMPRESSION_NOTE)}</p>')
+    parts.append(f'<p class="note">{html.escape(compression_note(metric))}</p>')
     if "labels" in all_tables:
         section("labels")
     section("teachers")
     section("baseline")
     for study in studies:
-        section(study, figure=heatmap_figure(cells[study], study))
+        section(study, figure=heatmap_figure(cells[study], study, metric))
         if f"{study}.sensitivity" in all_tables:
-            section(f"{study}.sensitivity", figure=sensitivity_figure(cells[study], study))
+            figure = sensitivity_figure(cells[study], study, metric)
+            section(f"{study}.sensitivity", figure=figure)
     parts.append("<h2>Learning curves</h2>")
-    curves = curves_figure(done, epochs, studies)
+    curves = curves_figure(done, epochs, studies, metric)
     parts.append(curves or '<p class="note">no epochs recorded</p>')
     if "unfinished" in all_tables:
         section("unfinished")

@@ -10,9 +10,16 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from kdray.tasks import get_task
 from kdray.results.stats import Gain, judge, paired_gain, probability_of_improvement
 
 NO_TEACHER = "no teacher"
+
+
+def metric_title(trials: pd.DataFrame) -> str:
+    """How tables name the runs' primary metric (`<split>_score`): "accuracy", "mean AUROC"."""
+    tasks = trials["task"].dropna() if "task" in trials else pd.Series(dtype=object)
+    return get_task(tasks.iloc[0]).primary_title if len(tasks) else "accuracy"
 
 
 def has_role(trials: pd.DataFrame, role: str) -> pd.Series:
@@ -90,14 +97,14 @@ class Cell:
         return [(kd[s], base[s]) for s in sorted(set(kd) & set(base))]
 
 
-def by_seed(runs: pd.DataFrame, column: str = "test_acc") -> dict[int, float]:
+def by_seed(runs: pd.DataFrame, column: str = "test_score") -> dict[int, float]:
     runs = runs[pd.to_numeric(runs[column], errors="coerce").notna()]
     return {int(s): float(v) for s, v in zip(runs.seed, runs[column], strict=True)}
 
 
 def choose_on_validation(settings: dict[str, pd.DataFrame]) -> str:
     """The setting with the best mean validation accuracy over seeds (first wins a tie)."""
-    means = {label: pd.to_numeric(runs.val_acc).mean() for label, runs in settings.items()}
+    means = {label: pd.to_numeric(runs.val_score).mean() for label, runs in settings.items()}
     scored = {k: v for k, v in means.items() if pd.notna(v)}
     return max(scored, key=scored.get) if scored else next(iter(settings))
 

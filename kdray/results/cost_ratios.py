@@ -33,13 +33,25 @@ COMPRESSION_COLUMNS = [
     "Accuracy kept",
     "Gain over baseline",
 ]
-COMPRESSION_NOTE = (
-    "Ratios: teacher / student, each the mean over the cell's seeds; an ensemble costs the sum of "
-    "its teachers. Latency: batch 1 on the device the runs trained on. Accuracy kept: student "
-    "test accuracy / teacher test accuracy (an ensemble: the mean of its teachers'). Gain: the "
-    "paired gain over the student's no-KD baseline, as in the KD gain table. A teacher-free "
-    "cell has no teacher to compare with."
-)
+
+
+def kept_column(title: str) -> str:
+    """The compression table's column of the primary metric kept: `Accuracy kept`."""
+    return f"{title[0].upper()}{title[1:]} kept"
+
+
+def compression_note(title: str = "accuracy") -> str:
+    kept = kept_column(title)
+    return (
+        "Ratios: teacher / student, each the mean over the cell's seeds; an ensemble costs the "
+        "sum of its teachers. Latency: batch 1 on the device the runs trained on. "
+        f"{kept}: student test {title} / teacher test {title} (an ensemble: the mean of its "
+        "teachers'). Gain: the paired gain over the student's no-KD baseline, as in the KD gain "
+        "table. A teacher-free cell has no teacher to compare with."
+    )
+
+
+COMPRESSION_NOTE = compression_note()
 
 
 def _numbers(runs: pd.DataFrame, column: str) -> pd.Series:
@@ -65,8 +77,8 @@ def teacher_cost(runs: pd.DataFrame, done: pd.DataFrame) -> dict[str, float]:
         if len(teachers) < len(ids) or not len(ids):
             continue
         row = {c: _numbers(teachers, c).sum(min_count=len(ids)) for c in COSTS}
-        per_run.append(row | {"test_acc": _mean(teachers.test_acc)})
-    return {k: _mean([r[k] for r in per_run]) for k in (*COSTS, "test_acc")}
+        per_run.append(row | {"test_score": _mean(teachers.test_score)})
+    return {k: _mean([r[k] for r in per_run]) for k in (*COSTS, "test_score")}
 
 
 def _ratio(a: float, b: float) -> float:
@@ -75,14 +87,14 @@ def _ratio(a: float, b: float) -> float:
 
 def compression_row(cell: Cell, done: pd.DataFrame) -> dict:
     """One cell's ratios as numbers (NaN: not available), before formatting."""
-    student = {k: _mean(_numbers(cell.runs, k)) for k in (*COSTS, "test_acc")}
+    student = {k: _mean(_numbers(cell.runs, k)) for k in (*COSTS, "test_score")}
     teacher = teacher_cost(cell.runs, done) if cell.teacher != NO_TEACHER else {}
     nan = np.nan
     return {
         "params": _ratio(teacher.get("params", nan), student["params"]),
         "macs": _ratio(teacher.get("macs", nan), student["macs"]),
         "latency": _ratio(teacher.get("latency_ms_p50", nan), student["latency_ms_p50"]),
-        "kept": _ratio(student["test_acc"], teacher.get("test_acc", nan)),
+        "kept": _ratio(student["test_score"], teacher.get("test_score", nan)),
         "gain": nan if cell.gain.mean is None else cell.gain.mean,
     }
 
@@ -91,8 +103,9 @@ def _times(value: float) -> str:
     return "—" if pd.isna(value) else f"{value:.2f}×"
 
 
-def compression_table(cells: list[Cell], done: pd.DataFrame) -> pd.DataFrame:
-    """Each KD cell's student against its teacher: cost ratios, accuracy kept, gain."""
+def compression_table(cells: list[Cell], done: pd.DataFrame, title: str = "accuracy") -> pd.DataFrame:
+    """Each KD cell's student against its teacher: cost ratios, the primary metric (`title`)
+    kept, gain."""
     rows = []
     for c in cells:
         r = compression_row(c, done)
@@ -106,11 +119,12 @@ def compression_table(cells: list[Cell], done: pd.DataFrame) -> pd.DataFrame:
                 "Params ratio": _times(r["params"]),
                 "MACs ratio": _times(r["macs"]),
                 "Latency ratio": _times(r["latency"]),
-                "Accuracy kept": "—" if pd.isna(r["kept"]) else f"{r['kept']:.3f}",
+                kept_column(title): "—" if pd.isna(r["kept"]) else f"{r['kept']:.3f}",
                 "Gain over baseline": "—" if pd.isna(r["gain"]) else f"{r['gain']:+.3f}",
             }
         )
-    return pd.DataFrame(rows, columns=COMPRESSION_COLUMNS)
+    columns = [kept_column(title) if c == "Accuracy kept" else c for c in COMPRESSION_COLUMNS]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def pareto_optimal(accuracy, cost) -> np.ndarray:
@@ -128,10 +142,10 @@ def pareto_optimal(accuracy, cost) -> np.ndarray:
 def _point(label: str, kind: str, study: str | None, runs: pd.DataFrame) -> dict:
     """A model of the figure: mean test accuracy and cost over its runs, and the run to ship
     (the best validation accuracy among its seeds: the test split chooses nothing)."""
-    val = pd.to_numeric(runs.val_acc, errors="coerce")
+    val = pd.to_numeric(runs.val_score, errors="coerce")
     pick = runs.trial_id.iloc[int(val.fillna(-1).to_numpy().argmax())]
     costs = {k: _mean(_numbers(runs, k)) for k in COSTS}
-    return {"label": label, "kind": kind, "study": study, "test_acc": _mean(runs.test_acc)} | (
+    return {"label": label, "kind": kind, "study": study, "test_score": _mean(runs.test_score)} | (
         costs | {"run_ids": list(runs.trial_id), "pick": pick}
     )
 
@@ -149,10 +163,10 @@ def frontier_points(cells: list[Cell], done: pd.DataFrame) -> pd.DataFrame:
         labels = runs.apply(teacher_label, axis=1)
         for label, group in runs.groupby(labels, sort=False):
             points.append(_point(label, kind, None, group))
-    columns = ["label", "kind", "study", "test_acc", *COSTS, "run_ids", "pick"]
+    columns = ["label", "kind", "study", "test_score", *COSTS, "run_ids", "pick"]
     frame = pd.DataFrame(points, columns=columns)
-    frame["pareto_macs"] = pareto_optimal(frame.test_acc, frame.macs)
-    frame["pareto_latency"] = pareto_optimal(frame.test_acc, frame.latency_ms_p50)
+    frame["pareto_macs"] = pareto_optimal(frame.test_score, frame.macs)
+    frame["pareto_latency"] = pareto_optimal(frame.test_score, frame.latency_ms_p50)
     return frame
 
 

@@ -1,5 +1,6 @@
 """The few-labels table: per student and label budget, the no-KD baseline beside every study's
-student (and a mean teacher's moving average), in accuracy, balanced accuracy and macro-F1.
+student (and a mean teacher's moving average), in the task's primary metric, then balanced
+accuracy (single-label) or mean average precision (multi-label), and macro-F1.
 
 Accuracy alone flatters skewed data (always answering "benign" scores 0.73 on BreastMNIST);
 balanced accuracy (the mean per-class recall) and macro-F1 do not.
@@ -11,9 +12,9 @@ import pandas as pd
 
 from kdray.results.cells import Cell
 
-METRICS = (
-    ("accuracy", "test_acc", "ema_test_acc"),
+SECONDARY = (  # each shown where some run has it: a task computes some of them only
     ("balanced accuracy", "test_balanced_acc", "ema_test_balanced_acc"),
+    ("mean average precision", "test_map", None),
     ("macro-F1", "test_f1", "ema_test_f1"),
 )
 BASELINE = "no KD (baseline)"
@@ -23,24 +24,28 @@ def _column(cell: Cell, several_teachers: bool) -> str:
     return f"{cell.study} ← {cell.teacher}" if several_teachers else cell.study
 
 
-def few_labels_table(cells: list[Cell], fmt) -> pd.DataFrame:
+def few_labels_table(cells: list[Cell], fmt, title: str = "accuracy") -> pd.DataFrame:
     """Rows: (student, budget, metric) on the test split; columns: the baseline, then each
-    study's cell (its chosen setting), then `<study> (EMA)` where the method keeps one."""
+    study's cell (its chosen setting), then `<study> (EMA)` where the method keeps one.
+    `title`: how the primary metric (`test_score`) is named."""
     several = {s for s in {c.study for c in cells}
                if len({c.teacher for c in cells if c.study == s}) > 1}  # fmt: skip
     columns = list(dict.fromkeys(_column(c, c.study in several) for c in cells))
-    with_ema = [c for c in cells if "ema_test_acc" in c.runs and c.runs.ema_test_acc.notna().any()]
+    with_ema = [c for c in cells if c.runs.get("ema_test_score", pd.Series()).notna().any()]
+    metrics = [(title, "test_score", "ema_test_score")] + [
+        m for m in SECONDARY if any(c.runs.get(m[1], pd.Series()).notna().any() for c in cells)
+    ]
     columns += list(dict.fromkeys(f"{_column(c, c.study in several)} (EMA)" for c in with_ema))
     rows = []
     for student in dict.fromkeys(c.student for c in cells):
         mine = [c for c in cells if c.student == student]
-        for metric, column, ema_column in METRICS:
+        for metric, column, ema_column in metrics:
             row = {"Student": student, "Test metric": metric}
             row[BASELINE] = fmt(mine[0].baseline[column])
             for c in mine:
                 name = _column(c, c.study in several)
                 row[name] = fmt(c.runs[column])
-                if c in with_ema:
+                if c in with_ema and ema_column is not None:
                     row[f"{name} (EMA)"] = fmt(c.runs[ema_column])
             rows.append(row)
     return pd.DataFrame(rows, columns=["Student", "Test metric", BASELINE, *columns]).fillna("—")

@@ -18,11 +18,13 @@ from kdray.spec.plan import RunSpec
 COST_COLUMNS = (
     "macs", "weights_mb", "latency_ms_p50", "latency_ms_p90", "throughput", "cost_device",
 )  # fmt: skip
-METRICS = ("acc", "balanced_acc", "f1", "kappa", "auroc", "loss")
+METRICS = ("acc", "balanced_acc", "f1", "kappa", "auroc", "map", "loss")  # every task's
 EMA_METRICS = (  # a mean-teacher run's moving-average model, evaluated beside its student
     "ema_train_acc", "ema_val_acc", "ema_test_acc", "ema_test_balanced_acc", "ema_test_f1",
 )  # fmt: skip
 SPLIT_PREFIXES = ("train", "val", "test")
+SCORE = "score"  # `<split>_score`: the task's primary metric (`primary_metric` names it)
+DEFAULT_PRIMARY = "acc"  # runs from before tasks: single-label, primary metric accuracy
 
 PER_CLASS = pa.struct(
     [
@@ -31,6 +33,16 @@ PER_CLASS = pa.struct(
         ("recall", pa.float64()),
         ("f1", pa.float64()),
         ("support", pa.int64()),
+    ]
+)
+PER_LABEL = pa.struct(  # multi-label: each label's scores over its known targets
+    [
+        ("label", pa.string()),
+        ("auroc", pa.float64()),
+        ("ap", pa.float64()),
+        ("f1", pa.float64()),
+        ("positives", pa.int64()),
+        ("negatives", pa.int64()),
     ]
 )
 
@@ -51,6 +63,9 @@ TRIAL_SCHEMA = pa.schema(
         pa.field("roles", pa.list_(pa.string())),  # teacher:<study>, kd:<study>, baseline
         pa.field("status", pa.string(), nullable=False),  # finished | failed | pending
         pa.field("epochs", pa.float64()),  # fractional for a teacher stopped inside its band
+        pa.field("task", pa.string()),  # single_label | multi_label (kdray.tasks)
+        pa.field("primary_metric", pa.string()),  # what <split>_score is: acc | auroc
+        *[pa.field(f"{split}_{SCORE}", pa.float64()) for split in SPLIT_PREFIXES],
         *[
             pa.field(f"{split}_{metric}", pa.float64())
             for split in SPLIT_PREFIXES
@@ -63,15 +78,19 @@ TRIAL_SCHEMA = pa.schema(
         ],
         pa.field("test_study_kappa_by_type", pa.map_(pa.string(), pa.float64())),
         *[pa.field(name, pa.float64()) for name in EMA_METRICS],
+        *[pa.field(f"ema_{split}_{SCORE}", pa.float64()) for split in SPLIT_PREFIXES],
         *[
             field
             for split in ("val", "test")
             for field in (
                 pa.field(f"{split}_per_class", pa.list_(PER_CLASS)),
                 pa.field(f"{split}_confusion", pa.list_(pa.list_(pa.int64()))),
+                pa.field(f"{split}_per_label", pa.list_(PER_LABEL)),
+                pa.field(f"{split}_labels_left_out", pa.list_(pa.string())),
             )
         ],
         pa.field("teacher_val_acc", pa.float64()),  # mean over an ensemble's teachers
+        pa.field("teacher_val_score", pa.float64()),  # ... of their primary metric
         pa.field("band_low", pa.float64()),
         pa.field("band_high", pa.float64()),
         pa.field("params", pa.int64()),
@@ -99,6 +118,7 @@ EPOCH_SCHEMA = pa.schema(
         pa.field("train_loss", pa.float64()),
         pa.field("train_acc", pa.float64()),
         pa.field("val_acc", pa.float64()),
+        pa.field("val_score", pa.float64()),  # the task's primary metric (val_acc, val_auroc)
         pa.field("lr", pa.float64()),
         pa.field("epoch_s", pa.float64()),
     ]
@@ -144,8 +164,8 @@ def trial_row(exp: Experiment, spec: RunSpec, failure: str | None = None) -> dic
         failed = read_json(failure_file, f"delete it; `kdray resume {exp.root}` retries the run")
         failure = failed.get("error") if isinstance(failed, dict) else None
         failure = failure or "failed (no error recorded)"
-    teacher_accs = [(exp.summary(t) or {}).get("val_acc") for t in spec.teacher_runs]
-    teacher_accs = [a for a in teacher_accs if a is not None]
+    primary = summary.get("primary_metric") or DEFAULT_PRIMARY
+    teachers = [exp.summary(t) or {} for t in spec.teacher_runs]
     attempts_file = exp.run_dir(spec.run_id) / "attempts.json"
     status = summary.get("status") or ("failed" if failure else "pending")
     model_file = exp.run_dir(spec.run_id) / "model.pt"
@@ -165,7 +185,10 @@ def trial_row(exp: Experiment, spec: RunSpec, failure: str | None = None) -> dic
         "roles": list(spec.roles),
         "status": status,
         "epochs": summary.get("epochs"),
-        "teacher_val_acc": sum(teacher_accs) / len(teacher_accs) if teacher_accs else None,
+        "task": summary.get("task") or ("single_label" if summary else None),
+        "primary_metric": primary if summary else None,
+        "teacher_val_acc": _mean([t.get("val_acc") for t in teachers]),
+        "teacher_val_score": _mean([t.get(f"val_{primary}") for t in teachers]),
         "band_low": spec.band[0] if spec.band else None,
         "band_high": spec.band[1] if spec.band else None,
         "params": summary.get("params"),
@@ -180,16 +203,26 @@ def trial_row(exp: Experiment, spec: RunSpec, failure: str | None = None) -> dic
     for split in SPLIT_PREFIXES:
         for metric in METRICS:
             row[f"{split}_{metric}"] = summary.get(f"{split}_{metric}")
+        row[f"{split}_{SCORE}"] = summary.get(f"{split}_{primary}")
+        row[f"ema_{split}_{SCORE}"] = summary.get(f"ema_{split}_{primary}")
     for split in ("val", "test"):
         for metric in ("acc", "kappa", "auroc"):
             row[f"{split}_study_{metric}"] = summary.get(f"{split}_study_{metric}")
         report = summary.get(f"{split}_report") or {}
         row[f"{split}_per_class"] = report.get("per_class")
         row[f"{split}_confusion"] = report.get("confusion")
+        row[f"{split}_per_label"] = report.get("per_label")
+        row[f"{split}_labels_left_out"] = report.get("left_out")
     row.update({name: summary.get(name) for name in EMA_METRICS})
     by_type = summary.get("test_study_kappa_by_category")
     row["test_study_kappa_by_type"] = list(by_type.items()) if by_type else None
     return row
+
+
+def _mean(values: list) -> float | None:
+    """The mean of the known values (an ensemble's teachers), None when there is none."""
+    known = [v for v in values if v is not None]
+    return sum(known) / len(known) if known else None
 
 
 def _attempts(exp: Experiment, path: Path) -> int:
@@ -218,7 +251,8 @@ def epoch_rows(exp: Experiment, spec: RunSpec) -> list[dict]:
             raise ExperimentError(
                 damaged(where, exc, "delete that line (the run's other epochs are kept)")
             ) from None
-        rows.append({"trial_id": spec.run_id, **row})
+        score = [v for k, v in row.items() if k.startswith("val_")]  # one: val_<primary>
+        rows.append({"trial_id": spec.run_id, **row, "val_score": score[0] if score else None})
     return rows
 
 

@@ -418,7 +418,7 @@ class Job(Strict):
     @model_validator(mode="after")
     def _usable_studies(self) -> Job:
         problems = [line for name, study in self.studies.items() for line in study.problems(name)]
-        declared = self.data.task or self.data.declared_task()  # else known once data is read
+        declared = self.data.task_type or self.data.declared_task()  # else known once data is read
         if declared is not None:
             problems += task_problems(self, declared)
         if self.labelled is None or self.label_budgets() == [None]:

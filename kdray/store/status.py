@@ -115,7 +115,8 @@ def run_state(exp: Experiment, run: RunSpec, alive: bool) -> str:
     return "pending"
 
 
-def best_val_acc(exp: Experiment, run_id: str) -> float | None:
+def best_val_score(exp: Experiment, run_id: str) -> float | None:
+    """The best validation score (the task's primary metric, `val_<metric>`) so far."""
     path = exp.run_dir(run_id) / "epochs.jsonl"
     try:
         lines = path.read_text().splitlines()
@@ -127,7 +128,10 @@ def best_val_acc(exp: Experiment, run_id: str) -> float | None:
             rows.append(json.loads(line))
         except ValueError:
             continue
-    values = [r["val_acc"] for r in rows if isinstance(r, dict) and r.get("val_acc") is not None]
+    values = [
+        v for r in rows if isinstance(r, dict) for k, v in r.items()
+        if k.startswith("val_") and isinstance(v, int | float)
+    ]  # fmt: skip
     return max(values) if values else None
 
 
@@ -145,7 +149,7 @@ def status_rows(exp: Experiment) -> list[dict]:
                 "model": run.model,
                 "seed": run.seed,
                 "state": run_state(exp, run, alive),
-                "best_val_acc": best_val_acc(exp, run.run_id),
+                "best_val": best_val_score(exp, run.run_id),
                 "attempts": attempts.get("attempts", 0),
                 "trial_id": run.run_id,
             }

@@ -13,7 +13,7 @@ A task is one small module in this package, registered by name like the methods.
   the one number that cells, selection on validation, paired statistics, the frontier and the
   summary use.
 Methods declare which tasks they support (`Method.tasks`); the data says which task it is
-(`kdray.data`), or the job's `data.task`.
+(`kdray.data`), or the job's `data.task_type`.
 """
 
 from __future__ import annotations
