@@ -385,7 +385,8 @@ def eval_rate(job_json: dict, info_json: dict, model_name: str, threads: int) ->
     task = get_task(info.task)
     model = task.create_model(model_name, info.num_classes, info.channels)
     images, _ = load_split(info.path, "valid", mmap=False)
-    predict(model, images[:4], info.mean, info.std, "cpu", job.train.eval_batch_size, task)  # warm-up
+    warm_up = images[:4]
+    predict(model, warm_up, info.mean, info.std, "cpu", job.train.eval_batch_size, task)
     t0 = time.perf_counter()
     predict(model, images, info.mean, info.std, "cpu", job.train.eval_batch_size, task)
     return (time.perf_counter() - t0) / len(images)

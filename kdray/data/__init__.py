@@ -56,8 +56,9 @@ def prepare_data(cfg, cache_root: str | Path) -> DataInfo:
 
 
 def data_task(cfg, sources: dict) -> str:
-    """The task of the data (`kdray.tasks`): the job's `data.task_type`, else what the data kind says
-    (MedMNIST's registry), else from the targets: a row of labels per image is multi-label."""
+    """The task of the data (`kdray.tasks`): the job's `data.task_type`, else what the data kind
+    says (MedMNIST's registry), else from the targets: a row of labels per image is
+    multi-label."""
     declared = cfg.task_type or cfg.declared_task()
     if declared is not None:
         return declared

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from kdray.tasks import get_task
 from kdray.results.stats import Gain, judge, paired_gain, probability_of_improvement
+from kdray.tasks import get_task
 
 NO_TEACHER = "no teacher"
 

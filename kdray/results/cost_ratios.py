@@ -1,10 +1,10 @@
 """What distillation bought: each KD student's cost against its teacher's, and the frontier.
 
-- `compression_table`: per KD cell (its chosen setting, `kdray.results.cells`), teacher / student ratios
-  of parameters, MACs and batch-1 latency, the accuracy the student kept of its teacher's, and
-  its paired gain over its own no-KD baseline. An ensemble costs the sum of its teachers (they
-  all run per image) and scores the mean of their test accuracies (kdray evaluates no ensemble
-  as such); a teacher-free cell has no ratios.
+- `compression_table`: per KD cell (its chosen setting, `kdray.results.cells`), teacher / student
+  ratios of parameters, MACs and batch-1 latency, the accuracy the student kept of its teacher's,
+  and its paired gain over its own no-KD baseline. An ensemble costs the sum of its teachers (they
+  all run per image) and scores the mean of their test accuracies (kdray evaluates no ensemble as
+  such); a teacher-free cell has no ratios.
 - `frontier_points`: the models of the accuracy/cost figure, one point per KD cell, per no-KD
   baseline of those students and per teacher (mean over seeds), each marked Pareto-optimal or
   not (no other point at least as accurate and at most as costly, better in one) on MACs and on
@@ -103,7 +103,9 @@ def _times(value: float) -> str:
     return "—" if pd.isna(value) else f"{value:.2f}×"
 
 
-def compression_table(cells: list[Cell], done: pd.DataFrame, title: str = "accuracy") -> pd.DataFrame:
+def compression_table(
+    cells: list[Cell], done: pd.DataFrame, title: str = "accuracy"
+) -> pd.DataFrame:
     """Each KD cell's student against its teacher: cost ratios, the primary metric (`title`)
     kept, gain."""
     rows = []

@@ -9,11 +9,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from kdray.data.budgets import budget_label
+from kdray.spec.plan import RunSpec
 from kdray.store import versions
 from kdray.store.atomic import atomic_write
 from kdray.store.experiment import Experiment, ExperimentError, damaged, read_json
-from kdray.data.budgets import budget_label
-from kdray.spec.plan import RunSpec
 
 COST_COLUMNS = (
     "macs", "weights_mb", "latency_ms_p50", "latency_ms_p90", "throughput", "cost_device",
@@ -94,8 +94,8 @@ TRIAL_SCHEMA = pa.schema(
         pa.field("band_low", pa.float64()),
         pa.field("band_high", pa.float64()),
         pa.field("params", pa.int64()),
-        # what the deployable model costs (kdray.train.cost): one forward pass of one image, model.pt
-        # on disk, batch-1 latency and throughput on the device the run trained on
+        # what the deployable model costs (kdray.train.cost): one forward pass of one image,
+        # model.pt on disk, batch-1 latency and throughput on the device the run trained on
         pa.field("macs", pa.int64()),
         pa.field("weights_mb", pa.float64()),
         pa.field("latency_ms_p50", pa.float64()),
