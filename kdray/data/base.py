@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_serializer, model_validator
 
-PATH_FIELDS = ("path", "root", "csv")
+PATH_FIELDS = ("path", "root", "csv", "image_root")
 
 
 def distinct(names: list[str]) -> list[str]:

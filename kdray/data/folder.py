@@ -5,9 +5,12 @@ Three ways to lay the files out:
   by `split_by`, stratified by class, seeded;
 - `root/{train,valid,test}/<class>/...` (`val` also names valid): the splits as given; a missing
   valid or test folder is carved off train as above;
-- `csv:` with a header `path,label[,split,group]`: paths relative to the CSV's folder; splits the
-  CSV does not use are carved off train, by group when there is a group column (no group in two
-  splits), else by file, stratified by class.
+- `csv:` with a header `path,label[,split,group]`: paths relative to the CSV's folder (or
+  `image_root`); splits the CSV does not use are carved off train, by group when there is a group
+  column (no group in two splits), else by file, stratified by class;
+- `csv:` with `label_columns:` (multi-label, the CheXpert / ChestX-ray14 way): `path`, one column
+  per label and optionally `split` and `group` (`kdray.data.label_columns`: cells 1 / 0 / empty /
+  -1, uncertain resolved by `uncertain`); carved splits are not stratified.
 PNG, JPEG, BMP, TIFF and DICOM (`.dcm`) files are read; other files in class folders are ignored.
 """
 
@@ -31,6 +34,7 @@ from kdray.data.files import (
     is_image_file,
     raise_problems,
 )
+from kdray.data.label_columns import header_columns, label_matrix, label_row
 
 SPLIT_NAMES = {"train": "train", "valid": "valid", "val": "valid", "validation": "valid"}
 SPLIT_NAMES["test"] = "test"
@@ -62,18 +66,42 @@ class Config(DataConfigBase):
     )
     split_by: SplitFractions = Field(default_factory=SplitFractions)
     split_seed: int = Field(0, description="seeds the carving of valid/test")
+    label_columns: DistinctNames | None = Field(
+        None,
+        min_length=1,
+        description="multi-label: the CSV's columns holding one label each (1, 0, empty, -1)",
+    )
+    uncertain: Literal["ignore", "zeros", "ones"] = Field(
+        "ignore", description="multi-label: what an uncertain label (-1) becomes"
+    )
+    image_root: Path | None = Field(
+        None, description="csv: the folder image paths are relative to (default: the CSV's)"
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> Config:
         if (self.root is None) == (self.csv is None):
             raise ValueError("give exactly one of root (class folders) or csv (a file list)")
+        if self.label_columns is not None and self.csv is None:
+            raise ValueError("label_columns name columns of a CSV: give csv, not root")
+        if self.label_columns is not None and self.classes is not None:
+            raise ValueError("a multi-label CSV's labels are its label_columns; drop classes")
         return self
+
+    def unused_fields(self) -> set[str]:
+        """Fields added with multi-label CSVs, at their defaults, keep older jobs' ids."""
+        defaults = {"label_columns": None, "uncertain": "ignore", "image_root": None}
+        unused = {k for k, v in defaults.items() if getattr(self, k) == v}
+        return super().unused_fields() | unused
+
+    def declared_task(self) -> str | None:
+        return "multi_label" if self.label_columns is not None else None
 
 
 @dataclass
 class Item:
     file: Path
-    label: str
+    label: str | tuple[int, ...]  # a class name, or a multi-label row
     split: str | None  # None: in the train pool, valid/test may be carved from it
     group: str | None
     where: str  # the folder or "<csv> line N", for messages
@@ -120,34 +148,25 @@ def scan_root(root: Path) -> tuple[list[Item], list[Path]]:
 # --- CSV --------------------------------------------------------------------------------------
 
 
-def read_csv(path: Path, skip_missing: bool) -> tuple[list[Item], list[str], list[str]]:
-    """(items, dropped rows, problems) of a `path,label[,split,group]` CSV."""
+def read_csv(path: Path, skip_missing: bool, cfg: Config | None = None):
+    """(items, dropped rows, problems) of a `path,label[,split,group]` CSV, or with
+    `cfg.label_columns` a `path,<label>,...[,split,group]` one."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise DataError([f"{path}: no such file; set data.csv to a path,label[,split,group] CSV"])
+    folder = Path(cfg.image_root) if cfg is not None and cfg.image_root else path.parent
     items, dropped, problems = [], [], []
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:
             reader = csv.reader(handle)
-            header = [c.strip().lower() for c in next(reader, [])]
-            missing = [c for c in ("path", "label") if c not in header]
-            if missing:
-                raise DataError(
-                    [
-                        f"{path} line 1: header {header} lacks {missing}; "
-                        "expected columns path,label[,split,group]"
-                    ]
-                )
-            col = {
-                name: header.index(name)
-                for name in ("path", "label", "split", "group")
-                if name in header
-            }
+            raw_header = next(reader, [])
+            header = [c.strip().lower() for c in raw_header]
+            col, labels = _csv_columns(path, header, raw_header, cfg)
             for cells in reader:
                 where = f"{path} line {reader.line_num}"
                 if not any(c.strip() for c in cells):
                     continue
-                item = _csv_item(path.parent, cells, col, header, where, problems)
+                item = _csv_item(folder, cells, col, header, where, problems, labels, cfg)
                 if item is None:
                     continue
                 if not item.file.is_file():
@@ -160,6 +179,24 @@ def read_csv(path: Path, skip_missing: bool) -> tuple[list[Item], list[str], lis
     return items, dropped, problems
 
 
+def _csv_columns(path: Path, header: list[str], raw_header: list[str], cfg: Config | None):
+    """(index of path / label / split / group, index of each label column or None)."""
+    multi = cfg is not None and cfg.label_columns is not None
+    needed = ("path",) if multi else ("path", "label")
+    missing = [c for c in needed if c not in header]
+    labels = None
+    if multi:
+        labels, absent = header_columns(raw_header, list(cfg.label_columns))
+        missing += absent
+    if missing:
+        expected = "path,<label columns>[,split,group]" if multi else "path,label[,split,group]"
+        raise DataError(
+            [f"{path} line 1: header {raw_header} lacks {missing}; expected columns {expected}"]
+        )
+    col = {n: header.index(n) for n in ("path", "label", "split", "group") if n in header}
+    return col, labels
+
+
 def _csv_item(
     folder: Path,
     cells: list[str],
@@ -167,12 +204,20 @@ def _csv_item(
     header: list[str],
     where: str,
     problems: list[str],
+    label_columns: dict[str, int] | None = None,
+    cfg: Config | None = None,
 ) -> Item | None:
     cells = [c.strip() for c in cells]
     if len(cells) != len(header):
         problems.append(f"{where}: {len(cells)} fields, the header has {len(header)}; fix the row")
         return None
-    path, label = cells[col["path"]], cells[col["label"]]
+    path = cells[col["path"]]
+    if label_columns is not None:
+        label = label_row(cells, label_columns, cfg.uncertain, where, problems)
+        if label is None:
+            return None
+    else:
+        label = cells[col["label"]]
     if not path or not label:
         problems.append(f"{where}: empty path or label; fix the row")
         return None
@@ -207,11 +252,33 @@ def assign_splits(items: list[Item], fractions: SplitFractions, seed: int) -> li
 
     if grouped:
         keys, stratify = sorted({key_of(i) for i in pool}), None
-    else:
-        keys, stratify = [key_of(i) for i in pool], [i.label for i in pool]
+    else:  # a multi-label row has no one class to stratify by
+        keys = [key_of(i) for i in pool]
+        stratify = [i.label for i in pool] if all(isinstance(i.label, str) for i in pool) else None
     carved = carve(keys, wanted, seed, stratify)
     split_of = {key: split for split, members in carved.items() for key in members}
     return [i.split if i.split is not None else split_of[key_of(i)] for i in items]
+
+
+def label_sources(items: list[Item], dropped: list[str], cfg: Config) -> dict[str, FileSource]:
+    """The splits of a multi-label CSV: label rows stacked, every split required non-empty."""
+    splits = assign_splits(items, cfg.split_by, cfg.split_seed)
+    has_groups = any(i.group for i in items)
+    sources, problems = {}, []
+    for split in SPLITS:
+        chosen = [i for i, s in zip(items, splits, strict=True) if s == split]
+        if not chosen:
+            problems.append(f"{cfg.csv}: no rows in the {split} split; add rows or fix split_by")
+        sources[split] = FileSource(
+            paths=[i.file for i in chosen],
+            labels=label_matrix([i.label for i in chosen], len(cfg.label_columns)),
+            groups=np.asarray([i.group or str(i.file) for i in chosen], dtype=str)
+            if has_groups
+            else None,
+            dropped=list(dropped) if split == "train" else [],
+        )
+    raise_problems(problems)
+    return sources
 
 
 def open_sources(cfg: Config) -> tuple[list[str], dict[str, FileSource]]:
@@ -223,7 +290,10 @@ def open_sources(cfg: Config) -> tuple[list[str], dict[str, FileSource]]:
         names = {d.name for d in class_dirs}
         where = str(Path(cfg.root).expanduser())
     else:
-        items, dropped, problems = read_csv(cfg.csv, cfg.on_bad_image == "skip")
+        items, dropped, problems = read_csv(cfg.csv, cfg.on_bad_image == "skip", cfg)
+        if cfg.label_columns is not None:
+            raise_problems(problems)
+            return list(cfg.label_columns), label_sources(items, dropped, cfg)
         class_dirs, names = [], {i.label for i in items}
         where = str(Path(cfg.csv).expanduser())
     classes = list(cfg.classes) if cfg.classes else natural_sorted(names)

@@ -1,0 +1,166 @@
+"""Multi-label data end to end: a ChestMNIST-format archive and a CheXpert-style CSV read as
+the multi-label task, and a grid (no-KD baseline, kd, at, feature_l1) reported in mean AUROC."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from kdray.data import DataError, open_sources, prepare_data
+from kdray.data.folder import Config as FolderConfig
+from kdray.spec.job import parse_job
+from kdray.tasks import UNLABELLED
+from tests.conftest import run_grid
+
+LABELS = 14  # ChestMNIST's
+EMPTY = 13  # a label with no positive in the test split
+
+
+def chest_npz(path, n=(96, 40, 40), size=16, seed=0):
+    """A ChestMNIST-format archive: N×H×W uint8 images, N×14 0/1 labels; label 0 shows in the
+    image (a bright square), so something can be learned; label 13 never positive in test."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for key, count in zip(("train", "val", "test"), n, strict=True):
+        labels = (rng.random((count, LABELS)) < 0.3).astype(np.uint8)
+        images = rng.integers(0, 90, (count, size, size), dtype=np.uint8)
+        images[labels[:, 0] == 1, 2:8, 2:8] = 250
+        if key == "test":
+            labels[:, EMPTY] = 0
+        arrays[f"{key}_images"], arrays[f"{key}_labels"] = images, labels
+    np.savez(path, **arrays)
+    return path
+
+
+def test_a_chestmnist_archive_is_multi_label_with_its_label_matrix(tmp_path):
+    job = parse_job(
+        {
+            "name": "chest",
+            "data": {"kind": "medmnist", "path": str(chest_npz(tmp_path / "c.npz")), "image_size": 16},
+            "studies": {"s": {"teachers": ["resnet10t"], "students": ["test_resnet"]}},
+        }
+    )
+    info = prepare_data(job.data, tmp_path / "cache")
+    assert info.task == "multi_label" and info.num_classes == LABELS
+    labels = np.load(f"{info.path}/test_labels.npy")
+    assert labels.shape == (40, LABELS) and labels[:, EMPTY].sum() == 0
+
+
+def test_an_archive_with_labels_other_than_0_1_and_minus_1_is_named(tmp_path):
+    path = chest_npz(tmp_path / "c.npz")
+    arrays = dict(np.load(path))
+    arrays["val_labels"][3, 2] = 7
+    np.savez(path, **arrays)
+    cfg = parse_job(
+        {"name": "c", "data": {"kind": "medmnist", "path": str(path)},
+         "studies": {"s": {"teachers": ["resnet10t"], "students": ["test_resnet"]}}}
+    ).data  # fmt: skip
+    with pytest.raises(DataError) as err:
+        open_sources(cfg)
+    assert err.value.problems == [
+        f"{path}: val_labels has values [7]; a multi-label row holds 1 (present), 0 (absent) "
+        "or -1 (unknown)"
+    ]
+
+
+def chexpert_csv(tmp_path, rows):
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(len(rows)):
+        cv2.imwrite(str(images / f"{i}.png"), np.full((8, 8), 40 * (i % 6), np.uint8))
+    lines = ["Path,Atelectasis,Edema,Effusion,split"]
+    lines += [f"images/{i}.png,{row}" for i, row in enumerate(rows)]
+    (tmp_path / "labels.csv").write_text("\n".join(lines) + "\n")
+    return tmp_path / "labels.csv"
+
+
+ROWS = ["1,0,,train", "-1,1,0,train", "0,-1.0,1.0,train", "1,,0,valid", "0,1,-1,test"]
+
+
+@pytest.mark.parametrize(
+    ("uncertain", "train"),
+    [
+        ("ignore", [[1, 0, 0], [UNLABELLED, 1, 0], [0, UNLABELLED, 1]]),
+        ("zeros", [[1, 0, 0], [0, 1, 0], [0, 0, 1]]),
+        ("ones", [[1, 0, 0], [1, 1, 0], [0, 1, 1]]),
+    ],
+)
+def test_a_chexpert_style_csv_reads_one_column_per_label(tmp_path, uncertain, train):
+    csv = chexpert_csv(tmp_path, ROWS)
+    cfg = FolderConfig(
+        csv=csv, label_columns=["Atelectasis", "Edema", "Effusion"], uncertain=uncertain
+    )
+    names, sources = open_sources(cfg)
+    assert names == ["Atelectasis", "Edema", "Effusion"]
+    assert sources["train"].labels.tolist() == train
+    assert [len(sources[s]) for s in ("train", "valid", "test")] == [3, 1, 1]
+    assert cfg.declared_task() == "multi_label"
+
+
+def test_a_bad_label_cell_and_a_missing_label_column_are_named(tmp_path):
+    csv = chexpert_csv(tmp_path, [*ROWS[:2], "yes,0,1,train", *ROWS[3:]])
+    cfg = FolderConfig(csv=csv, label_columns=["Atelectasis", "Edema", "Effusion"])
+    with pytest.raises(DataError) as err:
+        open_sources(cfg)
+    assert err.value.problems == [
+        f"{csv} line 4: column 'Atelectasis' holds 'yes'; a label cell is 1, 0, empty or -1 "
+        "(uncertain)"
+    ]
+    with pytest.raises(DataError) as err:
+        open_sources(FolderConfig(csv=csv, label_columns=["Atelectasis", "Cardiomegaly"]))
+    assert "lacks ['Cardiomegaly']" in err.value.problems[0]
+
+
+def test_a_multi_label_job_file_without_task_fields_keeps_single_label_ids(tmp_path):
+    """Fields added for tasks stay out of a data section's dump at their defaults."""
+    cfg = FolderConfig(csv=chexpert_csv(tmp_path, ROWS))
+    dumped = cfg.model_dump(mode="json")
+    assert not {"task_type", "label_columns", "uncertain", "image_root"} & set(dumped)
+
+
+@pytest.mark.ray
+def test_a_multi_label_grid_reports_mean_auroc_with_paired_verdicts(tmp_path):
+    from kdray.export.write import export
+
+    path = chest_npz(tmp_path / "chest.npz")
+    job = parse_job(
+        {
+            "name": "chest",
+            "storage": str(tmp_path / "runs"),
+            "data": {"kind": "medmnist", "path": str(path), "image_size": 16},
+            "train": {"epochs": 2, "batch_size": 16, "lr": 0.003, "eval_batch_size": 64},
+            "studies": {
+                "kd": {"teachers": ["resnet10t"], "students": ["test_resnet"]},
+                "at": {"teachers": ["resnet10t"], "students": ["test_resnet"],
+                       "method": {"name": "at"}},
+                "l1": {"teachers": ["resnet10t"], "students": ["test_resnet"],
+                       "method": {"name": "feature_l1"}},
+            },  # fmt: skip
+            "resources": {"max_concurrent_trials": 2},
+        }
+    )
+    exp, report = run_grid(job)
+    assert report.ok, report.failed
+    trials = pd.read_parquet(exp.results_dir / "trials.parquet")
+    assert set(trials.task) == {"multi_label"} and set(trials.primary_metric) == {"auroc"}
+    assert (trials.test_score == trials.test_auroc).all() and trials.test_map.notna().all()
+    assert {tuple(x) for x in trials.test_labels_left_out} == {(str(EMPTY),)}
+    per_label = trials.test_per_label.iloc[0]
+    assert len(per_label) == LABELS and per_label[EMPTY]["auroc"] is None
+    kd = trials[trials.method == "kd"].iloc[0]
+    summary = json.loads((exp.run_dir(kd.trial_id) / "summary.json").read_text())
+    assert summary["primary_metric"] == "auroc" and "loss_bce" in pd.read_parquet(
+        exp.results_dir / "epochs.parquet"
+    )
+    written = export(exp.root, tmp_path / "out")
+    text = written["summary.md"].read_text()
+    assert "KD gain over each student's baseline (test mean AUROC, paired by seed)" in text
+    assert {"kd", "at", "l1"} <= {
+        line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| ")
+    }
+    assert "student x teacher mean AUROC" in written["kd.md"].read_text()
+    assert "mean AUROC" in written["report.html"].read_text()
