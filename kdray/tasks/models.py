@@ -1,4 +1,5 @@
-"""Models by timm name; weights only from local files, never from a hub."""
+"""Models by timm name, from random weights or from pretrained weights found on this machine
+(`kdray.tasks.weights`); nothing is ever downloaded here."""
 
 from __future__ import annotations
 
@@ -9,37 +10,50 @@ import timm
 import torch
 from torch import nn
 
+from kdray.tasks.weights import LocalWeights, WeightsSource
+
 
 def create_model(
-    name: str, num_classes: int, in_chans: int, weights: str | Path | None = None
+    name: str,
+    num_classes: int,
+    in_chans: int,
+    weights: LocalWeights | str | Path | None = None,
 ) -> nn.Module:
-    """`timm.create_model`, optionally initialised from a local weights file.
+    """`timm.create_model`, from random weights or from `weights`: a pretrained file found in
+    the caches (`kdray.tasks.weights.find`) or a local weights file.
 
-    timm adapts the file's stem to `in_chans` and drops a classifier whose size differs from
-    `num_classes`; with no file the model starts from random weights.
+    timm loads the file (`pretrained=True`, `pretrained_cfg_overlay`: that file and nothing
+    else), drops a classifier whose size differs from `num_classes` and adapts the first
+    convolution to `in_chans` (for 1 channel: the sum of its RGB kernels).
     """
     if weights is None:
         return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans)
-    path = Path(weights).expanduser()
-    problem = weights_problem(path)
-    if problem:
-        raise ValueError(f"pretrained.{name}: {problem}")
+    if not isinstance(weights, LocalWeights):
+        path = Path(weights).expanduser()
+        problem = weights_problem(path)
+        if problem:
+            raise ValueError(f"pretrained.{name}: {problem}")
+        weights = LocalWeights(WeightsSource(name, file=str(path)), path, "", 0)
     try:
         return timm.create_model(
-            name,
+            weights.timm_name(),
             pretrained=True,
-            pretrained_cfg_overlay={"file": str(path), "hf_hub_id": None, "url": None},
+            pretrained_cfg_overlay=weights.timm_overlay(),
             num_classes=num_classes,
             in_chans=in_chans,
         )
     except (RuntimeError, KeyError) as exc:
+        path = weights.path
         raise ValueError(f"pretrained.{name}: {path} {mismatch(name, path) or exc}") from None
 
 
 def weights_problem(path: Path) -> str | None:
-    """Why `path` cannot be a weights file (missing, not a PyTorch checkpoint), or None."""
+    """Why `path` cannot be a weights file (missing, neither safetensors nor a PyTorch
+    checkpoint), or None."""
     if not path.is_file():
         return f"weights file {path} does not exist"
+    if path.suffix == ".safetensors":
+        return _safetensors_problem(path)
     with path.open("rb") as fh:
         head = fh.read(2)
     if not zipfile.is_zipfile(path) and head[:1] != b"\x80":  # torch.save: a zip, or a pickle
@@ -60,10 +74,27 @@ def weights_problem(path: Path) -> str | None:
     return None
 
 
+def _safetensors_problem(path: Path) -> str | None:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            f.keys()
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
+        return f"{path} is not a readable safetensors file ({first or type(exc).__name__})"
+    return None
+
+
 def mismatch(name: str, path: Path, examples: int = 2) -> str | None:
     """How the state dict in `path` differs from timm's `name` (ImageNet head and stem, as
     weights files have them): missing and unexpected keys, mismatched shapes, with examples."""
-    saved = torch.load(path, map_location="cpu", weights_only=True)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        saved = load_file(str(path), device="cpu")
+    else:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
     for key in ("state_dict", "model", "state_dict_ema"):
         if isinstance(saved, dict) and isinstance(saved.get(key), dict):
             saved = saved[key]
