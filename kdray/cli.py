@@ -108,8 +108,9 @@ def validate(
         _error(f"{job_file}: {line}")
     if problems:
         raise typer.Exit(2)
+    weights = _check_weights(job, job_file, set_, listed=True)
     info = None if quick else _decode_pixels(job, job_file)
-    plan = make_plan(job)
+    plan = make_plan(job, {model: local.sha256 for model, local in weights.items()})
     teachers, students = plan.stage("teacher"), plan.stage("student")
     console.print(
         f"[green]ok[/green] {job_file}: job {job.name!r}, {len(job.studies)} studies, "
@@ -129,9 +130,72 @@ def validate(
     console.print(checked_line(info), highlight=False, soft_wrap=True)
 
 
+def _weights_command(job_file: Path, overrides: list[str] | None) -> str:
+    import shlex
+
+    return shlex.join(["kdray", "weights", str(job_file), *(f"--set={o}" for o in overrides or [])])
+
+
+def _check_weights(job, job_file: Path, overrides: list[str] | None, listed: bool = False):
+    """The job's pretrained weights found here, by model; refused in one line (exit 2) when
+    some are missing. `listed`: also one line per weight, present or missing."""
+    from kdray.tasks.weights import find_all, missing_line
+
+    where = job.weights_caches()
+    wanted = job.weights_sources()
+    found, missing = find_all(wanted, where)
+    for model, source in wanted.items() if listed else ():
+        local = found.get(model)
+        state = f"present, {_size(local.size)}, sha256 {local.sha256}" if local else "missing"
+        console.print(f"weights: {model} {source.label}: {state}", highlight=False, soft_wrap=True)
+    if missing:
+        _error(f"{job_file}: {missing_line(missing, where, _weights_command(job_file, overrides))}")
+        raise typer.Exit(2)
+    return found
+
+
+def _size(size: int) -> str:
+    return f"{size / 1e6:.1f} MB"
+
+
+@app.command()
+def weights(job_file: Path, set_: SetOption = None) -> None:
+    """Fetch every pretrained weight JOB_FILE needs into the weights cache (on a machine with
+    network, e.g. a login node) and print name, tag, size and sha256 of each."""
+    from kdray.tasks.weights import WeightsError
+    from kdray.tasks.weights_fetch import fetch
+
+    job = _load(job_file, set_)
+    wanted = job.weights_sources()
+    if not wanted:
+        console.print(f"{job_file}: no model starts from pretrained weights", highlight=False)
+        return
+    where = job.weights_caches()
+    console.print(f"cache: {where.describe()}", highlight=False, soft_wrap=True)
+    failed = 0
+    for model, source in wanted.items():
+        try:
+            local, fetched = fetch(source, where)
+        except WeightsError as exc:
+            _error(f"{job_file}: {exc}")
+            failed += 1
+            continue
+        console.print(
+            f"{model}  {source.label}  {_size(local.size)}  sha256 {local.sha256}  "
+            f"{'downloaded' if fetched else 'already cached'}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if failed:
+        raise typer.Exit(2)
+
+
 def checked_line(info) -> str:
     """What `validate` checked, so that "ok" promises no more than that."""
-    checked = "checked: the job's fields, models, weights files, storage and data file lists"
+    checked = (
+        "checked: the job's fields, models, pretrained weights (present here), storage and "
+        "data file lists"
+    )
     if info is None:
         return f"{checked}; not the pixels (--quick): `kdray run` decodes them"
     skipped = sum(info.extra.get("skipped", {}).values())
@@ -183,11 +247,12 @@ def run(
     """Run the grid of JOB_FILE: teachers first, then students; results in Parquet."""
     job = _load(job_file, set_)
     _check_storage(job, job_file)
+    weights = _check_weights(job, job_file, set_)  # before any folder or process exists
     from kdray.store.experiment import Experiment, ExperimentError
 
     fresh = not Experiment.for_job(job).root.exists()
     try:
-        exp = Experiment.create(job)
+        exp = Experiment.create(job, weights)
     except ExperimentError as exc:
         _error(str(exc))
         raise typer.Exit(2) from None
@@ -209,6 +274,7 @@ def _run(exp, job, address: str | None, verbose: bool) -> None:
     from kdray.store.experiment import ExperimentError
     from kdray.store.status import GridBusy
     from kdray.store.versions import resume_warning
+    from kdray.tasks.weights import WeightsError
 
     console.print(f"experiment: {exp.root}")
     changed = resume_warning(exp.root)  # a resumed (or re-run) experiment, other packages
@@ -216,7 +282,7 @@ def _run(exp, job, address: str | None, verbose: bool) -> None:
         err.print(Text.assemble(("warning ", "bold yellow"), changed), soft_wrap=True)
     try:
         report = run_experiment(exp, job, address=address, verbose=verbose, console=console)
-    except (ResourceError, GridBusy, ExperimentError) as exc:
+    except (ResourceError, GridBusy, ExperimentError, WeightsError) as exc:
         _error(str(exc))
         raise typer.Exit(2) from None
     except JobError as exc:  # what the data's task cannot give (known once it is read)

@@ -20,9 +20,11 @@ from kdray.grid.tune import check_resources, check_storage, init_ray, run_grid
 from kdray.methods import METHODS
 from kdray.results.tables import write_results
 from kdray.spec.job import Job, JobError, task_problems
+from kdray.spec.plan import Plan
 from kdray.store.experiment import Experiment
 from kdray.store.status import check_no_other_driver, clear_driver, mark_driver
 from kdray.tasks import get_task
+from kdray.tasks.weights import WeightsError, find_all, missing_line
 from kdray.tracking.tracker import GridTracker
 
 
@@ -64,6 +66,25 @@ def method_warnings(job: Job, data: DataInfo) -> list[str]:
     ]
 
 
+def check_weights(exp: Experiment, job: Job, plan: Plan) -> None:
+    """Every pretrained weight the runs start from is here, the same file they were planned
+    with (its sha256 is in their ids); `WeightsError` with one line otherwise."""
+    where = job.weights_caches()
+    found, missing = find_all(job.weights_sources(), where)
+    if missing:
+        raise WeightsError(missing_line(missing, where, f"kdray weights {exp.root / 'job.json'}"))
+    for run in plan.runs.values():
+        planned = (run.weights or {}).get("sha256")
+        local = found.get(run.model)
+        if planned and local is not None and local.sha256 != planned:
+            raise WeightsError(
+                f"pretrained weights of {run.model} ({local.source.label}) at {local.path} have "
+                f"sha256 {local.sha256}, but {exp.root.name}'s runs were planned with {planned} "
+                f"({exp.root / 'versions.json'}): restore those weights, or run the job under "
+                "another name"
+            )
+
+
 def run_experiment(
     exp: Experiment,
     job: Job,
@@ -75,6 +96,7 @@ def run_experiment(
     console = console or Console()
     check_no_other_driver(exp)
     plan = exp.plan()
+    check_weights(exp, job, plan)  # before anything decodes, starts or trains
     report = RunReport(exp)
     with console.status("decoding data into the array cache"):  # bad data: refused before Ray
         data = prepare_data(job.data, exp.data_dir)

@@ -27,6 +27,7 @@ from kdray.spec.job import Job
 from kdray.spec.plan import RunSpec
 from kdray.store.atomic import write_json
 from kdray.store.experiment import Experiment
+from kdray.tasks.weights import caches, force_offline, offline_env
 
 DRIVER_RESOURCE = "trial_driver"
 
@@ -49,7 +50,7 @@ def init_ray(job: Job, address: str | None = None, verbose: bool = False) -> Non
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the legacy reporter is silent at verbose=0
     if address:
-        ray.init(address=address, log_to_driver=verbose)
+        ray.init(address=address, log_to_driver=verbose, **worker_env(job))
     else:
         ray.init(
             address="local",  # a new local Ray, even if another one runs on this machine
@@ -57,7 +58,17 @@ def init_ray(job: Job, address: str | None = None, verbose: bool = False) -> Non
             include_dashboard=False,
             log_to_driver=verbose,
             configure_logging=verbose,
+            **worker_env(job),
         )
+
+
+def worker_env(job: Job) -> dict:
+    """For a job with pretrained weights: `ray.init`'s runtime environment that starts every
+    worker offline (HF_HUB_OFFLINE) with the weights caches this driver found them in, before
+    it imports huggingface_hub (which reads them once). Nothing for other jobs."""
+    if not job.weights_sources():
+        return {}
+    return {"runtime_env": {"env_vars": offline_env(job.weights_caches())}}
 
 
 def driver_resources() -> dict[str, float]:
@@ -143,6 +154,7 @@ def worker_loop(config: dict) -> None:
     """What each Ray Train worker runs. `kdray.train.worker` (timm, albumentations, scikit-learn) is
     imported here, in the worker, so that a Tune trial driver process starts without it."""
     entered = time.time()  # the run's set-up time counts this import
+    force_offline(caches(config["job"].get("weights_cache")))  # no download inside a trial
     from kdray.train.worker import train_loop
 
     train_loop({**config, "entered_at": entered})

@@ -26,6 +26,18 @@ from pydantic import (
 
 from kdray.data import DATA_KINDS
 from kdray.methods import METHODS, MethodParams
+from kdray.tasks import weights
+from kdray.tasks.weights import (
+    DEFAULT,
+    IMAGENET,
+    KEYWORDS,
+    NONE,
+    WeightsCaches,
+    WeightsError,
+    WeightsSource,
+    normalise,
+    setting_kind,
+)
 
 DEFAULT_SPLIT_NAMES = ("train", "valid", "test")
 
@@ -381,17 +393,49 @@ class Job(Strict):
     )
     pretrained: dict[str, str] = Field(
         default_factory=dict,
-        description="timm model name -> local weights file; models not named start from scratch",
+        description="the weights models start from: `imagenet` (every model: timm's default "
+        "pretrained tag), or per model {default: imagenet | none, <model>: imagenet | none | "
+        "<model>.<tag> | /path/to/weights.pth}; models without an entry start from scratch",
+    )
+    weights_cache: str | None = Field(
+        None,
+        description="the folder holding downloaded weights (laid out as HF_HOME and TORCH_HOME: "
+        "<it>/hub, <it>/hub/checkpoints), e.g. a shared /mnt/kdray/weights; default: "
+        "$KDRAY_WEIGHTS_CACHE, else huggingface_hub's and torch's caches (HF_HOME, TORCH_HOME)",
     )
     resources: Resources = Field(default_factory=Resources)
     faults: Faults = Field(default_factory=Faults)
     tracking: Tracking = Field(default_factory=Tracking)
 
+    @field_validator("pretrained", mode="before")
+    @classmethod
+    def _as_mapping(cls, pretrained: Any) -> Any:
+        """`pretrained: imagenet` is `{default: imagenet}`; absent, null or `none`: `{}`."""
+        if pretrained is None:
+            return {}
+        if isinstance(pretrained, str):
+            return {} if pretrained.strip().lower() == NONE else {DEFAULT: pretrained}
+        if isinstance(pretrained, dict):
+            return {model: NONE if value is None else value for model, value in pretrained.items()}
+        return pretrained
+
     @field_validator("pretrained")
     @classmethod
     def _absolute_weights(cls, pretrained: dict[str, str]) -> dict[str, str]:
-        # Ray workers do not share the CLI's working directory
-        return {m: str(Path(p).expanduser().resolve()) for m, p in pretrained.items()}
+        # files become absolute: Ray workers do not share the CLI's working directory
+        out = {model: normalise(value) for model, value in pretrained.items()}
+        if out.get(DEFAULT, IMAGENET) not in KEYWORDS:
+            raise ValueError(
+                f"the `default` entry (every model) is imagenet or none, not "
+                f"{pretrained[DEFAULT]!r}; name tags and files per model, e.g. "
+                "{default: imagenet, resnet18: resnet18.tv_in1k, vgg11: /w/vgg11.pth}"
+            )
+        return out
+
+    @field_validator("weights_cache")
+    @classmethod
+    def _absolute_cache(cls, folder: str | None) -> str | None:
+        return str(Path(folder).expanduser().resolve()) if folder else None
 
     @field_validator("seeds")
     @classmethod
@@ -457,6 +501,14 @@ class Job(Strict):
             for m in (*(t for g in s.teacher_groups() for t in g), *s.students)
             if m != SELF_TEACHER
         }
+
+    def weights_sources(self) -> dict[str, WeightsSource]:
+        """Each pretrained model's weights (models that start from scratch are left out)."""
+        return weights.sources(self.pretrained, self.models())
+
+    def weights_caches(self) -> WeightsCaches:
+        """Where this machine keeps downloaded weights, for this job."""
+        return weights.caches(self.weights_cache)
 
 
 def task_problems(job: Job, task: str) -> list[str]:
@@ -556,12 +608,29 @@ def model_problems(job: Job) -> list[str]:
                     close = timm.list_models(f"*{model.split('_')[0][:6]}*")[:5]
                     hint = f"; similar: {close}" if close else ""
                     problems.append(f"studies.{name}.{role}: {model!r} is not a timm model{hint}")
+    return problems + weights_problems(job)
+
+
+def weights_problems(job: Job) -> list[str]:
+    """Entries of `pretrained` for no model, tags timm does not have, unusable files."""
     from kdray.tasks.models import weights_problem
 
-    for model, weights in job.pretrained.items():
-        if model not in job.models():
-            problems.append(f"pretrained.{model}: not a model of any study")
-        problem = weights_problem(Path(weights).expanduser())
+    problems = [
+        f"pretrained.{model}: not a model of any study"
+        for model in job.pretrained
+        if model != DEFAULT and model not in job.models()
+    ]
+    for model, value in job.pretrained.items():
+        if model not in job.models() and model != DEFAULT and setting_kind(value) == "file":
+            problem = weights_problem(Path(value))  # a stranger's file: still say what is wrong
+            problems += [f"pretrained.{model}: {problem}"] if problem else []
+    for model in sorted(job.models()):
+        try:
+            source = weights.sources(job.pretrained, [model]).get(model)
+        except WeightsError as exc:
+            problems.append(str(exc))
+            continue
+        problem = weights_problem(Path(source.file)) if source and source.file else None
         if problem:
             problems.append(f"pretrained.{model}: {problem}")
     return problems

@@ -6,6 +6,10 @@ adding a study does not rename, and so retrain, another study's runs. Runs with 
 identity are the same run: a teacher that is also a student's no-KD baseline trains once and
 serves both, and two studies that ask for the same KD training share it.
 
+A run that starts from pretrained weights counts them in its identity: a timm tag by its name and
+the sha256 of the file found for it (other weights under the same tag make other runs), a local
+file by its path (as before tags existed). Runs without pretrained weights keep their ids.
+
 Stage "teacher" holds every run some KD cell needs as a teacher; stage "student" holds the KD
 students and the baselines that are not already teacher runs. Roles say what each run is for:
 `teacher:<study>`, `kd:<study>`, `baseline`.
@@ -15,12 +19,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 from kdray.data.budgets import budget_id
 from kdray.methods import METHODS
 from kdray.spec.job import SELF_TEACHER, Job
+from kdray.tasks.weights import WeightsError, find_all, missing_line
 
 Stage = Literal["teacher", "student"]
 STAGES: tuple[Stage, ...] = ("teacher", "student")
@@ -46,6 +52,8 @@ class RunSpec:
     band: tuple[float, float] | None = None  # stop inside this val-accuracy band (defective)
     eval_every_steps: int | None = None
     roles: list[str] = field(default_factory=list)
+    # pretrained weights the model starts from: {"tag" | "file": ..., "sha256": ...}; None: none
+    weights: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -82,7 +90,30 @@ def train_identity(job: Job) -> dict:
     return train
 
 
-def _run_id(job: Job, identity: dict, label: str) -> str:
+def planned_weights(job: Job, checksums: Mapping[str, str]) -> dict[str, dict]:
+    """Each pretrained model's weights as its runs record them: the tag (or file) and the
+    sha256 of the file (`checksums`, by model; a tag's is required)."""
+    out = {}
+    for model, source in job.weights_sources().items():
+        sha256 = checksums.get(model)
+        if source.tag and not sha256:
+            raise WeightsError(f"pretrained.{model}: {source.tag} has no checksum to plan with")
+        where = {"tag": source.tag} if source.tag else {"file": source.file}
+        out[model] = {**where, "sha256": sha256}
+    return out
+
+
+def weights_identity(weights: dict | None) -> str | dict | None:
+    """What of a run's weights decides it: a tag and its checksum; a file's path (so runs
+    planned with files before tags existed keep their ids); None for none."""
+    if weights is None:
+        return None
+    if "file" in weights:
+        return weights["file"]
+    return {"tag": weights["tag"], "sha256": weights["sha256"]}
+
+
+def _run_id(job: Job, identity: dict, label: str, weights: dict | None) -> str:
     """A readable, stable id: `<model>-<method>[-band..][-labels..]-s<seed>-<hash>`, the hash
     of the identity. Keys a run without a label budget never has are left out of its identity,
     so runs planned before budgets existed keep their ids."""
@@ -90,7 +121,7 @@ def _run_id(job: Job, identity: dict, label: str) -> str:
         **identity,
         "data": job.data.model_dump(mode="json"),
         "train": train_identity(job),
-        "weights": job.pretrained.get(identity["model"]),
+        "weights": weights_identity(weights),
     }
     digest = hashlib.sha256(json.dumps(determined_by, sort_keys=True).encode()).hexdigest()[:8]
     parts = [identity["model"], label]
@@ -103,10 +134,17 @@ def _run_id(job: Job, identity: dict, label: str) -> str:
 
 
 def plain_run(
-    job: Job, model: str, seed: int, stage: Stage, band=None, eval_every=None, labels=None
+    job: Job,
+    model: str,
+    seed: int,
+    stage: Stage,
+    band=None,
+    eval_every=None,
+    labels=None,
+    weights: dict | None = None,
 ):
     """A run without a teacher: a teacher (converged, or stopped in `band`) or a baseline,
-    trained on the labelled images of `labels`."""
+    trained on the labelled images of `labels`, from `weights` (`planned_weights`)."""
     # the key "strategy" keeps the ids of teachers and baselines what they were before methods
     identity = {"model": model, "strategy": PLAIN, "seed": seed, "band": band}
     if band is not None:
@@ -114,13 +152,14 @@ def plain_run(
     if labels:
         identity["labels"] = labels
     return RunSpec(
-        run_id=_run_id(job, identity, PLAIN),
+        run_id=_run_id(job, identity, PLAIN, weights),
         stage=stage,
         model=model,
         seed=seed,
         band=band,
         eval_every_steps=eval_every,
         labels=labels,
+        weights=weights,
     )
 
 
@@ -137,6 +176,7 @@ def kd_run(
     teachers: list[RunSpec],
     setting: dict | None = None,
     labels: dict | None = None,
+    weights: dict | None = None,
 ):
     setting = setting or {}
     pool = bool(labels) and job.studies[study_name].unlabelled  # no pool without a budget
@@ -160,7 +200,7 @@ def kd_run(
         identity.update(labels=labels, unlabelled=pool)
     label = "-".join(filter(None, [method.name, setting_label(setting)]))
     return RunSpec(
-        run_id=_run_id(job, identity, label),
+        run_id=_run_id(job, identity, label, weights),
         stage="student",
         model=student,
         seed=seed,
@@ -172,10 +212,13 @@ def kd_run(
         teacher_outputs=reads,
         labels=labels,
         unlabelled=pool,
+        weights=weights,
     )
 
 
-def add_study(job: Job, study_name: str, seed: int, labels: dict | None, add) -> None:
+def add_study(
+    job: Job, study_name: str, seed: int, labels: dict | None, add, weights: dict[str, dict]
+) -> None:
     """The study's teacher and KD runs for one seed and label budget."""
     study = job.studies[study_name]
     band, every = study.teacher_val_band, study.eval_every_steps
@@ -183,16 +226,29 @@ def add_study(job: Job, study_name: str, seed: int, labels: dict | None, add) ->
         for student in study.students:
             teachers = [
                 add(
-                    plain_run(job, student, seed, "teacher", labels=labels)
+                    plain_run(
+                        job, student, seed, "teacher", labels=labels, weights=weights.get(student)
+                    )
                     if model == SELF_TEACHER
-                    else plain_run(job, model, seed, "teacher", band, every, labels),
+                    else plain_run(
+                        job, model, seed, "teacher", band, every, labels, weights.get(model)
+                    ),
                     f"teacher:{study_name}",
                 )
                 for model in group
             ]
             for setting in study.settings():
                 kd = add(
-                    kd_run(job, study_name, student, seed, teachers, setting, labels),
+                    kd_run(
+                        job,
+                        study_name,
+                        student,
+                        seed,
+                        teachers,
+                        setting,
+                        labels,
+                        weights.get(student),
+                    ),  # fmt: skip
                     f"kd:{study_name}",
                 )
                 if kd.teacher_outputs == "cached":
@@ -203,7 +259,13 @@ def add_study(job: Job, study_name: str, seed: int, labels: dict | None, add) ->
                             teacher.soft_labels = True
 
 
-def make_plan(job: Job) -> Plan:
+def make_plan(job: Job, checksums: Mapping[str, str] | None = None) -> Plan:
+    """Every run of the job. `checksums`: the sha256 of each pretrained model's weights, by
+    model (default: those found in the job's weights caches now; `WeightsError` when some are
+    missing)."""
+    if checksums is None:
+        checksums = find_checksums(job)
+    weights = planned_weights(job, checksums)
     runs: dict[str, RunSpec] = {}
 
     def add(spec: RunSpec, role: str) -> RunSpec:
@@ -215,10 +277,23 @@ def make_plan(job: Job) -> Plan:
     for seed in job.seeds:
         for labels in job.label_budgets():
             for study_name in job.studies:
-                add_study(job, study_name, seed, labels, add)
+                add_study(job, study_name, seed, labels, add, weights)
             if job.baseline:
                 students = dict.fromkeys(s for st in job.studies.values() for s in st.students)
                 for student in students:
                     # the same run as a converged teacher of that model, when there is one
-                    add(plain_run(job, student, seed, "student", labels=labels), "baseline")
+                    run = plain_run(
+                        job, student, seed, "student", labels=labels, weights=weights.get(student)
+                    )
+                    add(run, "baseline")
     return Plan(runs)
+
+
+def find_checksums(job: Job) -> dict[str, str]:
+    """The sha256 of each pretrained model's weights as found here; `WeightsError` if some
+    are missing."""
+    where = job.weights_caches()
+    found, missing = find_all(job.weights_sources(), where)
+    if missing:
+        raise WeightsError(missing_line(missing, where, "kdray weights JOB_FILE"))
+    return {model: local.sha256 for model, local in found.items()}

@@ -7,7 +7,8 @@ runs/<id>/    per run: summary.json, epochs.jsonl, model.pt, attempts.json
 train/<id>/   Ray Train's storage for the run (per-epoch checkpoints)
 tune/<time>/  Ray Tune's experiment state, one per `kdray run`/`resume` of the grid
 costs/        each model's measured cost per data shape and device (`kdray.train.cost`)
-versions.json the versions of python and the packages that shape results, at creation
+versions.json the versions of python and the packages that shape results, and the pretrained
+              weights the runs start from (name, tag, sha256), at creation
 results/      trials.parquet, epochs.parquet
 """
 
@@ -23,6 +24,7 @@ from pydantic import ValidationError
 from kdray.spec.job import Job
 from kdray.spec.plan import Plan, make_plan
 from kdray.store import versions
+from kdray.tasks.weights import LocalWeights, WeightsError, find_all, missing_line
 
 
 class ExperimentError(Exception):
@@ -43,7 +45,9 @@ def damaged(path: Path, exc: Exception, what_to_do: str) -> str:
     return f"{path} is damaged ({reason[:200]}): {what_to_do}"
 
 
-RUN_SETTINGS = ("tracking", "faults")  # how a grid is run and watched, not what it trains
+# how a grid is run and watched, and where its weights lie (their checksums are in the run
+# ids), not what it trains
+RUN_SETTINGS = ("tracking", "faults", "weights_cache")
 
 
 def same_training(old: Job, new: Job) -> bool:
@@ -97,7 +101,7 @@ class Experiment:
                 return Plan.from_json(saved)
         except (UnicodeDecodeError, KeyError, TypeError, ValueError):  # JSONDecodeError too
             pass
-        plan = make_plan(self.job())
+        plan = make_plan(self.job(), versions.recorded_checksums(self.root))
         path.write_text(json.dumps(plan.to_json(), indent=2))
         return plan
 
@@ -128,18 +132,30 @@ class Experiment:
         return cls(Path(job.storage).expanduser().resolve() / job.name)
 
     @classmethod
-    def create(cls, job: Job) -> Experiment:
-        """Write the job and its plan; an existing folder must hold the same job."""
+    def create(cls, job: Job, weights: dict[str, LocalWeights] | None = None) -> Experiment:
+        """Write the job and its plan; an existing folder must hold the same job, started
+        from the same pretrained weights. `weights`: each pretrained model's weights found
+        here (default: looked up now; `WeightsError` when some are missing)."""
         exp = cls.for_job(job)
+        weights = _found_weights(job) if weights is None else weights
+        records = [local.record() for local in weights.values()]
         job_json = job.model_dump_json(indent=2)
         existing = exp.root / "job.json"
         # compared as jobs, not text: a job.json written by an older kdray lacks newer defaults;
         # a folder where no run ever started takes the corrected job (a refused first attempt)
-        if existing.is_file() and exp.started_runs() and not same_training(exp.job(), job):
+        started = existing.is_file() and exp.started_runs()
+        if started and not same_training(exp.job(), job):
             raise ExperimentError(
                 f"{exp.root} already holds a different job named {job.name!r}: resume it with "
                 f"`kdray resume {exp.root}`, or run the new settings under another name "
                 f"(--set name={job.name}-2) or storage"
+            )
+        changed = versions.weights_changes(exp.root, records) if started else []
+        if changed:
+            raise ExperimentError(
+                f"{exp.root} started from other pretrained weights ({'; '.join(changed)}): "
+                f"restore those (its {versions.VERSIONS_FILE} lists them), or run these under "
+                f"another name (--set name={job.name}-2)"
             )
         is_new = not existing.is_file()
         try:
@@ -150,9 +166,11 @@ class Experiment:
                 f"storage: cannot create the experiment folder {exp.root} ({exc.strerror}); "
                 "set storage to a writable folder"
             ) from None
-        (exp.root / "plan.json").write_text(json.dumps(make_plan(job).to_json(), indent=2))
+        checksums = {model: local.sha256 for model, local in weights.items()}
+        plan = make_plan(job, checksums)
+        (exp.root / "plan.json").write_text(json.dumps(plan.to_json(), indent=2))
         if is_new:  # what it started with; a resume compares against it (kdray.store.versions)
-            versions.record(exp.root)
+            versions.record(exp.root, records)
         return exp
 
     @classmethod
@@ -165,3 +183,11 @@ class Experiment:
                     "expected <storage>/<job name>/ as created by `kdray run`"
                 )
         return exp
+
+
+def _found_weights(job: Job) -> dict[str, LocalWeights]:
+    where = job.weights_caches()
+    found, missing = find_all(job.weights_sources(), where)
+    if missing:
+        raise WeightsError(missing_line(missing, where, "kdray weights JOB_FILE"))
+    return found

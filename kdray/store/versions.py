@@ -7,6 +7,10 @@ picks other kernels: the quickstart's teacher tests at 0.720 with AVX-512 and 0.
 `versions.json`, written when the folder is created; `trials.parquet` carries the same in its
 schema metadata (`kdray.versions`); and `kdray resume` (or running the same job again) warns,
 package by package, when it runs with other versions than the experiment started with.
+
+The pretrained weights the runs start from are recorded there too, under `weights`: name (the
+model), tag (or file), sha256 and size of each. Their checksums are part of the run ids, so other
+weights are refused rather than warned about (kdray.store.experiment, kdray.grid.run).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from pathlib import Path
 
 VERSIONS_FILE = "versions.json"
 PARQUET_KEY = b"kdray.versions"
+WEIGHTS_KEY = "weights"
 
 # distributions whose version can change a run's numbers (or its speed, for the cost columns)
 PACKAGES = (
@@ -85,21 +90,56 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def record(root: Path) -> dict[str, str]:
-    """Write `versions.json` into a new experiment folder; an existing one is kept (it says
-    what the experiment started with)."""
+def record(root: Path, weights: list[dict] | None = None) -> dict:
+    """Write `versions.json` into a new experiment folder, with the pretrained `weights`' records
+    (`LocalWeights.record`) when there are any; an existing one is kept (it says what the
+    experiment started with)."""
     path = root / VERSIONS_FILE
     if path.is_file():
         return recorded(root) or {}
-    versions = current()
+    versions: dict = current()
+    if weights:
+        versions[WEIGHTS_KEY] = sorted(weights, key=lambda w: w["name"])
     path.write_text(json.dumps(versions, indent=2) + "\n")
     return versions
 
 
-def recorded(root: Path) -> dict[str, str] | None:
+def recorded(root: Path) -> dict | None:
     """The versions the experiment started with; None for a folder made before kdray kept them."""
     path = root / VERSIONS_FILE
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def recorded_weights(root: Path) -> list[dict]:
+    """The pretrained weights the experiment started from (none recorded: [])."""
+    return (recorded(root) or {}).get(WEIGHTS_KEY) or []
+
+
+def recorded_checksums(root: Path) -> dict[str, str] | None:
+    """The sha256 of each recorded pretrained model's weights, by model; None if none were
+    recorded (a job without pretrained weights, or a folder from before they were recorded)."""
+    weights = recorded_weights(root)
+    return {w["name"]: w["sha256"] for w in weights} if weights else None
+
+
+def weights_changes(root: Path, weights: list[dict]) -> list[str]:
+    """`name: tag sha256 old -> new` for each model whose weights differ from those recorded
+    (nothing recorded, as before kdray recorded weights: nothing to compare)."""
+    old = {w["name"]: w for w in recorded_weights(root)}
+    if not old:
+        return []
+    new = {w["name"]: w for w in weights}
+    return [
+        f"{name}: {_shown(old.get(name))} -> {_shown(new.get(name))}"
+        for name in sorted(set(old) | set(new))
+        if (old.get(name) or {}).get("sha256") != (new.get(name) or {}).get("sha256")
+    ]
+
+
+def _shown(weights: dict | None) -> str:
+    if not weights:
+        return "none"
+    return f"{weights.get('tag') or weights.get('file')} sha256 {(weights['sha256'] or '')[:12]}"
 
 
 def differences(old: dict[str, str], new: dict[str, str]) -> list[str]:
@@ -116,6 +156,7 @@ def resume_warning(root: Path, now: dict[str, str] | None = None) -> str | None:
     old = recorded(root)
     if old is None:
         return None
+    old = {k: v for k, v in old.items() if k != WEIGHTS_KEY}  # checked, not warned about
     changed = differences(old, now if now is not None else current())
     if not changed:
         return None

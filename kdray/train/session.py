@@ -26,6 +26,7 @@ from kdray.spec.job import Job
 from kdray.spec.plan import PLAIN, RunSpec
 from kdray.tasks import Task, get_task
 from kdray.tasks.models import count_params
+from kdray.tasks.weights import LocalWeights, require
 from kdray.train.batches import TrainBatches, train_batches
 from kdray.train.distiller import Distiller, aligned_stages, stage_channels, stage_count
 from kdray.train.evaluate import predict
@@ -121,9 +122,7 @@ def build_session(
     `prepare` wraps the module for the workers (Ray Train's `prepare_model`)."""
     seed_everything(spec.seed)
     task = get_task(info.task)
-    student = task.create_model(
-        spec.model, info.num_classes, info.channels, job.pretrained.get(spec.model)
-    )
+    student = task.create_model(spec.model, info.num_classes, info.channels, run_weights(job, spec))
     params = count_params(student)
     autocast = autocast_for(job, device)
     images, labels = training_arrays(info, spec.labels, spec.seed, pool=spec.unlabelled)
@@ -151,6 +150,15 @@ def build_session(
         job, spec, info, task, device, rank, world_size, model, core, teachers, batches, optimizer,
         scheduler, autocast, scaler, params, valid=load_split(info.path, "valid"),
     )  # fmt: skip
+
+
+def run_weights(job: Job, spec: RunSpec) -> LocalWeights | None:
+    """The pretrained weights the run's model starts from, found in this machine's caches and
+    checked against the checksum the run was planned with; None: random weights."""
+    source = job.weights_sources().get(spec.model)
+    if source is None:
+        return None
+    return require(source, job.weights_caches(), (spec.weights or {}).get("sha256"))
 
 
 def open_teachers(job: Job, spec: RunSpec, info: DataInfo, teacher_dirs, device, autocast):
