@@ -14,7 +14,8 @@ from kdray.train.worker import train_loop
 from tests.conftest import tiny_job_dict
 
 
-def run_local(tmp_path, job, spec, data, teacher_dirs=(), run_dir=None):
+def run_local(tmp_path, job, spec, data, teacher_dirs=(), run_dir=None, loop=train_loop):
+    """One run's worker loop (`loop`: `train_loop`, or the grid's `worker_loop` around it)."""
     run_dir = run_dir or tmp_path / "runs" / spec.run_id
     config = {
         "job": job.model_dump(mode="json"),
@@ -24,7 +25,7 @@ def run_local(tmp_path, job, spec, data, teacher_dirs=(), run_dir=None):
         "teacher_dirs": [str(d) for d in teacher_dirs],
     }
     TorchTrainer(
-        train_loop,
+        loop,
         train_loop_config=config,
         scaling_config=ScalingConfig(num_workers=0),
         run_config=RunConfig(name=spec.run_id, storage_path=str(tmp_path / "train")),
