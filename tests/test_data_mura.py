@@ -393,8 +393,11 @@ def test_cli_validate_requires_the_root(tmp_path):
 @pytest.mark.parametrize("job", ["mura_thesis.yaml", "mura_abnormality.yaml"])
 def test_shipped_mura_jobs_validate_on_a_tree(tmp_path, job):
     base = build_mura(tmp_path, parts=list(BODY_PARTS), train_patients=20)
+    # the data, not the ImageNet weights (tests/test_weights.py): none are cached here
     result = CliRunner().invoke(
-        app, ["validate", str(REPO / "jobs" / job), "--set", f"data.root={base}"]
+        app,
+        ["validate", str(REPO / "jobs" / job), "--set", f"data.root={base}"]
+        + ["--set", "pretrained=none"],
     )
     assert result.exit_code == 0, result.output
     bare = CliRunner().invoke(app, ["validate", str(REPO / "jobs" / job)])

@@ -97,7 +97,10 @@ def test_the_thesis_job_file_plans_the_same_trainings_as_before_methods(tmp_path
     from kdray.spec.job import load_job
 
     repo = Path(__file__).resolve().parents[1]
-    plan = make_plan(load_job(repo / "jobs/mura_thesis.yaml", ["data.root=/data/mura"]))
+    thesis = load_job(repo / "jobs/mura_thesis.yaml", ["data.root=/data/mura"])
+    sources = thesis.weights_sources()  # ImageNet weights for every model, as in the thesis
+    assert set(sources) == thesis.models() and all(s.tag for s in sources.values())
+    plan = make_plan(thesis, {model: f"{i:064x}" for i, model in enumerate(sources)})
     assert len(plan.stage("teacher")) == 8 and len(plan.stage("student")) == 22
     quick = make_plan(load_job(repo / "jobs/quickstart.yaml"))
     # the ids the quickstart's teachers had before methods existed: a resumed grid keeps them
