@@ -300,9 +300,9 @@ def missing_line(missing: list[WeightsSource], where: WeightsCaches, command: st
     """One line for weights a run needs and this machine lacks."""
     names = ", ".join(f"{s.model} ({s.label})" for s in missing)
     return (
-        f"pretrained weights missing here: {names} (looked in the {where.describe()}); fetch "
-        f"them on a machine with network: `{command}`, with the same weights_cache (or "
-        f"{CACHE_ENV}, HF_HOME, TORCH_HOME) as here"
+        f"pretrained weights missing here: {names} (not in the {where.describe()}); fetch them "
+        f"on a machine with network with `{command}`, into a cache this machine reads (the "
+        f"job's weights_cache, or ${CACHE_ENV})"
     )
 
 
