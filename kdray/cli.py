@@ -180,9 +180,9 @@ def weights(job_file: Path, set_: SetOption = None) -> None:
             _error(f"{job_file}: {exc}")
             failed += 1
             continue
+        how = "downloaded" if fetched else "local file" if source.file else "already cached"
         console.print(
-            f"{model}  {source.label}  {_size(local.size)}  sha256 {local.sha256}  "
-            f"{'downloaded' if fetched else 'already cached'}",
+            f"{model}  {source.label}  {_size(local.size)}  sha256 {local.sha256}  {how}",
             highlight=False,
             soft_wrap=True,
         )

@@ -85,13 +85,19 @@ def cache(tmp_path, monkeypatch):
 
 
 def imagenet_like(arch: str, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A 1000-class, 3-channel state dict of `arch` with values no initialisation draws."""
+    """A 1000-class, 3-channel state dict of `arch` with values no initialisation draws (and
+    positive batch-norm variances, so that it trains)."""
     generator = torch.Generator().manual_seed(seed)
     state = timm.create_model(arch, pretrained=False).state_dict()
-    return {
-        k: torch.randn(v.shape, generator=generator) if v.is_floating_point() else v.clone()
-        for k, v in state.items()
-    }
+    drawn = {}
+    for key, value in state.items():
+        if key.endswith("running_var"):
+            drawn[key] = 0.5 + torch.rand(value.shape, generator=generator)
+        elif value.is_floating_point():
+            drawn[key] = 0.1 * torch.randn(value.shape, generator=generator)
+        else:
+            drawn[key] = value.clone()
+    return drawn
 
 
 def put_in_hub(where: W.WeightsCaches, tag: str, state: dict) -> Path:
@@ -267,7 +273,7 @@ def test_run_ids_count_the_tag_and_checksum_and_keep_file_ids(tmp_path, cache):
     assert spec.weights["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_versions_json_records_the_weights_used(tmp_path, cache):
+def test_versions_json_records_the_weights_used(tmp_path, cache, monkeypatch):
     from kdray.store.experiment import Experiment, ExperimentError
 
     put_in_hub(cache, TAGS["resnet10t"], imagenet_like("resnet10t"))
@@ -278,12 +284,25 @@ def test_versions_json_records_the_weights_used(tmp_path, cache):
     assert [(r["name"], r["tag"]) for r in records] == sorted(TAGS.items())
     assert records[1]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     assert records[1]["size"] == path.stat().st_size
+    # a damaged plan is rebuilt with the recorded checksums, even where the weights are not
+    ids = list(exp.plan().runs)
+    (exp.root / "plan.json").write_text("{")
+    monkeypatch.setenv(W.CACHE_ENV, str(tmp_path / "elsewhere"))
+    assert list(exp.plan().runs) == ids
+    monkeypatch.setenv(W.CACHE_ENV, str(cache.torch_home))
     # a started experiment does not silently switch to other weights
     (exp.run_dir("x")).mkdir(parents=True)
     (exp.run_dir("x") / "attempts.json").write_text('{"attempts": 1}')
     save_file(imagenet_like("test_resnet", seed=5), path)
     with pytest.raises(ExperimentError, match="started from other pretrained weights"):
         Experiment.create(job)
+    # nor does a resume: refused before anything starts, in one line
+    result = CliRunner().invoke(app, ["resume", str(exp.root)])
+    assert result.exit_code == 2, result.output
+    assert "but tiny's runs were planned with" in result.output
+    path.unlink()
+    result = CliRunner().invoke(app, ["resume", str(exp.root)])
+    assert result.exit_code == 2 and f"kdray weights {exp.root / 'job.json'}" in result.output
 
 
 # --- the CLI on a machine without the weights ---------------------------------------------------
@@ -473,7 +492,7 @@ def test_a_run_starts_from_pretrained_weights_in_the_worker(tmp_path, cache):
     data = prepare_data(job.data, tmp_path / "data")
     teacher = plan.stage("teacher")[0]
     run_dir, summary = run_local(tmp_path, job, teacher, data, loop=worker_loop)
-    assert summary["status"] == "finished", summary
+    assert summary["status"] == "finished" and summary["train_acc"] > 0, summary
     assert huggingface_hub.constants.HF_HUB_OFFLINE is True  # the worker forced it
     # the worker checks the file against the checksum the run was planned with
     student = next(r for r in plan.stage("student") if r.model == "test_resnet")

@@ -613,6 +613,8 @@ def model_problems(job: Job) -> list[str]:
 
 def weights_problems(job: Job) -> list[str]:
     """Entries of `pretrained` for no model, tags timm does not have, unusable files."""
+    import timm
+
     from kdray.tasks.models import weights_problem
 
     problems = [
@@ -624,7 +626,7 @@ def weights_problems(job: Job) -> list[str]:
         if model not in job.models() and model != DEFAULT and setting_kind(value) == "file":
             problem = weights_problem(Path(value))  # a stranger's file: still say what is wrong
             problems += [f"pretrained.{model}: {problem}"] if problem else []
-    for model in sorted(job.models()):
+    for model in sorted(m for m in job.models() if timm.is_model(m)):  # others: said above
         try:
             source = weights.sources(job.pretrained, [model]).get(model)
         except WeightsError as exc:
