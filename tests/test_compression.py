@@ -25,9 +25,10 @@ from kdray.results.tables import COST_COLUMNS, write_results
 from kdray.spec.job import parse_job
 from kdray.store.experiment import Experiment
 from kdray.store.model_file import load_model, save_model
+from kdray.store.run_folder import RunFolder
 from kdray.tasks import get_task
 from kdray.tasks.models import count_params, create_model
-from kdray.train import worker
+from kdray.train import run_loop
 from kdray.train.cost import count_macs, measure
 from kdray.train.evaluate import predict
 from kdray.train.session import build_session
@@ -165,7 +166,7 @@ def tiny_experiment(tmp_path, studies=None):
 
 
 def save_run(exp, spec, info, model=None) -> nn.Module:
-    """A finished run's `model.pt` as `kdray.train.worker.finish` writes it (untrained weights)."""
+    """A finished run's `model.pt` as `kdray.train.run_loop.finish` writes it (untrained)."""
     model = model or create_model(spec.model, info.num_classes, info.channels)
     exp.run_dir(spec.run_id).mkdir(parents=True, exist_ok=True)
     save_model(
@@ -244,7 +245,7 @@ def test_a_feature_kd_student_exports_without_its_adapters(tmp_path):
     run_dir = exp.run_dir(spec.run_id)
     run_dir.mkdir(parents=True)
     summary = {"run_id": spec.run_id, "status": "finished", "error": None}
-    worker.finish(session, run_dir, [], summary)
+    run_loop.finish(session, RunFolder(run_dir), [], summary)
     saved = json.loads((run_dir / "summary.json").read_text())
     assert saved["macs"] > 0 and saved["latency_ms_p50"] > 0 and saved["cost_device"] == "cpu"
     assert saved["weights_mb"] == pytest.approx((run_dir / "model.pt").stat().st_size / 1e6)
@@ -271,11 +272,14 @@ def test_a_cost_that_cannot_be_measured_never_fails_the_run(tmp_path, monkeypatc
     def broken(*args, **kwargs):
         raise RuntimeError("no counter for this op")
 
-    monkeypatch.setattr(worker.cost, "measure", broken)
+    monkeypatch.setattr(run_loop.cost, "measure", broken)
     run_dir = exp.run_dir(spec.run_id)
     run_dir.mkdir(parents=True)
-    worker.finish(
-        session, run_dir, [], {"run_id": spec.run_id, "status": "finished", "error": None}
+    run_loop.finish(
+        session,
+        RunFolder(run_dir),
+        [],
+        {"run_id": spec.run_id, "status": "finished", "error": None},
     )
     saved = json.loads((run_dir / "summary.json").read_text())
     assert saved["status"] == "finished" and saved["weights_mb"] > 0 and "macs" not in saved

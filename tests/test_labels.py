@@ -157,7 +157,7 @@ def test_a_mean_teacher_resumed_from_its_checkpoint_ends_where_an_uninterrupted_
     weights (student and moving average) of the run that never stopped."""
     import io
 
-    from kdray.train.worker import checkpoint_state, load_state
+    from kdray.train.run_loop import checkpoint_state, load_state
 
     job = semi_job(tmp_path)
     spec = next(r for r in make_plan(job).runs.values()

@@ -40,7 +40,11 @@ def test_a_chestmnist_archive_is_multi_label_with_its_label_matrix(tmp_path):
     job = parse_job(
         {
             "name": "chest",
-            "data": {"kind": "medmnist", "path": str(chest_npz(tmp_path / "c.npz")), "image_size": 16},
+            "data": {
+                "kind": "medmnist",
+                "path": str(chest_npz(tmp_path / "c.npz")),
+                "image_size": 16,
+            },
             "studies": {"s": {"teachers": ["resnet10t"], "students": ["test_resnet"]}},
         }
     )
@@ -135,10 +139,16 @@ def test_a_multi_label_grid_reports_mean_auroc_with_paired_verdicts(tmp_path):
             "train": {"epochs": 2, "batch_size": 16, "lr": 0.003, "eval_batch_size": 64},
             "studies": {
                 "kd": {"teachers": ["resnet10t"], "students": ["test_resnet"]},
-                "at": {"teachers": ["resnet10t"], "students": ["test_resnet"],
-                       "method": {"name": "at"}},
-                "l1": {"teachers": ["resnet10t"], "students": ["test_resnet"],
-                       "method": {"name": "feature_l1"}},
+                "at": {
+                    "teachers": ["resnet10t"],
+                    "students": ["test_resnet"],
+                    "method": {"name": "at"},
+                },
+                "l1": {
+                    "teachers": ["resnet10t"],
+                    "students": ["test_resnet"],
+                    "method": {"name": "feature_l1"},
+                },
             },  # fmt: skip
             "resources": {"max_concurrent_trials": 2},
         }

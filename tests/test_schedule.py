@@ -5,6 +5,7 @@ import json
 
 from ray.tune.search import Searcher
 
+from kdray.grid.packing import Pack
 from kdray.grid.schedule import RunQueue
 from kdray.spec.job import Job
 from kdray.spec.plan import make_plan
@@ -20,8 +21,8 @@ def make_queue(tmp_path, max_concurrent=2):
     plan = make_plan(Job.model_validate(tiny_job_dict(tmp_path, studies=STUDIES)))
     status: dict[str, str] = {}
     queue = RunQueue(
-        list(plan.runs.values()),
-        trial_config=lambda run: {"run": run.to_dict()},
+        [Pack((run,)) for run in plan.runs.values()],  # one run per trial: the order alone
+        trial_config=lambda pack: {"run": pack.runs[0].to_dict()},
         run_status=status.get,
         max_concurrent=max_concurrent,
     )
@@ -102,7 +103,7 @@ def test_state_tune_saves_is_readable_json(tmp_path):
     first = suggest(queue, "a")
     queue.save(str(tmp_path / "queue.json"))
     saved = json.loads((tmp_path / "queue.json").read_text())
-    assert saved["live"] == {"a": first} and first not in saved["waiting"]
+    assert saved["live"] == {"a": [first]} and [first] not in saved["waiting"]
 
 
 def test_students_left_waiting_by_an_interruption_are_not_blocked(tmp_path):

@@ -1,6 +1,8 @@
 """The worker loop in Ray Train's local mode (num_workers=0): no cluster, same code path."""
 
 import json
+import time
+from pathlib import Path
 
 import pytest
 from ray.train import RunConfig, ScalingConfig
@@ -10,25 +12,28 @@ from kdray.data import load_split, prepare_data
 from kdray.spec.job import parse_job
 from kdray.spec.plan import make_plan
 from kdray.store.model_file import load_model
-from kdray.train.worker import train_loop
+from kdray.train.trial import TrialConfig
+from kdray.train.worker import train_pack
 from tests.conftest import tiny_job_dict
 
 
-def run_local(tmp_path, job, spec, data, teacher_dirs=(), run_dir=None, loop=train_loop):
-    """One run's worker loop (`loop`: `train_loop`, or the grid's `worker_loop` around it)."""
-    run_dir = run_dir or tmp_path / "runs" / spec.run_id
-    config = {
-        "job": job.model_dump(mode="json"),
-        "run": spec.to_dict(),
-        "data": data.to_json(),
-        "run_dir": str(run_dir),
-        "teacher_dirs": [str(d) for d in teacher_dirs],
-    }
+def run_local(tmp_path, job, spec, data, teacher_dirs=(), run_dir=None, loop=train_pack):
+    """Train one run as a pack of one, in Ray Train's local mode (`loop`: `train_pack`, or the
+    grid's `worker_loop` around it); its experiment folder is the run folder's grandparent
+    (teachers from elsewhere are linked into its runs/)."""
+    run_dir = Path(run_dir or tmp_path / "runs" / spec.run_id)
+    root = run_dir.parent.parent
+    for teacher in map(Path, teacher_dirs):
+        link = root / "runs" / teacher.name
+        if not link.exists():
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(teacher)
+    trial = TrialConfig(root, job, data, (spec,), {}, time.time())
     TorchTrainer(
         loop,
-        train_loop_config=config,
+        train_loop_config={"trial": trial},
         scaling_config=ScalingConfig(num_workers=0),
-        run_config=RunConfig(name=spec.run_id, storage_path=str(tmp_path / "train")),
+        run_config=RunConfig(name=spec.run_id, storage_path=str(root / "train")),
     ).fit()
     return run_dir, json.loads((run_dir / "summary.json").read_text())
 

@@ -8,26 +8,26 @@ free for the Train workers.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import ray
 from ray import tune
-from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
+from ray.train import FailureConfig, ScalingConfig
 from ray.train import RunConfig as TrainRunConfig
 from ray.train.torch import TorchTrainer
 
 from kdray.data.cache import DataInfo
+from kdray.grid.packing import Pack, pack_runs, runs_per_trial
 from kdray.grid.schedule import RunQueue
 from kdray.spec.job import Job
 from kdray.spec.plan import RunSpec
-from kdray.store.atomic import write_json
 from kdray.store.experiment import Experiment
 from kdray.tasks.weights import caches, force_offline, offline_env
+from kdray.train.trial import TrialConfig
 
 DRIVER_RESOURCE = "trial_driver"
 
@@ -143,21 +143,13 @@ def check_storage(storage: Path) -> None:
         )
 
 
-def _bump_attempts(run_dir: Path) -> int:
-    path = run_dir / "attempts.json"
-    attempts = json.loads(path.read_text())["attempts"] + 1 if path.is_file() else 1
-    write_json(path, {"attempts": attempts})
-    return attempts
-
-
 def worker_loop(config: dict) -> None:
-    """What each Ray Train worker runs. `kdray.train.worker` (timm, albumentations, scikit-learn) is
-    imported here, in the worker, so that a Tune trial driver process starts without it."""
-    entered = time.time()  # the run's set-up time counts this import
-    force_offline(caches(config["job"].get("weights_cache")))  # no download inside a trial
-    from kdray.train.worker import train_loop
+    """What each Ray Train worker runs. `kdray.train.worker` (timm, albumentations, scikit-learn)
+    is imported here, in the worker, so that a Tune trial driver process starts without it."""
+    force_offline(caches(config["trial"].job.weights_cache))  # no download inside a trial
+    from kdray.train.worker import train_pack
 
-    train_loop({**config, "entered_at": entered})
+    train_pack(config)
 
 
 # Ray Train 2.60 settings for each trial's TorchTrainer, read from its source
@@ -185,61 +177,46 @@ def apply_train_env() -> None:
         os.environ.setdefault(name, value)
 
 
-def build_trainer(exp: Experiment, job: Job, spec: RunSpec, config: dict) -> TorchTrainer:
-    """One run's TorchTrainer; its deterministic name makes a retried trial resume the run."""
+def build_trainer(exp: Experiment, trial: TrialConfig) -> TorchTrainer:
+    """One pack's TorchTrainer. Each run keeps its own checkpoint in its folder, so whichever
+    trial trains a run next continues it; the name only labels Ray Train's storage."""
+    job = trial.job
     r = job.resources
     per_worker = {"CPU": r.cpus_per_worker}
     if r.gpus_per_worker:
         per_worker["GPU"] = r.gpus_per_worker
     return TorchTrainer(
         worker_loop,
-        train_loop_config={
-            "job": config["job"],
-            "run": config["run"],
-            "data": config["data"],
-            "run_dir": str(exp.run_dir(spec.run_id)),
-            "teacher_dirs": [str(exp.run_dir(t)) for t in spec.teacher_runs],
-        },
+        train_loop_config={"trial": trial},
         scaling_config=ScalingConfig(
             num_workers=r.workers_per_trial,
             use_gpu=r.gpus_per_worker > 0,
             resources_per_worker=per_worker,
         ),
         run_config=TrainRunConfig(
-            name=spec.run_id,
+            name=trial.name,
             storage_path=str(exp.train_dir),
             failure_config=FailureConfig(max_failures=job.faults.trial_retries),
-            checkpoint_config=CheckpointConfig(num_to_keep=1),
         ),
     )
 
 
 def run_trial(config: dict) -> None:
-    """The Tune trainable: fit one run's TorchTrainer, unless the run already finished."""
-    exp = Experiment(Path(config["experiment"]))
-    job = Job.model_validate(config["job"])
-    spec = RunSpec.from_dict(config["run"])
-    run_dir = exp.run_dir(spec.run_id)
-    summary = exp.summary(spec.run_id)
-    for teacher_run in spec.teacher_runs if summary is None else []:
+    """The Tune trainable: fit one pack's TorchTrainer over its runs not yet done. A run that
+    fails fails alone (its folder says why); the trial errs only when the fit itself does."""
+    trial: TrialConfig = config["trial"]
+    exp = Experiment(trial.experiment)
+    todo = [r for r in trial.runs if exp.summary(r.run_id) is None]
+    for teacher_run in sorted({t for r in todo for t in r.teacher_runs}):
         teacher = exp.summary(teacher_run)
         if teacher is None or teacher["status"] != "finished":
             reason = (teacher or {}).get("error") or "it has not finished"
             raise RuntimeError(f"teacher run {teacher_run} is not usable: {reason}")
     apply_train_env()
-    if summary is None:
-        (run_dir / "failure.json").unlink(missing_ok=True)
-        attempts = _bump_attempts(run_dir)
-        started = time.time()
-        build_trainer(exp, job, spec, config).fit()
-        summary = exp.summary(spec.run_id)
-        if summary is None:
-            raise RuntimeError(f"run {spec.run_id} ended without writing {run_dir}/summary.json")
-        summary.update(wall_s=time.time() - started, attempts=attempts)
-        write_json(run_dir / "summary.json", summary)
-    if summary["status"] != "finished":
-        raise RuntimeError(summary["error"])
-    tune.report({k: v for k, v in summary.items() if isinstance(v, int | float)})
+    if todo:
+        build_trainer(exp, replace(trial, launched_at=time.time())).fit()
+    finished = [r for r in trial.runs if (exp.summary(r.run_id) or {}).get("status") == "finished"]
+    tune.report({"runs": len(trial.runs), "finished": len(finished)})
 
 
 class GridInterrupted(Exception):
@@ -272,29 +249,29 @@ def run_grid(exp: Experiment, job: Job, runs: list[RunSpec], data: DataInfo) -> 
     """Run every run not yet done as one Tune experiment, each student after its teacher.
 
     A resumed grid is a new Tune experiment (`tune/<time>/`) over the runs without a summary:
-    the others are read from their summaries, and an interrupted run's TorchTrainer, named
-    after the run, continues from that run's last checkpoint.
+    the others are read from their summaries, and the runs left are packed into trials
+    (`kdray.grid.packing`); an interrupted run continues from its own last checkpoint,
+    whichever pack it is in now.
     """
     # a run that wrote a summary is done, even a failed one (e.g. a defective teacher that
     # missed its band): rerunning it would fail the same way
     todo = [r for r in runs if exp.summary(r.run_id) is None]
-    common = {
-        "job": job.model_dump(mode="json"),
-        "data": data.to_json(),
-        "experiment": str(exp.root),
-    }
+    for run in todo:  # a failure recorded from here on is this session's
+        exp.run(run.run_id).clear_failure()
+    slots = job.resources.max_concurrent_trials
+    packs = pack_runs(todo, runs_per_trial(job, data), slots)
     queue = RunQueue(
-        todo,
-        trial_config=lambda run: {**common, "run": run.to_dict()},
+        packs,
+        trial_config=lambda pack: {"trial": trial_config(exp, job, data, pack)},
         run_status=lambda run_id: _status(exp, run_id),
-        max_concurrent=job.resources.max_concurrent_trials,
+        max_concurrent=slots,
     )
-    if todo:
+    if packs:
         tuner = tune.Tuner(
             tune.with_resources(run_trial, driver_resources()),
             tune_config=tune.TuneConfig(
                 search_alg=queue,
-                num_samples=len(todo),
+                num_samples=len(packs),
                 # a finished trial's driver process (kdray.grid.tune imported) starts the next one
                 reuse_actors=True,
                 trial_name_creator=_trial_name,
@@ -308,47 +285,62 @@ def run_grid(exp: Experiment, job: Job, runs: list[RunSpec], data: DataInfo) -> 
             ),
         )
         results = tuner.fit()
-        errors = {r.config["run"]["run_id"]: r.error for r in results if r.config}
+        errors = {
+            run.run_id: r.error for r in results if r.config for run in r.config["trial"].runs
+        }
     else:
         errors = {}
-    blocked = queue.blocked()
-    outcomes = []
-    for run in runs:
-        summary = exp.summary(run.run_id)
-        if summary is not None:
-            outcome = TrialOutcome(run.run_id, summary["status"], summary.get("error"))
-        elif errors.get(run.run_id) is not None or run.run_id in blocked:
-            if run.run_id in blocked:
-                teacher = blocked[run.run_id]
-                reason = _teacher_error(exp, teacher)
-                error = f"not started: its teacher run {teacher} failed" + (
-                    f" ({reason})" if reason else ""
-                )
-            else:
-                error = _short_error(errors[run.run_id])
-            write_json(exp.run_dir(run.run_id) / "failure.json", {"error": error})
-            outcome = TrialOutcome(run.run_id, "failed", error)
-        else:
-            raise GridInterrupted(f"run {run.run_id} neither finished nor failed")
-        outcomes.append(outcome)
-    return outcomes
+    return [outcome(exp, run, errors.get(run.run_id), queue.blocked()) for run in runs]
+
+
+def trial_config(exp: Experiment, job: Job, data: DataInfo, pack: Pack) -> TrialConfig:
+    """What a pack's trial trains; each run's earlier starts, so this session retries it anew."""
+    earlier = {r.run_id: exp.run(r.run_id).attempts() for r in pack.runs}
+    return TrialConfig(exp.root, job, data, pack.runs, earlier)
+
+
+def outcome(
+    exp: Experiment, run: RunSpec, error: BaseException | None, blocked: dict[str, str]
+) -> TrialOutcome:
+    """How the run ended this session: its summary; the failure its worker recorded; its
+    trial's error; or never started because a teacher failed. Neither: the grid was cut short."""
+    summary = exp.summary(run.run_id)
+    if summary is not None:
+        return TrialOutcome(run.run_id, summary["status"], summary.get("error"))
+    folder = exp.run(run.run_id)
+    if run.run_id in blocked:
+        teacher = blocked[run.run_id]
+        reason = _teacher_error(exp, teacher)
+        message = f"not started: its teacher run {teacher} failed" + (
+            f" ({reason})" if reason else ""
+        )
+    elif error is not None:
+        message = _short_error(error)
+    elif (recorded := folder.failure()) is not None:
+        return TrialOutcome(run.run_id, "failed", recorded)
+    else:
+        raise GridInterrupted(f"run {run.run_id} neither finished nor failed")
+    folder.record_failure(message)
+    return TrialOutcome(run.run_id, "failed", message)
 
 
 def _teacher_error(exp: Experiment, run_id: str) -> str | None:
     summary = exp.summary(run_id)
     if summary is not None:
         return summary.get("error")
-    failure = exp.run_dir(run_id) / "failure.json"
-    return json.loads(failure.read_text()).get("error") if failure.is_file() else None
+    return exp.run(run_id).failure()
 
 
 def _status(exp: Experiment, run_id: str) -> str | None:
+    """finished / failed (a summary saying so, or a recorded failure) / None (not ended)."""
     summary = exp.summary(run_id)
-    return summary["status"] if summary else None
+    if summary is not None:
+        return summary["status"]
+    return "failed" if exp.run(run_id).failure() is not None else None
 
 
 def _trial_name(trial) -> str:
-    return trial.config["run"]["run_id"]
+    return trial.config["trial"].name
 
 
 def _short_error(error: BaseException | None) -> str:

@@ -13,7 +13,7 @@ from kdray.data.budgets import budget_label
 from kdray.spec.plan import RunSpec
 from kdray.store import versions
 from kdray.store.atomic import atomic_write
-from kdray.store.experiment import Experiment, ExperimentError, damaged, read_json
+from kdray.store.experiment import Experiment
 
 COST_COLUMNS = (
     "macs", "weights_mb", "latency_ms_p50", "latency_ms_p90", "throughput", "cost_device",
@@ -158,17 +158,14 @@ def epoch_schema(rows: list[dict]) -> pa.Schema:
 
 
 def trial_row(exp: Experiment, spec: RunSpec, failure: str | None = None) -> dict:
-    summary = exp.summary(spec.run_id) or {}
-    failure_file = exp.run_dir(spec.run_id) / "failure.json"
-    if not summary and failure is None and failure_file.is_file():
-        failed = read_json(failure_file, f"delete it; `kdray resume {exp.root}` retries the run")
-        failure = failed.get("error") if isinstance(failed, dict) else None
-        failure = failure or "failed (no error recorded)"
+    folder = exp.run(spec.run_id)
+    summary = folder.summary() or {}
+    if not summary and failure is None:
+        failure = folder.failure()
     primary = summary.get("primary_metric") or DEFAULT_PRIMARY
     teachers = [exp.summary(t) or {} for t in spec.teacher_runs]
-    attempts_file = exp.run_dir(spec.run_id) / "attempts.json"
     status = summary.get("status") or ("failed" if failure else "pending")
-    model_file = exp.run_dir(spec.run_id) / "model.pt"
+    model_file = folder.model_file
     row = {
         "trial_id": spec.run_id,
         "stage": spec.stage,
@@ -196,7 +193,7 @@ def trial_row(exp: Experiment, spec: RunSpec, failure: str | None = None) -> dic
         "wall_s": summary.get("wall_s"),
         "setup_s": summary.get("setup_s"),
         "train_s": summary.get("train_s"),
-        "attempts": _attempts(exp, attempts_file),
+        "attempts": folder.attempts(),
         "checkpoint": str(model_file) if status == "finished" and model_file.is_file() else None,
         "error": summary.get("error") or (failure if status != "finished" else None),
     }
@@ -225,32 +222,9 @@ def _mean(values: list) -> float | None:
     return sum(known) / len(known) if known else None
 
 
-def _attempts(exp: Experiment, path: Path) -> int:
-    if not path.is_file():
-        return 0
-    saved = read_json(path, "delete it (it only counts how often the run was launched)")
-    if not isinstance(saved, dict) or not isinstance(saved.get("attempts"), int):
-        raise ExperimentError(f"{path} is damaged (no attempts count): delete it")
-    return saved["attempts"]
-
-
 def epoch_rows(exp: Experiment, spec: RunSpec) -> list[dict]:
-    path = exp.run_dir(spec.run_id) / "epochs.jsonl"
-    if not path.is_file():
-        return []
     rows = []
-    for number, line in enumerate(path.read_bytes().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            if not isinstance(row, dict):
-                raise ValueError("not a JSON object")
-        except ValueError as exc:
-            where = f"line {number} of {path}"
-            raise ExperimentError(
-                damaged(where, exc, "delete that line (the run's other epochs are kept)")
-            ) from None
+    for row in exp.run(spec.run_id).epochs():
         score = [v for k, v in row.items() if k.startswith("val_")]  # one: val_<primary>
         rows.append({"trial_id": spec.run_id, **row, "val_score": score[0] if score else None})
     return rows

@@ -329,6 +329,18 @@ class Resources(Strict):
     torch_threads: int | None = Field(
         None, ge=1, description="torch threads per worker (default: cpus_per_worker)"
     )
+    runs_per_trial: int | Literal["auto"] = Field(
+        "auto",
+        description="runs trained one after another in one trial (one Ray Train start-up); "
+        "auto: several when runs are short against that start-up (kdray.grid.packing)",
+    )
+
+    @field_validator("runs_per_trial")
+    @classmethod
+    def _at_least_one(cls, value: int | str) -> int | str:
+        if value != "auto" and value < 1:
+            raise ValueError("runs_per_trial is auto or at least 1")
+        return value
 
     @model_validator(mode="after")
     def _gpu_device(self) -> Resources:

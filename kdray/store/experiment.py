@@ -3,8 +3,10 @@
 job.json      the validated job (overrides applied)
 plan.json     every run of the grid, with its id, stage and roles
 data/         the decoded array cache
-runs/<id>/    per run: summary.json, epochs.jsonl, model.pt, attempts.json
-train/<id>/   Ray Train's storage for the run (per-epoch checkpoints)
+runs/<id>/    per run: summary.json, epochs.jsonl, model.pt, attempts.json, checkpoint.pt
+              (`kdray.store.run_folder`)
+train/<pack>/ Ray Train's storage for a trial (a pack of runs; per-epoch checkpoints of runs
+              made before packing)
 tune/<time>/  Ray Tune's experiment state, one per `kdray run`/`resume` of the grid
 costs/        each model's measured cost per data shape and device (`kdray.train.cost`)
 versions.json the versions of python and the packages that shape results, and the pretrained
@@ -17,33 +19,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from pydantic import ValidationError
 
 from kdray.spec.job import Job
 from kdray.spec.plan import Plan, make_plan
 from kdray.store import versions
+from kdray.store.json_files import ExperimentError, damaged, read_json
+from kdray.store.run_folder import RunFolder
 from kdray.tasks.weights import LocalWeights, WeightsError, find_all, missing_line
-
-
-class ExperimentError(Exception):
-    pass
-
-
-def read_json(path: Path, what_to_do: str) -> Any:
-    """A JSON file of the experiment folder; a damaged one raises `ExperimentError` naming the
-    file, what is wrong with it and `what_to_do`."""
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ExperimentError(damaged(path, exc, what_to_do)) from None
-
-
-def damaged(path: Path, exc: Exception, what_to_do: str) -> str:
-    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return f"{path} is damaged ({reason[:200]}): {what_to_do}"
-
 
 # how a grid is run and watched, and where its weights lie (their checksums are in the run
 # ids), not what it trains
@@ -52,8 +36,13 @@ RUN_SETTINGS = ("tracking", "faults", "weights_cache")
 
 def same_training(old: Job, new: Job) -> bool:
     """Whether two jobs train the same runs: they may differ in tracking and fault settings
-    (MLflow added to a started grid, more retries), which the folder then takes."""
-    return old.model_copy(update={key: getattr(new, key) for key in RUN_SETTINGS}) == new
+    (MLflow added to a started grid, more retries) and in how runs are packed into trials,
+    which the folder then takes."""
+    update = {key: getattr(new, key) for key in RUN_SETTINGS}
+    update["resources"] = old.resources.model_copy(
+        update={"runs_per_trial": new.resources.runs_per_trial}
+    )
+    return old.model_copy(update=update) == new
 
 
 @dataclass(frozen=True)
@@ -105,18 +94,12 @@ class Experiment:
         path.write_text(json.dumps(plan.to_json(), indent=2))
         return plan
 
+    def run(self, run_id: str) -> RunFolder:
+        """The run's folder and its files (`kdray.store.run_folder`)."""
+        return RunFolder(self.run_dir(run_id))
+
     def summary(self, run_id: str) -> dict | None:
-        path = self.run_dir(run_id) / "summary.json"
-        if not path.is_file():
-            return None
-        advice = (
-            f"delete it and run `kdray resume {self.root}` (the run continues from its last "
-            "checkpoint)"
-        )
-        summary = read_json(path, advice)
-        if not isinstance(summary, dict) or "status" not in summary:
-            raise ExperimentError(f"{path} is damaged (no status): {advice}")
-        return summary
+        return self.run(run_id).summary()
 
     def started_runs(self) -> bool:
         """Whether any run of this folder was ever launched (its attempts or result exist)."""

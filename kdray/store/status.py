@@ -101,33 +101,26 @@ def unreadable_runs(exp: Experiment) -> dict[str, str]:
 
 
 def run_state(exp: Experiment, run: RunSpec, alive: bool) -> str:
-    run_dir = exp.run_dir(run.run_id)
+    folder = exp.run(run.run_id)
     try:
-        summary = exp.summary(run.run_id)
+        summary = folder.summary()
     except ExperimentError:
         return "unreadable"
     if summary is not None:
         return "finished" if summary["status"] == "finished" else "failed"
-    if (run_dir / "failure.json").is_file():
+    if (folder.path / "failure.json").is_file():
         return "failed"
-    if (run_dir / "attempts.json").is_file():
+    if folder.started():
         return "running" if alive else "interrupted"
     return "pending"
 
 
 def best_val_score(exp: Experiment, run_id: str) -> float | None:
     """The best validation score (the task's primary metric, `val_<metric>`) so far."""
-    path = exp.run_dir(run_id) / "epochs.jsonl"
     try:
-        lines = path.read_text().splitlines()
-    except (OSError, UnicodeDecodeError):
+        rows = exp.run(run_id).epochs()
+    except (OSError, UnicodeDecodeError, ExperimentError):  # shown empty here; export names it
         return None
-    rows = []
-    for line in lines:  # a damaged line shows no value here; export names it
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            continue
     values = [
         v for r in rows if isinstance(r, dict) for k, v in r.items()
         if k.startswith("val_") and isinstance(v, int | float)
@@ -140,7 +133,6 @@ def status_rows(exp: Experiment) -> list[dict]:
     rows = []
     runs = sorted(exp.plan().runs.values(), key=lambda r: (STAGES.index(r.stage), r.seed))
     for run in runs:
-        attempts = _read_json(exp.run_dir(run.run_id) / "attempts.json") or {}
         rows.append(
             {
                 "stage": run.stage,
@@ -150,11 +142,18 @@ def status_rows(exp: Experiment) -> list[dict]:
                 "seed": run.seed,
                 "state": run_state(exp, run, alive),
                 "best_val": best_val_score(exp, run.run_id),
-                "attempts": attempts.get("attempts", 0),
+                "attempts": _attempts(exp, run.run_id),
                 "trial_id": run.run_id,
             }
         )
     return rows
+
+
+def _attempts(exp: Experiment, run_id: str) -> int:
+    try:
+        return exp.run(run_id).attempts()
+    except (OSError, ExperimentError):  # `kdray status` shows what it can
+        return 0
 
 
 def stage_counts(rows: list[dict]) -> dict[str, Counter]:

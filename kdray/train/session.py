@@ -8,6 +8,7 @@ pieces in a bare loop.
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import random
 import time
@@ -87,6 +88,15 @@ class Session:
     scaler: torch.amp.GradScaler
     params: int
     valid: tuple[np.ndarray, np.ndarray] = field(repr=False, default=None)
+
+    def close(self) -> None:
+        """Release what outlives a run in a worker that trains the next run of its pack: loader
+        worker processes (a persistent DataLoader keeps them while its iterator lives)."""
+        self.batches.loader._iterator = None  # torch shuts the pool down with its iterator
+        self.teachers = self.model = self.core = self.optimizer = None
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     @property
     def val_key(self) -> str:

@@ -1,0 +1,59 @@
+"""Which runs share a trial: packs of runs trained one after another in one Ray Train fit.
+
+Every Ray Train fit pays a start-up (new controller and worker processes, each importing torch:
+10-36 s on 2 CPU cores, ~25 s on a GPU node; `../shared/notes/trial-cost.md`) that a short run
+cannot amortise. A pack pays it once for several runs. Runs share a pack when they share a stage
+and their teachers, so a pack is ready as soon as those teachers are done and never waits on
+another run's teacher. Each group is cut into packs of at most `runs_per_trial` runs, but into at
+least as many packs as there are trial slots (when it has that many runs), sizes within one of
+each other: every slot gets work, and no slot is left with a long tail.
+
+`resources.runs_per_trial: auto` packs when a run is short against the start-up: when a run's
+work (training images x epochs x pixels per image) is below `SHORT_RUN_WORK`, about ten minutes
+of a small CNN on one CPU core; longer runs train one per trial, as before packing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from kdray.data.cache import DataInfo
+from kdray.spec.job import Job
+from kdray.spec.plan import RunSpec
+
+SHORT_RUN_WORK = 2e8  # training images x epochs x pixels: the quickstart's runs are 3.3e6
+AUTO_RUNS_PER_TRIAL = 8  # the most runs `auto` puts in one pack
+
+
+@dataclass(frozen=True, eq=False)  # each pack is its own (hashed by identity)
+class Pack:
+    runs: tuple[RunSpec, ...]
+
+    @property
+    def teacher_runs(self) -> set[str]:
+        return {t for run in self.runs for t in run.teacher_runs}
+
+
+def runs_per_trial(job: Job, data: DataInfo) -> int:
+    """The job's `resources.runs_per_trial`, `auto` resolved for this data."""
+    setting = job.resources.runs_per_trial
+    if setting != "auto":
+        return setting
+    work = data.counts.get("train", 0) * job.train.epochs * data.image_size**2
+    return AUTO_RUNS_PER_TRIAL if work < SHORT_RUN_WORK else 1
+
+
+def pack_runs(runs: list[RunSpec], per_trial: int, slots: int) -> list[Pack]:
+    """The runs cut into packs, in the order of their first runs (see the module docstring)."""
+    groups: dict[tuple, list[RunSpec]] = {}
+    for run in runs:
+        groups.setdefault((run.stage, tuple(sorted(run.teacher_runs))), []).append(run)
+    packs = []
+    for group in groups.values():
+        count = max(math.ceil(len(group) / per_trial), min(len(group), slots))
+        for part in np.array_split(np.arange(len(group)), count):
+            packs.append(Pack(tuple(group[i] for i in part)))
+    return packs

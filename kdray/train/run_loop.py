@@ -1,0 +1,223 @@
+"""One run, from set-up to its files: what a Ray Train worker does for each run of its pack.
+
+`train_run` reads top to bottom: set-up (`kdray.train.session.build_session`), restore from the
+run's last checkpoint (`checkpoint.pt` in its folder), one `train_epoch` after another (a
+defective teacher stops inside its band), then finishing: final metrics and the run's files.
+It knows nothing of Ray: `kdray.train.worker` hands it the model wrapper (`prepare`) and the
+per-epoch `report`. Rank 0 writes the run's files (`kdray.store.run_folder`), which the results
+tables are built from.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from kdray.data.cache import DataInfo
+from kdray.spec.job import Job
+from kdray.spec.plan import RunSpec
+from kdray.store.model_file import save_model
+from kdray.store.run_folder import RunFolder
+from kdray.tracking.tracker import Tracker
+from kdray.train import cost, soft_labels
+from kdray.train.evaluate import final_metrics
+from kdray.train.session import Session, band_stop, build_session, train_epoch
+
+
+@dataclass(frozen=True)
+class Worker:
+    """Where this process trains: its rank among the run's data-parallel workers, its device,
+    how the model is wrapped for them (Ray Train's `prepare_model`) and how an epoch's metrics
+    reach Ray (`report`, a collective: every rank calls it)."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+    prepare: Callable[[torch.nn.Module], torch.nn.Module]
+    report: Callable[[dict], None]
+
+
+def train_run(
+    job: Job, spec: RunSpec, info: DataInfo, folder: RunFolder, teacher_dirs: list[Path],
+    worker: Worker, legacy_checkpoints: Path | None = None, launched_at: float | None = None,
+) -> dict:  # fmt: skip
+    """Train (or finish training) one run; returns its summary (also in `summary.json`).
+    `launched_at`: when the run's turn came (its trial's launch for a pack's first run), what
+    its `wall_s` counts from; `setup_s` and `train_s` count from this call."""
+    started = time.time()
+    launched_at = launched_at or started
+    session = build_session(
+        job, spec, info, teacher_dirs, worker.device, worker.rank, worker.world_size,
+        prepare=worker.prepare,
+    )  # fmt: skip
+    state = folder.load_checkpoint(worker.device, legacy_checkpoints)
+    start_epoch, history = load_state(session, state) if state is not None else (0, [])
+    rank0 = worker.rank == 0
+    tracker = Tracker.start(job, spec, folder.path, info, history) if rank0 else Tracker()
+    band = band_stop(session)
+    first_step_s = None
+
+    def on_step(step: int) -> None:
+        nonlocal first_step_s
+        if step == 2:
+            _crash_once_if_asked(spec.run_id, epoch + 1)
+        if first_step_s is None:
+            first_step_s = time.time() - started
+
+    for epoch in range(start_epoch, job.train.epochs):
+        row = train_epoch(session, epoch, band, on_step)
+        row[session.val_key] = session.val_score()
+        history.append(row)
+        if rank0:  # the checkpoint first: a worker lost after `report` resumes from this epoch
+            folder.save_checkpoint(checkpoint_state(session, epoch + 1, history))
+            folder.write_epochs(history)
+            tracker.log(row)
+        worker.report(row)
+        if band.hit is not None or band.error is not None:
+            break
+    band.missed(session, history)
+    summary = {
+        "run_id": spec.run_id,
+        "task": session.task.name,
+        "primary_metric": session.task.primary,  # what `<split>_score` means in the tables
+        "status": "finished" if band.error is None else "failed",
+        "error": band.error,
+        "epochs": band.hit["epoch"] if band.hit else len(history),
+        "params": session.params,
+        "setup_s": first_step_s,
+        "train_s": time.time() - started,
+        "wall_s": time.time() - launched_at,  # with the trial's start-up for a first run
+        "band_val_score": band.hit["score"] if band.hit else None,
+        "restored_from_epoch": start_epoch or None,
+        "teacher_outputs": session.teachers.kind,
+        "replicas_in_sync": replicas_in_sync(session),
+    }
+    summary.update(final_metrics(session.model, job, session.info, worker.device))
+    summary.update(method_model_metrics(session))
+    if rank0:
+        finish(session, folder, history, summary)
+        tracker.finish(summary)
+    session.close()
+    return summary
+
+
+def method_model_metrics(session: Session) -> dict:
+    """The accuracy of the models a method trains besides the student (mean teacher's moving
+    average), under the method's prefix: `ema_test_acc`, ..."""
+    method = session.core.method
+    if method is None:
+        return {}
+    primary = session.task.primary
+    evaluated = {f"{split}_{primary}" for split in ("train", "val", "test")}
+    evaluated |= {"test_balanced_acc", "test_f1"}
+    out = {}
+    for prefix, model in method.evaluated_models().items():
+        metrics = final_metrics(model, session.job, session.info, session.device)
+        out.update({f"{prefix}_{k}": v for k, v in metrics.items() if k in evaluated})
+    return out
+
+
+def replicas_in_sync(session: Session) -> bool | None:
+    """Data-parallel runs: whether every rank ends with the same student and method adapters
+    (a per-tensor checksum compared across ranks); None for a single worker."""
+    if session.world_size == 1:
+        return None
+    sums = torch.stack([p.detach().double().sum() for p in session.core.parameters()]).cpu()
+    parts: list = [None] * session.world_size
+    torch.distributed.all_gather_object(parts, sums)
+    return all(torch.equal(parts[0], other) for other in parts[1:])
+
+
+def checkpoint_state(session: Session, epoch: int, history: list[dict]) -> dict:
+    """What an epoch's checkpoint holds: student and method state (adapters, a mean teacher's
+    moving average), optimizer, scheduler, history, the RNG state, and the next epoch."""
+    return {
+        "model": session.core.state_dict(),
+        "optimizer": session.optimizer.state_dict(),
+        "scheduler": session.scheduler.state_dict() if session.scheduler else None,
+        "epoch": epoch,
+        "history": history,
+        "torch_rng": torch.get_rng_state(),
+    }
+
+
+def load_state(session: Session, state: dict) -> tuple[int, list[dict]]:
+    """Put a checkpoint's state back into `session`: (first epoch to train, history)."""
+    weights = state["model"]
+    if not any(k.startswith("student.") for k in weights):  # a checkpoint from before methods
+        weights = {f"student.{k}": v for k, v in weights.items()}
+    session.core.load_state_dict(weights)
+    session.optimizer.load_state_dict(state["optimizer"])
+    if session.scheduler is not None and state.get("scheduler"):
+        session.scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    return state["epoch"], state["history"]
+
+
+def finish(session: Session, folder: RunFolder, history: list[dict], summary: dict) -> None:
+    """Rank 0: the run's files. The deployable `model.pt` is the student alone (no adapters),
+    and what it costs goes into the summary; a teacher whose students read cached soft labels
+    writes them before `summary.json`, so a teacher counts as finished only with its soft
+    labels. The training state is dropped once the summary is written."""
+    info, spec = session.info, session.spec
+    folder.write_epochs(history)
+    save_model(
+        folder.model_file,
+        session.core.student,
+        model=spec.model,
+        task=info.task,
+        num_classes=info.num_classes,
+        in_chans=info.channels,
+        classes=info.classes,
+        mean=info.mean,
+        std=info.std,
+        image_size=info.image_size,
+    )
+    summary.update(model_cost(session, folder.path))
+    for pool, wanted in ((False, spec.soft_labels), (True, spec.soft_labels_pool)):
+        if wanted and summary["error"] is None:
+            soft_labels.build(
+                session.core.student, session.job, spec.seed, info, session.device, folder.path,
+                spec.labels, pool,
+            )  # fmt: skip
+    folder.write_summary(summary)
+    folder.drop_checkpoint()
+
+
+def model_cost(session: Session, run_dir: Path) -> dict:
+    """What the deployable student costs (`kdray.train.cost`), measured once per model and data
+    shape in the experiment's `costs/` folder; a failure to measure is logged and never fails
+    the run."""
+    info = session.info
+    out = {"weights_mb": (run_dir / "model.pt").stat().st_size / 1e6}
+    try:
+        measured = cost.measure(
+            session.core.student, session.spec.model, info.channels, info.image_size,
+            info.num_classes, session.job.train.eval_batch_size, run_dir.parent.parent / "costs",
+        )  # fmt: skip
+        keys = ("macs", "latency_ms_p50", "latency_ms_p90", "throughput")
+        return out | {k: measured[k] for k in keys} | {"cost_device": measured["device"]}
+    except Exception as exc:  # a cost is a report, not a result: never lose the run over it
+        print(f"kdray: cost of {session.spec.run_id} not measured: {exc!r}", file=sys.stderr)
+        return out
+
+
+def _crash_once_if_asked(run_id: str, epoch: int) -> None:
+    """Fault injection for the fault-tolerance tests: with KDRAY_TEST_CRASH_EPOCH=N and
+    KDRAY_TEST_CRASH_DIR=<dir>, the worker process dies in epoch N, once per run."""
+    crash_epoch = os.environ.get("KDRAY_TEST_CRASH_EPOCH")
+    crash_dir = os.environ.get("KDRAY_TEST_CRASH_DIR")
+    if not crash_epoch or not crash_dir or int(crash_epoch) != epoch:
+        return
+    marker = Path(crash_dir) / run_id
+    if marker.exists():
+        return
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(str(epoch))
+    os._exit(1)

@@ -1,0 +1,54 @@
+"""Which runs share a trial (kdray.grid.packing), without Ray."""
+
+from __future__ import annotations
+
+from kdray.data.cache import DataInfo
+from kdray.grid.packing import pack_runs, runs_per_trial
+from kdray.spec.job import Job
+from kdray.spec.plan import make_plan
+from tests.conftest import tiny_job_dict
+
+STUDIES = {
+    "normal": {"teachers": ["resnet10t"], "students": ["test_resnet"],
+               "method": {"name": "kd", "temperature": [1, 2, 4]}},
+}  # fmt: skip
+
+
+def plan_runs(tmp_path, seeds=(0, 1, 2), **resources):
+    raw = tiny_job_dict(tmp_path, studies=STUDIES, seeds=list(seeds))
+    raw["resources"] |= resources
+    job = Job.model_validate(raw)
+    return job, list(make_plan(job).runs.values())
+
+
+def test_a_pack_shares_stage_and_teachers_so_it_never_waits_on_another_teacher(tmp_path):
+    _, runs = plan_runs(tmp_path)
+    for pack in pack_runs(runs, per_trial=8, slots=2):
+        assert len({r.stage for r in pack.runs}) == 1
+        assert len({tuple(r.teacher_runs) for r in pack.runs}) == 1
+    assert sorted(r.run_id for p in pack_runs(runs, 8, 2) for r in p.runs) == sorted(
+        r.run_id for r in runs
+    )  # every run once
+
+
+def test_packs_fill_every_slot_and_stay_within_one_run_of_each_other(tmp_path):
+    _, runs = plan_runs(tmp_path)
+    baselines = [r for r in runs if r.stage == "student" and not r.teacher_runs]  # 3 seeds
+    kd = [r for r in runs if r.teacher_runs and r.seed == 0]  # 3 temperatures, one teacher
+    assert [len(p.runs) for p in pack_runs(baselines, per_trial=8, slots=2)] == [2, 1]
+    assert [len(p.runs) for p in pack_runs(kd, per_trial=8, slots=4)] == [1, 1, 1]
+    assert [len(p.runs) for p in pack_runs(kd, per_trial=1, slots=1)] == [1, 1, 1]
+    assert [len(p.runs) for p in pack_runs(kd * 3, per_trial=2, slots=2)] == [2, 2, 2, 2, 1]
+
+
+def info(train: int, size: int) -> DataInfo:
+    return DataInfo("", "", ["a", "b"], 1, size, {"train": train}, [0.5], [0.2])
+
+
+def test_auto_packs_short_runs_and_leaves_long_ones_alone(tmp_path):
+    job, _ = plan_runs(tmp_path)
+    assert runs_per_trial(job, info(800, 32)) > 1  # the quickstart's scale: seconds a run
+    assert runs_per_trial(job.model_copy(update={"train": job.train.model_copy(
+        update={"epochs": 20})}), info(15_000, 224)) == 1  # the thesis's scale: hours  # fmt: skip
+    fixed, _ = plan_runs(tmp_path, runs_per_trial=3)
+    assert runs_per_trial(fixed, info(15_000, 224)) == 3
