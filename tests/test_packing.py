@@ -21,14 +21,17 @@ def plan_runs(tmp_path, seeds=(0, 1, 2), **resources):
     return job, list(make_plan(job).runs.values())
 
 
-def test_a_pack_shares_stage_and_teachers_so_it_never_waits_on_another_teacher(tmp_path):
-    _, runs = plan_runs(tmp_path)
-    for pack in pack_runs(runs, per_trial=8, slots=2):
+def test_a_pack_holds_one_stage_runs_without_teachers_first_students_by_teacher(tmp_path):
+    _, runs = plan_runs(tmp_path)  # per seed: a teacher, a baseline, 3 KD students
+    packs = pack_runs(runs, per_trial=8, slots=2)
+    assert [len(p.runs) for p in packs] == [2, 1, 6, 6]  # 3 teachers; 3 baselines, 9 KD
+    for pack in packs:
         assert len({r.stage for r in pack.runs}) == 1
-        assert len({tuple(r.teacher_runs) for r in pack.runs}) == 1
-    assert sorted(r.run_id for p in pack_runs(runs, 8, 2) for r in p.runs) == sorted(
-        r.run_id for r in runs
-    )  # every run once
+    students = [r for p in packs[2:] for r in p.runs]
+    assert [bool(r.teacher_runs) for r in students] == [False] * 3 + [True] * 9
+    seeds = [r.seed for r in students if r.teacher_runs]
+    assert seeds == sorted(seeds)  # a teacher's students side by side
+    assert sorted(r.run_id for p in packs for r in p.runs) == sorted(r.run_id for r in runs)
 
 
 def test_packs_fill_every_slot_and_stay_within_one_run_of_each_other(tmp_path):

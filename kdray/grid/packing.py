@@ -2,11 +2,13 @@
 
 Every Ray Train fit pays a start-up (new controller and worker processes, each importing torch:
 10-36 s on 2 CPU cores, ~25 s on a GPU node; `../shared/notes/trial-cost.md`) that a short run
-cannot amortise. A pack pays it once for several runs. Runs share a pack when they share a stage
-and their teachers, so a pack is ready as soon as those teachers are done and never waits on
-another run's teacher. Each group is cut into packs of at most `runs_per_trial` runs, but into at
-least as many packs as there are trial slots (when it has that many runs), sizes within one of
-each other: every slot gets work, and no slot is left with a long tail.
+cannot amortise. A pack pays it once for several runs. A pack holds runs of one stage, and it may
+start once every teacher of its runs finished: runs without a teacher come first (their packs
+are ready at once), then students ordered by their teachers, so a pack's students share their
+teachers or have neighbours' (seeds of a study: teachers trained side by side). A stage is cut
+into packs of at most `runs_per_trial` runs, but into at least as many packs as there are trial
+slots (when it has that many runs), sizes within one of each other: every slot gets work, and no
+slot is left with a long tail.
 
 `resources.runs_per_trial: auto` packs when a run is short against the start-up: when a run's
 work (training images x epochs x pixels per image) is below `SHORT_RUN_WORK`, about ten minutes
@@ -47,12 +49,14 @@ def runs_per_trial(job: Job, data: DataInfo) -> int:
 
 
 def pack_runs(runs: list[RunSpec], per_trial: int, slots: int) -> list[Pack]:
-    """The runs cut into packs, in the order of their first runs (see the module docstring)."""
-    groups: dict[tuple, list[RunSpec]] = {}
-    for run in runs:
-        groups.setdefault((run.stage, tuple(sorted(run.teacher_runs))), []).append(run)
+    """The runs cut into packs, stage by stage (see the module docstring)."""
+    teachers = list(dict.fromkeys(tuple(r.teacher_runs) for r in runs))
     packs = []
-    for group in groups.values():
+    for stage in dict.fromkeys(r.stage for r in runs):
+        group = sorted(
+            (r for r in runs if r.stage == stage),
+            key=lambda r: (bool(r.teacher_runs), teachers.index(tuple(r.teacher_runs))),
+        )
         count = max(math.ceil(len(group) / per_trial), min(len(group), slots))
         for part in np.array_split(np.arange(len(group)), count):
             packs.append(Pack(tuple(group[i] for i in part)))
