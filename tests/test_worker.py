@@ -125,3 +125,53 @@ def test_a_band_out_of_reach_is_reported_not_hidden(tmp_path, trained):
     _, summary = run_local(tmp_path, job, spec, trained["data"])
     assert summary["status"] == "failed"
     assert "jumped past its band" in summary["error"] or "never reached" in summary["error"]
+
+
+def train_in_one_fit(root, job, specs, data):
+    """Several runs as one pack, in one local-mode fit."""
+    trial = TrialConfig(Path(root), job, data, tuple(specs), {}, time.time())
+    TorchTrainer(
+        train_pack,
+        train_loop_config={"trial": trial},
+        scaling_config=ScalingConfig(num_workers=0),
+        run_config=RunConfig(name=trial.name, storage_path=str(Path(root) / "train")),
+    ).fit()
+
+
+METRICS = ("train_acc", "val_acc", "test_acc", "train_loss", "val_loss", "test_loss", "epochs")
+
+
+def test_runs_packed_into_one_fit_end_as_they_do_alone(tmp_path, trained):
+    job, data = trained["job"], trained["data"]
+    teacher, _, _ = trained["teacher"]
+    baseline = next(r for r in trained["plan"].stage("student") if not r.teacher_runs)
+    packed = tmp_path / "packed"
+    train_in_one_fit(packed, job, [teacher, baseline], data)
+    for spec in (teacher, baseline):
+        _, alone = run_local(tmp_path / f"alone-{spec.run_id}", job, spec, data)
+        together = json.loads((packed / "runs" / spec.run_id / "summary.json").read_text())
+        assert [together[k] for k in METRICS] == [alone[k] for k in METRICS], spec.run_id
+        assert together["wall_s"] >= together["train_s"] > 0
+
+
+def test_a_run_that_raises_fails_alone_and_the_pack_goes_on(tmp_path, trained, monkeypatch):
+    from kdray.train import run_loop
+
+    job, data = trained["job"], trained["data"]
+    teacher, _, _ = trained["teacher"]
+    baseline = next(r for r in trained["plan"].stage("student") if not r.teacher_runs)
+    build = run_loop.build_session
+
+    def broken_for_the_teacher(job, spec, *args, **kwargs):
+        if spec.run_id == teacher.run_id:
+            raise RuntimeError("disk on fire\nno space left on device")
+        return build(job, spec, *args, **kwargs)
+
+    monkeypatch.setattr(run_loop, "build_session", broken_for_the_teacher)
+    train_in_one_fit(tmp_path, job, [teacher, baseline], data)
+    failed = tmp_path / "runs" / teacher.run_id
+    assert not (failed / "summary.json").exists()  # so `kdray resume` trains it again
+    error = json.loads((failed / "failure.json").read_text())["error"]
+    assert error == "RuntimeError: no space left on device"
+    done = json.loads((tmp_path / "runs" / baseline.run_id / "summary.json").read_text())
+    assert done["status"] == "finished"
