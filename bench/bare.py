@@ -2,7 +2,7 @@
 
 Each loop builds its runs with `kdray.train.session.build_session` (rank 0 of 1, on the CPU, the
 module moved to the device as `prepare`'s default does) and trains them with
-`kdray.train.session.train_epoch`, the code `kdray.train.worker.train_loop` runs inside Ray Train:
+`kdray.train.session.train_epoch`, the code `kdray.train.run_loop.train_run` runs inside Ray Train:
 the same reproducible batches, models, method (`kdray.methods`), optimizer, autocast / GradScaler /
 scheduler steps and teacher sources (`kdray.train.teachers`), then the worker's closing validation
 (`Session.val_score`). Each mode the benchmark measures is one run of the job's plan

@@ -21,7 +21,7 @@ IMPORTS = {
     "python_start": "pass",
     "import_ray": "import ray",
     "import_torch_timm": "import torch, timm",
-    # the Train worker unpickles train_loop, i.e. imports kdray.train.worker and everything below it
+    # the Train worker unpickles train_pack, i.e. imports kdray.train.worker and everything below
     "import_kdray_worker": "import kdray.train.worker",
     # the Tune trial driver unpickles run_trial: kdray.grid.tune (ray.train.torch,
     # kdray.train.worker, ...)

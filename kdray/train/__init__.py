@@ -1,3 +1,3 @@
 """Training one run: the session (student, method, teachers, batches, optimizer), one epoch,
 evaluation, the soft-label cache, the cost of the trained model, and the Ray Train worker loop
-that strings them together (`worker.train_loop`)."""
+that trains a trial's pack of runs (`worker.train_pack`; one run: `run_loop.train_run`)."""

@@ -1,8 +1,8 @@
 """The pieces of a training run a reader can name: the session (student, method, teachers,
 optimizer, batches), one training epoch, and the defective-band stop.
 
-`kdray.train.worker.train_loop` strings them together inside Ray Train; the benchmarks call the same
-pieces in a bare loop.
+`kdray.train.run_loop.train_run` strings them together inside Ray Train; the benchmarks call the
+same pieces in a bare loop.
 """
 
 from __future__ import annotations
