@@ -1,5 +1,6 @@
-"""`python -m bench [--quick] [--keep] [--gpu]`: run every benchmark, print one JSON object to
-stdout (`--gpu`: only the GPU benchmarks of bench/gpu.py).
+"""`python -m bench [--quick] [--keep] [--gpu] [--packed]`: run every benchmark, print one JSON
+object to stdout (`--gpu`: only the GPU benchmarks of bench/gpu.py; `--packed`: only the
+packed-grid section, bench/packed.py).
 
 Progress goes to stderr. The order keeps each ratio's two sides close in time: the bare
 quickstart loop runs right before and right after the solo Ray trial (P1's reference is both
@@ -50,6 +51,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--keep", action="store_true", help="keep the benchmark's experiment folders"
+    )
+    parser.add_argument(
+        "--packed",
+        action="store_true",
+        help="run only the packed-grid section: one MedMNIST-shaped grid unpacked and packed",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="with --packed: rounds of each side, alternating"
     )
     parser.add_argument(
         "--gpu",
@@ -344,6 +353,9 @@ def run_all(quick: bool, keep: bool) -> dict:
             "load_avg_at_end": os.getloadavg(),
         },
     }
+    from bench.packed import packed_grid
+
+    result["packed_grid"] = packed_grid(root, quick)
     if keep:
         log(f"kept {root}")
     else:
@@ -359,14 +371,27 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["RAY_ADDRESS"] = "local"
     stdout = os.dup(1)
     os.dup2(2, 1)  # anything printed by Ray, Tune or child processes lands on stderr
-    result = (
-        run_gpu(args.quick, args.keep, tuple(args.gpu_parts.split(",")))
-        if args.gpu
-        else run_all(args.quick, args.keep)
-    )
+    if args.gpu:
+        result = run_gpu(args.quick, args.keep, tuple(args.gpu_parts.split(",")))
+    elif args.packed:
+        result = run_packed(args.quick, args.keep, args.rounds)
+    else:
+        result = run_all(args.quick, args.keep)
     indent = None if "gpu" in result else 2  # the skip object: one line
     os.write(stdout, (json.dumps(result, indent=indent) + "\n").encode())
     return 0
+
+
+def run_packed(quick: bool, keep: bool, rounds: int) -> dict:
+    """`--packed`: the packed-grid section alone (bench/packed.py)."""
+    from bench.packed import packed_grid
+
+    root = Path(tempfile.mkdtemp(prefix="kdray-bench-packed-"))
+    try:
+        return rnd({"packed_grid": packed_grid(root, quick, rounds)})
+    finally:
+        if not keep:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def run_gpu(quick: bool, keep: bool, parts: tuple[str, ...]) -> dict:

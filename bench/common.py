@@ -62,7 +62,10 @@ def load_bench_job(storage: Path, overrides: Sequence[str] = (), name: str | Non
     """jobs/quickstart.yaml with the benchmark's storage and any `--set`-style overrides."""
     from kdray.spec.job import load_job
 
-    extra = [f"storage={storage}"] + ([f"name={name}"] if name else [])
+    # one run per trial: the sections below time single-run trials (bench/packed.py: packs)
+    extra = [f"storage={storage}", "resources.runs_per_trial=1"] + (
+        [f"name={name}"] if name else []
+    )
     return load_job(QUICKSTART, [*extra, *overrides])
 
 

@@ -1,0 +1,71 @@
+"""The packed-grid section: one MedMNIST-shaped grid (BreastMNIST at 28 px, shipped with kdray;
+resnet18 teaches resnet10t; 5 seeds: 5 teachers, 5 KD students, 5 baselines), run twice in
+one bench run through the product's path: one run per trial (`resources.runs_per_trial=1`,
+as before packing) and packed (`auto`).
+
+Per run, `wall_s` runs from its turn (a pack's first run: the trial driver launching the fit,
+so it carries the Ray Train start-up) to its summary, and `train_s` from the worker starting it;
+P3 is their mean difference: the fixed cost a run pays, start-up amortised over its pack. P2 is
+the makespan against the runs' busy time (`wall_s`) spread over the trial slots. Both sides run
+in the same Ray session, alternating when `rounds` > 1.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+from bench import raygrid
+from bench.common import log
+from kdray.spec.job import parse_job
+from kdray.spec.plan import make_plan
+
+SEEDS = [0, 1, 2, 3, 4]
+
+
+def grid_job(storage: Path, name: str, runs_per_trial, epochs: int) -> dict:
+    return {
+        "name": name,
+        "storage": str(storage),
+        "data": {"kind": "medmnist", "name": "breastmnist", "size": 28},
+        "train": {"epochs": epochs, "batch_size": 32, "lr": 0.001},
+        "studies": {"normal": {"teachers": ["resnet18"], "students": ["resnet10t"]}},
+        "seeds": SEEDS,
+        "resources": {"max_concurrent_trials": 2, "runs_per_trial": runs_per_trial},
+    }
+
+
+def figures(grid: raygrid.GridRun, slots: int) -> dict:
+    done = [r for r in grid.trials if r["status"] == "finished"]
+    fixed = [r["wall_s"] - r["train_s"] for r in done]
+    busy = sum(r["wall_s"] for r in done)
+    return {
+        "runs": len(grid.trials),
+        "finished": len(done),
+        "fits": len({p.name for p in (grid.exp.root / "train").iterdir() if p.is_dir()}),
+        "makespan_s": grid.makespan_s,
+        "p2_makespan_over_ideal": grid.makespan_s / (busy / slots),
+        "p3_fixed_per_run_s": statistics.mean(fixed),
+        "p3_fixed_per_run_max_s": max(fixed),
+        "train_s_mean": statistics.mean(r["train_s"] for r in done),
+    }
+
+
+def packed_grid(root: Path, quick: bool, rounds: int = 1) -> dict:
+    """Both sides, `rounds` times each, alternating; per side its figures per round."""
+    import ray
+
+    epochs = 1 if quick else 3
+    out: dict[str, list] = {"unpacked": [], "packed": []}
+    sides = (("unpacked", 1), ("packed", "auto"))
+    for round_ in range(rounds):
+        for side, per_trial in sides if round_ % 2 == 0 else sides[::-1]:
+            job = parse_job(grid_job(root / "packed-grid", f"{side}-{round_}", per_trial, epochs))
+            if not ray.is_initialized():
+                raygrid.init_ray(job)
+            log(f"packed grid, {side} (round {round_ + 1}): {len(make_plan(job).runs)} runs")
+            grid = raygrid.run_grid(job)
+            out[side].append(figures(grid, raygrid.slots(job)))
+            log(f"  makespan {grid.makespan_s:.1f}s, all finished: {grid.ok}")
+    ray.shutdown()
+    return out
