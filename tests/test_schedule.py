@@ -114,3 +114,25 @@ def test_students_left_waiting_by_an_interruption_are_not_blocked(tmp_path):
     # Ctrl-C now: Tune stops asking; the students of `first` never started, but not because
     # their teacher failed
     assert queue.blocked() == {}
+
+
+def test_a_failed_teacher_takes_its_students_out_of_a_pack_and_the_rest_still_start(tmp_path):
+    plan = make_plan(Job.model_validate(tiny_job_dict(tmp_path, studies=STUDIES)))
+    runs = list(plan.runs.values())
+    teachers = [r for r in runs if r.stage == "teacher"]
+    students = [r for r in runs if r.teacher_runs]
+    status: dict[str, str] = {}
+    queue = RunQueue(
+        [Pack(tuple(teachers)), Pack(tuple(students))],  # every KD student in one pack
+        trial_config=lambda pack: {"runs": [r.run_id for r in pack.runs]},
+        run_status=status.get,
+        max_concurrent=2,
+    )
+    assert queue.suggest("t")["runs"] == [t.run_id for t in teachers]
+    bad = students[0].teacher_runs[0]
+    for teacher in teachers:
+        status[teacher.run_id] = "failed" if teacher.run_id == bad else "finished"
+    queue.on_trial_complete("t")
+    left = queue.suggest("s")["runs"]
+    assert left == [s.run_id for s in students if bad not in s.teacher_runs] and left
+    assert queue.blocked() == {s.run_id: bad for s in students if bad in s.teacher_runs}

@@ -44,8 +44,10 @@ class RunQueue(Searcher):
         self.max_concurrent = max_concurrent
         self.live: dict[str, Pack] = {}  # Tune trial id -> the pack it is training
         self.failed: set[str] = set()  # runs whose trial ended in error in this session
+        self.dropped: dict[str, str] = {}  # run id -> the failed teacher it can never use
 
     def suggest(self, trial_id: str) -> dict | str | None:
+        self._drop_runs_of_failed_teachers()
         if not self.waiting:
             return Searcher.FINISHED
         ready = [p for p in self.waiting if self._can_start(p)]
@@ -82,13 +84,26 @@ class RunQueue(Searcher):
     def blocked(self) -> dict[str, str]:
         """Runs never started because a teacher failed: run id -> that teacher's run id. (Other
         runs still waiting were cut short by an interruption: they are not blocked.)"""
-        out = {}
+        self._drop_runs_of_failed_teachers()
+        return dict(self.dropped)
+
+    def _drop_runs_of_failed_teachers(self) -> None:
+        """Take out of the waiting packs the runs whose teacher failed: the rest of their pack
+        can still start."""
+        kept = []
         for pack in self.waiting:
+            runs = []
             for run in pack.runs:
                 failed = [t for t in run.teacher_runs if self._failed(t)]
                 if failed:
-                    out[run.run_id] = failed[0]
-        return out
+                    self.dropped[run.run_id] = failed[0]
+                else:
+                    runs.append(run)
+            if len(runs) == len(pack.runs):
+                kept.append(pack)
+            elif runs:
+                kept.append(Pack(tuple(runs)))
+        self.waiting = kept
 
     def _failed(self, run_id: str) -> bool:
         return run_id in self.failed or self.run_status(run_id) == "failed"
