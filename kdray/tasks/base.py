@@ -18,7 +18,10 @@ Methods declare which tasks they support (`Method.tasks`); the data says which t
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -114,7 +117,23 @@ def register(task_cls: type[Task]) -> type[Task]:
 
 
 def get_task(name: str) -> Task:
+    load_tasks()
     try:
         return TASKS[name]
     except KeyError:
         raise KeyError(f"unknown task {name!r}; known: {sorted(TASKS)}") from None
+
+
+def task_names() -> list[str]:
+    load_tasks()
+    return sorted(TASKS)
+
+
+def load_tasks() -> None:
+    """Import every module of this package once: each task registers itself. Done on first
+    use, not at import, so that what only needs the target conventions (the job schema, the
+    data kinds) does not load every task's metrics (scikit-learn)."""
+    if TASKS:
+        return
+    for module in pkgutil.iter_modules([str(Path(__file__).parent)]):
+        importlib.import_module(f"{__package__}.{module.name}")
