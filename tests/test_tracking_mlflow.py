@@ -277,7 +277,7 @@ def test_a_grid_is_one_run_with_a_nested_run_per_kdray_run_and_resume_adds_none(
     assert {k: r.info.run_id for k, r in after.items()} == {
         k: r.info.run_id for k, r in first.items()
     }
-    assert exp.summary(kd.run_id)["attempts"] == 2
+    assert exp.run(kd.run_id).attempts() == 2
 
 
 def check_grid(uri: str, name: str, exp, job, runs) -> dict:
