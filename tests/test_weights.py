@@ -497,5 +497,7 @@ def test_a_run_starts_from_pretrained_weights_in_the_worker(tmp_path, cache):
     # the worker checks the file against the checksum the run was planned with
     student = next(r for r in plan.stage("student") if r.model == "test_resnet")
     save_file(imagenet_like("test_resnet", seed=9), path)
-    with pytest.raises(Exception, match="but the run was planned with"):
+    with pytest.raises(FileNotFoundError):  # no summary.json: the run failed, alone
         run_local(tmp_path, job, student, data, [run_dir], loop=worker_loop)
+    failure = json.loads((tmp_path / "runs" / student.run_id / "failure.json").read_text())
+    assert "but the run was planned with" in failure["error"]
