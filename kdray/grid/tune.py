@@ -1,4 +1,5 @@
-"""Ray Tune over the grid's runs; each trial is a light driver that fits a Ray Train TorchTrainer.
+"""Ray Tune over the grid's runs: each trial is a light driver that fits one Ray Train
+TorchTrainer over a pack of runs (`kdray.grid.packing`, `kdray.train.worker`).
 
 Follows Ray 2.60's Train V2 shape: `ray.tune.*` in the trial driver, `ray.train.*` only in the
 worker loop. Trial drivers hold one unit of the custom resource `trial_driver` (and no CPU), so
