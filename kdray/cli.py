@@ -94,6 +94,7 @@ def validate(
     job = _load(job_file, set_)
     _check_storage(job, job_file)
     from kdray.data import DataError, data_task, open_sources
+    from kdray.spec.describe import study_lines
     from kdray.spec.job import task_problems
     from kdray.spec.plan import make_plan
     from kdray.tasks import get_task
@@ -201,37 +202,6 @@ def checked_line(info) -> str:
     skipped = sum(info.extra.get("skipped", {}).values())
     note = f", {skipped} unreadable left out (on_bad_image: skip)" if skipped else ""
     return f"{checked}, and decoded every image{note} into {info.path} (kdray run reuses it)"
-
-
-def study_lines(job, plan) -> list[str]:
-    """One line per study: its method, what it reads from teachers, its KD runs."""
-    from kdray.data.budgets import budget_label
-    from kdray.methods import METHODS
-
-    lines = []
-    for name, study in job.studies.items():
-        method = METHODS[study.method_name()]
-        runs = [r for r in plan.runs.values() if f"kd:{name}" in r.roles]
-        reads = {r.teacher_outputs for r in runs} - {None}
-        source = f"teacher {'/'.join(sorted(reads))}" if reads else "no teacher"
-        recipe = (
-            f", defective band {list(study.teacher_val_band)}" if study.teacher_val_band else ""
-        )
-        axes = [
-            f"{len(study.students)} students",
-            f"{max(1, len(study.teachers))} teachers",
-            f"{len(job.seeds)} seeds",
-        ]
-        axes += [f"{key} {values} ({len(values)})" for key, values in study.sweep.items()]
-        if job.labelled is not None:
-            budgets = [budget_label(b) for b in job.label_budgets()]
-            pool = ", students also on the unlabelled pool" if study.unlabelled else ""
-            axes.append(f"labels {budgets} ({len(budgets)}){pool}")
-        lines.append(
-            f"study {name}: method {method.name} ({source}{recipe}), {len(runs)} KD runs = "
-            + " x ".join(axes)
-        )
-    return lines
 
 
 @app.command()
@@ -486,56 +456,28 @@ def export(
 ) -> None:
     """Write trials.parquet, trials.csv, the Markdown tables and report.html of an experiment;
     with --onnx / --onnx-pareto, deployable ONNX files of its models."""
+    from kdray.export.onnx import DeployError, check_exportable
     from kdray.export.write import export as do_export
-    from kdray.store.experiment import ExperimentError
+    from kdray.results.cost_ratios import experiment_pareto_runs
+    from kdray.store.experiment import Experiment, ExperimentError
 
     if not out.strip():  # Path("") would be the working directory
         _error("--out: empty; give the folder to write the tables into, e.g. --out results")
         raise typer.Exit(2)
     try:
+        exp = Experiment.open(experiment_dir)
         runs = list(onnx or [])  # checked before anything is written
         if onnx_pareto:
-            runs += _pareto_runs(experiment_dir)
-        _check_finished(experiment_dir, runs)
+            runs += experiment_pareto_runs(exp)
+        check_exportable(exp, runs)
         written = do_export(experiment_dir, Path(out))
         for path in written.values():
             console.print(f"wrote {path}", highlight=False)
         for run_id in dict.fromkeys(runs):
             _export_onnx(experiment_dir, run_id, Path(out))
-    except ExperimentError as exc:
+    except (ExperimentError, DeployError) as exc:
         _error(str(exc))
         raise typer.Exit(2) from None
-
-
-def _check_finished(experiment_dir: Path, runs: list[str]) -> None:
-    from kdray.store.experiment import Experiment
-
-    exp = Experiment.open(experiment_dir)
-    for run_id in runs:
-        if not (exp.run_dir(run_id) / "model.pt").is_file():
-            finished = [r for r in exp.plan().runs if (exp.run_dir(r) / "model.pt").is_file()]
-            _error(
-                f"--onnx {run_id}: not a finished run of {exp.root} (no model.pt); finished: "
-                + (", ".join(finished[:10]) or "none yet")
-            )
-            raise typer.Exit(2)
-
-
-def _pareto_runs(experiment_dir: Path) -> list[str]:
-    from kdray.results.cells import study_cells
-    from kdray.results.cost_ratios import pareto_runs
-    from kdray.results.tables import read_trials
-    from kdray.store.experiment import Experiment
-
-    exp = Experiment.open(experiment_dir)
-    trials = read_trials(exp).to_pandas()
-    done = trials[trials.status == "finished"]
-    cells = [c for study in exp.job().studies for c in study_cells(done, study)]
-    chosen = pareto_runs(cells, done)
-    if not chosen:
-        _error("--onnx-pareto: no KD student or baseline has a measured cost (macs)")
-        raise typer.Exit(2)
-    return chosen
 
 
 def _export_onnx(experiment_dir: Path, run_id: str, out: Path) -> None:

@@ -109,6 +109,18 @@ def check_onnx(
     return OnnxFile(path, diff, len(images), onnx_latency_ms(session, one))
 
 
+def check_exportable(exp: Experiment, run_ids: list[str]) -> None:
+    """Every run to export finished (has its model.pt); `DeployError` naming one that did not,
+    and the runs that did, before anything is written."""
+    for run_id in run_ids:
+        if not exp.run(run_id).model_file.is_file():
+            finished = [r for r in exp.plan().runs if exp.run(r).model_file.is_file()]
+            raise DeployError(
+                f"--onnx {run_id}: not a finished run of {exp.root} (no model.pt); finished: "
+                + (", ".join(finished[:10]) or "none yet")
+            )
+
+
 def export_onnx(experiment_dir: str | Path, run_id: str, out_dir: str | Path) -> OnnxFile:
     """`<out_dir>/onnx/<run_id>.onnx` from the run's final weights, checked and timed."""
     exp = Experiment.open(experiment_dir)

@@ -17,7 +17,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from kdray.results.cells import NO_TEACHER, Cell, teacher_label
+from kdray.results.cells import NO_TEACHER, Cell, study_cells, teacher_label
+from kdray.results.tables import read_trials
+from kdray.store.experiment import Experiment, ExperimentError
 
 COSTS = ("params", "macs", "latency_ms_p50")
 KD, BASELINE, TEACHER = "KD student", "no-KD baseline", "teacher"
@@ -170,6 +172,18 @@ def frontier_points(cells: list[Cell], done: pd.DataFrame) -> pd.DataFrame:
     frame["pareto_macs"] = pareto_optimal(frame.test_score, frame.macs)
     frame["pareto_latency"] = pareto_optimal(frame.test_score, frame.latency_ms_p50)
     return frame
+
+
+def experiment_pareto_runs(exp: Experiment) -> list[str]:
+    """`pareto_runs` of an experiment's finished runs (`kdray export --onnx-pareto`); an
+    `ExperimentError` when no KD student or baseline has a measured cost."""
+    trials = read_trials(exp).to_pandas()
+    done = trials[trials.status == "finished"]
+    cells = [c for study in exp.job().studies for c in study_cells(done, study)]
+    chosen = pareto_runs(cells, done)
+    if not chosen:
+        raise ExperimentError("--onnx-pareto: no KD student or baseline has a measured cost (macs)")
+    return chosen
 
 
 def pareto_runs(cells: list[Cell], done: pd.DataFrame) -> list[str]:

@@ -1,0 +1,36 @@
+"""A job's grid described for people: what `kdray validate` prints per study."""
+
+from __future__ import annotations
+
+from kdray.data.budgets import budget_label
+from kdray.methods import METHODS
+from kdray.spec.job import Job
+from kdray.spec.plan import Plan
+
+
+def study_lines(job: Job, plan: Plan) -> list[str]:
+    """One line per study: its method, what it reads from teachers, its KD runs."""
+    lines = []
+    for name, study in job.studies.items():
+        method = METHODS[study.method_name()]
+        runs = [r for r in plan.runs.values() if f"kd:{name}" in r.roles]
+        reads = {r.teacher_outputs for r in runs} - {None}
+        source = f"teacher {'/'.join(sorted(reads))}" if reads else "no teacher"
+        recipe = (
+            f", defective band {list(study.teacher_val_band)}" if study.teacher_val_band else ""
+        )
+        axes = [
+            f"{len(study.students)} students",
+            f"{max(1, len(study.teachers))} teachers",
+            f"{len(job.seeds)} seeds",
+        ]
+        axes += [f"{key} {values} ({len(values)})" for key, values in study.sweep.items()]
+        if job.labelled is not None:
+            budgets = [budget_label(b) for b in job.label_budgets()]
+            pool = ", students also on the unlabelled pool" if study.unlabelled else ""
+            axes.append(f"labels {budgets} ({len(budgets)}){pool}")
+        lines.append(
+            f"study {name}: method {method.name} ({source}{recipe}), {len(runs)} KD runs = "
+            + " x ".join(axes)
+        )
+    return lines
