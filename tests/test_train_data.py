@@ -1,5 +1,6 @@
 """The training batches: the prefetch thread changes when a batch is made, never which;
-loader worker processes draw views that depend on neither their number nor on which drew them."""
+loader worker processes draw views that depend on neither their number nor on which drew them;
+on the device path (the default) not even whether there are any, and a restart draws them again."""
 
 import pickle
 import threading
@@ -12,9 +13,10 @@ import torch
 from kdray.data import load_split, prepare_data
 from kdray.data.augment import build_train_augmentation
 from kdray.spec.job import JobError, parse_job
+from kdray.spec.plan import make_plan
 from kdray.tasks.models import create_model
 from kdray.train import soft_labels
-from kdray.train.batches import TrainSet, prefetched, train_batches
+from kdray.train.batches import BatchSet, TrainSet, prefetched, train_batches
 from tests.conftest import tiny_job_dict
 
 
@@ -93,9 +95,12 @@ def same(a: list, b: list) -> bool:
 
 
 def test_in_process_batches_are_unchanged(mapped):
-    """loader_workers 0: the seeded permutation, and one pipeline drawing the epoch in order."""
+    """The loader path, loader_workers 0: the seeded permutation, and one pipeline drawing the
+    epoch in order (kdray's views before the device path)."""
     images, labels = mapped
-    batches = train_batches(images, labels, True, [0.5], [0.25], 16, seed=3, prefetch=2)
+    batches = train_batches(
+        images, labels, True, [0.5], [0.25], 16, seed=3, prefetch=2, augment_on="loader"
+    )
     assert batches.loader.num_workers == 0
     epoch = drawn(batches, 1)
     order = torch.cat([i for _, _, i in epoch]).tolist()
@@ -107,37 +112,73 @@ def test_in_process_batches_are_unchanged(mapped):
     assert torch.equal(torch.cat([x for x, _, _ in epoch]), expected)
 
 
+def drawn_with(mapped, workers: int, augment_on: str, world_size: int = 1, **kwargs):
+    images, labels = mapped
+    return train_batches(
+        images, labels, True, [0.5], [0.25], 16, seed=3, rank=world_size - 1,
+        world_size=world_size, workers=workers, augment_on=augment_on, **kwargs,
+    )  # fmt: skip
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("world_size", [1, 2])
 def test_worker_batches_do_not_depend_on_the_number_of_workers(mapped, world_size):
-    images, labels = mapped
-    one, two = (
-        train_batches(
-            images,
-            labels,
-            True,
-            [0.5],
-            [0.25],
-            16,
-            seed=3,
-            rank=world_size - 1,
-            world_size=world_size,
-            workers=n,
-        )  # fmt: skip
-        for n in (1, 2)
-    )
+    """The loader path: per-sample seeds in loader processes, other views than in process."""
+    one, two = (drawn_with(mapped, n, "loader", world_size) for n in (1, 2))
     assert two.loader.num_workers == 2 and two.loader.persistent_workers
     first = {epoch: drawn(one, epoch) for epoch in (0, 1)}
     for epoch in (0, 1, 0, 1):  # persistent workers, re-drawn: the same batches
         assert same(drawn(two, epoch), first[epoch])
     assert not same(first[0], first[1])
-    in_process = train_batches(images, labels, True, [0.5], [0.25], 16, seed=3)
+    in_process = drawn_with(mapped, 0, "loader", world_size)
     assert not same(drawn(in_process, 0), first[0])  # other views: the cache key says so
 
 
-def test_an_epoch_cut_short_does_not_change_the_next(mapped):
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_device_views_are_the_same_for_0_1_and_2_loader_workers(mapped, world_size):
+    """The device path: 0 (in process, a batch ahead in a thread), 1 and 2 loader processes
+    draw the same batches, epoch after epoch and again."""
+    batches = {n: drawn_with(mapped, n, "device", world_size, prefetch=2) for n in (0, 1, 2)}
+    assert batches[2].loader.num_workers == 2 and batches[2].loader.persistent_workers
+    first = {epoch: drawn(batches[0], epoch) for epoch in (0, 1)}
+    assert first[0][0][0].dtype == torch.float32 and first[0][0][1].dtype == torch.int64
+    for n in (1, 2):
+        for epoch in (0, 1, 0):
+            assert same(drawn(batches[n], epoch), first[epoch])
+    assert not same(first[0], first[1])
+    assert not same(drawn(drawn_with(mapped, 0, "loader", world_size), 0), first[0])
+
+
+def test_a_restarted_run_draws_the_same_views(mapped):
+    """A run resumed at epoch 2 in a fresh process (fresh batches) sees epoch 2's views."""
+    before = drawn_with(mapped, 0, "device")
+    seen = {epoch: drawn(before, epoch) for epoch in range(3)}
+    restarted = drawn_with(mapped, 0, "device")
+    assert same(drawn(restarted, 2), seen[2])
+    assert same(drawn(restarted, 0), seen[0])
+
+
+def test_uint8_batches_finished_on_the_device_are_the_cpu_views(mapped):
+    """What a GPU gets (uint8 batches, finished by the torch back end after the copy), run
+    here on the CPU: the CPU's own views (the OpenCV back end) to rounding, batch for batch."""
     images, labels = mapped
-    batches = train_batches(images, labels, True, [0.5], [0.25], 16, seed=3, workers=2)
+    cpu = drawn_with(mapped, 0, "device")
+    gpu = drawn_with(mapped, 0, "device")
+    stage = gpu.loader.dataset.finish
+    gpu.loader.dataset.finish = None  # what the loader sends to a GPU: uint8 (N, H, W, C)
+    raw = next(iter(gpu.epoch(0)))[0]
+    assert raw.dtype == torch.uint8 and raw.shape == (16, 16, 16, 1)
+    stage.backend = "torch"
+    for (xa, ya, ia), (xb, yb, ib) in zip(cpu.epoch(1), gpu.epoch(1), strict=True):
+        assert torch.equal(ia, ib) and torch.equal(ya, yb)
+        finished, _ = stage(xb, ib, 1)
+        assert (finished - xa).abs().mean() * 0.25 * 255 < 0.5  # grey levels
+
+
+@pytest.mark.parametrize("augment_on", ["device", "loader"])
+def test_an_epoch_cut_short_does_not_change_the_next(mapped, augment_on):
+    batches = drawn_with(mapped, 2, augment_on)
     whole = drawn(batches, 1)
     it = iter(batches.epoch(0))
     next(it)
@@ -155,14 +196,22 @@ def test_a_memory_mapped_split_travels_to_workers_as_its_path(mapped):
     assert np.array_equal(received.images, images)
     copied = pickle.loads(pickle.dumps(TrainSet(np.array(images), labels, None, [0.5], [0.25])))
     assert np.array_equal(copied.images, images)  # an in-memory array is sent whole
+    batch_set = pickle.loads(pickle.dumps(BatchSet(images, labels, None, [0.5], [0.25], 3)))
+    assert isinstance(batch_set.images, np.memmap)
+
+
+def with_train(job, **settings):
+    return job.model_copy(update={"train": job.train.model_copy(update=settings)})
 
 
 @pytest.mark.timeout(180)
-def test_the_cache_replays_the_views_students_draw_in_workers(tmp_path):
-    """The teacher replays with loader workers; a student drawing with another worker count
-    sees the views the cache holds, position by position, every epoch."""
+@pytest.mark.parametrize("augment_on", ["device", "loader"])
+def test_the_cache_replays_the_views_students_draw(tmp_path, augment_on):
+    """The teacher replays with 2 loader workers; a student drawing with another worker count
+    (on the device path: none) sees the views the cache holds, position by position, every
+    epoch; the cache's key names the path and, on the device path, its back end."""
     raw = tiny_job_dict(tmp_path)
-    raw["train"] |= {"loader_workers": 2, "batch_size": 32}
+    raw["train"] |= {"loader_workers": 2, "batch_size": 32, "augment_on": augment_on}
     job = parse_job(raw)
     info = prepare_data(job.data, tmp_path / "data")
     torch.manual_seed(0)
@@ -170,15 +219,18 @@ def test_the_cache_replays_the_views_students_draw_in_workers(tmp_path):
     path = soft_labels.build(teacher, job, 5, info, "cpu", tmp_path)
     cache = np.load(path)
     key = soft_labels.cache_key(job, 5, info)
-    assert key["views"] == "per-sample seeds"
-    in_process = job.model_copy(
-        update={"train": job.train.model_copy(update={"loader_workers": 0})}
-    )
-    assert "views" not in soft_labels.cache_key(in_process, 5, info)
+    in_process = soft_labels.cache_key(with_train(job, loader_workers=0), 5, info)
+    if augment_on == "loader":
+        assert key["views"] == "per-sample seeds" and "views" not in in_process
+    else:
+        assert key == in_process and "(opencv)" in key["views"]
+        assert soft_labels.cache_key(job, 5, info, device="cuda") != key  # torch back end
+        assert soft_labels.load(tmp_path, key) is not None
     images, labels = load_split(info.path, "train")
     student = train_batches(
-        images, labels, job.train.augment, info.mean, info.std, 32, 5, workers=1
-    )
+        images, labels, job.train.augment, info.mean, info.std, 32, 5,
+        workers=1 if augment_on == "loader" else 0, augment_on=augment_on,
+    )  # fmt: skip
     for epoch in range(job.train.epochs):
         x = torch.cat([x for x, _, _ in student.epoch(epoch)])
         with torch.no_grad():
@@ -186,6 +238,17 @@ def test_the_cache_replays_the_views_students_draw_in_workers(tmp_path):
         cached = torch.from_numpy(cache[epoch, 0, : len(x)].astype(np.float32))
         assert torch.allclose(cached, online, rtol=2e-3, atol=2e-3)
     assert not np.allclose(cache[0], cache[1])
+
+
+def test_where_augmentation_runs_leaves_run_ids_alone(tmp_path):
+    raw = tiny_job_dict(tmp_path)
+    job = parse_job(raw)
+    assert job.train.augment_on == "device"  # the default
+    loader = with_train(job, augment_on="loader")
+    assert list(make_plan(job).runs) == list(make_plan(loader).runs)
+    raw["train"]["augment_on"] = "gpu"
+    with pytest.raises(JobError, match="augment_on"):
+        parse_job(raw)
 
 
 def test_loader_workers_is_a_validated_train_setting(tmp_path):

@@ -97,6 +97,14 @@ class TrainConfig(Strict):
         "prefetch_batches ahead); each sample's augmentation is then seeded by (seed, epoch, "
         "index), other views than with 0; keep it within resources.cpus_per_worker",
     )
+    augment_on: Literal["device", "loader"] = Field(
+        "device",
+        description="device: batches travel as uint8 and the augmentations with a batched "
+        "version (flips, Affine, RandomResizedCrop, RandomBrightnessContrast, GaussNoise) run "
+        "per batch on the training device with the normalisation, seeded per sample by (seed, "
+        "epoch, index), the same views for any loader_workers; loader: all of it in the loader "
+        "with albumentations (the views of kdray before this setting)",
+    )
 
     @field_validator("augment")
     @classmethod

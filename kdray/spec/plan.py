@@ -83,8 +83,11 @@ class Plan:
 
 def train_identity(job: Job) -> dict:
     """The training settings that decide a run. Loader processes draw other views than the
-    in-process loader (per-sample seeds) whatever their count, which decides nothing."""
+    in-process loader (per-sample seeds) whatever their count, which decides nothing. Where
+    the augmentation runs (`augment_on`) is left out, so runs keep the ids they had before the
+    setting existed; the soft-label cache's key tells the views apart."""
     train = job.train.model_dump(mode="json")
+    train.pop("augment_on", None)
     if train.pop("loader_workers", 0):
         train["views"] = "per-sample seeds"
     return train

@@ -147,7 +147,7 @@ def build_session(
         images, labels, job.train.augment, info.mean, info.std, job.train.batch_size, spec.seed,
         rank, world_size,  # our own data-parallel sampler, so a teacher can replay every rank
         prefetch=job.train.prefetch_batches, pin_memory=device.type == "cuda",
-        workers=job.train.loader_workers,
+        workers=job.train.loader_workers, augment_on=job.train.augment_on, device=device,
     )  # fmt: skip
     # not a method's own copies of the student (mean teacher's moving average)
     optimizer = build_optimizer(job, [p for p in model.parameters() if p.requires_grad])
@@ -176,7 +176,7 @@ def open_teachers(job: Job, spec: RunSpec, info: DataInfo, teacher_dirs, device,
     if spec.method == PLAIN or not spec.teacher_runs:
         return NoTeacher()
     if spec.teacher_outputs == "cached":
-        caches = load_cached(job, spec, info, teacher_dirs)
+        caches = load_cached(job, spec, info, teacher_dirs, device)
         if caches is not None:
             return CachedTeachers(caches, device)
     models, metas = load_teachers(teacher_dirs, device)

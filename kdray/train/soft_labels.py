@@ -26,6 +26,7 @@ from kdray.spec.job import Job
 from kdray.store.atomic import atomic_write, write_json
 from kdray.tasks import get_task
 from kdray.train.batches import train_batches
+from kdray.train.device_augment import backend_for
 
 LOGITS_FILE = "soft_labels.npy"
 META_FILE = "soft_labels.json"
@@ -42,9 +43,13 @@ def files(run_dir: Path, pool: bool) -> tuple[Path, Path]:
     )
 
 
-def cache_key(job: Job, seed: int, info: DataInfo, labels=None, pool: bool = False) -> dict:
-    """Everything that decides which views a student sees (loader workers draw other views
-    than the in-process loader: seeded per sample, shuffled by another generator)."""
+def cache_key(
+    job: Job, seed: int, info: DataInfo, labels=None, pool: bool = False, device="cpu"
+) -> dict:
+    """Everything that decides which views a student sees on `device`: the device path's
+    views (and its back end: OpenCV on the CPU, torch on a GPU, which round differently); on
+    the loader path, loader workers draw other views than the in-process loader (seeded per
+    sample, shuffled by another generator)."""
     key = {
         "seed": seed,
         "epochs": job.train.epochs,
@@ -54,7 +59,9 @@ def cache_key(job: Job, seed: int, info: DataInfo, labels=None, pool: bool = Fal
         "image_size": info.image_size,
         "world_size": job.resources.workers_per_trial,  # each rank has its own views
     }
-    if job.train.loader_workers:  # any count draws the same views; 0 (absent) others
+    if job.train.augment_on == "device":  # any worker count, 0 included, draws the same views
+        key["views"] = f"per-sample seeds, batched on the device ({backend_for(device)})"
+    elif job.train.loader_workers:  # any count draws the same views; 0 (absent) others
         key["views"] = "per-sample seeds"
     if labels:  # the students' label budget, and whether they train on its pool too
         key.update(labels=labels, pool=pool)
@@ -83,10 +90,12 @@ def build(
             world_size=world_size,
             prefetch=job.train.prefetch_batches,
             workers=job.train.loader_workers,
+            augment_on=job.train.augment_on,
+            device=device,
         )
         for rank in range(world_size)
     ]
-    per_rank = max(len(b.loader.sampler) for b in ranks)
+    per_rank = max(b.samples for b in ranks)
     shape = get_task(info.task).output_shape(info.num_classes, info.image_size)
     logits = np.zeros((job.train.epochs, world_size, per_rank, *shape), dtype=np.float16)
     was_training = teacher.training
@@ -102,7 +111,7 @@ def build(
     logits_file, meta_file = files(run_dir, pool)
     with atomic_write(logits_file, "wb") as fh:
         np.save(fh, logits)
-    write_json(meta_file, cache_key(job, seed, info, budget, pool))
+    write_json(meta_file, cache_key(job, seed, info, budget, pool, device))
     return logits_file
 
 

@@ -74,9 +74,10 @@ class OnlineTeachers:
         return out
 
 
-def load_cached(job: Job, spec: RunSpec, info: DataInfo, teacher_dirs: list[Path]):
-    """Every teacher's soft labels for this student's views, or None if any is missing."""
-    key = soft_labels.cache_key(job, spec.seed, info, spec.labels, spec.unlabelled)
+def load_cached(job: Job, spec: RunSpec, info: DataInfo, teacher_dirs: list[Path], device="cpu"):
+    """Every teacher's soft labels for this student's views on `device`, or None if any is
+    missing or was made for other views."""
+    key = soft_labels.cache_key(job, spec.seed, info, spec.labels, spec.unlabelled, device)
     caches = [soft_labels.load(d, key) for d in teacher_dirs]
     return None if any(c is None for c in caches) else caches
 
