@@ -67,6 +67,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "skipped, exit 0, without a CUDA device",
     )
     parser.add_argument(
+        "--loader",
+        action="store_true",
+        help="only the loader-alone section (224 px, images/s per core, before and after the "
+        "device path; under a minute; bench/loader.py)",
+    )
+    parser.add_argument(
         "--gpu-parts",
         default="precision,thesis,grids",
         help="with --gpu: which parts, comma-separated (precision, thesis, loader, grids, "
@@ -244,6 +250,9 @@ def run_all(quick: bool, keep: bool) -> dict:
         LARGE_TEACHER,
     )
     imports = fixed.cold_imports()
+    from bench.loader import run_loader
+
+    loader = run_loader(root, quick)
 
     # --- figures
     both = bare_summary([bare_before, bare_after])
@@ -284,6 +293,8 @@ def run_all(quick: bool, keep: bool) -> dict:
         "p4_kd_overhead_large_online": large_sum["online"]["kd_overhead"],
         "p6_data_wait": both["online"]["data_wait"],
         "p6_data_wait_224": thesis_sum["online"]["data_wait"],
+        "p7_loader_gain_gpu_feed": loader["after_gpu_feed_over_before_per_core_median"],
+        "p7_loader_gain_cpu": loader["after_cpu_over_before_per_core_median"],
         "peak_rss_mb": {
             "bare_loop": max(bare_before["peak_rss_mb"], bare_after["peak_rss_mb"]),
             "bare_loop_large_64px": large["peak_rss_mb"],
@@ -344,6 +355,7 @@ def run_all(quick: bool, keep: bool) -> dict:
             "thesis_224px_data_s_per_batch": data_s_per_batch,
             "thesis_224px_loader_images_per_s": thesis_job.train.batch_size / data_s_per_batch,
         },
+        "p7_loader_224": loader,
         "meta": {
             "quick": quick,
             "cpus": os.cpu_count(),
@@ -375,6 +387,8 @@ def main(argv: list[str] | None = None) -> int:
         result = run_gpu(args.quick, args.keep, tuple(args.gpu_parts.split(",")))
     elif args.packed:
         result = run_packed(args.quick, args.keep, args.rounds)
+    elif args.loader:
+        result = run_loader_only(args.quick, args.keep)
     else:
         result = run_all(args.quick, args.keep)
     indent = None if "gpu" in result else 2  # the skip object: one line
@@ -392,6 +406,30 @@ def run_packed(quick: bool, keep: bool, rounds: int) -> dict:
     finally:
         if not keep:
             shutil.rmtree(root, ignore_errors=True)
+
+
+def run_loader_only(quick: bool, keep: bool) -> dict:
+    """`--loader`: the loader-alone section (bench/loader.py) without the grids."""
+    from bench.loader import run_loader
+
+    root = Path(tempfile.mkdtemp(prefix="kdray-bench-loader-"))
+    started = time.perf_counter()
+    try:
+        result = {"p7_loader_224": run_loader(root, quick)}
+    finally:
+        if keep:
+            log(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    loader = result["p7_loader_224"]
+    result = {
+        "p7_loader_gain_gpu_feed": loader["after_gpu_feed_over_before_per_core_median"],
+        "p7_loader_gain_cpu": loader["after_cpu_over_before_per_core_median"],
+        **result,
+        "meta": {"quick": quick, "cpus": os.cpu_count(), "total_s": time.perf_counter() - started,
+                 "load_avg_at_end": os.getloadavg()},
+    }  # fmt: skip
+    return rnd(result)
 
 
 def run_gpu(quick: bool, keep: bool, parts: tuple[str, ...]) -> dict:

@@ -162,15 +162,13 @@ def test_a_restarted_run_draws_the_same_views(mapped):
 def test_uint8_batches_finished_on_the_device_are_the_cpu_views(mapped):
     """What a GPU gets (uint8 batches, finished by the torch back end after the copy), run
     here on the CPU: the CPU's own views (the OpenCV back end) to rounding, batch for batch."""
-    images, labels = mapped
     cpu = drawn_with(mapped, 0, "device")
-    gpu = drawn_with(mapped, 0, "device")
-    stage = gpu.loader.dataset.finish
-    gpu.loader.dataset.finish = None  # what the loader sends to a GPU: uint8 (N, H, W, C)
-    raw = next(iter(gpu.epoch(0)))[0]
-    assert raw.dtype == torch.uint8 and raw.shape == (16, 16, 16, 1)
+    gpu = drawn_with(mapped, 0, "device", device="cuda")  # nothing touches CUDA before .epoch
+    stage = gpu.on_device.augment
+    assert gpu.on_device.device.type == "cuda" and stage.steps and cpu.on_device is None
     stage.backend = "torch"
-    for (xa, ya, ia), (xb, yb, ib) in zip(cpu.epoch(1), gpu.epoch(1), strict=True):
+    for (xa, ya, ia), (xb, yb, ib) in zip(cpu.epoch(1), gpu.loaded(1), strict=True):
+        assert xb.dtype == torch.uint8 and xb.shape == (16, 16, 16, 1)
         assert torch.equal(ia, ib) and torch.equal(ya, yb)
         finished, _ = stage(xb, ib, 1)
         assert (finished - xa).abs().mean() * 0.25 * 255 < 0.5  # grey levels

@@ -297,6 +297,12 @@ class TrainBatches:
 
     def epoch(self, epoch: int) -> Iterable:
         """The batches of `epoch` (0-based), the same whenever they are drawn."""
+        batches = self.loaded(epoch)
+        return batches if self.on_device is None else self.on_device(batches, epoch)
+
+    def loaded(self, epoch: int) -> Iterable:
+        """`epoch`'s batches as the loader makes them (on a GPU's device path: uint8, before
+        the copy and the device stage)."""
         epoch_seed = self.seed * 1000 + epoch
         self.shuffle_rng.manual_seed(epoch_seed)
         if self.augment is not None:
@@ -304,8 +310,7 @@ class TrainBatches:
         sampler = getattr(self.loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):  # DistributedSampler (DDP), EpochSampler (workers)
             sampler.set_epoch(epoch)
-        batches = prefetched(self.loader, self.prefetch)
-        return batches if self.on_device is None else self.on_device(batches, epoch)
+        return prefetched(self.loader, self.prefetch)
 
 
 AUGMENT_ON = ("device", "loader")
