@@ -233,13 +233,22 @@ class GaussNoise(Step):
         on = self.on(u)
         std = np.where(on, _uniform(u[:, 1], self.std_range) * 255.0, 0.0)
         mean = np.where(on, _uniform(u[:, 2], self.mean_range) * 255.0, 0.0)
-        keys = torch.as_tensor((u[:, 3] * 2**32).astype(np.int64), device=device)
+        keys = to_device((u[:, 3] * 2**32).astype(np.int64), device, torch.int64)
         planes = c if self.per_channel else 1
         counter = torch.arange(planes * h * w, device=device, dtype=torch.int64)
         z = standard_normal(keys[:, None], counter[None, :]).view(n, planes, h, w)
-        std_t = torch.as_tensor(std, dtype=torch.float32, device=device).view(n, 1, 1, 1)
-        mean_t = torch.as_tensor(mean, dtype=torch.float32, device=device).view(n, 1, 1, 1)
-        return (z * std_t + mean_t).expand(n, c, h, w)
+        spread = to_device(np.stack([std, mean]), device).view(2, n, 1, 1, 1)
+        return (z * spread[0] + spread[1]).expand(n, c, h, w)
+
+
+def to_device(values, device, dtype=torch.float32) -> torch.Tensor:
+    """A batch's small parameter array on `device`; to a GPU through pinned memory without
+    blocking (a copy from pageable memory would wait for every queued kernel: one sync per
+    step)."""
+    tensor = torch.as_tensor(np.asarray(values), dtype=dtype)
+    if torch.device(device).type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def _mul32(x: torch.Tensor, m: int) -> torch.Tensor:

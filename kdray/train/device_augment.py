@@ -34,6 +34,7 @@ from kdray.train.augment_steps import (
     groups,
     matrices,
     sample_keys,
+    to_device,
     uniforms,
 )
 
@@ -110,7 +111,7 @@ def run_torch(aug: DeviceAugment, images: torch.Tensor, masks, draws: dict):
             forward = matrices(group, draws, h, w)
             if np.allclose(forward, np.eye(3)):
                 continue
-            theta = torch.as_tensor(_theta(forward, h, w), dtype=torch.float32, device=device)
+            theta = to_device(_theta(forward, h, w), device)
             grid = F.affine_grid(theta, [n, c, h, w], align_corners=False)
             mode, border, fill, fill_mask = geometry(group)
             x = _sample(x, grid, mode, border, fill)
@@ -121,11 +122,9 @@ def run_torch(aug: DeviceAugment, images: torch.Tensor, masks, draws: dict):
         place, step = group.steps[0]
         if isinstance(step, BrightnessContrast):
             alpha, beta = step.gains(draws[place])
-            alpha_t = torch.as_tensor(alpha, dtype=torch.float32, device=device)
-            beta_t = torch.as_tensor(beta, dtype=torch.float32, device=device)
-            x = (x * alpha_t.view(n, 1, 1, 1) + beta_t.view(n, 1, 1, 1)).clamp_(0, 255)
+            gains = to_device(np.stack([alpha, beta]), device).view(2, n, 1, 1, 1)
+            x = (x * gains[0] + gains[1]).clamp_(0, 255)
         else:
             x = (x + step.noise(draws[place], (n, c, h, w), device)).clamp_(0, 255)
-    scale = torch.as_tensor(1 / (255 * aug.std), device=device).view(1, -1, 1, 1)
-    shift = torch.as_tensor(-aug.mean / aug.std, device=device).view(1, -1, 1, 1)
-    return torch.addcmul(shift, x, scale), masks
+    norm = to_device(np.stack([1 / (255 * aug.std), -aug.mean / aug.std]), device)
+    return torch.addcmul(norm[1].view(1, -1, 1, 1), x, norm[0].view(1, -1, 1, 1)), masks
