@@ -9,9 +9,11 @@
 3. The thesis trial shape (`resnet18` <- `seresnet50`, 224 px, 3 channels) on synthetic data at
    batch 16 and 64: images/s of a no-KD, a cached-KD and an online-KD student, the share of step
    time spent waiting for the loader, the loader's own rate, and GPU memory per trial.
-3b. The thesis shape fed by loader worker processes (`train.loader_workers`): the same modes
-   and batch sizes with 0 (in process), 4 and 8 workers, over longer windows, and how long a
-   worker pool takes to start (fork, fork server, spawn).
+3b. The thesis shape fed by loader worker processes (`train.loader_workers`) on each
+   augmentation path (`train.augment_on`: `loader`, albumentations in the loader, float32
+   batches, the path before issue 25; `device`, uint8 batches augmented and normalised on the
+   GPU): the same modes at batch 64 with 0, 4 and 8 workers, over longer windows, and how long
+   a worker pool takes to start (fork, fork server, spawn).
 4. A MedMNIST-shaped grid (28 px, 1 channel, several thousand images, 20 epochs, 8 runs,
    4 trials sharing the GPU): each trial's fixed share (Ray start-up, worker set-up, teardown)
    and the grid's makespan against its trials' busy time.
@@ -77,8 +79,13 @@ class Sizes:
     thesis_warmup: int
     thesis_settings: tuple[tuple[str, bool], ...]  # (precision, channels_last)
     medmnist: tuple[str, ...]  # overrides of the MedMNIST-shaped grid
-    # 3b: (loader workers, precision, channels_last) per run, and its timed steps per batch size
-    loader_runs: tuple[tuple[int, str, bool], ...] = ((0, "fp32", False), (2, "fp32", False))
+    # 3b: (loader workers, precision, channels_last, augment_on) per run, and its timed steps
+    # per batch size
+    loader_runs: tuple[tuple[int, str, bool, str], ...] = (
+        (0, "fp32", False, "loader"),
+        (0, "fp32", False, "device"),
+        (2, "fp32", False, "device"),
+    )
     loader_steps: tuple[tuple[int, int], ...] = ((16, 8), (64, 3))
     cpu_reference: bool = True  # run the quickstart on the CPU too (its results: the reference)
 
@@ -97,14 +104,15 @@ FULL = Sizes(
         "data.test_size=500",
         "train.epochs=20",
     ),
-    loader_runs=(
-        (0, "fp32", False),
-        (4, "fp32", False),
-        (8, "fp32", False),
-        (0, "bf16", True),
-        (8, "bf16", True),
+    loader_runs=(  # issue 16's best (8 workers, loader path) against the device path
+        (8, "fp32", False, "loader"),
+        (0, "fp32", False, "device"),
+        (4, "fp32", False, "device"),
+        (8, "bf16", True, "loader"),
+        (0, "bf16", True, "device"),
+        (4, "bf16", True, "device"),
     ),
-    loader_steps=((16, 160), (64, 40)),
+    loader_steps=((64, 40),),  # the thesis batch; ~4.5 minutes in all on an H100
 )
 QUICK = Sizes(
     quickstart=(
@@ -326,14 +334,18 @@ def thesis_shape(
     student: str = LARGE_STUDENT,
     teacher: str = LARGE_TEACHER,
     loader_workers: int = 0,
+    augment_on: str = "device",
 ) -> list[dict]:
     """Per setting (precision, channels_last) and batch size: each mode's run built alone by
     `bench.bare.build_loop` on `device` (the cached mode's soft labels built there first),
     `warmup_steps` steps, then `steps[batch]` timed steps (`bare.run_epoch`, no validation),
     the GPU's peak memory over those (reset after the warm-up: the run's weights, optimizer
     state, teacher and activations), then the run is freed before the next one is built.
-    `loader_workers`: the job's `train.loader_workers` (0: the in-process loader)."""
-    base = with_train(Job.model_validate(job_json), loader_workers=loader_workers)
+    `loader_workers`: the job's `train.loader_workers` (0: the in-process loader);
+    `augment_on`: its `train.augment_on` (where the augmentation runs)."""
+    base = with_train(
+        Job.model_validate(job_json), loader_workers=loader_workers, augment_on=augment_on
+    )
     info = DataInfo(**info_json)
     dev = torch.device(device)
     threads = min(threads, os.cpu_count() or 1)
@@ -350,6 +362,7 @@ def thesis_shape(
                 "channels_last": channels_last,
                 "threads": threads,
                 "loader_workers": loader_workers,
+                "augment_on": augment_on,
                 "train_images": info.counts["train"],
             }
             for batch, n_steps in steps.items():
@@ -391,7 +404,9 @@ def thesis_shape(
 START_METHODS = ("fork", "forkserver", "spawn")
 
 
-def loader_startup(job_json: dict, info_json: dict, workers: int, start_method: str) -> dict:
+def loader_startup(
+    job_json: dict, info_json: dict, workers: int, start_method: str, device: str = "cpu"
+) -> dict:
     """Seconds from building the training batches (`workers` loader processes started by
     `start_method`; 0: in process) to their first batch, in a fresh process (a fork server's
     own start included), and to the first batch of the next epoch (persistent workers resume)."""
@@ -401,6 +416,7 @@ def loader_startup(job_json: dict, info_json: dict, workers: int, start_method: 
     batches = train_batches(
         images, labels, job.train.augment, info.mean, info.std, job.train.batch_size, 0,
         prefetch=job.train.prefetch_batches, workers=workers, start_method=start_method,
+        augment_on=job.train.augment_on, device=device,
     )  # fmt: skip
     out = {}
     for epoch in (0, 1):
@@ -416,29 +432,34 @@ def loader_startup(job_json: dict, info_json: dict, workers: int, start_method: 
 
 def loader_part(root: Path, sizes: Sizes, prefetch: int, device: str) -> dict:
     """The thesis shape (`thesis_shape`) for each of `sizes.loader_runs` (loader workers,
-    precision, channels_last), each in a fresh process, over `sizes.loader_steps` timed steps
-    (a worker pool refills at each epoch's start: longer windows than part 3's); then the pool's
-    start-up per start method, at the largest worker count, batch 64."""
+    precision, channels_last, augment_on), each in a fresh process, over `sizes.loader_steps`
+    timed steps (a worker pool refills at each epoch's start: longer windows than part 3's); first
+    the pool's start-up per start method, at the largest worker count, batch 64."""
     steps = dict(sizes.loader_steps)
     data = ("data.native_size=64", f"data.train_size={thesis_train_size(sizes, prefetch, steps)}")
     job = load_bench_job(root / "runs", [*THESIS_OVERRIDES, *data])
     info = prepare(job, root / "data")
     job_json = job.model_dump(mode="json")
-    most = max(w for w, _, _ in sizes.loader_runs)
+    most = max(run[0] for run in sizes.loader_runs)
     startup_job = with_train(job, batch_size=64).model_dump(mode="json")
     out: dict = {"steps": steps, "warmup_steps": sizes.thesis_warmup, "startup": {}}
     for method in START_METHODS:
         log(f"loader start-up, {most} workers, {method}")
-        out["startup"][method] = in_fresh_process(loader_startup, startup_job, info, most, method)
-    out["startup"]["in_process"] = in_fresh_process(loader_startup, startup_job, info, 0, "")
+        out["startup"][method] = in_fresh_process(
+            loader_startup, startup_job, info, most, method, device
+        )
+    out["startup"]["in_process"] = in_fresh_process(
+        loader_startup, startup_job, info, 0, "", device
+    )
     log("loader start-up " + json.dumps(out["startup"]))
-    for workers, precision, channels_last in sizes.loader_runs:
+    for workers, precision, channels_last, augment_on in sizes.loader_runs:
         [run] = in_fresh_process(
             thesis_shape, job_json, info, device, steps, sizes.thesis_warmup, THESIS_THREADS,
-            ((precision, channels_last),), loader_workers=workers,
+            ((precision, channels_last),), loader_workers=workers, augment_on=augment_on,
         )  # fmt: skip
-        out[f"{precision}_w{workers}"] = run
-        log(f"loader workers {workers}, {precision}: " + json.dumps(run))
+        key = f"{precision}_{augment_on}_w{workers}"
+        out[key] = run
+        log(f"{key}: " + json.dumps(run))
     return out
 
 
