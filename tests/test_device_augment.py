@@ -180,3 +180,15 @@ def test_steps_without_a_batched_version_stay_in_the_loader_and_keep_the_order()
     crop = {"name": "RandomResizedCrop", "size": [16, 16]}
     assert len(split_pipeline([crop], 32, 32)[0]) == 1  # another size: loader
     assert split_pipeline(DEFAULT_PIPELINE, 224, 224)[0] == []
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_a_gpu_the_views_are_the_cpus_to_rounding():
+    """The torch back end on CUDA: the same views as on the CPU (both back ends), masks too."""
+    images, masks = asymmetric_scene(8)
+    aug = augment(True, 48, "auto")
+    cpu, cpu_masks = aug(images, torch.arange(8), 0, masks=masks)
+    gpu, gpu_masks = aug(images.cuda(), torch.arange(8), 0, masks=masks.cuda())
+    assert gpu.is_cuda and gpu_masks.is_cuda
+    assert (pixels(gpu.cpu()) - pixels(cpu)).abs().mean() < 0.5
+    assert (gpu_masks.cpu() != cpu_masks).float().mean() < 0.01  # nearest: ties may differ
