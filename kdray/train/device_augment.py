@@ -37,6 +37,7 @@ from kdray.train.augment_steps import (
     to_device,
     uniforms,
 )
+from kdray.train.device_augment_cpu import run_opencv
 
 
 def backend_for(device, backend: str = "auto") -> str:
@@ -70,8 +71,6 @@ class DeviceAugment:
         """(images, masks) of the samples `indices` in `epoch`, augmented and normalised."""
         draws = self.draws(indices, epoch)
         if backend_for(images.device, self.backend) == "opencv":
-            from kdray.train.device_augment_cpu import run_opencv  # noqa: PLC0415
-
             return run_opencv(self, images, masks, draws)
         return run_torch(self, images, masks, draws)
 
@@ -96,7 +95,7 @@ def _sample(x: torch.Tensor, grid: torch.Tensor, mode: str, border: str, fill):
     out = F.grid_sample(
         torch.cat([x, ones], 1), grid, mode=mode, padding_mode="zeros", align_corners=False
     )
-    value = torch.tensor(fill, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    value = to_device(fill, x.device).view(1, -1, 1, 1)
     return out[:, :-1] + value * (1 - out[:, -1:])
 
 
