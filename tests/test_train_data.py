@@ -16,7 +16,7 @@ from kdray.spec.job import JobError, parse_job
 from kdray.spec.plan import make_plan
 from kdray.tasks.models import create_model
 from kdray.train import soft_labels
-from kdray.train.batches import BatchSet, TrainSet, prefetched, train_batches
+from kdray.train.batches import BatchSet, DeviceStage, TrainSet, prefetched, train_batches
 from tests.conftest import tiny_job_dict
 
 
@@ -172,6 +172,16 @@ def test_uint8_batches_finished_on_the_device_are_the_cpu_views(mapped):
         assert torch.equal(ia, ib) and torch.equal(ya, yb)
         finished, _ = stage(xb, ib, 1)
         assert (finished - xa).abs().mean() * 0.25 * 255 < 0.5  # grey levels
+
+
+def test_an_epoch_cut_short_on_the_gpu_stage_stops_the_prefetch_thread(mapped):
+    gpu = drawn_with(mapped, 0, "device", device="cuda", prefetch=2)
+    stage = DeviceStage(gpu.on_device.augment, torch.device("cpu"), masks=False)
+    stream = stage(gpu.loaded(0), 0)  # the GPU's last stage, on the CPU here
+    x, _, _ = next(stream)
+    assert x.dtype == torch.float32 and x.shape == (16, 1, 16, 16)
+    stream.close()
+    assert not [t for t in threading.enumerate() if t.name == "kdray-prefetch"]
 
 
 @pytest.mark.parametrize("augment_on", ["device", "loader"])
