@@ -265,3 +265,21 @@ def test_loader_workers_is_a_validated_train_setting(tmp_path):
     raw["train"]["loader_workers"] = -1
     with pytest.raises(JobError, match="loader_workers"):
         parse_job(raw)
+
+
+def test_an_experiment_folder_from_before_the_device_path_keeps_its_views(tmp_path):
+    import json
+
+    from kdray.spec.job import parse_job
+    from kdray.store.experiment import Experiment, ExperimentError
+    from tests.conftest import tiny_job_dict
+
+    job = parse_job(tiny_job_dict(tmp_path))
+    exp = Experiment.create(job)
+    saved = json.loads((exp.root / "job.json").read_text())
+    del saved["train"]["augment_on"]  # as an older kdray wrote it
+    (exp.root / "job.json").write_text(json.dumps(saved))
+    assert exp.job().train.augment_on == "loader"  # `kdray resume` goes on as it began
+    exp.run(next(iter(exp.plan().runs))).start_attempt()  # the folder has started runs
+    with pytest.raises(ExperimentError, match="already holds a different job"):
+        Experiment.create(job)  # the job file again, now with the device path: said, not mixed

@@ -75,6 +75,11 @@ class Experiment:
             "and runs that finished keep their results"
         )
         raw = read_json(path, advice)
+        train = raw.get("train") if isinstance(raw, dict) else None
+        if isinstance(train, dict) and "augment_on" not in train:
+            # a folder made before the device path: its runs go on drawing the views they began
+            # with (their ids do not say which)
+            raw["train"] = {**train, "augment_on": "loader"}
         try:
             return Job.model_validate(raw)
         except (ValidationError, ValueError) as exc:
