@@ -136,12 +136,13 @@ class Loop:
     val_acc: float | None = None  # the last validation's accuracy
 
 
-def pair_job(job: Job, student: str, teacher: str, epochs: int) -> Job:
-    """The job with the pair as its only study (Hinton KD, the job's `distill` settings) plus
-    the student's baseline, trained for `epochs` epochs: the number of epochs the bare loop
-    runs, so the soft-label cache covers every one of them."""
+def pair_job(job: Job, student: str, teacher: str, epochs: int, method: dict | None = None) -> Job:
+    """The job with the pair as its only study (Hinton KD with the job's `distill` settings,
+    or `method`) plus the student's baseline, trained for `epochs` epochs: the number of epochs
+    the bare loop runs, so the soft-label cache covers every one of them."""
     raw = job.model_dump(mode="json")
-    raw["studies"] = {STUDY: {"teachers": [teacher], "students": [student]}}
+    study = {"teachers": [teacher], "students": [student]}
+    raw["studies"] = {STUDY: study | ({"method": method} if method else {})}
     raw["baseline"] = True
     raw["seeds"] = [SEED]
     raw["train"]["epochs"] = epochs
@@ -171,15 +172,17 @@ def make_teacher(
     labels, built by `soft_labels.build` on `device` (timed: a teacher-side cost, outside every
     timed epoch)."""
     folder.mkdir(parents=True, exist_ok=True)
+    task = get_task(info.task)
     if model is None:
         seed_everything(spec.seed)
-        teacher = create_model(spec.model, info.num_classes, info.channels)
+        teacher = task.create_model(spec.model, info.num_classes, info.channels)
     else:
         teacher = model
     save_model(
         folder / "model.pt",
         teacher,
         model=spec.model,
+        task=task.name,
         num_classes=info.num_classes,
         in_chans=info.channels,
         classes=info.classes,
@@ -201,12 +204,13 @@ def make_teacher(
 
 def build_loop(
     job: Job, info: DataInfo, student: str, teacher: str, modes: tuple[str, ...], epochs: int,
-    folder: Path, device: torch.device | str = "cpu",
+    folder: Path, device: torch.device | str = "cpu", method: dict | None = None,
 ) -> Loop:  # fmt: skip
     """The teacher run's folder, then one session per mode, each built by `build_session` on
-    `device` (the CPU unless told: the GPU benchmarks pass `cuda`)."""
+    `device` (the CPU unless told: the GPU benchmarks pass `cuda`); `method`: the KD runs'
+    method (default: Hinton KD)."""
     device = torch.device(device)
-    bench_job = pair_job(job, student, teacher, epochs)
+    bench_job = pair_job(job, student, teacher, epochs, method)
     teacher_spec, specs = mode_specs(bench_job)
     teacher_dir = folder / teacher_spec.run_id
     cache = make_teacher(bench_job, teacher_spec, info, teacher_dir, CACHED in modes, device)

@@ -12,16 +12,27 @@ from types import ModuleType
 
 import numpy as np
 
-from kdray.data import folder, medmnist, mura, synthetic
+from kdray.data import folder, masks, medmnist, mura, synthetic, synthetic_ultrasound
 from kdray.data.base import DataError
-from kdray.data.cache import SPLITS, DataInfo, fingerprint, load_split, read_info, write_cache
+from kdray.data.cache import (
+    SPLITS,
+    DataInfo,
+    fingerprint,
+    has_masks,
+    load_split,
+    read_info,
+    write_cache,
+)
 from kdray.data.files import stamp_digest
+from kdray.tasks import get_task
 
 DATA_KINDS: dict[str, ModuleType] = {
     "synthetic": synthetic,
     "medmnist": medmnist,
     "mura": mura,
     "folder": folder,
+    "synthetic_ultrasound": synthetic_ultrasound,
+    "masks": masks,
 }
 
 
@@ -57,11 +68,19 @@ def prepare_data(cfg, cache_root: str | Path) -> DataInfo:
 
 def data_task(cfg, sources: dict) -> str:
     """The task of the data (`kdray.tasks`): the job's `data.task_type`, else what the data kind
-    says (MedMNIST's registry), else from the targets: a row of labels per image is
-    multi-label."""
+    says (MedMNIST's registry, a masks kind), else from the targets: masks are segmentation, a
+    row of labels per image is multi-label."""
+    masks = has_masks(sources["train"])
     declared = cfg.task_type or cfg.declared_task()
     if declared is not None:
+        if get_task(declared).pixel_targets != masks:
+            has = "masks" if masks else "a label per image"
+            raise DataError(
+                [f"data.task_type: {declared} does not fit data ({cfg.kind}) that has {has}"]
+            )
         return declared
+    if masks:
+        return "segmentation"
     return "multi_label" if np.ndim(sources["train"].labels) == 2 else "single_label"
 
 

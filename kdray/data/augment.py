@@ -8,6 +8,10 @@ A job declares its pipeline as a list of albumentations transforms by class name
         - {name: RandomBrightnessContrast, brightness_limit: 0.1, contrast_limit: 0.1}
 
 `augment: true` means `DEFAULT_PIPELINE`, `augment: false` no augmentation.
+
+Segmentation masks go through the same pipeline as their image (`augment_with_mask`): spatial
+transforms (flips, rotations, crops, affine) move the mask with the image, by nearest neighbour;
+pixel transforms (brightness, noise) leave it alone.
 """
 
 from __future__ import annotations
@@ -79,3 +83,17 @@ def build_train_augmentation(augment: bool | list[dict[str, Any]], seed: int) ->
     if not steps:
         return None
     return A.Compose([build_transform(step) for step in steps], seed=seed)
+
+
+def augment_with_mask(augment, image, mask) -> tuple:
+    """(image, mask) through `augment` together (None: unchanged). The mask (class indices, -1
+    unknown) travels shifted by one as uint8, so that the pixels a transform fills in from
+    outside the image (albumentations' `fill_mask`, 0) come back as -1: unknown, left out of
+    the loss, rather than taken for background."""
+    import numpy as np
+
+    mask = np.asarray(mask)
+    if augment is None:
+        return image, mask.astype(np.int64)
+    out = augment(image=image, mask=(mask.astype(np.int16) + 1).astype(np.uint8))
+    return out["image"], out["mask"].astype(np.int64) - 1

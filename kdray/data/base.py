@@ -29,10 +29,10 @@ class DataConfigBase(BaseModel):
     on_bad_image: Literal["error", "skip"] = Field(
         "error", description="a missing/unreadable image stops the run (error) or is skipped"
     )
-    task_type: Literal["single_label", "multi_label"] | None = Field(
+    task_type: Literal["single_label", "multi_label", "segmentation"] | None = Field(
         None,
         description="what a target is (kdray.tasks); default: from the data (MedMNIST's "
-        "registry; a row of labels per image is multi_label)",
+        "registry; a row of labels per image is multi_label; masks are segmentation)",
     )
 
     def declared_task(self) -> str | None:

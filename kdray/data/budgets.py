@@ -45,12 +45,13 @@ def budget_id(budget: Budget | None) -> str:
 def labelled_indices(labels: np.ndarray, budget: Budget | None, seed: int) -> np.ndarray:
     """The sorted indices of the labelled training images: per class, the first
     ceil(fraction x n) (at least 1) or min(count, n) of a permutation seeded by (seed, class).
-    Multi-label rows have no one class to stratify by: the first ceil(fraction x N) of a
-    permutation seeded by the seed (a count per class is refused for them by `kdray.spec`)."""
+    Multi-label rows and masks have no one class to stratify by: the first ceil(fraction x N)
+    of a permutation seeded by the seed (a count per class is refused for them by
+    `kdray.spec`)."""
     labels = np.asarray(labels)
     if not budget:
         return np.arange(len(labels))
-    if labels.ndim == 2:
+    if labels.ndim >= 2:
         keep = max(1, math.ceil(budget["fraction"] * len(labels)))
         return np.sort(np.random.default_rng([seed]).permutation(len(labels))[:keep])
     chosen = []
@@ -79,7 +80,7 @@ def training_arrays(
     if not pool:
         cycled = np.resize(keep, len(labels))
         return np.ascontiguousarray(images[cycled]), labels[cycled]
-    targets = np.full(len(labels), UNLABELLED, dtype=labels.dtype)
+    targets = np.full(labels.shape, UNLABELLED, dtype=labels.dtype)
     targets[keep] = labels[keep]
     return images, targets
 

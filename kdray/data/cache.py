@@ -5,7 +5,8 @@ Layout of a cache folder:
                               its presence means the cache is complete)
     <split>_images.npy        (N, H, W, C) uint8
     <split>_labels.npy        (N,) int64 class indices, or (N, L) int64 0/1/-1 labels
-                              (multi-label; -1: unknown)
+                              (multi-label; -1: unknown), or (N, H, W) int8 masks of class
+                              indices (segmentation), resized with nearest neighbour
     <split>_groups.npy        (N,) str, optional (patient / study ids)
 """
 
@@ -55,6 +56,23 @@ class SplitSource(Protocol):
         ...
 
 
+class MaskSource(SplitSource, Protocol):
+    """A split whose targets are masks (segmentation); `labels` is unused (None)."""
+
+    def mask(self, index: int) -> np.ndarray:
+        """The (H, W) mask of class indices at its image's size; raises ValueError saying what
+        is wrong with the file (unexpected values, unreadable)."""
+        ...
+
+    def describe_mask(self, index: int) -> str:
+        """Where item `index`'s mask comes from (its file or files), for error messages."""
+        ...
+
+
+def has_masks(source) -> bool:
+    return hasattr(source, "mask")
+
+
 @dataclass
 class ArraySource:
     """A split that is already in memory (synthetic data, MedMNIST)."""
@@ -71,6 +89,33 @@ class ArraySource:
 
     def describe(self, index: int) -> str:
         return f"item {index}"
+
+
+@dataclass
+class MaskArraySource:
+    """A segmentation split already in memory (synthetic ultrasound, MedSegBench archives):
+    uint8 images and (N, H, W) masks of class indices at the images' size."""
+
+    images: np.ndarray
+    masks: np.ndarray
+    where: str = "item"
+    groups: np.ndarray | None = None
+    labels: None = None
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def image(self, index: int) -> np.ndarray:
+        return self.images[index]
+
+    def mask(self, index: int) -> np.ndarray:
+        return self.masks[index]
+
+    def describe(self, index: int) -> str:
+        return f"{self.where} {index}"
+
+    def describe_mask(self, index: int) -> str:
+        return f"{self.where} {index}'s mask"
 
 
 @dataclass
@@ -119,40 +164,104 @@ def to_shape(image: np.ndarray, size: int, channels: int) -> np.ndarray:
     return image.reshape(size, size, channels)
 
 
+def to_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """A mask of class indices as int8 (size, size), resized with nearest neighbour (the
+    pixel-centre rule, so it stays aligned with its image)."""
+    mask = np.asarray(mask)
+    if mask.shape[:2] != (size, size):
+        mask = cv2.resize(
+            mask.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST_EXACT
+        )
+    return mask.astype(np.int8)
+
+
+def mask_problem(source, index: int, image: np.ndarray, num_classes: int):
+    """(the mask, None) or (None, one line saying what is wrong with it)."""
+    where = source.describe_mask(index)
+    try:
+        mask = np.asarray(source.mask(index))
+    except Exception as exc:  # a decoder's error or the kind's own check, named by file
+        return None, f"{where}: {exc}"
+    if mask.ndim != 2:
+        return None, f"{where}: a mask is one channel of class indices, got shape {mask.shape}"
+    if mask.shape != image.shape[:2]:
+        return None, (
+            f"{where}: mask is {mask.shape[1]}x{mask.shape[0]} (WxH), its image "
+            f"{source.describe(index)} is {image.shape[1]}x{image.shape[0]}; give masks of "
+            "their images' size"
+        )
+    bad = np.setdiff1d(np.unique(mask), np.arange(num_classes))
+    if bad.size:
+        return None, (
+            f"{where}: mask values {bad[:5].tolist()} are not class indices 0..{num_classes - 1}"
+        )
+    return mask, None
+
+
 def _decode_split(
-    tmp: Path, split: str, source: SplitSource, image_size: int, channels: int, skip_bad: bool
+    tmp: Path,
+    split: str,
+    source: SplitSource,
+    image_size: int,
+    channels: int,
+    skip_bad: bool,
+    num_classes: int,
 ) -> tuple[int, list[str]]:
-    """Decode one split into `<split>_images.npy`; returns (images kept, problems)."""
+    """Decode one split into `<split>_images.npy` (and a mask source's masks into
+    `<split>_labels.npy`); returns (images kept, problems)."""  # fmt: skip
     n = len(source)
     path = tmp / f"{split}_images.npy"
     shape = (image_size, image_size, channels)
     images = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(n, *shape))
+    masks = None
+    if has_masks(source):
+        masks = np.lib.format.open_memmap(
+            tmp / f"{split}_labels.npy", mode="w+", dtype=np.int8, shape=(n, image_size, image_size)
+        )
     keep, problems = [], []
     for i in range(n):
         try:
-            images[len(keep)] = to_shape(source.image(i), image_size, channels)
+            image = source.image(i)
+            row = to_shape(image, image_size, channels)
         except Exception as exc:  # any decoder error: report the file, never hide it
             problems.append(f"{source.describe(i)}: unreadable image ({exc})")
             continue
+        if masks is not None:
+            mask, problem = mask_problem(source, i, np.asarray(image), num_classes)
+            if problem:
+                problems.append(problem)
+                continue
+            masks[len(keep)] = to_mask(mask, image_size)
+        images[len(keep)] = row
         keep.append(i)
-    images.flush()
-    del images
-    if len(keep) < n:
-        full = np.load(path, mmap_mode="r")
-        kept = np.lib.format.open_memmap(
-            tmp / f"{split}_kept.npy", mode="w+", dtype=np.uint8, shape=(len(keep), *shape)
-        )
-        kept[:] = full[: len(keep)]
-        kept.flush()
-        del kept, full
-        os.replace(tmp / f"{split}_kept.npy", path)
+    for array, name in ((images, "images"), (masks, "labels")):
+        if array is not None:
+            array.flush()
+            _truncate(tmp / f"{split}_{name}.npy", len(keep))
+    del images, masks
     if problems and not skip_bad:
         return len(keep), problems
     idx = np.asarray(keep, dtype=np.int64)
-    np.save(tmp / f"{split}_labels.npy", np.asarray(source.labels, dtype=np.int64)[idx])
+    if not has_masks(source):
+        np.save(tmp / f"{split}_labels.npy", np.asarray(source.labels, dtype=np.int64)[idx])
     if source.groups is not None:
         np.save(tmp / f"{split}_groups.npy", np.asarray(source.groups, dtype=str)[idx])
     return len(keep), problems
+
+
+def _truncate(path: Path, count: int) -> None:
+    """Keep the first `count` rows of a memory-mapped `.npy` file (bad items were skipped)."""
+    full = np.load(path, mmap_mode="r")
+    if len(full) == count:
+        return
+    kept_path = path.with_name(path.stem + "_kept.npy")
+    kept = np.lib.format.open_memmap(
+        kept_path, mode="w+", dtype=full.dtype, shape=(count, *full.shape[1:])
+    )
+    kept[:] = full[:count]
+    kept.flush()
+    del kept, full
+    os.replace(kept_path, path)
 
 
 def write_cache(
@@ -178,7 +287,7 @@ def write_cache(
         counts, all_problems, skipped = {}, [], {}
         for split, source in sources.items():
             counts[split], problems = _decode_split(
-                tmp, split, source, image_size, channels, on_bad_image == "skip"
+                tmp, split, source, image_size, channels, on_bad_image == "skip", len(classes)
             )
             all_problems += problems
             skipped[split] = len(problems)

@@ -4,10 +4,11 @@
 reach it), exports it with PyTorch's dynamo exporter (input `image` with a dynamic batch axis,
 output `logits`) and records in the file's metadata what a deployment needs to feed it: class
 names, image size, channels, mean and std, the kdray run id and the model. Then it checks the
-file: onnxruntime on the experiment's validation images must reproduce the PyTorch softmax
-probabilities within `TOLERANCE`, or the file is removed and `DeployError` raised; and it times
-onnxruntime's batch-1 latency. onnx, onnxscript and onnxruntime are imported here only, when a
-file is exported.
+file: onnxruntime on the experiment's validation images must reproduce the PyTorch model's
+probabilities (softmax, sigmoid, or a segmenter's per-pixel softmax) within `TOLERANCE`, or the
+file is removed and `DeployError` raised; it reports the share of decisions (classes, labels at
+0.5, mask pixels) the two runtimes agree on, and times onnxruntime's batch-1 latency. onnx,
+onnxscript and onnxruntime are imported here only, when a file is exported.
 """
 
 from __future__ import annotations
@@ -41,8 +42,9 @@ class DeployError(Exception):
 @dataclass
 class OnnxFile:
     path: Path
-    max_abs_diff: float  # of softmax probabilities over `images` validation images
+    max_abs_diff: float  # of the task's probabilities over `images` validation images
     images: int
+    agreement: float  # share of decisions (classes, labels, mask pixels) onnxruntime matches
     latency_ms: float  # onnxruntime, batch 1, median of `TIMED_CALLS` after warm-up
 
 
@@ -97,8 +99,10 @@ def check_onnx(
 
     task = task or get_task(DEFAULT_TASK)
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    expected = predict(model, images, mean, std, "cpu", CHECK_BATCH, task)
-    diff = float(np.abs(onnx_probabilities(session, images, mean, std, task) - expected).max())
+    expected = predict(model, images, mean, std, "cpu", CHECK_BATCH, task, task.probabilities)
+    got = onnx_probabilities(session, images, mean, std, task)
+    diff = float(np.abs(got - expected).max())
+    same = task.decisions(torch.from_numpy(got)) == task.decisions(torch.from_numpy(expected))
     if not diff <= TOLERANCE:  # NaN fails too
         path.unlink(missing_ok=True)
         raise DeployError(
@@ -106,7 +110,8 @@ def check_onnx(
             f"{len(images)} validation images (tolerance {TOLERANCE:g}); the file was removed"
         )
     one = to_tensor(images[:1], mean, std, "cpu").numpy()
-    return OnnxFile(path, diff, len(images), onnx_latency_ms(session, one))
+    agreement = float(same.float().mean())
+    return OnnxFile(path, diff, len(images), agreement, onnx_latency_ms(session, one))
 
 
 def check_exportable(exp: Experiment, run_ids: list[str]) -> None:

@@ -247,9 +247,11 @@ def render_report(
     studies: list[str],
     name: str,
     written: datetime | None = None,
+    examples: str | None = None,
 ) -> str:
     """The whole HTML page. `trials` / `epochs` are `trials.parquet` / `epochs.parquet` as pandas;
-    `studies` are the job's studies, in order (absent studies have no section)."""
+    `studies` are the job's studies, in order (absent studies have no section); `examples`:
+    a figure of test images and predicted masks (segmentation, `kdray.export.masks`)."""
     written = written or datetime.now(UTC)
     done = trials[trials.status == "finished"]
     all_tables = tables(trials, studies)
@@ -291,6 +293,9 @@ def render_report(
     parts.append("<h2>Learning curves</h2>")
     curves = curves_figure(done, epochs, studies, metric)
     parts.append(curves or '<p class="note">no epochs recorded</p>')
+    if examples:
+        parts.append("<h2>Test images: ground truth, teacher and student masks</h2>")
+        parts.append(examples)
     if "unfinished" in all_tables:
         section("unfinished")
     return (

@@ -36,9 +36,13 @@ def export(experiment_dir: str | Path, out_dir: str | Path) -> dict[str, Path]:
     trials = table.to_pandas()
     job = exp.job()
     texts = render_tables(trials, list(job.studies))
-    from kdray.export.report import render_report  # matplotlib only when a report is written
+    from kdray.export.masks import examples_figure  # matplotlib only when a report is written
+    from kdray.export.report import render_report
 
-    texts["report.html"] = render_report(trials, epochs.to_pandas(), list(job.studies), job.name)
+    examples = examples_figure(exp.root, trials, list(job.studies))
+    texts["report.html"] = render_report(
+        trials, epochs.to_pandas(), list(job.studies), job.name, examples=examples
+    )
     out.mkdir(parents=True, exist_ok=True)
     written = {}
     for name in ("trials.parquet", "epochs.parquet"):

@@ -5,7 +5,9 @@ Per chosen aligned stage, the attention map `Q = normalize(mean over channels of
 flattened and L2-normalised per sample; the term is the mean of `(Q_s - Q_t)^2`, summed over
 stages; loss = `ce_weight * CE + at_weight * term`. The larger feature map is average-pooled to
 the smaller size before Q is computed. No adapter: Q has no channel dimension. Defaults follow
-mdistiller's `AT.py`: p = 2, weight 1000, every stage but the shallowest (the stem).
+mdistiller's `AT.py`: p = 2, weight 1000, every stage but the shallowest (the stem); on a
+segmenter (`kdray.tasks.segmenters`), every encoder stage but the shallowest (`stages` indexes
+the aligned encoder and decoder stages, encoder first).
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ class ATParams(MethodParams):
     stages: list[int] | None = Field(
         None,
         min_length=1,
-        description="aligned stages (negative: from the deepest); None: all but the shallowest",
+        description="aligned stages (negative: from the deepest); None: all but the shallowest "
+        "(a segmenter: its encoder's but the shallowest)",
     )
     p: float = Field(2.0, gt=0, description="exponent of the attention map")
     at_weight: float = Field(1000.0, ge=0)
@@ -42,12 +45,15 @@ class AttentionTransfer(Method):
     Params = ATParams
     needs = "features"
     allows_ensemble = False
-    tasks = ("single_label", "multi_label")
+    tasks = ("single_label", "multi_label", "segmentation")
 
     @classmethod
-    def feature_stages(cls, params: ATParams, num_stages: int) -> list[int]:
-        # all but the stem; a single aligned stage is still compared
-        default = list(range(1, num_stages)) or list(range(num_stages))
+    def feature_stages(cls, params: ATParams, num_stages: int, parts=()) -> list[int]:
+        # all but the stem; a single aligned stage is still compared. A segmenter: its
+        # encoder's stages but the shallowest (attention maps of what the encoder looks at)
+        candidates = [i for i, part in enumerate(parts) if part == "encoder"]
+        candidates = candidates or list(range(num_stages))
+        default = candidates[1:] or candidates
         stages = default if params.stages is None else params.stages
         return resolve_stages("at.stages", stages, num_stages)
 

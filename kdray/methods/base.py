@@ -100,9 +100,13 @@ class Method(nn.Module, ABC):
         self.task: Task = get_task(shapes.task)
 
     @classmethod
-    def feature_stages(cls, params: MethodParams, num_stages: int) -> list[int]:
-        """Which of a network's `num_stages` stages (timm `feature_info` order) the method
-        compares; stage lists of student and teacher are aligned from the deepest stage."""
+    def feature_stages(
+        cls, params: MethodParams, num_stages: int, parts: tuple[str, ...] = ()
+    ) -> list[int]:
+        """Which of the `num_stages` aligned stage pairs the method compares. Classifiers'
+        stages (timm `feature_info` order) are aligned from the deepest; a segmenter's pair
+        by part and input stride, and `parts` says each pair's part (`encoder`, `decoder`;
+        `stage` for a classifier's)."""
         return []
 
     @classmethod

@@ -6,7 +6,10 @@ That paper describes the idea, not this exact loss: the formulation here is ours
 description. Per chosen aligned stage, the mean absolute difference between the adapted student
 feature (1x1 conv, batch norm, to the teacher's channels) and the teacher's, the larger map
 average-pooled to the smaller size; the term is the average over stages, and
-loss = `ce_weight * CE + l1_weight * term`. By default every aligned stage is compared.
+loss = `ce_weight * CE + l1_weight * term` (CE: the task's supervised loss; CE + Dice for a
+segmenter). By default every aligned stage is compared: on segmenters (U-Net, MAnet, Linknet)
+every encoder and decoder stage the two networks share (paired by input stride), the paper's
+all-layer transfer; a stage of another width goes through its adapter.
 """
 
 from __future__ import annotations
@@ -35,14 +38,14 @@ class FeatureL1(Method):
     Params = FeatureL1Params
     needs = "features"
     allows_ensemble = False
-    tasks = ("single_label", "multi_label")
+    tasks = ("single_label", "multi_label", "segmentation")
 
     def __init__(self, params: FeatureL1Params, shapes: Shapes):
         super().__init__(params, shapes)
         self.adapters = adapters("feature_l1", shapes)
 
     @classmethod
-    def feature_stages(cls, params: FeatureL1Params, num_stages: int) -> list[int]:
+    def feature_stages(cls, params: FeatureL1Params, num_stages: int, parts=()) -> list[int]:
         stages = list(range(num_stages)) if params.stages is None else params.stages
         return resolve_stages("feature_l1.stages", stages, num_stages)
 

@@ -41,7 +41,7 @@ class FitNets(Method):
         self.adapters = adapters("fitnets", shapes)
 
     @classmethod
-    def feature_stages(cls, params: FitNetsParams, num_stages: int) -> list[int]:
+    def feature_stages(cls, params: FitNetsParams, num_stages: int, parts=()) -> list[int]:
         stage = num_stages // 2 if params.stage is None else params.stage
         return resolve_stages("fitnets.stage", [stage], num_stages)
 

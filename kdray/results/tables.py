@@ -18,7 +18,9 @@ from kdray.store.experiment import Experiment
 COST_COLUMNS = (
     "macs", "weights_mb", "latency_ms_p50", "latency_ms_p90", "throughput", "cost_device",
 )  # fmt: skip
-METRICS = ("acc", "balanced_acc", "f1", "kappa", "auroc", "map", "loss")  # every task's
+METRICS = (  # every task's
+    "acc", "balanced_acc", "f1", "kappa", "auroc", "map", "loss", "dice", "iou", "hd95", "empty_fp",
+)  # fmt: skip
 EMA_METRICS = (  # a mean-teacher run's moving-average model, evaluated beside its student
     "ema_train_acc", "ema_val_acc", "ema_test_acc", "ema_test_balanced_acc", "ema_test_f1",
 )  # fmt: skip
@@ -43,6 +45,18 @@ PER_LABEL = pa.struct(  # multi-label: each label's scores over its known target
         ("f1", pa.float64()),
         ("positives", pa.int64()),
         ("negatives", pa.int64()),
+    ]
+)
+
+PER_CLASS_DICE = pa.struct(  # segmentation: each foreground class's overlap scores
+    [
+        ("class", pa.string()),
+        ("dice", pa.float64()),
+        ("iou", pa.float64()),
+        ("hd95", pa.float64()),
+        ("images", pa.int64()),  # images whose ground truth has the class
+        ("empty", pa.int64()),  # images whose ground truth lacks it (no Dice)
+        ("empty_fp", pa.float64()),  # ... of which the share with the class predicted
     ]
 )
 
@@ -87,6 +101,7 @@ TRIAL_SCHEMA = pa.schema(
                 pa.field(f"{split}_confusion", pa.list_(pa.list_(pa.int64()))),
                 pa.field(f"{split}_per_label", pa.list_(PER_LABEL)),
                 pa.field(f"{split}_labels_left_out", pa.list_(pa.string())),
+                pa.field(f"{split}_per_class_dice", pa.list_(PER_CLASS_DICE)),
             )
         ],
         pa.field("teacher_val_acc", pa.float64()),  # mean over an ensemble's teachers
@@ -210,6 +225,7 @@ def trial_row(exp: Experiment, spec: RunSpec, failure: str | None = None) -> dic
         row[f"{split}_confusion"] = report.get("confusion")
         row[f"{split}_per_label"] = report.get("per_label")
         row[f"{split}_labels_left_out"] = report.get("left_out")
+        row[f"{split}_per_class_dice"] = report.get("per_class_dice")
     row.update({name: summary.get(name) for name in EMA_METRICS})
     by_type = summary.get("test_study_kappa_by_category")
     row["test_study_kappa_by_type"] = list(by_type.items()) if by_type else None

@@ -26,7 +26,7 @@ from pydantic import (
 
 from kdray.data import DATA_KINDS
 from kdray.methods import METHODS, MethodParams
-from kdray.tasks import weights
+from kdray.tasks import DEFAULT_TASK, get_task, weights
 from kdray.tasks.weights import (
     DEFAULT,
     IMAGENET,
@@ -544,10 +544,10 @@ def task_problems(job: Job, task: str) -> list[str]:
                 f"studies.{name}.method: {method.name} is defined for {_tasks(method.tasks)} "
                 f"data, and this data is {task.replace('_', '-')}; use one of {fits}"
             )
-    if task == "multi_label" and job.labelled is not None and job.labelled.per_class:
+    if not get_task(task).one_class_per_image and job.labelled and job.labelled.per_class:
         problems.append(
-            "labelled.per_class: a multi-label image has no one class to count it under; "
-            "give labelled.fraction instead"
+            f"labelled.per_class: a {task.replace('_', '-')} image has no one class to count "
+            "it under; give labelled.fraction instead"
         )
     return problems
 
@@ -612,22 +612,22 @@ def parse_job(raw: Any, overrides: list[str] | tuple[str, ...] = ()) -> Job:
 
 
 def model_problems(job: Job) -> list[str]:
-    """Checks that need timm or the file system: model names and local weight files."""
-    import timm
-
-    problems = []
+    """Checks that need timm or the file system: model names and local weight files. Names
+    are checked against the data's task when the job declares it (else single-label: timm)."""
+    task = get_task(job.data.task_type or job.data.declared_task() or DEFAULT_TASK)
+    problems, checked = [], set()
     for name, study in job.studies.items():
         for role, models in (
             ("teachers", [t for group in study.teacher_groups() for t in group]),
             ("students", study.students),
         ):
             for model in models:
-                if model == SELF_TEACHER and role == "teachers":
-                    continue
-                if not timm.is_model(model):
-                    close = timm.list_models(f"*{model.split('_')[0][:6]}*")[:5]
-                    hint = f"; similar: {close}" if close else ""
-                    problems.append(f"studies.{name}.{role}: {model!r} is not a timm model{hint}")
+                if (model == SELF_TEACHER and role == "teachers") or model in checked:
+                    continue  # a bad model is named once, where it first appears
+                checked.add(model)
+                problem = task.model_problem(model, job.data.image_size)
+                if problem:
+                    problems.append(f"studies.{name}.{role}: {problem}")
     return problems + weights_problems(job)
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import timm
 import torch
 from torch import nn
 
 from kdray.store.atomic import atomic_write
+from kdray.tasks import DEFAULT_TASK, get_task
 
 
 def save_model(path: str | Path, module: nn.Module, **meta) -> None:
@@ -27,9 +27,8 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn
     except Exception as exc:
         raise ValueError(f"model checkpoint {path} is unreadable or corrupt: {exc}") from exc
     try:
-        model = timm.create_model(
-            saved["model"], num_classes=saved["num_classes"], in_chans=saved["in_chans"]
-        )
+        task = get_task(saved.get("task") or DEFAULT_TASK)  # files before tasks: single-label
+        model = task.create_model(saved["model"], saved["num_classes"], saved["in_chans"])
         model.load_state_dict(saved["state_dict"])
     except (KeyError, RuntimeError) as exc:
         raise ValueError(f"model checkpoint {path} does not match its model: {exc}") from exc

@@ -1,11 +1,16 @@
 """The task contract: what a target is and everything that depends on it.
 
 A task is one small module in this package, registered by name like the methods. It says:
-- what a target is (`describe_targets`): one class index per image (single-label), a 0/1 row of
-  labels per image (multi-label), ...; `UNLABELLED` marks a target nobody may read (a label
-  budget's pool image, an uncertain or missing label);
-- how a model for it is built (`create_model`; timm classifiers for classification);
-- its supervised loss (`supervised_loss`) and what a prediction is (`probabilities`);
+- what a target is: one class index per image (single-label), a 0/1 row of labels per image
+  (multi-label), a mask of class indices (segmentation: `pixel_targets`, so the data cache
+  resizes targets with nearest neighbour and augmentations move them with their image);
+  `UNLABELLED` marks a target nobody may read (a label budget's pool image, an uncertain or
+  missing label, a pixel without ground truth);
+- how a model for it is built and which names are models of it (`create_model`,
+  `model_problem`; timm classifiers for classification, smp segmenters for segmentation);
+- its supervised loss (`supervised_loss`), what a prediction is (`probabilities`), what
+  evaluation keeps of a batch (`prediction`: the probabilities, or a segmenter's mask) and the
+  decision a prediction makes (`decisions`: a class, labels at 0.5, a mask);
 - the distribution a teacher hands its student (`log_probs`: dim 1 holds the outcomes, so KL
   divergences and ensembles are written once for every task) and the shape of a teacher's cached
   output per image (`output_shape`);
@@ -41,10 +46,20 @@ class Task(ABC):
     primary_title: ClassVar[str]  # how tables name it ("accuracy", "mean AUROC")
     outputs: ClassVar[str]  # what one output means, for the README and errors ("classes")
     loss_name: ClassVar[str]  # the supervised loss's term in epochs.parquet (`loss_ce`)
+    #: a target is a map over the image's pixels (a mask), moved and resized with its image
+    pixel_targets: ClassVar[bool] = False
+    #: every image has exactly one class (label budgets may count images per class)
+    one_class_per_image: ClassVar[bool] = False
 
     @abstractmethod
     def create_model(self, name: str, num_classes: int, channels: int, weights=None) -> nn.Module:
         """A model for this task by name, `num_classes` outputs, `channels` input channels."""
+
+    def model_problem(self, name: str, image_size: int) -> str | None:
+        """Why `name` is no model of this task for `image_size` pixel images, or None."""
+        from kdray.tasks.models import classifier_problem
+
+        return classifier_problem(name)
 
     @abstractmethod
     def supervised_loss(
@@ -56,6 +71,15 @@ class Task(ABC):
     @abstractmethod
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """What a prediction is: per-class (softmax) or per-label (sigmoid) probabilities."""
+
+    def prediction(self, logits: torch.Tensor) -> torch.Tensor:
+        """What evaluation keeps of a batch's outputs (`metrics`' input): the probabilities."""
+        return self.probabilities(logits)
+
+    @abstractmethod
+    def decisions(self, probs: torch.Tensor) -> torch.Tensor:
+        """The decision each prediction makes (a class, each label at 0.5, a mask): what two
+        runtimes of one model must agree on (`kdray.export.onnx`)."""
 
     @abstractmethod
     def log_probs(self, logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -87,8 +111,11 @@ class Task(ABC):
         a model does (a defective teacher's band should start above it)."""
 
     @abstractmethod
-    def metrics(self, probs: np.ndarray, targets: np.ndarray) -> dict[str, float | None]:
-        """Every metric of a whole split, the primary one included, from `probabilities`."""
+    def metrics(
+        self, probs: np.ndarray, targets: np.ndarray, num_classes: int | None = None
+    ) -> dict[str, float | None]:
+        """Every metric of a whole split, the primary one included, from `prediction`s;
+        `num_classes` where the predictions do not show it (a segmenter's masks)."""
 
     @abstractmethod
     def report(self, probs: np.ndarray, targets: np.ndarray, names: list[str]) -> dict:
@@ -102,9 +129,11 @@ class Task(ABC):
         """The shape of one image's output (what a teacher's soft-label cache stores)."""
         return (num_classes,)
 
-    def primary_score(self, probs: np.ndarray, targets: np.ndarray) -> float:
+    def primary_score(
+        self, probs: np.ndarray, targets: np.ndarray, num_classes: int | None = None
+    ) -> float:
         """The primary metric alone (validation during training, defective teachers' band)."""
-        value = self.metrics(probs, targets)[self.primary]
+        value = self.metrics(probs, targets, num_classes)[self.primary]
         return float("nan") if value is None else float(value)
 
 

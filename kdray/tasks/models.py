@@ -126,3 +126,12 @@ def mismatch(name: str, path: Path, examples: int = 2) -> str | None:
 
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def classifier_problem(name: str) -> str | None:
+    """Why `name` is no timm model (with similar names), or None."""
+    if timm.is_model(name):
+        return None
+    close = timm.list_models(f"*{name.split('_')[0][:6]}*")[:5]
+    hint = f"; similar: {close}" if close else ""
+    return f"{name!r} is not a timm model{hint}"

@@ -50,6 +50,9 @@ class MultiLabel(Task):
     def probabilities(self, logits):
         return torch.sigmoid(logits.float())
 
+    def decisions(self, probs):
+        return probs >= THRESHOLD
+
     def log_probs(self, logits, temperature=1.0):
         z = logits.float() / temperature
         return torch.stack([F.logsigmoid(-z), F.logsigmoid(z)], dim=1)  # (B, 2, L): no, yes
@@ -73,7 +76,7 @@ class MultiLabel(Task):
     def no_skill(self, targets, names):
         return 0.5, "ranking images at random"
 
-    def metrics(self, probs, targets):
+    def metrics(self, probs, targets, num_classes=None):
         per_label = label_scores(probs, targets)
         scored = [s for s in per_label if s["auroc"] is not None]
         known = np.asarray(targets) != UNLABELLED

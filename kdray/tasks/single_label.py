@@ -29,6 +29,7 @@ class SingleLabel(Task):
     primary_title = "accuracy"
     outputs = "classes"
     loss_name = "ce"
+    one_class_per_image = True
 
     def create_model(self, name, num_classes, channels, weights=None):
         return create_model(name, num_classes, channels, weights)
@@ -41,6 +42,9 @@ class SingleLabel(Task):
 
     def probabilities(self, logits):
         return torch.softmax(logits.float(), dim=1)
+
+    def decisions(self, probs):
+        return probs.argmax(1)
 
     def log_probs(self, logits, temperature=1.0):
         return F.log_softmax(logits.float() / temperature, dim=1)
@@ -67,7 +71,7 @@ class SingleLabel(Task):
         majority = int(counts.argmax())
         return counts[majority] / max(len(targets), 1), f"always predicting {names[majority]}"
 
-    def metrics(self, probs, targets):
+    def metrics(self, probs, targets, num_classes=None):
         return classification_metrics(probs, targets)
 
     def report(self, probs, targets, names):

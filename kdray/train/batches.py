@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler
 
-from kdray.data.augment import build_train_augmentation
+from kdray.data.augment import augment_with_mask, build_train_augmentation
 from kdray.train.augment_steps import split_pipeline
 from kdray.train.device_augment import DeviceAugment
 
@@ -45,10 +45,12 @@ PREFETCH_FACTOR = 2  # batches each loader worker prepares ahead
 
 
 class TrainSet(Dataset):
-    """(image, label, index) with the train-time augmentation; the index keys the soft labels."""
+    """(image, target, index) with the train-time augmentation; the index keys the soft labels.
+    A target that is a mask (`is_mask`) is augmented together with its image."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, augment, mean, std):
         self.images, self.labels, self.augment = images, labels, augment
+        self.masks = is_mask(labels, images)
         self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
 
@@ -57,12 +59,17 @@ class TrainSet(Dataset):
 
     def __getitem__(self, index: int):
         image = np.array(self.images[index])  # a writable copy of the memory-mapped row
-        if self.augment is not None:
-            image = self.augment(image=image)["image"]
-            if image.ndim == 2:
-                image = image[:, :, None]
+        if self.masks:
+            image, mask = augment_with_mask(self.augment, image, self.labels[index])
+            label = torch.from_numpy(np.ascontiguousarray(mask))
+        else:
+            if self.augment is not None:
+                image = self.augment(image=image)["image"]
+            label = target(self.labels[index])
+        if image.ndim == 2:
+            image = image[:, :, None]
         x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255)
-        return (x - self.mean) / self.std, target(self.labels[index]), index
+        return (x - self.mean) / self.std, label, index
 
     def __getstate__(self) -> dict:
         """Pickled for a worker process: a memory-mapped split travels as its file's path."""
@@ -73,6 +80,12 @@ class TrainSet(Dataset):
         if isinstance(images, MappedFile):
             images = images.open()
         self.__dict__.update(state, images=images)
+
+
+def is_mask(labels: np.ndarray, images: np.ndarray) -> bool:
+    """Whether each target is a mask over its image (segmentation): (N, H, W) beside
+    (N, H, W, C) images."""
+    return np.ndim(labels) == 3 and tuple(labels.shape[1:]) == tuple(images.shape[1:3])
 
 
 def target(label: np.ndarray):
@@ -143,8 +156,7 @@ class BatchSet(TrainSet):
         if self.augment is not None:
             images, labels = self.loader_steps(images, labels, epoch, indices)
         x = torch.from_numpy(images if images.ndim == 4 else images[..., None])
-        y = torch.from_numpy(labels)
-        y = y.long() if y.ndim == 1 else y
+        y = torch.from_numpy(np.asarray(labels)).long()  # classes, label rows or masks
         index = torch.from_numpy(np.asarray(indices, dtype=np.int64))
         if self.finish is not None:
             x, masks = self.finish(x, index, epoch, y if self.masks else None)
@@ -156,12 +168,11 @@ class BatchSet(TrainSet):
         out, moved = [], []
         for image, label, index in zip(images, labels, indices, strict=True):
             self.augment.set_random_seed(sample_seed(self.run_seed, epoch, int(index)))
-            if self.masks:
-                done = self.augment(image=image, mask=label)
-                moved.append(done["mask"])
+            if self.masks:  # filled-in pixels come back unknown (-1), as on the device
+                image, mask = augment_with_mask(self.augment, image, label)
+                moved.append(mask)
             else:
-                done = self.augment(image=image)
-            image = done["image"]
+                image = self.augment(image=image)["image"]
             out.append(image if image.ndim == 3 else image[:, :, None])
         return np.stack(out), (np.stack(moved) if self.masks else labels)
 

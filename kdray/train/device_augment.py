@@ -17,8 +17,10 @@ in the loader (`split_pipeline`). Two back ends apply the same per-sample parame
   OpenCV's fixed-point warp ~0.3 ms (bench/README.md "Loader").
 
 The two agree to interpolation rounding (a grey level or so; tests/test_device_augment.py).
-A mask (a segmentation target, (N, H, W) integers) goes through every geometric step with
-nearest-neighbour sampling and the step's `fill_mask`; photometric steps leave it alone.
+A mask (a segmentation target, (N, H, W) integers, -1 unknown) goes through every geometric step
+with nearest-neighbour sampling; the pixels a step fills in from outside the image become -1
+(unknown: left out of the loss), as on the loader path (`kdray.data.augment.augment_with_mask`);
+photometric steps leave it alone.
 """
 
 from __future__ import annotations
@@ -70,9 +72,11 @@ class DeviceAugment:
     def __call__(self, images: torch.Tensor, indices, epoch: int, masks=None):
         """(images, masks) of the samples `indices` in `epoch`, augmented and normalised."""
         draws = self.draws(indices, epoch)
-        if backend_for(images.device, self.backend) == "opencv":
-            return run_opencv(self, images, masks, draws)
-        return run_torch(self, images, masks, draws)
+        if masks is not None:  # shifted by one: pixels filled in from outside (fill_mask 0)
+            masks = masks.long() + 1  # come back as -1, unknown, as `augment_with_mask` does
+        run = run_opencv if backend_for(images.device, self.backend) == "opencv" else run_torch
+        images, masks = run(self, images, masks, draws)
+        return images, (None if masks is None else masks - 1)
 
 
 def _theta(matrices: np.ndarray, height: int, width: int) -> np.ndarray:

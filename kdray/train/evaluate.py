@@ -1,5 +1,5 @@
-"""Evaluation: softmax probabilities over a whole split (shared across data-parallel ranks) and
-every split's metrics from a run's final weights."""
+"""Evaluation: the task's predictions over a whole split (probabilities, or a segmenter's masks;
+shared across data-parallel ranks) and every split's metrics from a run's final weights."""
 
 from __future__ import annotations
 
@@ -29,9 +29,11 @@ def world() -> tuple[int, int]:
 
 @torch.no_grad()
 def predict(
-    model, images: np.ndarray, mean, std, device, batch_size: int, task: Task
+    model, images: np.ndarray, mean, std, device, batch_size: int, task: Task, keep=None
 ) -> np.ndarray:
-    """The task's probabilities over the whole split; ranks share the work and gather them."""
+    """The task's predictions over the whole split (`keep(logits)`, default `task.prediction`:
+    probabilities, or masks); ranks share the work and gather them."""
+    keep = keep or task.prediction
     rank, size = world()
     shard = np.array_split(np.arange(len(images)), size)[rank]
     was_training = model.training
@@ -40,7 +42,7 @@ def predict(
     for start in range(0, len(shard), batch_size):
         idx = shard[start : start + batch_size]
         logits = model(to_tensor(images[idx[0] : idx[-1] + 1], mean, std, device))
-        probs.append(task.probabilities(logits).cpu().numpy())
+        probs.append(keep(logits).cpu().numpy())
     model.train(was_training)
     local = np.concatenate(probs) if probs else np.zeros((0, 0), np.float32)
     if size == 1:
@@ -61,7 +63,7 @@ def final_metrics(model, job: Job, info: DataInfo, device) -> dict:
         prefix = "val" if split == "valid" else split
         images, labels = load_split(info.path, split)
         probs = predict(model, images, info.mean, info.std, device, job.train.eval_batch_size, task)
-        for key, value in task.metrics(probs, labels).items():
+        for key, value in task.metrics(probs, labels, info.num_classes).items():
             out[f"{prefix}_{key}"] = value
         if split == "train":
             continue

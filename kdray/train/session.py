@@ -29,7 +29,7 @@ from kdray.tasks import Task, get_task
 from kdray.tasks.models import count_params
 from kdray.tasks.weights import LocalWeights, require
 from kdray.train.batches import TrainBatches, train_batches
-from kdray.train.distiller import Distiller, aligned_stages, stage_channels, stage_count
+from kdray.train.distiller import Distiller, aligned_pairs, stage_channels, stage_count
 from kdray.train.evaluate import predict
 from kdray.train.teachers import (
     CachedTeachers,
@@ -115,7 +115,7 @@ class Session:
             self.job.train.eval_batch_size,
             self.task,
         )
-        return self.task.primary_score(probs, labels)
+        return self.task.primary_score(probs, labels, self.info.num_classes)
 
 
 def build_session(
@@ -189,7 +189,8 @@ def _distiller(
     job: Job, spec: RunSpec, info: DataInfo, task: Task, student, teachers, counts: tuple[int, ...]
 ) -> Distiller:
     """The student with its method (none for teachers and baselines). A feature method's
-    stages are chosen here, and the online teacher is told which of its stages to return."""
+    stages are chosen here among the aligned pairs (`aligned_pairs`), and the online teacher is
+    told which of its stages to return."""
     if spec.method == PLAIN:
         return Distiller(student, None, [], task)
     method_cls = get_method(spec.method)
@@ -197,10 +198,12 @@ def _distiller(
     student_stages, student_channels, teacher_channels = [], (), ()
     if method_cls.needs == "features":
         teacher = teachers.models[0]
-        chosen = method_cls.feature_stages(params, min(stage_count(student), stage_count(teacher)))
-        student_stages, teacher_stages = aligned_stages(
-            chosen, stage_count(student), stage_count(teacher)
-        )
+        stage_count(student), stage_count(teacher)  # a model without stages: one clear line
+        pairs = aligned_pairs(student, teacher)
+        parts = tuple(part for _, _, part in pairs)
+        chosen = method_cls.feature_stages(params, len(pairs), parts)
+        student_stages = [pairs[i][0] for i in chosen]
+        teacher_stages = [pairs[i][1] for i in chosen]
         teachers.stages = [teacher_stages]
         student_channels = tuple(stage_channels(student)[i] for i in student_stages)
         teacher_channels = (tuple(stage_channels(teacher)[i] for i in teacher_stages),)

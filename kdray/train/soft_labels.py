@@ -97,20 +97,24 @@ def build(
     ]
     per_rank = max(b.samples for b in ranks)
     shape = get_task(info.task).output_shape(info.num_classes, info.image_size)
-    logits = np.zeros((job.train.epochs, world_size, per_rank, *shape), dtype=np.float16)
+    full = (job.train.epochs, world_size, per_rank, *shape)
     was_training = teacher.training
     teacher.eval()
-    for epoch in range(job.train.epochs):
-        for rank, batches in enumerate(ranks):
-            position = 0
-            for x, _, _ in batches.epoch(epoch):
-                scores = teacher(x.to(device)).float().cpu().numpy()
-                logits[epoch, rank, position : position + len(x)] = scores
-                position += len(x)
-    teacher.train(was_training)
     logits_file, meta_file = files(run_dir, pool)
+    # written slice by slice (a segmenter's per-pixel logits need not fit in memory at once)
     with atomic_write(logits_file, "wb") as fh:
-        np.save(fh, logits)
+        header = {"descr": np.dtype(np.float16).str, "fortran_order": False, "shape": full}
+        np.lib.format.write_array_header_2_0(fh, header)
+        for epoch in range(job.train.epochs):
+            for batches in ranks:
+                block = np.zeros((per_rank, *shape), dtype=np.float16)
+                position = 0
+                for x, _, _ in batches.epoch(epoch):
+                    scores = teacher(x.to(device)).float().cpu().numpy()
+                    block[position : position + len(x)] = scores
+                    position += len(x)
+                fh.write(block.tobytes())
+    teacher.train(was_training)
     write_json(meta_file, cache_key(job, seed, info, budget, pool, device))
     return logits_file
 

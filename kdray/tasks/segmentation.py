@@ -1,0 +1,121 @@
+"""Semantic segmentation: a class per pixel (lesion masks: BUSI, Kvasir-SEG, ISIC, MedSegBench).
+
+A target is a mask, an (H, W) map of class indices at the image's size, 0 the background (a
+binary lesion mask: classes background and lesion); -1 (`UNLABELLED`) marks pixels nobody may
+read: every pixel of a label budget's pool image, and pixels an augmentation brought in from
+outside the image (`kdray.train.batches`). Masks travel with their images: the cache resizes
+them with nearest neighbour, augmentations move them with the image.
+
+Models: smp architectures on timm encoders by name (`kdray.tasks.segmenters`), one output
+channel per class. Predictions are per-pixel softmax probabilities, and a teacher hands its
+student a categorical distribution per pixel (outcomes along dim 1, so Hinton-style KL and
+ensembles work unchanged: `kl_to_student`'s `batchmean` is then the mean over pixels).
+
+Loss: cross-entropy plus soft Dice (smp's `DiceLoss`, foreground classes, pooled over the batch;
+a class absent from a batch's masks adds nothing), nnU-Net's default combination: cross-entropy
+alone under-segments small lesions (a lesion is a few per cent of the pixels), Dice alone is
+unstable on batches with little foreground; the sum trains both.
+
+Metrics (`kdray.tasks.segmentation_metrics`): Dice (primary), IoU and HD95 in pixels, each the
+mean over images and then over foreground classes; images whose ground truth lacks a class are
+left out of that class's scores and counted in `empty_fp` (the README's empty-mask policy).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from kdray.tasks.base import UNLABELLED, Task, register
+from kdray.tasks.segmentation_metrics import mean_dice, segmentation_metrics, segmentation_report
+from kdray.tasks.segmenters import create_segmenter, name_problem
+
+
+def dice_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """1 - soft Dice over the foreground classes (smp's multiclass `DiceLoss`, unknown pixels
+    ignored), pooled over the batch; the mean over classes, a class absent from the batch 0."""
+    from segmentation_models_pytorch.losses import DiceLoss
+
+    classes = list(range(1, logits.shape[1]))
+    loss = DiceLoss("multiclass", classes=classes, from_logits=True, ignore_index=UNLABELLED)
+    return loss(logits.float(), targets)
+
+
+@register
+class Segmentation(Task):
+    name = "segmentation"
+    primary = "dice"
+    primary_title = "Dice"
+    outputs = "classes"
+    loss_name = "ce_dice"
+    pixel_targets = True
+
+    def create_model(self, name, num_classes, channels, weights=None):
+        return create_segmenter(name, num_classes, channels, weights)
+
+    def model_problem(self, name, image_size):
+        return name_problem(name, image_size)
+
+    def supervised_loss(self, logits, targets, weight=None):
+        targets = targets.long()
+        labelled = (targets != UNLABELLED).any()  # none: 0 (CE would be 0/0), no host sync
+        ce = F.cross_entropy(logits.float(), targets, weight=weight, ignore_index=UNLABELLED)
+        loss = ce + dice_loss(logits, targets)
+        return torch.where(labelled, loss, torch.zeros_like(loss))
+
+    def probabilities(self, logits):
+        return torch.softmax(logits.float(), dim=1)
+
+    def log_probs(self, logits, temperature=1.0):
+        return F.log_softmax(logits.float() / temperature, dim=1)
+
+    def prediction(self, logits):
+        """The predicted mask (N, H, W): what evaluation keeps (not N x C x H x W floats)."""
+        return logits.argmax(1).to(torch.uint8)
+
+    def decisions(self, probs):
+        return probs.argmax(1)
+
+    def item_weights(self, weight, targets, teacher_log_probs):
+        classes = torch.where(targets != UNLABELLED, targets, teacher_log_probs.argmax(1))
+        return weight[classes.long()]
+
+    def correct(self, logits, targets):
+        labelled = targets != UNLABELLED
+        return ((logits.argmax(1) == targets) & labelled).sum(), labelled.sum()
+
+    def class_counts(self, targets, num_classes):
+        known = np.asarray(targets)[np.asarray(targets) != UNLABELLED]
+        return tuple(int(c) for c in np.bincount(known.ravel(), minlength=num_classes))
+
+    def count_line(self, targets, names):
+        targets = np.asarray(targets)
+        pixels = np.bincount(targets[targets != UNLABELLED].ravel(), minlength=len(names))
+        share = ", ".join(
+            f"{n} {100 * p / max(pixels.sum(), 1):.1f}%" for n, p in zip(names, pixels, strict=True)
+        )
+        images = ", ".join(
+            f"{n} {int((targets == c).any(axis=(1, 2)).sum())}" for c, n in enumerate(names) if c
+        )
+        return f"images with: {images} (of {len(targets)}); pixels: {share}"
+
+    def no_skill(self, targets, names):
+        return 0.0, f"predicting {names[0]} everywhere"
+
+    def output_shape(self, num_classes, image_size):
+        return (num_classes, image_size, image_size)
+
+    def metrics(self, probs, targets, num_classes=None):
+        return segmentation_metrics(probs, targets, num_classes or _classes(probs, targets))
+
+    def report(self, probs, targets, names):
+        return segmentation_report(probs, targets, names)
+
+    def primary_score(self, probs, targets, num_classes=None):
+        return mean_dice(probs, targets, num_classes or _classes(probs, targets))
+
+
+def _classes(pred: np.ndarray, truth: np.ndarray) -> int:
+    """The number of classes when the caller does not say: the largest index seen, plus one."""
+    return int(max(np.max(pred, initial=1), np.max(truth, initial=1))) + 1
