@@ -177,11 +177,6 @@ class BatchSet(TrainSet):
         return np.stack(out), (np.stack(moved) if self.masks else labels)
 
 
-def is_mask(labels: np.ndarray, images: np.ndarray) -> bool:
-    """Whether targets are masks: (N, H, W) with the images' height and width."""
-    return np.ndim(labels) == 3 and tuple(labels.shape[1:3]) == tuple(images.shape[1:3])
-
-
 class DeviceStage:
     """The device path's last stage on a GPU: each uint8 batch copied to `device` (from pinned
     memory, without blocking), then augmented and normalised there."""
