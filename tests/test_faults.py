@@ -23,6 +23,7 @@ from kdray.store.experiment import Experiment
 from kdray.store.status import status_rows
 from tests.conftest import REPO, run_grid, tiny_job_dict
 from tests.test_worker import run_local
+from tests.watchdog import watchdog
 
 pytestmark = pytest.mark.ray
 
@@ -135,12 +136,10 @@ def test_driver_stopped_mid_grid_then_resumed_redoes_no_finished_run(tmp_path, s
     assert all(r["status"] == "finished" for r in finished_rows(exp))
 
 
-@pytest.mark.skip(
-    reason="hangs since 2026-11-23 (passed at 07:05, hung at 07:30 and twice after on the same "
-    "code): after the node loss both teachers finish but the KD students never start; "
-    "under investigation, see the session note"
-)
-@pytest.mark.timeout(360)
+NODE_LOSS_LIMIT_S = 600  # provisional, while measuring
+
+
+@pytest.mark.timeout(NODE_LOSS_LIMIT_S + 60)  # the watchdog fails it first, saying why
 def test_node_lost_mid_trial_the_grid_still_completes(tmp_path):
     from ray.cluster_utils import Cluster
 
@@ -172,11 +171,12 @@ def test_node_lost_mid_trial_the_grid_still_completes(tmp_path):
 
     killer = threading.Thread(target=remove_a_node_once_training, daemon=True)
     killer.start()
-    try:
-        report = run_experiment(exp, job, address=cluster.address)
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
+    with watchdog(exp.root, NODE_LOSS_LIMIT_S):
+        try:
+            report = run_experiment(exp, job, address=cluster.address)
+        finally:
+            ray.shutdown()
+            cluster.shutdown()
     assert removed.is_set(), "the grid ended before a node could be removed"
     assert report.ok, report.failed
     assert all(r["status"] == "finished" for r in finished_rows(exp))

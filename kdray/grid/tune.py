@@ -24,6 +24,7 @@ from ray.train.torch import TorchTrainer
 from kdray.data.cache import DataInfo
 from kdray.grid.packing import Pack, pack_runs, runs_per_trial
 from kdray.grid.schedule import RunQueue
+from kdray.grid.train_fixes import ReleaseFailedWorkerGroups
 from kdray.spec.job import Job
 from kdray.spec.plan import RunSpec
 from kdray.store.experiment import Experiment
@@ -198,6 +199,7 @@ def build_trainer(exp: Experiment, trial: TrialConfig) -> TorchTrainer:
             name=trial.name,
             storage_path=str(exp.train_dir),
             failure_config=FailureConfig(max_failures=job.faults.trial_retries),
+            callbacks=[ReleaseFailedWorkerGroups()],  # a Ray 2.60 leak (kdray.grid.train_fixes)
         ),
     )
 
