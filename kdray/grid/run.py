@@ -16,7 +16,8 @@ from rich.console import Console
 from kdray.data import prepare_data
 from kdray.data.cache import DataInfo, load_split
 from kdray.grid.progress import GridProgress
-from kdray.grid.tune import check_resources, check_storage, init_ray, run_grid
+from kdray.grid.resources import check_resources, driver_warning
+from kdray.grid.tune import check_storage, init_ray, run_grid
 from kdray.methods import METHODS
 from kdray.results.tables import write_results
 from kdray.spec.job import Job, JobError, task_problems
@@ -118,7 +119,10 @@ def run_experiment(
     for warning in band_warnings(job, data) + method_warnings(job, data):
         console.print(f"[yellow]warning[/yellow]: {warning}", highlight=False)
     init_ray(job, address, verbose)
-    check_resources(job)
+    cluster_warnings = check_resources(job, local=address is None)
+    cluster_warnings += [w for w in [driver_warning()] if w]
+    for warning in cluster_warnings:
+        console.print(f"[yellow]warning[/yellow]: {warning}", highlight=False)
     check_storage(exp.root)
     tracking = GridTracker.start(exp, job, data)  # MLflow: the grid's run, before its trials
     complete = False

@@ -23,6 +23,7 @@ from ray.train.torch import TorchTrainer
 
 from kdray.data.cache import DataInfo
 from kdray.grid.packing import Pack, pack_runs, runs_per_trial
+from kdray.grid.resources import DRIVER_RESOURCE, ResourceError, ResourceWait, driver_resources
 from kdray.grid.schedule import RunQueue
 from kdray.grid.train_fixes import ReleaseFailedWorkerGroups
 from kdray.spec.job import Job
@@ -30,12 +31,6 @@ from kdray.spec.plan import RunSpec
 from kdray.store.experiment import Experiment
 from kdray.tasks.weights import caches, force_offline, offline_env
 from kdray.train.trial import TrialConfig
-
-DRIVER_RESOURCE = "trial_driver"
-
-
-class ResourceError(Exception):
-    pass
 
 
 @dataclass
@@ -71,36 +66,6 @@ def worker_env(job: Job) -> dict:
     if not job.weights_sources():
         return {}
     return {"runtime_env": {"env_vars": offline_env(job.weights_caches())}}
-
-
-def driver_resources() -> dict[str, float]:
-    if ray.cluster_resources().get(DRIVER_RESOURCE, 0) > 0:
-        return {DRIVER_RESOURCE: 1}
-    return {"CPU": 0.01}  # a cluster without the custom resource (see cluster.yaml)
-
-
-def check_resources(job: Job) -> None:
-    """Refuse a grid no node can host: Train would otherwise wait forever for its workers."""
-    r = job.resources
-    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-    cpu_fit = [n for n in nodes if n.get("CPU", 0) >= r.cpus_per_worker]
-    if not cpu_fit:
-        most = max((n.get("CPU", 0) for n in nodes), default=0)
-        raise ResourceError(
-            f"resources.cpus_per_worker={r.cpus_per_worker}: no node has that many CPUs "
-            f"(largest: {most}); lower it"
-        )
-    if r.gpus_per_worker > 0 and not [n for n in cpu_fit if n.get("GPU", 0) >= r.gpus_per_worker]:
-        raise ResourceError(
-            f"resources.gpus_per_worker={r.gpus_per_worker}: no node of this Ray cluster has "
-            "that many GPUs; set gpus_per_worker: 0 to train on CPU"
-        )
-    total_cpu = sum(n.get("CPU", 0) for n in nodes)
-    if r.cpus_per_worker * r.workers_per_trial > total_cpu:
-        raise ResourceError(
-            f"resources: {r.workers_per_trial} workers x {r.cpus_per_worker} CPUs exceeds the "
-            f"cluster's {total_cpu} CPUs; lower workers_per_trial or cpus_per_worker"
-        )
 
 
 NETWORK_FILESYSTEMS = (
@@ -269,6 +234,7 @@ def run_grid(exp: Experiment, job: Job, runs: list[RunSpec], data: DataInfo) -> 
         run_status=lambda run_id: _status(exp, run_id),
         max_concurrent=slots,
     )
+    waiting = ResourceWait(job.faults.resource_wait_s, str(exp.root))
     if packs:
         tuner = tune.Tuner(
             tune.with_resources(run_trial, driver_resources()),
@@ -284,10 +250,13 @@ def run_grid(exp: Experiment, job: Job, runs: list[RunSpec], data: DataInfo) -> 
                 name=time.strftime("%Y%m%d-%H%M%S"),
                 storage_path=str(exp.tune_dir),
                 failure_config=tune.FailureConfig(max_failures=job.faults.trial_retries),
+                stop=waiting,
                 verbose=0,
             ),
         )
         results = tuner.fit()
+        if waiting.message is not None:
+            raise ResourceError(waiting.message)
         errors = {
             run.run_id: r.error for r in results if r.config for run in r.config["trial"].runs
         }

@@ -397,6 +397,13 @@ class Tracking(Strict):
 
 class Faults(Strict):
     trial_retries: int = Field(2, ge=0, description="automatic retries of a failed trial")
+    resource_wait_s: float = Field(
+        1800,
+        gt=0,
+        description="how long a trial may wait for resources no node of the cluster has (a GPU "
+        "type, a lost node not replaced) before the grid stops, saying what it waited for; "
+        "30 min: Ray's autoscaler gives a cloud request 10 min and a new node 30 min to start",
+    )
 
 
 class Job(Strict):
