@@ -220,18 +220,43 @@ def run(
     weights = _check_weights(job, job_file, set_)  # before any folder or process exists
     from kdray.store.experiment import Experiment, ExperimentError
 
-    fresh = not Experiment.for_job(job).root.exists()
+    root = Experiment.for_job(job).root
+    fresh = not root.exists()
     try:
-        exp = Experiment.create(job, weights)
+        with _one_driver(root, create=True):  # before job.json is written: it may be running
+            exp = Experiment.create(job, weights)
+            try:
+                _run(exp, job, address, verbose)
+            except typer.Exit as exit_:
+                if exit_.exit_code == 2 and fresh and not exp.started_runs():
+                    shutil.rmtree(root, ignore_errors=True)  # refused before any run: no trace
+                raise
     except ExperimentError as exc:
         _error(str(exc))
         raise typer.Exit(2) from None
+
+
+@contextlib.contextmanager
+def _one_driver(root: Path, create: bool = False):
+    """Be the experiment folder's one driver (`kdray.store.lock`); a second `kdray run` or
+    `resume` of the same experiment exits 2, naming the first, and changes nothing."""
+    from kdray.store.experiment import ExperimentError
+    from kdray.store.lock import GridBusy, hold_driver
+
+    if create:
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ExperimentError(
+                f"storage: cannot create the experiment folder {root} ({exc.strerror}); "
+                "set storage to a writable folder"
+            ) from None
     try:
-        _run(exp, job, address, verbose)
-    except typer.Exit as exit_:
-        if exit_.exit_code == 2 and fresh and not exp.started_runs():
-            shutil.rmtree(exp.root, ignore_errors=True)  # refused before any run: leave nothing
-        raise
+        with hold_driver(root):
+            yield
+    except GridBusy as exc:
+        _error(str(exc))
+        raise typer.Exit(2) from None
 
 
 def _run(exp, job, address: str | None, verbose: bool) -> None:
@@ -242,7 +267,7 @@ def _run(exp, job, address: str | None, verbose: bool) -> None:
     from kdray.results.tables import read_trials, write_results
     from kdray.spec.job import JobError
     from kdray.store.experiment import ExperimentError
-    from kdray.store.status import GridBusy
+    from kdray.store.lock import GridBusy
     from kdray.store.versions import resume_warning
     from kdray.tasks.weights import WeightsError
 
@@ -387,11 +412,11 @@ def resume(
 
     try:
         exp = Experiment.open(experiment_dir)
-        job = exp.job()
+        with _one_driver(exp.root):
+            _run(exp, job=exp.job(), address=address, verbose=verbose)
     except ExperimentError as exc:
         _error(str(exc))
         raise typer.Exit(2) from None
-    _run(exp, job, address, verbose)
 
 
 @app.command()

@@ -34,8 +34,10 @@ class GridProgress:
     def __exit__(self, *exc) -> None:
         self.progress.stop()
 
-    def refresh(self, exp: Experiment) -> None:
-        counts = stage_counts(status_rows(exp))
+    def refresh(self, exp: Experiment, final: bool = False) -> None:
+        """Redraw from the folder; `final`: the grid has stopped (unfinished runs are
+        interrupted, not running)."""
+        counts = stage_counts(status_rows(exp, alive=False if final else None))
         for stage in STAGES:
             c = counts[stage]
             total = sum(c.values())

@@ -23,7 +23,7 @@ from kdray.results.tables import write_results
 from kdray.spec.job import Job, JobError, task_problems
 from kdray.spec.plan import Plan
 from kdray.store.experiment import Experiment
-from kdray.store.status import check_no_other_driver, clear_driver, mark_driver
+from kdray.store.lock import hold_driver
 from kdray.tasks import get_task
 from kdray.tasks.weights import WeightsError, find_all, missing_line
 from kdray.tracking.tracker import GridTracker
@@ -93,13 +93,15 @@ def run_experiment(
     verbose: bool = False,
     console: Console | None = None,
 ) -> RunReport:
-    """Run (or resume) the experiment's grid, then write its results tables."""
-    console = console or Console()
-    check_no_other_driver(exp)
-    plan = exp.plan()
-    check_weights(exp, job, plan)  # before anything decodes, starts or trains
-    report = RunReport(exp)
-    with console.status("decoding data into the array cache"):  # bad data: refused before Ray
+    """Run (or resume) the experiment's grid, then write its results tables; as the folder's
+    one driver (`GridBusy` if another `kdray run`/`resume` drives it)."""
+    with hold_driver(exp.root):
+        return _run_experiment(exp, job, address, verbose, console or Console())
+
+
+def _prepare(exp: Experiment, job: Job, console: Console) -> DataInfo:
+    """Decode the data (bad data is refused before Ray starts) and say what it holds."""
+    with console.status("decoding data into the array cache"):
         data = prepare_data(job.data, exp.data_dir)
     problems = task_problems(job, data.task)
     if problems:
@@ -118,6 +120,16 @@ def run_experiment(
     console.print(f"train {task.count_line(train_labels, data.classes)}", highlight=False)
     for warning in band_warnings(job, data) + method_warnings(job, data):
         console.print(f"[yellow]warning[/yellow]: {warning}", highlight=False)
+    return data
+
+
+def _run_experiment(
+    exp: Experiment, job: Job, address: str | None, verbose: bool, console: Console
+) -> RunReport:
+    plan = exp.plan()
+    check_weights(exp, job, plan)  # before anything decodes, starts or trains
+    report = RunReport(exp)
+    data = _prepare(exp, job, console)
     init_ray(job, address, verbose)
     cluster_warnings = check_resources(job, local=address is None)
     cluster_warnings += [w for w in [driver_warning()] if w]
@@ -126,7 +138,6 @@ def run_experiment(
     check_storage(exp.root)
     tracking = GridTracker.start(exp, job, data)  # MLflow: the grid's run, before its trials
     complete = False
-    mark_driver(exp)
     stop_polling = threading.Event()
     try:
         with GridProgress(console) as progress:
@@ -142,11 +153,9 @@ def run_experiment(
             finally:  # the last frame shows cut-short runs as interrupted, not running
                 stop_polling.set()
                 poller.join()
-                clear_driver(exp)
-                progress.refresh(exp)
+                progress.refresh(exp, final=True)
     finally:
         stop_polling.set()
-        clear_driver(exp)
         write_results(exp)
         tracking.finish(report.finished, report.failed, complete)
     return report

@@ -10,75 +10,19 @@ gone, and `pending` before its first launch. A run whose `summary.json` cannot b
 from __future__ import annotations
 
 import json
-import os
-import socket
-import time
 from collections import Counter
 from pathlib import Path
 
 from kdray.spec.plan import STAGES, RunSpec
-from kdray.store.atomic import write_json
-from kdray.store.experiment import Experiment, ExperimentError, read_json
+from kdray.store import lock
+from kdray.store.experiment import Experiment, ExperimentError
 
 STATES = ("finished", "running", "failed", "interrupted", "pending", "unreadable")
-DRIVER_FILE = "driver.json"
-
-
-class GridBusy(Exception):
-    """Another `kdray run`/`resume` is driving this experiment."""
-
-
-def check_no_other_driver(exp: Experiment) -> None:
-    """Two drivers would train the same runs at once, into the same folders: refuse."""
-    if not grid_alive(exp):
-        return
-    driver = _read_driver(exp)
-    if driver["host"] == socket.gethostname() and driver["pid"] == os.getpid():
-        return  # a marker this process left behind
-    since = time.strftime("%Y-%m-%d %H:%M", time.localtime(driver["started"]))
-    raise GridBusy(
-        f"{exp.root} is already being run by process {driver['pid']} on {driver['host']} "
-        f"(since {since}); wait for it, or stop it (Ctrl-C, or `kdray stop` for a Ray job). "
-        f"If that process is gone, delete {exp.root / DRIVER_FILE}"
-    )
-
-
-def mark_driver(exp: Experiment) -> None:
-    """Record the live `kdray run`/`resume` process, so `status` can tell running from stopped."""
-    payload = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
-    write_json(exp.root / DRIVER_FILE, payload)
-
-
-def clear_driver(exp: Experiment) -> None:
-    (exp.root / DRIVER_FILE).unlink(missing_ok=True)
 
 
 def grid_alive(exp: Experiment) -> bool:
-    path = exp.root / DRIVER_FILE
-    if not path.is_file():
-        return False
-    driver = _read_driver(exp)
-    if driver["host"] != socket.gethostname():
-        return True  # another machine's driver: trust the marker
-    try:
-        os.kill(driver["pid"], 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _read_driver(exp: Experiment) -> dict:
-    path = exp.root / DRIVER_FILE
-    driver = read_json(
-        path,
-        "if no `kdray run`/`resume` is driving this experiment now, delete it (it only marks "
-        "a live driver)",
-    )
-    if not isinstance(driver, dict) or not {"host", "pid", "started"} <= set(driver):
-        raise ExperimentError(f"{path} is damaged (no host, pid, started): delete it")
-    return driver
+    """Whether a live `kdray run`/`resume` drives the experiment (`kdray.store.lock`)."""
+    return lock.grid_alive(exp.root)
 
 
 def _read_json(path: Path) -> dict | None:
@@ -128,8 +72,9 @@ def best_val_score(exp: Experiment, run_id: str) -> float | None:
     return max(values) if values else None
 
 
-def status_rows(exp: Experiment) -> list[dict]:
-    alive = grid_alive(exp)
+def status_rows(exp: Experiment, alive: bool | None = None) -> list[dict]:
+    """Every run's state; `alive`: whether a driver runs the grid (default: read the folder)."""
+    alive = grid_alive(exp) if alive is None else alive
     rows = []
     runs = sorted(exp.plan().runs.values(), key=lambda r: (STAGES.index(r.stage), r.seed))
     for run in runs:
