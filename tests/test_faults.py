@@ -184,3 +184,34 @@ def test_node_lost_mid_trial_the_grid_still_completes(tmp_path):
     assert removed.is_set(), "the grid ended before a node could be removed"
     assert report.ok, report.failed
     assert all(r["status"] == "finished" for r in finished_rows(exp))
+
+
+@pytest.mark.timeout(400)
+def test_two_drivers_started_at_once_one_refuses_and_each_run_trains_once(tmp_path):
+    """Two `kdray run` of one job started together (two terminals, a retry script): exactly
+    one refuses, exit 2, naming the other; the other's grid completes, each run trained once."""
+    raw = tiny_job_dict(tmp_path)
+    raw["baseline"] = False  # a teacher and its student: the smallest grid with two stages
+    raw["train"]["epochs"] = 1
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text(yaml.safe_dump(raw))
+    exp = Experiment.for_job(parse_job(raw))
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "COLUMNS": "200"}
+    command = [sys.executable, "-m", "kdray", "run", str(job_file)]
+    drivers = [
+        subprocess.Popen(
+            command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        for _ in range(2)
+    ]
+    outputs = [d.communicate(timeout=360)[0].decode() for d in drivers]
+    codes = sorted(d.returncode for d in drivers)
+    assert codes == [0, 2], outputs
+    winner, loser = (drivers[0], drivers[1]) if drivers[0].returncode == 0 else drivers[::-1]
+    refusal = outputs[drivers.index(loser)]
+    assert f"already being run by process {winner.pid}" in refusal, refusal
+    assert len([ln for ln in refusal.splitlines() if ln.startswith("error")]) == 1, refusal
+    for run_id in exp.plan().runs:
+        assert json.loads((exp.run_dir(run_id) / "attempts.json").read_text())["attempts"] == 1
+    assert all(r["status"] == "finished" for r in finished_rows(exp))
+    assert not (exp.root / "driver.json").exists()
