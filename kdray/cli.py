@@ -95,6 +95,7 @@ def validate(
     _check_storage(job, job_file)
     from kdray.data import DataError, data_task, open_sources
     from kdray.spec.describe import study_lines
+    from kdray.spec.fit import batch_problems
     from kdray.spec.job import task_problems
     from kdray.spec.plan import make_plan
     from kdray.tasks import get_task
@@ -104,7 +105,7 @@ def validate(
     except DataError as exc:
         _data_errors(exc, f"{job_file}: ")
     task = data_task(job.data, sources)
-    problems = task_problems(job, task)
+    problems = task_problems(job, task) + batch_problems(job, sources["train"].labels)
     for line in problems:
         _error(f"{job_file}: {line}")
     if problems:
@@ -200,7 +201,10 @@ def checked_line(info) -> str:
     if info is None:
         return f"{checked}; not the pixels (--quick): `kdray run` decodes them"
     skipped = sum(info.extra.get("skipped", {}).values())
-    note = f", {skipped} unreadable left out (on_bad_image: skip)" if skipped else ""
+    skipped += sum(info.extra.get("dropped_rows", {}).values())
+    named = info.extra.get("skipped_files", []) + info.extra.get("dropped_files", [])
+    shown = "; ".join(named[:3]) + ("; ..." if len(named) > 3 else "")
+    note = f", {skipped} left out (on_bad_image: skip): {shown}" if skipped else ""
     return f"{checked}, and decoded every image{note} into {info.path} (kdray run reuses it)"
 
 

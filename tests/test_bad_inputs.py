@@ -505,6 +505,29 @@ JOB_SWEEP = [  # (id, change to the job, a text the error must contain)
     ),
     ("mura-root", _set("data", {"kind": "mura", "root": "/no/mura"}), "/no/mura"),
     ("mura-task", _set("data", {"kind": "mura", "root": "/tmp", "task": "fracture"}), "task"),
+    # round 3 (issue 24): numbers that are not finite, or far beyond any sense
+    ("lr-inf", _set("train.lr", float("inf")), "train.lr: Input should be a finite number"),
+    ("lr-minus-inf", _set("train.lr", float("-inf")), "train.lr"),
+    ("lr-huge", _set("train.lr", 1e30), "train.lr: Input should be less than or equal to 10"),
+    ("decay-inf", _set("train.weight_decay", float("inf")), "train.weight_decay"),
+    ("temperature-inf", _set("distill.temperature", float("inf")), "distill.temperature"),
+    ("temperature-huge", _set("distill.temperature", 1e20), "distill.temperature"),
+    (
+        "method-temperature-inf",
+        _set("studies.normal.method", {"name": "kd", "temperature": float("inf")}),
+        "temperature",
+    ),
+    ("cpus-inf", _set("resources.cpus_per_worker", float("inf")), "resources.cpus_per_worker"),
+    ("wait-inf", _set("faults.resource_wait_s", float("inf")), "faults.resource_wait_s"),
+    ("wait-zero", _set("faults.resource_wait_s", 0), "faults.resource_wait_s"),
+    ("band-nan", _set("studies.normal.teacher_val_band", [float("nan"), 0.5]), "teacher_val_band"),
+    # the training split has 8 images (2 classes x 8, a quarter each to valid and test)
+    ("batch-over-split", _set("train.batch_size", 64), "larger than the training split (8"),
+    (
+        "batch-over-budget",
+        lambda job, t: job.update(labelled={"fraction": [0.25, 1.0]}),
+        "larger than the 2 labelled training images of the label budget 25%",
+    ),
 ]
 
 PIXEL_SWEEP = [  # bad images: found by `validate` (which decodes), each file named
@@ -630,3 +653,97 @@ def test_onnx_of_a_run_whose_model_file_is_damaged(tmp_path):
         "export", root, "--out", tmp_path / "out", "--onnx", run_id,
         says=("model.pt", "unreadable or corrupt", "kdray resume"),
     )  # fmt: skip
+
+
+# --- round 3 (issue 24): what the data holds, once read ----------------------------------------
+
+
+def test_a_batch_larger_than_the_split_is_refused_by_run_before_ray(tmp_path):
+    job = job_dict(tmp_path)
+    job["train"]["batch_size"] = 64
+    refused("run", write_job(tmp_path, job), says=("train.batch_size: 64", "at most 8"))
+    assert not (tmp_path / "runs" / "bad").exists()  # refused before any run: nothing left
+
+
+def write_npz(path: Path, train_labels: list[int], size: int = 20) -> Path:
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, labels in (("train", train_labels), ("val", [0, 1] * 3), ("test", [0, 1] * 3)):
+        arrays[f"{split}_images"] = rng.integers(0, 256, (len(labels), size, size), np.uint8)
+        arrays[f"{split}_labels"] = np.asarray(labels, dtype=np.uint8).reshape(-1, 1)
+    np.savez(path, **arrays)
+    return path
+
+
+def npz_job(tmp_path: Path, npz: Path, **data) -> dict:
+    return job_dict(tmp_path, data={"kind": "medmnist", "path": str(npz), **data})
+
+
+def test_an_npz_label_out_of_line_is_named_with_where_it_is(tmp_path):
+    npz = write_npz(tmp_path / "stray.npz", [0, 1] * 5 + [7])
+    errors = refused("validate", write_job(tmp_path, npz_job(tmp_path, npz)), "--quick")
+    assert "label 7 (train_labels[10])" in errors and "never occur (2-6)" in errors, errors
+    assert "has no images" not in errors and len(errors.splitlines()) == 1
+
+
+def test_an_npz_given_by_path_trains_at_its_own_size_unless_image_size_is_set(tmp_path):
+    from kdray.data import prepare_data
+    from kdray.spec.job import parse_job
+
+    npz = write_npz(tmp_path / "own.npz", [0, 1] * 5)
+    native = parse_job(npz_job(tmp_path, npz))
+    assert prepare_data(native.data, tmp_path / "cache").image_size == 20  # not 32
+    resized = parse_job(npz_job(tmp_path, npz, image_size=16))
+    assert prepare_data(resized.data, tmp_path / "cache").image_size == 16
+    # a job that sets image_size dumps (and so names its runs) as before
+    assert resized.data.model_dump(mode="json")["image_size"] == 16
+    result = cli("validate", write_job(tmp_path, npz_job(tmp_path, npz)))
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.timeout(60)  # a read of /dev/zero would never end
+def test_symlink_loops_and_devices_in_a_class_folder_are_named_never_read(tmp_path):
+    job = job_dict(tmp_path)
+    left = tmp_path / "images" / "left"
+    (left / "loop.png").symlink_to(left / "loop.png")
+    (left / "zero.png").symlink_to("/dev/zero")
+    (left / "up").symlink_to(tmp_path / "images")  # a folder loop
+    errors = refused("validate", write_job(tmp_path, job))
+    for text in ("loop.png: a symlink loop", "zero.png: a symlink to /dev/zero, a character "
+                 "device", "up: a symlink to the folder", "on_bad_image: skip"):  # fmt: skip
+        assert text in errors, errors
+    assert not (tmp_path / "runs").exists()
+    job["data"]["on_bad_image"] = "skip"
+    result = cli("validate", write_job(tmp_path, job))
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())  # the checked line, unwrapped
+    assert "3 left out (on_bad_image: skip)" in said and "zero.png" in said, said
+
+
+def test_16_bit_radiographs_use_their_full_range_not_clipped_at_255(tmp_path):
+    import cv2
+
+    from kdray.data import load_split, prepare_data
+    from kdray.spec.job import parse_job
+    from tests.test_data_folder import write_dicom
+
+    ramp = np.linspace(0, 1, 32 * 32).reshape(32, 32)
+    ranges = [(0, 65535), (0, 4095), (30000, 65535), (1000, 60000)]  # all of them above 255
+    for label in ("left", "right"):
+        for i, (low, high) in enumerate(ranges):
+            values = (low + ramp * (high - low)).astype(np.uint16)
+            folder = tmp_path / "images16" / label
+            folder.mkdir(parents=True, exist_ok=True)
+            assert cv2.imwrite(str(folder / f"{i}.png"), values)  # a real 16-bit PNG
+            write_dicom(folder / f"{i}.dcm", values, bits=16)
+    job = job_dict(tmp_path)
+    job["data"] = {"kind": "folder", "root": str(tmp_path / "images16"), "image_size": 32}
+    job["data"]["split_by"] = {"valid": 0.25, "test": 0.25}
+    result = cli("validate", write_job(tmp_path, job))
+    assert result.exit_code == 0, result.output
+    info = prepare_data(parse_job(job).data, tmp_path / "cache")
+    for split in ("train", "valid", "test"):
+        images, _ = load_split(info.path, split)
+        for image in images:  # what the model is fed (before its mean/std normalisation)
+            assert image.min() == 0 and image.max() == 255
+            assert len(np.unique(image)) > 200  # the ramp's levels, not a wall of 255

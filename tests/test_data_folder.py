@@ -32,8 +32,9 @@ def write_dicom(
     photometric: str = "MONOCHROME2",
     rescale: tuple[float, float] | None = None,
     window: tuple[float, float] | None = None,
+    bits: int = 12,
 ) -> Path:
-    """A 12-bit single-frame DX image, as a modality would write it."""
+    """A single-frame DX image of `bits` stored bits (12 by default), as a modality writes it."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import (
         DigitalXRayImageStorageForPresentation,
@@ -53,7 +54,7 @@ def write_dicom(
     ds.Rows, ds.Columns = stored.shape
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits, bits - 1, 0
     if rescale is not None:
         ds.RescaleSlope, ds.RescaleIntercept = rescale
     if window is not None:

@@ -53,17 +53,31 @@ def prepare_data(cfg, cache_root: str | Path) -> DataInfo:
         return info
     classes, sources = opened or open_sources(cfg)
     dropped = {split: len(getattr(src, "dropped", ()) or ()) for split, src in sources.items()}
+    named = [line for src in sources.values() for line in getattr(src, "dropped", ()) or ()]
     return write_cache(
         dest,
         sources,
         classes,
-        cfg.image_size,
+        image_size(cfg, sources),
         cfg.channels,
         fp,
-        extra={"dropped_rows": dropped} if any(dropped.values()) else None,
+        extra={"dropped_rows": dropped, "dropped_files": named[:100]} if named else None,
         on_bad_image=cfg.on_bad_image,
         task=data_task(cfg, sources),
     )
+
+
+def image_size(cfg, sources: dict) -> int:
+    """The job's `image_size`, else (an .npz given by path) the arrays' own size."""
+    if cfg.image_size is not None:
+        return cfg.image_size
+    height, width = sources["train"].images.shape[1:3]
+    size = max(height, width)
+    if not 8 <= size <= 1024:
+        raise DataError(
+            [f"data: the images are {height}x{width} px; set data.image_size (8 to 1024)"]
+        )
+    return size
 
 
 def data_task(cfg, sources: dict) -> str:

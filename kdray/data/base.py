@@ -22,7 +22,7 @@ DistinctNames = Annotated[list[str], AfterValidator(distinct)]
 class DataConfigBase(BaseModel):
     """Fields common to every `data:` section; each kind subclasses it with its `kind` literal."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     image_size: int = Field(32, ge=8, le=1024, description="images are resized to this square")
     channels: Literal[1, 3] = Field(1, description="1: grayscale, 3: RGB (gray is replicated)")

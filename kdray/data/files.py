@@ -8,7 +8,10 @@ selection that does not depend on numpy's random streams, and capping long probl
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
+import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -148,6 +151,39 @@ def stamp_digest(paths: Iterable[Path]) -> str:
 
 
 # --- building file lists ----------------------------------------------------------------------
+
+
+def not_a_file(path: Path) -> str | None:
+    """Why an entry of a data folder is no image file kdray can read, or None: a symlink loop,
+    a broken symlink, a symlink to a folder (not followed: it could loop), a device, a pipe or a
+    socket (reading one could block or never end). Nothing is opened."""
+    path = Path(path)
+    try:
+        target = path.resolve(strict=True) if path.is_symlink() else path
+    except RuntimeError:  # Python 3.11's symlink loop
+        return "a symlink loop; remove it"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "a symlink loop; remove it"
+        return f"a broken symlink (to {os.readlink(path)}); remove it or fix its target"
+    try:
+        mode = target.stat().st_mode
+    except OSError:
+        return None  # a missing path: the caller says so
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        if target is path:
+            return None
+        return (
+            f"a symlink to the folder {target}, which kdray does not follow (it could loop); "
+            "put or link the image files themselves there"
+        )
+    kinds = {stat.S_ISCHR: "a character device", stat.S_ISBLK: "a block device"}
+    kinds |= {stat.S_ISFIFO: "a named pipe", stat.S_ISSOCK: "a socket"}
+    kind = next((name for test, name in kinds.items() if test(mode)), "a special file")
+    via = f"a symlink to {target}, " if target is not path else ""
+    return f"{via}{kind}, not an image file; remove it"
 
 
 def is_image_file(path: Path) -> bool:

@@ -32,6 +32,7 @@ from kdray.data.files import (
     FileSource,
     carve,
     is_image_file,
+    not_a_file,
     raise_problems,
 )
 from kdray.data.label_columns import header_columns, label_matrix, label_row
@@ -43,7 +44,7 @@ SPLIT_NAMES["test"] = "test"
 class SplitFractions(BaseModel):
     """Fractions of the train pool moved to valid and test when the data does not split itself."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     valid: float = Field(0.1, ge=0, lt=1)
     test: float = Field(0.1, ge=0, lt=1)
@@ -121,28 +122,37 @@ def _subfolders(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _class_items(folder: Path, split: str | None) -> list[Item]:
-    items = []
+def _class_items(folder: Path, split: str | None) -> tuple[list[Item], list[str]]:
+    """The image files below each class folder, and one line per entry that is no file to
+    read (`not_a_file`: a symlink loop, a symlink to /dev/zero, ...), which is never opened."""
+    items, odd = [], []
     for class_dir in _subfolders(folder):
         for file in sorted(class_dir.rglob("*")):
             if is_image_file(file):
                 items.append(Item(file, class_dir.name, split, None, str(class_dir)))
-    return items
+            elif file.is_symlink() or file.suffix.lower() in IMAGE_SUFFIXES:
+                why = not_a_file(file)
+                if why is not None:
+                    odd.append(f"{file}: {why}")
+    return items, odd
 
 
-def scan_root(root: Path) -> tuple[list[Item], list[Path]]:
-    """The items under `root` and the class folders seen (for messages and empty classes)."""
+def scan_root(root: Path) -> tuple[list[Item], list[Path], list[str]]:
+    """The items under `root`, the class folders seen (for messages and empty classes), and
+    the entries that are no files (see `_class_items`)."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DataError([f"{root}: no such folder; set data.root to a folder of class folders"])
     split_dirs = {SPLIT_NAMES[p.name]: p for p in _subfolders(root) if p.name in SPLIT_NAMES}
     if "train" not in split_dirs:
-        return _class_items(root, None), _subfolders(root)
-    items, class_dirs = [], []
+        items, odd = _class_items(root, None)
+        return items, _subfolders(root), odd
+    items, class_dirs, odd = [], [], []
     for split, folder in split_dirs.items():
-        items += _class_items(folder, None if split == "train" else split)
+        found, strange = _class_items(folder, None if split == "train" else split)
+        items, odd = items + found, odd + strange
         class_dirs += _subfolders(folder)
-    return items, class_dirs
+    return items, class_dirs, odd
 
 
 # --- CSV --------------------------------------------------------------------------------------
@@ -170,7 +180,9 @@ def read_csv(path: Path, skip_missing: bool, cfg: Config | None = None):
                 if item is None:
                     continue
                 if not item.file.is_file():
-                    message = f"{where}: {item.file} does not exist ({SKIP_HINT})"
+                    why = not_a_file(item.file)
+                    why = f": {why}" if why else " does not exist"
+                    message = f"{where}: {item.file}{why} ({SKIP_HINT})"
                     (dropped if skip_missing else problems).append(message)
                     continue
                 items.append(item)
@@ -285,8 +297,10 @@ def open_sources(cfg: Config) -> tuple[list[str], dict[str, FileSource]]:
     """The train, valid and test splits of the class folders or the CSV."""
     dropped: list[str] = []
     if cfg.root is not None:
-        items, class_dirs = scan_root(cfg.root)
-        problems: list[str] = []
+        items, class_dirs, odd = scan_root(cfg.root)
+        skip = cfg.on_bad_image == "skip"
+        problems: list[str] = [] if skip else [f"{line} ({SKIP_HINT})" for line in odd]
+        dropped = odd if skip else []  # left out, counted and named by `validate`
         names = {d.name for d in class_dirs}
         where = str(Path(cfg.root).expanduser())
     else:

@@ -38,6 +38,13 @@ class Config(DataConfigBase):
     """`data: {kind: medmnist, path: ...}` or `{kind: medmnist, name: ..., size: ...}`."""
 
     kind: Literal["medmnist"] = "medmnist"
+    image_size: int | None = Field(
+        None,
+        ge=8,
+        le=1024,
+        description="images are resized to this square (default: the archive's own size; with "
+        "name: its size)",
+    )
     path: Path | None = Field(
         None, description="the .npz file; a relative path is resolved against the working directory"
     )
@@ -205,6 +212,8 @@ def open_sources(cfg: Config) -> tuple[list[str], dict[str, ArraySource]]:
     if arrays["train"][1].ndim == 2:
         raise_problems(label_matrix_problems(path, arrays, classes))
     else:
+        if cfg.classes is None and cfg.name is None:  # classes read off the labels
+            raise_problems(stray_label_problems(path, arrays))
         raise_problems(class_index_problems(path, arrays, classes))
         raise_problems(
             empty_class_problems(
@@ -228,6 +237,33 @@ def class_index_problems(path: Path, arrays: dict, classes: list[str]) -> list[s
                 f"{path}: {SPLIT_KEYS[split]}_labels has labels {bad.tolist()} outside the "
                 f"{len(classes)} classes {classes}; fix data.classes"
             )
+    return problems
+
+
+def stray_label_problems(path: Path, arrays: dict) -> list[str]:
+    """Labels above a gap of labels that never occur: labels 0/1 plus one stray 7 would be
+    read as 8 classes, 2-6 without images. One line per such label, naming where it is."""
+    present = np.unique(np.concatenate([labels for _, labels in arrays.values()]))
+    if len(present) == 0 or present[0] < 0:  # negative labels: class_index_problems says so
+        return []
+    gap = next((k for k in range(int(present[-1])) if k not in present), None)
+    if gap is None:
+        return []
+    after = present[present > gap]
+    unused = f"{gap}-{int(after[0]) - 1}" if after[0] - 1 > gap else f"{gap}"
+    problems = []
+    for value in after.tolist():
+        where = []
+        for split, (_, labels) in arrays.items():
+            hits = np.flatnonzero(labels == value)
+            if len(hits):
+                more = f" and {len(hits) - 1} more" if len(hits) > 1 else ""
+                where.append(f"{SPLIT_KEYS[split]}_labels[{hits[0]}]{more}")
+        problems.append(
+            f"{path}: label {value} ({', '.join(where)}) lies above labels that never occur "
+            f"({unused}), so it would make classes without images; if it is a mistake, fix it, "
+            "else name every class in data.classes"
+        )
     return problems
 
 

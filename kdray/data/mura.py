@@ -45,7 +45,7 @@ PATH_SHAPE = f"{ARCHIVE}/<train|valid>/XR_<TYPE>/<patient>/<study>/<image>.png"
 class SplitCaps(BaseModel):
     """Images kept per class and split; a single number caps every split alike."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     train: int | None = Field(None, ge=1)
     valid: int | None = Field(None, ge=1)

@@ -20,6 +20,7 @@ from kdray.grid.resources import check_resources, driver_warning
 from kdray.grid.tune import check_storage, init_ray, run_grid
 from kdray.methods import METHODS
 from kdray.results.tables import write_results
+from kdray.spec.fit import batch_problems
 from kdray.spec.job import Job, JobError, task_problems
 from kdray.spec.plan import Plan
 from kdray.store.experiment import Experiment
@@ -103,7 +104,8 @@ def _prepare(exp: Experiment, job: Job, console: Console) -> DataInfo:
     """Decode the data (bad data is refused before Ray starts) and say what it holds."""
     with console.status("decoding data into the array cache"):
         data = prepare_data(job.data, exp.data_dir)
-    problems = task_problems(job, data.task)
+    _, train_labels = load_split(data.path, "train")
+    problems = task_problems(job, data.task) + batch_problems(job, train_labels)
     if problems:
         raise JobError(problems)
     skipped = sum(data.extra.get("skipped", {}).values())
@@ -116,7 +118,6 @@ def _prepare(exp: Experiment, job: Job, console: Console) -> DataInfo:
         + (f", {skipped} bad images skipped" if skipped else ""),
         highlight=False,
     )
-    _, train_labels = load_split(data.path, "train")
     console.print(f"train {task.count_line(train_labels, data.classes)}", highlight=False)
     for warning in band_warnings(job, data) + method_warnings(job, data):
         console.print(f"[yellow]warning[/yellow]: {warning}", highlight=False)

@@ -40,7 +40,7 @@ METHODS: dict[str, type[Method]] = {}
 class MethodParams(BaseModel):
     """A method's validated settings; subclasses add `name: Literal["<method>"] = "<method>"`."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     #: fields added after runs were planned: left out of a run's identity at their default,
     #: so those runs keep their ids
     added_later: ClassVar[tuple[str, ...]] = ()

@@ -32,7 +32,7 @@ from kdray.methods.base import (
 class KDParams(MethodParams):
     name: Literal["kd"] = "kd"
     added_later: ClassVar[tuple[str, ...]] = ("class_weights", "class_beta")
-    temperature: float = Field(4.0, gt=0)
+    temperature: float = Field(4.0, gt=0, le=1000)
     alpha: float = Field(0.9, ge=0, le=1, description="weight of the KD term")
     kl_reduction: Literal["batchmean", "mean"] = "batchmean"
     class_weights: Literal["none", "inverse", "effective"] = Field(

@@ -28,7 +28,7 @@ class TfKDVirtualParams(MethodParams):
     name: Literal["tfkd_virtual"] = "tfkd_virtual"
     correct_prob: float = Field(0.99, gt=0, lt=1, description="the virtual teacher's p(label)")
     alpha: float = Field(0.1, ge=0, le=1, description="weight of the KD term")
-    temperature: float = Field(20.0, gt=0, description="softens q only, not the student")
+    temperature: float = Field(20.0, gt=0, le=1000, description="softens q only, not the student")
     multiplier: float = Field(100.0, gt=0, description="scale of the KL term")
 
 

@@ -51,7 +51,7 @@ class JobError(Exception):
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 # --- data -------------------------------------------------------------------------------------
@@ -69,7 +69,7 @@ class TrainConfig(Strict):
     epochs: int = Field(20, ge=1)
     batch_size: int = Field(16, ge=1)
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    lr: float = Field(1e-4, gt=0)
+    lr: float = Field(1e-4, gt=0, le=10, description="above 10 every optimizer here diverges")
     weight_decay: float = Field(0.0, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1, description="sgd only")
     scheduler: Literal["none", "cosine"] = "none"
@@ -124,7 +124,7 @@ class TrainConfig(Strict):
 
 
 class DistillConfig(Strict):
-    temperature: float = Field(4.0, gt=0)
+    temperature: float = Field(4.0, gt=0, le=1000)
     alpha: float = Field(0.9, ge=0, le=1, description="weight of the KD term")
     kl_reduction: Literal["batchmean", "mean"] = Field(
         "batchmean",
