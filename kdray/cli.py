@@ -10,7 +10,6 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.markdown import Markdown
 from rich.text import Text
 
 app = typer.Typer(
@@ -265,7 +264,7 @@ def _one_driver(root: Path, create: bool = False):
 
 def _run(exp, job, address: str | None, verbose: bool) -> None:
     from kdray.data import DataError
-    from kdray.export.markdown import render_tables
+    from kdray.export.write import write_tables
     from kdray.grid.run import run_experiment
     from kdray.grid.tune import GridInterrupted, ResourceError
     from kdray.results.tables import read_trials, write_results
@@ -298,16 +297,24 @@ def _run(exp, job, address: str | None, verbose: bool) -> None:
         err.print(f"  kdray resume {exp.root}", highlight=False, soft_wrap=True)
         raise typer.Exit(130) from None
     trials = read_trials(exp).to_pandas()
-    tables = render_tables(trials, list(job.studies))
-    for name in ("teachers.md", *(f"{s}.md" for s in job.studies), "summary.md"):
-        console.print(Markdown(tables[name]))
-    console.print(f"\nresults: {exp.results_dir / 'trials.parquet'}")
-    console.print(f"export:  kdray export {exp.root} --out results/")
+    print_closing_tables(trials, list(job.studies))
+    summary = write_tables(exp, trials, list(job.studies))
+    console.print(f"\nresults: {exp.results_dir / 'trials.parquet'}", soft_wrap=True)
+    console.print(f"tables:  {summary} (and each table in full, Markdown)", soft_wrap=True)
+    console.print(f"export:  kdray export {exp.root} --out results/", soft_wrap=True)
     if not report.ok:
         err.print(f"[red]{len(report.failed)} run(s) failed[/red]:")
         for run_id, error in report.failed.items():
             err.print(f"  {run_id}: {error}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
+
+
+def print_closing_tables(trials, studies: list[str]) -> None:
+    """The tables a finished grid ends with, fitted to the terminal's (or `COLUMNS`') width."""
+    from kdray.export.terminal import closing_output
+
+    for part in closing_output(trials, studies, console.width):
+        console.print(part)
 
 
 AddressOption = Annotated[

@@ -85,6 +85,16 @@ def fmt(values: pd.Series) -> str:
     return f"{values.mean():.3f} ± {values.std(ddof=1):.3f}"
 
 
+def fmt_count(values: pd.Series) -> str:
+    """Epochs: `4` when whole (a defective teacher may stop mid-epoch: `1.5`)."""
+    values = values.dropna()
+    if values.empty:
+        return "—"
+    if values.nunique() == 1:  # one seed, or every seed the same
+        return f"{values.iloc[0]:g}"
+    return f"{values.mean():.4g} ± {values.std(ddof=1):.2g}"
+
+
 def markdown(df: pd.DataFrame) -> str:
     header = "| " + " | ".join(str(c) for c in df.columns) + " |"
     rule = "|" + "|".join("---" for _ in df.columns) + "|"
@@ -108,7 +118,7 @@ def teachers_table(trials: pd.DataFrame) -> pd.DataFrame:
             {
                 "Teacher": label,
                 "Used by": ", ".join(roles),
-                "Epochs": fmt(group.epochs),
+                "Epochs": fmt_count(group.epochs),
                 **{name.capitalize(): fmt(group[col]) for name, col in SPLITS},
             }
         )

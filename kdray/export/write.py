@@ -56,6 +56,14 @@ def export(experiment_dir: str | Path, out_dir: str | Path) -> dict[str, Path]:
     return written
 
 
+def write_tables(exp: Experiment, trials: pd.DataFrame, studies: list[str]) -> Path:
+    """Every Markdown table into the experiment's own results folder (which kdray rewrites),
+    for a terminal that shows them in short; returns summary.md's path."""
+    for name, text in render_tables(trials, studies).items():
+        (exp.results_dir / name).write_text(text, encoding="utf-8")
+    return exp.results_dir / "summary.md"
+
+
 def check_out_dir(exp: Experiment, out: Path) -> Path:
     """`--out` must be a folder (or not exist yet) outside the experiment's own `results/`."""
     resolved = out.expanduser().resolve()

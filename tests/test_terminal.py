@@ -1,0 +1,66 @@
+"""What `kdray run` prints when its grid ends, read at 80 columns (a narrow terminal, a log):
+every number of every closing table in full (issue 24). No grid: a quickstart-shaped experiment
+is written as finished, and the function `kdray run` calls prints its trials table."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import yaml
+from rich.console import Console
+
+from kdray import cli
+from kdray.export.markdown import tables
+from kdray.results.tables import read_trials, write_results
+from kdray.spec.job import parse_job
+from kdray.store.experiment import Experiment
+from tests.conftest import REPO
+
+SHOWN = ("teachers", "summary", "improvement", "compression")
+
+
+def finished_quickstart(tmp_path, seeds: list[int]):
+    """jobs/quickstart.yaml's runs, each written as finished, with costs."""
+    raw = yaml.safe_load((REPO / "jobs" / "quickstart.yaml").read_text())
+    raw["storage"], raw["seeds"] = str(tmp_path / "runs"), seeds
+    job = parse_job(raw)
+    exp = Experiment.create(job)
+    for i, run in enumerate(exp.plan().runs.values()):
+        run_dir = exp.run_dir(run.run_id)
+        run_dir.mkdir(parents=True)
+        score = 0.5775 if run.band else 0.7123 + 0.0137 * i + 0.02 * run.seed
+        summary = {"run_id": run.run_id, "status": "finished", "error": None, "epochs": 4}
+        summary |= {"params": 1_234_567 + 1000 * i, "macs": 5.5e7 + 1e6 * i}
+        summary |= {"latency_ms_p50": 3.21 + i, "wall_s": 61.2, "train_s": 40.1}
+        summary |= {f"{split}_acc": score for split in ("train", "val", "test")}
+        (run_dir / "summary.json").write_text(json.dumps(summary))
+        (run_dir / "attempts.json").write_text(json.dumps({"attempts": 1}))
+    write_results(exp)
+    return read_trials(exp).to_pandas(), list(job.studies)
+
+
+@pytest.mark.parametrize("seeds", [[0], [0, 1, 2]], ids=["one-seed", "three-seeds"])
+def test_at_80_columns_every_number_of_every_closing_table_is_whole(tmp_path, monkeypatch, seeds):
+    monkeypatch.setenv("COLUMNS", "80")
+    recorded = Console(record=True)  # as kdray's own console: its width from COLUMNS
+    monkeypatch.setattr(cli, "console", recorded)
+    trials, studies = finished_quickstart(tmp_path, seeds)
+    cli.print_closing_tables(trials, studies)
+    text = recorded.export_text()
+    assert recorded.width == 80
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "…" not in text
+    made = tables(trials, studies)
+    numbers = 0
+    for name in (*SHOWN, *studies):
+        title, table = made[name]
+        assert title in text
+        for value in table.astype(str).to_numpy().ravel():
+            if re.search(r"\d", value):  # each number, and each name holding one, in full
+                assert value in text, f"{name}: {value!r} not shown whole"
+                numbers += 1
+    assert numbers > 50
+    teachers = text[text.index("Teachers") : text.index("student x teacher")]
+    assert "4.000" not in teachers and re.search(r"\b4\b", teachers)  # epochs as counted
