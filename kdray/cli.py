@@ -300,7 +300,7 @@ def _run(exp, job, address: str | None, verbose: bool) -> None:
     print_closing_tables(trials, list(job.studies))
     summary = write_tables(exp, trials, list(job.studies))
     console.print(f"\nresults: {exp.results_dir / 'trials.parquet'}", soft_wrap=True)
-    console.print(f"tables:  {summary} (and each table in full, Markdown)", soft_wrap=True)
+    console.print(f"tables:  {summary} (every table in full)", soft_wrap=True)
     console.print(f"export:  kdray export {exp.root} --out results/", soft_wrap=True)
     if not report.ok:
         err.print(f"[red]{len(report.failed)} run(s) failed[/red]:")
