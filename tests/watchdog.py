@@ -63,7 +63,7 @@ def folder_state(root: Path) -> list[str]:
         epochs = run_dir / "epochs.jsonl"
         last = epochs.read_text().splitlines()[-1:] if epochs.is_file() else []
         lines.append(f"  {run_dir.name}: status={status} files={files} last_epoch={last}")
-    for checkpoint in sorted((root / "train").glob("*/checkpoint_*")):
+    for checkpoint in sorted(root.glob("runs/*/checkpoint.pt")):
         lines.append(f"  checkpoint {checkpoint.relative_to(root)}")
     driver = root / "driver.json"
     if driver.is_file():
