@@ -60,7 +60,7 @@ def log(message: str) -> None:
 
 def load_bench_job(storage: Path, overrides: Sequence[str] = (), name: str | None = None):
     """jobs/quickstart.yaml with the benchmark's storage and any `--set`-style overrides."""
-    from kdray.spec.job import load_job
+    from kdray.spec.load import load_job
 
     # one run per trial: the sections below time single-run trials (bench/packed.py: packs)
     extra = [f"storage={storage}", "resources.runs_per_trial=1"] + (

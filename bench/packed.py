@@ -17,7 +17,7 @@ from pathlib import Path
 
 from bench import raygrid
 from bench.common import log
-from kdray.spec.job import parse_job
+from kdray.spec.load import parse_job
 from kdray.spec.plan import make_plan
 
 SEEDS = [0, 1, 2, 3, 4]

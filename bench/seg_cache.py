@@ -27,7 +27,7 @@ import torch
 from bench.bare import CACHED, ONLINE, PLAIN, build_loop, run_epoch
 from bench.common import REPO, log
 from kdray.data import prepare_data
-from kdray.spec.job import load_job
+from kdray.spec.load import load_job
 
 JOB = REPO / "jobs" / "segmentation.yaml"
 TEACHER, STUDENT = "unet-resnet34", "unet-lcnet_035-d16.16.8.8.8"

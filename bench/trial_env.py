@@ -25,7 +25,7 @@ from ray.train.torch import TorchTrainer
 
 from bench.common import QUICKSTART, log
 from kdray.grid.tune import TRAIN_ENV, init_ray
-from kdray.spec.job import load_job
+from kdray.spec.load import load_job
 
 RAY_DEFAULTS = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "1", "RAY_TRAIN_METRICS_ENABLED": "1"}
 

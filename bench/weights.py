@@ -28,7 +28,7 @@ def main() -> None:
     import torch
     from safetensors.torch import save_file
 
-    from kdray.spec.job import load_job
+    from kdray.spec.load import load_job
     from kdray.tasks import weights as W
     from kdray.tasks.models import create_model
 

@@ -36,7 +36,8 @@ def _error(message: str) -> None:
 
 
 def _load(job_file: Path, overrides: list[str] | None):
-    from kdray.spec.job import JobError, load_job
+    from kdray.spec.job import JobError
+    from kdray.spec.load import load_job
 
     try:
         return load_job(job_file, overrides or [])
@@ -47,7 +48,7 @@ def _load(job_file: Path, overrides: list[str] | None):
 
 
 def _check_storage(job, job_file: Path) -> None:
-    from kdray.spec.job import storage_problems
+    from kdray.spec.checks import storage_problems
 
     problems = storage_problems(job.storage)
     for line in problems:

@@ -83,7 +83,7 @@ def refused(*args, says: tuple[str, ...] = (), code: int = 2) -> str:
 
 def experiment(tmp_path: Path, job: dict | None = None) -> Path:
     """An experiment folder as `kdray run` creates it, no run started."""
-    from kdray.spec.job import parse_job
+    from kdray.spec.load import parse_job
     from kdray.store.experiment import Experiment
 
     return Experiment.create(parse_job(job or job_dict(tmp_path))).root
@@ -276,7 +276,7 @@ def test_a_key_given_twice_is_refused_not_silently_dropped(tmp_path):
 
 
 def test_anchors_and_merge_keys_are_not_duplicates(tmp_path):
-    from kdray.spec.job import load_job
+    from kdray.spec.load import load_job
 
     job = job_dict(tmp_path)
     text = yaml.safe_dump({k: v for k, v in job.items() if k != "studies"})
@@ -688,7 +688,7 @@ def test_an_npz_label_out_of_line_is_named_with_where_it_is(tmp_path):
 
 def test_an_npz_given_by_path_trains_at_its_own_size_unless_image_size_is_set(tmp_path):
     from kdray.data import prepare_data
-    from kdray.spec.job import parse_job
+    from kdray.spec.load import parse_job
 
     npz = write_npz(tmp_path / "own.npz", [0, 1] * 5)
     native = parse_job(npz_job(tmp_path, npz))
@@ -724,7 +724,7 @@ def test_16_bit_radiographs_use_their_full_range_not_clipped_at_255(tmp_path):
     import cv2
 
     from kdray.data import load_split, prepare_data
-    from kdray.spec.job import parse_job
+    from kdray.spec.load import parse_job
     from tests.test_data_folder import write_dicom
 
     ramp = np.linspace(0, 1, 32 * 32).reshape(32, 32)

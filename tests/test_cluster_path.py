@@ -9,7 +9,7 @@ import torch
 import yaml
 
 from kdray.data import load_split, prepare_data
-from kdray.spec.job import parse_job
+from kdray.spec.load import parse_job
 from kdray.spec.plan import make_plan
 from kdray.store.model_file import load_model
 from kdray.tasks.classification_metrics import classification_metrics

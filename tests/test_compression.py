@@ -22,7 +22,7 @@ from kdray.results.cost_ratios import (
     pareto_runs,
 )
 from kdray.results.tables import COST_COLUMNS, write_results
-from kdray.spec.job import parse_job
+from kdray.spec.load import parse_job
 from kdray.store.experiment import Experiment
 from kdray.store.model_file import load_model, save_model
 from kdray.store.run_folder import RunFolder

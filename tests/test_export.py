@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from kdray.cli import app
 from kdray.export.write import export
 from kdray.results.tables import EPOCH_SCHEMA, TRIAL_SCHEMA, write_results
-from kdray.spec.job import parse_job
+from kdray.spec.load import parse_job
 from kdray.store.experiment import Experiment, ExperimentError
 from tests.conftest import tiny_job_dict
 

@@ -18,7 +18,7 @@ import yaml
 
 from kdray.data import prepare_data
 from kdray.grid.run import run_experiment
-from kdray.spec.job import parse_job
+from kdray.spec.load import parse_job
 from kdray.store.experiment import Experiment
 from kdray.store.status import status_rows
 from tests.conftest import REPO, run_grid, tiny_job_dict

@@ -2,7 +2,8 @@ import yaml
 from typer.testing import CliRunner
 
 from kdray.cli import app
-from kdray.spec.job import JobError, apply_override, load_job, parse_job
+from kdray.spec.job import JobError
+from kdray.spec.load import apply_override, load_job, parse_job
 from tests.conftest import REPO, tiny_job_dict
 
 runner = CliRunner()

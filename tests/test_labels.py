@@ -15,7 +15,8 @@ from kdray.data.budgets import (
     labelled_indices,
     training_arrays,
 )
-from kdray.spec.job import JobError, parse_job
+from kdray.spec.job import JobError
+from kdray.spec.load import parse_job
 from kdray.spec.plan import make_plan
 from kdray.train.session import band_stop, build_session, train_epoch
 from tests.conftest import tiny_job_dict

@@ -10,7 +10,7 @@ import torch
 
 from kdray.data import load_split
 from kdray.export.write import export
-from kdray.spec.job import parse_job
+from kdray.spec.load import parse_job
 from kdray.store.model_file import load_model
 from kdray.train.evaluate import to_tensor
 from tests.conftest import run_grid, tiny_job_dict

@@ -7,7 +7,7 @@ import pytest
 
 from kdray.data import prepare_data
 from kdray.results.tables import write_results
-from kdray.spec.job import parse_job
+from kdray.spec.load import parse_job
 from kdray.store.experiment import Experiment
 from kdray.tasks.classification_metrics import classification_metrics, study_metrics
 from tests.conftest import REPO

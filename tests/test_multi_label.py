@@ -12,7 +12,7 @@ import pytest
 
 from kdray.data import DataError, open_sources, prepare_data
 from kdray.data.folder import Config as FolderConfig
-from kdray.spec.job import parse_job
+from kdray.spec.load import parse_job
 from kdray.tasks import UNLABELLED
 from tests.conftest import run_grid
 

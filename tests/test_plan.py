@@ -1,6 +1,6 @@
 import json
 
-from kdray.spec.job import parse_job
+from kdray.spec.load import parse_job
 from kdray.spec.plan import Plan, make_plan
 from tests.conftest import tiny_job_dict
 
@@ -94,7 +94,7 @@ def test_the_thesis_job_file_plans_the_same_trainings_as_before_methods(tmp_path
     """The ids of teachers and baselines are unchanged, so are the runs' count and pairing."""
     from pathlib import Path
 
-    from kdray.spec.job import load_job
+    from kdray.spec.load import load_job
 
     repo = Path(__file__).resolve().parents[1]
     thesis = load_job(repo / "jobs/mura_thesis.yaml", ["data.root=/data/mura"])

@@ -9,7 +9,7 @@ import ray
 
 from kdray.grid import resources
 from kdray.grid.resources import ResourceError, ResourceWait, driver_warning, infeasible_bundles
-from kdray.spec.job import parse_job
+from kdray.spec.load import parse_job
 from kdray.store.experiment import Experiment
 from kdray.store.status import status_rows
 from tests.conftest import tiny_job_dict

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 
 from kdray.data.augment import build_train_augmentation
 from kdray.methods import METHODS, Outputs, Shapes
-from kdray.spec.job import JobError, parse_job
+from kdray.spec.job import JobError
+from kdray.spec.load import parse_job
 from kdray.tasks import UNLABELLED, get_task
 from kdray.tasks.models import count_params
 from kdray.tasks.segmentation_metrics import hd95, segmentation_metrics, segmentation_report
@@ -354,7 +355,7 @@ def test_attention_transfer_trains_a_segmenter_on_its_encoder_stages(tmp_path):
 
 def test_the_segmentation_job_files_validate(tmp_path):
     """jobs/segmentation.yaml (offline) and jobs/busi.yaml (BUSI is not shipped) parse."""
-    from kdray.spec.job import load_job
+    from kdray.spec.load import load_job
     from tests.conftest import REPO
 
     job = load_job(REPO / "jobs" / "segmentation.yaml")

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from kdray.data import prepare_data
-from kdray.spec.job import parse_job
+from kdray.spec.load import parse_job
 from tests.conftest import run_grid
 from tests.test_worker import run_local
 

@@ -9,7 +9,7 @@ import torch
 from kdray.data import load_split, prepare_data
 from kdray.methods import METHODS, Outputs, Shapes
 from kdray.methods.kd import KDParams
-from kdray.spec.job import parse_job
+from kdray.spec.load import parse_job
 from kdray.spec.plan import make_plan
 from kdray.store.model_file import load_model
 from kdray.train import soft_labels

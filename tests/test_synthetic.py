@@ -2,7 +2,7 @@ import numpy as np
 
 from kdray.data import load_split, prepare_data
 from kdray.data.synthetic import BODY_PARTS, Config, generate_split
-from kdray.spec.job import parse_job
+from kdray.spec.load import parse_job
 from kdray.spec.plan import make_plan
 from tests.test_worker import run_local
 

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 
 from kdray.data.base import DataConfigBase
 from kdray.methods import METHODS, Outputs, Shapes
-from kdray.spec.job import JobError, parse_job
+from kdray.spec.job import JobError
+from kdray.spec.load import parse_job
 from kdray.tasks import DEFAULT_TASK, UNLABELLED, get_task, task_names
 
 SINGLE, MULTI = get_task("single_label"), get_task("multi_label")

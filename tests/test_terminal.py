@@ -14,7 +14,7 @@ from rich.console import Console
 from kdray import cli
 from kdray.export.markdown import tables
 from kdray.results.tables import read_trials, write_results
-from kdray.spec.job import parse_job
+from kdray.spec.load import parse_job
 from kdray.store.experiment import Experiment
 from tests.conftest import REPO
 

@@ -18,7 +18,7 @@ import pytest
 
 from kdray.data import prepare_data
 from kdray.grid.run import run_experiment
-from kdray.spec.job import parse_job
+from kdray.spec.load import parse_job
 from kdray.spec.plan import make_plan
 from kdray.store.experiment import Experiment
 from kdray.tracking.tracker import Tracker

@@ -12,7 +12,8 @@ import torch
 
 from kdray.data import load_split, prepare_data
 from kdray.data.augment import build_train_augmentation
-from kdray.spec.job import JobError, parse_job
+from kdray.spec.job import JobError
+from kdray.spec.load import parse_job
 from kdray.spec.plan import make_plan
 from kdray.tasks.models import create_model
 from kdray.train import soft_labels
@@ -270,7 +271,7 @@ def test_loader_workers_is_a_validated_train_setting(tmp_path):
 def test_an_experiment_folder_from_before_the_device_path_keeps_its_views(tmp_path):
     import json
 
-    from kdray.spec.job import parse_job
+    from kdray.spec.load import parse_job
     from kdray.store.experiment import Experiment, ExperimentError
     from tests.conftest import tiny_job_dict
 

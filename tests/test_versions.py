@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from kdray.cli import app
 from kdray.results.tables import write_results
-from kdray.spec.job import parse_job
+from kdray.spec.load import parse_job
 from kdray.store import versions
 from kdray.store.experiment import Experiment
 from tests.conftest import tiny_job_dict

@@ -26,7 +26,8 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from kdray.cli import app
-from kdray.spec.job import JobError, parse_job
+from kdray.spec.job import JobError
+from kdray.spec.load import parse_job
 from kdray.spec.plan import make_plan
 from kdray.tasks import weights as W
 from kdray.tasks.models import create_model

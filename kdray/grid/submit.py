@@ -10,7 +10,8 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from kdray.spec.job import JobError, load_job
+from kdray.spec.job import JobError
+from kdray.spec.load import load_job
 
 
 class SubmitError(Exception):

@@ -1,57 +1,36 @@
-"""The job file: one YAML file describes one grid.
-
-`load_job(path, overrides)` reads the YAML, applies dotted `--set` overrides, and validates the
-result against `Job`. Every problem is reported as a `JobError` whose `problems` are one line
-each, naming the field path and what is allowed.
+"""The job file's schema: one YAML file describes one grid (`Job`), its sections validated with
+pydantic; its studies in `kdray.spec.study`, reading the file in `kdray.spec.load`, checks that
+need timm or the file system in `kdray.spec.checks`. Every problem is a `JobError` whose
+`problems` are one line each, naming the field path and what is allowed.
 """
 
 from __future__ import annotations
 
-import os
-import types
-import typing
-from itertools import product
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-import yaml
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
-    ValidationError,
     field_validator,
     model_validator,
 )
 
 from kdray.data import DATA_KINDS
 from kdray.methods import METHODS, MethodParams
-from kdray.tasks import DEFAULT_TASK, get_task, weights
+from kdray.spec.base import JobError, Strict
+from kdray.spec.study import RESERVED_STUDY_NAMES, SELF_TEACHER, STUDY_NAME, Study
+from kdray.tasks import get_task, weights
 from kdray.tasks.weights import (
     DEFAULT,
     IMAGENET,
     KEYWORDS,
     NONE,
     WeightsCaches,
-    WeightsError,
     WeightsSource,
     normalise,
-    setting_kind,
 )
 
 DEFAULT_SPLIT_NAMES = ("train", "valid", "test")
-
-
-class JobError(Exception):
-    """A job file that cannot be used; `problems` holds one line per problem."""
-
-    def __init__(self, problems: list[str]):
-        super().__init__("\n".join(problems))
-        self.problems = problems
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 # --- data -------------------------------------------------------------------------------------
@@ -166,164 +145,6 @@ class LabelBudgets(Strict):
         if self.fraction is not None:
             return [None if f == 1 else {"fraction": f} for f in self.fraction]
         return [{"per_class": n} for n in self.per_class]
-
-
-STUDY_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
-RESERVED_STUDY_NAMES = ("teachers", "baseline", "summary", "unfinished", "labels")  # exports
-SELF_TEACHER = "self"
-
-_method_params = tuple(method.Params for method in METHODS.values())
-MethodConfig = (
-    Annotated[Union[_method_params], Field(discriminator="name")]  # noqa: UP007
-    if len(_method_params) > 1
-    else _method_params[0]
-)
-
-
-def scalar_field(params_cls: type[BaseModel], key: str) -> bool:
-    """Whether a method parameter holds one number or word (so a list of them is a sweep)."""
-    field_info = params_cls.model_fields.get(key)
-    if field_info is None or key == "name":
-        return False
-    annotation = field_info.annotation
-    kinds = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else ()
-    kinds = [k for k in kinds if k is not type(None)] or [annotation]
-    return all(k in (int, float, str) or typing.get_origin(k) is Literal for k in kinds)
-
-
-class Study(Strict):
-    teachers: list[str | list[str]] = Field(
-        default_factory=list,
-        description="per entry, who teaches each student: a timm model; `self` (the student's "
-        "own no-KD baseline run); or a list of models (an ensemble). Empty for teacher-free "
-        "methods",
-    )
-    students: list[str] = Field(min_length=1)
-    method: MethodConfig | None = Field(
-        None, description="the distillation method and its settings (default: kd, Hinton)"
-    )
-    teacher_val_band: tuple[float, float] | None = Field(
-        None, description="defective teachers: keep a teacher when its val accuracy is in [lo, hi]"
-    )
-    eval_every_steps: int | None = Field(
-        None, ge=1, description="defective teachers: evaluate every N steps (default: auto)"
-    )
-    unlabelled: bool = Field(
-        False,
-        description="students also train on the unlabelled pool a label budget leaves "
-        "(the method's unsupervised terms only there)",
-    )
-    sweep: dict[str, list[float | int | str]] = Field(
-        default_factory=dict,
-        description="method parameters given as lists in `method`: every combination is a "
-        "setting, each trained for every student, teacher and seed",
-    )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _lists_in_the_method_are_a_sweep(cls, data: Any) -> Any:
-        """`method: {name: kd, temperature: [1, 4]}` sweeps temperature: the lists move to
-        `sweep`, the method keeps each list's first value (so it validates as usual)."""
-        if not isinstance(data, dict) or not isinstance(data.get("method"), dict):
-            return data
-        method = dict(data["method"])
-        params_cls = getattr(METHODS.get(method.get("name")), "Params", None)
-        if params_cls is None:
-            return data
-        swept = {
-            key: value
-            for key, value in method.items()
-            if isinstance(value, list) and value and scalar_field(params_cls, key)
-        }
-        if not swept:
-            return data
-        method.update({key: values[0] for key, values in swept.items()})
-        return {**data, "method": method, "sweep": {**data.get("sweep", {}), **swept}}
-
-    @field_validator("teacher_val_band")
-    @classmethod
-    def _ordered_band(cls, band: tuple[float, float] | None) -> tuple[float, float] | None:
-        if band is not None and not (0.0 <= band[0] < band[1] <= 1.0):
-            raise ValueError("must be [low, high] with 0 <= low < high <= 1")
-        return band
-
-    def method_name(self) -> str:
-        return self.method.name if self.method is not None else "kd"
-
-    def settings(self) -> list[dict]:
-        """Every combination of the swept parameters (`[{}]` without a sweep)."""
-        keys = list(self.sweep)
-        return [dict(zip(keys, combo, strict=True)) for combo in product(*self.sweep.values())]
-
-    def teacher_groups(self) -> list[list[str]]:
-        """Each entry of `teachers` as a list: one model, `self`, or an ensemble's models."""
-        return [[t] if isinstance(t, str) else list(t) for t in self.teachers]
-
-    def problems(self, name: str) -> list[str]:
-        """What makes this study unusable, one line each (`name`: the study's key)."""
-        method = METHODS[self.method_name()]
-        where = f"studies.{name}"
-        out = []
-        if method.needs != "none" and not self.teachers:
-            out.append(
-                f"{where}.teachers: method {method.name} needs a teacher per student: a timm "
-                "model, `self` (the student's own baseline run), or a list of models (ensemble)"
-            )
-        if method.needs == "none" and self.teachers:
-            out.append(f"{where}.teachers: method {method.name} uses no teacher; remove them")
-        for group in self.teacher_groups():
-            if len(group) > 1 and not method.allows_ensemble:
-                out.append(
-                    f"{where}.teachers: {group}: method {method.name} takes one teacher per "
-                    "student (its features are aligned stage by stage); use a logit method "
-                    "(kd, dkd) for an ensemble"
-                )
-            if len(group) > 1 and (SELF_TEACHER in group or len(set(group)) != len(group)):
-                out.append(
-                    f"{where}.teachers: {group}: an ensemble lists distinct models, not self"
-                )
-            if not group:
-                out.append(f"{where}.teachers: an empty ensemble")
-        if self.teacher_val_band is not None and [SELF_TEACHER] in self.teacher_groups():
-            out.append(
-                f"{where}.teacher_val_band: a `self` teacher is the student's converged baseline; "
-                "a band needs a model name"
-            )
-        if name == "defective" and self.teacher_val_band is None:
-            out.append(f"{where}.teacher_val_band: required for defective KD, e.g. [0.50, 0.65]")
-        if self.unlabelled and not method.uses_unlabelled:
-            out.append(
-                f"{where}.unlabelled: method {method.name} needs a label for every image; "
-                f"use one that trains on unlabelled images ({_pool_methods()})"
-            )
-        if self.teacher_val_band is not None and not self.teachers:
-            out.append(f"{where}.teacher_val_band: this study has no teacher to stop early")
-        return out + self._sweep_problems(where, method)
-
-    def _sweep_problems(self, where: str, method) -> list[str]:
-        out = []
-        for key, values in self.sweep.items():
-            if key not in method.Params.model_fields or not scalar_field(method.Params, key):
-                out.append(f"{where}.method.{key}: not a number or word {method.name} can sweep")
-            elif len(set(map(str, values))) != len(values) or not values:
-                out.append(f"{where}.method.{key}: a sweep lists distinct values, got {values}")
-        if out:
-            return out
-        base = self.method.model_dump() if self.method is not None else {"name": method.name}
-        for setting in self.settings():
-            try:
-                method.Params.model_validate({**base, **setting})
-            except ValidationError as exc:
-                for item in exc.errors():
-                    key = ".".join(str(p) for p in item["loc"])
-                    message = item["msg"].removeprefix("Value error, ")
-                    value = setting.get(key)
-                    out.append(f"{where}.method.{key}: {value!r} in the sweep: {message}")
-        return list(dict.fromkeys(out))
-
-
-def _pool_methods() -> str:
-    return ", ".join(name for name, m in METHODS.items() if m.uses_unlabelled)
 
 
 class Resources(Strict):
@@ -561,167 +382,3 @@ def task_problems(job: Job, task: str) -> list[str]:
 
 def _tasks(names: tuple[str, ...]) -> str:
     return " or ".join(n.replace("_", "-") for n in names)
-
-
-# --- loading ----------------------------------------------------------------------------------
-
-
-def apply_override(raw: dict[str, Any], assignment: str) -> None:
-    """Apply one `a.b.c=value` override; the value is parsed as YAML (`1`, `true`, `[1, 2]`)."""
-    if "=" not in assignment:
-        raise JobError([f"--set {assignment}: expected FIELD.PATH=VALUE, e.g. train.epochs=1"])
-    path, _, text = assignment.partition("=")
-    keys = [k for k in path.strip().split(".") if k]
-    if not keys:
-        raise JobError([f"--set {assignment}: empty field path"])
-    try:
-        value = read_yaml(text)
-    except yaml.YAMLError as exc:
-        raise JobError([f"--set {assignment}: value is not valid YAML ({exc})"]) from None
-    node = raw
-    for depth, key in enumerate(keys[:-1]):
-        child = node.get(key)
-        if child is None:
-            child = node[key] = {}
-        if not isinstance(child, dict):
-            where = ".".join(keys[: depth + 1])
-            raise JobError([f"--set {assignment}: {where} is not a section"])
-        node = child
-    node[keys[-1]] = value
-
-
-def _format_validation_error(error: ValidationError) -> list[str]:
-    lines = []
-    for item in error.errors():
-        loc = ".".join(str(p) for p in item["loc"] if p not in DATA_KINDS)
-        message = item["msg"].removeprefix("Value error, ")
-        if item["type"] == "extra_forbidden":
-            message = "unknown field (check the spelling; see the README's job file reference)"
-        elif "input" in item and not isinstance(item["input"], dict | list):
-            message = f"{message} (got {item['input']!r})"
-        lines.append(f"{loc or '<job>'}: {message}")
-    return lines
-
-
-def parse_job(raw: Any, overrides: list[str] | tuple[str, ...] = ()) -> Job:
-    if not isinstance(raw, dict):
-        raise JobError(["<job>: the job file must be a YAML mapping (name:, data:, studies:, ...)"])
-    for assignment in overrides:
-        apply_override(raw, assignment)
-    try:
-        job = Job.model_validate(raw)
-    except ValidationError as exc:
-        raise JobError(_format_validation_error(exc)) from None
-    problems = model_problems(job)
-    if problems:
-        raise JobError(problems)
-    return job
-
-
-def model_problems(job: Job) -> list[str]:
-    """Checks that need timm or the file system: model names and local weight files. Names
-    are checked against the data's task when the job declares it (else single-label: timm)."""
-    task = get_task(job.data.task_type or job.data.declared_task() or DEFAULT_TASK)
-    problems, checked = [], set()
-    for name, study in job.studies.items():
-        for role, models in (
-            ("teachers", [t for group in study.teacher_groups() for t in group]),
-            ("students", study.students),
-        ):
-            for model in models:
-                if (model == SELF_TEACHER and role == "teachers") or model in checked:
-                    continue  # a bad model is named once, where it first appears
-                checked.add(model)
-                problem = task.model_problem(model, job.data.image_size)
-                if problem:
-                    problems.append(f"studies.{name}.{role}: {problem}")
-    return problems + weights_problems(job)
-
-
-def weights_problems(job: Job) -> list[str]:
-    """Entries of `pretrained` for no model, tags timm does not have, unusable files."""
-    import timm
-
-    from kdray.tasks.models import weights_problem
-
-    problems = [
-        f"pretrained.{model}: not a model of any study"
-        for model in job.pretrained
-        if model != DEFAULT and model not in job.models()
-    ]
-    for model, value in job.pretrained.items():
-        if model not in job.models() and model != DEFAULT and setting_kind(value) == "file":
-            problem = weights_problem(Path(value))  # a stranger's file: still say what is wrong
-            problems += [f"pretrained.{model}: {problem}"] if problem else []
-    for model in sorted(m for m in job.models() if timm.is_model(m)):  # others: said above
-        try:
-            source = weights.sources(job.pretrained, [model]).get(model)
-        except WeightsError as exc:
-            problems.append(str(exc))
-            continue
-        problem = weights_problem(Path(source.file)) if source and source.file else None
-        if problem:
-            problems.append(f"pretrained.{model}: {problem}")
-    return problems
-
-
-VIRTUAL_FILE_SYSTEMS = ("/proc", "/sys", "/dev")
-
-
-def storage_problems(storage: str) -> list[str]:
-    """Whether experiment folders can be created under `storage` (nothing is created here).
-    Checked where the grid runs (`validate`, `run`), not by `submit`: a cluster's storage
-    need not exist on the submitting machine."""
-    path = Path(storage).expanduser().resolve()
-    if any(path == Path(v) or Path(v) in path.parents for v in VIRTUAL_FILE_SYSTEMS):
-        return [f"storage: {path} is in a virtual file system; give a folder on disk"]
-    existing = next(p for p in (path, *path.parents) if p.exists())
-    if not existing.is_dir():
-        return [f"storage: {existing} is a file, not a folder; give a folder for experiments"]
-    if not os.access(existing, os.W_OK | os.X_OK):
-        return [f"storage: {existing} is not writable; give a folder you can write to"]
-    return []
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML that refuses a key given twice in one mapping: plain YAML keeps the last one, which
-    silently drops a whole section written twice."""
-
-    def construct_mapping(self, node, deep=False):
-        seen: dict = {}
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`, overridable
-                continue
-            key = self.construct_object(key_node, deep=True)
-            if isinstance(key, typing.Hashable) and key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None,
-                    None,
-                    f"duplicate key {key!r} (also on line {seen[key]}): YAML would keep only "
-                    "the last one; merge them into one",
-                    key_node.start_mark,
-                )
-            if isinstance(key, typing.Hashable):
-                seen[key] = key_node.start_mark.line + 1
-        return super().construct_mapping(node, deep)
-
-
-def read_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
-
-
-def load_job(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Job:
-    path = Path(path)
-    if path.is_dir():
-        raise JobError([f"{path}: is a folder; give the job's YAML file"])
-    if not path.is_file():
-        raise JobError([f"{path}: no such job file"])
-    try:
-        raw = read_yaml(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as exc:
-        raise JobError(
-            [f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8"]
-        ) from None
-    except yaml.YAMLError as exc:
-        raise JobError([f"{path}: not valid YAML: {exc}".replace("\n", " ")]) from None
-    return parse_job(raw, overrides)

@@ -1,0 +1,114 @@
+"""Reading a job file: YAML (a key given twice refused), dotted `--set` overrides, validation
+against `kdray.spec.job.Job`, each problem one line of a `JobError`."""
+
+from __future__ import annotations
+
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import (
+    ValidationError,
+)
+
+from kdray.data import DATA_KINDS
+from kdray.spec.base import JobError
+from kdray.spec.checks import model_problems
+from kdray.spec.job import Job
+
+
+def apply_override(raw: dict[str, Any], assignment: str) -> None:
+    """Apply one `a.b.c=value` override; the value is parsed as YAML (`1`, `true`, `[1, 2]`)."""
+    if "=" not in assignment:
+        raise JobError([f"--set {assignment}: expected FIELD.PATH=VALUE, e.g. train.epochs=1"])
+    path, _, text = assignment.partition("=")
+    keys = [k for k in path.strip().split(".") if k]
+    if not keys:
+        raise JobError([f"--set {assignment}: empty field path"])
+    try:
+        value = read_yaml(text)
+    except yaml.YAMLError as exc:
+        raise JobError([f"--set {assignment}: value is not valid YAML ({exc})"]) from None
+    node = raw
+    for depth, key in enumerate(keys[:-1]):
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        if not isinstance(child, dict):
+            where = ".".join(keys[: depth + 1])
+            raise JobError([f"--set {assignment}: {where} is not a section"])
+        node = child
+    node[keys[-1]] = value
+
+
+def _format_validation_error(error: ValidationError) -> list[str]:
+    lines = []
+    for item in error.errors():
+        loc = ".".join(str(p) for p in item["loc"] if p not in DATA_KINDS)
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown field (check the spelling; see the README's job file reference)"
+        elif "input" in item and not isinstance(item["input"], dict | list):
+            message = f"{message} (got {item['input']!r})"
+        lines.append(f"{loc or '<job>'}: {message}")
+    return lines
+
+
+def parse_job(raw: Any, overrides: list[str] | tuple[str, ...] = ()) -> Job:
+    if not isinstance(raw, dict):
+        raise JobError(["<job>: the job file must be a YAML mapping (name:, data:, studies:, ...)"])
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    try:
+        job = Job.model_validate(raw)
+    except ValidationError as exc:
+        raise JobError(_format_validation_error(exc)) from None
+    problems = model_problems(job)
+    if problems:
+        raise JobError(problems)
+    return job
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML that refuses a key given twice in one mapping: plain YAML keeps the last one, which
+    silently drops a whole section written twice."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`, overridable
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, typing.Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"duplicate key {key!r} (also on line {seen[key]}): YAML would keep only "
+                    "the last one; merge them into one",
+                    key_node.start_mark,
+                )
+            if isinstance(key, typing.Hashable):
+                seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
+def load_job(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Job:
+    path = Path(path)
+    if path.is_dir():
+        raise JobError([f"{path}: is a folder; give the job's YAML file"])
+    if not path.is_file():
+        raise JobError([f"{path}: no such job file"])
+    try:
+        raw = read_yaml(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise JobError(
+            [f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8"]
+        ) from None
+    except yaml.YAMLError as exc:
+        raise JobError([f"{path}: not valid YAML: {exc}".replace("\n", " ")]) from None
+    return parse_job(raw, overrides)
