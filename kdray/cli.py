@@ -94,6 +94,7 @@ def validate(
     job = _load(job_file, set_)
     _check_storage(job, job_file)
     from kdray.data import DataError, data_task, open_sources
+    from kdray.grid.progress import fitted_lines
     from kdray.spec.describe import study_lines
     from kdray.spec.fit import batch_problems
     from kdray.spec.job import task_problems
@@ -121,12 +122,10 @@ def validate(
         soft_wrap=True,
     )
     counts = ", ".join(f"{split} {len(source)}" for split, source in sources.items())
-    console.print(
-        f"data: {job.data.kind}, {task.replace('_', '-')}, {len(classes)} "
-        f"{get_task(task).outputs}, {counts} images",
-        highlight=False,
-        soft_wrap=True,
-    )
+    described = f"data: {job.data.kind}, {task.replace('_', '-')}, {len(classes)} "
+    described += f"{get_task(task).outputs}, {counts} images"
+    for line in fitted_lines(described, console.width):
+        console.print(line, highlight=False, soft_wrap=True)
     for line in study_lines(job, plan):
         console.print(line, highlight=False, soft_wrap=True)
     console.print(checked_line(info), highlight=False, soft_wrap=True)

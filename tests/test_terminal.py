@@ -64,3 +64,17 @@ def test_at_80_columns_every_number_of_every_closing_table_is_whole(tmp_path, mo
     assert numbers > 50
     teachers = text[text.index("Teachers") : text.index("student x teacher")]
     assert "4.000" not in teachers and re.search(r"\b4\b", teachers)  # epochs as counted
+
+
+def test_the_data_lines_are_cut_at_their_commas_never_inside_a_name_and_its_number():
+    from kdray.grid.progress import fitted_lines
+
+    names = ["ELBOW", "FINGER", "FOREARM", "HAND", "HUMERUS", "SHOULDER", "WRIST"] * 3
+    text = "train images per class: " + ", ".join(f"{n}_{i} {100 + i}" for i, n in enumerate(names))
+    lines = fitted_lines(text, 80)
+    assert len(lines) > 1 and all(len(line) <= 80 for line in lines)
+    assert all(line.startswith("  ") for line in lines[1:])
+    parts = [p.strip() for line in lines for p in line.split(",") if p.strip()]
+    assert parts[0] == "train images per class: ELBOW_0 100"
+    assert parts[1:] == [f"{n}_{i} {100 + i}" for i, n in enumerate(names)][1:]
+    assert fitted_lines("data: synthetic, 32px x 1ch", 80) == ["data: synthetic, 32px x 1ch"]

@@ -14,6 +14,21 @@ from kdray.store.experiment import Experiment
 from kdray.store.status import stage_counts, status_rows
 
 
+def fitted_lines(text: str, width: int, indent: str = "  ") -> list[str]:
+    """`text` cut into lines of at most `width` columns at its ", " separators only, so a name
+    and its number (`WRIST 160`, `32px x 1ch`) never land on two lines; continuation lines are
+    indented. A single part longer than `width` keeps its own line whole."""
+    parts = text.split(", ")
+    lines = [parts[0]]
+    for part in parts[1:]:
+        if len(lines[-1]) + 2 + len(part) < width:  # the ',' a cut line keeps counts too
+            lines[-1] += ", " + part
+        else:
+            lines[-1] += ","
+            lines.append(indent + part)
+    return lines
+
+
 class GridProgress:
     def __init__(self, console: Console | None = None):
         self.progress = Progress(

@@ -15,7 +15,7 @@ from rich.console import Console
 
 from kdray.data import prepare_data
 from kdray.data.cache import DataInfo, load_split
-from kdray.grid.progress import GridProgress
+from kdray.grid.progress import GridProgress, fitted_lines
 from kdray.grid.resources import check_resources, driver_warning
 from kdray.grid.tune import check_storage, init_ray, run_grid
 from kdray.methods import METHODS
@@ -111,14 +111,15 @@ def _prepare(exp: Experiment, job: Job, console: Console) -> DataInfo:
     skipped = sum(data.extra.get("skipped", {}).values())
     skipped += sum(data.extra.get("dropped_rows", {}).values())
     task = get_task(data.task)
-    console.print(
+    described = (
         f"data: {job.data.kind}, {task.name.replace('_', '-')}, {data.num_classes} {task.outputs}, "
         + ", ".join(f"{k} {v}" for k, v in data.counts.items())
         + f", {data.image_size}px x {data.channels}ch"
-        + (f", {skipped} bad images skipped" if skipped else ""),
-        highlight=False,
+        + (f", {skipped} bad images skipped" if skipped else "")
     )
-    console.print(f"train {task.count_line(train_labels, data.classes)}", highlight=False)
+    for text in (described, f"train {task.count_line(train_labels, data.classes)}"):
+        for line in fitted_lines(text, console.width):
+            console.print(line, highlight=False, soft_wrap=True)
     for warning in band_warnings(job, data) + method_warnings(job, data):
         console.print(f"[yellow]warning[/yellow]: {warning}", highlight=False)
     return data
