@@ -106,7 +106,9 @@ def validate(
     except DataError as exc:
         _data_errors(exc, f"{job_file}: ")
     task = data_task(job.data, sources)
-    problems = task_problems(job, task) + batch_problems(job, sources["train"].labels)
+    problems = task_problems(job, task) + batch_problems(
+        job, sources["train"].labels, len(sources["train"])
+    )
     for line in problems:
         _error(f"{job_file}: {line}")
     if problems:

@@ -354,10 +354,20 @@ def test_attention_transfer_trains_a_segmenter_on_its_encoder_stages(tmp_path):
 
 
 def test_the_segmentation_job_files_validate(tmp_path):
-    """jobs/segmentation.yaml (offline) and jobs/busi.yaml (BUSI is not shipped) parse."""
+    """jobs/segmentation.yaml (offline) passes `kdray validate --quick` (its masks are not read
+    there), and jobs/busi.yaml (BUSI is not shipped) parses."""
+    from typer.testing import CliRunner
+
+    from kdray.cli import app
     from kdray.spec.load import load_job
     from tests.conftest import REPO
 
+    checked = CliRunner().invoke(
+        app, ["validate", str(REPO / "jobs" / "segmentation.yaml"), "--quick",
+              "--set", f"storage={tmp_path / 'runs'}"],
+    )  # fmt: skip
+    assert checked.exit_code == 0, checked.output
+    assert "data: synthetic_ultrasound, segmentation, 2 classes" in checked.output
     job = load_job(REPO / "jobs" / "segmentation.yaml")
     assert job.data.kind == "synthetic_ultrasound" and len(job.seeds) >= 3
     assert {s.method.name for s in job.studies.values()} == {"pixel_kd", "cwd", "feature_l1"}
@@ -367,7 +377,7 @@ def test_the_segmentation_job_files_validate(tmp_path):
 
 def test_an_encoder_starts_from_a_local_timm_weights_file(tmp_path):
     """`pretrained: {unet-resnet18: file}`: timm loads the file into the encoder (its stem
-    summed to one channel), never a hub; the hook where cached hub weights will plug in."""
+    summed to one channel), never a hub (cached hub weights: tests/test_weights.py)."""
     import timm
 
     source = timm.create_model("resnet18", pretrained=False)

@@ -502,3 +502,48 @@ def test_a_run_starts_from_pretrained_weights_in_the_worker(tmp_path, cache):
         run_local(tmp_path, job, student, data, [run_dir], loop=worker_loop)
     failure = json.loads((tmp_path / "runs" / student.run_id / "failure.json").read_text())
     assert "but the run was planned with" in failure["error"]
+
+
+def test_a_segmenter_s_encoder_starts_from_its_timm_weights(cache):
+    from kdray.tasks import get_task
+
+    state = imagenet_like("resnet10t", seed=2)
+    put_in_hub(cache, TAGS["resnet10t"], state)
+    source = W.resolve("unet-resnet10t", "imagenet", "pretrained")
+    assert (source.model, source.tag) == ("unet-resnet10t", TAGS["resnet10t"])
+    local = W.find(source, cache)
+    model = get_task("segmentation").create_model("unet-resnet10t", 2, 1, local)
+    encoder = model.net.encoder.state_dict()
+    first = timm.models.get_pretrained_cfg("resnet10t").first_conv + ".weight"
+    assert torch.allclose(encoder[f"model.{first}"], state[first].sum(1, keepdim=True))
+    loaded = [k for k in state if f"model.{k}" in encoder and k != first]
+    assert len(loaded) == len(encoder) - 1  # every encoder tensor but the stem's, unchanged
+    assert all(torch.equal(encoder[f"model.{k}"], state[k]) for k in loaded)
+    assert model.eval()(torch.zeros(1, 1, 32, 32)).shape == (1, 2, 32, 32)
+    # a file of another timm model is named, key by key
+    other = put_in_torch_hub(cache, "resnet18.pth", imagenet_like("resnet18"))
+    with pytest.raises(ValueError, match=r"does not fit resnet10t: .*keys missing"):
+        get_task("segmentation").create_model("unet-resnet10t", 2, 1, other)
+
+
+@pytest.mark.parametrize(
+    "model, value, says",
+    [
+        ("unet-resnet10t", "resnet18.a1_in1k", "are weights of resnet18, not of resnet10t"),
+        ("unet-lcnet_035-d16.16.8.8.8", "imagenet", "for lcnet_035 (the encoder of unet-lcnet"),
+    ],
+)
+def test_a_segmenter_s_weights_are_its_encoder_s(model, value, says):
+    with pytest.raises(W.WeightsError, match=re.escape(says)):
+        W.resolve(model, value, f"pretrained.{model}")
+
+
+def test_a_segmentation_job_asking_imagenet_of_an_encoder_without_is_refused_in_one_line(tmp_path):
+    from tests.conftest import REPO
+
+    result = CliRunner().invoke(
+        app, ["validate", str(REPO / "jobs" / "segmentation.yaml"), "--quick",
+              "--set", "pretrained=imagenet", "--set", f"storage={tmp_path}"],
+    )  # fmt: skip
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "for lcnet_035 (the encoder of unet-lcnet_035-d16.16.8.8.8)" in result.output

@@ -50,7 +50,8 @@ def weights_problems(job: Job) -> list[str]:
         if model not in job.models() and model != DEFAULT and setting_kind(value) == "file":
             problem = weights_problem(Path(value))  # a stranger's file: still say what is wrong
             problems += [f"pretrained.{model}: {problem}"] if problem else []
-    for model in sorted(m for m in job.models() if timm.is_model(m)):  # others: said above
+    usable = [m for m in job.models() if timm.is_model(weights.timm_model_of(m))]
+    for model in sorted(usable):  # others: said above
         try:
             source = weights.sources(job.pretrained, [model]).get(model)
         except WeightsError as exc:

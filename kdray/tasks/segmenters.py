@@ -5,8 +5,10 @@ A name is `<architecture>-<timm encoder>[-d<c1>.<c2>...]`:
 - `unet-lcnet_035-d16.16.8.8.8`: a narrow decoder, one width per block; the number of widths is
   the encoder depth (3 to 5 stages, so `-d16.8.8` is a 3-stage encoder and an input stride of 8).
 Architectures: `ARCHITECTURES`; `-d` is accepted where smp takes a list of decoder widths.
-Weights are never downloaded (`encoder_weights=None`); a weights file on this machine initialises
-the encoder (`encoder_pretrained`, the hook where weights from timm's caches plug in).
+Weights are never downloaded: a job's `pretrained` setting for a segmenter names its encoder's
+weights (`imagenet`: the encoder's default timm tag, `<encoder>.<tag>`, or a file of the timm
+encoder's state dict), found in the same caches as a classifier's (`kdray.tasks.weights`) and
+loaded by timm from that file alone; the decoder and head start from scratch.
 
 `Segmenter` wraps the smp model with timm's feature interface, so feature methods read a
 segmenter's stages as they read a classifier's: `forward_intermediates(x)` returns the decoder's
@@ -76,6 +78,15 @@ def parse_name(name: str) -> SegmenterName:
     return SegmenterName(smp_name, encoder, widths)
 
 
+def encoder_of(name: str) -> str | None:
+    """The timm encoder of the segmenter `name`, or None if `name` is no segmenter's name (a
+    timm classifier's: timm names have no `-`)."""
+    try:
+        return parse_name(name).encoder
+    except ValueError:
+        return None
+
+
 def name_problem(name: str, image_size: int) -> str | None:
     """Why `name` is no segmenter for `image_size` pixel images, or None."""
     import timm
@@ -109,13 +120,15 @@ def input_stride(name: str) -> int:
 def encoder_pretrained(weights) -> dict:
     """smp arguments that initialise a timm encoder from a weights file on this machine (a path,
     or `kdray.tasks.weights.LocalWeights`: timm loads that file alone and adapts its stem to the
-    input channels), or leave it random. Where ImageNet weights from timm's caches would plug
-    in: resolving `pretrained: imagenet` for a segmenter to its encoder's tag (not done yet)."""
+    input channels), or leave it random. A tag (`resnet34.a1_in1k`) becomes the encoder's name,
+    so timm adapts the layers that tag's pretrained config names."""
     if weights is None:
         return {"encoder_weights": None}
     path = getattr(weights, "path", weights)  # LocalWeights, or a path
     overlay = {"file": str(Path(path).expanduser()), "hf_hub_id": None, "url": None}
-    return {"encoder_weights": True, "pretrained_cfg_overlay": overlay}
+    source = getattr(weights, "source", None)
+    tag = {"encoder_tag": source.tag} if source is not None and source.tag else {}
+    return {"encoder_weights": True, "pretrained_cfg_overlay": overlay, **tag}
 
 
 def _smp_model(parsed: SegmenterName, classes: int, channels: int, pretrained: dict) -> nn.Module:
@@ -123,13 +136,15 @@ def _smp_model(parsed: SegmenterName, classes: int, channels: int, pretrained: d
 
     if "encoder_weights" not in pretrained:  # smp's default ("imagenet") downloads
         raise ValueError("encoder_weights must be given (None: random initialisation)")
+    pretrained = dict(pretrained)
+    encoder = pretrained.pop("encoder_tag", parsed.encoder)  # smp: `tu-<model>.<tag>`
     kwargs = {"encoder_depth": parsed.depth}
     if parsed.decoder_channels:
         kwargs["decoder_channels"] = parsed.decoder_channels
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # smp on encoder_weights=True for tu-
         return getattr(smp, parsed.architecture)(
-            encoder_name=f"tu-{parsed.encoder}",
+            encoder_name=f"tu-{encoder}",
             in_channels=channels,
             classes=classes,
             **pretrained,
@@ -141,7 +156,17 @@ def create_segmenter(name: str, num_classes: int, channels: int, weights=None) -
     """The segmenter `name` with `num_classes` output channels (one per class, background
     included) for `channels`-channel images; its encoder from `weights` if given."""
     parsed = parse_name(name)
-    return Segmenter(_smp_model(parsed, num_classes, channels, encoder_pretrained(weights)))
+    try:
+        return Segmenter(_smp_model(parsed, num_classes, channels, encoder_pretrained(weights)))
+    except (RuntimeError, KeyError) as exc:
+        if weights is None:
+            raise
+        from kdray.tasks.models import mismatch
+
+        path = Path(getattr(weights, "path", weights))
+        raise ValueError(
+            f"pretrained.{name}: {path} {mismatch(parsed.encoder, path) or exc}"
+        ) from None
 
 
 class Segmenter(nn.Module):

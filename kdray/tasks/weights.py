@@ -2,7 +2,8 @@
 
 A job names weights per model (`pretrained` in kdray.spec.job): `imagenet` (timm's default
 pretrained tag of the model), `<model>.<tag>` (any timm pretrained tag), a local file, or none.
-timm keeps what it downloads in two caches, and so does kdray:
+A segmenter (`unet-resnet34`) takes its encoder's weights (`resnet34`'s tags, or a file of that
+timm model). timm keeps what it downloads in two caches, and so does kdray:
 
 - the Hugging Face hub cache, for the weights timm publishes there (`timm/<model>.<tag>`):
   `<hub>/models--timm--<model>.<tag>/refs/main` (a commit hash) and
@@ -138,19 +139,20 @@ def resolve(model: str, value: str | None, where: str) -> WeightsSource | None:
     kind = setting_kind(value)
     if kind == "file":
         return WeightsSource(model, file=str(Path(value).expanduser().resolve()))
-    name = model if kind == IMAGENET else value
+    timm_model = timm_model_of(model)
+    name = timm_model if kind == IMAGENET else value
     arch = name.split(".", 1)[0]
-    if kind == "tag" and arch != model.split(".", 1)[0]:
+    if kind == "tag" and arch != timm_model.split(".", 1)[0]:
         raise WeightsError(
-            f"{where}: {value} are weights of {arch}, not of {model}; give {model}.<tag> "
-            f"({_tags(model)}) or a file"
+            f"{where}: {value} are weights of {arch}, not of {timm_model}; give "
+            f"{timm_model}.<tag> ({_tags(timm_model)}) or a file"
         )
     try:
         cfg = get_pretrained_cfg(name) if timm.is_model(arch) else None
     except RuntimeError:  # an unknown tag
         cfg = None
     if cfg is None or not (cfg.hf_hub_id or cfg.url):
-        raise WeightsError(f"{where}: {_no_weights(model, value)}")
+        raise WeightsError(f"{where}: {_no_weights(model, timm_model, value)}")
     return WeightsSource(
         model,
         tag=f"{cfg.architecture}.{cfg.tag}",
@@ -160,6 +162,14 @@ def resolve(model: str, value: str | None, where: str) -> WeightsSource | None:
     )
 
 
+def timm_model_of(model: str) -> str:
+    """The timm model whose weights `model` starts from: itself, or a segmenter's encoder (its
+    decoder and head have no pretrained weights)."""
+    from kdray.tasks.segmenters import encoder_of
+
+    return encoder_of(model) or model
+
+
 def _tags(model: str) -> str:
     import timm
 
@@ -167,14 +177,15 @@ def _tags(model: str) -> str:
     return "its tags: " + ", ".join(tags[:6]) if tags else "it has no pretrained tag"
 
 
-def _no_weights(model: str, value: str) -> str:
+def _no_weights(model: str, timm_model: str, value: str) -> str:
     import timm
 
     what = "ImageNet weights" if value.lower() == IMAGENET else f"weights tagged {value}"
-    legacy = timm.list_pretrained(f"legacy_{model}.*")
-    hint = f"; the model legacy_{model} has {legacy[0]}" if legacy else ""
+    legacy = timm.list_pretrained(f"legacy_{timm_model}.*")
+    hint = f"; the model legacy_{timm_model} has {legacy[0]}" if legacy else ""
+    of = timm_model if timm_model == model else f"{timm_model} (the encoder of {model})"
     return (
-        f"timm {timm.__version__} has no {what} for {model} ({_tags(model)}{hint}); pick "
+        f"timm {timm.__version__} has no {what} for {of} ({_tags(timm_model)}{hint}); pick "
         f"another model or tag, give a weights file, or set `{model}: none` to start it from "
         "scratch"
     )
