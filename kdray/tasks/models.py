@@ -10,6 +10,7 @@ import timm
 import torch
 from torch import nn
 
+from kdray.tasks.state_dicts import mismatch
 from kdray.tasks.weights import LocalWeights, WeightsSource
 
 
@@ -84,44 +85,6 @@ def _safetensors_problem(path: Path) -> str | None:
         first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
         return f"{path} is not a readable safetensors file ({first or type(exc).__name__})"
     return None
-
-
-def mismatch(name: str, path: Path, examples: int = 2) -> str | None:
-    """How the state dict in `path` differs from timm's `name` (ImageNet head and stem, as
-    weights files have them): missing and unexpected keys, mismatched shapes, with examples."""
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        saved = load_file(str(path), device="cpu")
-    else:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model", "state_dict_ema"):
-        if isinstance(saved, dict) and isinstance(saved.get(key), dict):
-            saved = saved[key]
-            break
-    if not isinstance(saved, dict):
-        return f"holds a {type(saved).__name__}, not a state dict"
-    saved = {k.removeprefix("module."): v for k, v in saved.items()}
-    expected = timm.create_model(name, pretrained=False).state_dict()
-    missing = [k for k in expected if k not in saved]
-    unexpected = [k for k in saved if k not in expected]
-    shapes = [
-        f"{k}: file {list(getattr(saved[k], 'shape', []))}, model {list(v.shape)}"
-        for k, v in expected.items()
-        if k in saved and getattr(saved[k], "shape", None) != v.shape
-    ]
-    parts = [
-        f"{len(items)} {what} (e.g. {'; '.join(items[:examples])})"
-        for what, items in (
-            ("keys missing", missing),
-            ("unexpected", unexpected),
-            ("shapes differ", shapes),
-        )
-        if items
-    ]
-    if not parts:
-        return None
-    return f"does not fit {name}: " + ", ".join(parts) + f"; give weights of {name} itself"
 
 
 def count_params(model: nn.Module) -> int:

@@ -161,7 +161,7 @@ def create_segmenter(name: str, num_classes: int, channels: int, weights=None) -
     except (RuntimeError, KeyError) as exc:
         if weights is None:
             raise
-        from kdray.tasks.models import mismatch
+        from kdray.tasks.state_dicts import mismatch
 
         path = Path(getattr(weights, "path", weights))
         raise ValueError(
