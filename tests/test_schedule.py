@@ -6,9 +6,10 @@ import json
 from ray.tune.search import Searcher
 
 from kdray.grid.packing import Pack
-from kdray.grid.schedule import RunQueue
+from kdray.grid.schedule import RunLedger, RunQueue
 from kdray.spec.job import Job
 from kdray.spec.plan import make_plan
+from kdray.train.trial import WAIT
 from tests.conftest import tiny_job_dict
 
 STUDIES = {
@@ -20,12 +21,12 @@ STUDIES = {
 def make_queue(tmp_path, max_concurrent=2):
     plan = make_plan(Job.model_validate(tiny_job_dict(tmp_path, studies=STUDIES)))
     status: dict[str, str] = {}
-    queue = RunQueue(
+    ledger = RunLedger(
         [Pack((run,)) for run in plan.runs.values()],  # one run per trial: the order alone
-        trial_config=lambda pack: {"run": pack.runs[0].to_dict()},
         run_status=status.get,
         max_concurrent=max_concurrent,
     )
+    queue = RunQueue(ledger, trial_config=lambda pack, _: {"run": pack.runs[0].to_dict()})
     return plan, queue, status
 
 
@@ -122,12 +123,12 @@ def test_a_failed_teacher_takes_its_students_out_of_a_pack_and_the_rest_still_st
     teachers = [r for r in runs if r.stage == "teacher"]
     students = [r for r in runs if r.teacher_runs]
     status: dict[str, str] = {}
-    queue = RunQueue(
+    ledger = RunLedger(
         [Pack(tuple(teachers)), Pack(tuple(students))],  # every KD student in one pack
-        trial_config=lambda pack: {"runs": [r.run_id for r in pack.runs]},
         run_status=status.get,
         max_concurrent=2,
     )
+    queue = RunQueue(ledger, trial_config=lambda pack, _: {"runs": [r.run_id for r in pack.runs]})
     assert queue.suggest("t")["runs"] == [t.run_id for t in teachers]
     bad = students[0].teacher_runs[0]
     for teacher in teachers:
@@ -136,3 +137,67 @@ def test_a_failed_teacher_takes_its_students_out_of_a_pack_and_the_rest_still_st
     left = queue.suggest("s")["runs"]
     assert left == [s.run_id for s in students if bad not in s.teacher_runs] and left
     assert queue.blocked() == {s.run_id: bad for s in students if bad in s.teacher_runs}
+
+
+def stealing_ledger(tmp_path, runs_per_fit=8):
+    """The teachers in one pack, their students in another (not ready yet)."""
+    plan = make_plan(Job.model_validate(tiny_job_dict(tmp_path, studies=STUDIES)))
+    runs = list(plan.runs.values())
+    teachers = [r for r in runs if r.stage == "teacher"]
+    students = [r for r in runs if r.teacher_runs]
+    status: dict[str, str] = {}
+    ledger = RunLedger(
+        [Pack(tuple(teachers)), Pack(tuple(students))],
+        run_status=status.get,
+        max_concurrent=2,
+        runs_per_fit=runs_per_fit,
+        attempts=lambda run_id: 7,
+    )
+    return ledger, teachers, students, status
+
+
+def test_a_trial_done_with_its_pack_takes_ready_runs_and_waits_for_coming_ones(tmp_path):
+    ledger, teachers, students, status = stealing_ledger(tmp_path)
+    assert ledger.next_pack("a").runs == tuple(teachers)
+    assert ledger.next_pack("b") is None  # the students wait on teachers trial a trains
+    first = teachers[0].run_id
+    mine = [s for s in students if s.teacher_runs == [first]]
+    assert mine and len(mine) < len(students)
+    status[first] = "finished"
+    assert ledger.more_runs("a", 0) == [(mine[0], 7)]  # taken, with its earlier attempts
+    assert ledger.more_runs("a", 0) == [(mine[0], 7)]  # the same answer again (ranks, restarts)
+    for t in teachers:
+        status[t.run_id] = "finished"
+    taken = [mine[0]]
+    while (got := ledger.more_runs("a", len(taken))) != []:
+        assert got != WAIT
+        taken += [run for run, _ in got]
+    assert sorted(r.run_id for r in taken) == sorted(s.run_id for s in students)
+    assert ledger.next_pack("b") == Searcher.FINISHED  # nothing left to start a trial for
+    assert ledger.given()["a"] == [r.run_id for r in (*teachers, *taken)]
+
+
+def test_a_trial_waits_while_the_runs_left_wait_on_another_trial_s_teachers(tmp_path):
+    ledger, teachers, students, status = stealing_ledger(tmp_path)
+    ledger.next_pack("a")  # the teachers
+    ledger.live["b"] = Pack(())  # a second trial, done with its pack
+    assert ledger.more_runs("b", 0) == WAIT  # a's teachers will make students ready
+    for t in teachers:
+        status[t.run_id] = "failed"
+    ledger.trial_ended("a")
+    assert ledger.more_runs("b", 0) == []  # nothing left can ever come: end the fit
+    assert set(ledger.blocked()) == {s.run_id for s in students}
+
+
+def test_a_fit_takes_no_more_than_runs_per_fit_and_an_erring_trial_fails_what_it_took(tmp_path):
+    ledger, teachers, students, status = stealing_ledger(tmp_path, runs_per_fit=len(STUDIES) + 2)
+    ledger.next_pack("a")
+    for t in teachers:
+        status[t.run_id] = "finished"
+    room = ledger.runs_per_fit - len(teachers)
+    taken = [ledger.more_runs("a", i)[0][0] for i in range(room)]
+    assert ledger.more_runs("a", room) == []  # full: the rest start in a new trial
+    assert ledger.next_pack("b").runs == tuple(s for s in students if s not in taken)
+    status[taken[0].run_id] = "finished"
+    ledger.trial_ended("a")  # erred
+    assert ledger.failed == {r.run_id for r in taken[1:]}  # what it finished stays finished

@@ -24,7 +24,7 @@ from ray.train.torch import TorchTrainer
 from kdray.data.cache import DataInfo
 from kdray.grid.packing import Pack, pack_runs, runs_per_trial
 from kdray.grid.resources import DRIVER_RESOURCE, ResourceError, ResourceWait, driver_resources
-from kdray.grid.schedule import RunQueue
+from kdray.grid.schedule import RunQueue, start_ledger
 from kdray.grid.train_fixes import ReleaseFailedWorkerGroups
 from kdray.spec.job import Job
 from kdray.spec.plan import RunSpec
@@ -227,48 +227,69 @@ def run_grid(exp: Experiment, job: Job, runs: list[RunSpec], data: DataInfo) -> 
     for run in todo:  # a failure recorded from here on is this session's
         exp.run(run.run_id).clear_failure()
     slots = job.resources.max_concurrent_trials
-    packs = pack_runs(todo, runs_per_trial(job, data), slots)
-    queue = RunQueue(
+    per_fit = runs_per_trial(job, data)
+    packs = pack_runs(todo, per_fit, slots)
+    if not packs:
+        return [outcome(exp, run, None, {}) for run in runs]
+    ledger = start_ledger(
         packs,
-        trial_config=lambda pack: {"trial": trial_config(exp, job, data, pack)},
         run_status=lambda run_id: _status(exp, run_id),
         max_concurrent=slots,
+        runs_per_fit=per_fit,
+        attempts=lambda run_id: exp.run(run_id).attempts(),
+    )
+    queue = RunQueue(
+        ledger,
+        trial_config=lambda pack, trial_id: {
+            "trial": trial_config(exp, job, data, pack, trial_id, ledger.actor)
+        },
     )
     waiting = ResourceWait(job.faults.resource_wait_s, str(exp.root))
-    if packs:
-        tuner = tune.Tuner(
-            tune.with_resources(run_trial, driver_resources()),
-            tune_config=tune.TuneConfig(
-                search_alg=queue,
-                num_samples=len(packs),
-                # a finished trial's driver process (kdray.grid.tune imported) starts the next one
-                reuse_actors=True,
-                trial_name_creator=_trial_name,
-                trial_dirname_creator=_trial_name,
-            ),
-            run_config=tune.RunConfig(
-                name=time.strftime("%Y%m%d-%H%M%S"),
-                storage_path=str(exp.tune_dir),
-                failure_config=tune.FailureConfig(max_failures=job.faults.trial_retries),
-                stop=waiting,
-                verbose=0,
-            ),
-        )
-        results = tuner.fit()
+    try:
+        results = _tuner(exp, job, queue, waiting, len(packs)).fit()
         if waiting.message is not None:
             raise ResourceError(waiting.message)
+        given = ledger.given()
         errors = {
-            run.run_id: r.error for r in results if r.config for run in r.config["trial"].runs
+            run_id: r.error
+            for r in results
+            if r.config
+            for run_id in given.get(r.config["trial"].pack_id, ())
         }
-    else:
-        errors = {}
-    return [outcome(exp, run, errors.get(run.run_id), queue.blocked()) for run in runs]
+        blocked = queue.blocked()
+    finally:
+        ray.kill(ledger.actor)
+    return [outcome(exp, run, errors.get(run.run_id), blocked) for run in runs]
 
 
-def trial_config(exp: Experiment, job: Job, data: DataInfo, pack: Pack) -> TrialConfig:
-    """What a pack's trial trains; each run's earlier starts, so this session retries it anew."""
+def _tuner(exp: Experiment, job: Job, queue: RunQueue, waiting: ResourceWait, packs: int):
+    return tune.Tuner(
+        tune.with_resources(run_trial, driver_resources()),
+        tune_config=tune.TuneConfig(
+            search_alg=queue,
+            num_samples=packs,
+            # a finished trial's driver process (kdray.grid.tune imported) starts the next one
+            reuse_actors=True,
+            trial_name_creator=_trial_name,
+            trial_dirname_creator=_trial_name,
+        ),
+        run_config=tune.RunConfig(
+            name=time.strftime("%Y%m%d-%H%M%S"),
+            storage_path=str(exp.tune_dir),
+            failure_config=tune.FailureConfig(max_failures=job.faults.trial_retries),
+            stop=waiting,
+            verbose=0,
+        ),
+    )
+
+
+def trial_config(
+    exp: Experiment, job: Job, data: DataInfo, pack: Pack, trial_id: str = "", ledger=None
+) -> TrialConfig:
+    """What a pack's trial trains; each run's earlier starts, so this session retries it anew;
+    where it asks for more (`ledger`, an actor handle, None: the pack alone)."""
     earlier = {r.run_id: exp.run(r.run_id).attempts() for r in pack.runs}
-    return TrialConfig(exp.root, job, data, pack.runs, earlier)
+    return TrialConfig(exp.root, job, data, pack.runs, earlier, pack_id=trial_id, ledger=ledger)
 
 
 def outcome(

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import time
 import traceback
+from collections.abc import Iterator
 
+import ray
 import ray.train
 import ray.train.torch
 import torch
@@ -28,7 +30,7 @@ from kdray.spec.job import Job
 from kdray.spec.plan import RunSpec
 from kdray.store.experiment import Experiment
 from kdray.train.run_loop import Worker, train_run
-from kdray.train.trial import TrialConfig
+from kdray.train.trial import WAIT, TrialConfig
 
 
 def train_pack(config: dict) -> None:
@@ -46,19 +48,43 @@ def train_pack(config: dict) -> None:
         report=lambda metrics: ray.train.report(metrics),
     )
     launched = trial.launched_at
-    for spec in trial.runs:
+    for spec, earlier in runs_to_train(trial):
         if exp.summary(spec.run_id) is None:
-            train_one(trial, exp, spec, worker, launched)
+            train_one(trial, exp, spec, worker, launched, earlier)
         launched = time.time()
 
 
+def runs_to_train(trial: TrialConfig, wait_s: float = 0.5) -> Iterator[tuple[RunSpec, int]]:
+    """The pack's runs, then the runs the grid's ledger gives this trial one by one (waiting
+    while the runs left wait on teachers other trials train), each with how often it was
+    started before this grid session. Every rank, and a restarted worker, gets the same runs
+    in the same order (the ledger records its answers)."""
+    for spec in trial.runs:
+        yield spec, trial.earlier_attempts.get(spec.run_id, 0)
+    call = 0
+    while trial.ledger is not None:
+        got = ray.get(trial.ledger.more_runs.remote(trial.pack_id, call))
+        if got == WAIT:
+            time.sleep(wait_s)
+            continue
+        if not got:
+            return
+        yield from got
+        call += 1
+
+
 def train_one(
-    trial: TrialConfig, exp: Experiment, spec: RunSpec, worker: Worker, started: float
+    trial: TrialConfig,
+    exp: Experiment,
+    spec: RunSpec,
+    worker: Worker,
+    started: float,
+    earlier: int = 0,
 ) -> None:
     """One run of the pack, its failures its own (a single worker: an exception fails the run;
     under DDP it stops the worker group, as ranks must not part ways inside collectives)."""
     folder = exp.run(spec.run_id)
-    attempts = _agreed(worker, folder.attempts()) + 1 - trial.earlier_attempts.get(spec.run_id, 0)
+    attempts = _agreed(worker, folder.attempts()) + 1 - earlier
     limit = trial.job.faults.trial_retries + 1
     if worker.rank == 0:
         folder.start_attempt()
