@@ -7,8 +7,10 @@ start once every teacher of its runs finished: runs without a teacher come first
 are ready at once), then students ordered by their teachers, so a pack's students share their
 teachers or have neighbours' (seeds of a study: teachers trained side by side). A stage is cut
 into packs of at most `runs_per_trial` runs, but into at least as many packs as there are trial
-slots (when it has that many runs), sizes within one of each other: every slot gets work, and no
-slot is left with a long tail.
+slots (when it has that many runs), sizes within one of each other: every slot gets work. Packs
+are where fits start: a fit done with its pack takes runs of packs still waiting, up to
+`runs_per_trial` runs (`kdray.grid.schedule.RunLedger.more_runs`), so no slot is left with a
+long tail.
 
 `resources.runs_per_trial: auto` packs when a run is short against the start-up: when a run's
 work (training images x epochs x pixels per image) is below `SHORT_RUN_WORK`, about ten minutes

@@ -1,8 +1,8 @@
 """The Ray Train worker: train a trial's pack of runs, one after another, in one process.
 
 A trial is a *pack*: one or more runs of the grid that share a stage and their teachers
-(`kdray.grid.packing`). The worker process pays Ray Train's start-up once and trains each run
-of the pack in turn (`kdray.train.run_loop.train_run`), each in its own run folder with its own
+(`kdray.grid.packing`), then whatever ready runs the grid's ledger gives it (`runs_to_train`).
+The worker process pays Ray Train's start-up once and trains each run in turn (`kdray.train.run_loop.train_run`), each in its own run folder with its own
 checkpoint, summary and tracking run. A run that finished (or failed with a summary) in an
 earlier attempt is skipped, so a pack restarted by Ray Train after a lost worker, or retried by
 Tune, or resumed by `kdray resume` in another pack, trains only what is left, each run from its
