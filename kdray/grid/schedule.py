@@ -23,10 +23,13 @@ saved scheduler state: it queues the runs that are not done.
 from __future__ import annotations
 
 import json
+import signal
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import ray
+from ray import tune
 from ray.tune.search import Searcher
 
 from kdray.grid.packing import Pack
@@ -59,13 +62,18 @@ class RunLedger:
         self.claims: dict[str, list[tuple]] = {}  # trial id -> what each more_runs call got
         self.failed: set[str] = set()  # runs their trial left unfinished in this session
         self.dropped: dict[str, str] = {}  # run id -> the failed teacher it can never use
+        self.closed = False  # the grid is stopping (Ctrl-C): nothing more starts
+
+    def close(self) -> None:
+        """Start nothing more: no new trial, no run for a trial asking for more."""
+        self.closed = True
 
     def next_pack(self, trial_id: str) -> Pack | str | None:
         """The pack a new trial trains; None (ask again later) while what is left waits on
         running teachers or every slot is taken; `Searcher.FINISHED` when nothing is left, or
         nothing left can ever start."""
         self._drop_runs_of_failed_teachers()
-        if not self.waiting:
+        if not self.waiting or self.closed:
             return Searcher.FINISHED
         ready = [p for p in self.waiting if self._can_start(p)]
         if not ready:
@@ -84,6 +92,8 @@ class RunLedger:
         log = self.claims.setdefault(trial_id, [])
         if call < len(log):
             return list(log[call])
+        if self.closed:
+            return []
         pack = self.live.get(trial_id)
         if pack is None or len(pack.runs) + sum(map(len, log)) >= self.runs_per_fit:
             log.append(())
@@ -206,6 +216,27 @@ class RunQueue(Searcher):
 
     def blocked(self) -> dict[str, str]:
         return self.ledger.blocked()
+
+
+class CloseLedgerOnInterrupt(tune.Callback):
+    """Ctrl-C stops Tune's loop, but Tune then gives running trials seconds to stop, in which a
+    worker done with a run would take the next one: close the ledger first. Tune installs its
+    SIGINT handler before it sets up its callbacks; this wraps it (Tune's handler puts back the
+    one from before Tune, so the wrapper goes with it)."""
+
+    def __init__(self, ledger: RemoteLedger):
+        self.ledger = ledger
+
+    def setup(self, **info) -> None:
+        tune_handler = signal.getsignal(signal.SIGINT)
+        if not callable(tune_handler) or threading.current_thread() is not threading.main_thread():
+            return
+
+        def close_then_stop(sig, frame):
+            self.ledger.actor.close.remote()
+            tune_handler(sig, frame)
+
+        signal.signal(signal.SIGINT, close_then_stop)
 
 
 class RemoteLedger:

@@ -24,7 +24,7 @@ from ray.train.torch import TorchTrainer
 from kdray.data.cache import DataInfo
 from kdray.grid.packing import Pack, pack_runs, runs_per_trial
 from kdray.grid.resources import DRIVER_RESOURCE, ResourceError, ResourceWait, driver_resources
-from kdray.grid.schedule import RunQueue, start_ledger
+from kdray.grid.schedule import CloseLedgerOnInterrupt, RunQueue, start_ledger
 from kdray.grid.train_fixes import ReleaseFailedWorkerGroups
 from kdray.spec.job import Job
 from kdray.spec.plan import RunSpec
@@ -278,6 +278,7 @@ def _tuner(exp: Experiment, job: Job, queue: RunQueue, waiting: ResourceWait, pa
             storage_path=str(exp.tune_dir),
             failure_config=tune.FailureConfig(max_failures=job.faults.trial_retries),
             stop=waiting,
+            callbacks=[CloseLedgerOnInterrupt(queue.ledger)],
             verbose=0,
         ),
     )

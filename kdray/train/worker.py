@@ -2,8 +2,9 @@
 
 A trial is a *pack*: one or more runs of the grid that share a stage and their teachers
 (`kdray.grid.packing`), then whatever ready runs the grid's ledger gives it (`runs_to_train`).
-The worker process pays Ray Train's start-up once and trains each run in turn (`kdray.train.run_loop.train_run`), each in its own run folder with its own
-checkpoint, summary and tracking run. A run that finished (or failed with a summary) in an
+The worker process pays Ray Train's start-up once and trains each run in turn
+(`kdray.train.run_loop.train_run`), each in its own run folder with its own checkpoint, summary
+and tracking run. A run that finished (or failed with a summary) in an
 earlier attempt is skipped, so a pack restarted by Ray Train after a lost worker, or retried by
 Tune, or resumed by `kdray resume` in another pack, trains only what is left, each run from its
 own last checkpoint. A run that raises fails alone (its summary says why) and the pack goes on;
@@ -47,11 +48,11 @@ def train_pack(config: dict) -> None:
         prepare=lambda m: ray.train.torch.prepare_model(m, move_to_device=device),
         report=lambda metrics: ray.train.report(metrics),
     )
-    launched = trial.launched_at
+    launched = trial.launched_at  # the first run trained carries the fit's start-up
     for spec, earlier in runs_to_train(trial):
         if exp.summary(spec.run_id) is None:
-            train_one(trial, exp, spec, worker, launched, earlier)
-        launched = time.time()
+            train_one(trial, exp, spec, worker, launched or time.time(), earlier)
+            launched = 0.0
 
 
 def runs_to_train(trial: TrialConfig, wait_s: float = 0.5) -> Iterator[tuple[RunSpec, int]]:
@@ -63,7 +64,10 @@ def runs_to_train(trial: TrialConfig, wait_s: float = 0.5) -> Iterator[tuple[Run
         yield spec, trial.earlier_attempts.get(spec.run_id, 0)
     call = 0
     while trial.ledger is not None:
-        got = ray.get(trial.ledger.more_runs.remote(trial.pack_id, call))
+        try:
+            got = ray.get(trial.ledger.more_runs.remote(trial.pack_id, call))
+        except ray.exceptions.RayActorError:  # the grid's driver is gone: take nothing more
+            return
         if got == WAIT:
             time.sleep(wait_s)
             continue
