@@ -182,6 +182,10 @@ def test_a_trial_waits_while_the_runs_left_wait_on_another_trial_s_teachers(tmp_
     ledger.next_pack("a")  # the teachers
     ledger.live["b"] = Pack(())  # a second trial, done with its pack
     assert ledger.more_runs("b", 0) == WAIT  # a's teachers will make students ready
+    ledger.live["c"] = Pack(())
+    ledger.wait_limit_s = 0.0  # ... but not for ever: a's workers may need c's resources
+    assert ledger.more_runs("c", 0) == []
+    ledger.wait_limit_s = 60.0
     for t in teachers:
         status[t.run_id] = "failed"
     ledger.trial_ended("a")

@@ -12,7 +12,8 @@ ledger for more (`RunLedger.more_runs`) and takes the next ready run of a pack s
 (work stealing), up to `runs_per_fit` runs a fit. So a slot keeps its one Ray Train fit while
 there is work for it, instead of paying a new fit's start-up per pack, and no slot idles while
 another holds a tail of runs. While the only runs left wait on teachers that other trials are
-training, the asking trial waits for them; when nothing left can come its way, it ends.
+training, the asking trial waits for them, up to `WAIT_LIMIT_S`; when nothing left can come its
+way, it ends.
 
 The ledger lives in one Ray actor on the driver's node (`start_ledger`), which Tune's searcher
 (`RunQueue`) and the trials' workers both call. Its state is rebuilt from the experiment folder
@@ -25,6 +26,7 @@ from __future__ import annotations
 import json
 import signal
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,6 +37,12 @@ from ray.tune.search import Searcher
 from kdray.grid.packing import Pack
 from kdray.spec.plan import RunSpec
 from kdray.train.trial import WAIT
+
+# How long a trial done with its runs waits for runs whose teachers other trials train. Waiting
+# saves a new fit's start-up, but holds the trial's resources: a teacher's trial whose workers
+# must restart (a lost node) may need exactly those, so the wait is bounded and the fit then
+# ends, freeing them.
+WAIT_LIMIT_S = 30.0
 
 
 class RunLedger:
@@ -49,6 +57,7 @@ class RunLedger:
         max_concurrent: int,
         runs_per_fit: int = 1,
         attempts: Callable[[str], int] = lambda _: 0,
+        wait_limit_s: float = WAIT_LIMIT_S,
     ):
         teachers = {t for pack in packs for t in pack.teacher_runs}
         gating = {p: any(r.run_id in teachers for r in p.runs) for p in packs}
@@ -63,6 +72,8 @@ class RunLedger:
         self.failed: set[str] = set()  # runs their trial left unfinished in this session
         self.dropped: dict[str, str] = {}  # run id -> the failed teacher it can never use
         self.closed = False  # the grid is stopping (Ctrl-C): nothing more starts
+        self.wait_limit_s = wait_limit_s
+        self.waiting_since: dict[str, float] = {}  # trial id -> when it began to wait
 
     def close(self) -> None:
         """Start nothing more: no new trial, no run for a trial asking for more."""
@@ -103,10 +114,13 @@ class RunLedger:
             for run in waiting.runs:
                 if self._ready(run):
                     self._take(waiting, run)
+                    self.waiting_since.pop(trial_id, None)
                     log.append(((run, self.attempts(run.run_id)),))
                     return list(log[-1])
         if any(self._coming(run) for waiting in self.waiting for run in waiting.runs):
-            return WAIT
+            since = self.waiting_since.setdefault(trial_id, time.monotonic())
+            if time.monotonic() - since < self.wait_limit_s:
+                return WAIT
         log.append(())
         return []
 
