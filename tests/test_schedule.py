@@ -5,11 +5,12 @@ import json
 
 from ray.tune.search import Searcher
 
+from kdray.grid.ledger import RunLedger
 from kdray.grid.packing import Pack
-from kdray.grid.schedule import RunLedger, RunQueue
+from kdray.grid.schedule import RunQueue, ledger_packs
 from kdray.spec.job import Job
 from kdray.spec.plan import make_plan
-from kdray.train.trial import WAIT
+from kdray.train.more_runs import WAIT
 from tests.conftest import tiny_job_dict
 
 STUDIES = {
@@ -21,12 +22,9 @@ STUDIES = {
 def make_queue(tmp_path, max_concurrent=2):
     plan = make_plan(Job.model_validate(tiny_job_dict(tmp_path, studies=STUDIES)))
     status: dict[str, str] = {}
-    ledger = RunLedger(
-        [Pack((run,)) for run in plan.runs.values()],  # one run per trial: the order alone
-        run_status=status.get,
-        max_concurrent=max_concurrent,
-    )
-    queue = RunQueue(ledger, trial_config=lambda pack, _: {"run": pack.runs[0].to_dict()})
+    packs = [Pack((run,)) for run in plan.runs.values()]  # one run per trial: the order alone
+    ledger = RunLedger(*ledger_packs(packs), max_concurrent=max_concurrent, run_status=status.get)
+    queue = RunQueue(ledger, packs, trial_config=lambda pack, _: {"run": pack.runs[0].to_dict()})
     return plan, queue, status
 
 
@@ -123,12 +121,11 @@ def test_a_failed_teacher_takes_its_students_out_of_a_pack_and_the_rest_still_st
     teachers = [r for r in runs if r.stage == "teacher"]
     students = [r for r in runs if r.teacher_runs]
     status: dict[str, str] = {}
-    ledger = RunLedger(
-        [Pack(tuple(teachers)), Pack(tuple(students))],  # every KD student in one pack
-        run_status=status.get,
-        max_concurrent=2,
+    packs = [Pack(tuple(teachers)), Pack(tuple(students))]  # every KD student in one pack
+    ledger = RunLedger(*ledger_packs(packs), max_concurrent=2, run_status=status.get)
+    queue = RunQueue(
+        ledger, packs, trial_config=lambda pack, _: {"runs": [r.run_id for r in pack.runs]}
     )
-    queue = RunQueue(ledger, trial_config=lambda pack, _: {"runs": [r.run_id for r in pack.runs]})
     assert queue.suggest("t")["runs"] == [t.run_id for t in teachers]
     bad = students[0].teacher_runs[0]
     for teacher in teachers:
@@ -147,61 +144,86 @@ def stealing_ledger(tmp_path, runs_per_fit=8):
     students = [r for r in runs if r.teacher_runs]
     status: dict[str, str] = {}
     ledger = RunLedger(
-        [Pack(tuple(teachers)), Pack(tuple(students))],
-        run_status=status.get,
+        *ledger_packs([Pack(tuple(teachers)), Pack(tuple(students))]),
         max_concurrent=2,
         runs_per_fit=runs_per_fit,
+        run_status=status.get,
         attempts=lambda run_id: 7,
     )
-    return ledger, teachers, students, status
+    return ledger, ids(teachers), ids(students), status
+
+
+def ids(runs) -> list[str]:
+    return [r.run_id for r in runs]
 
 
 def test_a_trial_done_with_its_pack_takes_ready_runs_and_waits_for_coming_ones(tmp_path):
     ledger, teachers, students, status = stealing_ledger(tmp_path)
-    assert ledger.next_pack("a").runs == tuple(teachers)
+    assert ledger.next_pack("a") == tuple(teachers)
     assert ledger.next_pack("b") is None  # the students wait on teachers trial a trains
-    first = teachers[0].run_id
-    mine = [s for s in students if s.teacher_runs == [first]]
+    first = teachers[0]
+    mine = [s for s in students if ledger.teachers[s] == (first,)]
     assert mine and len(mine) < len(students)
     status[first] = "finished"
     assert ledger.more_runs("a", 0) == [(mine[0], 7)]  # taken, with its earlier attempts
     assert ledger.more_runs("a", 0) == [(mine[0], 7)]  # the same answer again (ranks, restarts)
     for t in teachers:
-        status[t.run_id] = "finished"
+        status[t] = "finished"
     taken = [mine[0]]
     while (got := ledger.more_runs("a", len(taken))) != []:
         assert got != WAIT
         taken += [run for run, _ in got]
-    assert sorted(r.run_id for r in taken) == sorted(s.run_id for s in students)
+    assert sorted(taken) == sorted(students)
     assert ledger.next_pack("b") == Searcher.FINISHED  # nothing left to start a trial for
-    assert ledger.given()["a"] == [r.run_id for r in (*teachers, *taken)]
+    assert ledger.given()["a"] == [*teachers, *taken]
 
 
 def test_a_trial_waits_while_the_runs_left_wait_on_another_trial_s_teachers(tmp_path):
     ledger, teachers, students, status = stealing_ledger(tmp_path)
     ledger.next_pack("a")  # the teachers
-    ledger.live["b"] = Pack(())  # a second trial, done with its pack
+    ledger.live["b"] = ()  # a second trial, done with its pack
     assert ledger.more_runs("b", 0) == WAIT  # a's teachers will make students ready
-    ledger.live["c"] = Pack(())
+    ledger.live["c"] = ()
     ledger.wait_limit_s = 0.0  # ... but not for ever: a's workers may need c's resources
     assert ledger.more_runs("c", 0) == []
     ledger.wait_limit_s = 60.0
     for t in teachers:
-        status[t.run_id] = "failed"
+        status[t] = "failed"
     ledger.trial_ended("a")
     assert ledger.more_runs("b", 0) == []  # nothing left can ever come: end the fit
-    assert set(ledger.blocked()) == {s.run_id for s in students}
+    assert set(ledger.blocked()) == set(students)
 
 
 def test_a_fit_takes_no_more_than_runs_per_fit_and_an_erring_trial_fails_what_it_took(tmp_path):
     ledger, teachers, students, status = stealing_ledger(tmp_path, runs_per_fit=len(STUDIES) + 2)
     ledger.next_pack("a")
     for t in teachers:
-        status[t.run_id] = "finished"
+        status[t] = "finished"
     room = ledger.runs_per_fit - len(teachers)
     taken = [ledger.more_runs("a", i)[0][0] for i in range(room)]
     assert ledger.more_runs("a", room) == []  # full: the rest start in a new trial
-    assert ledger.next_pack("b").runs == tuple(s for s in students if s not in taken)
-    status[taken[0].run_id] = "finished"
+    assert ledger.next_pack("b") == tuple(s for s in students if s not in taken)
+    status[taken[0]] = "finished"
     ledger.trial_ended("a")  # erred
-    assert ledger.failed == {r.run_id for r in taken[1:]}  # what it finished stays finished
+    assert ledger.failed == set(taken[1:])  # what it finished stays finished
+
+
+def test_the_ledger_reads_run_folders_and_its_module_loads_no_torch(tmp_path):
+    import subprocess
+    import sys
+
+    from kdray.grid.ledger import run_status
+
+    run = tmp_path / "runs" / "a"
+    run.mkdir(parents=True)
+    assert run_status(tmp_path, "a") is None
+    (run / "failure.json").write_text(json.dumps({"error": "boom"}))
+    assert run_status(tmp_path, "a") == "failed"
+    (run / "summary.json").write_text(json.dumps({"status": "finished"}))
+    assert run_status(tmp_path, "a") == "finished"
+    (run / "attempts.json").write_text(json.dumps({"attempts": 3}))
+    assert RunLedger([("a",)], {}, tmp_path).attempts("a") == 3
+    # the ledger's actor imports kdray.grid.ledger alone: it must start in about a second
+    probe = "import sys, kdray.grid.ledger; print('torch' in sys.modules, 'timm' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]

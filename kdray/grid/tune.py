@@ -24,7 +24,7 @@ from ray.train.torch import TorchTrainer
 from kdray.data.cache import DataInfo
 from kdray.grid.packing import Pack, pack_runs, runs_per_trial
 from kdray.grid.resources import DRIVER_RESOURCE, ResourceError, ResourceWait, driver_resources
-from kdray.grid.schedule import CloseLedgerOnInterrupt, RunQueue, start_ledger
+from kdray.grid.schedule import CloseLedgerOnInterrupt, RunQueue, ledger_packs, start_ledger
 from kdray.grid.train_fixes import ReleaseFailedWorkerGroups
 from kdray.spec.job import Job
 from kdray.spec.plan import RunSpec
@@ -232,14 +232,11 @@ def run_grid(exp: Experiment, job: Job, runs: list[RunSpec], data: DataInfo) -> 
     if not packs:
         return [outcome(exp, run, None, {}) for run in runs]
     ledger = start_ledger(
-        packs,
-        run_status=lambda run_id: _status(exp, run_id),
-        max_concurrent=slots,
-        runs_per_fit=per_fit,
-        attempts=lambda run_id: exp.run(run_id).attempts(),
+        *ledger_packs(packs), str(exp.root), max_concurrent=slots, runs_per_fit=per_fit
     )
     queue = RunQueue(
         ledger,
+        packs,
         trial_config=lambda pack, trial_id: {
             "trial": trial_config(exp, job, data, pack, trial_id, ledger.actor)
         },
@@ -323,14 +320,6 @@ def _teacher_error(exp: Experiment, run_id: str) -> str | None:
     if summary is not None:
         return summary.get("error")
     return exp.run(run_id).failure()
-
-
-def _status(exp: Experiment, run_id: str) -> str | None:
-    """finished / failed (a summary saying so, or a recorded failure) / None (not ended)."""
-    summary = exp.summary(run_id)
-    if summary is not None:
-        return summary["status"]
-    return "failed" if exp.run(run_id).failure() is not None else None
 
 
 def _trial_name(trial) -> str:

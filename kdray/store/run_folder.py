@@ -18,8 +18,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from kdray.store.atomic import atomic_write, write_json
 from kdray.store.json_files import ExperimentError, damaged, read_json
 
@@ -124,6 +122,8 @@ class RunFolder:
     # --- training state -----------------------------------------------------------------
 
     def save_checkpoint(self, state: dict) -> None:
+        import torch  # here: the grid's ledger reads run folders without loading torch
+
         with atomic_write(self.checkpoint_file, "wb") as fh:
             torch.save(state, fh)
 
@@ -135,6 +135,8 @@ class RunFolder:
             path = legacy_checkpoint(Path(legacy_root) / self.run_id)
         if path is None or not path.is_file():
             return None
+        import torch
+
         return torch.load(path, map_location=device, weights_only=True)
 
     def drop_checkpoint(self) -> None:

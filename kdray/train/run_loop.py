@@ -101,7 +101,7 @@ def train_run(
     summary.update(final_metrics(session.model, job, session.info, worker.device))
     summary.update(method_model_metrics(session))
     if rank0:
-        finish(session, folder, history, summary)
+        finish(session, folder, history, summary, launched_at)
         tracker.finish(summary)
     session.close()
     return summary
@@ -160,11 +160,14 @@ def load_state(session: Session, state: dict) -> tuple[int, list[dict]]:
     return state["epoch"], state["history"]
 
 
-def finish(session: Session, folder: RunFolder, history: list[dict], summary: dict) -> None:
+def finish(
+    session: Session, folder: RunFolder, history: list[dict], summary: dict, launched_at: float
+) -> None:
     """Rank 0: the run's files. The deployable `model.pt` is the student alone (no adapters),
     and what it costs goes into the summary; a teacher whose students read cached soft labels
     writes them before `summary.json`, so a teacher counts as finished only with its soft
-    labels. The training state is dropped once the summary is written."""
+    labels. The training state is dropped once the summary is written. `wall_s` ends with the
+    summary: the final evaluation, model file, cost and soft labels are the run's time too."""
     info, spec = session.info, session.spec
     folder.write_epochs(history)
     save_model(
@@ -186,6 +189,7 @@ def finish(session: Session, folder: RunFolder, history: list[dict], summary: di
                 session.core.student, session.job, spec.seed, info, session.device, folder.path,
                 spec.labels, pool,
             )  # fmt: skip
+    summary["wall_s"] = time.time() - launched_at
     folder.write_summary(summary)
     folder.drop_checkpoint()
 

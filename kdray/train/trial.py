@@ -11,8 +11,6 @@ from kdray.data.cache import DataInfo
 from kdray.spec.job import Job
 from kdray.spec.plan import RunSpec
 
-WAIT = "wait"  # the ledger's answer to "more runs?" while the runs left wait on teachers
-
 
 @dataclass(frozen=True)
 class TrialConfig:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import time
 import traceback
-from collections.abc import Iterator
 
 import ray
 import ray.train
@@ -30,8 +29,9 @@ import torch.distributed as dist
 from kdray.spec.job import Job
 from kdray.spec.plan import RunSpec
 from kdray.store.experiment import Experiment
+from kdray.train.more_runs import runs_to_train
 from kdray.train.run_loop import Worker, train_run
-from kdray.train.trial import WAIT, TrialConfig
+from kdray.train.trial import TrialConfig
 
 
 def train_pack(config: dict) -> None:
@@ -53,28 +53,6 @@ def train_pack(config: dict) -> None:
         if exp.summary(spec.run_id) is None:
             train_one(trial, exp, spec, worker, launched or time.time(), earlier)
             launched = 0.0
-
-
-def runs_to_train(trial: TrialConfig, wait_s: float = 0.5) -> Iterator[tuple[RunSpec, int]]:
-    """The pack's runs, then the runs the grid's ledger gives this trial one by one (waiting
-    while the runs left wait on teachers other trials train), each with how often it was
-    started before this grid session. Every rank, and a restarted worker, gets the same runs
-    in the same order (the ledger records its answers)."""
-    for spec in trial.runs:
-        yield spec, trial.earlier_attempts.get(spec.run_id, 0)
-    call = 0
-    while trial.ledger is not None:
-        try:
-            got = ray.get(trial.ledger.more_runs.remote(trial.pack_id, call))
-        except ray.exceptions.RayActorError:  # the grid's driver is gone: take nothing more
-            return
-        if got == WAIT:
-            time.sleep(wait_s)
-            continue
-        if not got:
-            return
-        yield from got
-        call += 1
 
 
 def train_one(

@@ -1,0 +1,207 @@
+"""The grid's ledger: which runs wait, which trial trains which, what failed (see
+`kdray.grid.schedule` for how Tune and the workers use it).
+
+It lives in one Ray actor on the driver's node, so it is kept light: runs are their ids (a
+pack is a tuple of run ids, each run's teachers a tuple too), and a run's state is read from its
+folder with the standard library alone. Importing it loads neither torch nor timm: the actor
+starts in about a second, not the seconds the first trial would otherwise wait for it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from kdray.store.json_files import ExperimentError
+from kdray.store.run_folder import RunFolder
+from kdray.train.more_runs import WAIT
+
+FINISHED = "FINISHED"  # ray.tune.search.Searcher.FINISHED: no trial is left to start
+
+# How long a trial done with its runs waits for runs whose teachers other trials train. Waiting
+# saves a new fit's start-up, but holds the trial's resources: a teacher's trial whose workers
+# must restart (a lost node) may need exactly those, so the wait is bounded and the fit then
+# ends, freeing them.
+WAIT_LIMIT_S = 30.0
+
+Pack = tuple[str, ...]
+
+
+def run_status(experiment: Path, run_id: str) -> str | None:
+    """finished / failed (a summary saying so, or a recorded failure) / None (not ended)."""
+    folder = RunFolder(Path(experiment) / "runs" / run_id)
+    try:
+        summary = folder.summary()
+    except ExperimentError:
+        return None  # damaged: not ended as far as scheduling goes (resume names the file)
+    if summary is not None:
+        return summary["status"]
+    return "failed" if folder.failure() is not None else None
+
+
+class RunLedger:
+    """Packs of run ids handed to new trials (`next_pack`), ready runs handed to trials done
+    with theirs (`more_runs`). `teachers`: run id -> its teacher run ids. A run's state and
+    earlier starts come from `experiment`'s run folders, or from `run_status(run_id)` and
+    `attempts(run_id)` when given (tests)."""
+
+    def __init__(
+        self,
+        packs: list[Pack],
+        teachers: dict[str, tuple[str, ...]],
+        experiment: str | Path | None = None,
+        max_concurrent: int = 1,
+        runs_per_fit: int = 1,
+        run_status: Callable[[str], str | None] | None = None,
+        attempts: Callable[[str], int] | None = None,
+        wait_limit_s: float = WAIT_LIMIT_S,
+    ):
+        gating = {t for ts in teachers.values() for t in ts}
+        self.waiting = sorted(packs, key=lambda p: not any(r in gating for r in p))
+        self.teachers = teachers
+        self.experiment = Path(experiment) if experiment is not None else None
+        self._status = run_status
+        self._attempts = attempts
+        self.max_concurrent = max_concurrent
+        self.runs_per_fit = runs_per_fit
+        self.wait_limit_s = wait_limit_s
+        self.live: dict[str, Pack] = {}  # Tune trial id -> the pack it started with
+        self.ended: dict[str, Pack] = {}  # the same, for trials that ended
+        self.claims: dict[str, list[tuple]] = {}  # trial id -> what each more_runs call got
+        self.waiting_since: dict[str, float] = {}  # trial id -> when it began to wait
+        self.failed: set[str] = set()  # runs their trial left unfinished in this session
+        self.dropped: dict[str, str] = {}  # run id -> the failed teacher it can never use
+        self.closed = False  # the grid is stopping (Ctrl-C): nothing more starts
+
+    def close(self) -> None:
+        """Start nothing more: no new trial, no run for a trial asking for more."""
+        self.closed = True
+
+    def next_pack(self, trial_id: str) -> Pack | str | None:
+        """The pack a new trial trains; None (ask again later) while what is left waits on
+        running teachers or every slot is taken; `FINISHED` when nothing is left, or nothing
+        left can ever start."""
+        self._drop_runs_of_failed_teachers()
+        if not self.waiting or self.closed:
+            return FINISHED
+        ready = [p for p in self.waiting if all(self._ready(r) for r in p)]
+        if not ready:
+            return None if self.live else FINISHED
+        if len(self.live) >= self.max_concurrent:
+            return None
+        pack = ready[0]
+        self.waiting.remove(pack)
+        self.live[trial_id] = pack
+        return pack
+
+    def more_runs(self, trial_id: str, call: int) -> list[tuple[str, int]] | str:
+        """The trial's `call`-th request for more: [(run id, its earlier attempts)], [] (no
+        more: end the fit) or `WAIT`. Answers are recorded, so every rank of a trial, and a
+        worker group Ray Train restarted, replays the same runs in the same order."""
+        log = self.claims.setdefault(trial_id, [])
+        if call < len(log):
+            return list(log[call])
+        if self.closed:
+            return []
+        pack = self.live.get(trial_id)
+        if pack is None or len(pack) + sum(map(len, log)) >= self.runs_per_fit:
+            log.append(())
+            return []
+        self._drop_runs_of_failed_teachers()
+        for waiting in self.waiting:
+            for run in waiting:
+                if self._ready(run):
+                    self._take(waiting, run)
+                    self.waiting_since.pop(trial_id, None)
+                    log.append(((run, self.attempts(run)),))
+                    return list(log[-1])
+        if any(self._coming(run) for waiting in self.waiting for run in waiting):
+            since = self.waiting_since.setdefault(trial_id, time.monotonic())
+            if time.monotonic() - since < self.wait_limit_s:
+                return WAIT
+        log.append(())
+        return []
+
+    def trial_ended(self, trial_id: str) -> None:
+        if trial_id not in self.live:
+            return
+        self.ended[trial_id] = self.live.pop(trial_id)
+        for run in self.runs_of(trial_id):  # a run it finished stays finished, even if it erred
+            if self.status(run) != "finished":
+                self.failed.add(run)
+
+    def runs_of(self, trial_id: str) -> list[str]:
+        """Every run the trial was given: its pack's, then those it took."""
+        pack = self.live.get(trial_id) or self.ended.get(trial_id) or ()
+        return [*pack, *(run for claim in self.claims.get(trial_id, []) for run, _ in claim)]
+
+    def given(self) -> dict[str, list[str]]:
+        """Trial id -> the run ids it was given (its pack's and those it took)."""
+        return {t: self.runs_of(t) for t in {*self.live, *self.ended}}
+
+    def state(self) -> dict:
+        return {
+            "waiting": [list(p) for p in self.waiting],
+            "live": {t: self.runs_of(t) for t in self.live},
+            "failed": sorted(self.failed),
+        }
+
+    def blocked(self) -> dict[str, str]:
+        """Runs never started because a teacher failed: run id -> that teacher's run id. (Other
+        runs still waiting were cut short by an interruption: they are not blocked.)"""
+        self._drop_runs_of_failed_teachers()
+        return dict(self.dropped)
+
+    def status(self, run_id: str) -> str | None:
+        if self._status is not None:
+            return self._status(run_id)
+        return run_status(self.experiment, run_id) if self.experiment else None
+
+    def attempts(self, run_id: str) -> int:
+        if self._attempts is not None:
+            return self._attempts(run_id)
+        if self.experiment is None:
+            return 0
+        return RunFolder(self.experiment / "runs" / run_id).attempts()
+
+    def _take(self, pack: Pack, run: str) -> None:
+        index = self.waiting.index(pack)
+        rest = tuple(r for r in pack if r != run)
+        if rest:
+            self.waiting[index] = rest
+        else:
+            del self.waiting[index]
+
+    def _drop_runs_of_failed_teachers(self) -> None:
+        """Take out of the waiting packs the runs whose teacher failed: the rest of their pack
+        can still start."""
+        kept = []
+        for pack in self.waiting:
+            runs = []
+            for run in pack:
+                failed = [t for t in self.teachers.get(run, ()) if self._failed(t)]
+                if failed:
+                    self.dropped[run] = failed[0]
+                else:
+                    runs.append(run)
+            if runs:
+                kept.append(tuple(runs))
+        self.waiting = kept
+
+    def _failed(self, run_id: str) -> bool:
+        return run_id in self.failed or self.status(run_id) == "failed"
+
+    def _ready(self, run: str) -> bool:
+        return all(
+            t not in self.failed and self.status(t) == "finished"
+            for t in self.teachers.get(run, ())
+        )
+
+    def _coming(self, run: str) -> bool:
+        """Whether the run will be ready once the live trials finish what they train."""
+        training = {r for t in self.live for r in self.runs_of(t)}
+        return all(
+            not self._failed(t) and (self.status(t) == "finished" or t in training)
+            for t in self.teachers.get(run, ())
+        )
