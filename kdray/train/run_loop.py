@@ -161,7 +161,11 @@ def load_state(session: Session, state: dict) -> tuple[int, list[dict]]:
 
 
 def finish(
-    session: Session, folder: RunFolder, history: list[dict], summary: dict, launched_at: float
+    session: Session,
+    folder: RunFolder,
+    history: list[dict],
+    summary: dict,
+    launched_at: float | None = None,
 ) -> None:
     """Rank 0: the run's files. The deployable `model.pt` is the student alone (no adapters),
     and what it costs goes into the summary; a teacher whose students read cached soft labels
@@ -189,7 +193,8 @@ def finish(
                 session.core.student, session.job, spec.seed, info, session.device, folder.path,
                 spec.labels, pool,
             )  # fmt: skip
-    summary["wall_s"] = time.time() - launched_at
+    if launched_at is not None:
+        summary["wall_s"] = time.time() - launched_at
     folder.write_summary(summary)
     folder.drop_checkpoint()
 
