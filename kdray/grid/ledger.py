@@ -116,7 +116,8 @@ class RunLedger:
                     self.waiting_since.pop(trial_id, None)
                     log.append(((run, self.attempts(run)),))
                     return list(log[-1])
-        if any(self._coming(run) for waiting in self.waiting for run in waiting):
+        training = {r for t in self.live for r in self.runs_of(t)}
+        if any(self._coming(run, training) for waiting in self.waiting for run in waiting):
             since = self.waiting_since.setdefault(trial_id, time.monotonic())
             if time.monotonic() - since < self.wait_limit_s:
                 return WAIT
@@ -198,9 +199,8 @@ class RunLedger:
             for t in self.teachers.get(run, ())
         )
 
-    def _coming(self, run: str) -> bool:
+    def _coming(self, run: str, training: set[str]) -> bool:
         """Whether the run will be ready once the live trials finish what they train."""
-        training = {r for t in self.live for r in self.runs_of(t)}
         return all(
             not self._failed(t) and (self.status(t) == "finished" or t in training)
             for t in self.teachers.get(run, ())

@@ -77,7 +77,8 @@ class RunQueue(Searcher):
         Path(checkpoint_path).write_text(json.dumps(self.ledger.state(), indent=1))
 
     def restore(self, checkpoint_path: str) -> None:
-        raise NotImplementedError(
+        """Never used: kdray does not call `Tuner.restore`, so Tune never asks for this."""
+        raise RuntimeError(
             "kdray resumes a grid from its experiment folder (`kdray resume`), not from "
             "Tune's searcher state"
         )
