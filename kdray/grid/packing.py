@@ -9,7 +9,7 @@ teachers or have neighbours' (seeds of a study: teachers trained side by side). 
 into packs of at most `runs_per_trial` runs, but into at least as many packs as there are trial
 slots (when it has that many runs), sizes within one of each other: every slot gets work. Packs
 are where fits start: a fit done with its pack takes runs of packs still waiting, up to
-`runs_per_trial` runs (`kdray.grid.schedule.RunLedger.more_runs`), so no slot is left with a
+`runs_per_trial` runs (`kdray.grid.ledger.RunLedger.more_runs`), so no slot is left with a
 long tail.
 
 `resources.runs_per_trial: auto` packs when a run is short against the start-up: when a run's

@@ -19,7 +19,7 @@ class TrialConfig:
     started before this grid session (a resumed grid gives every run its retries again), when
     the trial driver launched the fit (the first run's wall time includes the start-up), and
     where the worker asks for more runs once the pack is done: the grid's ledger (a Ray actor,
-    `kdray.grid.schedule.RunLedger`) and the trial's id there (none: the pack alone)."""
+    `kdray.grid.ledger.RunLedger`) and the trial's id there (none: the pack alone)."""
 
     experiment: Path
     job: Job
