@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -77,18 +78,34 @@ def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@pytest.mark.timeout(600)
-@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGINT], ids=["killed", "ctrl-c"])
-def test_driver_stopped_mid_grid_then_resumed_redoes_no_finished_run(tmp_path, stop):
-    raw = tiny_job_dict(tmp_path)
-    raw["train"]["epochs"] = 4
-    raw["studies"]["reverse"] = {"teachers": ["test_resnet"], "students": ["resnet10t"]}
-    job_file = tmp_path / "job.yaml"
-    job_file.write_text(yaml.safe_dump(raw))
-    exp = Experiment.for_job(parse_job(raw))
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+def finished_runs(exp) -> dict[str, tuple[str, float, str, int]]:
+    """Each finished run as its files are: summary (digest, mtime), model digest, attempts."""
+    out = {}
+    for summary in exp.root.glob("runs/*/summary.json"):
+        run_dir = summary.parent
+        if json.loads(summary.read_text()).get("status") != "finished":
+            continue
+        attempts = json.loads((run_dir / "attempts.json").read_text())["attempts"]
+        out[run_dir.name] = (
+            digest(summary),
+            summary.stat().st_mtime,
+            digest(run_dir / "model.pt"),
+            attempts,
+        )
+    return out
+
+
+def epochs_done(exp) -> dict[str, int]:
+    return {
+        p.parent.name: len(p.read_text().splitlines()) for p in exp.root.glob("runs/*/epochs.jsonl")
+    }
+
+
+def stop_driver_once(command: list[str], stop: int, env: dict, ready: Callable[[], bool]) -> int:
+    """Start a `kdray` driver, wait until `ready()`, send `stop` to its process group; its exit
+    code."""
     driver = subprocess.Popen(
-        [sys.executable, "-m", "kdray", "run", str(job_file)],
+        [sys.executable, "-m", "kdray", *command],
         cwd=REPO,
         env=env,
         start_new_session=True,
@@ -96,30 +113,50 @@ def test_driver_stopped_mid_grid_then_resumed_redoes_no_finished_run(tmp_path, s
         stderr=subprocess.DEVNULL,
     )
     deadline = time.time() + 240
-    finished: dict[str, tuple[str, float]] = {}
-    while time.time() < deadline and not finished:
-        time.sleep(1)
-        for summary in exp.root.glob("runs/*/summary.json"):
-            finished[summary.parent.name] = (digest(summary), summary.stat().st_mtime)
+    while time.time() < deadline and not ready():
+        time.sleep(0.5)
+    assert ready(), f"kdray {command[0]}: not ready to stop before the deadline"
     os.killpg(driver.pid, stop)
-    code = driver.wait(timeout=90)
-    assert finished, "no run finished before the deadline"
-    if stop == signal.SIGINT:  # Ctrl-C: a clean stop that says how to resume
-        assert code == 130
-        # runs cut short are interrupted or pending, never reported as failed
-        assert not [r for r in status_rows(exp) if r["state"] == "failed"]
+    return driver.wait(timeout=90)
+
+
+@pytest.mark.timeout(600)
+def test_driver_stopped_by_ctrl_c_then_killed_each_resume_redoes_no_finished_run(tmp_path):
+    """Ctrl-C mid-grid, then `kdray resume` killed (SIGKILL) mid-grid, then resumed to the end:
+    no run finished before a stop is trained again or touched, and the grid completes."""
+    raw = tiny_job_dict(tmp_path)
+    # enough epochs that a run is still training when the Ray processes a SIGKILL orphans
+    # stop (they go on for ~3 s)
+    raw["train"]["epochs"] = 8
+    raw["studies"]["reverse"] = {"teachers": ["test_resnet"], "students": ["resnet10t"]}
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text(yaml.safe_dump(raw))
+    exp = Experiment.for_job(parse_job(raw))
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+
+    code = stop_driver_once(["run", str(job_file)], signal.SIGINT, env, lambda: finished_runs(exp))
+    assert code == 130  # Ctrl-C: a clean stop that says how to resume
+    # runs cut short are interrupted or pending, never reported as failed
+    assert not [r for r in status_rows(exp) if r["state"] == "failed"]
     time.sleep(2)
+    before = finished_runs(exp)
+    assert all(attempts == 1 for *_, attempts in before.values())
+
+    resume = ["resume", str(exp.root)]
+    trained = epochs_done(exp)
+
+    def a_run_mid_training() -> bool:  # an epoch more of a run the first driver did not finish
+        return any(n > trained.get(r, 0) and r not in before for r, n in epochs_done(exp).items())
+
+    stop_driver_once(resume, signal.SIGKILL, env, a_run_mid_training)
+    time.sleep(2)
+    after_kill = finished_runs(exp)
+    assert {k: after_kill[k] for k in before} == before  # the first resume left them alone
     unfinished = [r for r in status_rows(exp) if r["state"] not in ("finished", "failed")]
-    assert unfinished, "the grid was already complete when the driver was stopped"
-    # what the stopped grid left behind (a trial driver stopped gracefully may have added its
-    # wall time to a summary after we first saw it): resume must leave exactly this alone
-    finished = {
-        s.parent.name: (digest(s), s.stat().st_mtime) for s in exp.root.glob("runs/*/summary.json")
-    }
-    models = {run_id: digest(exp.run_dir(run_id) / "model.pt") for run_id in finished}
+    assert unfinished, "the grid was already complete when the driver was killed"
 
     resumed = subprocess.run(
-        [sys.executable, "-m", "kdray", "resume", str(exp.root)],
+        [sys.executable, "-m", "kdray", *resume],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -127,12 +164,8 @@ def test_driver_stopped_mid_grid_then_resumed_redoes_no_finished_run(tmp_path, s
         timeout=400,
     )
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
-    for run_id, (sha, mtime) in finished.items():
-        summary = exp.run_dir(run_id) / "summary.json"
-        assert digest(summary) == sha and summary.stat().st_mtime == mtime
-        assert json.loads((exp.run_dir(run_id) / "attempts.json").read_text())["attempts"] == 1
-    for run_id, sha in models.items():
-        assert digest(exp.run_dir(run_id) / "model.pt") == sha
+    final = finished_runs(exp)
+    assert {k: final[k] for k in after_kill} == after_kill
     assert all(r["status"] == "finished" for r in finished_rows(exp))
 
 
