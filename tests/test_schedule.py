@@ -2,6 +2,8 @@
 on_trial_complete(), so the tests play Tune's part."""
 
 import json
+import subprocess
+import sys
 
 from ray.tune.search import Searcher
 
@@ -209,9 +211,6 @@ def test_a_fit_takes_no_more_than_runs_per_fit_and_an_erring_trial_fails_what_it
 
 
 def test_the_ledger_reads_run_folders_and_its_module_loads_no_torch(tmp_path):
-    import subprocess
-    import sys
-
     from kdray.grid.ledger import run_status
 
     run = tmp_path / "runs" / "a"
@@ -227,3 +226,34 @@ def test_the_ledger_reads_run_folders_and_its_module_loads_no_torch(tmp_path):
     probe = "import sys, kdray.grid.ledger; print('torch' in sys.modules, 'timm' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_tune_creates_a_trial_per_slot_at_once_and_leaves_the_limit_to_the_ledger(tmp_path):
+    """With a custom searcher Tune creates the next trial only once the last one runs (one
+    pending trial), unless the searcher sits in a ConcurrencyLimiter: then as many as its
+    limit. `TuneConfig.max_concurrent_trials` puts it there; RunQueue keeps its own limit."""
+    from ray.tune.execution.tune_controller import _get_max_pending_trials
+    from ray.tune.search import ConcurrencyLimiter, SearchGenerator
+
+    plan, queue, _ = make_queue(tmp_path, max_concurrent=2)
+    limited = ConcurrencyLimiter(queue, max_concurrent=2)
+    assert _get_max_pending_trials(SearchGenerator(limited)) == 2
+    assert _get_max_pending_trials(SearchGenerator(queue)) == 1  # what kdray had before
+    # the limiter passes every call through: the ledger decides, and its answers are Tune's
+    configs = [limited.suggest(f"t{i}") for i in range(3)]
+    assert [isinstance(c, dict) for c in configs] == [True, True, False]  # two slots
+    limited.on_trial_complete("t0")
+    assert set(queue.ledger.live) == {"t1"}
+    assert isinstance(limited.suggest("t3"), dict)  # the freed slot takes the next pack
+
+
+def test_a_trial_driver_and_its_train_controller_load_no_model_library():
+    """What a trial driver process imports (the trainable's module) and what Ray Train's
+    controller unpickles (the worker loop, the trial's config): torch, but not timm nor
+    torchvision (~2 s more per process on 2 cores); the worker imports them itself."""
+    probe = (
+        "import sys, kdray.grid.tune, kdray.train.trial; "
+        "print(*(m in sys.modules for m in ('torch', 'timm', 'torchvision', 'albumentations')))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "False", "False", "False"]

@@ -69,6 +69,15 @@ class RunQueue(Searcher):
             return pack  # None, or FINISHED
         return self.trial_config(Pack(tuple(self.runs[r] for r in pack)), trial_id)
 
+    def set_max_concurrency(self, max_concurrent: int) -> bool:
+        """The ledger already holds at most `max_concurrent` trials live: True tells Tune's
+        `ConcurrencyLimiter` (which `TuneConfig.max_concurrent_trials` puts around a searcher)
+        to leave the limit to it. The limiter is there for what it tells Tune: to create that
+        many trials at once. Without it, Tune creates a custom searcher's next trial only once
+        the last one runs, so each slot's trial driver started a process start-up (~5 s on 2
+        cores) after the one before."""
+        return True
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         self.ledger.trial_ended(trial_id)
 

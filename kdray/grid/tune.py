@@ -265,6 +265,7 @@ def _tuner(exp: Experiment, job: Job, queue: RunQueue, waiting: ResourceWait, pa
         tune_config=tune.TuneConfig(
             search_alg=queue,
             num_samples=packs,
+            max_concurrent_trials=job.resources.max_concurrent_trials,  # see RunQueue
             # a finished trial's driver process (kdray.grid.tune imported) starts the next one
             reuse_actors=True,
             trial_name_creator=_trial_name,

@@ -22,15 +22,17 @@ resumed run restores them; the EMA model is evaluated at the end beside the stud
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field
-from timm.utils import ModelEmaV3
 from torch import nn
 
 from kdray.methods.base import Method, MethodParams, Outputs, register
+
+if TYPE_CHECKING:
+    from timm.utils import ModelEmaV3
 
 
 class MeanTeacherParams(MethodParams):
@@ -82,6 +84,8 @@ class MeanTeacher(Method):
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
 
     def bind_student(self, student: nn.Module) -> None:
+        from timm.utils import ModelEmaV3  # here: a trial driver imports the methods, not timm
+
         self.ema = ModelEmaV3(student, decay=self.params.rampup_decay)
         self.ema.requires_grad_(False)  # a buffer-like copy: not trained, not DDP-reduced
 
