@@ -48,6 +48,20 @@ def figures(grid: raygrid.GridRun, slots: int) -> dict:
         "p3_fixed_per_run_s": statistics.mean(fixed),
         "p3_fixed_per_run_max_s": max(fixed),
         "train_s_mean": statistics.mean(r["train_s"] for r in done),
+        **grid_edges(grid, done, slots),
+    }
+
+
+def grid_edges(grid: raygrid.GridRun, done: list[dict], slots: int) -> dict:
+    """Where the makespan is outside every run: when the first `slots` runs started (each
+    slot's first fit, relative to `run_experiment`'s start; a run starts `wall_s` before its
+    summary) and how long the grid went on after the last summary."""
+    summaries = {r["trial_id"]: grid.exp.run_dir(r["trial_id"]) / "summary.json" for r in done}
+    ends = {run: path.stat().st_mtime - grid.started for run, path in summaries.items()}
+    starts = sorted(ends[r["trial_id"]] - r["wall_s"] for r in done)
+    return {
+        "first_runs_start_s": [round(s, 1) for s in starts[:slots]],
+        "after_last_run_s": round(grid.makespan_s - max(ends.values()), 1),
     }
 
 
