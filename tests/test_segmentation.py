@@ -253,6 +253,28 @@ def test_the_student_is_over_100_times_smaller_and_names_are_checked():
     assert err.value.problems[0].startswith("studies.s.method: dkd is defined for single-label")
 
 
+@pytest.mark.parametrize("name", ["unet-lcnet_035-d16.8.8", "unet-resnet18-d16.8.8", STUDENT])
+def test_every_parameter_of_an_encoder_cut_short_trains(name):
+    """smp runs a cut timm lcnet's deeper blocks and drops their output: parameters without a
+    gradient, which data-parallel training refuses and which would count in the student's
+    size. kdray drops those blocks; the model computes what the uncut one did."""
+    from kdray.tasks.segmenters import _smp_model, parse_name
+
+    model = create_segmenter(name, 2, 1)
+    x = torch.randn(2, 1, 64, 64)
+    model.train()
+    model(x).float().mean().backward()
+    assert [n for n, p in model.named_parameters() if p.grad is None] == []
+    whole = _smp_model(parse_name(name), 2, 1, {"encoder_weights": None})
+    missing, unexpected = whole.load_state_dict(model.net.state_dict(), strict=False)
+    assert unexpected == [] and all(k.startswith("encoder.model.blocks.") for k in missing)
+    whole.eval(), model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), whole(x))
+    if name == "unet-lcnet_035-d16.8.8":
+        assert count_params(model) < count_params(whole) / 5  # blocks 3-5 of 6 were dead weight
+
+
 def test_stages_pair_by_part_and_stride_and_gradients_reach_adapters_never_the_teacher():
     teacher = create_segmenter("unet-resnet18", 2, 1)
     student = create_segmenter("unet-lcnet_035-d16.16.8", 2, 1)  # 3 stages: stride 8

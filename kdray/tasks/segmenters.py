@@ -156,8 +156,17 @@ def create_segmenter(name: str, num_classes: int, channels: int, weights=None) -
     """The segmenter `name` with `num_classes` output channels (one per class, background
     included) for `channels`-channel images; its encoder from `weights` if given."""
     parsed = parse_name(name)
+    # built with autograd on, even where a caller has it off (loading a teacher): the check
+    # for unused encoder modules runs a backward pass
+    with torch.inference_mode(False), torch.enable_grad():
+        return _create_segmenter(name, parsed, num_classes, channels, weights)
+
+
+def _create_segmenter(
+    name: str, parsed: SegmenterName, num_classes: int, channels: int, weights
+) -> Segmenter:
     try:
-        return Segmenter(_smp_model(parsed, num_classes, channels, encoder_pretrained(weights)))
+        net = _smp_model(parsed, num_classes, channels, encoder_pretrained(weights))
     except (RuntimeError, KeyError) as exc:
         if weights is None:
             raise
@@ -167,6 +176,46 @@ def create_segmenter(name: str, num_classes: int, channels: int, weights=None) -
         raise ValueError(
             f"pretrained.{name}: {path} {mismatch(parsed.encoder, path) or exc}"
         ) from None
+    drop_unused_encoder_modules(net, channels)
+    return Segmenter(net)
+
+
+def drop_unused_encoder_modules(net: nn.Module, channels: int) -> list[str]:
+    """Replace with `nn.Identity` the encoder's modules whose parameters get no gradient: a timm
+    encoder cut to fewer stages than it has (`-d16.8.8` on lcnet) can still run its deeper
+    blocks and drop their output, blocks that distributed data parallel refuses (parameters
+    without a gradient) and that would count in the student's size. Found by one forward and
+    backward on a small batch; kept only if the model's output on it stays exactly the same.
+    Returns the names dropped."""
+    side = 2 * int(net.encoder.output_stride)
+    probe = torch.linspace(-1, 1, 2 * channels * side * side).reshape(2, channels, side, side)
+    was_training = net.training
+    net.eval()  # batch-norm over the deepest stage's 1x1 pixels needs no batch statistics
+    try:
+        before = net(probe)
+        before.float().sum().backward()
+        dropped: list[tuple[str, nn.Module]] = []
+        for name, module in net.encoder.named_modules():
+            if any(name.startswith(d + ".") for d, _ in dropped):
+                continue
+            params = [p for p in module.parameters() if p.requires_grad]
+            if name and params and all(p.grad is None for p in params):
+                dropped.append((name, module))
+        _swap(net.encoder, [(name, nn.Identity()) for name, _ in dropped])
+        with torch.no_grad():
+            if not torch.equal(net(probe), before.detach()):
+                _swap(net.encoder, dropped)  # they mattered after all: keep the model whole
+                dropped = []
+    finally:
+        net.zero_grad(set_to_none=True)
+        net.train(was_training)
+    return [name for name, _ in dropped]
+
+
+def _swap(root: nn.Module, replacements: list[tuple[str, nn.Module]]) -> None:
+    for name, module in replacements:
+        parent, _, attr = name.rpartition(".")
+        setattr(root.get_submodule(parent), attr, module)
 
 
 class Segmenter(nn.Module):
