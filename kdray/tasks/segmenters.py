@@ -152,19 +152,14 @@ def _smp_model(parsed: SegmenterName, classes: int, channels: int, pretrained: d
         )
 
 
+# built with autograd on, even where a caller has it off (loading a teacher): the check for
+# unused encoder modules runs a backward pass
+@torch.inference_mode(False)
+@torch.enable_grad()
 def create_segmenter(name: str, num_classes: int, channels: int, weights=None) -> Segmenter:
     """The segmenter `name` with `num_classes` output channels (one per class, background
     included) for `channels`-channel images; its encoder from `weights` if given."""
     parsed = parse_name(name)
-    # built with autograd on, even where a caller has it off (loading a teacher): the check
-    # for unused encoder modules runs a backward pass
-    with torch.inference_mode(False), torch.enable_grad():
-        return _create_segmenter(name, parsed, num_classes, channels, weights)
-
-
-def _create_segmenter(
-    name: str, parsed: SegmenterName, num_classes: int, channels: int, weights
-) -> Segmenter:
     try:
         net = _smp_model(parsed, num_classes, channels, encoder_pretrained(weights))
     except (RuntimeError, KeyError) as exc:
