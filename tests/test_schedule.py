@@ -2,14 +2,16 @@
 on_trial_complete(), so the tests play Tune's part."""
 
 import json
+import signal
 import subprocess
 import sys
+from types import SimpleNamespace
 
 from ray.tune.search import Searcher
 
 from kdray.grid.ledger import RunLedger
 from kdray.grid.packing import Pack
-from kdray.grid.schedule import RunQueue, ledger_packs
+from kdray.grid.schedule import RunQueue, close_ledger_on_interrupt, ledger_packs
 from kdray.spec.job import Job
 from kdray.spec.plan import make_plan
 from kdray.train.more_runs import WAIT
@@ -257,3 +259,25 @@ def test_a_trial_driver_and_its_train_controller_load_no_model_library():
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["True", "False", "False", "False"]
+
+
+def test_ctrl_c_closes_the_ledger_before_tune_stops_hooked_at_the_first_suggest(tmp_path):
+    """Tune's SIGINT handler is in place once its loop asks for trials: the queue's `on_start`
+    (run once, at the first suggest) wraps it so that Ctrl-C first closes the ledger (no worker
+    takes another run in Tune's grace seconds), then stops Tune."""
+    calls = []
+    actor = SimpleNamespace(close=SimpleNamespace(remote=lambda: calls.append("ledger closed")))
+    before = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, lambda sig, frame: calls.append("tune stops"))  # Tune's handler
+    try:
+        _, queue, _ = make_queue(tmp_path)
+        starts = []
+        queue.on_start = lambda: starts.append(
+            close_ledger_on_interrupt(SimpleNamespace(actor=actor))
+        )
+        assert isinstance(queue.suggest("t0"), dict) and isinstance(queue.suggest("t1"), dict)
+        assert len(starts) == 1
+        signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
+        assert calls == ["ledger closed", "tune stops"]
+    finally:
+        signal.signal(signal.SIGINT, before)

@@ -31,7 +31,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import ray
-from ray import tune
 from ray.tune.search import Searcher
 
 from kdray.grid import ledger
@@ -50,20 +49,26 @@ def ledger_packs(packs: list[Pack]) -> tuple[list[tuple[str, ...]], dict[str, tu
 
 class RunQueue(Searcher):
     """Tune's searcher over the ledger: one pack per new trial (`RunLedger.next_pack`), the
-    trial's config from `trial_config(pack, trial_id)`; `packs` are the ledger's, as runs."""
+    trial's config from `trial_config(pack, trial_id)`; `packs` are the ledger's, as runs.
+    `on_start` is called once, when Tune's loop first asks for a trial."""
 
     def __init__(
         self,
         ledger: RunLedger | RemoteLedger,
         packs: list[Pack],
         trial_config: Callable[[Pack, str], dict],
+        on_start: Callable[[], None] | None = None,
     ):
         super().__init__()
         self.ledger = ledger
         self.runs = {r.run_id: r for p in packs for r in p.runs}
         self.trial_config = trial_config
+        self.on_start = on_start
 
     def suggest(self, trial_id: str) -> dict | str | None:
+        if self.on_start is not None:
+            self.on_start()
+            self.on_start = None
         pack = self.ledger.next_pack(trial_id)
         if not isinstance(pack, tuple):
             return pack  # None, or FINISHED
@@ -96,25 +101,23 @@ class RunQueue(Searcher):
         return self.ledger.blocked()
 
 
-class CloseLedgerOnInterrupt(tune.Callback):
+def close_ledger_on_interrupt(ledger: RemoteLedger) -> None:
     """Ctrl-C stops Tune's loop, but Tune then gives running trials seconds to stop, in which a
-    worker done with a run would take the next one: close the ledger first. Tune installs its
-    SIGINT handler before it sets up its callbacks; this wraps it (Tune's handler puts back the
-    one from before Tune, so the wrapper goes with it)."""
+    worker done with a run would take the next one: close the ledger first. Called once Tune
+    installed its SIGINT handler (in `tune.run`, before its loop asks the searcher for trials),
+    this wraps it; Tune's handler puts back the one from before Tune, so the wrapper goes with
+    it. Not a `tune.Callback`: for its usage statistics Tune sorts its users' callbacks against
+    its MLflow, W&B, Comet and Aim callbacks, importing mlflow and wandb (~0.9 s on the driver
+    before the first trial starts)."""
+    tune_handler = signal.getsignal(signal.SIGINT)
+    if not callable(tune_handler) or threading.current_thread() is not threading.main_thread():
+        return
 
-    def __init__(self, ledger: RemoteLedger):
-        self.ledger = ledger
+    def close_then_stop(sig, frame):
+        ledger.actor.close.remote()
+        tune_handler(sig, frame)
 
-    def setup(self, **info) -> None:
-        tune_handler = signal.getsignal(signal.SIGINT)
-        if not callable(tune_handler) or threading.current_thread() is not threading.main_thread():
-            return
-
-        def close_then_stop(sig, frame):
-            self.ledger.actor.close.remote()
-            tune_handler(sig, frame)
-
-        signal.signal(signal.SIGINT, close_then_stop)
+    signal.signal(signal.SIGINT, close_then_stop)
 
 
 class RemoteLedger:

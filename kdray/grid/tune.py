@@ -24,7 +24,12 @@ from ray.train.torch import TorchTrainer
 from kdray.data.cache import DataInfo
 from kdray.grid.packing import Pack, pack_runs, runs_per_trial
 from kdray.grid.resources import DRIVER_RESOURCE, ResourceError, ResourceWait, driver_resources
-from kdray.grid.schedule import CloseLedgerOnInterrupt, RunQueue, ledger_packs, start_ledger
+from kdray.grid.schedule import (
+    RunQueue,
+    close_ledger_on_interrupt,
+    ledger_packs,
+    start_ledger,
+)
 from kdray.grid.train_fixes import ReleaseFailedWorkerGroups
 from kdray.spec.job import Job
 from kdray.spec.plan import RunSpec
@@ -240,6 +245,7 @@ def run_grid(exp: Experiment, job: Job, runs: list[RunSpec], data: DataInfo) -> 
         trial_config=lambda pack, trial_id: {
             "trial": trial_config(exp, job, data, pack, trial_id, ledger.actor)
         },
+        on_start=lambda: close_ledger_on_interrupt(ledger),
     )
     waiting = ResourceWait(job.faults.resource_wait_s, str(exp.root))
     try:
@@ -276,7 +282,6 @@ def _tuner(exp: Experiment, job: Job, queue: RunQueue, waiting: ResourceWait, pa
             storage_path=str(exp.tune_dir),
             failure_config=tune.FailureConfig(max_failures=job.faults.trial_retries),
             stop=waiting,
-            callbacks=[CloseLedgerOnInterrupt(queue.ledger)],
             verbose=0,
         ),
     )
