@@ -44,6 +44,13 @@ def test_run_finishes_every_trial_and_prints_the_tables(grid):
     assert "kdray export" in result.output
 
 
+def test_a_trial_starts_no_process_it_does_not_use(grid):
+    """Ray Train's Ray Data manager and preemption watcher: kdray turns both off."""
+    started = {a["ActorClassName"].rsplit(".", 1)[-1] for a in ray._private.state.actors().values()}
+    assert {"TrainController", "RayTrainWorker"} <= started
+    assert not started & {"DatasetManager", "PreemptionWatcher"}
+
+
 def test_trials_table_holds_every_run_once(grid):
     tmp_path, _, _ = grid
     exp = Experiment.open(tmp_path / "runs" / "tiny")

@@ -13,7 +13,11 @@ from ray.train.v2._internal.execution.controller.controller import TrainControll
 from ray.train.v2._internal.execution.worker_group import WorkerGroup
 from ray.train.v2.api.exceptions import TrainingFailedError
 
-from kdray.grid.train_fixes import ReleaseFailedWorkerGroups, ReleasingWorkerGroup
+from kdray.grid.train_fixes import (
+    ReleaseFailedWorkerGroups,
+    ReleasingWorkerGroup,
+    TorchTrainerWithoutRayData,
+)
 
 
 class FakeState:
@@ -76,6 +80,28 @@ class KillTheWorkerOnce(WorkerGroupCallback):
 
 def _nothing(config: dict) -> None:
     pass
+
+
+def test_kdray_s_trainer_leaves_out_only_the_ray_data_callback(tmp_path):
+    """Ray 2.60's DatasetsCallback starts a DatasetManager actor (a process) every fit, datasets
+    or none; kdray's trainer has every other callback a TorchTrainer has, and keeps that one
+    for a trainer given datasets."""
+    kwargs = {
+        "scaling_config": ScalingConfig(num_workers=1),
+        "run_config": RunConfig(name="x", storage_path=str(tmp_path)),
+    }
+
+    def kinds(trainer) -> list[str]:
+        return [type(c).__name__ for c in trainer._create_default_callbacks()]
+
+    ray_s, kdray_s = (
+        kinds(TorchTrainer(_nothing, **kwargs)),
+        kinds(TorchTrainerWithoutRayData(_nothing, **kwargs)),
+    )
+    assert "DatasetsCallback" in ray_s
+    assert kdray_s == [k for k in ray_s if k != "DatasetsCallback"]
+    with_data = TorchTrainerWithoutRayData(_nothing, datasets={"train": object()}, **kwargs)
+    assert kinds(with_data) == ray_s
 
 
 @pytest.mark.ray

@@ -1,4 +1,6 @@
-"""A fix for Ray Train 2.60 that kdray installs in each trial's Train controller.
+"""Fixes for Ray Train 2.60 that kdray installs in each trial's TorchTrainer.
+
+## Worker groups that failed to start keep their placement group
 
 A worker group whose start fails *after* its state was built (its placement group reserved, its
 workers created) is never shut down: `WorkerGroup._start` cleans up only a group that has not
@@ -16,12 +18,22 @@ the controller's start it makes the controller build its worker groups as
 `ReleasingWorkerGroup`, which shuts a group down when its own start fails after it was built.
 Only the controller that created a group releases it, so no live trial's placement group is
 ever touched.
+
+## A Ray Data actor per fit that reads no Ray Data
+
+kdray's runs read their data from the experiment's array cache, never through Ray Data, but a
+TorchTrainer given no `datasets` still starts a DatasetManager actor every fit (its
+`DatasetsCallback` creates one whatever the datasets): one more process per trial, importing Ray
+Data (~1 s of CPU) while the fit starts. `TorchTrainerWithoutRayData` leaves that callback out;
+`ray.train.get_dataset_shard` would then fail, and kdray never calls it.
 """
 
 from __future__ import annotations
 
 import logging
 
+from ray.train.torch import TorchTrainer
+from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
 from ray.train.v2._internal.execution.callback import ControllerCallback
 from ray.train.v2._internal.execution.worker_group import WorkerGroup
 
@@ -64,3 +76,14 @@ class ReleaseFailedWorkerGroups(ControllerCallback):
 
         if TrainController.worker_group_cls is WorkerGroup:  # one controller per process
             TrainController.worker_group_cls = ReleasingWorkerGroup
+
+
+class TorchTrainerWithoutRayData(TorchTrainer):
+    """A TorchTrainer that starts no DatasetManager actor when it is given no `datasets` (see
+    the module)."""
+
+    def _create_default_callbacks(self) -> list:
+        callbacks = super()._create_default_callbacks()
+        if self.datasets:
+            return callbacks
+        return [c for c in callbacks if not isinstance(c, DatasetsCallback)]

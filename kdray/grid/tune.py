@@ -19,7 +19,6 @@ import ray
 from ray import tune
 from ray.train import FailureConfig, ScalingConfig
 from ray.train import RunConfig as TrainRunConfig
-from ray.train.torch import TorchTrainer
 
 from kdray.data.cache import DataInfo
 from kdray.grid.packing import Pack, pack_runs, runs_per_trial
@@ -30,7 +29,7 @@ from kdray.grid.schedule import (
     ledger_packs,
     start_ledger,
 )
-from kdray.grid.train_fixes import ReleaseFailedWorkerGroups
+from kdray.grid.train_fixes import ReleaseFailedWorkerGroups, TorchTrainerWithoutRayData
 from kdray.spec.job import Job
 from kdray.spec.plan import RunSpec
 from kdray.store.experiment import Experiment
@@ -149,7 +148,7 @@ def apply_train_env() -> None:
         os.environ.setdefault(name, value)
 
 
-def build_trainer(exp: Experiment, trial: TrialConfig) -> TorchTrainer:
+def build_trainer(exp: Experiment, trial: TrialConfig) -> TorchTrainerWithoutRayData:
     """One pack's TorchTrainer. Each run keeps its own checkpoint in its folder, so whichever
     trial trains a run next continues it; the name only labels Ray Train's storage."""
     job = trial.job
@@ -157,7 +156,7 @@ def build_trainer(exp: Experiment, trial: TrialConfig) -> TorchTrainer:
     per_worker = {"CPU": r.cpus_per_worker}
     if r.gpus_per_worker:
         per_worker["GPU"] = r.gpus_per_worker
-    return TorchTrainer(
+    return TorchTrainerWithoutRayData(
         worker_loop,
         train_loop_config={"trial": trial},
         scaling_config=ScalingConfig(
