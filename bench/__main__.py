@@ -61,6 +61,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--rounds", type=int, default=1, help="with --packed: rounds of each side, alternating"
     )
     parser.add_argument(
+        "--epochs", type=int, help="with --packed: epochs per run (default 3; 1 with --quick)"
+    )
+    parser.add_argument(
+        "--sides",
+        default="unpacked,packed",
+        help="with --packed: which sides, comma-separated (unpacked, packed)",
+    )
+    parser.add_argument(
         "--gpu",
         action="store_true",
         help="run only the GPU benchmarks (bench/gpu.py; with --quick: smaller sizes); "
@@ -386,7 +394,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.gpu:
         result = run_gpu(args.quick, args.keep, tuple(args.gpu_parts.split(",")))
     elif args.packed:
-        result = run_packed(args.quick, args.keep, args.rounds)
+        sides = tuple(args.sides.split(","))
+        result = run_packed(args.quick, args.keep, args.rounds, args.epochs, sides)
     elif args.loader:
         result = run_loader_only(args.quick, args.keep)
     else:
@@ -396,13 +405,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run_packed(quick: bool, keep: bool, rounds: int) -> dict:
+def run_packed(
+    quick: bool, keep: bool, rounds: int, epochs: int | None, sides: tuple[str, ...]
+) -> dict:
     """`--packed`: the packed-grid section alone (bench/packed.py)."""
     from bench.packed import packed_grid
 
     root = Path(tempfile.mkdtemp(prefix="kdray-bench-packed-"))
     try:
-        return rnd({"packed_grid": packed_grid(root, quick, rounds)})
+        return rnd({"packed_grid": packed_grid(root, quick, rounds, epochs, sides)})
     finally:
         if not keep:
             shutil.rmtree(root, ignore_errors=True)

@@ -21,6 +21,7 @@ from kdray.spec.load import parse_job
 from kdray.spec.plan import make_plan
 
 SEEDS = [0, 1, 2, 3, 4]
+RUNS_PER_TRIAL = {"unpacked": 1, "packed": "auto"}  # each side's `resources.runs_per_trial`
 
 
 def grid_job(storage: Path, name: str, runs_per_trial, epochs: int) -> dict:
@@ -65,21 +66,31 @@ def grid_edges(grid: raygrid.GridRun, done: list[dict], slots: int) -> dict:
     }
 
 
-def packed_grid(root: Path, quick: bool, rounds: int = 1) -> dict:
-    """Both sides, `rounds` times each, alternating; per side its figures per round."""
+def packed_grid(
+    root: Path,
+    quick: bool,
+    rounds: int = 1,
+    epochs: int | None = None,
+    sides: tuple[str, ...] = ("unpacked", "packed"),
+) -> dict:
+    """`sides` (unpacked, packed), `rounds` times each, alternating; per side its figures per
+    round. `epochs` per run: 3 (1 when `quick`) unless given."""
     import ray
 
-    epochs = 1 if quick else 3
-    out: dict[str, list] = {"unpacked": [], "packed": []}
-    sides = (("unpacked", 1), ("packed", "auto"))
+    epochs = epochs or (1 if quick else 3)
+    unknown = set(sides) - set(RUNS_PER_TRIAL)
+    if unknown:
+        raise ValueError(f"unknown sides {sorted(unknown)}: choose from {list(RUNS_PER_TRIAL)}")
+    out: dict[str, list] = {side: [] for side in sides}
     for round_ in range(rounds):
-        for side, per_trial in sides if round_ % 2 == 0 else sides[::-1]:
-            job = parse_job(grid_job(root / "packed-grid", f"{side}-{round_}", per_trial, epochs))
+        for side in sides if round_ % 2 == 0 else sides[::-1]:
+            name = f"{side}-{round_}"
+            job = parse_job(grid_job(root / "packed-grid", name, RUNS_PER_TRIAL[side], epochs))
             if not ray.is_initialized():
                 raygrid.init_ray(job)
             log(f"packed grid, {side} (round {round_ + 1}): {len(make_plan(job).runs)} runs")
             grid = raygrid.run_grid(job)
-            out[side].append(figures(grid, raygrid.slots(job)))
+            out[side].append(figures(grid, raygrid.slots(job)) | {"epochs": epochs})
             log(f"  makespan {grid.makespan_s:.1f}s, all finished: {grid.ok}")
     ray.shutdown()
     return out
