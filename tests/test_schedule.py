@@ -212,6 +212,33 @@ def test_a_fit_takes_no_more_than_runs_per_fit_and_an_erring_trial_fails_what_it
     assert ledger.failed == set(taken[1:])  # what it finished stays finished
 
 
+def test_the_ledger_reads_a_run_s_state_once_a_call_and_never_again_once_it_ended():
+    """Many waiting students share a teacher: each call reads the teacher's folder once (a round
+    trip each on a shared file system, and trials waiting for teachers ask every 0.5 s), and a
+    run that ended is not read again."""
+    students = [f"s{i}" for i in range(200)]
+    reads: list[str] = []
+    states = {"t": None}
+
+    def read(run_id: str) -> str | None:
+        reads.append(run_id)
+        return states.get(run_id)
+
+    ledger = RunLedger(
+        [("t",), tuple(students)],
+        {s: ("t",) for s in students},
+        max_concurrent=2,
+        runs_per_fit=500,
+        run_status=read,
+    )
+    assert ledger.next_pack("a") == ("t",)
+    assert ledger.next_pack("b") is None and ledger.more_runs("a", 0) == WAIT
+    assert reads.count("t") == 3  # one read per call, not one per waiting student
+    states["t"] = "finished"
+    assert ledger.next_pack("b") == tuple(students)
+    assert [ledger.next_pack("c"), reads.count("t")] == [Searcher.FINISHED, 4]
+
+
 def test_the_ledger_reads_run_folders_and_its_module_loads_no_torch(tmp_path):
     from kdray.grid.ledger import run_status
 

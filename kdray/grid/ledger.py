@@ -73,6 +73,8 @@ class RunLedger:
         self.failed: set[str] = set()  # runs their trial left unfinished in this session
         self.dropped: dict[str, str] = {}  # run id -> the failed teacher it can never use
         self.closed = False  # the grid is stopping (Ctrl-C): nothing more starts
+        self._ended: dict[str, str] = {}  # run id -> finished/failed: final in a grid session
+        self._read: dict[str, str | None] = {}  # the other runs' states read by this call
 
     def close(self) -> None:
         """Start nothing more: no new trial, no run for a trial asking for more."""
@@ -82,6 +84,7 @@ class RunLedger:
         """The pack a new trial trains; None (ask again later) while what is left waits on
         running teachers or every slot is taken; `FINISHED` when nothing is left, or nothing
         left can ever start."""
+        self._read.clear()
         self._drop_runs_of_failed_teachers()
         if not self.waiting or self.closed:
             return FINISHED
@@ -99,6 +102,7 @@ class RunLedger:
         """The trial's `call`-th request for more: [(run id, its earlier attempts)], [] (no
         more: end the fit) or `WAIT`. Answers are recorded, so every rank of a trial, and a
         worker group Ray Train restarted, replays the same runs in the same order."""
+        self._read.clear()
         log = self.claims.setdefault(trial_id, [])
         if call < len(log):
             return list(log[call])
@@ -125,6 +129,7 @@ class RunLedger:
         return []
 
     def trial_ended(self, trial_id: str) -> None:
+        self._read.clear()
         if trial_id not in self.live:
             return
         self.ended[trial_id] = self.live.pop(trial_id)
@@ -151,13 +156,27 @@ class RunLedger:
     def blocked(self) -> dict[str, str]:
         """Runs never started because a teacher failed: run id -> that teacher's run id. (Other
         runs still waiting were cut short by an interruption: they are not blocked.)"""
+        self._read.clear()
         self._drop_runs_of_failed_teachers()
         return dict(self.dropped)
 
     def status(self, run_id: str) -> str | None:
-        if self._status is not None:
-            return self._status(run_id)
-        return run_status(self.experiment, run_id) if self.experiment else None
+        """The run's state, read from its folder at most once per call of the ledger (a waiting
+        student asks for its teachers, and many students share a teacher: on a shared file
+        system every read is a round trip), never again once it ended."""
+        if run_id in self._ended:
+            return self._ended[run_id]
+        if run_id not in self._read:
+            if self._status is not None:
+                self._read[run_id] = self._status(run_id)
+            elif self.experiment is not None:
+                self._read[run_id] = run_status(self.experiment, run_id)
+            else:
+                self._read[run_id] = None
+        state = self._read[run_id]
+        if state in ("finished", "failed"):
+            self._ended[run_id] = state
+        return state
 
     def attempts(self, run_id: str) -> int:
         if self._attempts is not None:
