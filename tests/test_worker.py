@@ -1,5 +1,6 @@
 """The worker loop in Ray Train's local mode (num_workers=0): no cluster, same code path."""
 
+import gc
 import json
 import time
 from pathlib import Path
@@ -152,6 +153,9 @@ def test_runs_packed_into_one_fit_end_as_they_do_alone(tmp_path, trained):
         together = json.loads((packed / "runs" / spec.run_id / "summary.json").read_text())
         assert [together[k] for k in METRICS] == [alone[k] for k in METRICS], spec.run_id
         assert together["wall_s"] >= together["train_s"] > 0
+    # the pack keeps what lived before it out of garbage collection while it trains only: a
+    # process that goes on (Ray Train's local mode, as here) gets it back
+    assert gc.get_freeze_count() == 0
 
 
 def test_a_run_that_raises_fails_alone_and_the_pack_goes_on(tmp_path, trained, monkeypatch):

@@ -50,14 +50,18 @@ def train_pack(config: dict) -> None:
         report=lambda metrics: ray.train.report(metrics),
     )
     launched = trial.launched_at  # the first run trained carries the fit's start-up
-    # What lives before the first run (torch, timm and Ray: ~540k objects) is kept out of every
-    # later garbage collection: a run's closing `gc.collect` (`Session.close`) and Python's own
-    # full collections took ~0.25 s each scanning it, between runs and inside them.
+    # What lives before the first run (torch, timm and Ray: ~540k objects) is kept out of the
+    # pack's garbage collections: a run's closing `gc.collect` (`Session.close`) and Python's
+    # own full collections took ~0.25 s each scanning it, between runs and inside them. Put
+    # back after the pack, for a process that goes on (Ray Train's local mode, in tests).
     gc.freeze()
-    for spec, earlier in runs_to_train(trial):
-        if exp.summary(spec.run_id) is None:
-            train_one(trial, exp, spec, worker, launched or time.time(), earlier)
-            launched = 0.0
+    try:
+        for spec, earlier in runs_to_train(trial):
+            if exp.summary(spec.run_id) is None:
+                train_one(trial, exp, spec, worker, launched or time.time(), earlier)
+                launched = 0.0
+    finally:
+        gc.unfreeze()
 
 
 def train_one(
