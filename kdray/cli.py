@@ -95,7 +95,7 @@ def validate(
     _check_storage(job, job_file)
     from kdray.data import DataError, data_task, open_sources
     from kdray.grid.progress import fitted_lines
-    from kdray.spec.describe import study_lines
+    from kdray.spec.describe import counted, study_lines
     from kdray.spec.fit import batch_problems
     from kdray.spec.job import task_problems
     from kdray.spec.plan import make_plan
@@ -118,8 +118,10 @@ def validate(
     plan = make_plan(job, {model: local.sha256 for model, local in weights.items()})
     teachers, students = plan.stage("teacher"), plan.stage("student")
     console.print(
-        f"[green]ok[/green] {job_file}: job {job.name!r}, {len(job.studies)} studies, "
-        f"{len(job.seeds)} seed(s): {len(teachers)} teacher runs + {len(students)} student runs",
+        f"[green]ok[/green] {job_file}: job {job.name!r}, "
+        f"{counted(len(job.studies), 'study', 'studies')}, "
+        f"{counted(len(job.seeds), 'seed')}: {counted(len(teachers), 'teacher run')} + "
+        f"{counted(len(students), 'student run')}",
         highlight=False,
         soft_wrap=True,
     )
@@ -128,9 +130,9 @@ def validate(
     described += f"{get_task(task).outputs}, {counts} images"
     for line in fitted_lines(described, console.width):
         console.print(line, highlight=False, soft_wrap=True)
-    for line in study_lines(job, plan):
-        console.print(line, highlight=False, soft_wrap=True)
-    console.print(checked_line(info), highlight=False, soft_wrap=True)
+    for line in [*study_lines(job, plan), checked_line(info)]:
+        for part in fitted_lines(line, console.width):
+            console.print(part, highlight=False, soft_wrap=True)
 
 
 def _weights_command(job_file: Path, overrides: list[str] | None) -> str:
@@ -200,7 +202,7 @@ def checked_line(info) -> str:
         "data file lists"
     )
     if info is None:
-        return f"{checked}; not the pixels (--quick): `kdray run` decodes them"
+        return f"{checked}, but not the pixels (--quick): `kdray run` decodes them"
     skipped = sum(info.extra.get("skipped", {}).values())
     skipped += sum(info.extra.get("dropped_rows", {}).values())
     named = info.extra.get("skipped_files", []) + info.extra.get("dropped_files", [])

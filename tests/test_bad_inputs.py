@@ -345,6 +345,16 @@ def test_the_ok_line_is_one_line_at_80_columns(tmp_path):
     assert line.endswith("student runs")
 
 
+def test_validate_s_lines_fit_80_columns_and_count_in_words(tmp_path):
+    result = cli("validate", write_job(tmp_path), "--quick", env={"COLUMNS": "80"})
+    lines = result.output.splitlines()
+    assert result.exit_code == 0 and len(lines) > 4
+    # the ok line stays one line whatever the job file's path (a test above)
+    assert [ln for ln in lines if len(ln) > 80 and not ln.startswith("ok ")] == []
+    assert any(" KD run = " in ln or " KD runs = " in ln for ln in lines)
+    assert not [ln for ln in lines if "(s)" in ln or " 1 seeds" in ln or " 1 studies" in ln]
+
+
 def test_a_failed_stage_does_not_read_as_done(tmp_path):
     import io
 

@@ -8,6 +8,11 @@ from kdray.spec.job import Job
 from kdray.spec.plan import Plan
 
 
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """`1 seed`, `3 seeds`; `1 study`, `2 studies` (`plural` given)."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
 def study_lines(job: Job, plan: Plan) -> list[str]:
     """One line per study: its method, what it reads from teachers, its KD runs."""
     lines = []
@@ -20,17 +25,18 @@ def study_lines(job: Job, plan: Plan) -> list[str]:
             f", defective band {list(study.teacher_val_band)}" if study.teacher_val_band else ""
         )
         axes = [
-            f"{len(study.students)} students",
-            f"{max(1, len(study.teachers))} teachers",
-            f"{len(job.seeds)} seeds",
+            counted(len(study.students), "student"),
+            counted(max(1, len(study.teachers)), "teacher"),
+            counted(len(job.seeds), "seed"),
         ]
         axes += [f"{key} {values} ({len(values)})" for key, values in study.sweep.items()]
         if job.labelled is not None:
             budgets = [budget_label(b) for b in job.label_budgets()]
             pool = ", students also on the unlabelled pool" if study.unlabelled else ""
             axes.append(f"labels {budgets} ({len(budgets)}){pool}")
+        kd_runs = counted(len(runs), "KD run")
         lines.append(
-            f"study {name}: method {method.name} ({source}{recipe}), {len(runs)} KD runs = "
+            f"study {name}: method {method.name} ({source}{recipe}), {kd_runs} = "
             + " x ".join(axes)
         )
     return lines
