@@ -167,16 +167,16 @@ class RunLedger:
         if run_id in self._ended:
             return self._ended[run_id]
         if run_id not in self._read:
-            if self._status is not None:
-                self._read[run_id] = self._status(run_id)
-            elif self.experiment is not None:
-                self._read[run_id] = run_status(self.experiment, run_id)
-            else:
-                self._read[run_id] = None
+            self._read[run_id] = self._read_status(run_id)
         state = self._read[run_id]
         if state in ("finished", "failed"):
             self._ended[run_id] = state
         return state
+
+    def _read_status(self, run_id: str) -> str | None:
+        if self._status is not None:
+            return self._status(run_id)
+        return run_status(self.experiment, run_id) if self.experiment else None
 
     def attempts(self, run_id: str) -> int:
         if self._attempts is not None:
