@@ -456,6 +456,7 @@ def status(experiment_dir: Path) -> None:
         console.print(f"{stage:<8} {sum(counts.values())} runs: {parts or 'none'}")
     table = Table("stage", "run (runs/<run>/)", "teacher", "state", "best val", "attempts")
     colours = {"finished": "green", "failed": "red", "running": "cyan", "interrupted": "yellow"}
+    colours["stopped"] = "blue"
     colours["unreadable"] = "red"
     for r in rows:
         best = "" if r["best_val"] is None else f"{r['best_val']:.3f}"

@@ -56,6 +56,7 @@ class RunLedger:
         run_status: Callable[[str], str | None] | None = None,
         attempts: Callable[[str], int] | None = None,
         wait_limit_s: float = WAIT_LIMIT_S,
+        searching: bool = False,
     ):
         gating = {t for ts in teachers.values() for t in ts}
         self.waiting = sorted(packs, key=lambda p: not any(r in gating for r in p))
@@ -75,6 +76,12 @@ class RunLedger:
         self.closed = False  # the grid is stopping (Ctrl-C): nothing more starts
         self._ended: dict[str, str] = {}  # run id -> finished/failed: final in a grid session
         self._read: dict[str, str | None] = {}  # the other runs' states read by this call
+        self._searched: set[Pack] = set()  # packs of runs a search made
+        self.search = None  # the grid's searches (`kdray.grid.search`), which add runs
+        if searching:
+            from kdray.grid.search import GridSearch  # Optuna, and the job's specs: searches only
+
+            self.search = GridSearch(self.experiment)
 
     def close(self) -> None:
         """Start nothing more: no new trial, no run for a trial asking for more."""
@@ -86,8 +93,9 @@ class RunLedger:
         left can ever start."""
         self._read.clear()
         self._drop_runs_of_failed_teachers()
+        self._add_search_runs()
         if not self.waiting or self.closed:
-            return FINISHED
+            return FINISHED if self.closed or not self._search_coming() else None
         ready = [p for p in self.waiting if all(self._ready(r) for r in p)]
         if not ready:
             return None if self.live else FINISHED
@@ -113,6 +121,7 @@ class RunLedger:
             log.append(())
             return []
         self._drop_runs_of_failed_teachers()
+        self._add_search_runs()
         for waiting in self.waiting:
             for run in waiting:
                 if self._ready(run):
@@ -121,7 +130,8 @@ class RunLedger:
                     log.append(((run, self.attempts(run)),))
                     return list(log[-1])
         training = {r for t in self.live for r in self.runs_of(t)}
-        if any(self._coming(run, training) for waiting in self.waiting for run in waiting):
+        coming = any(self._coming(run, training) for waiting in self.waiting for run in waiting)
+        if coming or self._search_coming():
             since = self.waiting_since.setdefault(trial_id, time.monotonic())
             if time.monotonic() - since < self.wait_limit_s:
                 return WAIT
@@ -134,7 +144,7 @@ class RunLedger:
             return
         self.ended[trial_id] = self.live.pop(trial_id)
         for run in self.runs_of(trial_id):  # a run it finished stays finished, even if it erred
-            if self.status(run) != "finished":
+            if self.status(run) not in ("finished", "stopped"):
                 self.failed.add(run)
 
     def runs_of(self, trial_id: str) -> list[str]:
@@ -169,7 +179,7 @@ class RunLedger:
         if run_id not in self._read:
             self._read[run_id] = self._read_status(run_id)
         state = self._read[run_id]
-        if state in ("finished", "failed"):
+        if state in ("finished", "stopped", "failed"):
             self._ended[run_id] = state
         return state
 
@@ -184,6 +194,51 @@ class RunLedger:
         if self.experiment is None:
             return 0
         return RunFolder(self.experiment / "runs" / run_id).attempts()
+
+    def judge(self, run_id: str, epoch: int, value: float) -> str:
+        """A searched sample after `epoch`: `stop` (the pruner ends it), `go`, or `WAIT` (earlier
+        samples of its cell must be judged at this epoch first). A closing grid stops nothing:
+        the run is interrupted, not ended."""
+        self._read.clear()
+        if self.search is None or self.closed:
+            return "go"
+        return self.search.judge(run_id, epoch, value, self._alive, self._status_or_failed)
+
+    def _alive(self, run_id: str) -> bool:
+        """Whether a live trial trains the run now."""
+        return any(run_id in self.runs_of(t) for t in self.live) and self.status(run_id) is None
+
+    def _status_or_failed(self, run_id: str) -> str | None:
+        return "failed" if run_id in self.failed else self.status(run_id)
+
+    def _add_search_runs(self) -> None:
+        """Queue the runs the searches made now, ahead of the students the job lists (a search
+        is a chain: samples, then confirmations), behind the teachers."""
+        if self.search is None or self.closed:
+            return
+        known = {r for p in self.waiting for r in p} | {
+            r for rs in self.given().values() for r in rs
+        }
+        new = [
+            s for s in self.search.new_runs(self._status_or_failed)
+            if s.run_id not in known and self.status(s.run_id) is None
+        ]  # fmt: skip
+        gating = {t for ts in self.teachers.values() for t in ts}
+        at = next((i for i, p in enumerate(self.waiting) if not set(p) & gating), len(self.waiting))
+        at = next(
+            (i for i in range(at, len(self.waiting)) if self.waiting[i] not in self._searched), at
+        )
+        for spec in new:
+            self.teachers[spec.run_id] = tuple(spec.teacher_runs)
+            self.waiting.insert(at, (spec.run_id,))
+            self._searched.add((spec.run_id,))
+            at += 1
+
+    def _search_coming(self) -> bool:
+        """Whether a search will add runs once runs live trials train now have ended."""
+        if self.search is None or self.closed:
+            return False
+        return any(self._alive(r) for r in self.search.waiting_on())
 
     def _take(self, pack: Pack, run: str) -> None:
         index = self.waiting.index(pack)

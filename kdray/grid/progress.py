@@ -63,7 +63,7 @@ class GridProgress:
             self.progress.update(
                 self._tasks[stage],
                 total=total,
-                completed=c["finished"] + c["failed"],  # the bar: runs that ended
+                completed=c["finished"] + c["stopped"] + c["failed"],  # the bar: runs that ended
                 finished=c["finished"],
                 running=c["running"],
                 failed=c["failed"],

@@ -34,6 +34,7 @@ from kdray.tracking.tracker import GridTracker
 class RunReport:
     experiment: Experiment
     finished: list[str] = field(default_factory=list)
+    stopped: list[str] = field(default_factory=list)  # searched samples their search ended
     failed: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -149,6 +150,8 @@ def _run_experiment(
                 for outcome in run_grid(exp, job, list(plan.runs.values()), data):
                     if outcome.status == "finished":
                         report.finished.append(outcome.run_id)
+                    elif outcome.status == "stopped":
+                        report.stopped.append(outcome.run_id)
                     else:
                         report.failed[outcome.run_id] = outcome.error or "failed"
                 complete = True

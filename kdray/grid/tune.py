@@ -233,11 +233,13 @@ def run_grid(exp: Experiment, job: Job, runs: list[RunSpec], data: DataInfo) -> 
     slots = job.resources.max_concurrent_trials
     per_fit = runs_per_trial(job, data)
     packs = pack_runs(todo, per_fit, slots)
-    if not packs:
+    searching = bool(exp.plan().searches)  # a search adds runs as it goes
+    if not packs and not searching:
         return [outcome(exp, run, None, {}) for run in runs]
     ledger = start_ledger(
-        *ledger_packs(packs), str(exp.root), max_concurrent=slots, runs_per_fit=per_fit
-    )
+        *ledger_packs(packs), str(exp.root), max_concurrent=slots, runs_per_fit=per_fit,
+        searching=searching,
+    )  # fmt: skip
     queue = RunQueue(
         ledger,
         packs,
@@ -248,7 +250,7 @@ def run_grid(exp: Experiment, job: Job, runs: list[RunSpec], data: DataInfo) -> 
     )
     waiting = ResourceWait(job.faults.resource_wait_s, str(exp.root))
     try:
-        results = _tuner(exp, job, queue, waiting, len(packs)).fit()
+        results = _tuner(exp, job, queue, waiting, -1 if searching else len(packs)).fit()
         if waiting.message is not None:
             raise ResourceError(waiting.message)
         given = ledger.given()
@@ -261,6 +263,7 @@ def run_grid(exp: Experiment, job: Job, runs: list[RunSpec], data: DataInfo) -> 
         blocked = queue.blocked()
     finally:
         ray.kill(ledger.actor)
+    runs = list(exp.plan().runs.values()) if searching else runs  # with the search's runs
     return [outcome(exp, run, errors.get(run.run_id), blocked) for run in runs]
 
 

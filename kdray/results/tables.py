@@ -75,7 +75,7 @@ TRIAL_SCHEMA = pa.schema(
         pa.field("labels", pa.string()),  # the label budget: "10%", "20 per class"; null: all
         pa.field("unlabelled", pa.bool_()),  # trained on the budget's unlabelled pool too
         pa.field("roles", pa.list_(pa.string())),  # teacher:<study>, kd:<study>, baseline
-        pa.field("status", pa.string(), nullable=False),  # finished | failed | pending
+        pa.field("status", pa.string(), nullable=False),  # finished|stopped|failed|pending
         pa.field("epochs", pa.float64()),  # fractional for a teacher stopped inside its band
         pa.field("task", pa.string()),  # single_label | multi_label (kdray.tasks)
         pa.field("primary_metric", pa.string()),  # what <split>_score is: acc | auroc
@@ -123,6 +123,7 @@ TRIAL_SCHEMA = pa.schema(
         pa.field("attempts", pa.int64()),
         pa.field("checkpoint", pa.string()),  # the run's final weights (model.pt)
         pa.field("error", pa.string()),
+        pa.field("stopped_at_epoch", pa.int64()),  # a searched sample its search stopped
     ]
 )
 
@@ -211,6 +212,7 @@ def trial_row(exp: Experiment, spec: RunSpec, failure: str | None = None) -> dic
         "attempts": folder.attempts(),
         "checkpoint": str(model_file) if status == "finished" and model_file.is_file() else None,
         "error": summary.get("error") or (failure if status != "finished" else None),
+        "stopped_at_epoch": summary.get("stopped_at_epoch"),
     }
     for split in SPLIT_PREFIXES:
         for metric in METRICS:

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
     Field,
+    ValidationError,
     field_validator,
     model_validator,
 )
@@ -18,6 +19,7 @@ from pydantic import (
 from kdray.data import DATA_KINDS
 from kdray.methods import METHODS, MethodParams
 from kdray.spec.base import JobError, Strict
+from kdray.spec.search import TRAIN_KEYS, ends
 from kdray.spec.study import RESERVED_STUDY_NAMES, SELF_TEACHER, STUDY_NAME, Study
 from kdray.tasks import get_task, weights
 from kdray.tasks.weights import (
@@ -310,6 +312,7 @@ class Job(Strict):
     @model_validator(mode="after")
     def _usable_studies(self) -> Job:
         problems = [line for name, study in self.studies.items() for line in study.problems(name)]
+        problems += self._search_problems()
         declared = self.data.task_type or self.data.declared_task()  # else known once data is read
         if declared is not None:
             problems += task_problems(self, declared)
@@ -323,6 +326,32 @@ class Job(Strict):
         if problems:
             raise JobError(problems)
         return self
+
+    def _search_problems(self) -> list[str]:
+        """Search blocks checked against the training settings they search or stop early."""
+        out = []
+        for name, study in self.studies.items():
+            if study.search is None:
+                continue
+            where = f"studies.{name}.search"
+            out += study.search.problems(where, self.train.epochs)
+            for key in set(study.search.space) & set(TRAIN_KEYS):
+                for value in ends(study.search.space[key]):
+                    try:
+                        TrainConfig.model_validate({**self.train.model_dump(), key: value})
+                    except ValidationError as exc:
+                        message = exc.errors()[0]["msg"].removeprefix("Value error, ")
+                        out.append(
+                            f"{where}.space.{key}: {value!r} is outside train.{key}'s range: "
+                            + message
+                        )
+        return out
+
+    def train_for(self, overrides: dict | None) -> Job:
+        """This job with a run's searched training settings (`RunSpec.train`) applied."""
+        if not overrides:
+            return self
+        return self.model_copy(update={"train": self.train.model_copy(update=overrides)})
 
     def method_params(self, study_name: str, setting: dict | None = None) -> MethodParams:
         """The study's method parameters (for one `setting` of its sweep; default: the first);

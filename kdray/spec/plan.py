@@ -26,6 +26,7 @@ from typing import Literal
 from kdray.data.budgets import budget_id
 from kdray.methods import METHODS
 from kdray.spec.job import SELF_TEACHER, Job
+from kdray.spec.search import TRAIN_KEYS
 from kdray.tasks.weights import WeightsError, find_all, missing_line
 
 Stage = Literal["teacher", "student"]
@@ -54,6 +55,7 @@ class RunSpec:
     roles: list[str] = field(default_factory=list)
     # pretrained weights the model starts from: {"tag" | "file": ..., "sha256": ...}; None: none
     weights: dict | None = None
+    train: dict = field(default_factory=dict)  # searched training settings (lr, ...), if any
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -67,18 +69,57 @@ class RunSpec:
 
 
 @dataclass
+class SearchCell:
+    """One searched cell: a study's student taught by one teacher entry, on one label budget.
+    Its samples train on the job's first seed; the best is confirmed on every seed, each seed's
+    KD run taught by that seed's `teacher_runs`."""
+
+    key: str
+    study: str
+    student: str
+    teacher_models: list[str]
+    teacher_runs: dict[int, list[str]]  # seed -> the teacher run ids of that seed
+    labels: dict | None = None
+    student_weights: dict | None = None  # the student's pretrained weights (`planned_weights`)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "teacher_runs": [[s, r] for s, r in self.teacher_runs.items()]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SearchCell:
+        return cls(**{**d, "teacher_runs": {int(s): list(r) for s, r in d["teacher_runs"]}})
+
+
+@dataclass
 class Plan:
     runs: dict[str, RunSpec]
+    searches: dict[str, SearchCell] = field(default_factory=dict)
 
     def stage(self, stage: Stage) -> list[RunSpec]:
         return [r for r in self.runs.values() if r.stage == stage]
 
     def to_json(self) -> dict:
-        return {"runs": [r.to_dict() for r in self.runs.values()]}
+        out = {"runs": [r.to_dict() for r in self.runs.values()]}
+        if self.searches:
+            out["searches"] = [c.to_dict() for c in self.searches.values()]
+        return out
 
     @classmethod
     def from_json(cls, d: dict) -> Plan:
-        return cls({r["run_id"]: RunSpec.from_dict(r) for r in d["runs"]})
+        runs = {r["run_id"]: RunSpec.from_dict(r) for r in d["runs"]}
+        searches = [SearchCell.from_dict(c) for c in d.get("searches", [])]
+        return cls(runs, {c.key: c for c in searches})
+
+    def with_runs(self, extra: list[RunSpec]) -> Plan:
+        """This plan and runs made during the grid (a search's samples and confirmations):
+        a run already here keeps its spec and gains the other's roles."""
+        runs = dict(self.runs)
+        for spec in extra:
+            existing = runs.setdefault(spec.run_id, spec)
+            if existing is not spec:
+                roles = existing.roles + [r for r in spec.roles if r not in existing.roles]
+                runs[spec.run_id] = RunSpec.from_dict({**existing.to_dict(), "roles": roles})
+        return Plan(runs, self.searches)
 
 
 def train_identity(job: Job) -> dict:
@@ -166,6 +207,12 @@ def plain_run(
     )
 
 
+def split_setting(setting: dict) -> tuple[dict, dict]:
+    """A setting's method parameters and its training settings (`TRAIN_KEYS`)."""
+    method = {k: v for k, v in setting.items() if k not in TRAIN_KEYS}
+    return method, {k: v for k, v in setting.items() if k in TRAIN_KEYS}
+
+
 def setting_label(setting: dict) -> str:
     """A sweep setting as a readable id part: `temperature1-alpha0.5`."""
     return "-".join(f"{key}{value}" for key, value in setting.items())
@@ -181,7 +228,8 @@ def kd_run(
     labels: dict | None = None,
     weights: dict | None = None,
 ):
-    setting = setting or {}
+    full_setting = setting or {}
+    setting, train = split_setting(full_setting)
     pool = bool(labels) and job.studies[study_name].unlabelled  # no pool without a budget
     method = METHODS[job.studies[study_name].method_name()]
     method_params = job.method_params(study_name, setting)
@@ -201,7 +249,9 @@ def kd_run(
     }
     if labels:
         identity.update(labels=labels, unlabelled=pool)
-    label = "-".join(filter(None, [method.name, setting_label(setting)]))
+    if train:  # absent otherwise: runs planned before searches keep their ids
+        identity["train_overrides"] = train
+    label = "-".join(filter(None, [method.name, setting_label(full_setting)]))
     return RunSpec(
         run_id=_run_id(job, identity, label, weights),
         stage="student",
@@ -209,7 +259,8 @@ def kd_run(
         seed=seed,
         method=method.name,
         method_params=params,
-        setting=setting,
+        setting=full_setting,
+        train=train,
         teacher_runs=[t.run_id for t in teachers],
         teacher_models=[t.model for t in teachers],
         teacher_outputs=reads,
@@ -219,47 +270,94 @@ def kd_run(
     )
 
 
+def teacher_runs(
+    job: Job, study_name: str, group: list[str], student: str, seed: int, labels, weights
+) -> list[RunSpec]:
+    """The runs of one teacher entry of a study (a model, `self`, an ensemble's models) that
+    teach `student` on `seed`."""
+    study = job.studies[study_name]
+    band, every = study.teacher_val_band, study.eval_every_steps
+    return [
+        plain_run(job, student, seed, "teacher", labels=labels, weights=weights.get(student))
+        if model == SELF_TEACHER
+        else plain_run(job, model, seed, "teacher", band, every, labels, weights.get(model))
+        for model in group
+    ]
+
+
 def add_study(
     job: Job, study_name: str, seed: int, labels: dict | None, add, weights: dict[str, dict]
 ) -> None:
-    """The study's teacher and KD runs for one seed and label budget."""
+    """The study's teacher and KD runs for one seed and label budget (a searched study's KD
+    runs are made during the grid: `sample_run`, `confirm_runs`)."""
     study = job.studies[study_name]
-    band, every = study.teacher_val_band, study.eval_every_steps
     for group in study.teacher_groups() or [[]]:
         for student in study.students:
             teachers = [
-                add(
-                    plain_run(
-                        job, student, seed, "teacher", labels=labels, weights=weights.get(student)
-                    )
-                    if model == SELF_TEACHER
-                    else plain_run(
-                        job, model, seed, "teacher", band, every, labels, weights.get(model)
-                    ),
-                    f"teacher:{study_name}",
-                )
-                for model in group
+                add(t, f"teacher:{study_name}")
+                for t in teacher_runs(job, study_name, group, student, seed, labels, weights)
             ]
-            for setting in study.settings():
-                kd = add(
-                    kd_run(
-                        job,
-                        study_name,
-                        student,
-                        seed,
-                        teachers,
-                        setting,
-                        labels,
-                        weights.get(student),
-                    ),  # fmt: skip
-                    f"kd:{study_name}",
-                )
+            settings = [{}] if study.search is not None else study.settings()
+            for setting in settings:
+                kd = kd_run(
+                    job, study_name, student, seed, teachers, setting, labels,
+                    weights.get(student),
+                )  # fmt: skip
+                if study.search is None:
+                    kd = add(kd, f"kd:{study_name}")
                 if kd.teacher_outputs == "cached":
                     for teacher in teachers:
                         if kd.unlabelled:
                             teacher.soft_labels_pool = True
                         else:
                             teacher.soft_labels = True
+
+
+def search_cells(job: Job, weights: dict[str, dict]) -> dict[str, SearchCell]:
+    """Every searched cell of the job, with each seed's teacher runs."""
+    cells = {}
+    for labels in job.label_budgets():
+        for study_name, study in job.studies.items():
+            if study.search is None:
+                continue
+            for group in study.teacher_groups() or [[]]:
+                for student in study.students:
+                    runs = {
+                        seed: teacher_runs(job, study_name, group, student, seed, labels, weights)
+                        for seed in job.seeds
+                    }
+                    models = [t.model for t in runs[job.seeds[0]]]
+                    parts = [study_name, student, "+".join(models) or "no-teacher"]
+                    if labels:
+                        parts.append(budget_id(labels))
+                    key = "/".join(parts)
+                    cells[key] = SearchCell(
+                        key, study_name, student, models,
+                        {seed: [t.run_id for t in ts] for seed, ts in runs.items()}, labels,
+                        weights.get(student),
+                    )  # fmt: skip
+    return cells
+
+
+def sample_run(job: Job, plan: Plan, cell: SearchCell, setting: dict) -> RunSpec:
+    """A searched cell's sample: its KD run for `setting` on the job's first seed."""
+    return cell_run(job, plan, cell, setting, job.seeds[0], f"sample:{cell.study}")
+
+
+def confirm_runs(job: Job, plan: Plan, cell: SearchCell, setting: dict) -> list[RunSpec]:
+    """The cell's KD runs for its chosen `setting` on every seed of the job."""
+    return [cell_run(job, plan, cell, setting, seed, f"kd:{cell.study}") for seed in job.seeds]
+
+
+def cell_run(
+    job: Job, plan: Plan, cell: SearchCell, setting: dict, seed: int, role: str
+) -> RunSpec:
+    teachers = [plan.runs[r] for r in cell.teacher_runs[seed]]
+    run = kd_run(
+        job, cell.study, cell.student, seed, teachers, setting, cell.labels, cell.student_weights
+    )
+    run.roles = [role]
+    return run
 
 
 def make_plan(job: Job, checksums: Mapping[str, str] | None = None) -> Plan:
@@ -289,7 +387,7 @@ def make_plan(job: Job, checksums: Mapping[str, str] | None = None) -> Plan:
                         job, student, seed, "student", labels=labels, weights=weights.get(student)
                     )
                     add(run, "baseline")
-    return Plan(runs)
+    return Plan(runs, search_cells(job, weights))
 
 
 def find_checksums(job: Job) -> dict[str, str]:

@@ -18,6 +18,7 @@ from pydantic import (
 
 from kdray.methods import METHODS
 from kdray.spec.base import Strict
+from kdray.spec.search import TRAIN_KEYS, Search, ends
 
 STUDY_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 RESERVED_STUDY_NAMES = ("teachers", "baseline", "summary", "unfinished", "labels")  # exports
@@ -68,6 +69,11 @@ class Study(Strict):
         default_factory=dict,
         description="method parameters given as lists in `method`: every combination is a "
         "setting, each trained for every student, teacher and seed",
+    )
+    search: Search | None = Field(
+        None,
+        description="search the method's settings instead of listing them: samples trained on "
+        "the first seed with early stopping, the best on validation confirmed on every seed",
     )
 
     @model_validator(mode="before")
@@ -149,7 +155,39 @@ class Study(Strict):
             )
         if self.teacher_val_band is not None and not self.teachers:
             out.append(f"{where}.teacher_val_band: this study has no teacher to stop early")
-        return out + self._sweep_problems(where, method)
+        return out + self._sweep_problems(where, method) + self._search_problems(where, method)
+
+    def _search_problems(self, where: str, method) -> list[str]:
+        """Parameters the method does not have, ranges outside its own bounds."""
+        if self.search is None:
+            return []
+        if self.sweep:
+            return [
+                f"{where}.search: this study also sweeps {sorted(self.sweep)} (lists in its "
+                "method); give those values in search.space as {choice: [...]} instead"
+            ]
+        out = []
+        base = self.method.model_dump() if self.method is not None else {"name": method.name}
+        searchable = [k for k in method.Params.model_fields if scalar_field(method.Params, k)]
+        for key, dimension in self.search.space.items():
+            where_key = f"{where}.search.space.{key}"
+            if key in TRAIN_KEYS:
+                continue  # checked against TrainConfig by the job
+            if key not in searchable:
+                out.append(
+                    f"{where_key}: not a setting of {method.name} ({', '.join(searchable)}) "
+                    f"or of training ({', '.join(TRAIN_KEYS)})"
+                )
+                continue
+            for value in ends(dimension):
+                try:
+                    method.Params.model_validate({**base, key: value})
+                except ValidationError as exc:
+                    message = exc.errors()[0]["msg"].removeprefix("Value error, ")
+                    out.append(
+                        f"{where_key}: {value!r} is outside {method.name}'s range: {message}"
+                    )
+        return out
 
     def _sweep_problems(self, where: str, method) -> list[str]:
         out = []

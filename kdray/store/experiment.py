@@ -12,22 +12,27 @@ costs/        each model's measured cost per data shape and device (`kdray.train
 versions.json the versions of python and the packages that shape results, and the pretrained
               weights the runs start from (name, tag, sha256), at creation
 results/      trials.parquet, epochs.parquet
+search/       a searching job's runs made during the grid (runs.jsonl: samples, confirmations)
+              and its samplers' state (journal.log: Optuna's journal)
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from kdray.spec.job import Job
-from kdray.spec.plan import Plan, make_plan
+from kdray.spec.plan import Plan, RunSpec, make_plan
 from kdray.store import versions
 from kdray.store.json_files import ExperimentError, damaged, read_json
 from kdray.store.run_folder import RunFolder
 from kdray.tasks.weights import LocalWeights, WeightsError, find_all, missing_line
+
+SEARCH_RUNS = "runs.jsonl"
 
 # how a grid is run and watched, and where its weights lie (their checksums are in the run
 # ids), not what it trains
@@ -65,6 +70,10 @@ class Experiment:
     def results_dir(self) -> Path:
         return self.root / "results"
 
+    @property
+    def search_dir(self) -> Path:
+        return self.root / "search"
+
     def run_dir(self, run_id: str) -> Path:
         return self.root / "runs" / run_id
 
@@ -86,8 +95,12 @@ class Experiment:
             raise ExperimentError(damaged(path, exc, advice)) from None
 
     def plan(self) -> Plan:
-        """The grid's runs; a plan.json that is damaged or predates methods is rebuilt from
-        the job (a run's id depends only on the job, so nothing changes name)."""
+        """The grid's runs, with those a search made during the grid (`add_runs`); a plan.json
+        that is damaged or predates methods is rebuilt from the job (a run's id depends only on
+        the job, so nothing changes name)."""
+        return self._planned().with_runs(self.added_runs())
+
+    def _planned(self) -> Plan:
         path = self.root / "plan.json"
         try:
             saved = json.loads(path.read_text(encoding="utf-8"))
@@ -98,6 +111,29 @@ class Experiment:
         plan = make_plan(self.job(), versions.recorded_checksums(self.root))
         path.write_text(json.dumps(plan.to_json(), indent=2))
         return plan
+
+    def add_runs(self, runs: list[RunSpec]) -> None:
+        """Record runs made during the grid (a search's samples and confirmations): one line
+        each, appended and synced, so a grid stopped at any point keeps every run it made."""
+        path = self.search_dir / SEARCH_RUNS
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.writelines(json.dumps(run.to_dict()) + "\n" for run in runs)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def added_runs(self) -> list[RunSpec]:
+        """The runs `add_runs` recorded, in order; a last line cut short by a crash is left out."""
+        path = self.search_dir / SEARCH_RUNS
+        if not path.is_file():
+            return []
+        out = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                out.append(RunSpec.from_dict(json.loads(line)))
+            except (ValueError, TypeError):
+                continue  # a line cut short by a crash: its sample is drawn again
+        return out
 
     def run(self, run_id: str) -> RunFolder:
         """The run's folder and its files (`kdray.store.run_folder`)."""

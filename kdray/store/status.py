@@ -1,7 +1,8 @@
 """The state of every run of an experiment, read from its folder alone (works while a grid runs,
 after it stopped, and with no Ray running).
 
-A run is `finished` or `failed` once it wrote `summary.json` (or a Ray-level `failure.json`),
+A run is `finished`, `stopped` (a searched sample its search ended early) or `failed` once it
+wrote `summary.json` (or a Ray-level `failure.json`),
 `running` while a live grid has launched it, `interrupted` when it was launched by a grid that is
 gone, and `pending` before its first launch. A run whose `summary.json` cannot be read is
 `unreadable` (`unreadable_runs` says which file and what to do).
@@ -17,7 +18,7 @@ from kdray.spec.plan import STAGES, RunSpec
 from kdray.store import lock
 from kdray.store.experiment import Experiment, ExperimentError
 
-STATES = ("finished", "running", "failed", "interrupted", "pending", "unreadable")
+STATES = ("finished", "stopped", "running", "failed", "interrupted", "pending", "unreadable")
 
 
 def grid_alive(exp: Experiment) -> bool:
@@ -50,8 +51,8 @@ def run_state(exp: Experiment, run: RunSpec, alive: bool) -> str:
         summary = folder.summary()
     except ExperimentError:
         return "unreadable"
-    if summary is not None:
-        return "finished" if summary["status"] == "finished" else "failed"
+    if summary is not None:  # stopped: a searched sample its search ended early
+        return summary["status"] if summary["status"] in ("finished", "stopped") else "failed"
     if (folder.path / "failure.json").is_file():
         return "failed"
     if folder.started():

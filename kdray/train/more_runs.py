@@ -37,7 +37,25 @@ def runs_to_train(trial: TrialConfig, wait_s: float = 0.5) -> Iterator[tuple[Run
             continue
         if not got:
             return
-        runs = runs or Experiment(trial.experiment).plan().runs
+        if runs is None or any(run_id not in runs for run_id, _ in got):
+            runs = Experiment(trial.experiment).plan().runs  # a search adds runs as it goes
         for run_id, earlier in got:
             yield runs[run_id], earlier
         call += 1
+
+
+def judge_epoch(trial: TrialConfig, run_id: str, epoch: int, value: float, wait_s: float = 0.2):
+    """Whether a searched sample stops after `epoch` (the grid's ledger asks the search's
+    pruner; it answers `WAIT` while earlier samples of the cell have not reached the epoch).
+    No ledger, or a grid gone: go on."""
+    import ray
+
+    while trial.ledger is not None:
+        try:
+            answer = ray.get(trial.ledger.judge.remote(run_id, epoch, value))
+        except ray.exceptions.RayActorError:
+            return False
+        if answer != WAIT:
+            return answer == "stop"
+        time.sleep(wait_s)
+    return False

@@ -33,14 +33,21 @@ from kdray.train.session import Session, band_stop, build_session, train_epoch
 @dataclass(frozen=True)
 class Worker:
     """Where this process trains: its rank among the run's data-parallel workers, its device,
-    how the model is wrapped for them (Ray Train's `prepare_model`) and how an epoch's metrics
-    reach Ray (`report`, a collective: every rank calls it)."""
+    how the model is wrapped for them (Ray Train's `prepare_model`), how an epoch's metrics
+    reach Ray (`report`, a collective: every rank calls it) and, for a searched sample, whether
+    it stops after an epoch (`judge(spec, epoch, val score)`, the same answer on every rank)."""
 
     rank: int
     world_size: int
     device: torch.device
     prepare: Callable[[torch.nn.Module], torch.nn.Module]
     report: Callable[[dict], None]
+    judge: Callable[[RunSpec, int, float], bool] = lambda spec, epoch, value: False
+
+
+def is_sample(spec: RunSpec) -> bool:
+    """A searched sample: judged after each epoch, and stopped when its search says so."""
+    return any(role.startswith("sample:") for role in spec.roles)
 
 
 def train_run(
@@ -52,6 +59,7 @@ def train_run(
     its `wall_s` counts from; `setup_s` and `train_s` count from this call."""
     started = time.time()
     launched_at = launched_at or started
+    job = job.train_for(spec.train)
     session = build_session(
         job, spec, info, teacher_dirs, worker.device, worker.rank, worker.world_size,
         prepare=worker.prepare,
@@ -61,6 +69,12 @@ def train_run(
     rank0 = worker.rank == 0
     tracker = Tracker.start(job, spec, folder.path, info, history) if rank0 else Tracker()
     band = band_stop(session)
+    # a sample resumed from a checkpoint is judged on its last epoch first (idempotent)
+    stopped = (
+        bool(history)
+        and is_sample(spec)
+        and worker.judge(spec, start_epoch, history[-1][session.val_key])
+    )
     first_step_s = None
 
     def on_step(step: int) -> None:
@@ -70,7 +84,7 @@ def train_run(
         if first_step_s is None:
             first_step_s = time.time() - started
 
-    for epoch in range(start_epoch, job.train.epochs):
+    for epoch in range(start_epoch, 0 if stopped else job.train.epochs):
         row = train_epoch(session, epoch, band, on_step)
         row[session.val_key] = session.val_score()
         history.append(row)
@@ -80,6 +94,9 @@ def train_run(
             tracker.log(row)
         worker.report(row)
         if band.hit is not None or band.error is not None:
+            break
+        if is_sample(spec) and worker.judge(spec, epoch + 1, row[session.val_key]):
+            stopped = True
             break
     band.missed(session, history)
     summary = {
@@ -98,13 +115,33 @@ def train_run(
         "teacher_outputs": session.teachers.kind,
         "replicas_in_sync": replicas_in_sync(session),
     }
-    summary.update(final_metrics(session.model, job, session.info, worker.device))
-    summary.update(method_model_metrics(session))
+    if stopped:
+        summary.update(stopped_metrics(session, history))
+        if rank0:
+            folder.write_epochs(history)
+            folder.write_summary(summary)
+            folder.drop_checkpoint()
+    else:
+        summary.update(final_metrics(session.model, job, session.info, worker.device))
+        summary.update(method_model_metrics(session))
+        if rank0:
+            finish(session, folder, history, summary, launched_at)
     if rank0:
-        finish(session, folder, history, summary, launched_at)
         tracker.finish(summary)
     session.close()
     return summary
+
+
+def stopped_metrics(session: Session, history: list[dict]) -> dict:
+    """A sample its search stopped: its last validation score and the epoch it stopped at,
+    nothing measured on test (the test split chooses nothing, and a stopped sample is not
+    reported), no model file."""
+    last = history[-1]
+    return {
+        "status": "stopped",
+        "stopped_at_epoch": last["epoch"],
+        session.val_key: last[session.val_key],
+    }
 
 
 def method_model_metrics(session: Session) -> dict:

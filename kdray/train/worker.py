@@ -30,7 +30,7 @@ import torch.distributed as dist
 from kdray.spec.job import Job
 from kdray.spec.plan import RunSpec
 from kdray.store.experiment import Experiment
-from kdray.train.more_runs import runs_to_train
+from kdray.train.more_runs import judge_epoch, runs_to_train
 from kdray.train.run_loop import Worker, train_run
 from kdray.train.trial import TrialConfig
 
@@ -42,12 +42,19 @@ def train_pack(config: dict) -> None:
     context = ray.train.get_context()
     device = _device(job)
     torch.set_num_threads(job.resources.torch_threads or max(1, int(job.resources.cpus_per_worker)))
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+
+    def judge(spec: RunSpec, epoch: int, value: float) -> bool:
+        stop = rank == 0 and judge_epoch(trial, spec.run_id, epoch, value)
+        return bool(_agreed_on(stop, world_size))
+
     worker = Worker(
-        context.get_world_rank(),
-        context.get_world_size(),
+        rank,
+        world_size,
         device,
         prepare=lambda m: ray.train.torch.prepare_model(m, move_to_device=device),
         report=lambda metrics: ray.train.report(metrics),
+        judge=judge,
     )
     launched = trial.launched_at  # the first run trained carries the fit's start-up
     # What lives before the first run (torch, timm and Ray: ~540k objects) is kept out of the
@@ -101,7 +108,11 @@ def _one_line(exc: BaseException) -> str:
 
 def _agreed(worker: Worker, value: int) -> int:
     """Rank 0's `value` on every rank (they read files that rank 0 is about to change)."""
-    if worker.world_size == 1:
+    return _agreed_on(value, worker.world_size)
+
+
+def _agreed_on(value, world_size: int):
+    if world_size == 1:
         return value
     box = [value]
     dist.broadcast_object_list(box, src=0)

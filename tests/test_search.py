@@ -1,0 +1,246 @@
+"""Searched studies without Ray: the grid's ledger with its Optuna searches, driven by simulated
+workers that train runs epoch by epoch in any interleaving, stop, and resume after a crash. The
+validation curves are a fixed function of each sample's setting, so what the search draws, stops
+and chooses can be compared across timings."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from kdray.grid.ledger import FINISHED, RunLedger
+from kdray.grid.packing import pack_runs
+from kdray.grid.search import STOP, WAIT
+from kdray.spec.base import JobError
+from kdray.spec.load import parse_job
+from kdray.store.experiment import Experiment
+from kdray.store.status import status_rows
+from tests.conftest import tiny_job_dict
+
+EPOCHS = 8
+
+
+def search_job(tmp_path, name="searched", **search):
+    block = {
+        "space": {"temperature": {"loguniform": [1, 16]}, "alpha": {"uniform": [0.1, 0.9]}},
+        "samples": 10,
+        "algorithm": "tpe",
+        "seed": 3,
+        "parallel": 3,
+        "early_stop": {"rule": "asha", "grace_epochs": 1, "reduction_factor": 2},
+        **search,
+    }
+    studies = {
+        "tuned": {
+            "teachers": ["resnet10t"],
+            "students": ["test_resnet"],
+            "method": {"name": "kd"},
+            "search": block,
+        }
+    }
+    raw = tiny_job_dict(tmp_path, studies=studies, seeds=[0, 1, 2], baseline=True)
+    raw["name"], raw["train"]["epochs"] = name, EPOCHS
+    return parse_job(raw)
+
+
+def curve(setting: dict, epoch: int) -> float:
+    """A sample's validation score: best near temperature 4, alpha 0.7; rising with epochs."""
+    if not setting:
+        return 0.5 + 0.02 * epoch
+    quality = 0.9 - 0.05 * math.log(setting["temperature"] / 4) ** 2
+    quality -= 0.4 * (setting["alpha"] - 0.7) ** 2
+    return round(quality * (1 - math.exp(-epoch / 3)), 6)
+
+
+class SimulatedGrid:
+    """`slots` trials asking the ledger for packs and runs, each step advancing one trial one
+    epoch, in an order drawn from `order_seed`. Runs write what a worker writes: attempts,
+    epochs and a summary (finished or stopped)."""
+
+    def __init__(self, exp: Experiment, slots: int, order_seed: int):
+        self.exp, self.slots, self.rng = exp, slots, random.Random(order_seed)
+        plan = exp.plan()
+        todo = [r for r in plan.runs.values() if exp.summary(r.run_id) is None]
+        packs = pack_runs(todo, 100, slots)
+        ids = [tuple(r.run_id for r in p.runs) for p in packs]
+        teachers = {r.run_id: tuple(r.teacher_runs) for p in packs for r in p.runs}
+        self.ledger = RunLedger(
+            ids, teachers, exp.root, max_concurrent=slots, runs_per_fit=100, searching=True
+        )
+        self.trials: dict[int, dict] = {}  # slot -> {id, queue, calls, run, epoch}
+        self.made = 0
+        self.finished = False
+
+    def step(self) -> None:
+        slot = self.rng.randrange(self.slots)
+        trial = self.trials.get(slot)
+        if trial is None:
+            self.made += 1
+            trial_id = f"t{self.made}"
+            pack = self.ledger.next_pack(trial_id)
+            if pack == FINISHED:
+                self.finished = not self.ledger.live
+            elif pack is not None:
+                self.trials[slot] = {"id": trial_id, "queue": list(pack), "calls": 0, "run": None}
+            return
+        if trial["run"] is None:
+            self._next_run(slot, trial)
+        else:
+            self._train_epoch(trial)
+
+    def _next_run(self, slot: int, trial: dict) -> None:
+        if trial["queue"]:
+            run = trial["queue"].pop(0)
+            if self.exp.summary(run) is None:
+                folder = self.exp.run(run)
+                folder.start_attempt()
+                done = len(folder.epochs())  # the last checkpoint's epoch
+                trial.update(run=run, epoch=done, judged=done == 0)
+            return
+        got = self.ledger.more_runs(trial["id"], trial["calls"])
+        if got == WAIT:
+            return
+        if not got:
+            self.ledger.trial_ended(trial["id"])
+            del self.trials[slot]
+            return
+        trial["calls"] += 1
+        trial["queue"] += [run for run, _ in got]
+
+    def _train_epoch(self, trial: dict) -> None:
+        run = trial["run"]
+        spec = self.exp.plan().runs[run]
+        sample = any(r.startswith("sample:") for r in spec.roles)
+        if trial["judged"]:  # a resumed sample is judged on its checkpoint's epoch first
+            trial["epoch"] += 1
+            self.exp.run(run).write_epochs(
+                [
+                    {"epoch": e, "val_acc": curve(spec.setting, e)}
+                    for e in range(1, trial["epoch"] + 1)
+                ]
+            )
+        epoch, value = trial["epoch"], curve(spec.setting, trial["epoch"])
+        answer = self.ledger.judge(run, epoch, value) if sample else "go"
+        trial["judged"] = answer != WAIT
+        if answer == WAIT:
+            return
+        if answer == STOP or epoch == EPOCHS:
+            status = "stopped" if answer == STOP else "finished"
+            summary = {"status": status, "epochs": epoch, "val_acc": value}
+            summary["primary_metric"] = "acc"
+            self.exp.run(run).write_summary(summary)
+            trial["run"] = None
+
+    def run(self, max_steps: int = 100_000) -> None:
+        for _ in range(max_steps):
+            if self.finished:
+                return
+            self.step()
+        raise AssertionError("the simulated grid did not finish")
+
+
+def outcome(exp: Experiment) -> dict:
+    """What the search did: each sample's setting and how it ended, and the confirmed runs."""
+    plan = exp.plan()
+    samples = {}
+    for run in plan.runs.values():
+        if any(r.startswith("sample:") for r in run.roles):
+            summary = exp.summary(run.run_id)
+            samples[run.run_id] = (summary["status"], summary["epochs"])
+    confirmed = sorted(r.run_id for r in plan.runs.values() if "kd:tuned" in r.roles)
+    return {"samples": samples, "confirmed": confirmed}
+
+
+def run_search(tmp_path, name, slots, order_seed, interrupt_after=None) -> dict:
+    exp = Experiment.create(search_job(tmp_path, name))
+    grid = SimulatedGrid(exp, slots, order_seed)
+    if interrupt_after is not None:
+        for _ in range(interrupt_after):
+            grid.step()
+        assert not grid.finished
+        grid = SimulatedGrid(exp, slots, order_seed + 1)  # a new grid session: nothing in memory
+    grid.run()
+    return outcome(exp)
+
+
+def test_a_search_stops_samples_and_confirms_the_best_on_every_seed(tmp_path):
+    result = run_search(tmp_path, "one", slots=2, order_seed=0)
+    samples = result["samples"]
+    assert len(samples) == 10
+    statuses = [status for status, _ in samples.values()]
+    assert "stopped" in statuses and "finished" in statuses
+    stopped_epochs = {epochs for status, epochs in samples.values() if status == "stopped"}
+    assert stopped_epochs <= {1, 2, 4}  # the rungs: grace 1, reduction factor 2
+    exp = Experiment.for_job(search_job(tmp_path, "one"))
+    plan = exp.plan()
+    confirmed = [plan.runs[r] for r in result["confirmed"]]
+    assert sorted(r.seed for r in confirmed) == [0, 1, 2]
+    assert len({str(r.setting) for r in confirmed}) == 1  # one setting on every seed
+    best = max(
+        (r for r in samples if samples[r][0] == "finished"),
+        key=lambda r: curve(plan.runs[r].setting, EPOCHS),
+    )
+    assert best in result["confirmed"]  # the seed-0 confirmation is the best sample itself
+    states = {row["trial_id"]: row["state"] for row in status_rows(exp, alive=False)}
+    assert {states[r] for r in samples if samples[r][0] == "stopped"} == {"stopped"}
+
+
+def test_the_same_job_draws_stops_and_chooses_the_same_whatever_the_timing(tmp_path):
+    sequential = run_search(tmp_path / "a", "timing", slots=1, order_seed=0)
+    parallel = run_search(tmp_path / "b", "timing", slots=3, order_seed=7)
+    assert parallel == sequential
+
+
+def test_a_search_interrupted_and_resumed_redoes_nothing_and_chooses_the_same(tmp_path):
+    uninterrupted = run_search(tmp_path / "a", "resumed", slots=2, order_seed=1)
+    exp_dir = tmp_path / "b"
+    resumed = run_search(exp_dir, "resumed", slots=2, order_seed=1, interrupt_after=100)
+    assert resumed == uninterrupted
+    exp = Experiment.for_job(search_job(exp_dir, "resumed"))
+    attempts = {r: exp.run(r).attempts() for r in resumed["samples"]}
+    assert max(attempts.values()) <= 2  # a run cut short continued; no ended run started again
+    in_flight = sum(a == 2 for a in attempts.values())
+    assert 1 <= in_flight <= 2  # those the stop cut short, each continued once
+
+
+@pytest.mark.parametrize(
+    ("search", "words"),
+    [
+        (
+            {"samples": 0},
+            "studies.tuned.search.samples: Input should be greater than or equal to 1",
+        ),
+        ({"algorithm": "bayes"}, "studies.tuned.search.algorithm: Input should be 'tpe'"),
+        (
+            {"space": {"beta": {"uniform": [1, 2]}}},
+            "studies.tuned.search.space.beta: not a setting of kd",
+        ),
+        (
+            {"space": {"alpha": {"uniform": [0.5, 1.5]}}},
+            "studies.tuned.search.space.alpha: 1.5 is outside kd's range",
+        ),
+        (
+            {"space": {"lr": {"loguniform": [0, 0.1]}}},
+            "studies.tuned.search.space.lr.loguniform: loguniform needs 0 < low",
+        ),
+        (
+            {"space": {"alpha": {"between": [0, 1]}}},
+            "studies.tuned.search.space.alpha: give one of {uniform: [lo, hi]}",
+        ),
+        (
+            {"early_stop": {"rule": "asha", "grace_epochs": EPOCHS}},
+            "studies.tuned.search.early_stop.grace_epochs: 8 is not below train.epochs",
+        ),
+        (
+            {"algorithm": "grid", "samples": 5, "space": {"alpha": {"choice": [0.5, 0.9]}}},
+            "studies.tuned.search.samples: 5 is more than the grid's 2 points",
+        ),
+    ],
+)
+def test_a_bad_search_block_is_one_line_naming_its_field(tmp_path, search, words):
+    with pytest.raises(JobError) as caught:
+        search_job(tmp_path, **search)
+    assert len(caught.value.problems) == 1, caught.value.problems
+    assert caught.value.problems[0].startswith(words), caught.value.problems
