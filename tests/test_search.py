@@ -244,3 +244,55 @@ def test_a_bad_search_block_is_one_line_naming_its_field(tmp_path, search, words
         search_job(tmp_path, **search)
     assert len(caught.value.problems) == 1, caught.value.problems
     assert caught.value.problems[0].startswith(words), caught.value.problems
+
+
+def test_a_sample_its_search_stops_ends_stopped_with_its_curve_and_nothing_more(tmp_path):
+    """The worker loop (no Ray): judged after each epoch, stopped after epoch 2 of 8."""
+    import torch
+
+    from kdray.data import prepare_data
+    from kdray.spec.plan import make_plan, sample_run
+    from kdray.store.run_folder import RunFolder
+    from kdray.train.run_loop import Worker, train_run
+
+    raw = tiny_job_dict(tmp_path, baseline=False)
+    raw["studies"] = {
+        "free": {
+            "students": ["test_resnet"],
+            "method": {"name": "tfkd_virtual"},
+            "search": {"space": {"alpha": {"uniform": [0.1, 0.9]}}, "samples": 2},
+        }
+    }
+    raw["train"]["epochs"] = 8
+    job = parse_job(raw)
+    plan = make_plan(job)
+    (cell,) = plan.searches.values()
+    spec = sample_run(job, plan, cell, {"alpha": 0.5})
+    data = prepare_data(job.data, tmp_path / "data")
+    judged = []
+
+    def judge(run, epoch, value):
+        judged.append((run.run_id, epoch))
+        return epoch >= 2
+
+    worker = Worker(0, 1, torch.device("cpu"), lambda m: m, lambda metrics: None, judge)
+    folder = RunFolder(tmp_path / "runs" / spec.run_id)
+    summary = train_run(job, spec, data, folder, [], worker)
+    assert summary["status"] == "stopped" and summary["epochs"] == 2
+    assert summary["stopped_at_epoch"] == 2 and "test_acc" not in summary
+    assert judged == [(spec.run_id, 1), (spec.run_id, 2)]
+    assert len(folder.epochs()) == 2 and folder.summary()["status"] == "stopped"
+    assert not folder.model_file.exists() and not folder.checkpoint_file.exists()
+
+
+def test_wandb_marks_a_stopped_sample_and_its_search():
+    from types import SimpleNamespace
+
+    from kdray.tracking.wandb_backend import WandbRun
+
+    finished = []
+    run = SimpleNamespace(summary={}, tags=("kd", "student", "search:tuned"))
+    run.finish = lambda: finished.append(True)
+    WandbRun(run).finish({"status": "stopped", "epochs": 2, "val_acc": 0.5})
+    assert run.tags[-1] == "stopped" and run.summary["kdray_status"] == "stopped"
+    assert run.summary["val_acc"] == 0.5 and finished == [True]

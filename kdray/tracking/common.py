@@ -24,6 +24,11 @@ def studies(spec) -> list[str]:
     return list(dict.fromkeys(r.split(":", 1)[1] for r in spec.roles if ":" in r))
 
 
+def searches(spec) -> list[str]:
+    """The studies whose search the run is a sample of (roles `sample:<study>`)."""
+    return [r.split(":", 1)[1] for r in spec.roles if r.startswith("sample:")]
+
+
 class Backend(Protocol):
     name: str
 

@@ -29,7 +29,7 @@ import os
 import time
 from pathlib import Path
 
-from kdray.tracking.common import numbers, studies
+from kdray.tracking.common import numbers, searches, studies
 
 # set before mlflow is imported; a value already in the environment wins
 ENVIRONMENT = {
@@ -231,6 +231,8 @@ class MlflowRun:
                 "kdray.method": spec.method,
                 "kdray.status": "running",
             }
+            if searches(spec):  # a searched sample: tagged with the studies it searches
+                tags["kdray.search"] = ",".join(searches(spec))
             if parent is not None:
                 tags["mlflow.parentRunId"] = parent.info.run_id
             run = find_run(client, experiment, tags["kdray.key"])
@@ -266,7 +268,8 @@ class MlflowRun:
             for k, v in numbers(summary).items()
             if self.latest.get(f"final/{k}") != v
         }
-        status = "finished" if summary.get("status", "finished") == "finished" else "failed"
+        status = summary.get("status", "finished")
+        status = status if status in ("finished", "stopped") else "failed"
         tags = {}
         if summary.get("error"):
             tags["kdray.error"] = str(summary["error"])[:ERROR_TAG_CHARS]
@@ -353,7 +356,10 @@ class MlflowGrid:
             close(self.client, self.run_id, status)
 
 
-MLFLOW_STATUS = {"finished": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
+# a sample its search stopped ended as planned: FINISHED, its tag `kdray.status` says stopped
+MLFLOW_STATUS = {
+    "finished": "FINISHED", "stopped": "FINISHED", "failed": "FAILED", "interrupted": "KILLED",
+}  # fmt: skip
 
 
 def close(client, run_id: str, status: str, tags=None) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from kdray.tracking.common import numbers, studies
+from kdray.tracking.common import numbers, searches, studies
 
 
 class WandbRun:
@@ -31,7 +31,7 @@ class WandbRun:
             id=spec.run_id,
             name=spec.run_id,
             group=job.name,
-            tags=[*cfg.tags, spec.method, spec.stage],
+            tags=[*cfg.tags, spec.method, spec.stage, *(f"search:{s}" for s in searches(spec))],
             mode=cfg.mode,
             dir=str(run_dir),
             resume="allow",
@@ -57,4 +57,8 @@ class WandbRun:
     def finish(self, summary: dict) -> None:
         for key, value in numbers(summary).items():
             self.run.summary[key] = value
+        status = summary.get("status", "finished")
+        self.run.summary["kdray_status"] = status
+        if status == "stopped":  # a sample its search stopped: findable by tag
+            self.run.tags = (*self.run.tags, "stopped")
         self.run.finish()
