@@ -37,11 +37,9 @@ MARKED = re.compile(
 
 PARTS: dict[str, Callable[[], str]] = {
     "job-reference": job_file.reference,
-    "data-kinds": job_file.data_kinds_table,
     "methods-table": methods.summary_table,
     "readme-methods": methods.readme_table,
     "methods-reference": methods.reference,
-    "method-tasks": methods.task_matrix,
     "trials-schema": results.trials_table,
     "epochs-schema": results.epochs_table,
     "layers": architecture.layers,

@@ -45,7 +45,8 @@ def modules_table() -> str:
             files = [folder.with_suffix(".py")] if not folder.is_dir() else _modules(folder)
             for index, path in enumerate(files):
                 doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or "—"
-                shown = f"`{package.removeprefix('kdray.')}/`" if index == 0 else ""
+                short = package.removeprefix("kdray.") + ("/" if folder.is_dir() else "")
+                shown = f"`{short}`" if index == 0 else ""
                 name = path.relative_to(folder).as_posix() if folder.is_dir() else path.name
                 lines.append(f"| {shown} | `{name}` | {cell(first_sentence(doc))} |")
     return "\n".join(lines) + "\n"

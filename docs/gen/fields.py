@@ -18,12 +18,15 @@ Anchors = dict[type[BaseModel], tuple[str, str]]
 
 
 def cell(text: str) -> str:
-    """Text safe inside a Markdown table cell: one line, pipes escaped, and `<`, `>` escaped
-    outside code spans (`<model>` would otherwise be read as an HTML tag)."""
+    """Text safe inside a Markdown table cell: one line; outside code spans pipes, `<` and `>`
+    escaped (`<model>` would otherwise be read as an HTML tag); no pipe inside one (GitHub
+    would end the cell there, MkDocs would show the backslash)."""
     parts = " ".join(str(text).split()).split("`")
     for i in range(0, len(parts), 2):  # the even parts lie outside code spans
-        parts[i] = parts[i].replace("<", "&lt;").replace(">", "&gt;")
-    return "`".join(parts).replace("|", "\\|")
+        parts[i] = parts[i].replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
+    for i in range(1, len(parts), 2):  # a pipe in code would end the cell on GitHub
+        parts[i] = parts[i].replace("|", "or")
+    return "`".join(parts)
 
 
 def type_name(tp: Any, anchors: Anchors) -> str:

@@ -3,9 +3,11 @@ limits and descriptions, read from the pydantic models themselves."""
 
 from __future__ import annotations
 
+import re
+
 from pydantic import BaseModel
 
-from docs.gen.fields import Anchors, cell, field_rows, first_sentence, slug, sub_models
+from docs.gen.fields import Anchors, field_rows, first_sentence, slug, sub_models
 
 METHODS_LINK = "methods.md#each-methods-parameters"
 
@@ -69,7 +71,7 @@ def reference() -> str:
     out = ["## Top level\n", field_rows(Job, anchors), _data_section(anchors)]
     for path, model in _sections():
         out += [f"## {path}\n", *_doc_line(model), field_rows(model, anchors)]
-    return "\n".join(out)
+    return re.sub(r"^(#+) ", r"#\1 ", "\n".join(out), flags=re.M)  # below the page's `## Reference`
 
 
 def _data_section(anchors: Anchors) -> str:
@@ -106,20 +108,3 @@ def _same(one, other) -> bool:
 def _doc_line(model: type[BaseModel]) -> list[str]:
     doc = first_sentence(model.__doc__)
     return [f"{doc}\n"] if doc else []
-
-
-def data_kinds_table() -> str:
-    """One row per data kind: its name, its description, its own fields (linked)."""
-    from kdray.data import DATA_KINDS
-    from kdray.data.base import DataConfigBase
-
-    common = set(DataConfigBase.model_fields) | {"kind"}
-    lines = ["| kind | what | its own fields |", "|---|---|---|"]
-    for name, module in DATA_KINDS.items():
-        fields = ", ".join(f"`{f}`" for f in module.Config.model_fields if f not in common)
-        link = f"job-file.md#{slug(f'data.kind: {name}')}"
-        lines.append(
-            f"| [`{name}`]({link}) | {cell(first_sentence(module.Config.__doc__))} | "
-            f"{cell(fields)} |"
-        )
-    return "\n".join(lines) + "\n"

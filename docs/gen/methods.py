@@ -5,9 +5,10 @@ parameters with their defaults."""
 from __future__ import annotations
 
 import inspect
+import re
 from pathlib import Path
 
-from docs.gen.fields import cell, default_text, field_rows, first_sentence, slug
+from docs.gen.fields import cell, field_rows, first_sentence, slug
 
 NEEDS = {
     "logits": "logits (the teacher's cached soft labels, or the teacher online)",
@@ -28,9 +29,31 @@ def _module_doc(method) -> str:
     return inspect.cleandoc(inspect.getmodule(method).__doc__ or "")
 
 
+CITED = re.compile(r'^(?P<what>[^(]+?) \((?P<authors>[^"]+?), "[^"]+", (?P<venue>[^;)]+)')
+
+
+def short_title(method) -> str:
+    """What the method is and its paper in short: `Decoupled KD (Zhao et al., CVPR 2022)`."""
+    sentence = first_sentence(_module_doc(method))
+    cited = CITED.match(sentence)
+    if not cited:
+        return sentence.split(" (")[0].rstrip(".")
+    authors = cited["authors"]
+    first = re.split(r",| &", authors)[0]
+    authors = f"{first} et al." if "," in authors else authors
+    return f"{cited['what']} ({authors}, {cited['venue'].strip()})"
+
+
 def _params_in_words(method) -> str:
     fields = [(n, i) for n, i in method.Params.model_fields.items() if n != "name"]
-    return ", ".join(f"`{n}` {default_text(i).strip('`')}" for n, i in fields)
+    return ", ".join(f"`{n}` {_short(i.default)}" for n, i in fields)
+
+
+def _short(value) -> str:
+    """A default in a few characters: `auto` for None (the method decides), 4 for 4.0."""
+    if value is None:
+        return "auto"
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _tasks(method) -> str:
@@ -47,7 +70,7 @@ def summary_table(link_prefix: str = "") -> str:
     for method in _methods():
         lines.append(
             f"| [`{method.name}`]({link_prefix}#{slug(method.name)}) | "
-            f"{cell(first_sentence(_module_doc(method)))} | {method.needs} | "
+            f"{cell(short_title(method))} | {method.needs} | "
             f"{cell(_tasks(method))} | {cell(_params_in_words(method))} |"
         )
     return "\n".join(lines) + "\n"
@@ -56,21 +79,6 @@ def summary_table(link_prefix: str = "") -> str:
 def readme_table() -> str:
     """The README's methods table: the same rows, linking into the docs."""
     return summary_table("docs/methods.md")
-
-
-def task_matrix() -> str:
-    """Which method trains on which task's data."""
-    from kdray.tasks.base import TASKS
-
-    tasks = list(TASKS)
-    lines = [
-        "| method | " + " | ".join(t.replace("_", "-") for t in tasks) + " |",
-        "|---|" + "---|" * len(tasks),
-    ]
-    for method in _methods():
-        marks = ["yes" if t in method.tasks else "—" for t in tasks]
-        lines.append(f"| `{method.name}` | " + " | ".join(marks) + " |")
-    return "\n".join(lines) + "\n"
 
 
 def reference() -> str:
