@@ -96,9 +96,9 @@ TRIAL_COLUMNS: list[tuple[str, str]] = [
     (
         "latency_ms_p50 latency_ms_p90",
         "batch-1 forward time of the trained model on the device its run trained on, eval mode, "
-        "fp32: median and 90th percentile of up to 30 timed calls after 5 warm-up calls, within "
-        "about 0.5 s (at least 3 calls); timed inside the trial's worker while other trials may "
-        "run: compare models of one grid, not grids",
+        "fp32: median and 90th percentile of up to 30 timed calls after 5 warm-up calls (CUDA "
+        "synchronised around each), within about 0.5 s (at least 3 calls); timed inside the "
+        "trial's worker while other trials may run: compare models of one grid, not grids",
     ),
     (
         "throughput",
