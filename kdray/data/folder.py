@@ -46,8 +46,8 @@ class SplitFractions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    valid: float = Field(0.1, ge=0, lt=1)
-    test: float = Field(0.1, ge=0, lt=1)
+    valid: float = Field(0.1, ge=0, lt=1, description="share of the train pool moved to valid")
+    test: float = Field(0.1, ge=0, lt=1, description="share of the train pool moved to test")
 
     @model_validator(mode="after")
     def _leaves_train(self) -> SplitFractions:
@@ -65,7 +65,9 @@ class Config(DataConfigBase):
     classes: DistinctNames | None = Field(
         None, min_length=2, description="class names in label order (default: sorted names)"
     )
-    split_by: SplitFractions = Field(default_factory=SplitFractions)
+    split_by: SplitFractions = Field(
+        default_factory=SplitFractions, description="the splits carved off train when missing"
+    )
     split_seed: int = Field(0, description="seeds the carving of valid/test")
     label_columns: DistinctNames | None = Field(
         None,

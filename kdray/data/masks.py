@@ -55,7 +55,9 @@ class Config(DataConfigBase):
         max_length=127,
         description="names of the mask values 0, 1, ... (background first)",
     )
-    split_by: SplitFractions = Field(default_factory=SplitFractions)
+    split_by: SplitFractions = Field(
+        default_factory=SplitFractions, description="the splits carved off train when missing"
+    )
     split_seed: int = Field(0, description="seeds the carving of valid/test")
 
     @field_validator("mask_suffix", "images_dir", "masks_dir")

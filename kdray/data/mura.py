@@ -47,9 +47,9 @@ class SplitCaps(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    train: int | None = Field(None, ge=1)
-    valid: int | None = Field(None, ge=1)
-    test: int | None = Field(None, ge=1)
+    train: int | None = Field(None, ge=1, description="images per class in train")
+    valid: int | None = Field(None, ge=1, description="images per class in valid")
+    test: int | None = Field(None, ge=1, description="images per class in test")
 
     @model_validator(mode="before")
     @classmethod
@@ -64,7 +64,9 @@ class Config(DataConfigBase):
 
     kind: Literal["mura"] = "mura"
     root: Path = Field(description=f"the folder containing {ARCHIVE}/ (or {ARCHIVE} itself)")
-    task: Literal["body_part", "abnormality"] = "body_part"
+    task: Literal["body_part", "abnormality"] = Field(
+        "body_part", description="body_part: 7 study types; abnormality: normal vs abnormal"
+    )
     body_parts: Annotated[list[BodyPart], AfterValidator(distinct)] | None = Field(
         None, min_length=1, description="study types to keep (default: all 7)"
     )

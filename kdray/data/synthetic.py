@@ -192,13 +192,15 @@ class Config(DataConfigBase):
     """`data: {kind: synthetic}`: procedural radiograph-like images (the offline default)."""
 
     kind: Literal["synthetic"] = "synthetic"
-    seed: int = 0
+    seed: int = Field(0, description="seeds the drawing of every image")
     classes: list[str] = Field(
-        default_factory=lambda: ["FINGER", "FOREARM", "HAND", "HUMERUS", "WRIST"], min_length=2
+        default_factory=lambda: ["FINGER", "FOREARM", "HAND", "HUMERUS", "WRIST"],
+        min_length=2,
+        description="the body parts drawn, one class each, of MURA's seven study types",
     )
-    train_size: int = Field(800, ge=10)
-    valid_size: int = Field(200, ge=10)
-    test_size: int = Field(200, ge=10)
+    train_size: int = Field(800, ge=10, description="images in train")
+    valid_size: int = Field(200, ge=10, description="images in valid")
+    test_size: int = Field(200, ge=10, description="images in test")
     native_size: int = Field(64, ge=16, le=1024, description="size the images are drawn at")
     noise: float = Field(0.12, ge=0, le=1, description="strength of the film-grain noise")
 

@@ -113,16 +113,16 @@ class Config(DataConfigBase):
 
     kind: Literal["synthetic_ultrasound"] = "synthetic_ultrasound"
     image_size: int = Field(64, ge=8, le=1024, description="images are resized to this square")
-    seed: int = 0
+    seed: int = Field(0, description="seeds the drawing of every scan")
     lesions: Literal["binary", "benign_malignant"] = Field(
         "binary", description="binary: lesion vs background; benign_malignant: 3 classes"
     )
     empty_fraction: float = Field(
         0.1, ge=0, le=1, description="share of lesion-free scans (their masks are empty)"
     )
-    train_size: int = Field(240, ge=10)
-    valid_size: int = Field(60, ge=10)
-    test_size: int = Field(60, ge=10)
+    train_size: int = Field(240, ge=10, description="scans in train")
+    valid_size: int = Field(60, ge=10, description="scans in valid")
+    test_size: int = Field(60, ge=10, description="scans in test")
     native_size: int = Field(128, ge=16, le=1024, description="size the scans are drawn at")
 
     def declared_task(self) -> str | None:

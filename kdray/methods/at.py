@@ -31,8 +31,8 @@ class ATParams(MethodParams):
         "(a segmenter: its encoder's but the shallowest)",
     )
     p: float = Field(2.0, gt=0, description="exponent of the attention map")
-    at_weight: float = Field(1000.0, ge=0)
-    ce_weight: float = Field(1.0, ge=0)
+    at_weight: float = Field(1000.0, ge=0, description="weight of the attention term")
+    ce_weight: float = Field(1.0, ge=0, description="weight of the supervised loss (CE)")
 
 
 def attention(feature: torch.Tensor, p: float) -> torch.Tensor:

@@ -27,7 +27,7 @@ from kdray.methods.features import one_teacher
 class CWDParams(MethodParams):
     name: Literal["cwd"] = "cwd"
     temperature: float = Field(1.0, gt=0, description="tau of the spatial softmax")
-    cwd_weight: float = Field(5.0, ge=0)
+    cwd_weight: float = Field(5.0, ge=0, description="weight of the channel-wise KL")
     ce_weight: float = Field(1.0, ge=0, description="weight of the supervised loss (CE + Dice)")
 
 

@@ -41,8 +41,8 @@ class DKDParams(MethodParams):
     added_later: ClassVar[tuple[str, ...]] = ("class_weights", "class_beta")
     alpha: float = Field(1.0, ge=0, description="weight of TCKD (target-class KD)")
     beta: float = Field(8.0, ge=0, description="weight of NCKD (non-target-class KD)")
-    temperature: float = Field(4.0, gt=0, le=1000)
-    ce_weight: float = Field(1.0, ge=0)
+    temperature: float = Field(4.0, gt=0, le=1000, description="softmax temperature T")
+    ce_weight: float = Field(1.0, ge=0, description="weight of the supervised loss (CE)")
     warmup_epochs: float | None = Field(
         None, ge=0, description="linear warm-up of the KD terms; None: 1/12 of the run's epochs"
     )

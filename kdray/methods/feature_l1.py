@@ -29,8 +29,8 @@ class FeatureL1Params(MethodParams):
     stages: list[int] | None = Field(
         None, min_length=1, description="aligned stages (negative: from the deepest); None: all"
     )
-    l1_weight: float = Field(1.0, ge=0)
-    ce_weight: float = Field(1.0, ge=0)
+    l1_weight: float = Field(1.0, ge=0, description="weight of the L1 feature term")
+    ce_weight: float = Field(1.0, ge=0, description="weight of the supervised loss (CE)")
 
 
 @register

@@ -25,8 +25,8 @@ class FitNetsParams(MethodParams):
     stage: int | None = Field(
         None, description="aligned stage of the hint (negative: from the deepest); None: n // 2"
     )
-    hint_weight: float = Field(100.0, ge=0)
-    ce_weight: float = Field(1.0, ge=0)
+    hint_weight: float = Field(100.0, ge=0, description="weight of the hint (MSE) term")
+    ce_weight: float = Field(1.0, ge=0, description="weight of the supervised loss (CE)")
 
 
 @register

@@ -32,9 +32,12 @@ from kdray.methods.base import (
 class KDParams(MethodParams):
     name: Literal["kd"] = "kd"
     added_later: ClassVar[tuple[str, ...]] = ("class_weights", "class_beta")
-    temperature: float = Field(4.0, gt=0, le=1000)
+    temperature: float = Field(4.0, gt=0, le=1000, description="softmax temperature T")
     alpha: float = Field(0.9, ge=0, le=1, description="weight of the KD term")
-    kl_reduction: Literal["batchmean", "mean"] = "batchmean"
+    kl_reduction: Literal["batchmean", "mean"] = Field(
+        "batchmean",
+        description="batchmean: sum over classes, mean over images; mean: also over classes",
+    )
     class_weights: Literal["none", "inverse", "effective"] = Field(
         "none", description="per-class weights on both terms, from the labelled counts"
     )

@@ -30,7 +30,7 @@ from kdray.methods.base import (
 
 class PixelKDParams(MethodParams):
     name: Literal["pixel_kd"] = "pixel_kd"
-    temperature: float = Field(1.0, gt=0)
+    temperature: float = Field(1.0, gt=0, description="softmax temperature T")
     kd_weight: float = Field(10.0, ge=0, description="weight of the pixel-wise KL (lambda_pi)")
     ce_weight: float = Field(1.0, ge=0, description="weight of the supervised loss (CE + Dice)")
 

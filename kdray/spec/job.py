@@ -47,19 +47,23 @@ DataConfig = Annotated[
 
 
 class TrainConfig(Strict):
-    epochs: int = Field(20, ge=1)
-    batch_size: int = Field(16, ge=1)
-    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    epochs: int = Field(20, ge=1, description="training epochs of every run")
+    batch_size: int = Field(16, ge=1, description="training batch size per worker")
+    optimizer: Literal["adam", "adamw", "sgd"] = Field("adam", description="the torch optimizer")
     lr: float = Field(1e-4, gt=0, le=10, description="above 10 every optimizer here diverges")
-    weight_decay: float = Field(0.0, ge=0)
+    weight_decay: float = Field(0.0, ge=0, description="the optimizer's weight decay")
     momentum: float = Field(0.9, ge=0, lt=1, description="sgd only")
-    scheduler: Literal["none", "cosine"] = "none"
+    scheduler: Literal["none", "cosine"] = Field(
+        "none", description="learning-rate schedule: none (constant) or cosine annealing to 0"
+    )
     augment: bool | list[dict[str, Any]] = Field(
         True,
         description="true: the default radiograph pipeline; false: none; or a list of "
         "albumentations transforms, e.g. [{name: HorizontalFlip, p: 0.5}]",
     )
-    eval_batch_size: int = Field(256, ge=1)
+    eval_batch_size: int = Field(
+        256, ge=1, description="batch size of evaluation, soft-label replay and throughput"
+    )
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32", description="bf16/fp16: autocast mixed precision (fp16 adds a GradScaler)"
     )
@@ -105,7 +109,7 @@ class TrainConfig(Strict):
 
 
 class DistillConfig(Strict):
-    temperature: float = Field(4.0, gt=0, le=1000)
+    temperature: float = Field(4.0, gt=0, le=1000, description="softmax temperature T")
     alpha: float = Field(0.9, ge=0, le=1, description="weight of the KD term")
     kl_reduction: Literal["batchmean", "mean"] = Field(
         "batchmean",
@@ -150,10 +154,12 @@ class LabelBudgets(Strict):
 
 
 class Resources(Strict):
-    workers_per_trial: int = Field(1, ge=1)
-    cpus_per_worker: float = Field(1, gt=0)
-    gpus_per_worker: float = Field(0, ge=0)
-    max_concurrent_trials: int = Field(2, ge=1)
+    workers_per_trial: int = Field(1, ge=1, description=">1: data-parallel (DDP) in a trial")
+    cpus_per_worker: float = Field(1, gt=0, description="CPUs Ray reserves per worker")
+    gpus_per_worker: float = Field(
+        0, ge=0, description="GPUs per worker; below 1 (0.5): single-worker trials share a GPU"
+    )
+    max_concurrent_trials: int = Field(2, ge=1, description="trials running at once")
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="auto: cuda when the worker has a GPU, else cpu"
     )
@@ -186,12 +192,12 @@ class Resources(Strict):
 
 
 class WandbConfig(Strict):
-    project: str = "kdray"
-    entity: str | None = None
+    project: str = Field("kdray", description="the W&B project")
+    entity: str | None = Field(None, description="the W&B team or user (default: yours)")
     mode: Literal["offline", "online", "disabled"] = Field(
         "offline", description="offline: files under each run folder, nothing uploaded"
     )
-    tags: list[str] = Field(default_factory=list)
+    tags: list[str] = Field(default_factory=list, description="tags on every W&B run")
 
 
 class MlflowConfig(Strict):
@@ -210,7 +216,9 @@ class MlflowConfig(Strict):
 
 
 class Tracking(Strict):
-    wandb: WandbConfig | None = None
+    wandb: WandbConfig | None = Field(
+        None, description="one W&B run per kdray run, grouped by the job's name"
+    )
     mlflow: MlflowConfig | None = Field(
         None,
         description="one MLflow run per grid, one nested run per kdray run ({} for the local "
@@ -230,14 +238,34 @@ class Faults(Strict):
 
 
 class Job(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=80)
-    storage: str = Field("kdray-runs", pattern=r"\S", description="a folder for experiments")
-    data: DataConfig = Field(default_factory=lambda: DATA_KINDS["synthetic"].Config())
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    distill: DistillConfig = Field(default_factory=DistillConfig)
-    studies: dict[str, Study] = Field(min_length=1)
-    baseline: bool = True
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        max_length=80,
+        description="the experiment's name: its folder is <storage>/<name>/",
+    )
+    storage: str = Field(
+        "kdray-runs",
+        pattern=r"\S",
+        description="a folder for experiments; on a cluster, a path every node sees (NFS)",
+    )
+    data: DataConfig = Field(
+        default_factory=lambda: DATA_KINDS["synthetic"].Config(),
+        description="the data set: its kind and that kind's fields",
+    )
+    train: TrainConfig = Field(
+        default_factory=TrainConfig, description="training settings shared by every run"
+    )
+    distill: DistillConfig = Field(
+        default_factory=DistillConfig,
+        description="Hinton KD's defaults (studies without a method, or leaving them unset)",
+    )
+    studies: dict[str, Study] = Field(
+        min_length=1, description="the studies, named freely: each name names its table"
+    )
+    baseline: bool = Field(True, description="also train each student without KD")
+    seeds: list[int] = Field(
+        default_factory=lambda: [0], min_length=1, description="every run is trained once per seed"
+    )
     labelled: LabelBudgets | None = Field(
         None, description="few labels: train every run once per label budget (default: all)"
     )
@@ -253,9 +281,13 @@ class Job(Strict):
         "<it>/hub, <it>/hub/checkpoints), e.g. a shared /mnt/kdray/weights; default: "
         "$KDRAY_WEIGHTS_CACHE, else huggingface_hub's and torch's caches (HF_HOME, TORCH_HOME)",
     )
-    resources: Resources = Field(default_factory=Resources)
-    faults: Faults = Field(default_factory=Faults)
-    tracking: Tracking = Field(default_factory=Tracking)
+    resources: Resources = Field(
+        default_factory=Resources, description="what each trial asks of Ray"
+    )
+    faults: Faults = Field(default_factory=Faults, description="retries and waits")
+    tracking: Tracking = Field(
+        default_factory=Tracking, description="W&B and MLflow logging (default: none)"
+    )
 
     @field_validator("pretrained", mode="before")
     @classmethod

@@ -48,7 +48,9 @@ def _format_validation_error(error: ValidationError) -> list[str]:
         loc = ".".join(str(p) for p in item["loc"] if p not in DATA_KINDS)
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
-            message = "unknown field (check the spelling; see the README's job file reference)"
+            message = (
+                "unknown field (check the spelling; see docs/job-file.md, the job file reference)"
+            )
         elif "input" in item and not isinstance(item["input"], dict | list):
             message = f"{message} (got {item['input']!r})"
         lines.append(f"{loc or '<job>'}: {message}")

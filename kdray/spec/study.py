@@ -50,7 +50,9 @@ class Study(Strict):
         "own no-KD baseline run); or a list of models (an ensemble). Empty for teacher-free "
         "methods",
     )
-    students: list[str] = Field(min_length=1)
+    students: list[str] = Field(
+        min_length=1, description="timm models (or segmenters) taught by each teacher entry"
+    )
     method: MethodConfig | None = Field(
         None, description="the distillation method and its settings (default: kd, Hinton)"
     )

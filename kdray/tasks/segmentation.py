@@ -18,7 +18,7 @@ unstable on batches with little foreground; the sum trains both.
 
 Metrics (`kdray.tasks.segmentation_metrics`): Dice (primary), IoU and HD95 in pixels, each the
 mean over images and then over foreground classes; images whose ground truth lacks a class are
-left out of that class's scores and counted in `empty_fp` (the README's empty-mask policy).
+left out of that class's scores and counted in `empty_fp` (docs/tasks.md's empty-mask policy).
 """
 
 from __future__ import annotations
