@@ -19,6 +19,17 @@ def distinct(names: list[str]) -> list[str]:
 DistinctNames = Annotated[list[str], AfterValidator(distinct)]
 
 
+def absolute_paths(data: Any) -> Any:
+    """Resolve relative data paths against the working directory of `kdray run`, so the
+    experiment folder (and a later `kdray resume` from elsewhere) sees the same files."""
+    if isinstance(data, dict):
+        data = dict(data)
+        for key in PATH_FIELDS:
+            if isinstance(data.get(key), str | Path):
+                data[key] = str(Path(data[key]).expanduser().resolve())
+    return data
+
+
 class DataConfigBase(BaseModel):
     """Fields common to every `data:` section; each kind subclasses it with its `kind` literal."""
 
@@ -52,14 +63,7 @@ class DataConfigBase(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _absolute_paths(cls, data: Any) -> Any:
-        """Resolve relative data paths against the working directory of `kdray run`, so the
-        experiment folder (and a later `kdray resume` from elsewhere) sees the same files."""
-        if isinstance(data, dict):
-            data = dict(data)
-            for key in PATH_FIELDS:
-                if isinstance(data.get(key), str | Path):
-                    data[key] = str(Path(data[key]).expanduser().resolve())
-        return data
+        return absolute_paths(data)
 
     def file_stamps(self) -> dict[str, list]:
         """Size and mtime of the data's own files (the file itself, or a root's top-level

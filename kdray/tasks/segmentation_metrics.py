@@ -21,6 +21,7 @@ allows, so that means stay finite. Pixels marked unknown (-1) are left out of ev
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 from scipy.ndimage import binary_erosion, distance_transform_edt
@@ -31,12 +32,13 @@ def boundary(mask: np.ndarray) -> np.ndarray:
     return mask & ~binary_erosion(mask)
 
 
-def hd95(pred: np.ndarray, truth: np.ndarray) -> float:
-    """The 95th-percentile symmetric Hausdorff distance in pixels between two non-empty boolean
-    masks (MONAI's definition: the larger of the two directed 95th percentiles)."""
+def hd95(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float] | None = None) -> float:
+    """The 95th-percentile symmetric Hausdorff distance between two non-empty boolean masks of
+    any rank (MONAI's definition: the larger of the two directed 95th percentiles), in pixels,
+    or in millimetres with `spacing` (mm per array axis)."""
     edge_pred, edge_truth = boundary(pred), boundary(truth)
-    to_truth = distance_transform_edt(~edge_truth)[edge_pred]
-    to_pred = distance_transform_edt(~edge_pred)[edge_truth]
+    to_truth = distance_transform_edt(~edge_truth, sampling=spacing)[edge_pred]
+    to_pred = distance_transform_edt(~edge_pred, sampling=spacing)[edge_truth]
     return float(max(np.percentile(to_truth, 95), np.percentile(to_pred, 95)))
 
 
@@ -64,12 +66,12 @@ def per_image_scores(pred: np.ndarray, truth: np.ndarray, num_classes: int) -> d
     return {"dice": dice, "iou": iou, "hd95": hd, "empty": empty, "alarm": alarm}
 
 
-def _class_means(values: np.ndarray) -> list[float | None]:
+def class_means(values: np.ndarray) -> list[float | None]:
     """Per class, the mean over the images that have a score; None where none has."""
     return [float(np.nanmean(col)) if np.isfinite(col).any() else None for col in values.T]
 
 
-def _mean(values: list[float | None]) -> float | None:
+def mean_known(values: list[float | None]) -> float | None:
     known = [v for v in values if v is not None]
     return float(np.mean(known)) if known else None
 
@@ -82,9 +84,9 @@ def segmentation_metrics(pred: np.ndarray, truth: np.ndarray, num_classes: int) 
     known = np.asarray(truth) >= 0
     empty = scores["empty"].sum()
     return {
-        "dice": _mean(_class_means(scores["dice"])),
-        "iou": _mean(_class_means(scores["iou"])),
-        "hd95": _mean(_class_means(scores["hd95"])),
+        "dice": mean_known(class_means(scores["dice"])),
+        "iou": mean_known(class_means(scores["iou"])),
+        "hd95": mean_known(class_means(scores["hd95"])),
         "empty_fp": float(scores["alarm"].sum() / empty) if empty else None,
         "acc": float((np.asarray(pred)[known] == np.asarray(truth)[known]).mean())
         if known.any()
@@ -112,7 +114,7 @@ def segmentation_report(pred: np.ndarray, truth: np.ndarray, names: list[str]) -
     that do not, and the false-alarm share among those."""
     scores = per_image_scores(pred, truth, len(names))
     rows = []
-    means = {k: _class_means(scores[k]) for k in ("dice", "iou", "hd95")}
+    means = {k: class_means(scores[k]) for k in ("dice", "iou", "hd95")}
     for j, name in enumerate(names[1:]):
         empty = int(scores["empty"][:, j].sum())
         rows.append(

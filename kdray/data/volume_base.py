@@ -1,0 +1,118 @@
+"""What every volume data kind shares: a decoded volume, a split of them, and the `data:`
+fields that say how volumes are prepared (resampling, CT window, normalisation).
+
+A volume is a 3D array in RAS+ axis order (NIfTI files are reoriented on reading) with its
+spacing in millimetres along each array axis; its target is a mask of class indices of the same
+shape (segmentation) or one class index (classification). Multi-channel (4D) volumes are not
+read yet.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, model_validator
+
+from kdray.data.base import absolute_paths
+
+Spacing = tuple[float, float, float]
+
+
+@dataclass
+class Volume:
+    """One decoded volume: `image` float32 (D, H, W), `spacing` mm per array axis, and either
+    `mask` (int8 (D, H, W) class indices) or `label` (a class index)."""
+
+    image: np.ndarray
+    spacing: Spacing
+    mask: np.ndarray | None = None
+    label: int | None = None
+
+
+class VolumeSource(Protocol):
+    """What a volume data kind hands the volume cache for one split."""
+
+    masks: bool  # targets are masks (segmentation), else one class per volume
+
+    def __len__(self) -> int: ...
+
+    def volume(self, index: int) -> Volume:
+        """The volume, decoded; raises ValueError with one line naming the file."""
+        ...
+
+    def describe(self, index: int) -> str:
+        """Where volume `index` comes from (its file), for error messages."""
+        ...
+
+    def describe_mask(self, index: int) -> str:
+        """Where volume `index`'s mask comes from (its label file), for error messages."""
+        ...
+
+
+@dataclass
+class ArrayVolumeSource:
+    """A split already in memory: float32 images (N, D, H, W) at one spacing, and masks
+    (N, D, H, W) or labels (N,)."""
+
+    images: np.ndarray
+    spacing: Spacing
+    masks_or_labels: np.ndarray
+    where: str = "volume"
+
+    @property
+    def masks(self) -> bool:
+        return self.masks_or_labels.ndim == 4
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def volume(self, index: int) -> Volume:
+        image = np.asarray(self.images[index], dtype=np.float32)
+        target = self.masks_or_labels[index]
+        if self.masks:
+            return Volume(image, self.spacing, mask=np.asarray(target))
+        return Volume(image, self.spacing, label=int(target))
+
+    def describe(self, index: int) -> str:
+        return f"{self.where} {index}"
+
+    def describe_mask(self, index: int) -> str:
+        return f"{self.where} {index}'s mask"
+
+
+class VolumeConfigBase(BaseModel):
+    """Fields common to every volume kind's `data:` section: how volumes are prepared before
+    they are cached (in this order: resampled, windowed, normalised)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    spacing: tuple[PositiveFloat, PositiveFloat, PositiveFloat] | None = Field(
+        None, description="resample to this spacing in mm per axis (RAS order); none: keep"
+    )
+    size: tuple[int, int, int] | None = Field(
+        None, description="then resize to this shape in voxels; none: keep"
+    )
+    window: tuple[float, PositiveFloat] | None = Field(
+        None,
+        description="CT window [level, width] in HU: intensities clipped to it and scaled "
+        "to 0..1 (e.g. [40, 400] soft tissue); none: no window",
+    )
+    normalise: Literal["volume", "none"] = Field(
+        "volume", description="volume: zero mean, unit variance per volume (after the window)"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _absolute_paths(cls, data: Any) -> Any:
+        return absolute_paths(data)
+
+    @model_validator(mode="after")
+    def _size_in_range(self) -> VolumeConfigBase:
+        if self.size is not None and not all(4 <= s <= 1024 for s in self.size):
+            raise ValueError(f"size {list(self.size)}: each side 4 to 1024 voxels")
+        return self
+
+    def declared_task(self) -> str | None:
+        return None

@@ -1,0 +1,55 @@
+"""Volume data kinds and the volume cache every 3D trial will read from.
+
+A volume kind is a module with a pydantic `Config` (its `data:` section, `kind` literal
+included, on `VolumeConfigBase`) and `open_sources(cfg) -> (classes, {split: VolumeSource})`;
+`prepare_volumes` decodes and prepares those sources once per configuration into
+`<cache_root>/<kind>-<fingerprint>/` (`kdray.data.volume_cache`). Not yet in the job schema:
+the task contract has no spatial rank yet.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import ModuleType
+
+from kdray.data import decathlon, medmnist3d, phantoms
+from kdray.data.base import DataError
+from kdray.data.cache import fingerprint
+from kdray.data.files import stamp_digest
+from kdray.data.volume_cache import VolumeInfo, read_volume_info, write_volume_cache
+
+VOLUME_KINDS: dict[str, ModuleType] = {
+    "synthetic_volumes": phantoms,
+    "medmnist3d": medmnist3d,
+    "decathlon": decathlon,
+}
+
+
+def open_volume_sources(cfg) -> tuple[list[str], dict]:
+    """The kind's classes and split sources, without decoding; raises `DataError`."""
+    classes, sources = VOLUME_KINDS[cfg.kind].open_sources(cfg)
+    missing = [s for s in ("train", "valid", "test") if s not in sources]
+    if missing:
+        raise DataError([f"data ({cfg.kind}): no {missing} split was produced"])
+    return classes, sources
+
+
+def prepare_volumes(cfg, cache_root: str | Path) -> VolumeInfo:
+    """Decode and prepare the job's volumes once (or reuse an earlier decode of the same
+    configuration and files)."""
+    # a folder of NIfTI files is listed first: a file replaced or damaged after a decode gives
+    # a new fingerprint; other kinds (one .npz, or drawn) are not opened on a hit
+    opened = open_volume_sources(cfg) if getattr(cfg, "root", None) is not None else None
+    files = [
+        path for source in (opened[1].values() if opened else ())
+        for case in source.cases for path in (case.image, case.label)
+    ]  # fmt: skip
+    if getattr(cfg, "path", None) is not None:
+        files.append(Path(cfg.path))
+    fp = fingerprint({**cfg.model_dump(mode="json"), "files": stamp_digest(files)})
+    dest = Path(cache_root) / f"{cfg.kind}-{fp}"
+    info = read_volume_info(dest)
+    if info is not None:
+        return info
+    classes, sources = opened or open_volume_sources(cfg)
+    return write_volume_cache(dest, sources, classes, fp, cfg.declared_task())

@@ -1,0 +1,142 @@
+"""3D models by name: MONAI networks for volumes, widths and depths written in the name.
+
+A name is `<network>[-<key><n>.<n>...]...`, each key one letter, its numbers dot-separated
+(`-w`, a widen factor, is one decimal number):
+- segmentation: `basicunet3d[-f<6 widths>]` (BasicUNet, always 4 poolings; default
+  f32.32.64.128.256.32), `unet3d[-c<widths>][-s<strides>][-r<residual units>]` (UNet; default
+  c16.32.64.128.256, strides 2, r2), `segresnet3d[-f<init filters>][-b<blocks per level>]`
+  (SegResNet; default f8-b1.2.2.4, group norm over gcd(8, f) groups),
+  `dynunet3d[-f<widths>]` (DynUNet, 3^3 kernels, the first level at stride 1, the rest 2;
+  default f32.64.128.256.320);
+- classification: `densenet3d[-f<init features>][-g<growth>][-b<layers per block>]` (DenseNet;
+  default f64-g32-b6.12.24.16, DenseNet121), `resnet3d[-d<depth>][-w<widen factor>]` (ResNet;
+  depth 10, 18, 34, 50, 101, 152 or 200, default d18-w1).
+So a student 50x or more smaller than its teacher is written as, e.g., `basicunet3d` (5.7 M
+parameters) and `basicunet3d-f4.4.8.16.32.4` (90 k), or `densenet3d` and
+`densenet3d-f8-g8-b2.2.2.2`. Nothing is downloaded: every network starts from random weights.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+from torch import nn
+
+SEGMENTERS = ("basicunet3d", "unet3d", "segresnet3d", "dynunet3d")
+CLASSIFIERS = ("densenet3d", "resnet3d")
+KEYS = {  # network -> the keys its name takes
+    "basicunet3d": "f",
+    "unet3d": "csr",
+    "segresnet3d": "fb",
+    "dynunet3d": "f",
+    "densenet3d": "fgb",
+    "resnet3d": "dw",
+}
+RESNET_DEPTHS = (10, 18, 34, 50, 101, 152, 200)
+PART = re.compile(r"^(?P<key>[a-z])(?P<values>[0-9]+(\.[0-9]+)*)$")
+NAME_FORM = "<network>[-<key><n>.<n>...]..., e.g. basicunet3d-f4.4.8.16.32.4"
+
+
+@dataclass(frozen=True)
+class VolumeModelName:
+    network: str
+    parts: dict[str, tuple[float, ...]]
+
+    @property
+    def task(self) -> str:
+        return "segmentation" if self.network in SEGMENTERS else "classification"
+
+    def ints(self, key: str, default: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(int(v) for v in self.parts.get(key, default))
+
+
+def parse_volume_model(name: str) -> VolumeModelName:
+    """The parts of a 3D model's name; ValueError saying what is wrong with it."""
+    network, *rest = name.split("-")
+    if network not in KEYS:
+        raise ValueError(f"{name!r}: unknown 3D network {network!r}; one of {sorted(KEYS)} "
+                         f"({NAME_FORM})")  # fmt: skip
+    parts: dict[str, tuple[float, ...]] = {}
+    for part in rest:
+        match = PART.match(part)
+        if not match or match["key"] not in KEYS[network] or match["key"] in parts:
+            raise ValueError(f"{name!r}: {part!r} is not one of {network}'s settings "
+                             f"{['-' + k + '...' for k in KEYS[network]]}")  # fmt: skip
+        text = match["values"]  # -w is one decimal (w0.125), every other key dot-separated
+        values = (float(text),) if match["key"] == "w" else tuple(float(v) for v in text.split("."))
+        least = 0 if match["key"] == "r" else 1  # no residual units is a plain U-Net
+        if match["key"] != "w" and not all(v.is_integer() and v >= least for v in values):
+            raise ValueError(f"{name!r}: {part!r} takes whole numbers from {least}")
+        parts[match["key"]] = values
+    parsed = VolumeModelName(network, parts)
+    _check_counts(name, parsed)
+    return parsed
+
+
+def _check_counts(name: str, parsed: VolumeModelName) -> None:
+    wanted = {("basicunet3d", "f"): (6, 6), ("segresnet3d", "f"): (1, 1),
+              ("densenet3d", "f"): (1, 1), ("densenet3d", "g"): (1, 1),
+              ("resnet3d", "d"): (1, 1), ("resnet3d", "w"): (1, 1),
+              ("unet3d", "c"): (2, 8), ("unet3d", "r"): (1, 1), ("dynunet3d", "f"): (2, 8),
+              ("segresnet3d", "b"): (2, 6), ("densenet3d", "b"): (1, 6)}  # fmt: skip
+    for key, values in parsed.parts.items():
+        low, high = wanted.get((parsed.network, key), (1, 8))
+        if not low <= len(values) <= high:
+            count = str(low) if low == high else f"{low} to {high}"
+            raise ValueError(f"{name!r}: -{key} takes {count} numbers, got {len(values)}")
+    if parsed.network == "resnet3d" and parsed.ints("d", (18,))[0] not in RESNET_DEPTHS:
+        raise ValueError(f"{name!r}: resnet3d depths are {list(RESNET_DEPTHS)}")
+    if parsed.network == "unet3d" and "s" in parsed.parts:
+        levels = len(parsed.ints("c", (16, 32, 64, 128, 256)))
+        if len(parsed.parts["s"]) != levels - 1:
+            raise ValueError(f"{name!r}: -s takes one stride per down-sampling ({levels - 1})")
+
+
+def create_volume_model(name: str, num_classes: int, channels: int = 1) -> nn.Module:
+    """The 3D network `name` for `channels`-channel volumes and `num_classes` outputs (one per
+    class, background included, for a segmenter)."""
+    from monai.networks import nets
+
+    n = parse_volume_model(name)
+    common = {"spatial_dims": 3, "in_channels": channels, "out_channels": num_classes}
+    if n.network == "basicunet3d":
+        return nets.BasicUNet(**common, features=n.ints("f", (32, 32, 64, 128, 256, 32)))
+    if n.network == "unet3d":
+        widths = n.ints("c", (16, 32, 64, 128, 256))
+        strides = n.ints("s", (2,) * (len(widths) - 1))
+        units = n.ints("r", (2,))[0]
+        return nets.UNet(**common, channels=widths, strides=strides, num_res_units=units)
+    if n.network == "segresnet3d":
+        filters, blocks = n.ints("f", (8,))[0], n.ints("b", (1, 2, 2, 4))
+        norm = ("GROUP", {"num_groups": math.gcd(8, filters)})
+        return nets.SegResNet(**common, init_filters=filters, blocks_down=blocks,
+                              blocks_up=(1,) * (len(blocks) - 1), norm=norm)  # fmt: skip
+    if n.network == "dynunet3d":
+        widths = n.ints("f", (32, 64, 128, 256, 320))
+        strides = [1] + [2] * (len(widths) - 1)
+        return nets.DynUNet(**common, kernel_size=[3] * len(widths), strides=strides,
+                            upsample_kernel_size=strides[1:], filters=widths)  # fmt: skip
+    if n.network == "densenet3d":
+        return nets.DenseNet(**common, init_features=n.ints("f", (64,))[0],
+                             growth_rate=n.ints("g", (32,))[0],
+                             block_config=n.ints("b", (6, 12, 24, 16)))  # fmt: skip
+    depth = n.ints("d", (18,))[0]
+    widen = float(n.parts.get("w", (1.0,))[0])
+    return getattr(nets, f"resnet{depth}")(spatial_dims=3, n_input_channels=channels,
+                                           num_classes=num_classes, widen_factor=widen)  # fmt: skip
+
+
+def input_multiple(name: str) -> int:
+    """What each side of a segmenter's input must be divisible by (its total down-sampling)."""
+    n = parse_volume_model(name)
+    if n.network == "basicunet3d":
+        return 16
+    if n.network == "unet3d":
+        return math.prod(n.ints("s", (2,) * (len(n.ints("c", (16, 32, 64, 128, 256))) - 1)))
+    if n.network == "segresnet3d":
+        return 2 ** (len(n.ints("b", (1, 2, 2, 4))) - 1)
+    if n.network == "dynunet3d":
+        return 2 ** (len(n.ints("f", (32, 64, 128, 256, 320))) - 1)
+    return 1
