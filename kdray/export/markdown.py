@@ -12,6 +12,8 @@ summary.md    each KD cell's test accuracy against its student's baseline: the p
               often KD won; what each KD student costs against its teacher
               (`kdray.results.cost_ratios`)
 <study>.sensitivity.md  a sweeping study's every setting, valid and test, the chosen one marked
+<study>.search.md  a searching study's samples per cell: finished, stopped, epochs trained against
+              the budget without stopping, the setting chosen (`kdray.results.searches`)
 labels.md     with label budgets: per student and budget, baseline vs every study (and a mean
               teacher's moving average) in test accuracy, balanced accuracy and macro-F1
 report.html   all of these tables with figures, one self-contained file (`kdray.export.report`)
@@ -37,6 +39,7 @@ from kdray.results.cells import (
 )
 from kdray.results.cost_ratios import compression_note, compression_table
 from kdray.results.few_labels import few_labels_table
+from kdray.results.searches import search_table, searched
 from kdray.results.stats import BOOTSTRAP_FROM, MIN_SEEDS
 
 SPLITS = (("train", "train_score"), ("valid", "val_score"), ("test", "test_score"))
@@ -246,6 +249,9 @@ def tables(trials: pd.DataFrame, studies: list[str]) -> dict[str, tuple[str, pd.
         if any(len(c.settings) > 1 for c in cells[study]):
             title = f"{study}: every setting of the sweep (chosen on validation {metric})"
             out[f"{study}.sensitivity"] = (title, sensitivity_table(cells[study]))
+        if searched(trials, study):
+            title = f"{study}: the search (samples, early stops, the setting chosen on validation)"
+            out[f"{study}.search"] = (title, search_table(trials, study))
     if has_budgets(done):
         out["labels"] = (
             "Few labels: each student's test metrics per label budget, baseline vs every study",
@@ -260,7 +266,7 @@ def tables(trials: pd.DataFrame, studies: list[str]) -> dict[str, tuple[str, pd.
         "What distillation bought: each KD student against its teacher",
         compression_table([c for study in studies for c in cells[study]], done, metric),
     )
-    failed = trials[trials.status != "finished"]
+    failed = trials[~trials.status.isin(["finished", "stopped"])]
     if not failed.empty:
         out["unfinished"] = ("Unfinished trials", failed[["trial_id", "status", "error"]])
     return out

@@ -23,6 +23,7 @@ import pandas as pd
 
 from kdray.export.frontier import frontier_figure
 from kdray.export.markdown import statistics_note, tables
+from kdray.export.search_plots import search_figure
 from kdray.results.cells import Cell, baseline_rows, has_role, metric_title, study_cells
 from kdray.results.cost_ratios import compression_note, frontier_points
 
@@ -290,6 +291,9 @@ def render_report(
         if f"{study}.sensitivity" in all_tables:
             figure = sensitivity_figure(cells[study], study, metric)
             section(f"{study}.sensitivity", figure=figure)
+        if f"{study}.search" in all_tables:
+            figure = search_figure(trials, epochs, study, metric)
+            section(f"{study}.search", figure=svg(figure, f"search-{study}") if figure else None)
     parts.append("<h2>Learning curves</h2>")
     curves = curves_figure(done, epochs, studies, metric)
     parts.append(curves or '<p class="note">no epochs recorded</p>')

@@ -35,7 +35,8 @@ def closing_output(trials: pd.DataFrame, studies: list[str], width: int) -> list
     made = tables(trials, studies)
     metric = metric_title(trials)
     notes = {"improvement": statistics_note(metric), "compression": compression_note(metric)}
-    shown = ["teachers", *studies, "summary", "improvement", "compression", "unfinished"]
+    searches = [f"{s}.search" for s in studies]
+    shown = ["teachers", *studies, *searches, "summary", "improvement", "compression", "unfinished"]
     out: list[RenderableType] = []
     for name in [n for n in shown if n in made]:
         title, table = made[name]

@@ -64,7 +64,12 @@ def setting_label(setting) -> str:
 def kd_runs(trials: pd.DataFrame, study: str) -> pd.DataFrame:
     """The study's KD runs, with `teacher_label` (the teacher model and its band, "+"-joined
     for an ensemble, `no teacher` for a teacher-free method) and `setting_label`."""
-    runs = trials[has_role(trials, f"kd:{study}")].copy()
+    return with_labels(trials, trials[has_role(trials, f"kd:{study}")])
+
+
+def with_labels(trials: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """`runs` (rows of `trials`) with `teacher_label` and `setting_label` (see `kd_runs`)."""
+    runs = runs.copy()
     labels = {row.trial_id: teacher_label(row) for _, row in trials.iterrows()}
     runs["teacher_label"] = [
         "+".join(labels.get(t, t) for t in ids) if len(ids) else NO_TEACHER

@@ -1,0 +1,71 @@
+"""What each searched cell did: its samples (finished or stopped), the epochs they trained
+against the budget without early stopping, and the setting chosen on validation (whose runs on
+every seed are the cell's KD runs, `kdray.results.cells`)."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from kdray.results.cells import (
+    budgets,
+    has_budgets,
+    has_role,
+    kd_runs,
+    with_budget,
+    with_labels,
+)
+
+SEARCH_COLUMNS = [
+    "Student", "Teacher", "Samples", "Finished", "Stopped", "Epochs trained", "Without stopping",
+    "Share", "Chosen", "Chosen valid",
+]  # fmt: skip
+
+
+def sample_runs(trials: pd.DataFrame, study: str) -> pd.DataFrame:
+    """The study's searched samples (role `sample:<study>`), with `teacher_label`,
+    `setting_label` and `budget`."""
+    out = with_labels(trials, trials[has_role(trials, f"sample:{study}")])
+    out["budget"] = budgets(out)
+    return out
+
+
+def searched(trials: pd.DataFrame, study: str) -> bool:
+    return not trials[has_role(trials, f"sample:{study}")].empty
+
+
+def search_table(trials: pd.DataFrame, study: str) -> pd.DataFrame:
+    """One row per searched cell of the study (see the module docstring). `Without stopping`:
+    samples x the epochs a finished sample trained."""
+    samples = sample_runs(trials, study)
+    confirmed = kd_runs(trials, study)
+    confirmed["budget"] = budgets(confirmed)
+    shown = has_budgets(trials)
+    rows = []
+    for (student, budget, teacher), group in samples.groupby(
+        ["model", "budget", "teacher_label"], sort=False
+    ):
+        finished = group[group.status == "finished"]
+        epochs = pd.to_numeric(group.epochs).fillna(0)
+        full = len(group) * (pd.to_numeric(finished.epochs).max() if len(finished) else 0)
+        chosen = confirmed[
+            (confirmed.model == student) & (confirmed.budget == budget)
+            & (confirmed.teacher_label == teacher)
+        ]  # fmt: skip
+        chosen_sample = finished[finished.setting_label.isin(set(chosen.setting_label))]
+        rows.append(
+            {
+                "Student": with_budget(student, budget, shown),
+                "Teacher": teacher,
+                "Samples": len(group),
+                "Finished": len(finished),
+                "Stopped": int((group.status == "stopped").sum()),
+                "Epochs trained": int(epochs.sum()),
+                "Without stopping": int(full),
+                "Share": f"{epochs.sum() / full:.2f}" if full else "—",
+                "Chosen": chosen.setting_label.iloc[0] if len(chosen) else "—",
+                "Chosen valid": (
+                    f"{chosen_sample.val_score.iloc[0]:.3f}" if len(chosen_sample) else "—"
+                ),
+            }
+        )
+    return pd.DataFrame(rows, columns=SEARCH_COLUMNS)
