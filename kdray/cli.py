@@ -95,7 +95,7 @@ def validate(
     _check_storage(job, job_file)
     from kdray.data import DataError, data_task, open_sources
     from kdray.grid.progress import fitted_lines
-    from kdray.spec.describe import counted, study_lines
+    from kdray.spec.describe import budget_warnings, counted, study_lines
     from kdray.spec.fit import batch_problems
     from kdray.spec.job import task_problems
     from kdray.spec.plan import make_plan
@@ -121,7 +121,8 @@ def validate(
         f"[green]ok[/green] {job_file}: job {job.name!r}, "
         f"{counted(len(job.studies), 'study', 'studies')}, "
         f"{counted(len(job.seeds), 'seed')}: {counted(len(teachers), 'teacher run')} + "
-        f"{counted(len(students), 'student run')}",
+        f"{counted(len(students), 'student run')}"
+        + (f" + {counted(len(plan.searches), 'searched cell')}" if plan.searches else ""),
         highlight=False,
         soft_wrap=True,
     )
@@ -133,6 +134,8 @@ def validate(
     for line in [*study_lines(job, plan), checked_line(info)]:
         for part in fitted_lines(line, console.width):
             console.print(part, highlight=False, soft_wrap=True)
+    for warning in budget_warnings(job):
+        console.print(f"[yellow]warning[/yellow]: {warning}", highlight=False)
 
 
 def _weights_command(job_file: Path, overrides: list[str] | None) -> str:

@@ -20,6 +20,7 @@ from kdray.grid.resources import check_resources, driver_warning
 from kdray.grid.tune import check_storage, init_ray, run_grid
 from kdray.methods import METHODS
 from kdray.results.tables import write_results
+from kdray.spec.describe import budget_warnings
 from kdray.spec.fit import batch_problems
 from kdray.spec.job import Job, JobError, task_problems
 from kdray.spec.plan import Plan
@@ -121,7 +122,7 @@ def _prepare(exp: Experiment, job: Job, console: Console) -> DataInfo:
     for text in (described, f"train {task.count_line(train_labels, data.classes)}"):
         for line in fitted_lines(text, console.width):
             console.print(line, highlight=False, soft_wrap=True)
-    for warning in band_warnings(job, data) + method_warnings(job, data):
+    for warning in band_warnings(job, data) + method_warnings(job, data) + budget_warnings(job):
         console.print(f"[yellow]warning[/yellow]: {warning}", highlight=False)
     return data
 

@@ -17,6 +17,9 @@ def study_lines(job: Job, plan: Plan) -> list[str]:
     """One line per study: its method, what it reads from teachers, its KD runs."""
     lines = []
     for name, study in job.studies.items():
+        if study.search is not None:
+            lines.append(search_line(job, plan, name))
+            continue
         method = METHODS[study.method_name()]
         runs = [r for r in plan.runs.values() if f"kd:{name}" in r.roles]
         reads = {r.teacher_outputs for r in runs} - {None}
@@ -40,3 +43,41 @@ def study_lines(job: Job, plan: Plan) -> list[str]:
             + " x ".join(axes)
         )
     return lines
+
+
+def search_line(job: Job, plan: Plan, name: str) -> str:
+    """A searched study: its cells, samples, sampler, early stopping and confirmation."""
+    study = job.studies[name]
+    search = study.search
+    cells = [c for c in plan.searches.values() if c.study == name]
+    stop = search.early_stop
+    stopping = (
+        "no early stopping"
+        if stop.rule == "none"
+        else f"{stop.rule} from epoch {stop.grace_epochs}, keeping ~1 in {stop.reduction_factor}"
+    )
+    budget = search.full_budget(job.train.epochs)
+    return (
+        f"study {name}: method {study.method_name()}, searched: {counted(len(cells), 'cell')} x "
+        f"{counted(search.samples, 'sample')} ({search.algorithm}, seed {search.seed}) of "
+        f"{', '.join(search.space)} on seed {job.seeds[0]}, {stopping} (at most {budget} "
+        f"epochs a cell); the best on validation confirmed on {counted(len(job.seeds), 'seed')}"
+    )
+
+
+def budget_warnings(job: Job) -> list[str]:
+    """Searched studies compared at unequal budgets (samples, early stopping): one line."""
+    budgets = {
+        name: (s.search.samples, s.search.early_stop)
+        for name, s in job.studies.items()
+        if s.search is not None
+    }
+    if len(set(budgets.values())) <= 1:
+        return []
+    shown = ", ".join(
+        f"{name} {samples} samples/{stop.rule}" for name, (samples, stop) in budgets.items()
+    )
+    return [
+        f"studies: searched with different budgets ({shown}): their methods are not compared "
+        "at equal compute; give every search the same samples and early_stop"
+    ]
