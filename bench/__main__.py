@@ -1,6 +1,6 @@
-"""`python -m bench [--quick] [--keep] [--gpu] [--packed]`: run every benchmark, print one JSON
-object to stdout (`--gpu`: only the GPU benchmarks of bench/gpu.py; `--packed`: only the
-packed-grid section, bench/packed.py).
+"""`python -m bench [--quick] [--keep] [--gpu] [--packed] [--search]`: run every benchmark, print
+one JSON object to stdout (`--gpu`: only the GPU benchmarks of bench/gpu.py; `--packed`: only the
+packed-grid section, bench/packed.py; `--search`: only the search section, bench/search.py).
 
 Progress goes to stderr. The order keeps each ratio's two sides close in time: the bare
 quickstart loop runs right before and right after the solo Ray trial (P1's reference is both
@@ -67,6 +67,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--sides",
         default="unpacked,packed",
         help="with --packed: which sides, comma-separated (unpacked, packed)",
+    )
+    parser.add_argument(
+        "--search",
+        action="store_true",
+        help="run only the search section: 16 samples with early stopping against the same 16 "
+        "trained to the end (bench/search.py)",
     )
     parser.add_argument(
         "--gpu",
@@ -398,6 +404,8 @@ def main(argv: list[str] | None = None) -> int:
         result = run_packed(args.quick, args.keep, args.rounds, args.epochs, sides)
     elif args.loader:
         result = run_loader_only(args.quick, args.keep)
+    elif args.search:
+        result = run_search(args.quick, args.keep)
     else:
         result = run_all(args.quick, args.keep)
     indent = None if "gpu" in result else 2  # the skip object: one line
@@ -414,6 +422,18 @@ def run_packed(
     root = Path(tempfile.mkdtemp(prefix="kdray-bench-packed-"))
     try:
         return rnd({"packed_grid": packed_grid(root, quick, rounds, epochs, sides)})
+    finally:
+        if not keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def run_search(quick: bool, keep: bool) -> dict:
+    """`--search`: the search section alone (bench/search.py)."""
+    from bench.search import search_section
+
+    root = Path(tempfile.mkdtemp(prefix="kdray-bench-search-"))
+    try:
+        return rnd({"search": search_section(root, quick)})
     finally:
         if not keep:
             shutil.rmtree(root, ignore_errors=True)

@@ -1,0 +1,91 @@
+"""The search section (`python -m bench --search`): one searched KD cell on BreastMNIST (28 px,
+shipped with kdray; resnet18 teaches resnet10t), run twice in one Ray session through the
+product's path: 16 samples of (temperature, alpha) with successive halving (`asha`), and the
+same 16 settings trained to the end (`early_stop: none`). The sampler is `random`, whose draws
+depend only on the seed and the draw's number, so both sides train the same settings.
+
+Figures: the samples' epochs and busy time (their runs' `wall_s`), searched ÷ full (goal
+<= 0.4); each side's chosen setting and its test score over the confirmation seeds, and whether
+the searched side's lies within the full side's seed-to-seed spread (min..max over its seeds).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+from pathlib import Path
+
+from bench import raygrid
+from bench.common import log
+from kdray.spec.load import parse_job
+
+SIDES = {"searched": {"rule": "asha", "grace_epochs": 1, "reduction_factor": 3}, "full": "none"}
+
+
+def search_job(storage: Path, name: str, early_stop, quick: bool) -> dict:
+    return {
+        "name": name,
+        "storage": str(storage),
+        "data": {"kind": "medmnist", "name": "breastmnist", "size": 28},
+        "train": {"epochs": 4 if quick else 10, "batch_size": 32, "lr": 0.001},
+        "studies": {
+            "kd": {
+                "teachers": ["resnet18"],
+                "students": ["resnet10t"],
+                "method": {"name": "kd"},
+                "search": {
+                    "space": {
+                        "temperature": {"loguniform": [1, 16]},
+                        "alpha": {"uniform": [0.1, 0.95]},
+                    },
+                    "samples": 6 if quick else 16,
+                    "algorithm": "random",
+                    "seed": 0,
+                    "early_stop": early_stop,
+                },
+            }
+        },
+        "baseline": False,
+        "seeds": [0, 1, 2],
+        "resources": {"max_concurrent_trials": 2},
+    }
+
+
+def side_figures(grid: raygrid.GridRun) -> dict:
+    samples = [r for r in grid.trials if "sample:kd" in r["roles"]]
+    confirmed = [r for r in grid.trials if "kd:kd" in r["roles"]]
+    tests = [r["test_score"] for r in confirmed if r["test_score"] is not None]
+    return {
+        "makespan_s": grid.makespan_s,
+        "samples": len(samples),
+        "stopped": sum(r["status"] == "stopped" for r in samples),
+        "sample_epochs": sum(r["epochs"] or 0 for r in samples),
+        "sample_busy_s": sum(r["wall_s"] or 0 for r in samples),
+        "settings": sorted(json.loads(r["setting"])["temperature"] for r in samples),
+        "chosen": json.loads(confirmed[0]["setting"]) if confirmed else None,
+        "chosen_test": tests,
+        "chosen_test_mean": statistics.mean(tests) if tests else None,
+    }
+
+
+def search_section(root: Path, quick: bool) -> dict:
+    import ray
+
+    out = {"load_before": os.getloadavg()[0]}
+    for side, early_stop in SIDES.items():
+        job = parse_job(search_job(root / "search", side, early_stop, quick))
+        if not ray.is_initialized():
+            raygrid.init_ray(job)
+        log(f"search, {side}: {job.studies['kd'].search.samples} samples")
+        out[side] = side_figures(raygrid.run_grid(job))
+        log(f"  makespan {out[side]['makespan_s']:.1f}s, {out[side]['stopped']} stopped")
+    ray.shutdown()
+    searched, full = out["searched"], out["full"]
+    out["same_settings"] = searched["settings"] == full["settings"]
+    out["epochs_searched_over_full"] = searched["sample_epochs"] / full["sample_epochs"]
+    out["busy_searched_over_full"] = searched["sample_busy_s"] / full["sample_busy_s"]
+    if searched["chosen_test_mean"] is not None and full["chosen_test"]:
+        low, high = min(full["chosen_test"]), max(full["chosen_test"])
+        out["chosen_within_full_spread"] = low <= searched["chosen_test_mean"] <= high
+    return out
