@@ -296,3 +296,21 @@ def test_wandb_marks_a_stopped_sample_and_its_search():
     WandbRun(run).finish({"status": "stopped", "epochs": 2, "val_acc": 0.5})
     assert run.tags[-1] == "stopped" and run.summary["kdray_status"] == "stopped"
     assert run.summary["val_acc"] == 0.5 and finished == [True]
+
+
+def test_hyperband_and_random_samples_are_as_repeatable(tmp_path):
+    """Optuna's Hyperband (several halving brackets, each sample's by its number) and the random
+    sampler: the same samples, stops and choice for 1 slot and for 3."""
+    search = {
+        "algorithm": "random",
+        "early_stop": {"rule": "hyperband", "grace_epochs": 1, "reduction_factor": 2},
+    }
+
+    def run(folder, slots, order_seed):
+        exp = Experiment.create(search_job(folder, "hyperband", **search))
+        SimulatedGrid(exp, slots, order_seed).run()
+        return outcome(exp)
+
+    one, three = run(tmp_path / "a", 1, 0), run(tmp_path / "b", 3, 4)
+    assert one == three
+    assert {status for status, _ in one["samples"].values()} == {"finished", "stopped"}
