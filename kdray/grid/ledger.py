@@ -224,10 +224,11 @@ class RunLedger:
             if s.run_id not in known and self.status(s.run_id) is None
         ]  # fmt: skip
         gating = {t for ts in self.teachers.values() for t in ts}
-        at = next((i for i, p in enumerate(self.waiting) if not set(p) & gating), len(self.waiting))
-        at = next(
-            (i for i in range(at, len(self.waiting)) if self.waiting[i] not in self._searched), at
-        )
+        at = 0  # after the teachers' packs and the searches' runs queued before
+        while at < len(self.waiting) and (
+            set(self.waiting[at]) & gating or self.waiting[at] in self._searched
+        ):
+            at += 1
         for spec in new:
             self.teachers[spec.run_id] = tuple(spec.teacher_runs)
             self.waiting.insert(at, (spec.run_id,))
