@@ -116,11 +116,7 @@ def train_run(
         "replicas_in_sync": replicas_in_sync(session),
     }
     if stopped:
-        summary.update(stopped_metrics(session, history))
-        if rank0:
-            folder.write_epochs(history)
-            folder.write_summary(summary)
-            folder.drop_checkpoint()
+        finish_stopped(session, folder, history, summary, rank0)
     else:
         summary.update(final_metrics(session.model, job, session.info, worker.device))
         summary.update(method_model_metrics(session))
@@ -132,16 +128,19 @@ def train_run(
     return summary
 
 
-def stopped_metrics(session: Session, history: list[dict]) -> dict:
-    """A sample its search stopped: its last validation score and the epoch it stopped at,
-    nothing measured on test (the test split chooses nothing, and a stopped sample is not
-    reported), no model file."""
+def finish_stopped(
+    session: Session, folder: RunFolder, history: list[dict], summary: dict, rank0: bool
+) -> None:
+    """A sample its search stopped: its last validation score and the epoch it stopped at in
+    its summary, nothing measured on test (the test split chooses nothing, and a stopped
+    sample is not reported), no model file; its training state dropped."""
     last = history[-1]
-    return {
-        "status": "stopped",
-        "stopped_at_epoch": last["epoch"],
-        session.val_key: last[session.val_key],
-    }
+    summary.update(status="stopped", stopped_at_epoch=last["epoch"])
+    summary[session.val_key] = last[session.val_key]
+    if rank0:
+        folder.write_epochs(history)
+        folder.write_summary(summary)
+        folder.drop_checkpoint()
 
 
 def method_model_metrics(session: Session) -> dict:
