@@ -314,3 +314,24 @@ def test_hyperband_and_random_samples_are_as_repeatable(tmp_path):
     one, three = run(tmp_path / "a", 1, 0), run(tmp_path / "b", 3, 4)
     assert one == three
     assert {status for status, _ in one["samples"].values()} == {"finished", "stopped"}
+
+
+def test_tune_gets_a_pack_of_a_run_the_search_made_during_the_grid(tmp_path):
+    """The searcher Tune calls (`RunQueue`) knows the runs planned at the start; a pack of a
+    confirmation made later is looked up in the plan as it is now."""
+    from types import SimpleNamespace
+
+    from kdray.grid.schedule import RunQueue
+    from kdray.spec.plan import confirm_runs
+
+    exp = Experiment.create(search_job(tmp_path))
+    plan = exp.plan()
+    (cell,) = plan.searches.values()
+    later = confirm_runs(search_job(tmp_path), plan, cell, {"temperature": 2.0, "alpha": 0.5})
+    exp.add_runs(later)
+    ledger = SimpleNamespace(next_pack=lambda trial_id: (later[1].run_id,))
+    queue = RunQueue(
+        ledger, [], trial_config=lambda pack, _: pack.runs, planned=lambda: exp.plan().runs
+    )
+    (spec,) = queue.suggest("t1")
+    assert spec.run_id == later[1].run_id and spec.seed == 1 and "kd:tuned" in spec.roles

@@ -36,6 +36,7 @@ from ray.tune.search import Searcher
 from kdray.grid import ledger
 from kdray.grid.ledger import RunLedger
 from kdray.grid.packing import Pack
+from kdray.spec.plan import RunSpec
 
 assert ledger.FINISHED == Searcher.FINISHED
 
@@ -49,7 +50,8 @@ def ledger_packs(packs: list[Pack]) -> tuple[list[tuple[str, ...]], dict[str, tu
 
 class RunQueue(Searcher):
     """Tune's searcher over the ledger: one pack per new trial (`RunLedger.next_pack`), the
-    trial's config from `trial_config(pack, trial_id)`; `packs` are the ledger's, as runs.
+    trial's config from `trial_config(pack, trial_id)`; `packs` are the ledger's, as runs, and
+    `planned()` the plan's runs when the ledger hands out one made during the grid (a search's).
     `on_start` is called once, when Tune's loop first asks for a trial."""
 
     def __init__(
@@ -58,12 +60,14 @@ class RunQueue(Searcher):
         packs: list[Pack],
         trial_config: Callable[[Pack, str], dict],
         on_start: Callable[[], None] | None = None,
+        planned: Callable[[], dict[str, RunSpec]] | None = None,
     ):
         super().__init__()
         self.ledger = ledger
         self.runs = {r.run_id: r for p in packs for r in p.runs}
         self.trial_config = trial_config
         self.on_start = on_start
+        self.planned = planned  # every run of the plan now, with those a search made
 
     def suggest(self, trial_id: str) -> dict | str | None:
         if self.on_start is not None:
@@ -72,6 +76,8 @@ class RunQueue(Searcher):
         pack = self.ledger.next_pack(trial_id)
         if not isinstance(pack, tuple):
             return pack  # None, or FINISHED
+        if self.planned is not None and not set(pack) <= set(self.runs):
+            self.runs.update(self.planned())  # a run a search made during the grid
         return self.trial_config(Pack(tuple(self.runs[r] for r in pack)), trial_id)
 
     def set_max_concurrency(self, max_concurrent: int) -> bool:

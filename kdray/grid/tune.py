@@ -247,6 +247,7 @@ def run_grid(exp: Experiment, job: Job, runs: list[RunSpec], data: DataInfo) -> 
             "trial": trial_config(exp, job, data, pack, trial_id, ledger.actor)
         },
         on_start=lambda: close_ledger_on_interrupt(ledger),
+        planned=lambda: exp.plan().runs,
     )
     waiting = ResourceWait(job.faults.resource_wait_s, str(exp.root))
     try:
