@@ -47,19 +47,17 @@ class CellSearch:
         self.space = distributions(self.search)
         trials = self.study.get_trials(deepcopy=False)
         self.trial_ids = [t._trial_id for t in trials]
-        self.runs = [t.user_attrs["run_id"] for t in trials]
-        self.judged = {t.user_attrs["run_id"]: t.user_attrs.get("judged", 0) for t in trials}
+        # a draw's run id is recorded right after the draw: one a crash cut off is made again
+        self.runs = [t.user_attrs.get("run_id") or self._spec(t.params).run_id for t in trials]
+        drawn = list(zip(self.runs, trials, strict=True))
+        self.judged = {run: t.user_attrs.get("judged", 0) for run, t in drawn}
         self.stopped_at = {
-            t.user_attrs["run_id"]: t.user_attrs["stop_epoch"]
-            for t in trials
-            if "stop_epoch" in t.user_attrs
+            run: t.user_attrs["stop_epoch"] for run, t in drawn if "stop_epoch" in t.user_attrs
         }
         self.told = sum(1 for t in trials if t.state != TrialState.RUNNING)
         self.chosen = self.study.user_attrs.get("chosen")
         known = set(plan.runs)
-        self.unqueued = [
-            self._spec(t.params) for t in trials if t.user_attrs["run_id"] not in known
-        ]
+        self.unqueued = [self._spec(t.params) for run, t in drawn if run not in known]
 
     # --- drawing samples ----------------------------------------------------------------
 
