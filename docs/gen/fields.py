@@ -120,7 +120,7 @@ def field_rows(model: type[BaseModel], anchors: Anchors, skip: tuple[str, ...] =
             continue
         meaning = "; ".join(x for x in (info.description, limits_text(info)) if x)
         lines.append(
-            f"| `{name}` | {cell(type_name(info.annotation, anchors))} | "
+            f"| `{info.alias or name}` | {cell(type_name(info.annotation, anchors))} | "
             f"{cell(default_text(info))} | {cell(meaning)} |"
         )
     return "\n".join(lines) + "\n"

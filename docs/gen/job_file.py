@@ -22,11 +22,15 @@ def _walk(model: type[BaseModel], path: str, found: list[tuple[str, type[BaseMod
         where = f"{path}.{name}" if path else name
         if "dict[str" in str(info.annotation):
             where += ".NAME"  # a map's values: studies.NAME
-        for sub in sub_models(info.annotation):
+        subs = sub_models(info.annotation)
+        for sub in subs:
             if issubclass(sub, DataConfigBase | MethodParams):
                 continue
             if all(sub is not seen for _, seen in found):
-                found.append((where, sub))
+                # one of several forms (a search dimension): named by its first key
+                keys = [f.alias or n for n, f in sub.model_fields.items()]
+                form = f" ({keys[0]})" if len(subs) > 1 and keys else ""
+                found.append((where + form, sub))
                 _walk(sub, where, found)
 
 
