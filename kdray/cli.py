@@ -58,8 +58,8 @@ def _check_storage(job, job_file: Path) -> None:
 
 
 def _data_errors(exc, where: str) -> None:
-    for line in exc.problems:
-        _error(f"{where}data: {line}")
+    for line in exc.problems:  # a line naming a data.* field needs no "data: " before it
+        _error(f"{where}{'' if line.startswith('data.') else 'data: '}{line}")
     raise typer.Exit(2) from None
 
 
@@ -103,9 +103,9 @@ def validate(
 
     try:
         classes, sources = open_sources(job.data)
+        task = data_task(job.data, sources)
     except DataError as exc:
         _data_errors(exc, f"{job_file}: ")
-    task = data_task(job.data, sources)
     problems = task_problems(job, task) + batch_problems(
         job, sources["train"].labels, len(sources["train"])
     )

@@ -757,3 +757,73 @@ def test_16_bit_radiographs_use_their_full_range_not_clipped_at_255(tmp_path):
         for image in images:  # what the model is fed (before its mean/std normalisation)
             assert image.min() == 0 and image.max() == 255
             assert len(np.unique(image)) > 200  # the ramp's levels, not a wall of 255
+
+
+# --- round 4 (issue 33): the new tasks' inputs --------------------------------------------------
+
+
+def masks_job(tmp_path: Path, **data) -> dict:
+    """A segmentation job on an images/ + masks/ tree made in the test."""
+    from tests.test_segmentation_data import pairs_tree
+
+    root = tmp_path / "pairs"
+    if not root.exists():
+        pairs_tree(root, count=12)
+    section = {"kind": "masks", "root": str(root), "image_size": 32, **data}
+    seg = {"teachers": ["unet-resnet10t"], "students": ["unet-test_resnet"]}
+    studies = {"seg": {**seg, "method": {"name": "pixel_kd"}}}
+    return job_dict(tmp_path, data=section, studies=studies)
+
+
+def object_array_npz(path: Path, labels_key: str) -> Path:
+    """An archive whose train images are a pickled object array (np.load refuses it)."""
+    images = np.empty(4, dtype=object)
+    images[:] = [np.zeros((8, 8), np.uint8)] * 4
+    arrays = {"train_images": images}
+    for key in ("train", "val", "test"):
+        arrays.setdefault(f"{key}_images", np.zeros((4, 8, 8), np.uint8))
+        arrays[f"{key}_{labels_key}"] = (
+            np.zeros((4, 8, 8), np.uint8) if labels_key == "label" else np.array([0, 1, 0, 1])
+        )
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["masks", "medmnist"])
+def test_an_npz_of_object_arrays_is_named_in_one_line_by_validate_and_run(tmp_path, kind):
+    npz = object_array_npz(tmp_path / "objects.npz", "label" if kind == "masks" else "labels")
+    job = job_dict(tmp_path, data={"kind": kind, "path": str(npz), "image_size": 32})
+    if kind == "masks":
+        job["studies"] = masks_job(tmp_path)["studies"]
+    for command in ("validate", "run"):
+        errors = refused(command, write_job(tmp_path, job), says=(str(npz), "train_images"))
+        assert "Python objects" in errors and len(errors.splitlines()) == 1, errors
+    assert not (tmp_path / "runs" / "bad").exists()  # no job.json, plan.json or lock left
+
+
+def test_a_task_type_the_read_data_cannot_be_is_one_line_in_validate_and_run(tmp_path):
+    job = job_dict(tmp_path, data={**job_dict(tmp_path)["data"], "task_type": "multi_label"})
+    for command in ("validate", "run"):
+        errors = refused(command, write_job(tmp_path, job), says=("data.task_type: multi_label",))
+        assert "one class per image (single_label)" in errors and len(errors.splitlines()) == 1
+        assert "data: data." not in errors
+    assert not (tmp_path / "runs" / "bad").exists()
+
+
+@pytest.mark.parametrize(
+    ("make_job", "not_said"),
+    [  # masks read as labels: unet names would be blamed as timm models
+        (lambda t: masks_job(t, task_type="single_label"), "is not a timm model"),
+        # labels read as masks: the KD method would be blamed
+        (
+            lambda t: job_dict(t, data={**job_dict(t)["data"], "task_type": "segmentation"}),
+            "is defined for",
+        ),
+    ],
+    ids=["masks-as-labels", "labels-as-masks"],
+)
+def test_a_task_type_that_does_not_fit_the_data_kind_is_named_first(tmp_path, make_job, not_said):
+    errors = refused("validate", write_job(tmp_path, make_job(tmp_path)), "--quick")
+    first = errors.splitlines()[0]
+    assert "data.task_type:" in first and "does not fit" in first, errors
+    assert not_said not in errors

@@ -24,7 +24,6 @@ from kdray.data.cache import (
     write_cache,
 )
 from kdray.data.files import stamp_digest
-from kdray.tasks import get_task
 
 DATA_KINDS: dict[str, ModuleType] = {
     "synthetic": synthetic,
@@ -85,17 +84,25 @@ def data_task(cfg, sources: dict) -> str:
     says (MedMNIST's registry, a masks kind), else from the targets: masks are segmentation, a
     row of labels per image is multi-label."""
     masks = has_masks(sources["train"])
+    found = "segmentation" if masks else _label_task(sources["train"].labels)
     declared = cfg.task_type or cfg.declared_task()
-    if declared is not None:
-        if get_task(declared).pixel_targets != masks:
-            has = "masks" if masks else "a label per image"
-            raise DataError(
-                [f"data.task_type: {declared} does not fit data ({cfg.kind}) that has {has}"]
-            )
-        return declared
-    if masks:
-        return "segmentation"
-    return "multi_label" if np.ndim(sources["train"].labels) == 2 else "single_label"
+    if declared is not None and declared != found:
+        has = {
+            "segmentation": "masks",
+            "multi_label": "a row of labels per image",
+            "single_label": "one class per image",
+        }[found]
+        raise DataError(
+            [
+                f"data.task_type: {declared} does not fit this {cfg.kind} data, which has {has} "
+                f"({found}); drop data.task_type or set it to {found}"
+            ]
+        )
+    return found
+
+
+def _label_task(labels) -> str:
+    return "multi_label" if np.ndim(labels) == 2 else "single_label"
 
 
 def reads_image_files(cfg) -> bool:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import zipfile
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 from pydantic import Field, field_validator, model_validator
@@ -25,6 +25,7 @@ from kdray.data.cache import SPLITS, MaskArraySource
 from kdray.data.files import carve, raise_problems
 from kdray.data.folder import SplitFractions
 from kdray.data.mask_layouts import FileMaskSource, busi_pairs, folder_pairs
+from kdray.data.npz import read_array
 
 NPZ_SPLITS = {"train": "train", "valid": "val", "test": "test"}
 
@@ -74,6 +75,8 @@ class Config(DataConfigBase):
             raise ValueError("categories name BUSI's folders: give root and layout: busi")
         return self
 
+    holds_masks: ClassVar[bool] = True
+
     def declared_task(self) -> str | None:
         return "segmentation"
 
@@ -119,7 +122,7 @@ def npz_sources(path: Path, cfg: Config) -> dict[str, MaskArraySource]:
             if missing:
                 problems.append(f"{path}: no array {missing} (MedSegBench has {list(names)})")
                 continue
-            images, masks = archive[names[0]], archive[names[1]]
+            images, masks = (read_array(archive, path, name) for name in names)
             masks = masks[..., 0] if masks.ndim == 4 and masks.shape[-1] == 1 else masks
             problem = _npz_problem(path, key, images, masks, len(cfg.classes))
             if problem:

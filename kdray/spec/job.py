@@ -311,7 +311,10 @@ class Job(Strict):
     def _usable_studies(self) -> Job:
         problems = [line for name, study in self.studies.items() for line in study.problems(name)]
         declared = self.data.task_type or self.data.declared_task()  # else known once data is read
-        if declared is not None:
+        misfit = self.data.task_type_problem()
+        if misfit is not None:  # named first: what the methods and models are checked against
+            problems.insert(0, misfit)
+        elif declared is not None:
             problems += task_problems(self, declared)
         if self.labelled is None or self.label_budgets() == [None]:
             problems += [
