@@ -144,6 +144,7 @@ def _weights_command(job_file: Path, overrides: list[str] | None) -> str:
 def _check_weights(job, job_file: Path, overrides: list[str] | None, listed: bool = False):
     """The job's pretrained weights found here, by model; refused in one line (exit 2) when
     some are missing. `listed`: also one line per weight, present or missing."""
+    from kdray.tasks.models import file_problems
     from kdray.tasks.weights import find_all, missing_line
 
     where = job.weights_caches()
@@ -155,6 +156,11 @@ def _check_weights(job, job_file: Path, overrides: list[str] | None, listed: boo
         console.print(f"weights: {model} {source.label}: {state}", highlight=False, soft_wrap=True)
     if missing:
         _error(f"{job_file}: {missing_line(missing, where, _weights_command(job_file, overrides))}")
+        raise typer.Exit(2)
+    misfits = file_problems(found)  # another model's weights: refused before Ray starts
+    for line in misfits:
+        _error(f"{job_file}: {line}")
+    if misfits:
         raise typer.Exit(2)
     return found
 
@@ -267,39 +273,17 @@ def _one_driver(root: Path, create: bool = False):
 
 
 def _run(exp, job, address: str | None, verbose: bool) -> None:
-    from kdray.data import DataError
     from kdray.export.write import write_tables
-    from kdray.grid.run import run_experiment
-    from kdray.grid.tune import GridInterrupted, ResourceError
-    from kdray.results.tables import read_trials, write_results
-    from kdray.spec.job import JobError
-    from kdray.store.experiment import ExperimentError
-    from kdray.store.lock import GridBusy
+    from kdray.grid.signals import sigterm_as_ctrl_c
+    from kdray.results.tables import read_trials
     from kdray.store.versions import resume_warning
-    from kdray.tasks.weights import WeightsError
 
     console.print(f"experiment: {exp.root}")
     changed = resume_warning(exp.root)  # a resumed (or re-run) experiment, other packages
     if changed:
         err.print(Text.assemble(("warning ", "bold yellow"), changed), soft_wrap=True)
-    try:
-        report = run_experiment(exp, job, address=address, verbose=verbose, console=console)
-    except (ResourceError, GridBusy, ExperimentError, WeightsError) as exc:
-        _error(str(exc))
-        raise typer.Exit(2) from None
-    except JobError as exc:  # what the data's task cannot give (known once it is read)
-        for line in exc.problems:
-            _error(line)
-        raise typer.Exit(2) from None
-    except DataError as exc:
-        _data_errors(exc, "")
-    except (KeyboardInterrupt, GridInterrupted):
-        write_results(exp)
-        err.print(
-            Text.assemble(("\ninterrupted", "yellow"), "; finished runs are kept. Continue with:")
-        )
-        err.print(f"  kdray resume {exp.root}", highlight=False, soft_wrap=True)
-        raise typer.Exit(130) from None
+    with sigterm_as_ctrl_c():
+        report = _run_grid(exp, job, address, verbose)
     trials = read_trials(exp).to_pandas()
     print_closing_tables(trials, list(job.studies))
     summary = write_tables(exp, trials, list(job.studies))
@@ -311,6 +295,38 @@ def _run(exp, job, address: str | None, verbose: bool) -> None:
         for run_id, error in report.failed.items():
             err.print(f"  {run_id}: {error}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
+
+
+def _run_grid(exp, job, address: str | None, verbose: bool):
+    """The grid run, its refusals one line each (exit 2); stopped by Ctrl-C (exit 130) or
+    SIGTERM (143): finished runs kept, and how to resume."""
+    from kdray.data import DataError
+    from kdray.grid.run import run_experiment
+    from kdray.grid.signals import EXIT_CODE, terminated
+    from kdray.grid.tune import GridInterrupted, ResourceError
+    from kdray.results.tables import write_results
+    from kdray.spec.job import JobError
+    from kdray.store.experiment import ExperimentError
+    from kdray.store.lock import GridBusy
+    from kdray.tasks.weights import WeightsError
+
+    try:
+        return run_experiment(exp, job, address=address, verbose=verbose, console=console)
+    except (ResourceError, GridBusy, ExperimentError, WeightsError) as exc:
+        _error(str(exc))
+        raise typer.Exit(2) from None
+    except JobError as exc:  # what the data's task cannot give (known once it is read)
+        for line in exc.problems:
+            _error(line)
+        raise typer.Exit(2) from None
+    except DataError as exc:
+        _data_errors(exc, "")
+    except (KeyboardInterrupt, GridInterrupted):
+        write_results(exp)
+        how = "stopped (SIGTERM)" if terminated() else "interrupted"
+        err.print(Text.assemble((f"\n{how}", "yellow"), "; finished runs are kept. Continue with:"))
+        err.print(f"  kdray resume {exp.root}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_CODE if terminated() else 130) from None
 
 
 def print_closing_tables(trials, studies: list[str]) -> None:

@@ -139,27 +139,45 @@ def test_export_of_a_never_run_or_all_failed_experiment_writes_tables(tmp_path):
     assert "it broke" in (tmp_path / "out2" / "summary.md").read_text()
 
 
-@pytest.mark.ray
-def test_run_where_no_run_finishes_exits_1_listing_each_failed_run(tmp_path):
+def test_weights_of_another_architecture_are_refused_before_any_run(tmp_path):
     import timm
     import torch
+    from safetensors.torch import save_file
 
-    weights = tmp_path / "other.pth"  # a real checkpoint, of another architecture
-    torch.save(timm.create_model("test_efficientnet").state_dict(), weights)
-    job = job_dict(tmp_path, pretrained={"resnet10t": str(weights), "test_resnet": str(weights)})
+    other = tmp_path / "other.pth"  # a real checkpoint, of another architecture
+    torch.save(timm.create_model("resnet18").state_dict(), other)
+    stranger = tmp_path / "stranger.safetensors"
+    save_file({"encoder.weight": torch.zeros(3, 3)}, stranger)
+    for weights, says in ((other, "shapes differ"), (stranger, "keys missing")):
+        job = write_job(tmp_path, job_dict(tmp_path, pretrained={"resnet10t": str(weights)}))
+        for command in ("validate", "run"):
+            errors = refused(command, job, says=(f"pretrained.resnet10t: {weights}", says))
+            assert "does not fit resnet10t" in errors and len(errors.splitlines()) == 1, errors
+    assert not (tmp_path / "runs").exists()
+    own = tmp_path / "own.pth"  # fine-tuned elsewhere: 2 classes, 1 channel; timm adapts both
+    torch.save(timm.create_model("resnet10t", num_classes=2, in_chans=1).state_dict(), own)
+    job = write_job(tmp_path, job_dict(tmp_path, pretrained={"resnet10t": str(own)}))
+    result = cli("validate", job, "--quick")
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.ray
+def test_run_where_no_run_finishes_exits_1_listing_each_failed_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("KDRAY_TEST_CRASH_EPOCH", "1")  # the teacher's worker dies in epoch 1
+    monkeypatch.setenv("KDRAY_TEST_CRASH_DIR", str(tmp_path / "crashes"))
+    job = job_dict(tmp_path)
     job["faults"] = {"trial_retries": 0}
     job["baseline"] = False  # one trial: the teacher fails, its student is never started
     result = cli("run", write_job(tmp_path, job))
     assert result.exit_code == 1, result.output
-    assert "2 run(s) failed" in result.output and "does not fit" in result.output
+    assert "2 run(s) failed" in result.output
     assert "not started: its teacher run" in result.output
     failures = [
         json.loads(f.read_text())["error"]
         for f in (tmp_path / "runs").glob("bad/runs/*/*.json")
         if f.name in ("summary.json", "failure.json")
     ]
-    assert failures and not any("weights_only" in error for error in failures)
-    assert any("shapes differ" in e or "keys missing" in e for e in failures)
+    assert len(failures) == 2 and all(failures), failures
     exported = cli("export", tmp_path / "runs" / "bad", "--out", tmp_path / "out")
     assert exported.exit_code == 0, exported.output
 
