@@ -35,6 +35,10 @@ def _error(message: str) -> None:
     err.print(Text.assemble(("error ", "bold red"), message), soft_wrap=True)
 
 
+def _warn(message: str) -> None:
+    err.print(Text.assemble(("warning ", "bold yellow"), message), soft_wrap=True)
+
+
 def _load(job_file: Path, overrides: list[str] | None):
     from kdray.spec.job import JobError
     from kdray.spec.load import load_job
@@ -93,7 +97,7 @@ def validate(
     exit 0 if all is well, 2 with one line per problem if not."""
     job = _load(job_file, set_)
     _check_storage(job, job_file)
-    from kdray.data import DataError, data_task, open_sources
+    from kdray.data import DataError, data_task, data_warnings, open_sources
     from kdray.grid.progress import fitted_lines
     from kdray.spec.describe import counted, study_lines
     from kdray.spec.fit import batch_problems
@@ -133,6 +137,8 @@ def validate(
     for line in [*study_lines(job, plan), checked_line(info)]:
         for part in fitted_lines(line, console.width):
             console.print(part, highlight=False, soft_wrap=True)
+    for line in data_warnings(classes, sources):
+        _warn(f"{job_file}: data: {line}")
 
 
 def _weights_command(job_file: Path, overrides: list[str] | None) -> str:
@@ -281,7 +287,7 @@ def _run(exp, job, address: str | None, verbose: bool) -> None:
     console.print(f"experiment: {exp.root}")
     changed = resume_warning(exp.root)  # a resumed (or re-run) experiment, other packages
     if changed:
-        err.print(Text.assemble(("warning ", "bold yellow"), changed), soft_wrap=True)
+        _warn(changed)
     with sigterm_as_ctrl_c():
         report = _run_grid(exp, job, address, verbose)
     trials = read_trials(exp).to_pandas()

@@ -845,3 +845,97 @@ def test_a_task_type_that_does_not_fit_the_data_kind_is_named_first(tmp_path, ma
     first = errors.splitlines()[0]
     assert "data.task_type:" in first and "does not fit" in first, errors
     assert not_said not in errors
+
+
+def warned(*args, says: tuple[str, ...]) -> str:
+    """Run kdray expecting exit 0 with warning lines that contain each of `says`."""
+    result = cli(*args)
+    assert result.exit_code == 0, result.output
+    warnings = "\n".join(ln for ln in result.output.splitlines() if ln.startswith("warning"))
+    for text in says:
+        assert text in warnings, f"{text!r} not in:\n{result.output}"
+    return warnings
+
+
+def test_a_named_category_without_images_is_refused(tmp_path):
+    from tests.test_segmentation_data import busi_tree
+
+    root = busi_tree(tmp_path / "busi")
+    for file in (root / "normal").iterdir():
+        if "_mask" not in file.name:
+            file.unlink()  # its masks stay: the folder holds no image
+    data = {"kind": "masks", "root": str(root), "layout": "busi", "image_size": 32}
+    job = {**masks_job(tmp_path), "data": {**data, "categories": ["benign", "normal"]}}
+    errors = refused("validate", write_job(tmp_path, job), "--quick")
+    assert f"{root / 'normal'}: no images" in errors and "data.categories" in errors, errors
+
+
+@pytest.mark.parametrize("layout", ["busi", "pairs"])
+def test_a_mask_without_its_image_is_named_in_a_warning(tmp_path, layout):
+    from tests.test_segmentation_data import busi_tree, lesion, pairs_tree
+
+    if layout == "busi":
+        root = busi_tree(tmp_path / "busi")
+        lone = root / "benign" / "benign (9)_mask.png"
+    else:
+        root = pairs_tree(tmp_path / "pairs", count=12)
+        lone = root / "masks" / "ISIC_0000099.png"
+    Image.fromarray(lesion()).save(lone)
+    job = {**masks_job(tmp_path), "data": {"kind": "masks", "root": str(root), "layout": layout}}
+    job["data"]["image_size"] = 32
+    warned("validate", write_job(tmp_path, job), "--quick", says=("1 mask file(s) without their "
+           f"image, left out: {lone}",))  # fmt: skip
+
+
+def csv_job(tmp_path: Path, rows: list[str], header: str = "path,label") -> dict:
+    make_images(tmp_path / "images")
+    (tmp_path / "images" / "list.csv").write_text("\n".join([header, *rows]) + "\n")
+    data = {"kind": "folder", "csv": str(tmp_path / "images" / "list.csv"), "image_size": 16}
+    return job_dict(tmp_path, data={**data, "split_by": {"valid": 0.25, "test": 0.25}})
+
+
+def every_row(group: bool = False) -> list[str]:
+    return [
+        f"{side}/{i}.png,{side}" + (f",p{i}" if group else "")
+        for side in ("left", "right")
+        for i in range(8)
+    ]
+
+
+def test_an_image_listed_twice_with_other_labels_is_refused(tmp_path):
+    job = csv_job(tmp_path, [*every_row(), "left/3.png,right"])
+    errors = refused("validate", write_job(tmp_path, job), "--quick")
+    assert "line 18: " in errors and "left/3.png is listed again, with label 'right'" in errors
+    assert "line 5: 'left'" in errors and "one row" in errors, errors
+
+
+def test_an_image_listed_twice_alike_is_used_once_and_said(tmp_path):
+    from kdray.data import open_sources
+    from kdray.spec.load import parse_job
+
+    job = csv_job(tmp_path, [*every_row(), "left/3.png,left", "right/0.png,right"])
+    warned("validate", write_job(tmp_path, job), "--quick",
+           says=("2 row(s) list an image again with the same labels (line 18 repeats line 5; "
+                 "line 19 repeats line 10); each image is used once",))  # fmt: skip
+    _, sources = open_sources(parse_job(job).data)
+    files = [str(p) for source in sources.values() for p in source.paths]
+    assert len(files) == len(set(files)) == 16  # never in two splits, nor twice in one
+
+
+def test_blank_group_cells_are_counted_in_a_warning(tmp_path):
+    rows = every_row(group=True)
+    rows[:3] = [row.rsplit(",", 1)[0] + "," for row in rows[:3]]
+    job = csv_job(tmp_path, rows, header="path,label,group")
+    warned("validate", write_job(tmp_path, job), "--quick",
+           says=("3 of 16 rows have a blank group cell", "fill in the group column"))  # fmt: skip
+
+
+def test_a_label_with_no_positive_in_train_is_warned_of(tmp_path):
+    rows = [f"{s}/{i}.png,{i % 2},0,{'train' if i < 4 else 'valid' if i < 6 else 'test'}"
+            for s in ("left", "right") for i in range(8)]  # fmt: skip
+    rows[-1] = rows[-1].replace(",0,test", ",1,test")  # Edema: positive in test alone
+    job = csv_job(tmp_path, rows, header="path,Atelectasis,Edema,split")
+    job["data"]["label_columns"] = ["Atelectasis", "Edema"]
+    job["data"].pop("split_by")
+    warned("validate", write_job(tmp_path, job), "--quick",
+           says=("label(s) ['Edema'] have no positive image in the train split",))  # fmt: skip

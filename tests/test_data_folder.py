@@ -222,7 +222,7 @@ def test_csv_problems_are_all_reported_with_their_line(tmp_path):
     lines = csv_path.read_text().splitlines()
     lines += [
         "images/missing.png,a,test",  # line 10: no such file
-        "images/0.png,c,valid",  # line 11: label outside the classes
+        "images/0.png,c,valid",  # line 11: label outside the classes, image 0 listed again
         "images/1.png,a",  # line 12: a field short
         "images/2.png,b,holdout",  # line 13: unknown split
     ]
@@ -230,12 +230,14 @@ def test_csv_problems_are_all_reported_with_their_line(tmp_path):
     with pytest.raises(DataError) as err:
         open_sources(Config(csv=csv_path, classes=["a", "b"]))
     problems = err.value.problems
-    assert len(problems) == 4
+    assert len(problems) == 5
     assert problems[0].startswith(f"{csv_path} line 10: ")
     assert f"{csv_path.parent / 'images/missing.png'} does not exist" in problems[0]
     assert problems[1].startswith(f"{csv_path} line 12: 2 fields, the header has 3")
     assert problems[2].startswith(f"{csv_path} line 13: split 'holdout'")
-    assert problems[3].startswith(f"{csv_path} line 11: label 'c' is not one of data.classes")
+    assert problems[3].startswith(f"{csv_path} line 11: {csv_path.parent / 'images/0.png'} is "
+                                  "listed again, with label 'c'")  # fmt: skip
+    assert problems[4].startswith(f"{csv_path} line 11: label 'c' is not one of data.classes")
 
 
 def test_csv_missing_file_skipped_and_bad_header(tmp_path):

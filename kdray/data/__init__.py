@@ -53,6 +53,8 @@ def prepare_data(cfg, cache_root: str | Path) -> DataInfo:
     classes, sources = opened or open_sources(cfg)
     dropped = {split: len(getattr(src, "dropped", ()) or ()) for split, src in sources.items()}
     named = [line for src in sources.values() for line in getattr(src, "dropped", ()) or ()]
+    extra = {"dropped_rows": dropped, "dropped_files": named[:100]} if named else {}
+    warnings = data_warnings(classes, sources)
     return write_cache(
         dest,
         sources,
@@ -60,10 +62,28 @@ def prepare_data(cfg, cache_root: str | Path) -> DataInfo:
         image_size(cfg, sources),
         cfg.channels,
         fp,
-        extra={"dropped_rows": dropped, "dropped_files": named[:100]} if named else None,
+        extra={**extra, "warnings": warnings} if warnings else extra or None,
         on_bad_image=cfg.on_bad_image,
         task=data_task(cfg, sources),
     )
+
+
+def data_warnings(classes: list[str], sources: dict) -> list[str]:
+    """What the data holds that a run will not refuse but a user should hear of, one line each:
+    what the data kind let pass (each source's `warnings`: masks without their image, ...),
+    and labels no training image has (a multi-label model cannot learn them)."""
+    lines = [line for src in sources.values() for line in getattr(src, "warnings", ()) or ()]
+    labels = getattr(sources["train"], "labels", None)
+    if labels is not None and np.ndim(labels) == 2:
+        never = [c for c, column in zip(classes, np.asarray(labels).T, strict=False)
+                 if not (column == 1).any()]  # fmt: skip
+        if never:
+            lines.append(
+                f"label(s) {never} have no positive image in the train split: a model cannot "
+                "learn them (their test AUROC is chance); add positive images or drop them "
+                "from the labels"
+            )
+    return list(dict.fromkeys(lines))
 
 
 def image_size(cfg, sources: dict) -> int:
@@ -124,6 +144,7 @@ __all__ = [
     "SPLITS",
     "DataError",
     "data_task",
+    "data_warnings",
     "DataInfo",
     "load_split",
     "open_sources",

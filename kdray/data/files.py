@@ -34,6 +34,7 @@ class FileSource:
     labels: np.ndarray
     groups: np.ndarray | None = None
     dropped: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # what was let pass (duplicate rows, ...)
 
     def __len__(self) -> int:
         return len(self.paths)

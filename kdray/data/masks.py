@@ -89,9 +89,10 @@ def open_sources(cfg: Config) -> tuple[list[str], dict]:
     if not root.is_dir():
         raise DataError([f"{root}: no such folder; set data.root to a folder of images and masks"])
     if cfg.layout == "busi":
-        pairs, problems = busi_pairs(root, cfg.categories)
+        pairs, problems, warnings = busi_pairs(root, cfg.categories)
     else:
-        pairs, problems = folder_pairs(root, cfg.images_dir, cfg.masks_dir, cfg.mask_suffix)
+        layout = (cfg.images_dir, cfg.masks_dir, cfg.mask_suffix)
+        pairs, problems, warnings = folder_pairs(root, *layout)
     raise_problems(problems)
     given = {p.split for p in pairs if p.split is not None}
     wanted = {s: getattr(cfg.split_by, s) for s in ("valid", "test") if s not in given}
@@ -106,6 +107,7 @@ def open_sources(cfg: Config) -> tuple[list[str], dict]:
             problems.append(f"{root}: no images in the {split} split; add images or fix split_by")
         sources[split] = FileMaskSource(chosen, len(cfg.classes), cfg.mask_threshold)
     raise_problems(problems)
+    sources["train"].warnings = warnings
     return list(cfg.classes), sources
 
 

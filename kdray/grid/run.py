@@ -120,7 +120,8 @@ def _prepare(exp: Experiment, job: Job, console: Console) -> DataInfo:
     for text in (described, f"train {task.count_line(train_labels, data.classes)}"):
         for line in fitted_lines(text, console.width):
             console.print(line, highlight=False, soft_wrap=True)
-    for warning in band_warnings(job, data) + method_warnings(job, data):
+    data_lines = [f"data: {line}" for line in data.extra.get("warnings", [])]
+    for warning in data_lines + band_warnings(job, data) + method_warnings(job, data):
         console.print(f"[yellow]warning[/yellow]: {warning}", highlight=False)
     return data
 
