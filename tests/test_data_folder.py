@@ -217,14 +217,15 @@ def test_csv_of_paths_and_labels_is_carved_by_file_with_natural_class_order(tmp_
 
 
 def test_csv_problems_are_all_reported_with_their_line(tmp_path):
-    rows = [f"images/{i}.png,{'ab'[i % 2]},train" for i in range(8)]
+    rows = [f"images/{i}.png,{'ab'[i % 2]},train" for i in range(9)]
     csv_path = csv_tree(tmp_path, "path,label,split", rows)
-    lines = csv_path.read_text().splitlines()
+    lines = csv_path.read_text().splitlines()[:-1]  # images/8.png: made, not listed
     lines += [
         "images/missing.png,a,test",  # line 10: no such file
-        "images/0.png,c,valid",  # line 11: label outside the classes, image 0 listed again
+        "images/8.png,c,valid",  # line 11: label outside the classes
         "images/1.png,a",  # line 12: a field short
         "images/2.png,b,holdout",  # line 13: unknown split
+        "images/3.png,a,train",  # line 14: image 3 again, with another label
     ]
     csv_path.write_text("\n".join(lines) + "\n")
     with pytest.raises(DataError) as err:
@@ -235,8 +236,9 @@ def test_csv_problems_are_all_reported_with_their_line(tmp_path):
     assert f"{csv_path.parent / 'images/missing.png'} does not exist" in problems[0]
     assert problems[1].startswith(f"{csv_path} line 12: 2 fields, the header has 3")
     assert problems[2].startswith(f"{csv_path} line 13: split 'holdout'")
-    assert problems[3].startswith(f"{csv_path} line 11: {csv_path.parent / 'images/0.png'} is "
-                                  "listed again, with label 'c'")  # fmt: skip
+    assert problems[3].startswith(
+        f"{csv_path} line 14: {csv_path.parent / 'images/3.png'} is listed again, with label 'a'"
+    )
     assert problems[4].startswith(f"{csv_path} line 11: label 'c' is not one of data.classes")
 
 
