@@ -522,6 +522,7 @@ def export(
     from kdray.export.write import export as do_export
     from kdray.results.cost_ratios import experiment_pareto_runs
     from kdray.store.experiment import Experiment, ExperimentError
+    from kdray.store.status import unfinished_line
 
     if not out.strip():  # Path("") would be the working directory
         _error("--out: empty; give the folder to write the tables into, e.g. --out results")
@@ -535,6 +536,9 @@ def export(
         written = do_export(experiment_dir, Path(out))
         for path in written.values():
             console.print(f"wrote {path}", highlight=False)
+        unfinished = unfinished_line(exp)
+        if unfinished:
+            _warn(f"{exp.root}: {unfinished}")
         for run_id in dict.fromkeys(runs):
             _export_onnx(experiment_dir, run_id, Path(out))
     except (ExperimentError, DeployError) as exc:

@@ -939,3 +939,21 @@ def test_a_label_with_no_positive_in_train_is_warned_of(tmp_path):
     job["data"].pop("split_by")
     warned("validate", write_job(tmp_path, job), "--quick",
            says=("label(s) ['Edema'] have no positive image in the train split",))  # fmt: skip
+
+
+def test_export_of_a_running_grid_says_how_many_runs_its_tables_hold(tmp_path):
+    from kdray.store.lock import hold_driver
+
+    root = experiment(tmp_path)
+    first, *others = fake_finished_runs(root)
+    for run_id in others:  # still training: no summary yet
+        (root / "runs" / run_id / "summary.json").unlink()
+    total = 1 + len(others)
+    with hold_driver(root):  # a live driver, as `kdray run` holds it
+        said = warned("export", root, "--out", tmp_path / "out",
+                      says=(f"1 of {total} runs finished; the grid is still running",))  # fmt: skip
+    assert str(root) in said
+    assert first in (tmp_path / "out" / "trials.csv").read_text()  # what is finished, exported
+    said = warned("export", root, "--out", tmp_path / "out2",
+                  says=(f"1 of {total} runs finished", f"kdray resume {root}"))  # fmt: skip
+    assert "still running" not in said
