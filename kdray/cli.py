@@ -155,6 +155,7 @@ def _check_weights(job, job_file: Path, overrides: list[str] | None, listed: boo
 
     where = job.weights_caches()
     wanted = job.weights_sources()
+    _check_cache(job, job_file, where, wanted)
     found, missing = find_all(wanted, where)
     for model, source in wanted.items() if listed else ():
         local = found.get(model)
@@ -169,6 +170,16 @@ def _check_weights(job, job_file: Path, overrides: list[str] | None, listed: boo
     if misfits:
         raise typer.Exit(2)
     return found
+
+
+def _check_cache(job, job_file: Path, where, wanted) -> None:
+    """A weights cache that cannot be a folder: one line, exit 2 (only if weights are needed)."""
+    from kdray.tasks.weights import cache_problem
+
+    problem = cache_problem(where, job.weights_cache) if wanted else None
+    if problem:
+        _error(f"{job_file}: {problem}")
+        raise typer.Exit(2)
 
 
 def _size(size: int) -> str:
@@ -188,6 +199,7 @@ def weights(job_file: Path, set_: SetOption = None) -> None:
         console.print(f"{job_file}: no model starts from pretrained weights", highlight=False)
         return
     where = job.weights_caches()
+    _check_cache(job, job_file, where, wanted)
     console.print(f"cache: {where.describe()}", highlight=False, soft_wrap=True)
     failed = 0
     for model, source in wanted.items():

@@ -957,3 +957,19 @@ def test_export_of_a_running_grid_says_how_many_runs_its_tables_hold(tmp_path):
     said = warned("export", root, "--out", tmp_path / "out2",
                   says=(f"1 of {total} runs finished", f"kdray resume {root}"))  # fmt: skip
     assert "still running" not in said
+
+
+@pytest.mark.parametrize("how", ["job", "env"])
+def test_a_weights_cache_that_is_a_file_is_named(tmp_path, monkeypatch, how):
+    a_file = tmp_path / "cache.txt"
+    a_file.write_text("not a folder")
+    job = job_dict(tmp_path, pretrained={"resnet10t": "imagenet"})
+    if how == "job":
+        job["weights_cache"] = str(a_file)
+    else:
+        monkeypatch.setenv("KDRAY_WEIGHTS_CACHE", str(a_file))
+    named = "weights_cache" if how == "job" else "$KDRAY_WEIGHTS_CACHE"
+    for command in ("validate", "run", "weights"):
+        errors = refused(command, write_job(tmp_path, job), says=(f"{named}: {a_file} is a file",))
+        assert len(errors.splitlines()) == 1, errors
+    assert a_file.read_text() == "not a folder" and not (tmp_path / "runs").exists()
