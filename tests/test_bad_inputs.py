@@ -973,3 +973,13 @@ def test_a_weights_cache_that_is_a_file_is_named(tmp_path, monkeypatch, how):
         errors = refused(command, write_job(tmp_path, job), says=(f"{named}: {a_file} is a file",))
         assert len(errors.splitlines()) == 1, errors
     assert a_file.read_text() == "not a folder" and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("value", ["many", 2.5, True, 0])
+def test_runs_per_trial_other_than_auto_or_a_count_is_one_line(tmp_path, value):
+    job = job_dict(tmp_path)
+    job["resources"]["runs_per_trial"] = value  # `true` was read as 1
+    errors = refused("validate", write_job(tmp_path, job), "--quick",
+                     says=("resources.runs_per_trial: runs_per_trial is auto or a whole number",
+                           f"(got {value!r})"))  # fmt: skip
+    assert len(errors.splitlines()) == 1, errors  # not one line per branch of `int | "auto"`
