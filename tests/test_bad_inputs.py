@@ -983,3 +983,27 @@ def test_runs_per_trial_other_than_auto_or_a_count_is_one_line(tmp_path, value):
                      says=("resources.runs_per_trial: runs_per_trial is auto or a whole number",
                            f"(got {value!r})"))  # fmt: skip
     assert len(errors.splitlines()) == 1, errors  # not one line per branch of `int | "auto"`
+
+
+def test_a_16_bit_mask_of_class_indices_is_read_as_stored(tmp_path):
+    import cv2
+
+    from kdray.data import prepare_data
+    from kdray.spec.load import parse_job
+
+    job = masks_job(tmp_path, classes=["background", "benign", "malignant"])
+    values = np.zeros((40, 48), np.uint16)
+    values[5:15, 10:30], values[20:30, 10:30] = 1, 2  # class indices, saved in 16 bits
+    masks = sorted((tmp_path / "pairs" / "masks").iterdir())
+    for mask in masks:
+        assert cv2.imwrite(str(mask), values)
+    mask = masks[0]
+    result = cli("validate", write_job(tmp_path, job))
+    assert result.exit_code == 0, result.output
+    info = prepare_data(parse_job(job).data, tmp_path / "cache")
+    labels = np.concatenate([np.load(f"{info.path}/{s}_labels.npy") for s in info.counts])
+    assert set(np.unique(labels)) == {0, 1, 2}
+    values[0, 0] = 7  # a value no class has: named as stored, not as stretched (255)
+    assert cv2.imwrite(str(mask), values)
+    errors = refused("validate", write_job(tmp_path, job), says=(str(mask), "mask values [7]"))
+    assert "255" not in errors, errors

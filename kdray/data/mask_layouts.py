@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from kdray.data.files import IMAGE_SUFFIXES, is_image_file, read_image
 
@@ -73,9 +74,18 @@ class FileMaskSource:
         return str(masks[0]) if len(masks) == 1 else f"{masks[0]} (+{len(masks) - 1} unioned)"
 
 
+def stored_values(path: Path) -> np.ndarray:
+    """A mask file's pixels as stored: a 16-bit PNG of class indices (0, 1, 2) is read as they
+    are, not stretched to 8 bits as a 16-bit image is (`read_image`)."""
+    with Image.open(path) as img:
+        if img.mode == "I" or img.mode.startswith("I;16"):
+            return np.asarray(img)
+    return read_image(path)
+
+
 def read_mask(path: Path, num_classes: int, threshold: int) -> np.ndarray:
     """A mask file as class indices (see the module docstring); ValueError on other values."""
-    pixels = read_image(path)
+    pixels = stored_values(path)
     if pixels.ndim == 3:
         if not (pixels == pixels[:, :, :1]).all():
             raise ValueError("a colour mask; give one channel of class indices (or 0/255)")
