@@ -129,7 +129,8 @@ def validate(
         highlight=False,
         soft_wrap=True,
     )
-    counts = ", ".join(f"{split} {len(source)}" for split, source in sources.items())
+    sizes = info.counts if info else {split: len(source) for split, source in sources.items()}
+    counts = ", ".join(f"{split} {size}" for split, size in sizes.items())  # as decoded
     described = f"data: {job.data.kind}, {task.replace('_', '-')}, {len(classes)} "
     described += f"{get_task(task).outputs}, {counts} images"
     for line in fitted_lines(described, console.width):

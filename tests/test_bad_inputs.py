@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -1007,3 +1008,15 @@ def test_a_16_bit_mask_of_class_indices_is_read_as_stored(tmp_path):
     assert cv2.imwrite(str(mask), values)
     errors = refused("validate", write_job(tmp_path, job), says=(str(mask), "mask values [7]"))
     assert "255" not in errors, errors
+
+
+def test_validate_counts_the_images_it_decoded_when_bad_ones_are_skipped(tmp_path):
+    job = job_dict(tmp_path)
+    job["data"]["on_bad_image"] = "skip"
+    truncate_an_image(tmp_path)
+    result = cli("validate", write_job(tmp_path, job), env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    counts = re.search(r"train (\d+), valid (\d+), test (\d+) images", said)
+    assert counts and sum(map(int, counts.groups())) == 15, said  # 16 files, 1 unreadable
+    assert "1 left out (on_bad_image: skip)" in said and "3.png" in said

@@ -78,3 +78,11 @@ def test_the_data_lines_are_cut_at_their_commas_never_inside_a_name_and_its_numb
     assert parts[0] == "train images per class: ELBOW_0 100"
     assert parts[1:] == [f"{n}_{i} {100 + i}" for i, n in enumerate(names)][1:]
     assert fitted_lines("data: synthetic, 32px x 1ch", 80) == ["data: synthetic, 32px x 1ch"]
+
+
+def test_a_list_in_a_data_line_is_never_cut():
+    from kdray.grid.progress import fitted_lines
+
+    said = "a.png: mask values [0, 100, 255]: a binary mask holds 0 (background, one lesion)"
+    lines = fitted_lines(f"checked: the job, the data, 1 left out: {said}, into /tmp/x", 60)
+    assert len(lines) > 1 and any(said in line for line in lines), lines
