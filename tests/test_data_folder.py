@@ -340,3 +340,30 @@ def test_compressed_dicom_decodes_to_the_same_image_as_the_uncompressed_file(com
     reference = read_dicom(get_testdata_file("MR_small.dcm"))
     assert reference.std() > 0
     assert np.array_equal(read_dicom(get_testdata_file(compressed)), reference)
+
+
+@pytest.mark.parametrize("fractions", [{"valid": 0.1, "test": 0.1}, {"valid": 0.2, "test": 0.3}])
+def test_groups_are_carved_to_fractions_of_the_images_not_of_the_groups(fractions):
+    from kdray.data.files import carve_groups
+
+    rng = np.random.default_rng(0)  # 264 patients, 1 to 20 images each (chest X-ray follow-ups)
+    sizes = {f"p{i}": int(n) for i, n in enumerate(np.minimum(rng.geometric(0.27, 264), 20))}
+    total = sum(sizes.values())
+    for seed in range(3):
+        carved = carve_groups(sizes, fractions, seed)
+        assert sorted(k for keys in carved.values() for k in keys) == sorted(sizes)  # each once
+        for split, fraction in fractions.items():  # within half the largest group's images
+            share = sum(sizes[k] for k in carved[split]) / total
+            assert abs(share - fraction) <= max(sizes.values()) / 2 / total, (seed, split, share)
+
+
+def test_a_group_split_far_from_its_fractions_is_warned_of(tmp_path):
+    from kdray.data import data_warnings
+
+    rows = [f"images/{i}.png,{i % 2},p{i // 5}" for i in range(20)]  # 4 patients, 5 images
+    csv_path = csv_tree(tmp_path, "path,label,group", rows)
+    classes, sources = open_sources(Config(csv=csv_path, split_by={"valid": 0.1, "test": 0.1}))
+    assert [len(sources[s]) for s in ("train", "valid", "test")] == [10, 5, 5]
+    (line,) = data_warnings(classes, sources)
+    assert line.startswith(f"{csv_path}: whole groups give valid 25.0% (split_by 10%), test "
+                           "25.0% (split_by 10%) of the images")  # fmt: skip

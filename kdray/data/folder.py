@@ -17,6 +17,7 @@ PNG, JPEG, BMP, TIFF and DICOM (`.dcm`) files are read; other files in class fol
 from __future__ import annotations
 
 import csv
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -31,6 +32,7 @@ from kdray.data.files import (
     SKIP_HINT,
     FileSource,
     carve,
+    carve_groups,
     is_image_file,
     not_a_file,
     raise_problems,
@@ -302,14 +304,34 @@ def assign_splits(items: list[Item], fractions: SplitFractions, seed: int) -> li
     def key_of(item: Item) -> str:
         return item.group if grouped and item.group else f"file:{item.file}"
 
-    if grouped:
-        keys, stratify = sorted({key_of(i) for i in pool}), None
+    if grouped:  # whole groups, to fractions of the images (not of the groups)
+        carved = carve_groups(Counter(key_of(i) for i in pool), wanted, seed)
     else:  # a multi-label row has no one class to stratify by
         keys = [key_of(i) for i in pool]
         stratify = [i.label for i in pool] if all(isinstance(i.label, str) for i in pool) else None
-    carved = carve(keys, wanted, seed, stratify)
+        carved = carve(keys, wanted, seed, stratify)
     split_of = {key: split for split, members in carved.items() for key in members}
     return [i.split if i.split is not None else split_of[key_of(i)] for i in items]
+
+
+def group_share_warnings(items: list[Item], splits: list[str], cfg: Config) -> list[str]:
+    """A warning when whole groups leave a carved split's share of the images more than 2
+    points off its `split_by` fraction (a few large groups), with the shares reached."""
+    given = {i.split for i in items if i.split is not None}
+    pool = [s for i, s in zip(items, splits, strict=True) if i.split is None]
+    if not any(i.group for i in items if i.split is None):
+        return []
+    wanted = {s: getattr(cfg.split_by, s) for s in ("valid", "test") if s not in given}
+    share = {s: pool.count(s) / len(pool) for s in wanted}
+    if all(abs(share[s] - f) <= 0.02 for s, f in wanted.items()):
+        return []
+    said = ", ".join(
+        f"{s} {100 * share[s]:.1f}% (split_by {100 * f:g}%)" for s, f in wanted.items()
+    )
+    return [
+        f"{cfg.csv}: whole groups give {said} of the images: a few groups hold many images; "
+        "give more, smaller groups, or a split column"
+    ]
 
 
 def label_sources(
@@ -317,6 +339,7 @@ def label_sources(
 ) -> dict[str, FileSource]:
     """The splits of a multi-label CSV: label rows stacked, every split required non-empty."""
     splits = assign_splits(items, cfg.split_by, cfg.split_seed)
+    warnings = [*warnings, *group_share_warnings(items, splits, cfg)]
     has_groups = any(i.group for i in items)
     sources, problems = {}, []
     for split in SPLITS:
@@ -375,6 +398,7 @@ def open_sources(cfg: Config) -> tuple[list[str], dict[str, FileSource]]:
         raise DataError([f"{where}: {len(classes)} class(es) {classes}; need at least 2"])
 
     splits = assign_splits(items, cfg.split_by, cfg.split_seed)
+    warnings += group_share_warnings(items, splits, cfg)
     index = {name: k for k, name in enumerate(classes)}
     sources = {}
     for split in SPLITS:
