@@ -294,6 +294,7 @@ def _one_driver(root: Path, create: bool = False):
 def _run(exp, job, address: str | None, verbose: bool) -> None:
     from kdray.export.write import write_tables
     from kdray.grid.signals import sigterm_as_ctrl_c
+    from kdray.grid.teacher_checks import weak_teacher_lines
     from kdray.results.tables import read_trials
     from kdray.store.versions import resume_warning
 
@@ -304,7 +305,8 @@ def _run(exp, job, address: str | None, verbose: bool) -> None:
     with sigterm_as_ctrl_c():
         report = _run_grid(exp, job, address, verbose)
     trials = read_trials(exp).to_pandas()
-    print_closing_tables(trials, list(job.studies))
+    weak = weak_teacher_lines(trials, report.data) if report.data else []
+    print_closing_tables(trials, list(job.studies), weak)
     summary = write_tables(exp, trials, list(job.studies))
     console.print(f"\nresults: {exp.results_dir / 'trials.parquet'}", soft_wrap=True)
     console.print(f"tables:  {summary} (every table in full)", soft_wrap=True)
@@ -348,11 +350,12 @@ def _run_grid(exp, job, address: str | None, verbose: bool):
         raise typer.Exit(EXIT_CODE if terminated() else 130) from None
 
 
-def print_closing_tables(trials, studies: list[str]) -> None:
-    """The tables a finished grid ends with, fitted to the terminal's (or `COLUMNS`') width."""
+def print_closing_tables(trials, studies: list[str], teacher_warnings: list[str] = ()) -> None:
+    """The tables a finished grid ends with, fitted to the terminal's (or `COLUMNS`') width;
+    `teacher_warnings` under the teachers' and the KD gain tables."""
     from kdray.export.terminal import closing_output
 
-    for part in closing_output(trials, studies, console.width):
+    for part in closing_output(trials, studies, console.width, teacher_warnings):
         console.print(part)
 
 

@@ -35,6 +35,7 @@ class RunReport:
     experiment: Experiment
     finished: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    data: DataInfo | None = None  # the decoded data the runs trained on
 
     @property
     def ok(self) -> bool:
@@ -132,7 +133,7 @@ def _run_experiment(
     plan = exp.plan()
     check_weights(exp, job, plan)  # before anything decodes, starts or trains
     report = RunReport(exp)
-    data = _prepare(exp, job, console)
+    data = report.data = _prepare(exp, job, console)
     init_ray(job, address, verbose)
     cluster_warnings = check_resources(job, local=address is None)
     cluster_warnings += [w for w in [driver_warning()] if w]
