@@ -167,6 +167,7 @@ def test_run_where_no_run_finishes_exits_1_listing_each_failed_run(tmp_path, mon
     monkeypatch.setenv("KDRAY_TEST_CRASH_EPOCH", "1")  # the teacher's worker dies in epoch 1
     monkeypatch.setenv("KDRAY_TEST_CRASH_DIR", str(tmp_path / "crashes"))
     job = job_dict(tmp_path)
+    job["train"]["batch_size"] = 2  # 4 steps an epoch: the crash comes at step 2
     job["faults"] = {"trial_retries": 0}
     job["baseline"] = False  # one trial: the teacher fails, its student is never started
     result = cli("run", write_job(tmp_path, job))
