@@ -35,6 +35,10 @@ def _error(message: str) -> None:
     err.print(Text.assemble(("error ", "bold red"), message), soft_wrap=True)
 
 
+def _warn(message: str) -> None:
+    err.print(Text.assemble(("warning ", "bold yellow"), message), soft_wrap=True)
+
+
 def _load(job_file: Path, overrides: list[str] | None):
     from kdray.spec.job import JobError
     from kdray.spec.load import load_job
@@ -58,8 +62,8 @@ def _check_storage(job, job_file: Path) -> None:
 
 
 def _data_errors(exc, where: str) -> None:
-    for line in exc.problems:
-        _error(f"{where}data: {line}")
+    for line in exc.problems:  # a line naming a data.* field needs no "data: " before it
+        _error(f"{where}{'' if line.startswith('data.') else 'data: '}{line}")
     raise typer.Exit(2) from None
 
 
@@ -93,7 +97,7 @@ def validate(
     exit 0 if all is well, 2 with one line per problem if not."""
     job = _load(job_file, set_)
     _check_storage(job, job_file)
-    from kdray.data import DataError, data_task, open_sources
+    from kdray.data import DataError, data_task, data_warnings, open_sources
     from kdray.grid.progress import fitted_lines
     from kdray.spec.describe import budget_warnings, counted, study_lines
     from kdray.spec.fit import batch_problems
@@ -103,9 +107,9 @@ def validate(
 
     try:
         classes, sources = open_sources(job.data)
+        task = data_task(job.data, sources)
     except DataError as exc:
         _data_errors(exc, f"{job_file}: ")
-    task = data_task(job.data, sources)
     problems = task_problems(job, task) + batch_problems(
         job, sources["train"].labels, len(sources["train"])
     )
@@ -126,7 +130,8 @@ def validate(
         highlight=False,
         soft_wrap=True,
     )
-    counts = ", ".join(f"{split} {len(source)}" for split, source in sources.items())
+    sizes = info.counts if info else {split: len(source) for split, source in sources.items()}
+    counts = ", ".join(f"{split} {size}" for split, size in sizes.items())  # as decoded
     described = f"data: {job.data.kind}, {task.replace('_', '-')}, {len(classes)} "
     described += f"{get_task(task).outputs}, {counts} images"
     for line in fitted_lines(described, console.width):
@@ -134,8 +139,10 @@ def validate(
     for line in [*study_lines(job, plan), checked_line(info)]:
         for part in fitted_lines(line, console.width):
             console.print(part, highlight=False, soft_wrap=True)
+    for line in data_warnings(classes, sources):
+        _warn(f"{job_file}: data: {line}")
     for warning in budget_warnings(job):
-        console.print(f"[yellow]warning[/yellow]: {warning}", highlight=False)
+        _warn(f"{job_file}: {warning}")
 
 
 def _weights_command(job_file: Path, overrides: list[str] | None) -> str:
@@ -147,10 +154,12 @@ def _weights_command(job_file: Path, overrides: list[str] | None) -> str:
 def _check_weights(job, job_file: Path, overrides: list[str] | None, listed: bool = False):
     """The job's pretrained weights found here, by model; refused in one line (exit 2) when
     some are missing. `listed`: also one line per weight, present or missing."""
+    from kdray.tasks.models import file_problems
     from kdray.tasks.weights import find_all, missing_line
 
     where = job.weights_caches()
     wanted = job.weights_sources()
+    _check_cache(job, job_file, where, wanted)
     found, missing = find_all(wanted, where)
     for model, source in wanted.items() if listed else ():
         local = found.get(model)
@@ -159,7 +168,22 @@ def _check_weights(job, job_file: Path, overrides: list[str] | None, listed: boo
     if missing:
         _error(f"{job_file}: {missing_line(missing, where, _weights_command(job_file, overrides))}")
         raise typer.Exit(2)
+    misfits = file_problems(found)  # another model's weights: refused before Ray starts
+    for line in misfits:
+        _error(f"{job_file}: {line}")
+    if misfits:
+        raise typer.Exit(2)
     return found
+
+
+def _check_cache(job, job_file: Path, where, wanted) -> None:
+    """A weights cache that cannot be a folder: one line, exit 2 (only if weights are needed)."""
+    from kdray.tasks.weights import cache_problem
+
+    problem = cache_problem(where, job.weights_cache) if wanted else None
+    if problem:
+        _error(f"{job_file}: {problem}")
+        raise typer.Exit(2)
 
 
 def _size(size: int) -> str:
@@ -179,6 +203,7 @@ def weights(job_file: Path, set_: SetOption = None) -> None:
         console.print(f"{job_file}: no model starts from pretrained weights", highlight=False)
         return
     where = job.weights_caches()
+    _check_cache(job, job_file, where, wanted)
     console.print(f"cache: {where.describe()}", highlight=False, soft_wrap=True)
     failed = 0
     for model, source in wanted.items():
@@ -270,41 +295,21 @@ def _one_driver(root: Path, create: bool = False):
 
 
 def _run(exp, job, address: str | None, verbose: bool) -> None:
-    from kdray.data import DataError
     from kdray.export.write import write_tables
-    from kdray.grid.run import run_experiment
-    from kdray.grid.tune import GridInterrupted, ResourceError
-    from kdray.results.tables import read_trials, write_results
-    from kdray.spec.job import JobError
-    from kdray.store.experiment import ExperimentError
-    from kdray.store.lock import GridBusy
+    from kdray.grid.signals import sigterm_as_ctrl_c
+    from kdray.grid.teacher_checks import weak_teacher_lines
+    from kdray.results.tables import read_trials
     from kdray.store.versions import resume_warning
-    from kdray.tasks.weights import WeightsError
 
     console.print(f"experiment: {exp.root}")
     changed = resume_warning(exp.root)  # a resumed (or re-run) experiment, other packages
     if changed:
-        err.print(Text.assemble(("warning ", "bold yellow"), changed), soft_wrap=True)
-    try:
-        report = run_experiment(exp, job, address=address, verbose=verbose, console=console)
-    except (ResourceError, GridBusy, ExperimentError, WeightsError) as exc:
-        _error(str(exc))
-        raise typer.Exit(2) from None
-    except JobError as exc:  # what the data's task cannot give (known once it is read)
-        for line in exc.problems:
-            _error(line)
-        raise typer.Exit(2) from None
-    except DataError as exc:
-        _data_errors(exc, "")
-    except (KeyboardInterrupt, GridInterrupted):
-        write_results(exp)
-        err.print(
-            Text.assemble(("\ninterrupted", "yellow"), "; finished runs are kept. Continue with:")
-        )
-        err.print(f"  kdray resume {exp.root}", highlight=False, soft_wrap=True)
-        raise typer.Exit(130) from None
+        _warn(changed)
+    with sigterm_as_ctrl_c():
+        report = _run_grid(exp, job, address, verbose)
     trials = read_trials(exp).to_pandas()
-    print_closing_tables(trials, list(job.studies))
+    weak = weak_teacher_lines(trials, report.data) if report.data else []
+    print_closing_tables(trials, list(job.studies), weak)
     summary = write_tables(exp, trials, list(job.studies))
     console.print(f"\nresults: {exp.results_dir / 'trials.parquet'}", soft_wrap=True)
     console.print(f"tables:  {summary} (every table in full)", soft_wrap=True)
@@ -316,11 +321,44 @@ def _run(exp, job, address: str | None, verbose: bool) -> None:
         raise typer.Exit(1)
 
 
-def print_closing_tables(trials, studies: list[str]) -> None:
-    """The tables a finished grid ends with, fitted to the terminal's (or `COLUMNS`') width."""
+def _run_grid(exp, job, address: str | None, verbose: bool):
+    """The grid run, its refusals one line each (exit 2); stopped by Ctrl-C (exit 130) or
+    SIGTERM (143): finished runs kept, and how to resume."""
+    from kdray.data import DataError
+    from kdray.grid.run import run_experiment
+    from kdray.grid.signals import EXIT_CODE, terminated
+    from kdray.grid.tune import GridInterrupted, ResourceError
+    from kdray.results.tables import write_results
+    from kdray.spec.job import JobError
+    from kdray.store.experiment import ExperimentError
+    from kdray.store.lock import GridBusy
+    from kdray.tasks.weights import WeightsError
+
+    try:
+        return run_experiment(exp, job, address=address, verbose=verbose, console=console)
+    except (ResourceError, GridBusy, ExperimentError, WeightsError) as exc:
+        _error(str(exc))
+        raise typer.Exit(2) from None
+    except JobError as exc:  # what the data's task cannot give (known once it is read)
+        for line in exc.problems:
+            _error(line)
+        raise typer.Exit(2) from None
+    except DataError as exc:
+        _data_errors(exc, "")
+    except (KeyboardInterrupt, GridInterrupted):
+        write_results(exp)
+        how = "stopped (SIGTERM)" if terminated() else "interrupted"
+        err.print(Text.assemble((f"\n{how}", "yellow"), "; finished runs are kept. Continue with:"))
+        err.print(f"  kdray resume {exp.root}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_CODE if terminated() else 130) from None
+
+
+def print_closing_tables(trials, studies: list[str], teacher_warnings: list[str] = ()) -> None:
+    """The tables a finished grid ends with, fitted to the terminal's (or `COLUMNS`') width;
+    `teacher_warnings` under the teachers' and the KD gain tables."""
     from kdray.export.terminal import closing_output
 
-    for part in closing_output(trials, studies, console.width):
+    for part in closing_output(trials, studies, console.width, teacher_warnings):
         console.print(part)
 
 
@@ -504,6 +542,7 @@ def export(
     from kdray.export.write import export as do_export
     from kdray.results.cost_ratios import experiment_pareto_runs
     from kdray.store.experiment import Experiment, ExperimentError
+    from kdray.store.status import unfinished_line
 
     if not out.strip():  # Path("") would be the working directory
         _error("--out: empty; give the folder to write the tables into, e.g. --out results")
@@ -517,6 +556,9 @@ def export(
         written = do_export(experiment_dir, Path(out))
         for path in written.values():
             console.print(f"wrote {path}", highlight=False)
+        unfinished = unfinished_line(exp)
+        if unfinished:
+            _warn(f"{exp.root}: {unfinished}")
         for run_id in dict.fromkeys(runs):
             _export_onnx(experiment_dir, run_id, Path(out))
     except (ExperimentError, DeployError) as exc:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -139,27 +140,46 @@ def test_export_of_a_never_run_or_all_failed_experiment_writes_tables(tmp_path):
     assert "it broke" in (tmp_path / "out2" / "summary.md").read_text()
 
 
-@pytest.mark.ray
-def test_run_where_no_run_finishes_exits_1_listing_each_failed_run(tmp_path):
+def test_weights_of_another_architecture_are_refused_before_any_run(tmp_path):
     import timm
     import torch
+    from safetensors.torch import save_file
 
-    weights = tmp_path / "other.pth"  # a real checkpoint, of another architecture
-    torch.save(timm.create_model("test_efficientnet").state_dict(), weights)
-    job = job_dict(tmp_path, pretrained={"resnet10t": str(weights), "test_resnet": str(weights)})
+    other = tmp_path / "other.pth"  # a real checkpoint, of another architecture
+    torch.save(timm.create_model("resnet18").state_dict(), other)
+    stranger = tmp_path / "stranger.safetensors"
+    save_file({"encoder.weight": torch.zeros(3, 3)}, stranger)
+    for weights, says in ((other, "shapes differ"), (stranger, "keys missing")):
+        job = write_job(tmp_path, job_dict(tmp_path, pretrained={"resnet10t": str(weights)}))
+        for command in ("validate", "run"):
+            errors = refused(command, job, says=(f"pretrained.resnet10t: {weights}", says))
+            assert "does not fit resnet10t" in errors and len(errors.splitlines()) == 1, errors
+    assert not (tmp_path / "runs").exists()
+    own = tmp_path / "own.pth"  # fine-tuned elsewhere: 2 classes, 1 channel; timm adapts both
+    torch.save(timm.create_model("resnet10t", num_classes=2, in_chans=1).state_dict(), own)
+    job = write_job(tmp_path, job_dict(tmp_path, pretrained={"resnet10t": str(own)}))
+    result = cli("validate", job, "--quick")
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.ray
+def test_run_where_no_run_finishes_exits_1_listing_each_failed_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("KDRAY_TEST_CRASH_EPOCH", "1")  # the teacher's worker dies in epoch 1
+    monkeypatch.setenv("KDRAY_TEST_CRASH_DIR", str(tmp_path / "crashes"))
+    job = job_dict(tmp_path)
+    job["train"]["batch_size"] = 2  # 4 steps an epoch: the crash comes at step 2
     job["faults"] = {"trial_retries": 0}
     job["baseline"] = False  # one trial: the teacher fails, its student is never started
     result = cli("run", write_job(tmp_path, job))
     assert result.exit_code == 1, result.output
-    assert "2 run(s) failed" in result.output and "does not fit" in result.output
+    assert "2 run(s) failed" in result.output
     assert "not started: its teacher run" in result.output
     failures = [
         json.loads(f.read_text())["error"]
         for f in (tmp_path / "runs").glob("bad/runs/*/*.json")
         if f.name in ("summary.json", "failure.json")
     ]
-    assert failures and not any("weights_only" in error for error in failures)
-    assert any("shapes differ" in e or "keys missing" in e for e in failures)
+    assert len(failures) == 2 and all(failures), failures
     exported = cli("export", tmp_path / "runs" / "bad", "--out", tmp_path / "out")
     assert exported.exit_code == 0, exported.output
 
@@ -757,3 +777,247 @@ def test_16_bit_radiographs_use_their_full_range_not_clipped_at_255(tmp_path):
         for image in images:  # what the model is fed (before its mean/std normalisation)
             assert image.min() == 0 and image.max() == 255
             assert len(np.unique(image)) > 200  # the ramp's levels, not a wall of 255
+
+
+# --- round 4 (issue 33): the new tasks' inputs --------------------------------------------------
+
+
+def masks_job(tmp_path: Path, **data) -> dict:
+    """A segmentation job on an images/ + masks/ tree made in the test."""
+    from tests.test_segmentation_data import pairs_tree
+
+    root = tmp_path / "pairs"
+    if not root.exists():
+        pairs_tree(root, count=12)
+    section = {"kind": "masks", "root": str(root), "image_size": 32, **data}
+    seg = {"teachers": ["unet-resnet10t"], "students": ["unet-test_resnet"]}
+    studies = {"seg": {**seg, "method": {"name": "pixel_kd"}}}
+    return job_dict(tmp_path, data=section, studies=studies)
+
+
+def object_array_npz(path: Path, labels_key: str) -> Path:
+    """An archive whose train images are a pickled object array (np.load refuses it)."""
+    images = np.empty(4, dtype=object)
+    images[:] = [np.zeros((8, 8), np.uint8)] * 4
+    arrays = {"train_images": images}
+    for key in ("train", "val", "test"):
+        arrays.setdefault(f"{key}_images", np.zeros((4, 8, 8), np.uint8))
+        arrays[f"{key}_{labels_key}"] = (
+            np.zeros((4, 8, 8), np.uint8) if labels_key == "label" else np.array([0, 1, 0, 1])
+        )
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["masks", "medmnist"])
+def test_an_npz_of_object_arrays_is_named_in_one_line_by_validate_and_run(tmp_path, kind):
+    npz = object_array_npz(tmp_path / "objects.npz", "label" if kind == "masks" else "labels")
+    job = job_dict(tmp_path, data={"kind": kind, "path": str(npz), "image_size": 32})
+    if kind == "masks":
+        job["studies"] = masks_job(tmp_path)["studies"]
+    for command in ("validate", "run"):
+        errors = refused(command, write_job(tmp_path, job), says=(str(npz), "train_images"))
+        assert "Python objects" in errors and len(errors.splitlines()) == 1, errors
+    assert not (tmp_path / "runs" / "bad").exists()  # no job.json, plan.json or lock left
+
+
+def test_a_task_type_the_read_data_cannot_be_is_one_line_in_validate_and_run(tmp_path):
+    job = job_dict(tmp_path, data={**job_dict(tmp_path)["data"], "task_type": "multi_label"})
+    for command in ("validate", "run"):
+        errors = refused(command, write_job(tmp_path, job), says=("data.task_type: multi_label",))
+        assert "one class per image (single_label)" in errors and len(errors.splitlines()) == 1
+        assert "data: data." not in errors
+    assert not (tmp_path / "runs" / "bad").exists()
+
+
+@pytest.mark.parametrize(
+    ("make_job", "not_said"),
+    [  # masks read as labels: unet names would be blamed as timm models
+        (lambda t: masks_job(t, task_type="single_label"), "is not a timm model"),
+        # labels read as masks: the KD method would be blamed
+        (
+            lambda t: job_dict(t, data={**job_dict(t)["data"], "task_type": "segmentation"}),
+            "is defined for",
+        ),
+    ],
+    ids=["masks-as-labels", "labels-as-masks"],
+)
+def test_a_task_type_that_does_not_fit_the_data_kind_is_named_first(tmp_path, make_job, not_said):
+    errors = refused("validate", write_job(tmp_path, make_job(tmp_path)), "--quick")
+    first = errors.splitlines()[0]
+    assert "data.task_type:" in first and "does not fit" in first, errors
+    assert not_said not in errors
+
+
+def warned(*args, says: tuple[str, ...]) -> str:
+    """Run kdray expecting exit 0 with warning lines that contain each of `says`."""
+    result = cli(*args)
+    assert result.exit_code == 0, result.output
+    warnings = "\n".join(ln for ln in result.output.splitlines() if ln.startswith("warning"))
+    for text in says:
+        assert text in warnings, f"{text!r} not in:\n{result.output}"
+    return warnings
+
+
+def test_a_named_category_without_images_is_refused(tmp_path):
+    from tests.test_segmentation_data import busi_tree
+
+    root = busi_tree(tmp_path / "busi")
+    for file in (root / "normal").iterdir():
+        if "_mask" not in file.name:
+            file.unlink()  # its masks stay: the folder holds no image
+    data = {"kind": "masks", "root": str(root), "layout": "busi", "image_size": 32}
+    job = {**masks_job(tmp_path), "data": {**data, "categories": ["benign", "normal"]}}
+    errors = refused("validate", write_job(tmp_path, job), "--quick")
+    assert f"{root / 'normal'}: no images" in errors and "data.categories" in errors, errors
+
+
+@pytest.mark.parametrize("layout", ["busi", "pairs"])
+def test_a_mask_without_its_image_is_named_in_a_warning(tmp_path, layout):
+    from tests.test_segmentation_data import busi_tree, lesion, pairs_tree
+
+    if layout == "busi":
+        root = busi_tree(tmp_path / "busi")
+        lone = root / "benign" / "benign (9)_mask.png"
+    else:
+        root = pairs_tree(tmp_path / "pairs", count=12)
+        lone = root / "masks" / "ISIC_0000099.png"
+    Image.fromarray(lesion()).save(lone)
+    job = {**masks_job(tmp_path), "data": {"kind": "masks", "root": str(root), "layout": layout}}
+    job["data"]["image_size"] = 32
+    warned("validate", write_job(tmp_path, job), "--quick", says=("1 mask file(s) without their "
+           f"image, left out: {lone}",))  # fmt: skip
+
+
+def csv_job(tmp_path: Path, rows: list[str], header: str = "path,label") -> dict:
+    make_images(tmp_path / "images")
+    (tmp_path / "images" / "list.csv").write_text("\n".join([header, *rows]) + "\n")
+    data = {"kind": "folder", "csv": str(tmp_path / "images" / "list.csv"), "image_size": 16}
+    return job_dict(tmp_path, data={**data, "split_by": {"valid": 0.25, "test": 0.25}})
+
+
+def every_row(group: bool = False) -> list[str]:
+    return [
+        f"{side}/{i}.png,{side}" + (f",p{i}" if group else "")
+        for side in ("left", "right")
+        for i in range(8)
+    ]
+
+
+def test_an_image_listed_twice_with_other_labels_is_refused(tmp_path):
+    job = csv_job(tmp_path, [*every_row(), "left/3.png,right"])
+    errors = refused("validate", write_job(tmp_path, job), "--quick")
+    assert "line 18: " in errors and "left/3.png is listed again, with label 'right'" in errors
+    assert "line 5: 'left'" in errors and "one row" in errors, errors
+
+
+def test_an_image_listed_twice_alike_is_used_once_and_said(tmp_path):
+    from kdray.data import open_sources
+    from kdray.spec.load import parse_job
+
+    job = csv_job(tmp_path, [*every_row(), "left/3.png,left", "right/0.png,right"])
+    warned("validate", write_job(tmp_path, job), "--quick",
+           says=("2 row(s) list an image again with the same labels (line 18 repeats line 5; "
+                 "line 19 repeats line 10); each image is used once",))  # fmt: skip
+    _, sources = open_sources(parse_job(job).data)
+    files = [str(p) for source in sources.values() for p in source.paths]
+    assert len(files) == len(set(files)) == 16  # never in two splits, nor twice in one
+
+
+def test_blank_group_cells_are_counted_in_a_warning(tmp_path):
+    rows = every_row(group=True)
+    rows[:3] = [row.rsplit(",", 1)[0] + "," for row in rows[:3]]
+    job = csv_job(tmp_path, rows, header="path,label,group")
+    warned("validate", write_job(tmp_path, job), "--quick",
+           says=("3 of 16 rows have a blank group cell", "fill in the group column"))  # fmt: skip
+
+
+def test_a_label_with_no_positive_in_train_is_warned_of(tmp_path):
+    rows = [f"{s}/{i}.png,{i % 2},0,{'train' if i < 4 else 'valid' if i < 6 else 'test'}"
+            for s in ("left", "right") for i in range(8)]  # fmt: skip
+    rows[-1] = rows[-1].replace(",0,test", ",1,test")  # Edema: positive in test alone
+    job = csv_job(tmp_path, rows, header="path,Atelectasis,Edema,split")
+    job["data"]["label_columns"] = ["Atelectasis", "Edema"]
+    job["data"].pop("split_by")
+    warned("validate", write_job(tmp_path, job), "--quick",
+           says=("label(s) ['Edema'] have no positive image in the train split",))  # fmt: skip
+
+
+def test_export_of_a_running_grid_says_how_many_runs_its_tables_hold(tmp_path):
+    from kdray.store.lock import hold_driver
+
+    root = experiment(tmp_path)
+    first, *others = fake_finished_runs(root)
+    for run_id in others:  # still training: no summary yet
+        (root / "runs" / run_id / "summary.json").unlink()
+    total = 1 + len(others)
+    with hold_driver(root):  # a live driver, as `kdray run` holds it
+        said = warned("export", root, "--out", tmp_path / "out",
+                      says=(f"1 of {total} runs finished; the grid is still running",))  # fmt: skip
+    assert str(root) in said
+    assert first in (tmp_path / "out" / "trials.csv").read_text()  # what is finished, exported
+    said = warned("export", root, "--out", tmp_path / "out2",
+                  says=(f"1 of {total} runs finished", f"kdray resume {root}"))  # fmt: skip
+    assert "still running" not in said
+
+
+@pytest.mark.parametrize("how", ["job", "env"])
+def test_a_weights_cache_that_is_a_file_is_named(tmp_path, monkeypatch, how):
+    a_file = tmp_path / "cache.txt"
+    a_file.write_text("not a folder")
+    job = job_dict(tmp_path, pretrained={"resnet10t": "imagenet"})
+    if how == "job":
+        job["weights_cache"] = str(a_file)
+    else:
+        monkeypatch.setenv("KDRAY_WEIGHTS_CACHE", str(a_file))
+    named = "weights_cache" if how == "job" else "$KDRAY_WEIGHTS_CACHE"
+    for command in ("validate", "run", "weights"):
+        errors = refused(command, write_job(tmp_path, job), says=(f"{named}: {a_file} is a file",))
+        assert len(errors.splitlines()) == 1, errors
+    assert a_file.read_text() == "not a folder" and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("value", ["many", 2.5, True, 0])
+def test_runs_per_trial_other_than_auto_or_a_count_is_one_line(tmp_path, value):
+    job = job_dict(tmp_path)
+    job["resources"]["runs_per_trial"] = value  # `true` was read as 1
+    errors = refused("validate", write_job(tmp_path, job), "--quick",
+                     says=("resources.runs_per_trial: runs_per_trial is auto or a whole number",
+                           f"(got {value!r})"))  # fmt: skip
+    assert len(errors.splitlines()) == 1, errors  # not one line per branch of `int | "auto"`
+
+
+def test_a_16_bit_mask_of_class_indices_is_read_as_stored(tmp_path):
+    import cv2
+
+    from kdray.data import prepare_data
+    from kdray.spec.load import parse_job
+
+    job = masks_job(tmp_path, classes=["background", "benign", "malignant"])
+    values = np.zeros((40, 48), np.uint16)
+    values[5:15, 10:30], values[20:30, 10:30] = 1, 2  # class indices, saved in 16 bits
+    masks = sorted((tmp_path / "pairs" / "masks").iterdir())
+    for mask in masks:
+        assert cv2.imwrite(str(mask), values)
+    mask = masks[0]
+    result = cli("validate", write_job(tmp_path, job))
+    assert result.exit_code == 0, result.output
+    info = prepare_data(parse_job(job).data, tmp_path / "cache")
+    labels = np.concatenate([np.load(f"{info.path}/{s}_labels.npy") for s in info.counts])
+    assert set(np.unique(labels)) == {0, 1, 2}
+    values[0, 0] = 7  # a value no class has: named as stored, not as stretched (255)
+    assert cv2.imwrite(str(mask), values)
+    errors = refused("validate", write_job(tmp_path, job), says=(str(mask), "mask values [7]"))
+    assert "255" not in errors, errors
+
+
+def test_validate_counts_the_images_it_decoded_when_bad_ones_are_skipped(tmp_path):
+    job = job_dict(tmp_path)
+    job["data"]["on_bad_image"] = "skip"
+    truncate_an_image(tmp_path)
+    result = cli("validate", write_job(tmp_path, job), env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    counts = re.search(r"train (\d+), valid (\d+), test (\d+) images", said)
+    assert counts and sum(map(int, counts.groups())) == 15, said  # 16 files, 1 unreadable
+    assert "1 left out (on_bad_image: skip)" in said and "3.png" in said

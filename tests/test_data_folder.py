@@ -217,25 +217,29 @@ def test_csv_of_paths_and_labels_is_carved_by_file_with_natural_class_order(tmp_
 
 
 def test_csv_problems_are_all_reported_with_their_line(tmp_path):
-    rows = [f"images/{i}.png,{'ab'[i % 2]},train" for i in range(8)]
+    rows = [f"images/{i}.png,{'ab'[i % 2]},train" for i in range(9)]
     csv_path = csv_tree(tmp_path, "path,label,split", rows)
-    lines = csv_path.read_text().splitlines()
+    lines = csv_path.read_text().splitlines()[:-1]  # images/8.png: made, not listed
     lines += [
         "images/missing.png,a,test",  # line 10: no such file
-        "images/0.png,c,valid",  # line 11: label outside the classes
+        "images/8.png,c,valid",  # line 11: label outside the classes
         "images/1.png,a",  # line 12: a field short
         "images/2.png,b,holdout",  # line 13: unknown split
+        "images/3.png,a,train",  # line 14: image 3 again, with another label
     ]
     csv_path.write_text("\n".join(lines) + "\n")
     with pytest.raises(DataError) as err:
         open_sources(Config(csv=csv_path, classes=["a", "b"]))
     problems = err.value.problems
-    assert len(problems) == 4
+    assert len(problems) == 5
     assert problems[0].startswith(f"{csv_path} line 10: ")
     assert f"{csv_path.parent / 'images/missing.png'} does not exist" in problems[0]
     assert problems[1].startswith(f"{csv_path} line 12: 2 fields, the header has 3")
     assert problems[2].startswith(f"{csv_path} line 13: split 'holdout'")
-    assert problems[3].startswith(f"{csv_path} line 11: label 'c' is not one of data.classes")
+    assert problems[3].startswith(
+        f"{csv_path} line 14: {csv_path.parent / 'images/3.png'} is listed again, with label 'a'"
+    )
+    assert problems[4].startswith(f"{csv_path} line 11: label 'c' is not one of data.classes")
 
 
 def test_csv_missing_file_skipped_and_bad_header(tmp_path):
@@ -336,3 +340,30 @@ def test_compressed_dicom_decodes_to_the_same_image_as_the_uncompressed_file(com
     reference = read_dicom(get_testdata_file("MR_small.dcm"))
     assert reference.std() > 0
     assert np.array_equal(read_dicom(get_testdata_file(compressed)), reference)
+
+
+@pytest.mark.parametrize("fractions", [{"valid": 0.1, "test": 0.1}, {"valid": 0.2, "test": 0.3}])
+def test_groups_are_carved_to_fractions_of_the_images_not_of_the_groups(fractions):
+    from kdray.data.files import carve_groups
+
+    rng = np.random.default_rng(0)  # 264 patients, 1 to 20 images each (chest X-ray follow-ups)
+    sizes = {f"p{i}": int(n) for i, n in enumerate(np.minimum(rng.geometric(0.27, 264), 20))}
+    total = sum(sizes.values())
+    for seed in range(3):
+        carved = carve_groups(sizes, fractions, seed)
+        assert sorted(k for keys in carved.values() for k in keys) == sorted(sizes)  # each once
+        for split, fraction in fractions.items():  # within half the largest group's images
+            share = sum(sizes[k] for k in carved[split]) / total
+            assert abs(share - fraction) <= max(sizes.values()) / 2 / total, (seed, split, share)
+
+
+def test_a_group_split_far_from_its_fractions_is_warned_of(tmp_path):
+    from kdray.data import data_warnings
+
+    rows = [f"images/{i}.png,{i % 2},p{i // 5}" for i in range(20)]  # 4 patients, 5 images
+    csv_path = csv_tree(tmp_path, "path,label,group", rows)
+    classes, sources = open_sources(Config(csv=csv_path, split_by={"valid": 0.1, "test": 0.1}))
+    assert [len(sources[s]) for s in ("train", "valid", "test")] == [10, 5, 5]
+    (line,) = data_warnings(classes, sources)
+    assert line.startswith(f"{csv_path}: whole groups give valid 25.0% (split_by 10%), test "
+                           "25.0% (split_by 10%) of the images")  # fmt: skip

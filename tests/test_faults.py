@@ -101,29 +101,38 @@ def epochs_done(exp) -> dict[str, int]:
     }
 
 
-def stop_driver_once(command: list[str], stop: int, env: dict, ready: Callable[[], bool]) -> int:
-    """Start a `kdray` driver, wait until `ready()`, send `stop` to its process group; its exit
-    code."""
+def stop_driver_once(
+    command: list[str], stop: int, env: dict, ready: Callable[[], bool], output: Path | None = None
+) -> int:
+    """Start a `kdray` driver, wait until `ready()`, send `stop` to its process group (as a
+    terminal's Ctrl-C, `timeout` or Slurm do: every Ray process gets it too); its exit code.
+    `output`: a file for its stdout and stderr."""
+    sink = open(output, "w") if output else subprocess.DEVNULL  # noqa: SIM115 (closed below)
     driver = subprocess.Popen(
         [sys.executable, "-m", "kdray", *command],
         cwd=REPO,
         env=env,
         start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=sink,
+        stderr=subprocess.STDOUT if output else subprocess.DEVNULL,
     )
     deadline = time.time() + 240
     while time.time() < deadline and not ready():
         time.sleep(0.5)
     assert ready(), f"kdray {command[0]}: not ready to stop before the deadline"
     os.killpg(driver.pid, stop)
-    return driver.wait(timeout=90)
+    try:
+        return driver.wait(timeout=90)
+    finally:
+        if output:
+            sink.close()
 
 
 @pytest.mark.timeout(600)
-def test_driver_stopped_by_ctrl_c_then_killed_each_resume_redoes_no_finished_run(tmp_path):
-    """Ctrl-C mid-grid, then `kdray resume` killed (SIGKILL) mid-grid, then resumed to the end:
-    no run finished before a stop is trained again or touched, and the grid completes."""
+def test_driver_stopped_by_sigterm_then_killed_each_resume_redoes_no_finished_run(tmp_path):
+    """SIGTERM mid-grid (what `timeout`, Slurm and Kubernetes send; handled as Ctrl-C is), then
+    `kdray resume` killed (SIGKILL) mid-grid, then resumed to the end: no run finished before a
+    stop is trained again or touched, and the grid completes."""
     raw = tiny_job_dict(tmp_path)
     # enough epochs that a run is still training when the Ray processes a SIGKILL orphans
     # stop (they go on for ~3 s)
@@ -134,8 +143,17 @@ def test_driver_stopped_by_ctrl_c_then_killed_each_resume_redoes_no_finished_run
     exp = Experiment.for_job(parse_job(raw))
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
 
-    code = stop_driver_once(["run", str(job_file)], signal.SIGINT, env, lambda: finished_runs(exp))
-    assert code == 130  # Ctrl-C: a clean stop that says how to resume
+    said = tmp_path / "driver.txt"
+    code = stop_driver_once(
+        ["run", str(job_file)], signal.SIGTERM, env, lambda: finished_runs(exp), output=said
+    )
+    output = said.read_text()
+    assert code == 143, output  # as Ctrl-C (130): a clean stop that says how to resume
+    assert (
+        f"stopped (SIGTERM); finished runs are kept. Continue with:\n  kdray resume {exp.root}"
+        in output
+    )
+    assert "Traceback" not in output and "SystemExit" not in output, output
     # runs cut short are interrupted or pending, never reported as failed
     assert not [r for r in status_rows(exp) if r["state"] == "failed"]
     time.sleep(2)

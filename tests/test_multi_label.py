@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from kdray.data import DataError, open_sources, prepare_data
 from kdray.data.folder import Config as FolderConfig
@@ -174,3 +175,48 @@ def test_a_multi_label_grid_reports_mean_auroc_with_paired_verdicts(tmp_path):
     }
     assert "student x teacher mean AUROC" in written["kd.md"].read_text()
     assert "mean AUROC" in written["report.html"].read_text()
+
+
+class Brightness(torch.nn.Module):
+    """A stand-in model: both labels' logit is the image's mean pixel (its data encodes a
+    probability in the brightness), so the test sets what each image is predicted."""
+
+    def forward(self, x):
+        return x.mean(dim=(1, 2, 3)).unsqueeze(1).repeat(1, 2)
+
+
+def test_per_label_thresholds_are_chosen_on_validation_only(tmp_path):
+    import math
+
+    from kdray.data.cache import DataInfo
+    from kdray.tasks import get_task
+    from kdray.tasks.multi_label import THRESHOLD_RULE, best_f1_thresholds
+    from kdray.train.evaluate import final_metrics
+    from tests.conftest import tiny_job_dict
+
+    def split(name: str, probs: list[float], positives: list[int]):
+        logits = [math.log(p / (1 - p)) for p in probs]  # the model's logit is the pixel value
+        images = np.stack([np.full((4, 4, 1), v, np.float32) for v in logits])
+        labels = np.zeros((len(probs), 2), np.int64)
+        labels[positives, :] = 1
+        np.save(tmp_path / f"{name}_images.npy", images)  # read as pixels: mean 0, std 1/255
+        np.save(tmp_path / f"{name}_labels.npy", labels)
+
+    rare = [0.05, 0.1, 0.15, 0.2, 0.3, 0.35, 0.4, 0.45]  # a rare label: every probability < 0.5
+    split("train", rare, [7])
+    split("valid", rare, [6, 7])  # best F1 on validation: a threshold of 0.4
+    split("test", rare, [4, 5, 6, 7])  # test's own best would be 0.3: must not be used
+    info = DataInfo(str(tmp_path), "x", ["a", "b"], 1, 4, {}, [0.0], [1 / 255], task="multi_label")
+    job = parse_job(tiny_job_dict(tmp_path))
+    out = final_metrics(Brightness(), job, info, "cpu")
+    assert out["test_report"]["f1_rule"] == THRESHOLD_RULE
+    valid_probs = np.asarray([[p, p] for p in rare])
+    valid_labels = np.load(tmp_path / "valid_labels.npy")
+    chosen = best_f1_thresholds(valid_probs, valid_labels)
+    assert chosen == pytest.approx([0.4, 0.4])
+    thresholds = [row["threshold"] for row in out["test_report"]["per_label"]]
+    assert thresholds == pytest.approx(chosen)  # the validation's, on test
+    assert out["test_f1"] == pytest.approx(2 * 2 / (2 + 4))  # 2 of 4 found, both right: 0.667
+    task = get_task("multi_label")
+    test_probs, test_labels = valid_probs, np.load(tmp_path / "test_labels.npy")
+    assert task.metrics(test_probs, test_labels)["f1"] == 0.0  # at 0.5: never predicted

@@ -78,3 +78,48 @@ def test_the_data_lines_are_cut_at_their_commas_never_inside_a_name_and_its_numb
     assert parts[0] == "train images per class: ELBOW_0 100"
     assert parts[1:] == [f"{n}_{i} {100 + i}" for i, n in enumerate(names)][1:]
     assert fitted_lines("data: synthetic, 32px x 1ch", 80) == ["data: synthetic, 32px x 1ch"]
+
+
+def test_a_list_in_a_data_line_is_never_cut():
+    from kdray.grid.progress import fitted_lines
+
+    said = "a.png: mask values [0, 100, 255]: a binary mask holds 0 (background, one lesion)"
+    lines = fitted_lines(f"checked: the job, the data, 1 left out: {said}, into /tmp/x", 60)
+    assert len(lines) > 1 and any(said in line for line in lines), lines
+
+
+def test_a_teacher_at_chance_is_said_under_the_teachers_and_the_kd_gain(tmp_path, monkeypatch):
+    import numpy as np
+
+    from kdray.data.cache import DataInfo
+    from kdray.grid.teacher_checks import weak_teacher_lines
+
+    cache = tmp_path / "cache"  # a validation split of 120 images, 60 % of one class
+    cache.mkdir()
+    np.save(cache / "valid_images.npy", np.zeros((120, 8, 8, 1), np.uint8))
+    np.save(cache / "valid_labels.npy", np.array([0] * 72 + [1] * 48))
+    data = DataInfo(str(cache), "x", ["HAND", "WRIST"], 1, 8, {"valid": 120}, [0.5], [0.2])
+    trials, studies = finished_quickstart(tmp_path, [0])
+    teachers = (trials.stage == "teacher") & trials.band_low.isna()
+    assert sorted(trials[teachers].model) == ["resnet10t", "seresnet18"]
+    seresnet = teachers & (trials.model == "seresnet18")
+    trials.loc[trials.model == "seresnet18", "params"] = 11e6
+    trials.loc[trials.model == "resnet10t", "params"] = 5e6
+    trials.loc[seresnet, "val_score"] = 0.9  # the student's baseline (resnet10t) has 0.740
+    # reverse: resnet10t (0.740) teaches the larger seresnet18 (0.9), weaker by design
+    assert not weak_teacher_lines(trials, data)  # both above 0.6 + noise (0.089)
+    trials.loc[seresnet, "val_score"] = 0.65  # near chance
+    (line,) = weak_teacher_lines(trials, data)
+    assert line.startswith("teacher seresnet18: validation accuracy 0.650, within noise (0.089) "
+                           "of 0.600, the score of always predicting HAND: it learned")  # fmt: skip
+    trials.loc[seresnet, "val_score"] = 0.72  # above chance, below its student's own baseline
+    (line,) = weak_teacher_lines(trials, data)
+    assert "0.720, below its students' own no-KD baselines (0.740), though no" in line, line
+    monkeypatch.setenv("COLUMNS", "200")
+    recorded = Console(record=True)
+    monkeypatch.setattr(cli, "console", recorded)
+    cli.print_closing_tables(trials, studies, [line])
+    text = recorded.export_text()
+    teachers_at, gain_at = text.index("Teachers"), text.index("KD gain over")
+    said = [m.start() for m in re.finditer(re.escape(f"warning {line}"), text)]
+    assert len(said) == 2 and teachers_at < said[0] < gain_at < said[1], text

@@ -76,3 +76,20 @@ def test_trials_parquet_metadata_holds_the_recorded_versions(tmp_path):
     write_results(exp)
     metadata = pq.read_schema(exp.results_dir / "trials.parquet").metadata
     assert json.loads(metadata[b"kdray.versions"]) == versions.recorded(exp.root)
+
+
+def test_another_cpu_of_the_same_isa_is_named_on_resume_and_older_folders_are_not(
+    tmp_path, monkeypatch
+):
+    exp = _experiment(tmp_path)
+    now = versions.current()
+    assert {"cpu", "cpu.isa", "cpu.flags", "opencv.dispatch"} <= set(now)
+    started = {**now, "cpu": "Intel(R) Xeon(R) Platinum 8480+", "cpu.flags": "avx2 amx_bf16"}
+    (exp.root / "versions.json").write_text(json.dumps(started))
+    output = _resume_output(exp, monkeypatch)
+    (line,) = [ln for ln in output.splitlines() if "versions.json" in ln]
+    assert f"cpu.flags avx2 amx_bf16 -> {now['cpu.flags']}" in line, line
+    assert "Platinum 8480+ ->" in line and "cpu.isa" not in line  # the same ISA: not listed
+    older = {k: v for k, v in now.items() if k not in versions.MACHINE_KEYS}
+    (exp.root / "versions.json").write_text(json.dumps(older))  # before dispatch was recorded
+    assert "warning" not in _resume_output(exp, monkeypatch)

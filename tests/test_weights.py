@@ -13,6 +13,7 @@ import json
 import re
 import socket
 import threading
+import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -469,6 +470,30 @@ def test_kdray_weights_fetches_url_weights_from_a_mirror(
     assert done.exit_code == 0, done.output
     assert (online.checkpoints / LEGACY_FILE).read_bytes() == path.read_bytes()
     assert f"sha256 {hashlib.sha256(path.read_bytes()).hexdigest()}  downloaded" in done.output
+
+
+def test_kdray_weights_says_at_once_when_the_hub_or_mirror_cannot_be_reached(
+    tmp_path, online, monkeypatch
+):
+    from kdray.tasks.weights_fetch import MIRROR_ENV
+
+    closed = "http://127.0.0.1:9"  # nothing listens: refused at once, as an offline host is
+    hub_endpoint(monkeypatch, closed)
+    monkeypatch.setenv(MIRROR_ENV, f"{closed}/files")
+    raw = tiny_job_dict(tmp_path, pretrained={"test_resnet": "imagenet"})
+    raw["studies"]["legacy"] = {"students": [LEGACY], "method": {"name": "tfkd_virtual"}}
+    raw["pretrained"][LEGACY] = "imagenet"
+    started = time.monotonic()
+    result = CliRunner().invoke(app, ["weights", str(write_job(tmp_path, raw))])
+    assert time.monotonic() - started < 30  # not a minute of retries per file
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error")]
+    assert len(errors) == 2, result.output  # one per weight
+    hub, mirror = sorted(errors, key=lambda line: LEGACY in line)
+    assert f"{closed} cannot be reached" in hub and "$HF_ENDPOINT" in hub, hub
+    assert f"{closed}/files/{LEGACY_FILE} cannot be reached" in mirror, mirror
+    assert f"${MIRROR_ENV}" in mirror and "machine with network" in mirror
+    assert "holds none of" not in result.output
 
 
 def test_kdray_weights_refuses_when_offline(tmp_path, cache):

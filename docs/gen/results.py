@@ -46,8 +46,10 @@ TRIAL_COLUMNS: list[tuple[str, str]] = [
         "{train,val,test}_{acc,balanced_acc,f1,kappa,auroc,map,loss}",
         "single-label: accuracy, balanced accuracy (mean per-class recall), macro-F1, Cohen's κ, "
         "AUROC (binary: positive class; multi-class: macro one-vs-rest), cross-entropy. "
-        "Multi-label: mean per-label accuracy at 0.5, macro-F1, mean AUROC, mean average "
-        "precision (`map`), BCE over the known labels. From the final weights; train is "
+        "Multi-label: mean per-label accuracy at 0.5, macro-F1 at per-label thresholds chosen "
+        "on validation alone (each label's max-F1 threshold there, applied to every split; "
+        "`per_label.threshold`), mean AUROC, mean average precision (`map`), BCE over the known "
+        "labels. From the final weights; train is "
         "evaluated without augmentation",
     ),
     (

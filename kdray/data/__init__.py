@@ -24,7 +24,6 @@ from kdray.data.cache import (
     write_cache,
 )
 from kdray.data.files import stamp_digest
-from kdray.tasks import get_task
 
 DATA_KINDS: dict[str, ModuleType] = {
     "synthetic": synthetic,
@@ -54,6 +53,8 @@ def prepare_data(cfg, cache_root: str | Path) -> DataInfo:
     classes, sources = opened or open_sources(cfg)
     dropped = {split: len(getattr(src, "dropped", ()) or ()) for split, src in sources.items()}
     named = [line for src in sources.values() for line in getattr(src, "dropped", ()) or ()]
+    extra = {"dropped_rows": dropped, "dropped_files": named[:100]} if named else {}
+    warnings = data_warnings(classes, sources)
     return write_cache(
         dest,
         sources,
@@ -61,10 +62,28 @@ def prepare_data(cfg, cache_root: str | Path) -> DataInfo:
         image_size(cfg, sources),
         cfg.channels,
         fp,
-        extra={"dropped_rows": dropped, "dropped_files": named[:100]} if named else None,
+        extra={**extra, "warnings": warnings} if warnings else extra or None,
         on_bad_image=cfg.on_bad_image,
         task=data_task(cfg, sources),
     )
+
+
+def data_warnings(classes: list[str], sources: dict) -> list[str]:
+    """What the data holds that a run will not refuse but a user should hear of, one line each:
+    what the data kind let pass (each source's `warnings`: masks without their image, ...),
+    and labels no training image has (a multi-label model cannot learn them)."""
+    lines = [line for src in sources.values() for line in getattr(src, "warnings", ()) or ()]
+    labels = getattr(sources["train"], "labels", None)
+    if labels is not None and np.ndim(labels) == 2:
+        never = [c for c, column in zip(classes, np.asarray(labels).T, strict=False)
+                 if not (column == 1).any()]  # fmt: skip
+        if never:
+            lines.append(
+                f"label(s) {never} have no positive image in the train split: a model cannot "
+                "learn them (their test AUROC is chance); add positive images or drop them "
+                "from the labels"
+            )
+    return list(dict.fromkeys(lines))
 
 
 def image_size(cfg, sources: dict) -> int:
@@ -85,17 +104,25 @@ def data_task(cfg, sources: dict) -> str:
     says (MedMNIST's registry, a masks kind), else from the targets: masks are segmentation, a
     row of labels per image is multi-label."""
     masks = has_masks(sources["train"])
+    found = "segmentation" if masks else _label_task(sources["train"].labels)
     declared = cfg.task_type or cfg.declared_task()
-    if declared is not None:
-        if get_task(declared).pixel_targets != masks:
-            has = "masks" if masks else "a label per image"
-            raise DataError(
-                [f"data.task_type: {declared} does not fit data ({cfg.kind}) that has {has}"]
-            )
-        return declared
-    if masks:
-        return "segmentation"
-    return "multi_label" if np.ndim(sources["train"].labels) == 2 else "single_label"
+    if declared is not None and declared != found:
+        has = {
+            "segmentation": "masks",
+            "multi_label": "a row of labels per image",
+            "single_label": "one class per image",
+        }[found]
+        raise DataError(
+            [
+                f"data.task_type: {declared} does not fit this {cfg.kind} data, which has {has} "
+                f"({found}); drop data.task_type or set it to {found}"
+            ]
+        )
+    return found
+
+
+def _label_task(labels) -> str:
+    return "multi_label" if np.ndim(labels) == 2 else "single_label"
 
 
 def reads_image_files(cfg) -> bool:
@@ -117,6 +144,7 @@ __all__ = [
     "SPLITS",
     "DataError",
     "data_task",
+    "data_warnings",
     "DataInfo",
     "load_split",
     "open_sources",

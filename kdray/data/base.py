@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_serializer, model_validator
 
@@ -46,9 +46,30 @@ class DataConfigBase(BaseModel):
         "registry; a row of labels per image is multi_label; masks are segmentation)",
     )
 
+    #: whether this kind's targets are masks (segmentation) rather than labels
+    holds_masks: ClassVar[bool] = False
+
     def declared_task(self) -> str | None:
         """The task the data kind knows without reading the data (MedMNIST's registry)."""
         return None
+
+    def task_type_problem(self) -> str | None:
+        """`task_type` set to a task this data cannot be (known without reading it): one line
+        naming the field, or None."""
+        known = self.declared_task()
+        if self.task_type is None or self.task_type == known:
+            return None
+        if known is None and (self.task_type == "segmentation") == self.holds_masks:
+            return None  # labels: single- or multi-label, known once the data is read
+        if known is not None:
+            return (
+                f"data.task_type: {self.task_type} does not fit {self.kind} data, which is "
+                f"{known.replace('_', '-')}; drop data.task_type or set it to {known}"
+            )
+        return (
+            f"data.task_type: {self.task_type} does not fit {self.kind} data, which has a label "
+            "per image, no masks; drop data.task_type or set it to single_label or multi_label"
+        )
 
     def unused_fields(self) -> set[str]:
         """Fields left out of the section's dump (and so of cache fingerprints and run ids):

@@ -34,6 +34,7 @@ class FileSource:
     labels: np.ndarray
     groups: np.ndarray | None = None
     dropped: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # what was let pass (duplicate rows, ...)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -231,6 +232,32 @@ def carve(
             out[name].update(ordered[start : start + count])
             start += count
         out["train"].update(ordered[start:])
+    return out
+
+
+def carve_groups(
+    sizes: dict[str, int], fractions: dict[str, float], seed: int
+) -> dict[str, set[str]]:
+    """Assign whole groups (patients: `sizes` images each) to the splits named in `fractions`,
+    so that each holds about its fraction of the images, not of the groups: groups in seeded
+    order, each to the first split it brings closer to its image count (it never overshoots by
+    more than it closes); "train" gets the rest. Each named split, and "train", keeps at least
+    one group while there are enough. Off by at most about half the largest group per split."""
+    total = sum(sizes.values())
+    want = {name: fraction * total for name, fraction in fractions.items()}
+    taken = dict.fromkeys(fractions, 0)
+    out: dict[str, set[str]] = {name: set() for name in ("train", *fractions)}
+    for key in rank(sizes, seed):
+        size = sizes[key]
+        name = next((n for n in fractions if abs(taken[n] + size - want[n]) < want[n] - taken[n]),
+                    "train")  # fmt: skip
+        out[name].add(key)
+        taken[name] = taken.get(name, 0) + size
+    for name in fractions:  # a split asked for but left empty: its due of one group
+        spare = sorted(out["train"], key=lambda k: (sizes[k], k))
+        if not out[name] and fractions[name] > 0 and len(spare) > 1:
+            out[name].add(spare[0])
+            out["train"].discard(spare[0])
     return out
 
 

@@ -17,6 +17,7 @@ PNG, JPEG, BMP, TIFF and DICOM (`.dcm`) files are read; other files in class fol
 from __future__ import annotations
 
 import csv
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -31,6 +32,7 @@ from kdray.data.files import (
     SKIP_HINT,
     FileSource,
     carve,
+    carve_groups,
     is_image_file,
     not_a_file,
     raise_problems,
@@ -242,9 +244,49 @@ def _csv_item(
             problems.append(f"{where}: split {raw!r} is not train, valid (val) or test")
             return None
         split = None if SPLIT_NAMES[raw] == "train" else SPLIT_NAMES[raw]
-    group = (cells[col["group"]] or None) if "group" in col else None
+    group = cells[col["group"]] if "group" in col else None  # "": a blank cell
     file = folder / path.replace("\\", "/")
     return Item(file, label, split, group, where)
+
+
+def checked_rows(items: list[Item], csv_path: Path) -> tuple[list[Item], list[str], list[str]]:
+    """The rows with each image once, the problems (an image listed again with other labels,
+    split or group) and the warnings (an image listed twice alike, kept once so it is never
+    in two splits; blank group cells, each then a group of one)."""
+    first: dict[Path, Item] = {}
+    kept, problems, repeated = [], [], []
+    for item in items:
+        earlier = first.setdefault(item.file, item)
+        if earlier is item:
+            kept.append(item)
+        elif (earlier.label, earlier.split, earlier.group) != (item.label, item.split, item.group):
+            problems.append(
+                f"{item.where}: {item.file} is listed again, with label {item.label!r}, split "
+                f"{item.split or 'train'!r}, group {item.group!r} ({earlier.where}: "
+                f"{earlier.label!r}, {earlier.split or 'train'!r}, {earlier.group!r}); give "
+                "each image one row"
+            )
+        else:
+            repeated.append(f"line {_line(item)} repeats line {_line(earlier)}")
+    warnings = []
+    if repeated:
+        shown = "; ".join(repeated[:3]) + ("; ..." if len(repeated) > 3 else "")
+        warnings.append(
+            f"{csv_path}: {len(repeated)} row(s) list an image again with the same labels "
+            f"({shown}); each image is used once"
+        )
+    blank = sum(1 for i in kept if i.group == "")
+    if blank:
+        warnings.append(
+            f"{csv_path}: {blank} of {len(kept)} rows have a blank group cell; each such image "
+            "is a group of its own, so one patient's images can land in both train and test: "
+            "fill in the group column"
+        )
+    return kept, problems, warnings
+
+
+def _line(item: Item) -> str:
+    return item.where.rsplit(" ", 1)[-1]  # "<csv> line N"
 
 
 # --- splits -----------------------------------------------------------------------------------
@@ -264,19 +306,42 @@ def assign_splits(items: list[Item], fractions: SplitFractions, seed: int) -> li
     def key_of(item: Item) -> str:
         return item.group if grouped and item.group else f"file:{item.file}"
 
-    if grouped:
-        keys, stratify = sorted({key_of(i) for i in pool}), None
+    if grouped:  # whole groups, to fractions of the images (not of the groups)
+        carved = carve_groups(Counter(key_of(i) for i in pool), wanted, seed)
     else:  # a multi-label row has no one class to stratify by
         keys = [key_of(i) for i in pool]
         stratify = [i.label for i in pool] if all(isinstance(i.label, str) for i in pool) else None
-    carved = carve(keys, wanted, seed, stratify)
+        carved = carve(keys, wanted, seed, stratify)
     split_of = {key: split for split, members in carved.items() for key in members}
     return [i.split if i.split is not None else split_of[key_of(i)] for i in items]
 
 
-def label_sources(items: list[Item], dropped: list[str], cfg: Config) -> dict[str, FileSource]:
+def group_share_warnings(items: list[Item], splits: list[str], cfg: Config) -> list[str]:
+    """A warning when whole groups leave a carved split's share of the images more than 2
+    points off its `split_by` fraction (a few large groups), with the shares reached."""
+    given = {i.split for i in items if i.split is not None}
+    pool = [s for i, s in zip(items, splits, strict=True) if i.split is None]
+    if not any(i.group for i in items if i.split is None):
+        return []
+    wanted = {s: getattr(cfg.split_by, s) for s in ("valid", "test") if s not in given}
+    share = {s: pool.count(s) / len(pool) for s in wanted}
+    if all(abs(share[s] - f) <= 0.02 for s, f in wanted.items()):
+        return []
+    said = ", ".join(
+        f"{s} {100 * share[s]:.1f}% (split_by {100 * f:g}%)" for s, f in wanted.items()
+    )
+    return [
+        f"{cfg.csv}: whole groups give {said} of the images: a few groups hold many images; "
+        "give more, smaller groups, or a split column"
+    ]
+
+
+def label_sources(
+    items: list[Item], dropped: list[str], cfg: Config, warnings: list[str] = ()
+) -> dict[str, FileSource]:
     """The splits of a multi-label CSV: label rows stacked, every split required non-empty."""
     splits = assign_splits(items, cfg.split_by, cfg.split_seed)
+    warnings = [*warnings, *group_share_warnings(items, splits, cfg)]
     has_groups = any(i.group for i in items)
     sources, problems = {}, []
     for split in SPLITS:
@@ -290,6 +355,7 @@ def label_sources(items: list[Item], dropped: list[str], cfg: Config) -> dict[st
             if has_groups
             else None,
             dropped=list(dropped) if split == "train" else [],
+            warnings=list(warnings) if split == "train" else [],
         )
     raise_problems(problems)
     return sources
@@ -298,6 +364,7 @@ def label_sources(items: list[Item], dropped: list[str], cfg: Config) -> dict[st
 def open_sources(cfg: Config) -> tuple[list[str], dict[str, FileSource]]:
     """The train, valid and test splits of the class folders or the CSV."""
     dropped: list[str] = []
+    warnings: list[str] = []
     if cfg.root is not None:
         items, class_dirs, odd = scan_root(cfg.root)
         skip = cfg.on_bad_image == "skip"
@@ -307,9 +374,11 @@ def open_sources(cfg: Config) -> tuple[list[str], dict[str, FileSource]]:
         where = str(Path(cfg.root).expanduser())
     else:
         items, dropped, problems = read_csv(cfg.csv, cfg.on_bad_image == "skip", cfg)
+        items, conflicts, warnings = checked_rows(items, Path(cfg.csv))
+        problems += conflicts
         if cfg.label_columns is not None:
             raise_problems(problems)
-            return list(cfg.label_columns), label_sources(items, dropped, cfg)
+            return list(cfg.label_columns), label_sources(items, dropped, cfg, warnings)
         class_dirs, names = [], {i.label for i in items}
         where = str(Path(cfg.csv).expanduser())
     classes = list(cfg.classes) if cfg.classes else natural_sorted(names)
@@ -331,6 +400,7 @@ def open_sources(cfg: Config) -> tuple[list[str], dict[str, FileSource]]:
         raise DataError([f"{where}: {len(classes)} class(es) {classes}; need at least 2"])
 
     splits = assign_splits(items, cfg.split_by, cfg.split_seed)
+    warnings += group_share_warnings(items, splits, cfg)
     index = {name: k for k, name in enumerate(classes)}
     sources = {}
     for split in SPLITS:
@@ -352,6 +422,7 @@ def open_sources(cfg: Config) -> tuple[list[str], dict[str, FileSource]]:
             if has_groups
             else None,
             dropped=list(dropped) if split == "train" else [],  # rows of every split
+            warnings=list(warnings) if split == "train" else [],
         )
     raise_problems(problems)
     return classes, sources

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from kdray.data.files import IMAGE_SUFFIXES, is_image_file, read_image
 
@@ -46,6 +47,7 @@ class FileMaskSource:
     groups: np.ndarray | None = None
     labels: None = None
     dropped: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # what was let pass, e.g. lone masks
 
     @property
     def paths(self) -> list[Path]:  # the files whose stamps decide the cache's fingerprint
@@ -72,9 +74,18 @@ class FileMaskSource:
         return str(masks[0]) if len(masks) == 1 else f"{masks[0]} (+{len(masks) - 1} unioned)"
 
 
+def stored_values(path: Path) -> np.ndarray:
+    """A mask file's pixels as stored: a 16-bit PNG of class indices (0, 1, 2) is read as they
+    are, not stretched to 8 bits as a 16-bit image is (`read_image`)."""
+    with Image.open(path) as img:
+        if img.mode == "I" or img.mode.startswith("I;16"):
+            return np.asarray(img)
+    return read_image(path)
+
+
 def read_mask(path: Path, num_classes: int, threshold: int) -> np.ndarray:
     """A mask file as class indices (see the module docstring); ValueError on other values."""
-    pixels = read_image(path)
+    pixels = stored_values(path)
     if pixels.ndim == 3:
         if not (pixels == pixels[:, :, :1]).all():
             raise ValueError("a colour mask; give one channel of class indices (or 0/255)")
@@ -105,15 +116,27 @@ def read_mask(path: Path, num_classes: int, threshold: int) -> np.ndarray:
 # --- listing ----------------------------------------------------------------------------------
 
 
-def busi_pairs(root: Path, categories: list[str] | None) -> tuple[list[Pair], list[str]]:
-    """BUSI's images with their masks, and one line per image without a mask."""
+def lone_masks_line(masks: list[Path]) -> list[str]:
+    """One warning line for mask files no image claims (left out), or none."""
+    if not masks:
+        return []
+    shown = ", ".join(str(m) for m in masks[:3]) + (", ..." if len(masks) > 3 else "")
+    return [
+        f"{len(masks)} mask file(s) without their image, left out: {shown}; add the image or "
+        "remove the mask"
+    ]
+
+
+def busi_pairs(root: Path, categories: list[str] | None) -> tuple[list[Pair], list[str], list[str]]:
+    """BUSI's images with their masks, one line per image without a mask, and the warning
+    lines (masks without their image)."""
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if categories is not None:
         missing = [c for c in categories if not (root / c).is_dir()]
         if missing:
-            return [], [f"{root}: no folder {m!r} (data.categories)" for m in missing]
+            return [], [f"{root}: no folder {m!r} (data.categories)" for m in missing], []
         folders = [root / c for c in categories]
-    pairs, problems = [], []
+    pairs, problems, claimed, lone = [], [], set(), []
     for folder in folders:
         files = sorted(p for p in folder.iterdir() if is_image_file(p))
         masks: dict[str, list[Path]] = {}
@@ -121,6 +144,11 @@ def busi_pairs(root: Path, categories: list[str] | None) -> tuple[list[Pair], li
             match = BUSI_MASK.match(file.stem)
             if match:
                 masks.setdefault(match["stem"], []).append(file)
+        if categories is not None and all(BUSI_MASK.match(f.stem) for f in files):
+            problems.append(
+                f"{folder}: no images, yet data.categories names {folder.name!r}; add its images "
+                "or drop it from data.categories"
+            )
         for file in files:
             if BUSI_MASK.match(file.stem):
                 continue
@@ -132,7 +160,9 @@ def busi_pairs(root: Path, categories: list[str] | None) -> tuple[list[Pair], li
                 )
                 continue
             pairs.append(Pair(file, found, folder.name))
-    return pairs, problems
+            claimed.update(found)
+        lone += [m for found in masks.values() for m in found if m not in claimed]
+    return pairs, problems, lone_masks_line(sorted(lone))
 
 
 def _split_folders(root: Path) -> dict[str | None, Path]:
@@ -143,10 +173,10 @@ def _split_folders(root: Path) -> dict[str | None, Path]:
 
 def folder_pairs(
     root: Path, images_dir: str, masks_dir: str, suffix: str
-) -> tuple[list[Pair], list[str]]:
-    """`images/` + `masks/` pairs by stem (under split folders when there are), and one line
-    per image without its mask."""
-    pairs, problems = [], []
+) -> tuple[list[Pair], list[str], list[str]]:
+    """`images/` + `masks/` pairs by stem (under split folders when there are), one line per
+    image without its mask, and the warning lines (masks without their image)."""
+    pairs, problems, lone = [], [], []
     for split, base in _split_folders(root).items():
         images, masks = base / images_dir, base / masks_dir
         for folder, field_name in ((images, "images_dir"), (masks, "masks_dir")):
@@ -169,4 +199,6 @@ def folder_pairs(
                 )
                 continue
             pairs.append(Pair(image, found, "", None if split in (None, "train") else split))
-    return pairs, problems
+        stems = {image.stem + suffix for image in images.iterdir() if is_image_file(image)}
+        lone += [m for stem, found in by_stem.items() if stem not in stems for m in found]
+    return pairs, problems, lone_masks_line(sorted(lone))

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import zipfile
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 from pydantic import Field, field_validator, model_validator
@@ -25,6 +25,7 @@ from kdray.data.cache import SPLITS, MaskArraySource
 from kdray.data.files import carve, raise_problems
 from kdray.data.folder import SplitFractions
 from kdray.data.mask_layouts import FileMaskSource, busi_pairs, folder_pairs
+from kdray.data.npz import read_array
 
 NPZ_SPLITS = {"train": "train", "valid": "val", "test": "test"}
 
@@ -76,6 +77,8 @@ class Config(DataConfigBase):
             raise ValueError("categories name BUSI's folders: give root and layout: busi")
         return self
 
+    holds_masks: ClassVar[bool] = True
+
     def declared_task(self) -> str | None:
         return "segmentation"
 
@@ -88,9 +91,10 @@ def open_sources(cfg: Config) -> tuple[list[str], dict]:
     if not root.is_dir():
         raise DataError([f"{root}: no such folder; set data.root to a folder of images and masks"])
     if cfg.layout == "busi":
-        pairs, problems = busi_pairs(root, cfg.categories)
+        pairs, problems, warnings = busi_pairs(root, cfg.categories)
     else:
-        pairs, problems = folder_pairs(root, cfg.images_dir, cfg.masks_dir, cfg.mask_suffix)
+        layout = (cfg.images_dir, cfg.masks_dir, cfg.mask_suffix)
+        pairs, problems, warnings = folder_pairs(root, *layout)
     raise_problems(problems)
     given = {p.split for p in pairs if p.split is not None}
     wanted = {s: getattr(cfg.split_by, s) for s in ("valid", "test") if s not in given}
@@ -105,6 +109,7 @@ def open_sources(cfg: Config) -> tuple[list[str], dict]:
             problems.append(f"{root}: no images in the {split} split; add images or fix split_by")
         sources[split] = FileMaskSource(chosen, len(cfg.classes), cfg.mask_threshold)
     raise_problems(problems)
+    sources["train"].warnings = warnings
     return list(cfg.classes), sources
 
 
@@ -121,7 +126,7 @@ def npz_sources(path: Path, cfg: Config) -> dict[str, MaskArraySource]:
             if missing:
                 problems.append(f"{path}: no array {missing} (MedSegBench has {list(names)})")
                 continue
-            images, masks = archive[names[0]], archive[names[1]]
+            images, masks = (read_array(archive, path, name) for name in names)
             masks = masks[..., 0] if masks.ndim == 4 and masks.shape[-1] == 1 else masks
             problem = _npz_problem(path, key, images, masks, len(cfg.classes))
             if problem:

@@ -15,7 +15,6 @@ channels and image size default to the registry's. BreastMNIST at 28 ships with 
 from __future__ import annotations
 
 import zipfile
-import zlib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,6 +26,7 @@ from kdray.data.base import DataConfigBase, DataError, DistinctNames
 from kdray.data.cache import ArraySource
 from kdray.data.files import empty_class_problems, raise_problems
 from kdray.data.medmnist_download import fetch, file_md5
+from kdray.data.npz import read_array
 
 SPLIT_KEYS = {"train": "train", "valid": "val", "test": "test"}
 BUILTIN = Path(__file__).resolve().parent / "builtin"
@@ -132,8 +132,8 @@ def load_arrays(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
             )
         arrays, problems = {}, []
         for split, key in SPLIT_KEYS.items():
-            images = _read_array(archive, path, f"{key}_images")
-            labels = _read_array(archive, path, f"{key}_labels")
+            images = read_array(archive, path, f"{key}_images")
+            labels = read_array(archive, path, f"{key}_labels")
             problems += _shape_problems(path, key, images, labels)
             column = labels.ndim == 2 and labels.shape[1] == 1
             arrays[split] = (images, labels.reshape(-1) if column else labels)
@@ -161,24 +161,6 @@ def _open_npz(path: Path) -> np.lib.npyio.NpzFile:
         return np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
         raise DataError([f"{path}: not a readable .npz archive ({exc})"]) from None
-
-
-def _read_array(archive: np.lib.npyio.NpzFile, path: Path, key: str) -> np.ndarray:
-    try:
-        return archive[key]
-    except ValueError as exc:
-        if "allow_pickle" not in str(exc):
-            raise DataError([f"{path}: {key} cannot be read ({exc})"]) from None
-        raise DataError(
-            [
-                f"{path}: {key} holds Python objects (a pickled object array), which kdray does "
-                "not load: save it as a numeric array (uint8 images, integer labels)"
-            ]
-        ) from None
-    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
-        raise DataError(
-            [f"{path}: {key} is damaged ({exc}); copy or download the file again"]
-        ) from None
 
 
 def _shape_problems(path: Path, key: str, images: np.ndarray, labels: np.ndarray) -> list[str]:

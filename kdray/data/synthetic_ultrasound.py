@@ -17,7 +17,7 @@ Images are drawn at `native_size`; the cache resizes images and masks like any o
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import ClassVar, Literal
 
 import cv2
 import numpy as np
@@ -124,6 +124,8 @@ class Config(DataConfigBase):
     valid_size: int = Field(60, ge=10, description="scans in valid")
     test_size: int = Field(60, ge=10, description="scans in test")
     native_size: int = Field(128, ge=16, le=1024, description="size the scans are drawn at")
+
+    holds_masks: ClassVar[bool] = True
 
     def declared_task(self) -> str | None:
         return "segmentation"

@@ -29,9 +29,12 @@ ROW_NAMES = {
 EMPTY = ("", "—", "nan", "None")
 
 
-def closing_output(trials: pd.DataFrame, studies: list[str], width: int) -> list[RenderableType]:
+def closing_output(
+    trials: pd.DataFrame, studies: list[str], width: int, teacher_warnings: list[str] = ()
+) -> list[RenderableType]:
     """What `kdray run` prints after its grid: the teachers, each study's student x teacher
-    table, the KD gain table, how often KD won and what it bought, each `width` wide at most."""
+    table, the KD gain table, how often KD won and what it bought, each `width` wide at most.
+    `teacher_warnings` (teachers that learned little) follow the teachers and the KD gain."""
     made = tables(trials, studies)
     metric = metric_title(trials)
     notes = {"improvement": statistics_note(metric), "compression": compression_note(metric)}
@@ -48,6 +51,8 @@ def closing_output(trials: pd.DataFrame, studies: list[str], width: int) -> list
         out.append(fitted(table.fillna(""), keys, width))
         if name in notes:
             out.append(Text(f"\n{notes[name]}", style="dim"))
+        if name in ("teachers", "summary"):
+            out += [Text.assemble(("warning ", "bold yellow"), line) for line in teacher_warnings]
     return out
 
 

@@ -17,8 +17,9 @@ from kdray.store.status import stage_counts, status_rows
 def fitted_lines(text: str, width: int, indent: str = "  ") -> list[str]:
     """`text` cut into lines of at most `width` columns at its ", " separators only, so a name
     and its number (`WRIST 160`, `32px x 1ch`) never land on two lines; continuation lines are
-    indented. A single part longer than `width` keeps its own line whole."""
-    parts = text.split(", ")
+    indented. A single part longer than `width` keeps its own line whole, and so does a list
+    or a parenthesis: a ", " inside brackets is no separator (`values [0, 100, 255]`)."""
+    parts = _top_level_parts(text)
     lines = [parts[0]]
     for part in parts[1:]:
         if len(lines[-1]) + 2 + len(part) < width:  # the ',' a cut line keeps counts too
@@ -27,6 +28,20 @@ def fitted_lines(text: str, width: int, indent: str = "  ") -> list[str]:
             lines[-1] += ","
             lines.append(indent + part)
     return lines
+
+
+def _top_level_parts(text: str) -> list[str]:
+    """`text` split at the ", " outside (), [] and {}."""
+    parts, start, depth = [], 0, 0
+    for i, char in enumerate(text):
+        if char in "([{":
+            depth += 1
+        elif char in ")]}":
+            depth = max(depth - 1, 0)
+        elif depth == 0 and text.startswith(", ", i):
+            parts.append(text[start:i])
+            start = i + 2
+    return [*parts, text[start:]]
 
 
 class GridProgress:

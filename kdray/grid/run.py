@@ -37,6 +37,7 @@ class RunReport:
     finished: list[str] = field(default_factory=list)
     stopped: list[str] = field(default_factory=list)  # searched samples their search ended
     failed: dict[str, str] = field(default_factory=dict)
+    data: DataInfo | None = None  # the decoded data the runs trained on
 
     @property
     def ok(self) -> bool:
@@ -122,7 +123,9 @@ def _prepare(exp: Experiment, job: Job, console: Console) -> DataInfo:
     for text in (described, f"train {task.count_line(train_labels, data.classes)}"):
         for line in fitted_lines(text, console.width):
             console.print(line, highlight=False, soft_wrap=True)
-    for warning in band_warnings(job, data) + method_warnings(job, data) + budget_warnings(job):
+    data_lines = [f"data: {line}" for line in data.extra.get("warnings", [])]
+    warnings = data_lines + band_warnings(job, data) + method_warnings(job, data)
+    for warning in warnings + budget_warnings(job):
         console.print(f"[yellow]warning[/yellow]: {warning}", highlight=False)
     return data
 
@@ -133,7 +136,7 @@ def _run_experiment(
     plan = exp.plan()
     check_weights(exp, job, plan)  # before anything decodes, starts or trains
     report = RunReport(exp)
-    data = _prepare(exp, job, console)
+    data = report.data = _prepare(exp, job, console)
     init_ray(job, address, verbose)
     cluster_warnings = check_resources(job, local=address is None)
     cluster_warnings += [w for w in [driver_warning()] if w]

@@ -29,6 +29,7 @@ from kdray.grid.schedule import (
     ledger_packs,
     start_ledger,
 )
+from kdray.grid.signals import ray_processes_spared_by_sigterm
 from kdray.grid.train_fixes import ReleaseFailedWorkerGroups, TorchTrainerWithoutRayData
 from kdray.spec.job import Job
 from kdray.spec.plan import RunSpec
@@ -45,22 +46,24 @@ class TrialOutcome:
 
 
 def init_ray(job: Job, address: str | None = None, verbose: bool = False) -> None:
-    """Start a local Ray (default) or join a cluster; idempotent."""
+    """Start a local Ray (default) or join a cluster; idempotent. Under `kdray run`, a SIGTERM
+    then stops the grid as Ctrl-C does (`kdray.grid.signals`), not as `ray.init`'s handler."""
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the legacy reporter is silent at verbose=0
-    if address:
-        ray.init(address=address, log_to_driver=verbose, **worker_env(job))
-    else:
-        ray.init(
-            address="local",  # a new local Ray, even if another one runs on this machine
-            resources={DRIVER_RESOURCE: job.resources.max_concurrent_trials},
-            include_dashboard=False,
-            log_to_driver=verbose,
-            configure_logging=verbose,
-            **worker_env(job),
-        )
+    with ray_processes_spared_by_sigterm():
+        if address:
+            ray.init(address=address, log_to_driver=verbose, **worker_env(job))
+        else:
+            ray.init(
+                address="local",  # a new local Ray, even if another one runs on this machine
+                resources={DRIVER_RESOURCE: job.resources.max_concurrent_trials},
+                include_dashboard=False,
+                log_to_driver=verbose,
+                configure_logging=verbose,
+                **worker_env(job),
+            )
 
 
 def worker_env(job: Job) -> dict:

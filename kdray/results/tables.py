@@ -45,6 +45,7 @@ PER_LABEL = pa.struct(  # multi-label: each label's scores over its known target
         ("f1", pa.float64()),
         ("positives", pa.int64()),
         ("negatives", pa.int64()),
+        ("threshold", pa.float64()),  # F1's: chosen on validation (0.5 in older runs)
     ]
 )
 

@@ -172,12 +172,15 @@ class Resources(Strict):
         "auto: several when runs are short against that start-up (kdray.grid.packing)",
     )
 
-    @field_validator("runs_per_trial")
+    @field_validator("runs_per_trial", mode="before")
     @classmethod
-    def _at_least_one(cls, value: int | str) -> int | str:
-        if value != "auto" and value < 1:
-            raise ValueError("runs_per_trial is auto or at least 1")
-        return value
+    def _auto_or_a_count(cls, value: object) -> object:
+        """One line for any other value (not one per branch of the union), `true` included."""
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value)
+        if value == "auto" or (type(value) is int and value >= 1):
+            return value
+        raise ValueError("runs_per_trial is auto or a whole number of at least 1")
 
     @model_validator(mode="after")
     def _gpu_device(self) -> Resources:
@@ -346,7 +349,10 @@ class Job(Strict):
         problems = [line for name, study in self.studies.items() for line in study.problems(name)]
         problems += self._search_problems()
         declared = self.data.task_type or self.data.declared_task()  # else known once data is read
-        if declared is not None:
+        misfit = self.data.task_type_problem()
+        if misfit is not None:  # named first: what the methods and models are checked against
+            problems.insert(0, misfit)
+        elif declared is not None:
             problems += task_problems(self, declared)
         if self.labelled is None or self.label_budgets() == [None]:
             problems += [

@@ -95,6 +95,21 @@ def status_rows(exp: Experiment, alive: bool | None = None) -> list[dict]:
     return rows
 
 
+def unfinished_line(exp: Experiment) -> str | None:
+    """For tables written of a grid not all finished: how many runs they hold and what goes on
+    with the others; None once every run finished."""
+    alive = grid_alive(exp)
+    rows = status_rows(exp, alive)
+    done = sum(1 for r in rows if r["state"] == "finished")
+    if done == len(rows):
+        return None
+    said = f"{done} of {len(rows)} runs finished"
+    if alive:
+        return f"{said}; the grid is still running: the tables hold the finished runs; export " \
+            "again once it ends (`kdray status` follows it)"  # fmt: skip
+    return f"{said}; the tables hold those: `kdray resume {exp.root}` continues the others"
+
+
 def _attempts(exp: Experiment, run_id: str) -> int:
     try:
         return exp.run(run_id).attempts()

@@ -6,7 +6,10 @@ picks other kernels: the quickstart's teacher tests at 0.720 with AVX-512 and 0.
 (`ONEDNN_MAX_CPU_ISA=AVX2`), same packages. So the experiment folder keeps
 `versions.json`, written when the folder is created; `trials.parquet` carries the same in its
 schema metadata (`kdray.versions`); and `kdray resume` (or running the same job again) warns,
-package by package, when it runs with other versions than the experiment started with.
+package by package, when it runs with other versions than the experiment started with. Within
+one `cpu.isa` CPUs still differ (AVX-512 with or without VNNI, BF16, FP16, AMX: oneDNN's and
+MKL's kernels follow them), so the CPU model, its kernel-picking flags, numpy's BLAS and core
+type and OpenCV's dispatched features are recorded and compared too (`dispatch`).
 
 The pretrained weights the runs start from are recorded there too, under `weights`: name (the
 model), tag (or file), sha256 and size of each. Their checksums are part of the run ids, so other
@@ -77,7 +80,62 @@ def _cuda() -> dict[str, str]:
     found["cpu.isa"] = torch.backends.cpu.get_cpu_capability()
     if os.environ.get("ONEDNN_MAX_CPU_ISA"):
         found["cpu.isa"] += f" (ONEDNN_MAX_CPU_ISA={os.environ['ONEDNN_MAX_CPU_ISA']})"
+    return {**found, **dispatch()}
+
+
+# CPU flags that pick other kernels within one `cpu.isa` (ATen's AVX512 covers CPUs with and
+# without VNNI, BF16, FP16 and AMX, which oneDNN and MKL use when present)
+KERNEL_FLAGS = (
+    "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx_vnni",
+    "amx_tile", "amx_bf16", "amx_int8", "amx_fp16",
+)  # fmt: skip
+# variables that cap or fix a library's kernel choice
+DISPATCH_ENV = (
+    "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "MKL_CBWR", "OPENBLAS_CORETYPE",
+    "OPENCV_CPU_DISABLE",
+)  # fmt: skip
+# recorded since issue 33: an experiment from before lacks them, which is no difference
+MACHINE_KEYS = ("cpu.flags", "blas", "opencv.dispatch", *(f"env.{n}" for n in DISPATCH_ENV))
+
+
+def dispatch() -> dict[str, str]:
+    """What decides each library's CPU kernels here, to explain numbers that differ across
+    CPUs: the kernel-picking CPU flags (oneDNN's and MKL's dispatch follows them), numpy's BLAS
+    and the core type it dispatched to, OpenCV's dispatched features (`*`), and any variable
+    that caps a dispatch."""
+    found = {"cpu.flags": " ".join(f for f in KERNEL_FLAGS if f in _cpu_flags()) or "-"}
+    try:
+        import numpy  # noqa: F401 (loads numpy's BLAS, which threadpoolctl lists)
+        from threadpoolctl import threadpool_info
+
+        blas = [i for i in threadpool_info() if i.get("user_api") == "blas"]
+        found["blas"] = (
+            "; ".join(
+                f"{i.get('internal_api')} {i.get('version')} {i.get('architecture') or ''}".strip()
+                for i in blas
+            )
+            or "-"
+        )
+    except Exception:  # a report, never a reason to stop a run
+        pass
+    try:
+        import cv2
+
+        found["opencv.dispatch"] = cv2.getCPUFeaturesLine()
+    except Exception:
+        pass
+    found.update({f"env.{n}": os.environ[n] for n in DISPATCH_ENV if os.environ.get(n)})
     return found
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
 
 
 def _cpu_model() -> str:
@@ -157,7 +215,9 @@ def resume_warning(root: Path, now: dict[str, str] | None = None) -> str | None:
     if old is None:
         return None
     old = {k: v for k, v in old.items() if k != WEIGHTS_KEY}  # checked, not warned about
-    changed = differences(old, now if now is not None else current())
+    now = now if now is not None else current()
+    now = {k: v for k, v in now.items() if k in old or k not in MACHINE_KEYS}
+    changed = differences(old, now)
     if not changed:
         return None
     return (

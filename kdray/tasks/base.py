@@ -121,6 +121,12 @@ class Task(ABC):
     def report(self, probs: np.ndarray, targets: np.ndarray, names: list[str]) -> dict:
         """The per-class or per-label detail of a split (`<split>_report` in a summary)."""
 
+    def chosen_on_validation(self, probs: np.ndarray, targets: np.ndarray) -> dict:
+        """What the task picks on the validation split alone and applies to every split, as
+        keyword arguments of `metrics` and `report` (multi-label: each label's threshold);
+        nothing for tasks that pick nothing."""
+        return {}
+
     def group_metrics(self, probs: np.ndarray, targets: np.ndarray, groups, category) -> dict:
         """Metrics over groups of images (MURA's studies), where the task defines them."""
         return {}

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import timm
@@ -11,7 +12,7 @@ import torch
 from torch import nn
 
 from kdray.tasks.state_dicts import mismatch
-from kdray.tasks.weights import LocalWeights, WeightsSource
+from kdray.tasks.weights import LocalWeights, WeightsSource, timm_model_of
 
 
 def create_model(
@@ -85,6 +86,23 @@ def _safetensors_problem(path: Path) -> str | None:
         first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
         return f"{path} is not a readable safetensors file ({first or type(exc).__name__})"
     return None
+
+
+def file_problems(found: Mapping[str, LocalWeights]) -> list[str]:
+    """For each weights file given by path (`pretrained: {model: file}`), one line if timm would
+    not load it into the model (keys it lacks, shapes that differ): said before any run starts,
+    not by every run of the model once Ray is up. Cached hub weights are the model's by name."""
+    problems = []
+    for model, local in found.items():
+        if not local.source.file:
+            continue
+        try:
+            problem = mismatch(timm_model_of(model), local.path, forgiven=True)
+        except Exception as exc:  # unreadable after all: say so rather than fail here
+            problem = f"cannot be read ({str(exc).strip()[:120] or type(exc).__name__})"
+        if problem:
+            problems.append(f"pretrained.{model}: {local.path} {problem}")
+    return problems
 
 
 def count_params(model: nn.Module) -> int:

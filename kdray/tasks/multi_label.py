@@ -8,9 +8,12 @@ its student one Bernoulli distribution per label, so Hinton KD becomes per-label
 (the KL between sigma(z_t/T) and sigma(z_s/T), averaged over labels and images).
 
 Metrics, as MedMNIST reports ChestMNIST: mean AUROC over labels (primary), mean average
-precision, macro-F1 and mean per-label accuracy at 0.5, binary cross-entropy. A label with one
-class only among a split's known targets has no AUROC: it is named (`left_out`) and left out of
-every mean, never a crash.
+precision, mean per-label accuracy at 0.5, binary cross-entropy; and macro-F1 with each label's
+threshold chosen on the validation split (the one that maximises its F1 there, `THRESHOLD_RULE`)
+and applied to every split, since at a fixed 0.5 a rare label is never predicted and its F1 is
+0. Without validation thresholds (`thresholds=None`) F1 is taken at 0.5. A label with one class
+only among a split's known targets has no AUROC: it is named (`left_out`) and left out of every
+mean, never a crash.
 """
 
 from __future__ import annotations
@@ -20,12 +23,18 @@ import warnings
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
+from sklearn.metrics import (
+    average_precision_score,
+    f1_score,
+    precision_recall_curve,
+    roc_auc_score,
+)
 
 from kdray.tasks.base import UNLABELLED, Task, register
 from kdray.tasks.models import create_model
 
 THRESHOLD = 0.5
+THRESHOLD_RULE = "each label's threshold maximises its F1 on the validation split"
 
 
 @register
@@ -76,8 +85,11 @@ class MultiLabel(Task):
     def no_skill(self, targets, names):
         return 0.5, "ranking images at random"
 
-    def metrics(self, probs, targets, num_classes=None):
-        per_label = label_scores(probs, targets)
+    def chosen_on_validation(self, probs, targets):
+        return {"thresholds": best_f1_thresholds(probs, targets)}
+
+    def metrics(self, probs, targets, num_classes=None, thresholds=None):
+        per_label = label_scores(probs, targets, thresholds)
         scored = [s for s in per_label if s["auroc"] is not None]
         known = np.asarray(targets) != UNLABELLED
         truth = np.asarray(targets) == 1
@@ -94,34 +106,58 @@ class MultiLabel(Task):
             "kappa": None,
         }
 
-    def report(self, probs, targets, names):
+    def report(self, probs, targets, names, thresholds=None):
         """Each label's scores, and the labels left out of the means (one class only)."""
-        per_label = label_scores(probs, targets)
+        per_label = label_scores(probs, targets, thresholds)
         return {
             "per_label": [{"label": n, **s} for n, s in zip(names, per_label, strict=True)],
             "left_out": [n for n, s in zip(names, per_label, strict=True) if s["auroc"] is None],
+            "f1_rule": THRESHOLD_RULE if thresholds is not None else "threshold 0.5",
         }
 
 
-def label_scores(probs: np.ndarray, targets: np.ndarray) -> list[dict]:
-    """Per label over its known targets: AUROC, average precision and F1 at 0.5 (None where
-    the label has one class only), positives and negatives."""
+def label_scores(
+    probs: np.ndarray, targets: np.ndarray, thresholds: list[float | None] | None = None
+) -> list[dict]:
+    """Per label over its known targets: AUROC, average precision and F1 at its threshold (from
+    validation; 0.5 where none is given or chosen), None where the label has one class only;
+    positives, negatives and the threshold."""
     probs, targets = np.asarray(probs, dtype=np.float64), np.asarray(targets)
     scores = []
     for j in range(targets.shape[1]):
         known = targets[:, j] != UNLABELLED
         y, p = targets[known, j] == 1, probs[known, j]
         positives, negatives = int(y.sum()), int((~y).sum())
+        chosen = thresholds[j] if thresholds is not None else None
+        cut = THRESHOLD if chosen is None else chosen
         row = {"auroc": None, "ap": None, "f1": None, "positives": positives}
-        row["negatives"] = negatives
+        row |= {"negatives": negatives, "threshold": cut}
         if positives and negatives:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 row["auroc"] = float(roc_auc_score(y, p))
                 row["ap"] = float(average_precision_score(y, p))
-                row["f1"] = float(f1_score(y, p >= THRESHOLD, zero_division=0))
+                row["f1"] = float(f1_score(y, p >= cut, zero_division=0))
         scores.append(row)
     return scores
+
+
+def best_f1_thresholds(probs: np.ndarray, targets: np.ndarray) -> list[float | None]:
+    """Each label's decision threshold with the highest F1 over its known targets here (the
+    validation split), from sklearn's precision-recall curve; None for a label without both
+    classes (it keeps 0.5)."""
+    probs, targets = np.asarray(probs, dtype=np.float64), np.asarray(targets)
+    out: list[float | None] = []
+    for j in range(targets.shape[1]):
+        known = targets[:, j] != UNLABELLED
+        y, p = targets[known, j] == 1, probs[known, j]
+        if not (y.any() and (~y).any()):
+            out.append(None)
+            continue
+        precision, recall, cuts = precision_recall_curve(y, p)
+        f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+        out.append(float(cuts[int(np.argmax(f1[:-1]))]))  # the last point has no threshold
+    return out
 
 
 def _mean(values) -> float | None:

@@ -225,6 +225,23 @@ def caches(setting: str | None = None) -> WeightsCaches:
     )
 
 
+def cache_problem(where: WeightsCaches, setting: str | None) -> str | None:
+    """One line naming the setting when a file lies where a cache folder (or a folder above it)
+    should be: nothing could be found in it, nor downloaded into it."""
+    for folder in (where.hub, where.checkpoints):
+        file = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+        if file is None:
+            continue
+        if setting:
+            named = "weights_cache"
+        elif os.environ.get(CACHE_ENV):
+            named = f"${CACHE_ENV}"
+        else:
+            named = "the weights cache ($HF_HUB_CACHE, $HF_HOME, $TORCH_HOME)"
+        return f"{named}: {file} is a file, not a folder; point it at a folder for weights"
+    return None
+
+
 def url_file_name(url: str) -> str:
     """The name torch.hub gives a URL's download in its checkpoints folder."""
     return os.path.basename(urlparse(url).path)

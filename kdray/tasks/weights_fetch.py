@@ -42,6 +42,8 @@ from kdray.tasks.weights import (
 MIRROR_ENV = "KDRAY_WEIGHTS_MIRROR"
 CHUNK = 1 << 20
 TIMEOUT_S = 60
+PROBE_S = 10  # how long `unreachable` waits for any answer
+HUB = "https://huggingface.co"
 
 
 class RichBar(tqdm):
@@ -100,12 +102,30 @@ def fetch(source: WeightsSource, where: WeightsCaches) -> tuple[LocalWeights, bo
     return local, True
 
 
+def unreachable(url: str) -> str | None:
+    """Why no server answers at `url` (within seconds, honouring proxy settings), or None if
+    one does, whatever its HTTP status."""
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=PROBE_S):
+            return None
+    except urllib.error.HTTPError:  # an answer: the server is there
+        return None
+    except (OSError, ValueError, http.client.HTTPException) as exc:
+        reason = getattr(exc, "reason", None)
+        return _first_line(reason if isinstance(reason, BaseException) else exc)
+
+
 def _from_hub(source: WeightsSource, where: WeightsCaches) -> None:
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     repo, revision = hub_repo(source)
     endpoint = os.environ.get("HF_ENDPOINT") or None  # read now, not at import
+    # without network huggingface_hub retries for a minute, then reports each file as missing
+    # from the repository: ask once, and briefly, whether the hub answers at all
+    why = unreachable(endpoint or HUB)
+    if why is not None:
+        raise WeightsError(_unreachable_line(source, endpoint or HUB, why, "HF_ENDPOINT"))
     for name in hub_files(source):
         try:
             hf_hub_download(
@@ -117,6 +137,11 @@ def _from_hub(source: WeightsSource, where: WeightsCaches) -> None:
                 tqdm_class=RichBar,
             )
             return
+        except LocalEntryNotFoundError as exc:  # the hub stopped answering meanwhile
+            why = _first_line(exc)
+            raise WeightsError(
+                _unreachable_line(source, endpoint or HUB, why, "HF_ENDPOINT")
+            ) from None
         except EntryNotFoundError:
             continue
         except Exception as exc:  # HTTP, connection, disk: one line, nothing kept
@@ -142,7 +167,16 @@ def _from_url(source: WeightsSource, where: WeightsCaches) -> None:
         with os.fdopen(fd, "wb") as out:
             _stream(url, out)
         os.replace(tmp, dest)
-    except (OSError, ValueError, http.client.HTTPException) as exc:  # HTTPError, reset, short
+    except urllib.error.URLError as exc:
+        if isinstance(exc, urllib.error.HTTPError) or not isinstance(exc.reason, OSError):
+            raise WeightsError(
+                f"{source.model} ({source.label}): {url} failed: {_first_line(exc)}; nothing "
+                "was kept, run again to retry"
+            ) from None
+        raise WeightsError(
+            _unreachable_line(source, url, _first_line(exc.reason), MIRROR_ENV)
+        ) from None
+    except (OSError, ValueError, http.client.HTTPException) as exc:  # reset, short
         raise WeightsError(
             f"{source.model} ({source.label}): {url} failed: {_first_line(exc)}; nothing was "
             "kept, run again to retry"
@@ -164,6 +198,14 @@ def _stream(url: str, out) -> None:
                 bar.update(len(chunk))
     if total is not None and got != total:
         raise OSError(f"download interrupted: {got} of {total} bytes arrived")
+
+
+def _unreachable_line(source: WeightsSource, url: str, why: str, mirror_env: str) -> str:
+    return (
+        f"{source.model} ({source.label}): {url} cannot be reached ({why}); run `kdray "
+        f"weights` on a machine with network (a login node), or set ${mirror_env} to a mirror "
+        "this machine reaches"
+    )
 
 
 def _first_line(exc: BaseException) -> str:

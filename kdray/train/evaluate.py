@@ -58,16 +58,23 @@ def final_metrics(model, job: Job, info: DataInfo, device) -> dict:
     data has studies."""
     task = get_task(info.task)
     category = getattr(DATA_KINDS[job.data.kind], "group_category", None)
+
+    def predicted(split: str):
+        images, labels = load_split(info.path, split)
+        batch = job.train.eval_batch_size
+        return predict(model, images, info.mean, info.std, device, batch, task), labels
+
+    valid = predicted("valid")
+    chosen = task.chosen_on_validation(*valid)  # multi-label thresholds: never from test
     out: dict = {}
     for split in ("train", "valid", "test"):
         prefix = "val" if split == "valid" else split
-        images, labels = load_split(info.path, split)
-        probs = predict(model, images, info.mean, info.std, device, job.train.eval_batch_size, task)
-        for key, value in task.metrics(probs, labels, info.num_classes).items():
+        probs, labels = valid if split == "valid" else predicted(split)
+        for key, value in task.metrics(probs, labels, info.num_classes, **chosen).items():
             out[f"{prefix}_{key}"] = value
         if split == "train":
             continue
-        out[f"{prefix}_report"] = task.report(probs, labels, info.classes)
+        out[f"{prefix}_report"] = task.report(probs, labels, info.classes, **chosen)
         groups = load_groups(info.path, split)
         if groups is not None:
             for key, value in task.group_metrics(probs, labels, groups, category).items():
