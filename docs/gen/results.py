@@ -33,7 +33,10 @@ TRIAL_COLUMNS: list[tuple[str, str]] = [
     ("labels", "the label budget (`10%`, `20 per class`; null: every label)"),
     ("unlabelled", "whether the run also trained on its budget's unlabelled pool"),
     ("roles", "`teacher:<study>`, `kd:<study>`, `baseline`: one run may serve several table rows"),
-    ("status", "`finished`, `stopped` (a searched sample its search ended early), `failed` or `pending`"),
+    (
+        "status",
+        "`finished`, `stopped` (a searched sample its search ended early), `failed` or `pending`",
+    ),
     ("epochs", "epochs trained; fractional for a defective teacher stopped mid-epoch"),
     ("task", "`single_label`, `multi_label` or `segmentation`"),
     ("primary_metric", "the metric `<split>_score` holds (`acc`, `auroc`, `dice`)"),
