@@ -98,7 +98,7 @@ class GridLog:
         """Print the runs that started, finished or failed since the last call, and the stage
         summary when it is due (always on the `final` call, when the grid has stopped)."""
         with self._lock:
-            rows = status_rows(exp, alive=False if final else True)
+            rows = status_rows(exp, alive=not final)
             runs = exp.plan().runs
             seen, self._seen = self._seen, {}
             for row in rows:
@@ -112,7 +112,9 @@ class GridLog:
                 if again and state in ("running", "finished", "failed"):
                     self._print(f"started  {describe(runs[run_id])}")
                 if state in ("finished", "failed") and (again or state != before_state):
-                    self._print(f"{state:<8} {describe(runs[run_id])}: {outcome(exp, run_id, state)}")
+                    self._print(
+                        f"{state:<8} {describe(runs[run_id])}: {outcome(exp, run_id, state)}"
+                    )
             due = time.monotonic() - self._last_summary >= self.every_s
             if final or (due and seen is not None):
                 self._last_summary = time.monotonic()
@@ -124,4 +126,3 @@ class GridLog:
             with contextlib.suppress(Exception):  # a half-written file: the next poll reads it
                 self.refresh(exp)
             stop.wait(every_s)
-
