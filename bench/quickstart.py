@@ -9,7 +9,8 @@ start-up come before it), when the last teacher and the last run ended (`summary
 the tables after it; per run, its training (`train_s`, the worker's set-up and epochs) and what
 follows it until its summary (final metrics, model file, cost, soft labels). The machine's load
 average is printed with each round: the machine may be shared, and seconds mean little on a
-busy one.
+busy one. `cpu_s`: CPU seconds of the command and every process it started (Ray's included, as
+they are reaped), the work done, which a busy machine changes less than the wall time.
 
 `against`: another checkout (e.g. `git archive` of an earlier commit), run alternately with this
 one, round by round, so both sides see the same machine.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -35,13 +37,21 @@ def run_once(repo: Path, storage: Path) -> dict:
     command = [sys.executable, "-m", "kdray", "run", str(repo / QUICKSTART.relative_to(REPO))]
     command += ["--set", f"storage={storage}"]
     load = os.getloadavg()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.time()
     done = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True)
     wall = time.time() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     if done.returncode != 0:
         raise RuntimeError(f"kdray run exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
     (exp,) = [p for p in storage.iterdir() if (p / "job.json").is_file()]
-    return {"wall_s": wall, "load_before": load, **parts(exp, started, started + wall)}
+    return {
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "load_before": load,
+        **parts(exp, started, started + wall),
+    }
 
 
 def parts(exp: Path, started: float, ended: float) -> dict:
@@ -79,6 +89,7 @@ def summarise(rounds: list[dict]) -> dict:
     out = {
         "wall_s_median": statistics.median(r["wall_s"] for r in rounds),
         "wall_s": [r["wall_s"] for r in rounds],
+        "cpu_s_median": statistics.median(r["cpu_s"] for r in rounds),
         "load_before": [r["load_before"] for r in rounds],
         "parts_median_s": {k: statistics.median(r[k] for r in rounds) for k in keys},
     }

@@ -9,9 +9,10 @@ import io
 from rich.console import Console
 
 from kdray.grid.progress import GridProgress
-from kdray.grid.progress_log import GridLog, elapsed, summary_every_s
+from kdray.grid.progress_log import GridLog, describe, elapsed, summary_every_s
 from kdray.grid.run import grid_view
 from kdray.spec.load import parse_job
+from kdray.spec.plan import make_plan
 from kdray.store.experiment import Experiment
 from tests.conftest import tiny_job_dict
 
@@ -99,6 +100,13 @@ def test_a_stage_summary_every_interval_while_runs_train(tmp_path, monkeypatch):
         "[0:00] teacher 0/1 finished, 1 running, 0 failed, 0 waiting; "
         "student 0/2 finished, 0 running, 0 failed, 2 waiting"
     )
+
+
+def test_a_defective_teacher_is_named_with_its_band(tmp_path):
+    raw = tiny_job_dict(tmp_path)
+    raw["studies"]["normal"]["teacher_val_band"] = [0.5, 0.65]
+    (run,) = [r for r in make_plan(parse_job(raw)).runs.values() if r.band]
+    assert describe(run) == "teacher resnet10t [0.50, 0.65], seed 0"
 
 
 def test_interval_from_the_environment(monkeypatch):

@@ -36,10 +36,12 @@ def elapsed(seconds: float) -> str:
 
 
 def describe(run: RunSpec) -> str:
-    """`student resnet10t <- seresnet18 (kd), seed 0`: what a reader needs to know the run."""
+    """`student resnet10t <- seresnet18 (kd), seed 0`, `teacher seresnet18 [0.50, 0.65], seed
+    0` (a defective teacher's band, as the tables name it): what a reader needs to know the run."""
+    band = f" [{run.band[0]:.2f}, {run.band[1]:.2f}]" if run.band else ""
     teachers = f" <- {'+'.join(run.teacher_models)}" if run.teacher_models else ""
     method = f" ({run.method})" if run.teacher_models else ""
-    return f"{run.stage} {run.model}{teachers}{method}, seed {run.seed}"
+    return f"{run.stage} {run.model}{band}{teachers}{method}, seed {run.seed}"
 
 
 def outcome(exp: Experiment, run_id: str, state: str) -> str:
