@@ -49,10 +49,10 @@ def outcome(exp: Experiment, run_id: str, state: str) -> str:
     folder = exp.run(run_id)
     try:
         summary = folder.summary() or {}
-    except ExperimentError as exc:
+        if state == "failed":
+            return summary.get("error") or folder.failure() or "failed"
+    except ExperimentError as exc:  # a damaged file: what to do about it
         return str(exc)
-    if state == "failed":
-        return summary.get("error") or folder.failure() or "failed"
     metric = summary.get("primary_metric", "acc")
     score = summary.get(f"val_{metric}")
     scored = f"val {metric} {score:.3f}" if isinstance(score, int | float) else f"no val {metric}"
@@ -102,11 +102,10 @@ class GridLog:
         with self._lock:
             rows = status_rows(exp, alive=not final)
             runs = exp.plan().runs
-            seen, self._seen = self._seen, {}
+            seen, current = self._seen, {}
             for row in rows:
                 run_id, state = row["trial_id"], row["state"]
-                now = (state, row["attempts"])
-                self._seen[run_id] = now
+                now = current[run_id] = (state, row["attempts"])
                 if seen is None:
                     continue  # the first poll: what was there before this grid started
                 before_state, before_attempts = seen.get(run_id, ("pending", 0))
@@ -117,6 +116,7 @@ class GridLog:
                     self._print(
                         f"{state:<8} {describe(runs[run_id])}: {outcome(exp, run_id, state)}"
                     )
+            self._seen = current  # only once every row was read: a poll that raised is redone
             due = time.monotonic() - self._last_summary >= self.every_s
             if final or (due and seen is not None):
                 self._last_summary = time.monotonic()
