@@ -9,8 +9,8 @@ start-up come before it), when the last teacher and the last run ended (`summary
 the tables after it; per run, its training (`train_s`, the worker's set-up and epochs) and what
 follows it until its summary (final metrics, model file, cost, soft labels). The machine's load
 average is printed with each round: the machine may be shared, and seconds mean little on a
-busy one. `cpu_s`: CPU seconds of the command and every process it started (Ray's included, as
-they are reaped), the work done, which a busy machine changes less than the wall time.
+busy one. `driver_cpu_s`: CPU seconds of the `kdray run` process itself (imports, checks,
+polling, tables); Ray's processes are not its reaped children, so their CPU is not in it.
 
 `against`: another checkout (e.g. `git archive` of an earlier commit), run alternately with this
 one, round by round, so both sides see the same machine.
@@ -48,7 +48,7 @@ def run_once(repo: Path, storage: Path) -> dict:
     (exp,) = [p for p in storage.iterdir() if (p / "job.json").is_file()]
     return {
         "wall_s": wall,
-        "cpu_s": cpu,
+        "driver_cpu_s": cpu,
         "load_before": load,
         **parts(exp, started, started + wall),
     }
@@ -89,7 +89,7 @@ def summarise(rounds: list[dict]) -> dict:
     out = {
         "wall_s_median": statistics.median(r["wall_s"] for r in rounds),
         "wall_s": [r["wall_s"] for r in rounds],
-        "cpu_s_median": statistics.median(r["cpu_s"] for r in rounds),
+        "driver_cpu_s_median": statistics.median(r["driver_cpu_s"] for r in rounds),
         "load_before": [r["load_before"] for r in rounds],
         "parts_median_s": {k: statistics.median(r[k] for r in rounds) for k in keys},
     }
