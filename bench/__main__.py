@@ -1,6 +1,8 @@
-"""`python -m bench [--quick] [--keep] [--gpu] [--packed] [--search]`: run every benchmark, print
-one JSON object to stdout (`--gpu`: only the GPU benchmarks of bench/gpu.py; `--packed`: only the
-packed-grid section, bench/packed.py; `--search`: only the search section, bench/search.py).
+"""`python -m bench [--quick] [--keep] [--gpu] [--packed] [--quickstart] [--search]`: run every
+benchmark, print one JSON object to stdout (`--gpu`: only the GPU benchmarks of bench/gpu.py;
+`--packed`: only the packed-grid section, bench/packed.py; `--quickstart`: only `kdray run
+jobs/quickstart.yaml`, timed, bench/quickstart.py; `--search`: only the search section,
+bench/search.py).
 
 Progress goes to stderr. The order keeps each ratio's two sides close in time: the bare
 quickstart loop runs right before and right after the solo Ray trial (P1's reference is both
@@ -58,7 +60,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="run only the packed-grid section: one MedMNIST-shaped grid unpacked and packed",
     )
     parser.add_argument(
-        "--rounds", type=int, default=1, help="with --packed: rounds of each side, alternating"
+        "--quickstart",
+        action="store_true",
+        help="only `kdray run jobs/quickstart.yaml` as a user runs it: wall time (median of "
+        "--rounds, default 3) and its parts, the load average before each",
+    )
+    parser.add_argument(
+        "--against",
+        type=Path,
+        help="with --quickstart: another checkout (a `git archive` of another commit), timed "
+        "alternately with this one",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        help="with --packed: rounds of each side, alternating (default 1); with --quickstart: "
+        "timed runs of each side (default 3)",
     )
     parser.add_argument(
         "--epochs", type=int, help="with --packed: epochs per run (default 3; 1 with --quick)"
@@ -401,7 +418,9 @@ def main(argv: list[str] | None = None) -> int:
         result = run_gpu(args.quick, args.keep, tuple(args.gpu_parts.split(",")))
     elif args.packed:
         sides = tuple(args.sides.split(","))
-        result = run_packed(args.quick, args.keep, args.rounds, args.epochs, sides)
+        result = run_packed(args.quick, args.keep, args.rounds or 1, args.epochs, sides)
+    elif args.quickstart:
+        result = run_quickstart(args.keep, args.rounds or 3, args.against)
     elif args.loader:
         result = run_loader_only(args.quick, args.keep)
     elif args.search:
@@ -436,6 +455,20 @@ def run_search(quick: bool, keep: bool) -> dict:
         return rnd({"search": search_section(root, quick)})
     finally:
         if not keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def run_quickstart(keep: bool, rounds: int, against: Path | None) -> dict:
+    """`--quickstart`: the quickstart as a user runs it (bench/quickstart.py)."""
+    from bench.quickstart import quickstart
+
+    root = Path(tempfile.mkdtemp(prefix="kdray-bench-quickstart-"))
+    try:
+        return rnd(quickstart(root, rounds, against))
+    finally:
+        if keep:
+            log(f"kept {root}")
+        else:
             shutil.rmtree(root, ignore_errors=True)
 
 

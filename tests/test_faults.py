@@ -4,6 +4,7 @@ tiny and bounded in time; the whole file takes a few minutes on 2 cores."""
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -241,7 +242,8 @@ def test_node_lost_mid_trial_the_grid_still_completes(tmp_path):
 @pytest.mark.timeout(400)
 def test_two_drivers_started_at_once_one_refuses_and_each_run_trains_once(tmp_path):
     """Two `kdray run` of one job started together (two terminals, a retry script): exactly
-    one refuses, exit 2, naming the other; the other's grid completes, each run trained once."""
+    one refuses, exit 2, naming the other; the other's grid completes, each run trained once.
+    Its stdout, a pipe, is a log: a line per run that finished, and stage summaries."""
     raw = tiny_job_dict(tmp_path)
     raw["baseline"] = False  # a teacher and its student: the smallest grid with two stages
     raw["train"]["epochs"] = 1
@@ -249,6 +251,7 @@ def test_two_drivers_started_at_once_one_refuses_and_each_run_trains_once(tmp_pa
     job_file.write_text(yaml.safe_dump(raw))
     exp = Experiment.for_job(parse_job(raw))
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "COLUMNS": "200"}
+    env["KDRAY_PROGRESS_EVERY_S"] = "1"  # a stage summary every second, not every 3 minutes
     command = [sys.executable, "-m", "kdray", "run", str(job_file)]
     drivers = [
         subprocess.Popen(
@@ -263,6 +266,17 @@ def test_two_drivers_started_at_once_one_refuses_and_each_run_trains_once(tmp_pa
     refusal = outputs[drivers.index(loser)]
     assert f"already being run by process {winner.pid}" in refusal, refusal
     assert len([ln for ln in refusal.splitlines() if ln.startswith("error")]) == 1, refusal
+    log = outputs[drivers.index(winner)]
+    runs = exp.plan().runs.values()
+    for run in runs:  # `[0:41] finished teacher resnet10t, seed 0: val acc 0.425 in 0:17`
+        for line in (
+            rf"^\[\d+:\d\d\] started  {run.stage} {run.model}\b",
+            rf"^\[\d+:\d\d\] finished {run.stage} {run.model}\b.*: val acc \d\.\d{{3}} in ",
+        ):
+            assert len(re.findall(line, log, re.MULTILINE)) == 1, log
+    summaries = re.findall(r"^\[\d+:\d\d\] teacher \d/1 finished, .*; student .*", log, re.M)
+    assert summaries[-1].endswith("student 1/1 finished, 0 running, 0 failed, 0 waiting"), log
+    assert any(" 1 running" in line for line in summaries[:-1]), log  # while a run trained
     for run_id in exp.plan().runs:
         assert json.loads((exp.run_dir(run_id) / "attempts.json").read_text())["attempts"] == 1
     assert all(r["status"] == "finished" for r in finished_rows(exp))

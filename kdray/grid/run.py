@@ -16,6 +16,7 @@ from rich.console import Console
 from kdray.data import prepare_data
 from kdray.data.cache import DataInfo, load_split
 from kdray.grid.progress import GridProgress, fitted_lines
+from kdray.grid.progress_log import GridLog
 from kdray.grid.resources import check_resources, driver_warning
 from kdray.grid.tune import check_storage, init_ray, run_grid
 from kdray.methods import METHODS
@@ -130,6 +131,12 @@ def _prepare(exp: Experiment, job: Job, console: Console) -> DataInfo:
     return data
 
 
+def grid_view(console: Console) -> GridProgress | GridLog:
+    """Live bars on a terminal; elsewhere (a log file, Slurm, `ray job submit`) a line per run
+    that starts, finishes or fails, and a stage summary every few minutes."""
+    return GridProgress(console) if console.is_terminal else GridLog(console)
+
+
 def _run_experiment(
     exp: Experiment, job: Job, address: str | None, verbose: bool, console: Console
 ) -> RunReport:
@@ -147,7 +154,8 @@ def _run_experiment(
     complete = False
     stop_polling = threading.Event()
     try:
-        with GridProgress(console) as progress:
+        with grid_view(console) as progress:
+            progress.refresh(exp)  # before any trial: what a resumed grid had already
             poller = threading.Thread(target=progress.follow, args=(exp, stop_polling), daemon=True)
             poller.start()
             try:

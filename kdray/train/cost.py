@@ -8,8 +8,8 @@
 - `throughput`: images per second at the evaluation batch size.
 Each (model, image size, channels, classes, device) is measured once per experiment and kept in
 `costs/<key>.json`: a teacher and its model's baseline share one measurement. Timing is bounded
-(`budget_s` per model, 1 s by default) so it never costs a trial noticeable time: on the
-quickstart, about 1 s per model, 2.3 s of its trials' 150 s.
+(`budget_s` per model, 0.5 s by default: at least 3 calls of each kind, so a slow model on a CPU
+takes longer) so it never costs a trial noticeable time: on the quickstart, about 0.6 s per model.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def _timed(model: nn.Module, x: torch.Tensor) -> float:
 
 @torch.no_grad()
 def time_inference(
-    model: nn.Module, channels: int, size: int, batch_size: int, budget_s: float = 1.0
+    model: nn.Module, channels: int, size: int, batch_size: int, budget_s: float = 0.5
 ) -> dict:
     """Batch-1 latency (median, p90, in ms) and throughput at `batch_size` (images/s), within
     about `budget_s` seconds: fewer timed calls for a slow model, at least 3."""
@@ -67,7 +67,8 @@ def time_inference(
     while len(times) < TIMED_CALLS and (len(times) < 3 or time.perf_counter() < deadline):
         times.append(_timed(model, one))
     batch = torch.zeros(batch_size, channels, size, size, device=device)
-    _timed(model, batch)  # warm-up at this shape
+    # no warm-up call at this shape: the model is warm, and the median of 3 or more drops a
+    # slow first call (one call at batch 256 is ~0.2 s of a CPU core)
     batch_times, deadline = [], time.perf_counter() + budget_s / 2
     while len(batch_times) < 3 or (len(batch_times) < 10 and time.perf_counter() < deadline):
         batch_times.append(_timed(model, batch))

@@ -1,0 +1,130 @@
+"""A grid's progress as plain lines, for a stdout that is no terminal (nohup, Slurm, `ray job
+submit`, a redirect), where live bars would leave nothing: one line per run that starts,
+finishes (with its primary metric) or fails (with its one-line error), and a one-line summary
+of every stage every few minutes. Read from the experiment folder, as `GridProgress` is."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+
+from rich.console import Console
+
+from kdray.spec.plan import RunSpec
+from kdray.store.experiment import Experiment, ExperimentError
+from kdray.store.status import stage_counts, status_rows
+
+EVERY_S_ENV = "KDRAY_PROGRESS_EVERY_S"  # seconds between stage summaries (tests set a few)
+DEFAULT_EVERY_S = 180.0
+
+
+def summary_every_s() -> float:
+    """Seconds between two stage summaries: `KDRAY_PROGRESS_EVERY_S`, else 3 minutes."""
+    try:
+        return float(os.environ.get(EVERY_S_ENV, DEFAULT_EVERY_S))
+    except ValueError:
+        return DEFAULT_EVERY_S
+
+
+def elapsed(seconds: float) -> str:
+    """`h:mm:ss` past an hour, else `m:ss`."""
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def describe(run: RunSpec) -> str:
+    """`student resnet10t <- seresnet18 (kd), seed 0`, `teacher seresnet18 [0.50, 0.65], seed
+    0` (a defective teacher's band, as the tables name it): what a reader needs to know the run."""
+    band = f" [{run.band[0]:.2f}, {run.band[1]:.2f}]" if run.band else ""
+    teachers = f" <- {'+'.join(run.teacher_models)}" if run.teacher_models else ""
+    method = f" ({run.method})" if run.teacher_models else ""
+    return f"{run.stage} {run.model}{band}{teachers}{method}, seed {run.seed}"
+
+
+def outcome(exp: Experiment, run_id: str, state: str) -> str:
+    """A finished run's primary validation score (`val acc 0.812`), a failed run's error."""
+    folder = exp.run(run_id)
+    try:
+        summary = folder.summary() or {}
+        if state == "failed":
+            return summary.get("error") or folder.failure() or "failed"
+    except ExperimentError as exc:  # a damaged file: what to do about it
+        return str(exc)
+    metric = summary.get("primary_metric", "acc")
+    score = summary.get(f"val_{metric}")
+    scored = f"val {metric} {score:.3f}" if isinstance(score, int | float) else f"no val {metric}"
+    wall = summary.get("wall_s")
+    return scored + (f" in {elapsed(wall)}" if isinstance(wall, int | float) else "")
+
+
+def stage_line(rows: list[dict]) -> str:
+    """`teacher 2/3 finished, 1 running, 0 failed, 0 waiting; student 0/4 finished, ...`"""
+    parts = []
+    for stage, c in stage_counts(rows).items():
+        waiting = c["pending"] + c["interrupted"]
+        total = sum(c.values())
+        parts.append(
+            f"{stage} {c['finished']}/{total} finished, {c['running']} running, "
+            f"{c['failed'] + c['unreadable']} failed, {waiting} waiting"
+        )
+    return "; ".join(parts)
+
+
+class GridLog:
+    """The non-terminal counterpart of `GridProgress` (same `refresh` / `follow`): prints what
+    changed since the last poll. Runs already finished or failed when it starts (a resumed
+    grid) are not announced again; a run counts as started when its attempts count grows."""
+
+    def __init__(self, console: Console, every_s: float | None = None):
+        self.console = console
+        self.every_s = summary_every_s() if every_s is None else every_s
+        self._started = time.monotonic()
+        self._last_summary = self._started
+        self._seen: dict[str, tuple[str, int]] | None = None  # run id -> (state, attempts)
+        self._lock = threading.Lock()  # `follow`'s thread and the driver's final refresh
+
+    def __enter__(self) -> GridLog:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def _print(self, text: str) -> None:
+        now = elapsed(time.monotonic() - self._started)
+        self.console.print(f"[{now}] {text}", highlight=False, markup=False, soft_wrap=True)
+
+    def refresh(self, exp: Experiment, final: bool = False) -> None:
+        """Print the runs that started, finished or failed since the last call, and the stage
+        summary when it is due (always on the `final` call, when the grid has stopped)."""
+        with self._lock:
+            rows = status_rows(exp, alive=not final)
+            runs = exp.plan().runs
+            seen, current = self._seen, {}
+            for row in rows:
+                run_id, state = row["trial_id"], row["state"]
+                now = current[run_id] = (state, row["attempts"])
+                if seen is None:
+                    continue  # the first poll: what was there before this grid started
+                before_state, before_attempts = seen.get(run_id, ("pending", 0))
+                again = now[1] > before_attempts  # a new attempt since the last poll
+                if again and state in ("running", "finished", "failed"):
+                    self._print(f"started  {describe(runs[run_id])}")
+                if state in ("finished", "failed") and (again or state != before_state):
+                    self._print(
+                        f"{state:<8} {describe(runs[run_id])}: {outcome(exp, run_id, state)}"
+                    )
+            self._seen = current  # only once every row was read: a poll that raised is redone
+            due = time.monotonic() - self._last_summary >= self.every_s
+            if final or (due and seen is not None):
+                self._last_summary = time.monotonic()
+                self._print(stage_line(rows))
+
+    def follow(self, exp: Experiment, stop: threading.Event, every_s: float = 1.0) -> None:
+        """Refresh from the experiment folder until `stop` is set (run it in a thread)."""
+        while not stop.is_set():
+            with contextlib.suppress(Exception):  # a half-written file: the next poll reads it
+                self.refresh(exp)
+            stop.wait(every_s)
