@@ -49,7 +49,7 @@ class GridProgress:
         self.progress = Progress(
             TextColumn("[bold]{task.fields[stage]:<8}"),
             BarColumn(),
-            TextColumn("{task.fields[finished]}/{task.total} finished"),
+            TextColumn("{task.fields[finished]}/{task.total} finished{task.fields[stopped]}"),
             TextColumn("[cyan]{task.fields[running]} running"),
             TextColumn("[red]{task.fields[failed]} failed"),
             TimeElapsedColumn(),
@@ -73,13 +73,14 @@ class GridProgress:
             total = sum(c.values())
             if stage not in self._tasks:
                 self._tasks[stage] = self.progress.add_task(
-                    stage, total=total, stage=stage, running=0, failed=0, finished=0
+                    stage, total=total, stage=stage, running=0, failed=0, finished=0, stopped=""
                 )
             self.progress.update(
                 self._tasks[stage],
                 total=total,
                 completed=c["finished"] + c["stopped"] + c["failed"],  # the bar: runs that ended
                 finished=c["finished"],
+                stopped=f" ({c['stopped']} stopped)" if c["stopped"] else "",  # searched samples
                 running=c["running"],
                 failed=c["failed"],
             )

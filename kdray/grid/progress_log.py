@@ -45,7 +45,8 @@ def describe(run: RunSpec) -> str:
 
 
 def outcome(exp: Experiment, run_id: str, state: str) -> str:
-    """A finished run's primary validation score (`val acc 0.812`), a failed run's error."""
+    """A finished (or stopped) run's primary validation score (`val acc 0.812`), a failed run's
+    error."""
     folder = exp.run(run_id)
     try:
         summary = folder.summary() or {}
@@ -66,8 +67,9 @@ def stage_line(rows: list[dict]) -> str:
     for stage, c in stage_counts(rows).items():
         waiting = c["pending"] + c["interrupted"]
         total = sum(c.values())
+        stopped = f", {c['stopped']} stopped" if c["stopped"] else ""  # searched samples
         parts.append(
-            f"{stage} {c['finished']}/{total} finished, {c['running']} running, "
+            f"{stage} {c['finished']}/{total} finished{stopped}, {c['running']} running, "
             f"{c['failed'] + c['unreadable']} failed, {waiting} waiting"
         )
     return "; ".join(parts)
@@ -110,9 +112,9 @@ class GridLog:
                     continue  # the first poll: what was there before this grid started
                 before_state, before_attempts = seen.get(run_id, ("pending", 0))
                 again = now[1] > before_attempts  # a new attempt since the last poll
-                if again and state in ("running", "finished", "failed"):
+                if again and state in ("running", "finished", "stopped", "failed"):
                     self._print(f"started  {describe(runs[run_id])}")
-                if state in ("finished", "failed") and (again or state != before_state):
+                if state in ("finished", "stopped", "failed") and (again or state != before_state):
                     self._print(
                         f"{state:<8} {describe(runs[run_id])}: {outcome(exp, run_id, state)}"
                     )
