@@ -170,7 +170,12 @@ def test_run_where_no_run_finishes_exits_1_listing_each_failed_run(tmp_path, mon
     job["train"]["batch_size"] = 2  # 4 steps an epoch: the crash comes at step 2
     job["faults"] = {"trial_retries": 0}
     job["baseline"] = False  # one trial: the teacher fails, its student is never started
-    result = cli("run", write_job(tmp_path, job))
+    import ray
+
+    try:
+        result = cli("run", write_job(tmp_path, job))
+    finally:  # the local Ray's workers carry the crash variables: no later test may reuse it
+        ray.shutdown()
     assert result.exit_code == 1, result.output
     assert "2 run(s) failed" in result.output
     assert "not started: its teacher run" in result.output
