@@ -16,7 +16,7 @@ from kdray.grid.search import STOP, WAIT
 from kdray.spec.base import JobError
 from kdray.spec.load import parse_job
 from kdray.store.experiment import Experiment
-from kdray.store.status import status_rows
+from kdray.store.status import status_rows, unfinished_line
 from tests.conftest import tiny_job_dict
 
 EPOCHS = 8
@@ -185,6 +185,7 @@ def test_a_search_stops_samples_and_confirms_the_best_on_every_seed(tmp_path):
     assert best in result["confirmed"]  # the seed-0 confirmation is the best sample itself
     states = {row["trial_id"]: row["state"] for row in status_rows(exp, alive=False)}
     assert {states[r] for r in samples if samples[r][0] == "stopped"} == {"stopped"}
+    assert unfinished_line(exp) is None  # stopped samples ended: an export says nothing is left
 
 
 def test_the_same_job_draws_stops_and_chooses_the_same_whatever_the_timing(tmp_path):

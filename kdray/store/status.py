@@ -101,9 +101,12 @@ def unfinished_line(exp: Experiment) -> str | None:
     alive = grid_alive(exp)
     rows = status_rows(exp, alive)
     done = sum(1 for r in rows if r["state"] == "finished")
-    if done == len(rows):
+    stopped = sum(1 for r in rows if r["state"] == "stopped")  # ended: a search stopped them
+    if done + stopped == len(rows):
         return None
-    said = f"{done} of {len(rows)} runs finished"
+    said = f"{done} of {len(rows)} runs finished" + (
+        f", {stopped} stopped by their search" if stopped else ""
+    )
     if alive:
         return f"{said}; the grid is still running: the tables hold the finished runs; export " \
             "again once it ends (`kdray status` follows it)"  # fmt: skip
