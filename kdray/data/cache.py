@@ -15,8 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,7 +24,7 @@ import cv2
 import numpy as np
 
 from kdray.data.base import DataError
-from kdray.data.files import MAX_PROBLEM_LINES
+from kdray.data.files import MAX_PROBLEM_LINES, folder_in_place
 
 SPLITS = ("train", "valid", "test")
 BAD_IMAGE_HINT = (
@@ -281,9 +279,7 @@ def write_cache(
     "skip": then bad images are left out and counted in `extra["skipped"]`.
     """
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
-    try:
+    with folder_in_place(dest) as tmp:
         counts, all_problems, skipped = {}, [], {}
         for split, source in sources.items():
             counts[split], problems = _decode_split(
@@ -313,12 +309,6 @@ def write_cache(
             task=task,
         )
         (tmp / "meta.json").write_text(json.dumps(info.to_json(), indent=2))
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return info
 
 

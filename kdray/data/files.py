@@ -8,11 +8,14 @@ selection that does not depend on numpy's random streams, and capping long probl
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
+import shutil
 import stat
-from collections.abc import Iterable, Sequence
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -294,3 +297,19 @@ def raise_problems(problems: list[str], limit: int = MAX_PROBLEM_LINES) -> None:
     if len(problems) > limit:
         problems = [*problems[:limit], f"... and {len(problems) - limit} more"]
     raise DataError(problems)
+
+
+@contextlib.contextmanager
+def folder_in_place(dest: Path) -> Iterator[Path]:
+    """A temporary folder beside `dest`, put in its place (the old one removed) when the block
+    ends, removed if it raised: a crash leaves the old cache or the new one, never half of one."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
+    try:
+        yield tmp
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

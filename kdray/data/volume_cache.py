@@ -17,16 +17,13 @@ Bad volumes raise `DataError` naming every bad file; a crash leaves no half-writ
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from kdray.data.files import raise_problems
+from kdray.data.files import folder_in_place, raise_problems
 from kdray.data.volume_base import Volume, VolumeSource
 
 SPLITS = ("train", "valid", "test")
@@ -104,9 +101,7 @@ def write_volume_cache(
 ) -> VolumeInfo:
     """Decode every split into `dest`, atomically; `DataError` naming every bad file."""
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
-    try:
+    with folder_in_place(dest) as tmp:
         problems = []
         for split, source in sources.items():
             problems += _write_split(tmp, split, source, len(classes))
@@ -114,12 +109,6 @@ def write_volume_cache(
         counts = {split: len(source) for split, source in sources.items()}
         info = VolumeInfo(str(dest), fp, list(classes), task, counts)
         (tmp / "meta.json").write_text(json.dumps(asdict(info), indent=2))
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return info
 
 

@@ -82,15 +82,23 @@ def segmentation_metrics(pred: np.ndarray, truth: np.ndarray, num_classes: int) 
     of known pixels labelled right."""
     scores = per_image_scores(pred, truth, num_classes)
     known = np.asarray(truth) >= 0
+    return {
+        **overlap_means(scores),
+        "acc": float((np.asarray(pred)[known] == np.asarray(truth)[known]).mean())
+        if known.any()
+        else None,
+    }
+
+
+def overlap_means(scores: dict[str, np.ndarray]) -> dict[str, float | None]:
+    """`dice`, `iou`, `hd95`: per class the mean over items (images, volumes) whose ground
+    truth has the class, then over classes; `empty_fp` over items without it."""
     empty = scores["empty"].sum()
     return {
         "dice": mean_known(class_means(scores["dice"])),
         "iou": mean_known(class_means(scores["iou"])),
         "hd95": mean_known(class_means(scores["hd95"])),
         "empty_fp": float(scores["alarm"].sum() / empty) if empty else None,
-        "acc": float((np.asarray(pred)[known] == np.asarray(truth)[known]).mean())
-        if known.any()
-        else None,
     }
 
 

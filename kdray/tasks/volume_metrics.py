@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from kdray.tasks.segmentation_metrics import class_means, hd95, mean_known
+from kdray.tasks.segmentation_metrics import class_means, hd95, overlap_means
 
 
 def volume_scores(
@@ -60,14 +60,7 @@ def volume_segmentation_metrics(
 ) -> dict[str, float | None]:
     """`dice` (primary), `iou`, `hd95` (mm): per class the mean over volumes whose ground truth
     has the class, then the mean over classes; `empty_fp` over volumes without it."""
-    scores = _stacked(preds, truths, spacings, num_classes)
-    empty = scores["empty"].sum()
-    return {
-        "dice": mean_known(class_means(scores["dice"])),
-        "iou": mean_known(class_means(scores["iou"])),
-        "hd95": mean_known(class_means(scores["hd95"])),
-        "empty_fp": float(scores["alarm"].sum() / empty) if empty else None,
-    }
+    return overlap_means(_stacked(preds, truths, spacings, num_classes))
 
 
 def volume_segmentation_report(preds, truths, spacings, names: list[str]) -> dict:
