@@ -58,6 +58,8 @@ class CellSearch:
         self.chosen = self.study.user_attrs.get("chosen")
         known = set(plan.runs)
         self.unqueued = [self._spec(t.params) for run, t in drawn if run not in known]
+        if self.unqueued:  # drawn before a crash that cut off their record
+            exp.add_runs(self.unqueued)
 
     # --- drawing samples ----------------------------------------------------------------
 
@@ -82,6 +84,7 @@ class CellSearch:
         trial = self.study.ask(self.space)
         spec = self._spec(trial.params)
         trial.set_user_attr("run_id", spec.run_id)
+        self.exp.add_runs([spec])  # recorded before it is queued: a grid stopped now keeps it
         self.trial_ids.append(trial._trial_id)
         self.runs.append(spec.run_id)
         return spec
@@ -166,20 +169,17 @@ class GridSearch:
     def __init__(self, experiment: str | Path):
         exp = Experiment(Path(experiment))
         job, plan = exp.job(), exp.plan()
-        self.exp = exp
         self.cells = [CellSearch(exp, job, plan, cell) for cell in plan.searches.values()]
         self.owner = {run: c for c in self.cells for run in c.runs}
 
     def new_runs(self, status: Status) -> list[RunSpec]:
-        """Runs drawn or confirmed now, recorded in the experiment before they are queued."""
+        """Runs drawn or confirmed now (each cell records them in the experiment as it makes
+        them, before they are queued)."""
         out = []
         for cell in self.cells:
             for spec in cell.new_runs(status):
                 self.owner.setdefault(spec.run_id, cell)
                 out.append(spec)
-        samples = [s for s in out if any(r.startswith("sample:") for r in s.roles)]
-        if samples:
-            self.exp.add_runs(samples)
         return out
 
     def judge(self, run: str, epoch: int, value: float, alive, status: Status) -> str:
