@@ -216,13 +216,13 @@ class RunLedger:
         is a chain: samples, then confirmations), behind the teachers."""
         if self.search is None or self.closed:
             return
+        made = self.search.new_runs(self._status_or_failed)
+        if not made:
+            return  # most calls: nothing new, nothing to compare
         known = {r for p in self.waiting for r in p} | {
             r for rs in self.given().values() for r in rs
         }
-        new = [
-            s for s in self.search.new_runs(self._status_or_failed)
-            if s.run_id not in known and self.status(s.run_id) is None
-        ]  # fmt: skip
+        new = [s for s in made if s.run_id not in known and self.status(s.run_id) is None]
         gating = {t for ts in self.teachers.values() for t in ts}
         at = 0  # after the teachers' packs and the searches' runs queued before
         while at < len(self.waiting) and (
