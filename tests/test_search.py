@@ -32,6 +32,7 @@ def search_job(tmp_path, name="searched", **search):
         "early_stop": {"rule": "asha", "grace_epochs": 1, "reduction_factor": 2},
         **search,
     }
+    block = {key: value for key, value in block.items() if value is not None}
     studies = {
         "tuned": {
             "teachers": ["resnet10t"],
@@ -235,6 +236,10 @@ def test_a_search_interrupted_and_resumed_redoes_nothing_and_chooses_the_same(tm
             "studies.tuned.search.early_stop.grace_epochs: 8 is not below train.epochs",
         ),
         (
+            {"budget": 5},
+            "studies.tuned.search.budget: 5 epochs is less than one sample trained to the end",
+        ),
+        (
             {"algorithm": "grid", "samples": 5, "space": {"alpha": {"choice": [0.5, 0.9]}}},
             "studies.tuned.search.samples: 5 is more than the grid's 2 points",
         ),
@@ -336,3 +341,59 @@ def test_tune_gets_a_pack_of_a_run_the_search_made_during_the_grid(tmp_path):
     )
     (spec,) = queue.suggest("t1")
     assert spec.run_id == later[1].run_id and spec.seed == 1 and "kd:tuned" in spec.roles
+
+
+def test_a_budget_caps_a_cells_epochs_and_early_stops_buy_more_samples(tmp_path):
+    """`budget: 64` epochs (no `samples`): a sample is drawn only while it and those in flight,
+    each trained to the end, fit; stopped samples leave room for more than 64 // 8 of them."""
+
+    budget = 64
+
+    def run(folder, slots, order_seed):
+        exp = Experiment.create(search_job(folder, "budget", samples=None, budget=budget))
+        SimulatedGrid(exp, slots, order_seed).run()
+        return outcome(exp)
+
+    one, three = run(tmp_path / "a", 1, 0), run(tmp_path / "b", 3, 5)
+    assert one == three  # the budget's rule is as repeatable as the window's
+    spent = sum(epochs for _, epochs in one["samples"].values())
+    assert spent <= budget
+    assert len(one["samples"]) > budget // EPOCHS
+    assert budget - spent < EPOCHS  # it stopped drawing only when one more could overrun
+    assert len(one["confirmed"]) == 3
+
+
+def test_searches_of_unequal_budgets_are_warned_of_and_equal_budgets_are_not(tmp_path):
+    from kdray.spec.describe import budget_warnings
+
+    def job(first: dict, second: dict):
+        raw = search_job(tmp_path).model_dump(mode="json", by_alias=True, exclude_none=True)
+        tuned = raw["studies"]["tuned"]
+        raw["studies"] = {
+            "a": {**tuned, "search": {**tuned["search"], **first}},
+            "b": {**tuned, "search": {**tuned["search"], **second}},
+        }
+        return parse_job(raw)
+
+    (line,) = budget_warnings(job({"samples": 10}, {"samples": 6}))
+    assert line.startswith("studies: searched with different budgets (a 10 samples/asha 1/2")
+    asha, none = {"rule": "asha", "grace_epochs": 1}, {"rule": "none"}
+    assert budget_warnings(job({"early_stop": asha}, {"early_stop": none}))
+    equal = job({"budget": 40, "early_stop": asha}, {"budget": 40, "early_stop": none})
+    assert budget_warnings(equal) == []
+
+
+def test_a_stopping_grid_neither_stops_nor_lets_a_sample_train_on_unjudged(tmp_path):
+    """After Ctrl-C (the ledger closed) a sample asking to be judged is told to wait until its
+    worker is stopped: not `go` (it could finish with epochs its search never saw, and be told
+    with a curve another timing would not give), not `stop`."""
+    exp = Experiment.create(search_job(tmp_path))
+    grid = SimulatedGrid(exp, slots=2, order_seed=0)
+    for _ in range(400):
+        grid.step()
+        if grid.ledger.search.owner:
+            break
+    sample = next(iter(grid.ledger.search.owner))
+    assert grid.ledger.judge(sample, 1, 0.5) != WAIT  # the first sample is judged at once
+    grid.ledger.close()
+    assert grid.ledger.judge(sample, 2, 0.5) == WAIT

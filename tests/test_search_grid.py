@@ -5,14 +5,21 @@ MLflow, the best confirmed on every seed and reported in the KD tables."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import pytest
+import ray
+import yaml
 
+from kdray.grid.run import run_experiment
 from kdray.results.cells import study_cells
 from kdray.results.tables import read_trials
 from kdray.spec.load import parse_job
+from kdray.store.experiment import Experiment
 from kdray.store.status import status_rows
 from tests.conftest import run_grid, tiny_job_dict
+from tests.test_faults import stop_driver_once
 from tests.test_tracking_mlflow import runs_of
 
 pytestmark = [
@@ -21,7 +28,7 @@ pytestmark = [
 ]
 
 
-def searched_job(tmp_path):
+def searched_raw(tmp_path) -> dict:
     """Four learning rates on a grid (Optuna's GridSampler, seed 0 draws 1e-6 first); successive
     halving from epoch 1 keeps about one in two. On this CPU the 1e-7 and 0.003 samples are
     stopped (at epochs 1 and 2): the assertions below hold for any such outcome."""
@@ -42,15 +49,26 @@ def searched_job(tmp_path):
     raw = tiny_job_dict(tmp_path, studies=studies, seeds=[0, 1], baseline=True)
     raw["train"]["epochs"] = 3
     raw["tracking"] = {"mlflow": {}}
-    return parse_job(raw)
+    return raw
 
 
-def test_a_searched_study_stops_samples_and_reports_its_confirmed_best(tmp_path):
-    job = searched_job(tmp_path)
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The searched grid run once, to the end, without a stop: (job, experiment, report)."""
+    job = parse_job(searched_raw(tmp_path_factory.mktemp("uninterrupted")))
     exp, report = run_grid(job)
+    return job, exp, report
+
+
+def samples_of(trials):
+    return trials[trials.roles.apply(lambda rs: "sample:tuned" in list(rs))]
+
+
+def test_a_searched_study_stops_samples_and_reports_its_confirmed_best(uninterrupted):
+    job, exp, report = uninterrupted
     assert report.ok, report.failed
     trials = read_trials(exp).to_pandas()
-    samples = trials[trials.roles.apply(lambda rs: "sample:tuned" in list(rs))]
+    samples = samples_of(trials)
     assert sorted(json.loads(s)["lr"] for s in samples.setting) == [1e-7, 1e-6, 0.003, 0.01]
     stopped = samples[samples.status == "stopped"]
     assert len(stopped) >= 1 and set(samples.status) == {"finished", "stopped"}
@@ -79,3 +97,49 @@ def test_a_searched_study_stops_samples_and_reports_its_confirmed_best(tmp_path)
         run = tagged[run_id]
         assert run.data.tags["kdray.search"] == "tuned"
         assert run.data.tags["kdray.status"] == status and run.info.status == "FINISHED"
+
+
+def ended_samples(exp: Experiment) -> dict[str, tuple[str, bytes]]:
+    """Each sample that has ended: its status and its summary's bytes."""
+    out = {}
+    for summary in exp.root.glob("runs/*-lr*-s0-*/summary.json"):
+        out[summary.parent.name] = (json.loads(summary.read_text())["status"], summary.read_bytes())
+    return out
+
+
+def test_a_search_stopped_by_ctrl_c_resumes_redoing_no_ended_sample_and_chooses_the_same(
+    tmp_path, uninterrupted
+):
+    """`kdray run` stopped by Ctrl-C (SIGINT to its process group) once a sample has ended,
+    then resumed: no sample that had ended is trained again, and the samples' outcomes and the
+    chosen setting are those of the uninterrupted grid. (Seed 0 only, no baseline, no
+    tracking: what the samples and the choice depend on, at a third of the grid's cost.)"""
+    raw = {**searched_raw(tmp_path), "seeds": [0], "baseline": False}
+    del raw["tracking"]
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text(yaml.safe_dump(raw))
+    job = parse_job(raw)
+    exp = Experiment.for_job(job)
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    code = stop_driver_once(["run", str(job_file)], signal.SIGINT, env, lambda: ended_samples(exp))
+    assert code == 130
+    before = ended_samples(exp)
+    assert before and exp.plan().searches  # stopped mid-search, with a sample ended
+    try:
+        report = run_experiment(exp, job)  # what `kdray resume` runs
+    finally:
+        ray.shutdown()
+    assert report.ok, report.failed
+    after = ended_samples(exp)
+    assert {run: after[run] for run in before} == before  # ended samples left as they were
+    for run in before:
+        assert exp.run(run).attempts() == 1
+
+    def outcome(e: Experiment):
+        trials = read_trials(e).to_pandas()
+        samples = samples_of(trials)
+        (cell,) = study_cells(trials, "tuned")
+        ended = sorted(zip(samples.setting, samples.status, samples.epochs, strict=True))
+        return ended, set(cell.runs.setting)
+
+    assert outcome(exp) == outcome(uninterrupted[1])

@@ -120,6 +120,11 @@ TRIAL_COLUMNS: list[tuple[str, str]] = [
     ),
     ("error", "why the run failed"),
     ("stopped_at_epoch", "a searched sample its search stopped: the epoch (rung) it reached"),
+    (
+        "search_budget",
+        "a searched sample: the epochs its cell's search may spend (`search.budget`, or every "
+        "sample to the end)",
+    ),
 ]
 
 EPOCH_COLUMNS: list[tuple[str, str]] = [

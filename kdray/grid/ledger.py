@@ -197,10 +197,14 @@ class RunLedger:
 
     def judge(self, run_id: str, epoch: int, value: float) -> str:
         """A searched sample after `epoch`: `stop` (the pruner ends it), `go`, or `WAIT` (earlier
-        samples of its cell must be judged at this epoch first). A closing grid stops nothing:
-        the run is interrupted, not ended."""
+        samples of its cell must be judged at this epoch first). A closing grid answers `WAIT`
+        until its workers are stopped: a sample must neither end stopped by a judgement the
+        search did not record, nor train on unjudged to the end in the seconds a stopping grid
+        leaves it; it is interrupted, and judged on its checkpoint's epoch when resumed."""
         self._read.clear()
-        if self.search is None or self.closed:
+        if self.closed:
+            return WAIT
+        if self.search is None:
             return "go"
         return self.search.judge(run_id, epoch, value, self._alive, self._status_or_failed)
 

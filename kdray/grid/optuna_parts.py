@@ -42,13 +42,13 @@ def distributions(search: Search) -> dict[str, BaseDistribution]:
     return out
 
 
-def startup_trials(search: Search) -> int:
+def startup_trials(search: Search, epochs: int) -> int:
     """TPE's random draws before it models the results: half the samples, 2 to 10 (Optuna's
     default of 10 would leave a 16-sample search only 6 guided draws)."""
-    return max(2, min(10, search.samples // 2))
+    return max(2, min(10, search.most_samples(epochs) // 2))
 
 
-def sampler_for(search: Search, number: int) -> optuna.samplers.BaseSampler:
+def sampler_for(search: Search, number: int, epochs: int) -> optuna.samplers.BaseSampler:
     """The sampler that makes draw `number` (see the module docstring)."""
     seed = search.seed * 1_000_003 + number
     if search.algorithm == "random":
@@ -57,7 +57,7 @@ def sampler_for(search: Search, number: int) -> optuna.samplers.BaseSampler:
         space = {name: grid_values(d) for name, d in search.space.items()}
         return optuna.samplers.GridSampler(space, seed=search.seed)
     return optuna.samplers.TPESampler(
-        seed=seed, n_startup_trials=startup_trials(search), multivariate=True
+        seed=seed, n_startup_trials=startup_trials(search, epochs), multivariate=True
     )
 
 

@@ -64,23 +64,50 @@ class CellSearch:
     # --- drawing samples ----------------------------------------------------------------
 
     def new_runs(self, status: Status) -> list[RunSpec]:
-        """Samples the window lets it draw now; once every sample ended, the confirmations."""
+        """Samples the window and the budget let it draw now; once every sample ended, the
+        confirmations."""
         out, self.unqueued = self.unqueued, []
         seed_teachers = self.cell.teacher_runs[self.job.seeds[0]]
         if not all(status(t) == "finished" for t in seed_teachers):
             return out
-        while len(self.runs) < self.search.samples:
-            first_in_flight = len(self.runs) - self.search.parallel + 1
-            if not self._tell_through(first_in_flight, status):
-                return out
+        while (draw := self._may_draw(status)) is True:
             out.append(self._draw())
-        if self.chosen is None and self._tell_through(len(self.runs), status):
+        if draw is False and self.chosen is None and self._tell_through(len(self.runs), status):
             out += self._confirm()
         return out
 
+    def _may_draw(self, status: Status) -> bool | None:
+        """True: draw the next sample now; False: the cell has drawn all it will; None: not
+        before a sample in flight ends. Samples are told in order, only as far as the window
+        (`parallel`) and then the budget need, so what the sampler has seen at each draw is
+        the same whatever the timing."""
+        if len(self.runs) >= self.search.most_samples(self.job.train.epochs):
+            return False
+        count = max(0, len(self.runs) - self.search.parallel + 1)
+        while True:
+            if not self._tell_through(count, status):
+                return None
+            if self._fits_budget():
+                return True
+            if self.told == len(self.runs):
+                return False
+            count = self.told + 1
+
+    def _fits_budget(self) -> bool:
+        """Whether one more sample fits the budget if each one in flight trains to the end."""
+        if self.search.budget is None:
+            return True
+        epochs = self.job.train.epochs
+        spent = sum(self._epochs_trained(run) for run in self.runs[: self.told])
+        return spent + epochs * (len(self.runs) - self.told + 1) <= self.search.budget
+
+    def _epochs_trained(self, run: str) -> int:
+        summary = self.exp.summary(run) or {}
+        return int(summary.get("epochs") or self.judged.get(run, 0))
+
     def _draw(self) -> RunSpec:
         number = len(self.runs)
-        self.study.sampler = sampler_for(self.search, number)
+        self.study.sampler = sampler_for(self.search, number, self.job.train.epochs)
         trial = self.study.ask(self.space)
         spec = self._spec(trial.params)
         trial.set_user_attr("run_id", spec.run_id)
@@ -100,10 +127,8 @@ class CellSearch:
             state = status(run)
             if state not in ENDED:
                 return False
-            if state == "finished":
-                trial = self.study._storage.get_trial(self.trial_ids[self.told])
-                values = trial.intermediate_values
-                value = values[max(values)] if values else self._summary_score(run)
+            value = self._summary_score(run) if state == "finished" else None
+            if value is not None:  # its final validation score, as its summary says
                 self._tell(self.told, TrialState.COMPLETE, value)
             else:
                 self._tell(self.told, TrialState.PRUNED if state == "stopped" else TrialState.FAIL)

@@ -16,8 +16,8 @@ from kdray.results.cells import (
 )
 
 SEARCH_COLUMNS = [
-    "Student", "Teacher", "Samples", "Finished", "Stopped", "Epochs trained", "Without stopping",
-    "Share", "Chosen", "Chosen valid",
+    "Student", "Teacher", "Samples", "Finished", "Stopped", "Epochs trained", "Budget",
+    "Without stopping", "Share", "Chosen", "Chosen valid",
 ]  # fmt: skip
 
 
@@ -34,8 +34,9 @@ def searched(trials: pd.DataFrame, study: str) -> bool:
 
 
 def search_table(trials: pd.DataFrame, study: str) -> pd.DataFrame:
-    """One row per searched cell of the study (see the module docstring). `Without stopping`:
-    samples x the epochs a finished sample trained."""
+    """One row per searched cell of the study (see the module docstring). `Budget`: the epochs
+    the cell could spend (its search's `budget`, or every sample to the end); `Without
+    stopping`: samples x the epochs a finished sample trained."""
     samples = sample_runs(trials, study)
     confirmed = kd_runs(trials, study)
     confirmed["budget"] = budgets(confirmed)
@@ -60,6 +61,7 @@ def search_table(trials: pd.DataFrame, study: str) -> pd.DataFrame:
                 "Finished": len(finished),
                 "Stopped": int((group.status == "stopped").sum()),
                 "Epochs trained": int(epochs.sum()),
+                "Budget": _budget(group),
                 "Without stopping": int(full),
                 "Share": f"{epochs.sum() / full:.2f}" if full else "—",
                 "Chosen": chosen.setting_label.iloc[0] if len(chosen) else "—",
@@ -69,3 +71,10 @@ def search_table(trials: pd.DataFrame, study: str) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows, columns=SEARCH_COLUMNS)
+
+
+def _budget(samples: pd.DataFrame) -> str:
+    if "search_budget" not in samples:
+        return "—"
+    known = pd.to_numeric(samples.search_budget).dropna()
+    return str(int(known.iloc[0])) if len(known) else "—"

@@ -125,6 +125,7 @@ TRIAL_SCHEMA = pa.schema(
         pa.field("checkpoint", pa.string()),  # the run's final weights (model.pt)
         pa.field("error", pa.string()),
         pa.field("stopped_at_epoch", pa.int64()),  # a searched sample its search stopped
+        pa.field("search_budget", pa.int64()),  # a sample: the epochs its cell's search may spend
     ]
 )
 
@@ -174,7 +175,13 @@ def epoch_schema(rows: list[dict]) -> pa.Schema:
     return pa.schema([*EPOCH_SCHEMA, *(pa.field(t, pa.float64()) for t in terms)])
 
 
-def trial_row(exp: Experiment, spec: RunSpec, failure: str | None = None) -> dict:
+def trial_row(
+    exp: Experiment,
+    spec: RunSpec,
+    failure: str | None = None,
+    search_budgets: dict[str, int] | None = None,
+) -> dict:
+    """The run's `trials.parquet` row; `search_budgets`: each searched study's cell budget."""
     folder = exp.run(spec.run_id)
     summary = folder.summary() or {}
     if not summary and failure is None:
@@ -214,6 +221,7 @@ def trial_row(exp: Experiment, spec: RunSpec, failure: str | None = None) -> dic
         "checkpoint": str(model_file) if status == "finished" and model_file.is_file() else None,
         "error": summary.get("error") or (failure if status != "finished" else None),
         "stopped_at_epoch": summary.get("stopped_at_epoch"),
+        "search_budget": _search_budget(spec, search_budgets or {}),
     }
     for split in SPLIT_PREFIXES:
         for metric in METRICS:
@@ -233,6 +241,21 @@ def trial_row(exp: Experiment, spec: RunSpec, failure: str | None = None) -> dic
     by_type = summary.get("test_study_kappa_by_category")
     row["test_study_kappa_by_type"] = list(by_type.items()) if by_type else None
     return row
+
+
+def _search_budget(spec: RunSpec, budgets: dict[str, int]) -> int | None:
+    studies = [role.split(":", 1)[1] for role in spec.roles if role.startswith("sample:")]
+    return budgets.get(studies[0]) if studies else None
+
+
+def search_budgets(exp: Experiment) -> dict[str, int]:
+    """The epochs each searched study's cells may spend (`Search.cell_budget`)."""
+    job = exp.job()
+    return {
+        name: study.search.cell_budget(job.train.epochs)
+        for name, study in job.studies.items()
+        if study.search is not None
+    }
 
 
 def _mean(values: list) -> float | None:
@@ -259,9 +282,10 @@ def write_results(exp: Experiment, failures: dict[str, str] | None = None) -> pa
     failures = failures or {}
     runs = list(exp.plan().runs.values())
     fields, params = param_columns(runs)
+    budgets = search_budgets(exp)
     trials = pa.Table.from_pylist(
         [
-            {**trial_row(exp, r, failures.get(r.run_id)), **p}
+            {**trial_row(exp, r, failures.get(r.run_id), budgets), **p}
             for r, p in zip(runs, params, strict=True)
         ],
         # the versions the experiment started with travel with the table (kdray.store.versions)

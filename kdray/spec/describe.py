@@ -56,28 +56,44 @@ def search_line(job: Job, plan: Plan, name: str) -> str:
         if stop.rule == "none"
         else f"{stop.rule} from epoch {stop.grace_epochs}, keeping ~1 in {stop.reduction_factor}"
     )
-    budget = search.full_budget(job.train.epochs)
+    epochs = job.train.epochs
+    samples = counted(search.most_samples(epochs), "sample")
+    if search.budget is not None:
+        samples = f"up to {samples}"
     return (
         f"study {name}: method {study.method_name()}, searched: {counted(len(cells), 'cell')} x "
-        f"{counted(search.samples, 'sample')} ({search.algorithm}, seed {search.seed}) of "
-        f"{', '.join(search.space)} on seed {job.seeds[0]}, {stopping} (at most {budget} "
-        f"epochs a cell); the best on validation confirmed on {counted(len(job.seeds), 'seed')}"
+        f"{samples} ({search.algorithm}, seed {search.seed}) of "
+        f"{', '.join(search.space)} on seed {job.seeds[0]}, {stopping} (at most "
+        f"{search.cell_budget(epochs)} epochs a cell); the best on validation confirmed on "
+        f"{counted(len(job.seeds), 'seed')}"
     )
+
+
+def _spent_as(search, epochs: int, by_budget: bool) -> str:
+    """What a search's compute is compared by: its budget, or its samples and stopping."""
+    if by_budget:
+        return f"budget {search.budget}"
+    stop = search.early_stop
+    rule = (
+        stop.rule
+        if stop.rule == "none"
+        else f"{stop.rule} {stop.grace_epochs}/{stop.reduction_factor}"
+    )
+    return f"{search.most_samples(epochs)} samples/{rule}"
 
 
 def budget_warnings(job: Job) -> list[str]:
-    """Searched studies compared at unequal budgets (samples, early stopping): one line."""
-    budgets = {
-        name: (s.search.samples, s.search.early_stop)
-        for name, s in job.studies.items()
-        if s.search is not None
-    }
-    if len(set(budgets.values())) <= 1:
+    """Searched studies compared at unequal budgets: one line. Equal `budget`s are equal
+    compute whatever the samples and stopping; without them, the samples and early stopping
+    must match."""
+    searches = {name: s.search for name, s in job.studies.items() if s.search is not None}
+    by_budget = all(s.budget is not None for s in searches.values())
+    spent = {n: _spent_as(s, job.train.epochs, by_budget) for n, s in searches.items()}
+    if len(set(spent.values())) <= 1:
         return []
-    shown = ", ".join(
-        f"{name} {samples} samples/{stop.rule}" for name, (samples, stop) in budgets.items()
-    )
+    shown = ", ".join(f"{name} {budget}" for name, budget in spent.items())
     return [
         f"studies: searched with different budgets ({shown}): their methods are not compared "
-        "at equal compute; give every search the same samples and early_stop"
+        "at equal compute; give every search the same budget (epochs a cell), or the same "
+        "samples and early_stop"
     ]

@@ -7,7 +7,7 @@ search:
     temperature: {loguniform: [1, 16]}
     alpha: {uniform: [0.1, 0.95]}
     lr: {loguniform: [1.0e-4, 1.0e-2]}
-  samples: 16
+  samples: 16                              # or budget: 40 (epochs a cell may spend), or both
   algorithm: tpe                           # tpe | random | grid (Optuna's samplers)
   seed: 0
   early_stop: {rule: asha, grace_epochs: 2, reduction_factor: 3}   # asha | hyperband | none
@@ -29,6 +29,7 @@ from kdray.spec.base import Strict
 # training settings a search may set per sample: the optimizer's, nothing that changes the data
 # a run sees or how long it trains (the budget)
 TRAIN_KEYS = ("lr", "weight_decay", "momentum")
+DEFAULT_SAMPLES = 16
 SIGNIFICANT_DIGITS = 3  # sampled floats are rounded: readable run ids, settings a person can type
 
 
@@ -151,7 +152,20 @@ class Search(Strict):
         "{int: [lo, hi]} | {choice: [...]}; the method's parameter names, and "
         + ", ".join(TRAIN_KEYS),
     )
-    samples: int = Field(16, ge=1, le=10000, description="settings tried per cell")
+    samples: int | None = Field(
+        None,
+        ge=1,
+        le=10000,
+        description="settings tried per cell at most (default: 16, or as many as `budget` allows)",
+    )
+    budget: int | None = Field(
+        None,
+        ge=1,
+        description="epochs a cell's samples may train in all (confirmations on other seeds "
+        "not counted): the same budget for every searched study compares methods at equal "
+        "compute; a sample is drawn only while the epochs it and the samples in flight could "
+        "still train fit",
+    )
     algorithm: Literal["tpe", "random", "grid"] = Field(
         "tpe", description="Optuna's TPESampler, RandomSampler or GridSampler"
     )
@@ -174,6 +188,18 @@ class Search(Strict):
             return {**data, "early_stop": {"rule": data["early_stop"]}}
         return data
 
+    def most_samples(self, epochs: int) -> int:
+        """The most samples a cell can draw: `samples`, else as many as the budget allows
+        (each stopped at its first rung), else 16."""
+        if self.samples is not None:
+            return self.samples
+        if self.budget is None:
+            return DEFAULT_SAMPLES
+        fewest = epochs if self.early_stop.rule == "none" else self.early_stop.grace_epochs
+        limit = self.budget // fewest
+        size = self.grid_size() if self.algorithm == "grid" else None
+        return min(limit, size) if size else limit
+
     def grid_size(self) -> int | None:
         """How many points a grid over the space has; None when some range is continuous."""
         sizes = [grid_values(d) for d in self.space.values()]
@@ -191,8 +217,13 @@ class Search(Strict):
                     f"{where}.algorithm: grid enumerates values: give every parameter as "
                     "{choice: [...]} or {int: [lo, hi]}, or use tpe or random"
                 )
-            elif self.samples > size:
+            elif self.samples is not None and self.samples > size:
                 out.append(f"{where}.samples: {self.samples} is more than the grid's {size} points")
+        if self.budget is not None and self.budget < epochs:
+            out.append(
+                f"{where}.budget: {self.budget} epochs is less than one sample trained to "
+                f"the end (train.epochs: {epochs}); raise it to at least {epochs}"
+            )
         stop = self.early_stop
         if stop.rule != "none" and stop.grace_epochs >= epochs:
             out.append(
@@ -202,6 +233,7 @@ class Search(Strict):
             )
         return out
 
-    def full_budget(self, epochs: int) -> int:
-        """Epochs a cell's samples would train without early stopping."""
-        return self.samples * epochs
+    def cell_budget(self, epochs: int) -> int:
+        """The most epochs a cell's samples can train: `budget`, or every sample to the end."""
+        full = self.most_samples(epochs) * epochs
+        return full if self.budget is None else min(self.budget, full)

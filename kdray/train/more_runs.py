@@ -46,15 +46,17 @@ def runs_to_train(trial: TrialConfig, wait_s: float = 0.5) -> Iterator[tuple[Run
 
 def judge_epoch(trial: TrialConfig, run_id: str, epoch: int, value: float, wait_s: float = 0.2):
     """Whether a searched sample stops after `epoch` (the grid's ledger asks the search's
-    pruner; it answers `WAIT` while earlier samples of the cell have not reached the epoch).
-    No ledger, or a grid gone: go on."""
+    pruner; it answers `WAIT` while earlier samples of the cell have not reached the epoch, and
+    while the grid is stopping). No ledger (a run outside a grid): go on. A ledger gone with
+    its grid: wait to be stopped too, as while the grid stops (a sample trained on unjudged
+    would end with a curve its search never saw)."""
     import ray
 
     while trial.ledger is not None:
         try:
             answer = ray.get(trial.ledger.judge.remote(run_id, epoch, value))
         except ray.exceptions.RayActorError:
-            return False
+            answer = WAIT
         if answer != WAIT:
             return answer == "stop"
         time.sleep(wait_s)
