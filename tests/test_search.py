@@ -5,6 +5,7 @@ and chooses can be compared across timings."""
 
 from __future__ import annotations
 
+import json
 import math
 import random
 
@@ -50,6 +51,8 @@ def curve(setting: dict, epoch: int) -> float:
     """A sample's validation score: best near temperature 4, alpha 0.7; rising with epochs."""
     if not setting:
         return 0.5 + 0.02 * epoch
+    if "temperature" not in setting:  # a searched baseline: best near lr 0.01
+        return round((0.8 - 0.02 * math.log10(setting["lr"] / 0.01) ** 2) * epoch / EPOCHS, 6)
     quality = 0.9 - 0.05 * math.log(setting["temperature"] / 4) ** 2
     quality -= 0.4 * (setting["alpha"] - 0.7) ** 2
     return round(quality * (1 - math.exp(-epoch / 3)), 6)
@@ -397,3 +400,67 @@ def test_a_stopping_grid_neither_stops_nor_lets_a_sample_train_on_unjudged(tmp_p
     assert grid.ledger.judge(sample, 1, 0.5) != WAIT  # the first sample is judged at once
     grid.ledger.close()
     assert grid.ledger.judge(sample, 2, 0.5) == WAIT
+
+
+def test_a_searched_baseline_is_confirmed_on_every_seed_and_is_the_studies_baseline(tmp_path):
+    """`baseline: {search: ...}` over lr: samples without a teacher (role `sample:baseline`),
+    the best on validation confirmed on every seed (role `baseline`): the runs each KD cell's
+    gain is measured against."""
+    import pandas as pd
+
+    from kdray.results.cells import study_cells
+
+    raw = search_job(tmp_path).model_dump(mode="json", by_alias=True, exclude_none=True)
+    raw["baseline"] = {
+        "search": {
+            "space": {"lr": {"loguniform": [1.0e-4, 1.0]}},
+            "samples": 6,
+            "parallel": 2,
+            "early_stop": {"rule": "asha", "grace_epochs": 1, "reduction_factor": 2},
+        }
+    }
+    job = parse_job(raw)
+    exp = Experiment.create(job)
+    assert not [r for r in exp.plan().runs.values() if "baseline" in r.roles]  # made later
+    SimulatedGrid(exp, slots=2, order_seed=0).run()
+    runs = exp.plan().runs.values()
+    samples = [r for r in runs if "sample:baseline" in r.roles]
+    assert len(samples) == 6 and all(not r.teacher_runs and r.train for r in samples)
+    confirmed = [r for r in runs if "baseline" in r.roles]
+    assert sorted(r.seed for r in confirmed) == [0, 1, 2]
+    assert len({str(r.train) for r in confirmed}) == 1
+    finished = [r for r in samples if exp.summary(r.run_id)["status"] == "finished"]
+    best = max(finished, key=lambda r: curve(r.setting, EPOCHS))
+    assert best.run_id in {r.run_id for r in confirmed}
+
+    rows = [
+        {
+            "trial_id": r.run_id, "model": r.model, "seed": r.seed, "roles": r.roles,
+            "status": "finished", "labels": None, "method": r.method, "stage": r.stage,
+            "setting": json.dumps(r.setting) if r.setting else None,
+            "teacher_trial_ids": r.teacher_runs, "teacher": "+".join(r.teacher_models) or None,
+            "band_low": None, "band_high": None, "val_score": 0.5, "test_score": 0.5,
+        }
+        for r in runs
+    ]  # fmt: skip
+    (cell,) = study_cells(pd.DataFrame(rows), "tuned")
+    assert set(cell.baseline.trial_id) == {r.run_id for r in confirmed}
+
+
+def test_a_baseline_search_is_checked_and_an_untuned_baseline_is_warned_of(tmp_path):
+    from kdray.spec.describe import budget_warnings
+
+    raw = search_job(tmp_path).model_dump(mode="json", by_alias=True, exclude_none=True)
+    raw["baseline"] = {"search": {"space": {"temperature": {"uniform": [1, 4]}}}}
+    with pytest.raises(JobError) as caught:
+        parse_job(raw)
+    assert caught.value.problems == [
+        "baseline.search.space.temperature: the baseline has no method; it can search lr, "
+        "weight_decay, momentum"
+    ]
+    raw["baseline"] = True
+    raw["studies"]["tuned"]["search"]["space"]["lr"] = {"loguniform": [1.0e-4, 0.1]}
+    (line,) = budget_warnings(parse_job(raw))
+    assert line.startswith("studies: tuned (lr) search training settings the baseline trains")
+    raw["baseline"] = {"search": {"space": {"lr": {"loguniform": [1.0e-4, 0.1]}}}}
+    assert budget_warnings(parse_job(raw)) == []

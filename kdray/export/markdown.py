@@ -249,6 +249,7 @@ def tables(trials: pd.DataFrame, studies: list[str]) -> dict[str, tuple[str, pd.
         if any(len(c.settings) > 1 for c in cells[study]):
             title = f"{study}: every setting of the sweep (chosen on validation {metric})"
             out[f"{study}.sensitivity"] = (title, sensitivity_table(cells[study]))
+    for study in [*studies, "baseline"]:
         if searched(trials, study):
             title = f"{study}: the search (samples, early stops, the setting chosen on validation)"
             out[f"{study}.search"] = (title, search_table(trials, study))

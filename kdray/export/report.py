@@ -286,6 +286,9 @@ def render_report(
         section("labels")
     section("teachers")
     section("baseline")
+    if "baseline.search" in all_tables:
+        figure = search_figure(trials, epochs, "baseline", metric)
+        section("baseline.search", figure=svg(figure, "search-baseline") if figure else None)
     for study in studies:
         section(study, figure=heatmap_figure(cells[study], study, metric))
         if f"{study}.sensitivity" in all_tables:

@@ -9,8 +9,7 @@ import json
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from kdray.results.cells import kd_runs
-from kdray.results.searches import sample_runs
+from kdray.results.searches import confirmed_runs, sample_runs
 
 
 def search_figure(trials: pd.DataFrame, epochs: pd.DataFrame, study: str, metric: str):
@@ -18,7 +17,7 @@ def search_figure(trials: pd.DataFrame, epochs: pd.DataFrame, study: str, metric
     samples = sample_runs(trials, study)
     if samples.empty:
         return None
-    chosen = set(kd_runs(trials, study).setting_label)
+    chosen = set(confirmed_runs(trials, study).setting_label)
     cells = list(samples.groupby(["model", "budget", "teacher_label"], sort=False))
     params = sorted({k for s in samples.setting.dropna() for k in json.loads(s)})
     width = len(params) + 1

@@ -38,7 +38,7 @@ def closing_output(
     made = tables(trials, studies)
     metric = metric_title(trials)
     notes = {"improvement": statistics_note(metric), "compression": compression_note(metric)}
-    searches = [f"{s}.search" for s in studies]
+    searches = [f"{s}.search" for s in [*studies, "baseline"]]
     shown = ["teachers", *studies, *searches, "summary", "improvement", "compression", "unfinished"]
     out: list[RenderableType] = []
     for name in [n for n in shown if n in made]:

@@ -42,7 +42,7 @@ class CellSearch:
 
     def __init__(self, exp: Experiment, job: Job, plan: Plan, cell: SearchCell):
         self.exp, self.job, self.plan, self.cell = exp, job, plan, cell
-        self.search = job.studies[cell.study].search
+        self.search = job.search_of(cell.study)
         self.study = open_study(exp.search_dir, cell.key, self.search, job.train.epochs)
         self.space = distributions(self.search)
         trials = self.study.get_trials(deepcopy=False)

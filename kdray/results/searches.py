@@ -29,6 +29,13 @@ def sample_runs(trials: pd.DataFrame, study: str) -> pd.DataFrame:
     return out
 
 
+def confirmed_runs(trials: pd.DataFrame, study: str) -> pd.DataFrame:
+    """The runs a search confirmed: the study's KD runs, or a searched baseline's runs."""
+    if study == "baseline":
+        return with_labels(trials, trials[has_role(trials, "baseline")])
+    return kd_runs(trials, study)
+
+
 def searched(trials: pd.DataFrame, study: str) -> bool:
     return not trials[has_role(trials, f"sample:{study}")].empty
 
@@ -38,7 +45,7 @@ def search_table(trials: pd.DataFrame, study: str) -> pd.DataFrame:
     the cell could spend (its search's `budget`, or every sample to the end); `Without
     stopping`: samples x the epochs a finished sample trained."""
     samples = sample_runs(trials, study)
-    confirmed = kd_runs(trials, study)
+    confirmed = confirmed_runs(trials, study)
     confirmed["budget"] = budgets(confirmed)
     shown = has_budgets(trials)
     rows = []

@@ -249,12 +249,14 @@ def _search_budget(spec: RunSpec, budgets: dict[str, int]) -> int | None:
 
 
 def search_budgets(exp: Experiment) -> dict[str, int]:
-    """The epochs each searched study's cells may spend (`Search.cell_budget`)."""
+    """The epochs each searched study's (and a searched baseline's) cells may spend."""
     job = exp.job()
+    searches = {name: study.search for name, study in job.studies.items()}
+    searches["baseline"] = job.baseline_search
     return {
-        name: study.search.cell_budget(job.train.epochs)
-        for name, study in job.studies.items()
-        if study.search is not None
+        name: search.cell_budget(job.train.epochs)
+        for name, search in searches.items()
+        if search is not None
     }
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from kdray.data.budgets import budget_label
 from kdray.methods import METHODS
-from kdray.spec.job import Job
+from kdray.spec.job import BASELINE, Job
 from kdray.spec.plan import Plan
+from kdray.spec.search import TRAIN_KEYS
 
 
 def counted(n: int, noun: str, plural: str | None = None) -> str:
@@ -42,13 +43,16 @@ def study_lines(job: Job, plan: Plan) -> list[str]:
             f"study {name}: method {method.name} ({source}{recipe}), {kd_runs} = "
             + " x ".join(axes)
         )
+    if job.baseline_search is not None:
+        lines.append(search_line(job, plan, BASELINE))
     return lines
 
 
 def search_line(job: Job, plan: Plan, name: str) -> str:
-    """A searched study: its cells, samples, sampler, early stopping and confirmation."""
-    study = job.studies[name]
-    search = study.search
+    """A searched study (or the searched baseline): its cells, samples, sampler, early
+    stopping and confirmation."""
+    search = job.search_of(name)
+    method = "none (no teacher)" if name == BASELINE else job.studies[name].method_name()
     cells = [c for c in plan.searches.values() if c.study == name]
     stop = search.early_stop
     stopping = (
@@ -60,11 +64,12 @@ def search_line(job: Job, plan: Plan, name: str) -> str:
     samples = counted(search.most_samples(epochs), "sample")
     if search.budget is not None:
         samples = f"up to {samples}"
+    what = name if name == BASELINE else f"study {name}"
     return (
-        f"study {name}: method {study.method_name()}, searched: {counted(len(cells), 'cell')} x "
-        f"{samples} ({search.algorithm}, seed {search.seed}) of "
-        f"{', '.join(search.space)} on seed {job.seeds[0]}, {stopping} (at most "
-        f"{search.cell_budget(epochs)} epochs a cell); the best on validation confirmed on "
+        f"{what}: method {method}, searched: {counted(len(cells), 'cell')} x {samples} "
+        f"({search.algorithm}, seed {search.seed}) of {', '.join(search.space)} on seed "
+        f"{job.seeds[0]}, {stopping} (at most {search.cell_budget(epochs)} epochs a cell); "
+        "the best on validation confirmed on "
         f"{counted(len(job.seeds), 'seed')}"
     )
 
@@ -83,17 +88,32 @@ def _spent_as(search, epochs: int, by_budget: bool) -> str:
 
 
 def budget_warnings(job: Job) -> list[str]:
-    """Searched studies compared at unequal budgets: one line. Equal `budget`s are equal
-    compute whatever the samples and stopping; without them, the samples and early stopping
-    must match."""
+    """Comparisons a job makes at unequal tuning: searched studies at unequal budgets (equal
+    `budget`s are equal compute whatever the samples and stopping; without them, the samples
+    and early stopping must match), and studies that search training settings while the
+    baseline they are compared with does not."""
     searches = {name: s.search for name, s in job.studies.items() if s.search is not None}
+    out = _untuned_baseline(job, searches)
     by_budget = all(s.budget is not None for s in searches.values())
     spent = {n: _spent_as(s, job.train.epochs, by_budget) for n, s in searches.items()}
     if len(set(spent.values())) <= 1:
-        return []
+        return out
     shown = ", ".join(f"{name} {budget}" for name, budget in spent.items())
-    return [
+    return out + [
         f"studies: searched with different budgets ({shown}): their methods are not compared "
         "at equal compute; give every search the same budget (epochs a cell), or the same "
         "samples and early_stop"
+    ]
+
+
+def _untuned_baseline(job: Job, searches: dict) -> list[str]:
+    tuning = {n: sorted(set(s.space) & set(TRAIN_KEYS)) for n, s in searches.items()}
+    tuning = {name: keys for name, keys in tuning.items() if keys}
+    if not tuning or not job.baseline or job.baseline_search is not None:
+        return []
+    shown = ", ".join(f"{name} ({', '.join(keys)})" for name, keys in tuning.items())
+    return [
+        f"studies: {shown} search training settings the baseline trains without: their gain "
+        "over it mixes tuning with distillation; search the baseline too "
+        "(`baseline: {search: {space: ...}}`)"
     ]

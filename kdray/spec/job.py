@@ -19,7 +19,7 @@ from pydantic import (
 from kdray.data import DATA_KINDS
 from kdray.methods import METHODS, MethodParams
 from kdray.spec.base import JobError, Strict
-from kdray.spec.search import TRAIN_KEYS, ends
+from kdray.spec.search import TRAIN_KEYS, Search, ends
 from kdray.spec.study import RESERVED_STUDY_NAMES, SELF_TEACHER, STUDY_NAME, Study
 from kdray.tasks import get_task, weights
 from kdray.tasks.weights import (
@@ -240,6 +240,17 @@ class Faults(Strict):
     )
 
 
+BASELINE = "baseline"  # the searched baseline's name where a study's name would be
+
+
+class SearchedBaseline(Strict):
+    search: Search = Field(
+        description="the baseline's search: a space over lr, weight_decay and momentum only "
+        "(it has no method); its best setting on validation is confirmed on every seed and is "
+        "the baseline of the tables"
+    )
+
+
 class Job(Strict):
     name: str = Field(
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
@@ -265,7 +276,12 @@ class Job(Strict):
     studies: dict[str, Study] = Field(
         min_length=1, description="the studies, named freely: each name names its table"
     )
-    baseline: bool = Field(True, description="also train each student without KD")
+    baseline: bool | SearchedBaseline = Field(
+        True,
+        description="also train each student without KD; `{search: {...}}`: search its "
+        "training settings too, so that the KD gain of a study that searches lr (or "
+        "weight_decay, momentum) compares tuned with tuned",
+    )
     seeds: list[int] = Field(
         default_factory=lambda: [0], min_length=1, description="every run is trained once per seed"
     )
@@ -368,22 +384,40 @@ class Job(Strict):
     def _search_problems(self) -> list[str]:
         """Search blocks checked against the training settings they search or stop early."""
         out = []
-        for name, study in self.studies.items():
-            if study.search is None:
+        searches = {f"studies.{n}.search": s.search for n, s in self.studies.items()}
+        searches[f"{BASELINE}.search"] = self.baseline_search
+        for where, search in searches.items():
+            if search is None:
                 continue
-            where = f"studies.{name}.search"
-            out += study.search.problems(where, self.train.epochs)
-            for key in set(study.search.space) & set(TRAIN_KEYS):
-                for value in ends(study.search.space[key]):
-                    try:
-                        TrainConfig.model_validate({**self.train.model_dump(), key: value})
-                    except ValidationError as exc:
-                        message = exc.errors()[0]["msg"].removeprefix("Value error, ")
-                        out.append(
-                            f"{where}.space.{key}: {value!r} is outside train.{key}'s range: "
-                            + message
-                        )
+            out += search.problems(where, self.train.epochs)
+            for key in search.space:
+                if key in TRAIN_KEYS:
+                    out += self._train_range_problems(f"{where}.space.{key}", key, search)
+                elif where.startswith(BASELINE):
+                    out.append(
+                        f"{where}.space.{key}: the baseline has no method; it can search "
+                        + ", ".join(TRAIN_KEYS)
+                    )
         return out
+
+    def _train_range_problems(self, where: str, key: str, search: Search) -> list[str]:
+        out = []
+        for value in ends(search.space[key]):
+            try:
+                TrainConfig.model_validate({**self.train.model_dump(), key: value})
+            except ValidationError as exc:
+                message = exc.errors()[0]["msg"].removeprefix("Value error, ")
+                out.append(f"{where}: {value!r} is outside train.{key}'s range: {message}")
+        return out
+
+    @property
+    def baseline_search(self) -> Search | None:
+        """The baseline's search, when it is searched."""
+        return self.baseline.search if isinstance(self.baseline, SearchedBaseline) else None
+
+    def search_of(self, study: str) -> Search | None:
+        """A searched cell's search: its study's, or the baseline's (`BASELINE`)."""
+        return self.baseline_search if study == BASELINE else self.studies[study].search
 
     def train_for(self, overrides: dict | None) -> Job:
         """This job with a run's searched training settings (`RunSpec.train`) applied."""

@@ -25,7 +25,7 @@ from typing import Literal
 
 from kdray.data.budgets import budget_id
 from kdray.methods import METHODS
-from kdray.spec.job import SELF_TEACHER, Job
+from kdray.spec.job import BASELINE, SELF_TEACHER, Job
 from kdray.spec.search import TRAIN_KEYS
 from kdray.tasks.weights import WeightsError, find_all, missing_line
 
@@ -186,17 +186,22 @@ def plain_run(
     eval_every=None,
     labels=None,
     weights: dict | None = None,
+    train: dict | None = None,
 ):
     """A run without a teacher: a teacher (converged, or stopped in `band`) or a baseline,
-    trained on the labelled images of `labels`, from `weights` (`planned_weights`)."""
+    trained on the labelled images of `labels`, from `weights` (`planned_weights`), with the
+    searched training settings `train` (a searched baseline's)."""
     # the key "strategy" keeps the ids of teachers and baselines what they were before methods
     identity = {"model": model, "strategy": PLAIN, "seed": seed, "band": band}
     if band is not None:
         identity["eval_every_steps"] = eval_every
     if labels:
         identity["labels"] = labels
+    if train:
+        identity["train_overrides"] = train
+    label = "-".join(filter(None, [PLAIN, setting_label(train or {})]))
     return RunSpec(
-        run_id=_run_id(job, identity, PLAIN, weights),
+        run_id=_run_id(job, identity, label, weights),
         stage=stage,
         model=model,
         seed=seed,
@@ -204,6 +209,8 @@ def plain_run(
         eval_every_steps=eval_every,
         labels=labels,
         weights=weights,
+        setting=dict(train or {}),
+        train=dict(train or {}),
     )
 
 
@@ -336,6 +343,20 @@ def search_cells(job: Job, weights: dict[str, dict]) -> dict[str, SearchCell]:
                         {seed: [t.run_id for t in ts] for seed, ts in runs.items()}, labels,
                         weights.get(student),
                     )  # fmt: skip
+        if job.baseline_search is not None:
+            cells.update(baseline_cells(job, labels, weights))
+    return cells
+
+
+def baseline_cells(job: Job, labels: dict | None, weights: dict[str, dict]) -> dict:
+    """A searched baseline's cells: each student of the job, on one label budget."""
+    cells = {}
+    for student in dict.fromkeys(s for st in job.studies.values() for s in st.students):
+        key = "/".join(filter(None, [BASELINE, student, labels and budget_id(labels)]))
+        no_teachers = {seed: [] for seed in job.seeds}
+        cells[key] = SearchCell(
+            key, BASELINE, student, [], no_teachers, labels, weights.get(student)
+        )
     return cells
 
 
@@ -346,12 +367,20 @@ def sample_run(job: Job, plan: Plan, cell: SearchCell, setting: dict) -> RunSpec
 
 def confirm_runs(job: Job, plan: Plan, cell: SearchCell, setting: dict) -> list[RunSpec]:
     """The cell's KD runs for its chosen `setting` on every seed of the job."""
-    return [cell_run(job, plan, cell, setting, seed, f"kd:{cell.study}") for seed in job.seeds]
+    role = BASELINE if cell.study == BASELINE else f"kd:{cell.study}"
+    return [cell_run(job, plan, cell, setting, seed, role) for seed in job.seeds]
 
 
 def cell_run(
     job: Job, plan: Plan, cell: SearchCell, setting: dict, seed: int, role: str
 ) -> RunSpec:
+    if cell.study == BASELINE:
+        run = plain_run(
+            job, cell.student, seed, "student", labels=cell.labels,
+            weights=cell.student_weights, train=setting,
+        )  # fmt: skip
+        run.roles = [role]
+        return run
     teachers = [plan.runs[r] for r in cell.teacher_runs[seed]]
     run = kd_run(
         job, cell.study, cell.student, seed, teachers, setting, cell.labels, cell.student_weights
@@ -379,7 +408,7 @@ def make_plan(job: Job, checksums: Mapping[str, str] | None = None) -> Plan:
         for labels in job.label_budgets():
             for study_name in job.studies:
                 add_study(job, study_name, seed, labels, add, weights)
-            if job.baseline:
+            if job.baseline and job.baseline_search is None:  # searched: made during the grid
                 students = dict.fromkeys(s for st in job.studies.values() for s in st.students)
                 for student in students:
                     # the same run as a converged teacher of that model, when there is one
