@@ -46,7 +46,15 @@ def searched_raw(tmp_path) -> dict:
             },
         }
     }
-    raw = tiny_job_dict(tmp_path, studies=studies, seeds=[0, 1], baseline=True)
+    baseline = {  # searched too: two learning rates, each trained to the end
+        "search": {
+            "space": {"lr": {"choice": [0.003, 0.01]}},
+            "samples": 2,
+            "algorithm": "grid",
+            "early_stop": "none",
+        }
+    }
+    raw = tiny_job_dict(tmp_path, studies=studies, seeds=[0, 1], baseline=baseline)
     raw["train"]["epochs"] = 3
     raw["tracking"] = {"mlflow": {}}
     return raw
@@ -90,6 +98,14 @@ def test_a_searched_study_stops_samples_and_reports_its_confirmed_best(uninterru
     assert best.trial_id in set(cell.runs.trial_id)  # seed 0's confirmation is the sample
     assert cell.gain.n == 2
 
+    # the searched baseline: its best sample on validation confirmed on both seeds, the
+    # baseline the KD gain is measured against
+    base_samples = trials[trials.roles.apply(lambda rs: "sample:baseline" in list(rs))]
+    assert len(base_samples) == 2 and set(base_samples.status) == {"finished"}
+    best_base = base_samples.sort_values("val_score", ascending=False, kind="stable").iloc[0]
+    assert sorted(cell.baseline.seed) == [0, 1]
+    assert set(cell.baseline.setting) == {best_base.setting}
+
     # MLflow: one run per sample, tagged with its search, stopped ones say so
     uri = f"sqlite:///{exp.root / 'mlflow' / 'mlflow.db'}"
     tagged = {r.data.tags.get("kdray.run_id"): r for r in runs_of(uri, job.name)}
@@ -97,6 +113,7 @@ def test_a_searched_study_stops_samples_and_reports_its_confirmed_best(uninterru
         run = tagged[run_id]
         assert run.data.tags["kdray.search"] == "tuned"
         assert run.data.tags["kdray.status"] == status and run.info.status == "FINISHED"
+    assert {tagged[r].data.tags["kdray.search"] for r in base_samples.trial_id} == {"baseline"}
 
 
 def ended_samples(exp: Experiment) -> dict[str, tuple[str, bytes]]:
