@@ -52,6 +52,10 @@ def search_job(storage: Path, name: str, early_stop, quick: bool) -> dict:
     }
 
 
+def _summary(grid: raygrid.GridRun, row: dict) -> dict:
+    return grid.exp.summary(row["trial_id"]) or {}
+
+
 def side_figures(grid: raygrid.GridRun) -> dict:
     samples = [r for r in grid.trials if "sample:kd" in r["roles"]]
     confirmed = [r for r in grid.trials if "kd:kd" in r["roles"]]
@@ -62,6 +66,8 @@ def side_figures(grid: raygrid.GridRun) -> dict:
         "stopped": sum(r["status"] == "stopped" for r in samples),
         "sample_epochs": sum(r["epochs"] or 0 for r in samples),
         "sample_busy_s": sum(r["wall_s"] or 0 for r in samples),
+        # of which waiting on the search's judgement (earlier samples reaching a rung)
+        "sample_judge_wait_s": sum(_summary(grid, r).get("judge_wait_s") or 0 for r in samples),
         "settings": sorted(json.loads(r["setting"])["temperature"] for r in samples),
         "chosen": json.loads(confirmed[0]["setting"]) if confirmed else None,
         "chosen_test": tests,
@@ -85,6 +91,8 @@ def search_section(root: Path, quick: bool) -> dict:
     out["same_settings"] = searched["settings"] == full["settings"]
     out["epochs_searched_over_full"] = searched["sample_epochs"] / full["sample_epochs"]
     out["busy_searched_over_full"] = searched["sample_busy_s"] / full["sample_busy_s"]
+    working = searched["sample_busy_s"] - searched["sample_judge_wait_s"]
+    out["busy_less_judge_waits_searched_over_full"] = working / full["sample_busy_s"]
     if searched["chosen_test_mean"] is not None and full["chosen_test"]:
         low, high = min(full["chosen_test"]), max(full["chosen_test"])
         out["chosen_within_full_spread"] = low <= searched["chosen_test_mean"] <= high

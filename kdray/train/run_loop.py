@@ -69,11 +69,18 @@ def train_run(
     rank0 = worker.rank == 0
     tracker = Tracker.start(job, spec, folder.path, info, history) if rank0 else Tracker()
     band = band_stop(session)
+    judge_s = 0.0  # a sample's time waiting on its search's judgement (earlier samples' rungs)
+
+    def judged_stop(epoch: int, value: float) -> bool:
+        nonlocal judge_s
+        asked = time.time()
+        stop = worker.judge(spec, epoch, value)
+        judge_s += time.time() - asked
+        return stop
+
     # a sample resumed from a checkpoint is judged on its last epoch first (idempotent)
     stopped = (
-        bool(history)
-        and is_sample(spec)
-        and worker.judge(spec, start_epoch, history[-1][session.val_key])
+        bool(history) and is_sample(spec) and judged_stop(start_epoch, history[-1][session.val_key])
     )
     first_step_s = None
 
@@ -95,7 +102,7 @@ def train_run(
         worker.report(row)
         if band.hit is not None or band.error is not None:
             break
-        if is_sample(spec) and worker.judge(spec, epoch + 1, row[session.val_key]):
+        if is_sample(spec) and judged_stop(epoch + 1, row[session.val_key]):
             stopped = True
             break
     band.missed(session, history)
@@ -113,6 +120,7 @@ def train_run(
         "band_val_score": band.hit["score"] if band.hit else None,
         "restored_from_epoch": start_epoch or None,
         "teacher_outputs": session.teachers.kind,
+        "judge_wait_s": round(judge_s, 3) if is_sample(spec) else None,
         "replicas_in_sync": replicas_in_sync(session),
     }
     if stopped:
