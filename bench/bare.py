@@ -175,7 +175,7 @@ def make_teacher(
     task = get_task(info.task)
     if model is None:
         seed_everything(spec.seed)
-        teacher = task.create_model(spec.model, info.num_classes, info.channels)
+        teacher = task.create_model(spec.model, info.num_classes, info.channels, rank=info.rank)
     else:
         teacher = model
     save_model(
@@ -189,6 +189,7 @@ def make_teacher(
         mean=info.mean,
         std=info.std,
         image_size=info.image_size,
+        rank=info.rank,
     )
     if not cache:
         return {}

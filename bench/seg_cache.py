@@ -35,13 +35,19 @@ EPOCHS, ROUNDS = 3, 2  # epochs the cache covers: a warm-up epoch and ROUNDS tim
 
 
 def main() -> dict:
+    return measure(JOB, TEACHER, STUDENT)
+
+
+def measure(job_file: Path, teacher: str, student: str) -> dict:
+    """The cache against the teacher online for `job_file`'s data and this pair (pixel-wise
+    KD); `bench.volume_cache` measures volumes with it."""
     torch.set_num_threads(1)
-    job = load_job(JOB)
+    job = load_job(job_file)
     with tempfile.TemporaryDirectory(prefix="kdray-bench-seg-") as folder:
         info = prepare_data(job.data, Path(folder) / "data")
         log("building the teacher's per-pixel soft-label cache")
         loop = build_loop(
-            job, info, STUDENT, TEACHER, (CACHED, PLAIN, ONLINE), EPOCHS, Path(folder),
+            job, info, student, teacher, (CACHED, PLAIN, ONLINE), EPOCHS, Path(folder),
             method={"name": "pixel_kd"},
         )  # fmt: skip
         timings: dict[str, list] = {m: [] for m in (CACHED, PLAIN, ONLINE)}
@@ -62,9 +68,9 @@ def main() -> dict:
     saved = per_epoch[ONLINE]["teacher_s"] - per_epoch[CACHED]["teacher_s"]
     build_per_epoch = loop.cache["build_s"] / EPOCHS
     return {
-        "shape": {"image_size": info.image_size, "train_images": info.counts["train"],
+        "shape": {"input": list(info.spatial), "train_images": info.counts["train"],
                   "batch_size": job.train.batch_size, "classes": info.num_classes,
-                  "teacher": TEACHER, "student": STUDENT, "threads": 1},
+                  "teacher": teacher, "student": student, "threads": 1},
         "per_epoch_s": per_epoch,
         "cache": {
             "build_s_per_epoch": build_per_epoch,

@@ -111,7 +111,7 @@ def validate(
     except DataError as exc:
         _data_errors(exc, f"{job_file}: ")
     problems = task_problems(job, task) + batch_problems(
-        job, sources["train"].labels, len(sources["train"])
+        job, getattr(sources["train"], "labels", None), len(sources["train"])
     )
     for line in problems:
         _error(f"{job_file}: {line}")

@@ -86,14 +86,18 @@ def _data_section(anchors: Anchors) -> str:
     common = tuple(base)
     out = [
         "## data\n",
-        "`kind` picks the data kind; these fields are common to every kind:\n",
+        "`kind` picks the data kind; these fields are common to every image kind (the volume "
+        "kinds, `spatial_rank` 3, list their own):\n",
         field_rows(DataConfigBase, anchors),
     ]
     for name, module in DATA_KINDS.items():
         out.append(f"### data.kind: {name}\n")
         out.append(f"{first_sentence(module.Config.__doc__)}\n")
         same = tuple(  # common fields this kind leaves at the common default
-            name for name in common if _same(module.Config.model_fields[name], base[name])
+            name
+            for name in common
+            if name not in module.Config.model_fields
+            or _same(module.Config.model_fields[name], base[name])
         )
         out.append(field_rows(module.Config, anchors, skip=(*same, "kind")))
     for path, model in _data_sections():

@@ -12,7 +12,17 @@ from types import ModuleType
 
 import numpy as np
 
-from kdray.data import folder, masks, medmnist, mura, synthetic, synthetic_ultrasound
+from kdray.data import (
+    decathlon,
+    folder,
+    masks,
+    medmnist,
+    medmnist3d,
+    mura,
+    phantoms,
+    synthetic,
+    synthetic_ultrasound,
+)
 from kdray.data.base import DataError
 from kdray.data.cache import (
     SPLITS,
@@ -20,6 +30,7 @@ from kdray.data.cache import (
     fingerprint,
     has_masks,
     load_split,
+    load_targets,
     read_info,
     write_cache,
 )
@@ -32,11 +43,19 @@ DATA_KINDS: dict[str, ModuleType] = {
     "folder": folder,
     "synthetic_ultrasound": synthetic_ultrasound,
     "masks": masks,
+    # volumes (spatial rank 3): cached by `kdray.data.volumes`
+    "synthetic_volumes": phantoms,
+    "decathlon": decathlon,
+    "medmnist3d": medmnist3d,
 }
 
 
 def prepare_data(cfg, cache_root: str | Path) -> DataInfo:
     """Decode the job's data once (or reuse an earlier decode of the same configuration)."""
+    if getattr(cfg, "spatial_rank", 2) == 3:
+        from kdray.data.volumes import volume_data_info
+
+        return volume_data_info(cfg, cache_root)
     # kinds that read image files (folder, MURA) list them first: an image replaced, repaired
     # or damaged after a decode gives a new fingerprint; other kinds are not opened on a hit
     opened = open_sources(cfg) if reads_image_files(cfg) else None
@@ -102,7 +121,9 @@ def image_size(cfg, sources: dict) -> int:
 def data_task(cfg, sources: dict) -> str:
     """The task of the data (`kdray.tasks`): the job's `data.task_type`, else what the data kind
     says (MedMNIST's registry, a masks kind), else from the targets: masks are segmentation, a
-    row of labels per image is multi-label."""
+    row of labels per image is multi-label; volumes: masks, or a class per volume."""
+    if getattr(cfg, "spatial_rank", 2) == 3:
+        return "segmentation" if sources["train"].masks else "single_label"
     masks = has_masks(sources["train"])
     found = "segmentation" if masks else _label_task(sources["train"].labels)
     declared = cfg.task_type or cfg.declared_task()
@@ -147,6 +168,7 @@ __all__ = [
     "data_warnings",
     "DataInfo",
     "load_split",
+    "load_targets",
     "open_sources",
     "prepare_data",
 ]

@@ -48,6 +48,8 @@ class DataConfigBase(BaseModel):
 
     #: whether this kind's targets are masks (segmentation) rather than labels
     holds_masks: ClassVar[bool] = False
+    #: images (2); volume kinds (`kdray.data.volume_base`) are 3
+    spatial_rank: ClassVar[int] = 2
 
     def declared_task(self) -> str | None:
         """The task the data kind knows without reading the data (MedMNIST's registry)."""

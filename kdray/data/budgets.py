@@ -18,7 +18,7 @@ import math
 
 import numpy as np
 
-from kdray.data.cache import DataInfo, load_split
+from kdray.data.cache import DataInfo, load_split, load_targets
 from kdray.tasks import UNLABELLED, get_task  # UNLABELLED: a pool image's target (row)
 
 Budget = dict  # {"fraction": 0.1} or {"per_class": 20}; None: every label
@@ -87,7 +87,10 @@ def training_arrays(
 
 def class_counts(info: DataInfo, budget: Budget | None, seed: int) -> tuple[int, ...]:
     """Labelled training images per class, or positives per label (each image once; pool
-    images not counted): what class-balanced weights are made of."""
+    images not counted): what class-balanced weights are made of. Volumes (no budgets):
+    voxels per class of every training mask."""
+    if info.rank == 3:
+        return get_task(info.task).class_counts(load_targets(info.path, "train"), info.num_classes)
     _, labels = load_split(info.path, "train")
     kept = labels[labelled_indices(labels, budget, seed)]
     return get_task(info.task).class_counts(kept, info.num_classes)

@@ -128,10 +128,17 @@ class DataInfo:
     std: list[float]
     extra: dict = field(default_factory=dict)
     task: str = "single_label"  # kdray.tasks (caches made before tasks: single-label)
+    rank: int = 2  # spatial rank: 2 (images), 3 (volumes: `kdray.data.volume_cache`)
+    patch: list[int] | None = None  # volumes: the training patch (D, H, W) in voxels
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def spatial(self) -> tuple[int, ...]:
+        """What a training input spans: (image_size, image_size), or a volume's patch."""
+        return tuple(self.patch) if self.rank == 3 else (self.image_size, self.image_size)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -325,6 +332,17 @@ def read_info(path: str | Path) -> DataInfo | None:
     info = DataInfo(**json.loads(meta.read_text()))
     info.path = str(path)
     return info
+
+
+def load_targets(path: str | Path, split: str):
+    """A split's targets alone: the cached labels or masks (N, ...), or for a volume cache the
+    list of its volumes' masks (memory-mapped; each volume has its own shape)."""
+    path = Path(path)
+    labels = path / f"{split}_labels.npy"
+    if labels.is_file() or not (path / f"{split}.json").is_file():
+        return np.load(labels)
+    count = len(json.loads((path / f"{split}.json").read_text()))
+    return [np.load(path / split / f"{i}_mask.npy", mmap_mode="r") for i in range(count)]
 
 
 def load_split(path: str | Path, split: str, mmap: bool = True) -> tuple[np.ndarray, np.ndarray]:

@@ -10,7 +10,7 @@ read yet.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, model_validator
@@ -82,11 +82,34 @@ class ArrayVolumeSource:
         return f"{self.where} {index}'s mask"
 
 
+#: `data:` fields that say how a run trains on the cached volumes, not how they are prepared:
+#: left out of the cache's fingerprint (another patch reuses the same decode)
+TRAINING_FIELDS = frozenset({"patch", "foreground"})
+
+
 class VolumeConfigBase(BaseModel):
     """Fields common to every volume kind's `data:` section: how volumes are prepared before
-    they are cached (in this order: resampled, windowed, normalised)."""
+    they are cached (in this order: resampled, windowed, normalised), and the patches a run
+    trains on. The class attributes answer what the job's checks ask of any data section."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    spatial_rank: ClassVar[int] = 3
+    channels: ClassVar[int] = 1  # multi-channel (4D) volumes are not read yet
+    task_type: ClassVar[None] = None  # the kind says its task (`declared_task`)
+    on_bad_image: ClassVar[str] = "error"
+
+    patch: tuple[int, int, int] = Field(
+        (32, 32, 32),
+        description="training patch in voxels per axis (D, H, W); a volume larger than it "
+        "trains on patches and is predicted whole by sliding window, a smaller one is padded",
+    )
+    foreground: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="share of training patches centred on a foreground voxel (a class > 0); "
+        "the rest are centred anywhere",
+    )
 
     spacing: tuple[PositiveFloat, PositiveFloat, PositiveFloat] | None = Field(
         None, description="resample to this spacing in mm per axis (RAS order); none: keep"
@@ -114,5 +137,22 @@ class VolumeConfigBase(BaseModel):
             raise ValueError(f"size {list(self.size)}: each side 4 to 1024 voxels")
         return self
 
+    @model_validator(mode="after")
+    def _patch_in_range(self) -> VolumeConfigBase:
+        if not all(8 <= s <= 512 for s in self.patch):
+            raise ValueError(f"patch {list(self.patch)}: each side 8 to 512 voxels")
+        return self
+
+    @property
+    def image_size(self) -> int:
+        """The patch's largest side (what the job's checks size models by)."""
+        return max(self.patch)
+
     def declared_task(self) -> str | None:
         return None
+
+    def task_type_problem(self) -> str | None:
+        return None
+
+    def file_stamps(self) -> dict[str, list]:
+        return {}  # a folder's NIfTI files are stamped by `kdray.data.volumes`

@@ -72,13 +72,15 @@ def predicted_masks(model_file: str, images: np.ndarray) -> np.ndarray:
 
 def examples_figure(experiment_dir, trials: pd.DataFrame, studies: list[str]) -> str | None:
     """The examples as inline SVG (`kdray.export.report.svg`), or None when the runs are not
-    segmenters or none has finished."""
+    2D segmenters or none has finished."""
     from kdray.export.report import plt, svg
 
     done = trials[(trials.status == "finished") & trials.checkpoint.notna()]
     if done.empty or not get_task(done.task.iloc[0]).pixel_targets:
         return None
     exp = Experiment.open(experiment_dir)
+    if exp.job().data.spatial_rank == 3:  # slices of volumes are not drawn yet (issue 32)
+        return None
     info = prepare_data(exp.job().data, exp.data_dir)  # the grid's decoded cache
     images, masks = load_split(info.path, "test")
     picks = example_images(np.asarray(masks))

@@ -46,7 +46,7 @@ def runs_per_trial(job: Job, data: DataInfo) -> int:
     setting = job.resources.runs_per_trial
     if setting != "auto":
         return setting
-    work = data.counts.get("train", 0) * job.train.epochs * data.image_size**2
+    work = data.counts.get("train", 0) * job.train.epochs * math.prod(data.spatial)
     return AUTO_RUNS_PER_TRIAL if work < SHORT_RUN_WORK else 1
 
 

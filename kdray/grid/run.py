@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from rich.console import Console
 
 from kdray.data import prepare_data
-from kdray.data.cache import DataInfo, load_split
+from kdray.data.cache import DataInfo, load_targets
 from kdray.grid.progress import GridProgress, fitted_lines
 from kdray.grid.progress_log import GridLog
 from kdray.grid.resources import check_resources, driver_warning
@@ -48,7 +48,7 @@ class RunReport:
 def band_warnings(job: Job, data: DataInfo) -> list[str]:
     """Defective-teacher bands that a teacher which learned nothing can land in: on imbalanced
     data, always predicting the majority class already scores its share of the valid split."""
-    _, labels = load_split(data.path, "valid")
+    labels = load_targets(data.path, "valid")
     if len(labels) == 0:
         return []
     task = get_task(data.task)
@@ -108,7 +108,7 @@ def _prepare(exp: Experiment, job: Job, console: Console) -> DataInfo:
     """Decode the data (bad data is refused before Ray starts) and say what it holds."""
     with console.status("decoding data into the array cache"):
         data = prepare_data(job.data, exp.data_dir)
-    _, train_labels = load_split(data.path, "train")
+    train_labels = load_targets(data.path, "train")
     problems = task_problems(job, data.task) + batch_problems(job, train_labels)
     if problems:
         raise JobError(problems)
@@ -118,7 +118,12 @@ def _prepare(exp: Experiment, job: Job, console: Console) -> DataInfo:
     described = (
         f"data: {job.data.kind}, {task.name.replace('_', '-')}, {data.num_classes} {task.outputs}, "
         + ", ".join(f"{k} {v}" for k, v in data.counts.items())
-        + f", {data.image_size}px x {data.channels}ch"
+        + (
+            f", {data.image_size}px"
+            if data.rank == 2
+            else ", patch " + "x".join(map(str, data.spatial))
+        )
+        + f" x {data.channels}ch"
         + (f", {skipped} bad images skipped" if skipped else "")
     )
     for text in (described, f"train {task.count_line(train_labels, data.classes)}"):

@@ -8,7 +8,7 @@ import math
 
 import pandas as pd
 
-from kdray.data.cache import DataInfo, load_split
+from kdray.data.cache import DataInfo, load_targets
 from kdray.tasks import get_task
 
 
@@ -21,7 +21,7 @@ def weak_teacher_lines(trials: pd.DataFrame, data: DataInfo) -> list[str]:
     teachers = done[(done.stage == "teacher") & done.band_low.isna()]
     if teachers.empty or teachers.val_score.isna().all():
         return []
-    _, labels = load_split(data.path, "valid")
+    labels = load_targets(data.path, "valid")
     task = get_task(data.task)
     floor, how = task.no_skill(labels, data.classes)
     noise = 2 * math.sqrt(max(floor * (1 - floor), 0.0) / max(len(labels), 1))

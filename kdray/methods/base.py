@@ -10,7 +10,9 @@ A method declares what it needs from a teacher (`needs`): `logits` (the soft-lab
 serve them), `features` (the teacher runs online; stages come from timm's
 `forward_intermediates`) or `none`. A method that makes its own teacher (mean teacher's moving
 average of the student) overrides `teach` and `after_step`. A method that can train on images
-without a label (target `UNLABELLED`, a label budget's pool) says so with `uses_unlabelled`.
+without a label (target `UNLABELLED`, a label budget's pool) says so with `uses_unlabelled`,
+and the spatial ranks its loss is written for (`ranks`: 2 images, 3 volumes) as it declares
+its tasks.
 Its parameters are a pydantic model (`Params`) whose `name` field is the method's name in job
 files; the job's `studies.<name>.method` is the discriminated union of every registered
 method's `Params`.
@@ -92,6 +94,8 @@ class Method(nn.Module, ABC):
     uses_unlabelled: ClassVar[bool] = False
     #: the tasks (kdray.tasks) whose outputs the method's loss is defined for
     tasks: ClassVar[tuple[str, ...]] = ("single_label",)
+    #: the spatial ranks of inputs it is written for: 2 (images), 3 (volumes)
+    ranks: ClassVar[tuple[int, ...]] = (2,)
 
     def __init__(self, params: MethodParams, shapes: Shapes):
         super().__init__()

@@ -47,6 +47,7 @@ class ChannelWiseDistillation(Method):
     needs = "logits"
     allows_ensemble = False
     tasks = ("segmentation",)
+    ranks = (2, 3)  # written over dim 1 and flattened space: (N, C, D, H, W) logits too
 
     def forward(
         self, student: Outputs, teachers: list[Outputs], targets: torch.Tensor, epoch: float

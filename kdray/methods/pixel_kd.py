@@ -41,6 +41,7 @@ class PixelKD(Method):
     needs = "logits"
     uses_unlabelled = True
     tasks = ("segmentation",)
+    ranks = (2, 3)  # written over dim 1 and flattened space: (N, C, D, H, W) logits too
 
     def forward(
         self, student: Outputs, teachers: list[Outputs], targets: torch.Tensor, epoch: float

@@ -29,10 +29,15 @@ def model_problems(job: Job) -> list[str]:
                 if (model == SELF_TEACHER and role == "teachers") or model in checked:
                     continue  # a bad model is named once, where it first appears
                 checked.add(model)
-                problem = task.model_problem(model, job.data.image_size)
+                problem = task.model_problem(model, _input_size(job))
                 if problem:
                     problems.append(f"studies.{name}.{role}: {problem}")
     return problems + weights_problems(job)
+
+
+def _input_size(job: Job) -> int | tuple[int, ...]:
+    """What a model of the job takes: its image size, or a volume's training patch."""
+    return tuple(job.data.patch) if job.data.spatial_rank == 3 else job.data.image_size
 
 
 def weights_problems(job: Job) -> list[str]:

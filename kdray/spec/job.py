@@ -461,14 +461,29 @@ class Job(Strict):
 
 
 def task_problems(job: Job, task: str) -> list[str]:
-    """What the job asks that data of `task` (kdray.tasks) cannot give, one line each: a method
-    defined for other targets (DKD's decoupling assumes mutually exclusive classes), a label
-    budget per class where an image has no one class."""
+    """What the job asks that data of `task` (kdray.tasks) cannot give, one line each: a task or
+    method not defined at the data's spatial rank (volumes), a method defined for other
+    targets (DKD's decoupling assumes mutually exclusive classes), a label budget per class
+    where an image has no one class."""
+    rank = job.data.spatial_rank
+    if rank not in get_task(task).ranks:
+        return [
+            f"data: {job.data.kind} holds {rank}D {task.replace('_', '-')} data, and kdray "
+            f"trains {task.replace('_', '-')} on {_ranks(get_task(task).ranks)} data only"
+        ]
     problems = []
+    if rank == 3:
+        problems += volume_problems(job)
     for name, study in job.studies.items():
         method = METHODS[study.method_name()]
-        if task not in method.tasks:
-            fits = [n for n, m in METHODS.items() if task in m.tasks]
+        if rank not in method.ranks and task in method.tasks:
+            fits = [n for n, m in METHODS.items() if task in m.tasks and rank in m.ranks]
+            problems.append(
+                f"studies.{name}.method: {method.name} is written for {_ranks(method.ranks)} "
+                f"data, and this data is {rank}D; use one of {fits}"
+            )
+        elif task not in method.tasks:
+            fits = [n for n, m in METHODS.items() if task in m.tasks and rank in m.ranks]
             problems.append(
                 f"studies.{name}.method: {method.name} is defined for {_tasks(method.tasks)} "
                 f"data, and this data is {task.replace('_', '-')}; use one of {fits}"
@@ -479,6 +494,25 @@ def task_problems(job: Job, task: str) -> list[str]:
             "it under; give labelled.fraction instead"
         )
     return problems
+
+
+def volume_problems(job: Job) -> list[str]:
+    """Settings written for images that volumes do not take, one line each."""
+    problems = []
+    if job.labelled is not None:
+        problems.append("labelled: label budgets are for 2D data; drop labelled for volumes")
+    if isinstance(job.train.augment, list):
+        problems.append(
+            "train.augment: a list of albumentations steps is for 2D images; volumes take "
+            "true (patches flipped per axis) or false"
+        )
+    if job.train.channels_last:
+        problems.append("train.channels_last: 2D layouts only; set it false for volumes")
+    return problems
+
+
+def _ranks(ranks: tuple[int, ...]) -> str:
+    return " or ".join(f"{r}D" for r in ranks)
 
 
 def _tasks(names: tuple[str, ...]) -> str:

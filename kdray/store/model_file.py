@@ -28,7 +28,9 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn
         raise ValueError(f"model checkpoint {path} is unreadable or corrupt: {exc}") from exc
     try:
         task = get_task(saved.get("task") or DEFAULT_TASK)  # files before tasks: single-label
-        model = task.create_model(saved["model"], saved["num_classes"], saved["in_chans"])
+        model = task.create_model(
+            saved["model"], saved["num_classes"], saved["in_chans"], rank=saved.get("rank", 2)
+        )
         model.load_state_dict(saved["state_dict"])
     except (KeyError, RuntimeError) as exc:
         raise ValueError(f"model checkpoint {path} does not match its model: {exc}") from exc

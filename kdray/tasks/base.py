@@ -16,9 +16,14 @@ A task is one small module in this package, registered by name like the methods.
   output per image (`output_shape`);
 - its metrics over a whole split (`metrics`, `report`) and the **primary metric** (`primary`):
   the one number that cells, selection on validation, paired statistics, the frontier and the
-  summary use.
-Methods declare which tasks they support (`Method.tasks`); the data says which task it is
-(`kdray.data`), or the job's `data.task_type`.
+  summary use;
+- the **spatial ranks** its data may have (`ranks`): 2 (images) and, where the task has 3D
+  models, 3 (volumes: MONAI networks, `kdray.tasks.volume_models`). One task serves both: the
+  rank picks the model family (`create_model(..., rank=3)`; `model_problem` given a volume's
+  patch shape) and a volume split's metrics take each volume's spacing (`metrics(...,
+  spacings=...)`, in mm).
+Methods declare which tasks and ranks they support (`Method.tasks`, `Method.ranks`); the data
+says which task and rank it is (`kdray.data`), or the job's `data.task_type`.
 """
 
 from __future__ import annotations
@@ -50,13 +55,19 @@ class Task(ABC):
     pixel_targets: ClassVar[bool] = False
     #: every image has exactly one class (label budgets may count images per class)
     one_class_per_image: ClassVar[bool] = False
+    #: the spatial ranks of the data it is defined on: 2 (images), 3 (volumes)
+    ranks: ClassVar[tuple[int, ...]] = (2,)
 
     @abstractmethod
-    def create_model(self, name: str, num_classes: int, channels: int, weights=None) -> nn.Module:
-        """A model for this task by name, `num_classes` outputs, `channels` input channels."""
+    def create_model(
+        self, name: str, num_classes: int, channels: int, weights=None, rank: int = 2
+    ) -> nn.Module:
+        """A model for this task by name, `num_classes` outputs, `channels` input channels,
+        for inputs of spatial rank `rank` (3: a MONAI network for volumes)."""
 
-    def model_problem(self, name: str, image_size: int) -> str | None:
-        """Why `name` is no model of this task for `image_size` pixel images, or None."""
+    def model_problem(self, name: str, image_size: int | tuple[int, ...]) -> str | None:
+        """Why `name` is no model of this task for `image_size` pixel images (a tuple: a
+        volume's training patch), or None."""
         from kdray.tasks.models import classifier_problem
 
         return classifier_problem(name)
@@ -131,8 +142,9 @@ class Task(ABC):
         """Metrics over groups of images (MURA's studies), where the task defines them."""
         return {}
 
-    def output_shape(self, num_classes: int, image_size: int) -> tuple[int, ...]:
-        """The shape of one image's output (what a teacher's soft-label cache stores)."""
+    def output_shape(self, num_classes: int, image_size: int | tuple[int, ...]) -> tuple[int, ...]:
+        """The shape of one image's (a tuple `image_size`: one volume patch's) output: what a
+        teacher's soft-label cache stores."""
         return (num_classes,)
 
     def primary_score(

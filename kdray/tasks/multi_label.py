@@ -45,7 +45,7 @@ class MultiLabel(Task):
     outputs = "labels"
     loss_name = "bce"
 
-    def create_model(self, name, num_classes, channels, weights=None):
+    def create_model(self, name, num_classes, channels, weights=None, rank=2):
         return create_model(name, num_classes, channels, weights)
 
     def supervised_loss(self, logits, targets, weight=None):

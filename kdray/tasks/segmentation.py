@@ -19,6 +19,11 @@ unstable on batches with little foreground; the sum trains both.
 Metrics (`kdray.tasks.segmentation_metrics`): Dice (primary), IoU and HD95 in pixels, each the
 mean over images and then over foreground classes; images whose ground truth lacks a class are
 left out of that class's scores and counted in `empty_fp` (docs/tasks.md's empty-mask policy).
+
+Volumes (spatial rank 3) are the same task: a MONAI segmenter by name
+(`kdray.tasks.volume_models`), a mask per volume, the same loss (smp's Dice loss flattens every
+spatial axis), and the same metrics per volume with HD95 in mm at each volume's spacing
+(`kdray.tasks.volume_metrics`: `metrics(..., spacings=...)`).
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ import torch.nn.functional as F
 from kdray.tasks.base import UNLABELLED, Task, register
 from kdray.tasks.segmentation_metrics import mean_dice, segmentation_metrics, segmentation_report
 from kdray.tasks.segmenters import create_segmenter, name_problem
+from kdray.tasks.volume_metrics import volume_segmentation_metrics, volume_segmentation_report
+from kdray.tasks.volume_models import create_volume_model, volume_model_problem
 
 
 def dice_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -50,11 +57,16 @@ class Segmentation(Task):
     outputs = "classes"
     loss_name = "ce_dice"
     pixel_targets = True
+    ranks = (2, 3)
 
-    def create_model(self, name, num_classes, channels, weights=None):
+    def create_model(self, name, num_classes, channels, weights=None, rank=2):
+        if rank == 3:
+            return create_volume_model(name, num_classes, channels)
         return create_segmenter(name, num_classes, channels, weights)
 
     def model_problem(self, name, image_size):
+        if isinstance(image_size, tuple):
+            return volume_model_problem(name, image_size, "segmentation")
         return name_problem(name, image_size)
 
     def supervised_loss(self, logits, targets, weight=None):
@@ -86,17 +98,18 @@ class Segmentation(Task):
         return ((logits.argmax(1) == targets) & labelled).sum(), labelled.sum()
 
     def class_counts(self, targets, num_classes):
-        known = np.asarray(targets)[np.asarray(targets) != UNLABELLED]
-        return tuple(int(c) for c in np.bincount(known.ravel(), minlength=num_classes))
+        return tuple(int(c) for c in _pixel_counts(targets, num_classes))
 
     def count_line(self, targets, names):
-        targets = np.asarray(targets)
-        pixels = np.bincount(targets[targets != UNLABELLED].ravel(), minlength=len(names))
+        """`targets`: masks (N, H, W), or a list of masks of their own shapes (volumes)."""
+        pixels = _pixel_counts(targets, len(names))
         share = ", ".join(
             f"{n} {100 * p / max(pixels.sum(), 1):.1f}%" for n, p in zip(names, pixels, strict=True)
         )
         images = ", ".join(
-            f"{n} {int((targets == c).any(axis=(1, 2)).sum())}" for c, n in enumerate(names) if c
+            f"{n} {sum(bool((np.asarray(t) == c).any()) for t in targets)}"
+            for c, n in enumerate(names)
+            if c
         )
         return f"images with: {images} (of {len(targets)}); pixels: {share}"
 
@@ -104,16 +117,35 @@ class Segmentation(Task):
         return 0.0, f"predicting {names[0]} everywhere"
 
     def output_shape(self, num_classes, image_size):
+        if isinstance(image_size, tuple):
+            return (num_classes, *image_size)
         return (num_classes, image_size, image_size)
 
-    def metrics(self, probs, targets, num_classes=None):
+    def metrics(self, probs, targets, num_classes=None, spacings=None):
+        """`spacings` (one per volume, mm per axis): `probs` and `targets` are lists of the
+        masks of volumes, scored at their spacing."""
+        if spacings is not None:
+            return volume_segmentation_metrics(probs, targets, spacings, num_classes)
         return segmentation_metrics(probs, targets, num_classes or _classes(probs, targets))
 
-    def report(self, probs, targets, names):
+    def report(self, probs, targets, names, spacings=None):
+        if spacings is not None:
+            return volume_segmentation_report(probs, targets, spacings, names)
         return segmentation_report(probs, targets, names)
 
-    def primary_score(self, probs, targets, num_classes=None):
+    def primary_score(self, probs, targets, num_classes=None, spacings=None):
+        if spacings is not None:
+            return float(self.metrics(probs, targets, num_classes, spacings)["dice"] or 0.0)
         return mean_dice(probs, targets, num_classes or _classes(probs, targets))
+
+
+def _pixel_counts(targets, num_classes: int) -> np.ndarray:
+    """Known pixels (voxels) per class over every mask of `targets`."""
+    counts = np.zeros(num_classes, np.int64)
+    for mask in targets:
+        mask = np.asarray(mask)
+        counts += np.bincount(mask[mask != UNLABELLED].ravel(), minlength=num_classes)[:num_classes]
+    return counts
 
 
 def _classes(pred: np.ndarray, truth: np.ndarray) -> int:

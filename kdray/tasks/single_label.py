@@ -31,7 +31,7 @@ class SingleLabel(Task):
     loss_name = "ce"
     one_class_per_image = True
 
-    def create_model(self, name, num_classes, channels, weights=None):
+    def create_model(self, name, num_classes, channels, weights=None, rank=2):
         return create_model(name, num_classes, channels, weights)
 
     def supervised_loss(self, logits, targets, weight=None):

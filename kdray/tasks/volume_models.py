@@ -128,6 +128,26 @@ def create_volume_model(name: str, num_classes: int, channels: int = 1) -> nn.Mo
                                            num_classes=num_classes, widen_factor=widen)  # fmt: skip
 
 
+def volume_model_problem(name: str, patch: tuple[int, ...], task: str) -> str | None:
+    """Why `name` is no 3D model of `task` ("segmentation" or a classification task) for
+    training patches of shape `patch`, or None."""
+    try:
+        parsed = parse_volume_model(name)
+    except ValueError as exc:
+        return str(exc)
+    wanted = "segmentation" if task == "segmentation" else "classification"
+    if parsed.task != wanted:
+        names = SEGMENTERS if wanted == "segmentation" else CLASSIFIERS
+        return f"{name!r} is a 3D {parsed.task} network; {wanted} takes one of {list(names)}"
+    multiple = input_multiple(name)
+    if any(side % multiple for side in patch):
+        return f"{name!r} needs each side of data.patch {list(patch)} divisible by {multiple}"
+    if math.prod(side // multiple for side in patch) < 2:  # instance norm of one voxel: error
+        return f"{name!r} down-samples data.patch {list(patch)} to one voxel; give a patch " \
+            f"with a side of at least {2 * multiple}"  # fmt: skip
+    return None
+
+
 def input_multiple(name: str) -> int:
     """What each side of a segmenter's input must be divisible by (its total down-sampling)."""
     n = parse_volume_model(name)

@@ -29,13 +29,21 @@ WARMUP_CALLS = 5
 TIMED_CALLS = 30
 
 
-def count_macs(model: nn.Module, channels: int, size: int) -> int:
-    """Multiply-accumulates of one forward pass of one `channels` x `size` x `size` image."""
+Size = int | tuple[int, ...]  # an image's side, or a volume patch's shape
+
+
+def _shape(size: Size) -> tuple[int, ...]:
+    return tuple(size) if isinstance(size, tuple | list) else (size, size)
+
+
+def count_macs(model: nn.Module, channels: int, size: Size) -> int:
+    """Multiply-accumulates of one forward pass of one `channels` x `size` x `size` image (or
+    volume patch of shape `size`)."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(torch.zeros(1, channels, size, size, device=device))
+        model(torch.zeros(1, channels, *_shape(size), device=device))
     model.train(was_training)
     return counter.get_total_flops() // 2
 
@@ -52,21 +60,21 @@ def _timed(model: nn.Module, x: torch.Tensor) -> float:
 
 @torch.no_grad()
 def time_inference(
-    model: nn.Module, channels: int, size: int, batch_size: int, budget_s: float = 0.5
+    model: nn.Module, channels: int, size: Size, batch_size: int, budget_s: float = 0.5
 ) -> dict:
     """Batch-1 latency (median, p90, in ms) and throughput at `batch_size` (images/s), within
     about `budget_s` seconds: fewer timed calls for a slow model, at least 3."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    one = torch.zeros(1, channels, size, size, device=device)
+    one = torch.zeros(1, channels, *_shape(size), device=device)
     deadline = time.perf_counter() + budget_s / 2
     for _ in range(WARMUP_CALLS):
         _timed(model, one)
     times = []
     while len(times) < TIMED_CALLS and (len(times) < 3 or time.perf_counter() < deadline):
         times.append(_timed(model, one))
-    batch = torch.zeros(batch_size, channels, size, size, device=device)
+    batch = torch.zeros(batch_size, channels, *_shape(size), device=device)
     # no warm-up call at this shape: the model is warm, and the median of 3 or more drops a
     # slow first call (one call at batch 256 is ~0.2 s of a CPU core)
     batch_times, deadline = [], time.perf_counter() + budget_s / 2
@@ -82,15 +90,16 @@ def time_inference(
     }
 
 
-def cost_key(model_name: str, channels: int, size: int, classes: int, device) -> str:
-    return f"{model_name}-{channels}x{size}x{size}-{classes}cls-{torch.device(device).type}"
+def cost_key(model_name: str, channels: int, size: Size, classes: int, device) -> str:
+    spatial = "x".join(str(s) for s in _shape(size))
+    return f"{model_name}-{channels}x{spatial}-{classes}cls-{torch.device(device).type}"
 
 
 def measure(
     model: nn.Module,
     model_name: str,
     channels: int,
-    size: int,
+    size: Size,
     classes: int,
     batch_size: int,
     cost_dir: Path | None,

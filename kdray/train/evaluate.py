@@ -55,7 +55,7 @@ def predict(
 def final_metrics(model, job: Job, info: DataInfo, device) -> dict:
     """Every split's metrics from the final weights (train without augmentation); for valid
     and test also the task's per-class (per-label) report, and study-level metrics when the
-    data has studies."""
+    data has studies. Volumes: `kdray.train.volume_eval`."""
     task = get_task(info.task)
     category = getattr(DATA_KINDS[job.data.kind], "group_category", None)
 

@@ -28,6 +28,7 @@ from kdray.tracking.tracker import Tracker
 from kdray.train import cost, soft_labels
 from kdray.train.evaluate import final_metrics
 from kdray.train.session import Session, band_stop, build_session, train_epoch
+from kdray.train.volume_eval import volume_final_metrics
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,7 @@ def train_run(
     if stopped:
         finish_stopped(session, folder, history, summary, rank0)
     else:
-        summary.update(final_metrics(session.model, job, session.info, worker.device))
+        summary.update(split_metrics(session.model, job, session.info, worker.device))
         summary.update(method_model_metrics(session))
         if rank0:
             finish(session, folder, history, summary, launched_at)
@@ -162,9 +163,17 @@ def method_model_metrics(session: Session) -> dict:
     evaluated |= {"test_balanced_acc", "test_f1"}
     out = {}
     for prefix, model in method.evaluated_models().items():
-        metrics = final_metrics(model, session.job, session.info, session.device)
+        metrics = split_metrics(model, session.job, session.info, session.device)
         out.update({f"{prefix}_{k}": v for k, v in metrics.items() if k in evaluated})
     return out
+
+
+def split_metrics(model: torch.nn.Module, job: Job, info: DataInfo, device) -> dict:
+    """Every split's metrics from the final weights: images (`kdray.train.evaluate`) or
+    volumes by sliding window (`kdray.train.volume_eval`)."""
+    if info.rank == 3:
+        return volume_final_metrics(model, info, device)
+    return final_metrics(model, job, info, device)
 
 
 def replicas_in_sync(session: Session) -> bool | None:
@@ -229,6 +238,8 @@ def finish(
         mean=info.mean,
         std=info.std,
         image_size=info.image_size,
+        rank=info.rank,
+        patch=info.patch,
     )
     summary.update(model_cost(session, folder.path))
     for pool, wanted in ((False, spec.soft_labels), (True, spec.soft_labels_pool)):
@@ -250,9 +261,16 @@ def model_cost(session: Session, run_dir: Path) -> dict:
     info = session.info
     out = {"weights_mb": (run_dir / "model.pt").stat().st_size / 1e6}
     try:
+        volumes = info.rank == 3  # a patch per call; a few at once, not an image batch's count
+        size = info.spatial if volumes else info.image_size
+        batch = (
+            min(session.job.train.eval_batch_size, 2)
+            if volumes
+            else session.job.train.eval_batch_size
+        )
         measured = cost.measure(
-            session.core.student, session.spec.model, info.channels, info.image_size,
-            info.num_classes, session.job.train.eval_batch_size, run_dir.parent.parent / "costs",
+            session.core.student, session.spec.model, info.channels, size, info.num_classes,
+            batch, run_dir.parent.parent / "costs",
         )  # fmt: skip
         keys = ("macs", "latency_ms_p50", "latency_ms_p90", "throughput")
         return out | {k: measured[k] for k in keys} | {"cost_device": measured["device"]}

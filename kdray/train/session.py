@@ -22,6 +22,7 @@ import torch.distributed as dist
 
 from kdray.data.budgets import class_counts, training_arrays
 from kdray.data.cache import DataInfo, load_split
+from kdray.data.volume_cache import load_volumes
 from kdray.methods import Shapes, get_method
 from kdray.spec.job import Job
 from kdray.spec.plan import PLAIN, RunSpec
@@ -31,6 +32,7 @@ from kdray.tasks.weights import LocalWeights, require
 from kdray.train.batches import TrainBatches, train_batches
 from kdray.train.distiller import Distiller, aligned_pairs, stage_channels, stage_count
 from kdray.train.evaluate import predict
+from kdray.train.patches import VolumeBatches, volume_batches
 from kdray.train.teachers import (
     CachedTeachers,
     NoTeacher,
@@ -38,6 +40,7 @@ from kdray.train.teachers import (
     load_cached,
     load_teachers,
 )
+from kdray.train.volume_eval import volume_score
 
 
 def seed_everything(seed: int) -> None:
@@ -81,7 +84,7 @@ class Session:
     model: torch.nn.Module
     core: Distiller
     teachers: NoTeacher | CachedTeachers | OnlineTeachers
-    batches: TrainBatches
+    batches: TrainBatches | VolumeBatches
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler | None
     autocast: Callable[[], contextlib.AbstractContextManager]
@@ -92,7 +95,9 @@ class Session:
     def close(self) -> None:
         """Release what outlives a run in a worker that trains the next run of its pack: loader
         worker processes (a persistent DataLoader keeps them while its iterator lives)."""
-        self.batches.loader._iterator = None  # torch shuts the pool down with its iterator
+        loader = getattr(self.batches, "loader", None)  # volume batches have none
+        if loader is not None:
+            loader._iterator = None  # torch shuts the pool down with its iterator
         self.teachers = self.model = self.core = self.optimizer = None
         gc.collect()
         if self.device.type == "cuda":
@@ -105,6 +110,8 @@ class Session:
 
     def val_score(self) -> float:
         """The task's primary metric on the validation split (the model in eval mode)."""
+        if self.info.rank == 3:
+            return volume_score(self.model, self.valid, self.info, self.device)
         images, labels = self.valid
         probs = predict(
             self.model,
@@ -132,10 +139,10 @@ def build_session(
     `prepare` wraps the module for the workers (Ray Train's `prepare_model`)."""
     seed_everything(spec.seed)
     task = get_task(info.task)
-    student = task.create_model(spec.model, info.num_classes, info.channels, run_weights(job, spec))
+    weights = run_weights(job, spec)
+    student = task.create_model(spec.model, info.num_classes, info.channels, weights, info.rank)
     params = count_params(student)
     autocast = autocast_for(job, device)
-    images, labels = training_arrays(info, spec.labels, spec.seed, pool=spec.unlabelled)
     teachers = open_teachers(job, spec, info, teacher_dirs, device, autocast)
     counts = class_counts(info, spec.labels, spec.seed)
     core = _distiller(job, spec, info, task, student, teachers, counts)
@@ -143,12 +150,12 @@ def build_session(
         core = core.to(memory_format=torch.channels_last)
     prepare = prepare or (lambda m: m.to(device))
     model = prepare(core)
-    batches = train_batches(
-        images, labels, job.train.augment, info.mean, info.std, job.train.batch_size, spec.seed,
-        rank, world_size,  # our own data-parallel sampler, so a teacher can replay every rank
-        prefetch=job.train.prefetch_batches, pin_memory=device.type == "cuda",
-        workers=job.train.loader_workers, augment_on=job.train.augment_on, device=device,
-    )  # fmt: skip
+    if info.rank == 3:  # volumes: seeded patches, validated whole by sliding window
+        batches = volume_batches(load_volumes(info.path, "train"), job, spec.seed, rank, world_size)
+        valid = load_volumes(info.path, "valid")
+    else:
+        batches = image_batches(job, spec, info, device, rank, world_size)
+        valid = load_split(info.path, "valid")
     # not a method's own copies of the student (mean teacher's moving average)
     optimizer = build_optimizer(job, [p for p in model.parameters() if p.requires_grad])
     scheduler = None
@@ -158,7 +165,20 @@ def build_session(
     scaler = torch.amp.GradScaler(device.type, enabled=job.train.precision == "fp16")
     return Session(
         job, spec, info, task, device, rank, world_size, model, core, teachers, batches, optimizer,
-        scheduler, autocast, scaler, params, valid=load_split(info.path, "valid"),
+        scheduler, autocast, scaler, params, valid=valid,
+    )  # fmt: skip
+
+
+def image_batches(
+    job: Job, spec: RunSpec, info: DataInfo, device, rank: int, world_size: int
+) -> TrainBatches:
+    """A run's training batches of images (its label budget's, augmented)."""
+    images, labels = training_arrays(info, spec.labels, spec.seed, pool=spec.unlabelled)
+    return train_batches(
+        images, labels, job.train.augment, info.mean, info.std, job.train.batch_size, spec.seed,
+        rank, world_size,  # our own data-parallel sampler, so a teacher can replay every rank
+        prefetch=job.train.prefetch_batches, pin_memory=device.type == "cuda",
+        workers=job.train.loader_workers, augment_on=job.train.augment_on, device=device,
     )  # fmt: skip
 
 

@@ -22,11 +22,13 @@ import torch
 from kdray.data.augment import pipeline_spec
 from kdray.data.budgets import training_arrays
 from kdray.data.cache import DataInfo
+from kdray.data.volume_cache import load_volumes
 from kdray.spec.job import Job
 from kdray.store.atomic import atomic_write, write_json
 from kdray.tasks import get_task
 from kdray.train.batches import train_batches
 from kdray.train.device_augment import backend_for
+from kdray.train.patches import volume_batches
 
 LOGITS_FILE = "soft_labels.npy"
 META_FILE = "soft_labels.json"
@@ -65,6 +67,8 @@ def cache_key(
         key["views"] = "per-sample seeds"
     if labels:  # the students' label budget, and whether they train on its pool too
         key.update(labels=labels, pool=pool)
+    if info.rank == 3:  # volumes: seeded patches (`kdray.train.patches`), no image pipeline
+        key.update(patch=info.patch, foreground=job.data.foreground, views="volume patches")
     return key
 
 
@@ -75,28 +79,11 @@ def build(
     """Replay every epoch's training views of every student rank through `teacher`; write the
     logits atomically, in the order each rank draws them (epoch, rank, position, class).
     `budget`, `pool`: the students' label budget, and whether they train on its pool too."""
-    images, labels = training_arrays(info, budget, seed, pool)
     world_size = job.resources.workers_per_trial
-    ranks = [
-        train_batches(
-            images,
-            labels,
-            job.train.augment,
-            info.mean,
-            info.std,
-            job.train.batch_size,
-            seed,
-            rank=rank,
-            world_size=world_size,
-            prefetch=job.train.prefetch_batches,
-            workers=job.train.loader_workers,
-            augment_on=job.train.augment_on,
-            device=device,
-        )
-        for rank in range(world_size)
-    ]
+    ranks = _replayed_batches(job, seed, info, device, budget, pool)
     per_rank = max(b.samples for b in ranks)
-    shape = get_task(info.task).output_shape(info.num_classes, info.image_size)
+    size = tuple(info.patch) if info.rank == 3 else info.image_size
+    shape = get_task(info.task).output_shape(info.num_classes, size)
     full = (job.train.epochs, world_size, per_rank, *shape)
     was_training = teacher.training
     teacher.eval()
@@ -117,6 +104,33 @@ def build(
     teacher.train(was_training)
     write_json(meta_file, cache_key(job, seed, info, budget, pool, device))
     return logits_file
+
+
+def _replayed_batches(job: Job, seed: int, info: DataInfo, device, budget, pool) -> list:
+    """Every student rank's training batches, as each rank draws them."""
+    world_size = job.resources.workers_per_trial
+    if info.rank == 3:
+        volumes = load_volumes(info.path, "train")
+        return [volume_batches(volumes, job, seed, rank, world_size) for rank in range(world_size)]
+    images, labels = training_arrays(info, budget, seed, pool)
+    return [
+        train_batches(
+            images,
+            labels,
+            job.train.augment,
+            info.mean,
+            info.std,
+            job.train.batch_size,
+            seed,
+            rank=rank,
+            world_size=world_size,
+            prefetch=job.train.prefetch_batches,
+            workers=job.train.loader_workers,
+            augment_on=job.train.augment_on,
+            device=device,
+        )
+        for rank in range(world_size)
+    ]
 
 
 def load(run_dir: Path, key: dict) -> np.ndarray | None:

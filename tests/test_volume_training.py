@@ -1,0 +1,190 @@
+"""Training on volumes without Ray: the spatial rank in the job's checks (tasks, methods, models,
+settings written for images), the seeded foreground-weighted patch sampler, and the
+voxel-wise KD and CWD losses on 3D outputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from kdray.data.volume_cache import load_volumes
+from kdray.data.volumes import prepare_volumes
+from kdray.methods import METHODS, Outputs, Shapes
+from kdray.spec.base import JobError
+from kdray.spec.checks import model_problems
+from kdray.spec.job import Job
+from kdray.tasks import UNLABELLED
+from kdray.train.patches import VolumeBatches, draw_patch
+
+TEACHER, STUDENT = "basicunet3d", "basicunet3d-f4.4.8.16.32.4"
+
+
+def volume_job(**changes) -> dict:
+    job = {
+        "name": "v",
+        "data": {"kind": "synthetic_volumes"},
+        "studies": {"s": {"teachers": [TEACHER], "students": [STUDENT],
+                          "method": {"name": "pixel_kd"}}},
+    }  # fmt: skip
+    for key, value in changes.items():
+        job[key] = value
+    return job
+
+
+def problems_of(raw: dict) -> list[str]:
+    try:
+        return model_problems(Job.model_validate(raw))
+    except JobError as exc:
+        return exc.problems
+
+
+def test_a_volume_job_with_3d_segmenters_and_a_3d_method_is_valid():
+    assert problems_of(volume_job()) == []
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        ({"method": {"name": "at"}}, "studies.s.method: at is written for 2D data, and this "
+         "data is 3D; use one of ['cwd', 'pixel_kd']"),
+        ({"method": {"name": "kd"}}, "studies.s.method: kd is defined for single-label or "
+         "multi-label data, and this data is segmentation; use one of ['cwd', 'pixel_kd']"),
+        ({"students": ["unet-resnet18"]}, "studies.s.students: 'unet-resnet18': unknown 3D "
+         "network 'unet'"),
+        ({"students": ["densenet3d"]}, "studies.s.students: 'densenet3d' is a 3D "
+         "classification network; segmentation takes one of"),
+    ],
+)  # fmt: skip
+def test_a_method_or_model_of_another_rank_is_one_line_naming_the_study(change, says):
+    raw = volume_job()
+    raw["studies"]["s"].update(change)
+    problems = problems_of(raw)
+    assert len(problems) == 1 and problems[0].startswith(says)
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        ({"train": {"channels_last": True}}, "train.channels_last: 2D layouts only"),
+        ({"train": {"augment": [{"name": "HorizontalFlip"}]}}, "train.augment: a list of "),
+        ({"data": {"kind": "synthetic_volumes", "patch": [32, 32, 24]}},
+         "studies.s.teachers: 'basicunet3d' needs each side of data.patch [32, 32, 24] "
+         "divisible by 16"),
+        ({"data": {"kind": "synthetic_volumes", "patch": [16, 16, 16]}},
+         "studies.s.teachers: 'basicunet3d' down-samples data.patch [16, 16, 16] to one voxel"),
+        ({"data": {"kind": "medmnist3d", "path": "organmnist3d.npz"}},
+         "data: medmnist3d holds 3D single-label data, and kdray trains single-label on 2D "
+         "data only"),
+    ],
+)  # fmt: skip
+def test_settings_volumes_cannot_take_are_one_line_each(change, says):
+    problems = problems_of(volume_job(**change))  # a patch no model takes: one line per model
+    assert problems and problems[0].startswith(says), problems
+    assert len(problems) == (2 if "patch" in says else 1)
+    assert all("\n" not in line for line in problems)
+
+
+# --- patches ------------------------------------------------------------------------------------
+
+
+def organ_volume(shape=(40, 40, 20), corner=(30, 30, 14), side=4):
+    """A volume with one small cube of class 1 near a corner (the rest background)."""
+    image = np.random.default_rng(0).normal(size=shape).astype(np.float16)
+    mask = np.zeros(shape, np.int8)
+    mask[tuple(slice(c, c + side) for c in corner)] = 1
+    return image, mask
+
+
+def test_a_patch_is_the_volume_cut_at_its_corner_and_flipped_with_its_mask():
+    image, mask = organ_volume()
+    x, y = draw_patch(image, mask, (16, 16, 8), 1.0, True, np.random.default_rng(3))
+    assert x.shape == (16, 16, 8) and x.dtype == np.float32 and y.dtype == np.int64
+    assert (y == 1).sum() == 4**3  # the whole cube, wherever the flips moved it
+    assert np.allclose(x[y == 1], image.astype(np.float32)[mask == 1].mean(), atol=4)
+
+
+def test_foreground_weighting_draws_patches_on_a_small_structure():
+    image, mask = organ_volume()
+    hits = {}
+    for foreground in (0.0, 1.0):
+        rngs = (np.random.default_rng(i) for i in range(200))
+        hits[foreground] = np.mean(
+            [(draw_patch(image, mask, (8, 8, 8), foreground, False, r)[1] == 1).any()
+             for r in rngs]
+        )  # fmt: skip
+    assert hits[1.0] == 1.0  # centred on the cube: it is always in the patch
+    assert hits[0.0] < 0.2  # anywhere: a 4^3 cube in 40x40x20 is rarely in an 8^3 patch
+
+
+def test_a_volume_smaller_than_the_patch_is_padded_with_unknown_voxels():
+    image, mask = organ_volume(shape=(10, 20, 6), corner=(2, 2, 1))
+    x, y = draw_patch(image, mask, (16, 16, 8), 0.5, False, np.random.default_rng(1))
+    assert x.shape == y.shape == (16, 16, 8)
+    assert (y[10:] == UNLABELLED).all() and (y[:, :, 6:] == UNLABELLED).all()
+    assert (x[10:] == 0).all() and (y[:10, :, :6] != UNLABELLED).all()
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory):
+    from kdray.data.phantoms import Config
+
+    cfg = Config(train_size=6, valid_size=1, test_size=1, shape=(24, 24, 16))
+    info = prepare_volumes(cfg, tmp_path_factory.mktemp("vol"))
+    return load_volumes(info.path, "train")
+
+
+def batches(volumes, seed=0, rank=0, world_size=1):
+    return VolumeBatches(volumes, (16, 16, 16), 0.5, True, 2, seed, rank, world_size)
+
+
+def test_patches_repeat_by_seed_and_epoch_whenever_they_are_drawn(phantoms):
+    def drawn(b, epoch):
+        return [(x.numpy(), y.numpy(), i.numpy()) for x, y, i in b.epoch(epoch)]
+
+    first, again = drawn(batches(phantoms), 1), drawn(batches(phantoms), 1)
+    assert len(first) == 3 and first[0][0].shape == (2, 1, 16, 16, 16)
+    for (x, y, i), (x2, y2, i2) in zip(first, again, strict=True):
+        assert np.array_equal(x, x2) and np.array_equal(y, y2) and np.array_equal(i, i2)
+    other_epoch, other_seed = drawn(batches(phantoms), 2), drawn(batches(phantoms, seed=1), 1)
+    assert not np.array_equal(first[0][0], other_epoch[0][0])
+    assert not np.array_equal(first[0][0], other_seed[0][0])
+    # a resumed run draws epoch 1 without having drawn epoch 0: the same patches
+    resumed = batches(phantoms)
+    assert np.array_equal(resumed.sample(1, int(first[0][2][0]))[0], first[0][0][0, 0])
+
+
+def test_ranks_share_an_epoch_without_overlap(phantoms):
+    ranks = [batches(phantoms, rank=r, world_size=2) for r in range(2)]
+    orders = [b.order(0) for b in ranks]
+    assert len(orders[0]) == len(orders[1]) == 3
+    assert sorted(np.concatenate(orders).tolist()) == list(range(6))
+
+
+# --- methods on 3D outputs -----------------------------------------------------------------------
+
+
+def method(name: str, classes: int = 3):
+    cls = METHODS[name]
+    return cls(cls.Params(), Shapes(classes, 1, task="segmentation"))
+
+
+@pytest.mark.parametrize("name", ["pixel_kd", "cwd"])
+def test_3d_methods_equal_their_2d_loss_on_the_same_voxels_laid_flat(name):
+    """A volume (N, C, D, H, W) read as images (N, C, D * H, W): the same voxels, the same
+    loss (pixel KD averages over voxels, CWD's spatial softmax runs over all of them)."""
+    g = torch.Generator().manual_seed(0)
+    student = torch.randn(2, 3, 4, 6, 5, generator=g, requires_grad=True)
+    teacher = torch.randn(2, 3, 4, 6, 5, generator=g)
+    targets = torch.randint(0, 3, (2, 4, 6, 5), generator=g)
+    m = method(name)
+    volume = m(Outputs(student), [Outputs(teacher)], targets, 0.0)
+    flat = m(Outputs(student.flatten(2, 3)), [Outputs(teacher.flatten(2, 3))],
+             targets.flatten(1, 2), 0.0)  # fmt: skip
+    term = "pixel_kd" if name == "pixel_kd" else "cwd"
+    assert volume[term].item() == pytest.approx(flat[term].item(), rel=1e-5)
+    assert volume[term].item() > 0
+    volume["loss"].backward()
+    assert student.grad is not None and torch.isfinite(student.grad).all()
+    same = m(Outputs(teacher), [Outputs(teacher)], targets, 0.0)[term]
+    assert same.item() == pytest.approx(0.0, abs=1e-5)  # nothing to learn from itself
