@@ -55,7 +55,7 @@ PER_CLASS_DICE = pa.struct(  # segmentation: each foreground class's overlap sco
         ("dice", pa.float64()),
         ("iou", pa.float64()),
         ("hd95", pa.float64()),
-        ("images", pa.int64()),  # images whose ground truth has the class
+        ("images", pa.int64()),  # images (volumes) whose ground truth has the class
         ("empty", pa.int64()),  # images whose ground truth lacks it (no Dice)
         ("empty_fp", pa.float64()),  # ... of which the share with the class predicted
     ]

@@ -64,8 +64,9 @@ def volume_segmentation_metrics(
 
 
 def volume_segmentation_report(preds, truths, spacings, names: list[str]) -> dict:
-    """Per foreground class: Dice, IoU, HD95 (mm), the volumes that have the class, those that
-    do not, and the false-alarm share among those."""
+    """Per foreground class: Dice, IoU, HD95 (mm), the volumes that have the class (`images`,
+    the key 2D uses: one results schema), those that do not, and the false-alarm share among
+    those."""
     scores = _stacked(preds, truths, spacings, len(names))
     means = {k: class_means(scores[k]) for k in ("dice", "iou", "hd95")}
     rows = []
@@ -73,7 +74,7 @@ def volume_segmentation_report(preds, truths, spacings, names: list[str]) -> dic
         empty = int(scores["empty"][:, j].sum())
         rows.append(
             {"class": name, **{k: means[k][j] for k in means},
-             "volumes": int(len(scores["empty"]) - empty), "empty": empty,
+             "images": int(len(scores["empty"]) - empty), "empty": empty,
              "empty_fp": float(scores["alarm"][:, j].sum() / empty) if empty else None}
         )  # fmt: skip
     return {"per_class_dice": rows}
