@@ -51,6 +51,24 @@ def is_sample(spec: RunSpec) -> bool:
     return any(role.startswith("sample:") for role in spec.roles)
 
 
+@dataclass
+class SampleJudge:
+    """Whether a searched sample stops after an epoch (never, for other runs), and how long it
+    waited for the answer (its search judges a rung once earlier samples reached it)."""
+
+    worker: Worker
+    spec: RunSpec
+    wait_s: float = 0.0
+
+    def stops(self, epoch: int, value: float) -> bool:
+        if not is_sample(self.spec):
+            return False
+        asked = time.time()
+        stop = self.worker.judge(self.spec, epoch, value)
+        self.wait_s += time.time() - asked
+        return stop
+
+
 def train_run(
     job: Job, spec: RunSpec, info: DataInfo, folder: RunFolder, teacher_dirs: list[Path],
     worker: Worker, legacy_checkpoints: Path | None = None, launched_at: float | None = None,
@@ -70,19 +88,9 @@ def train_run(
     rank0 = worker.rank == 0
     tracker = Tracker.start(job, spec, folder.path, info, history) if rank0 else Tracker()
     band = band_stop(session)
-    judge_s = 0.0  # a sample's time waiting on its search's judgement (earlier samples' rungs)
-
-    def judged_stop(epoch: int, value: float) -> bool:
-        nonlocal judge_s
-        asked = time.time()
-        stop = worker.judge(spec, epoch, value)
-        judge_s += time.time() - asked
-        return stop
-
+    judge = SampleJudge(worker, spec)
     # a sample resumed from a checkpoint is judged on its last epoch first (idempotent)
-    stopped = (
-        bool(history) and is_sample(spec) and judged_stop(start_epoch, history[-1][session.val_key])
-    )
+    stopped = bool(history) and judge.stops(start_epoch, history[-1][session.val_key])
     first_step_s = None
 
     def on_step(step: int) -> None:
@@ -103,7 +111,7 @@ def train_run(
         worker.report(row)
         if band.hit is not None or band.error is not None:
             break
-        if is_sample(spec) and judged_stop(epoch + 1, row[session.val_key]):
+        if judge.stops(epoch + 1, row[session.val_key]):
             stopped = True
             break
     band.missed(session, history)
@@ -121,7 +129,7 @@ def train_run(
         "band_val_score": band.hit["score"] if band.hit else None,
         "restored_from_epoch": start_epoch or None,
         "teacher_outputs": session.teachers.kind,
-        "judge_wait_s": round(judge_s, 3) if is_sample(spec) else None,
+        "judge_wait_s": round(judge.wait_s, 3) if is_sample(spec) else None,
         "replicas_in_sync": replicas_in_sync(session),
     }
     if stopped:
