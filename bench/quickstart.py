@@ -7,12 +7,13 @@ command's start (file modification times): when the job's checks were done (the 
 `job.json`), the data decoded (its `meta.json`), Tune started (its storage marker: after
 `ray.init`), the first fit built (its Ray Train storage marker, written by the trial driver),
 the first run started (`attempts.json`, written by the worker as a run starts: the rest of the
-first Ray Train start-up comes before it), when the last teacher and the last run ended (`summary.json`), and
-the tables after it; per run, its training (`train_s`, the worker's set-up and epochs) and what
-follows it until its summary (final metrics, model file, cost, soft labels). The machine's load
-average is printed with each round: the machine may be shared, and seconds mean little on a
-busy one. `driver_cpu_s`: CPU seconds of the `kdray run` process itself (imports, checks,
-polling, tables); Ray's processes are not its reaped children, so their CPU is not in it.
+first Ray Train start-up comes before it), when the last teacher and the last run ended
+(`summary.json`), and the tables after it; per run, its training (`train_s`, the worker's
+set-up and epochs) and what follows it until its summary (final metrics, model file, cost,
+soft labels). The machine's load average is printed with each round: the machine may be
+shared, and seconds mean little on a busy one. `driver_cpu_s`: CPU seconds of the `kdray run`
+process itself (imports, checks, polling, tables); Ray's processes are not its reaped
+children, so their CPU is not in it.
 `cpu_s`: CPU seconds of every process of the command (the driver, Ray's processes, each trial's
 actors), summed per kind, sampled from /proc while it runs (`CpuSampler`): on a shared machine
 the least noisy measure of the work a change saves. `fits`: the Ray Train fits it started.
