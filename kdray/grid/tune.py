@@ -251,6 +251,7 @@ def run_grid(exp: Experiment, job: Job, runs: list[RunSpec], data: DataInfo) -> 
         },
         on_start=lambda: close_ledger_on_interrupt(ledger),
         planned=lambda: exp.plan().runs,
+        max_concurrent=slots,
     )
     waiting = ResourceWait(job.faults.resource_wait_s, str(exp.root))
     try:
