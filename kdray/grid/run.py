@@ -15,10 +15,11 @@ from rich.console import Console
 
 from kdray.data import prepare_data
 from kdray.data.cache import DataInfo, load_split
+from kdray.grid.local_ray import init_ray
 from kdray.grid.progress import GridProgress, fitted_lines
 from kdray.grid.progress_log import GridLog
 from kdray.grid.resources import check_resources, driver_warning
-from kdray.grid.tune import check_storage, init_ray, run_grid
+from kdray.grid.tune import check_storage, run_grid
 from kdray.methods import METHODS
 from kdray.results.tables import write_results
 from kdray.spec.describe import budget_warnings

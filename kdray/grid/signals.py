@@ -40,8 +40,10 @@ def ray_processes_spared_by_sigterm() -> Iterator[None]:
     driver, which shuts them down, instead of killing them under it (a driver that lost its GCS
     waits 60 s and exits 1). They cannot receive the SIGTERM of `ray.shutdown`'s graceful
     stop either, so the local node is set to kill them at once (`kill_at_shutdown`). On
-    leaving, SIGTERM is again this module's (`ray.init` sets its own)."""
-    if not _state["active"] or threading.current_thread() is not threading.main_thread():
+    leaving, SIGTERM is again this module's (`ray.init`, in the main thread, sets its own). In
+    another thread (Ray started in the background, `kdray.grid.local_ray`) the mask blocked is
+    that thread's, the one its child processes inherit; the main thread still takes SIGTERM."""
+    if not _state["active"]:
         yield
         return
     before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
@@ -49,7 +51,8 @@ def ray_processes_spared_by_sigterm() -> Iterator[None]:
         yield
         kill_at_shutdown()
     finally:
-        signal.signal(signal.SIGTERM, _as_ctrl_c)  # before a SIGTERM sent meanwhile arrives
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, _as_ctrl_c)  # before a SIGTERM sent meanwhile arrives
         signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
