@@ -323,19 +323,7 @@ def _run(exp, job, address: str | None, verbose: bool) -> None:
 
 def _run_grid(exp, job, address: str | None, verbose: bool):
     """The grid run, its refusals one line each (exit 2); stopped by Ctrl-C (exit 130) or
-    SIGTERM (143): finished runs kept, and how to resume. Ray starts in the background while
-    the rest is imported and the data prepared (a job its data then refuses waits for it)."""
-    from kdray.grid.local_ray import start_in_background, wait_for_start
-
-    start_in_background(job, address, verbose)
-    try:
-        return _run_grid_after_start(exp, job, address, verbose)
-    finally:  # never leave a half-started Ray to the interpreter's exit
-        with contextlib.suppress(Exception):
-            wait_for_start()
-
-
-def _run_grid_after_start(exp, job, address: str | None, verbose: bool):
+    SIGTERM (143): finished runs kept, and how to resume."""
     from kdray.data import DataError
     from kdray.grid.run import run_experiment
     from kdray.grid.signals import EXIT_CODE, terminated

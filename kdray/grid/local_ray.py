@@ -2,10 +2,9 @@
 
 `ray.init` of a local Ray takes seconds that are mostly waiting for the processes it starts
 (GCS, raylet, monitors) to come up, while the driver has its own seconds of work before the
-grid (importing Ray Tune, Ray Train and torch, the experiment's plan, decoding and checking the
-data). `start_in_background` begins the start in a thread so that both go on at once; the next
-`init_ray` waits for it and raises what it raised. Kept light (Ray and the job only), so the
-start begins before the driver imports the rest.
+grid (importing Ray Tune and Ray Train). `start_in_background` begins the start in a thread so
+that both go on at once; the next `init_ray` waits for it and raises what it raised. Kept light
+(Ray and the job only), so the start begins before the driver imports the rest.
 """
 
 from __future__ import annotations
@@ -13,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 
 from kdray.grid.signals import ray_processes_spared_by_sigterm
 from kdray.spec.job import Job
@@ -33,7 +33,7 @@ logging.getLogger("ray._private.worker").addFilter(_NoSigtermHandlerWarning())
 
 class _Start(threading.Thread):
     """`init_ray` in a thread; `done` once it returned, `error`: what it raised. The thread
-    then lives as long as the process: Ray's processes die with the thread that started them
+    then lives until Ray is shut down: Ray's processes die with the thread that started them
     (Ray sets PR_SET_PDEATHSIG on them, which Linux fires when the parent *thread* exits)."""
 
     def __init__(self, job: Job, address: str | None, verbose: bool):
@@ -48,7 +48,10 @@ class _Start(threading.Thread):
         except BaseException as exc:  # raised again by `wait_for_start`, in the driver's thread
             self.error = exc
         self.done.set()
-        threading.Event().wait()  # never set: Ray's processes live while this thread does
+        import ray
+
+        while ray.is_initialized():  # Ray's processes live while this thread does
+            time.sleep(2)
 
 
 _started: list[_Start] = []  # the start in progress, if any
