@@ -585,8 +585,8 @@ def fixed_costs(grid, events: dict, n_slots: int, ray_init_s: float) -> dict:
 
 
 def ray_grids(root: Path, sizes: Sizes, use_gpu: bool = True, quickstarts_too: bool = True) -> dict:
-    """One local Ray (`kdray.grid.tune.init_ray`, 4 trial drivers), then the MedMNIST-shaped grid
-    (first: the controller logs read for its timeline hold only its trials), the quickstart on
+    """One local Ray (`kdray.grid.local_ray.init_ray`, 4 trial drivers), then the MedMNIST-shaped
+    grid (first: the controller logs read for its timeline hold only its trials), the quickstart on
     one whole GPU per trial, on a quarter GPU per trial with 4 at a time, and on the CPU."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray

@@ -1,6 +1,6 @@
 """The Ray side: grids run through the product's own path (`kdray.grid.run.run_experiment` on a
-local Ray started by `kdray.grid.tune.init_ray`), then read back from the experiment folder, Ray
-Train's controller logs and Ray's actor table."""
+local Ray started by `kdray.grid.local_ray.init_ray`), then read back from the experiment
+folder, Ray Train's controller logs and Ray's actor table."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ import ray
 from rich.console import Console
 
 from bench.common import log, proc_children, proc_name_and_hwm
+from kdray.grid.local_ray import init_ray
 from kdray.grid.run import run_experiment
-from kdray.grid.tune import init_ray
 from kdray.spec.job import Job
 from kdray.store.experiment import Experiment
 
@@ -362,7 +362,7 @@ def kd_student_run(grid: GridRun, model: str = "resnet10t", study: str = "normal
 
 
 def timed_ray_init(job: Job) -> float:
-    """Seconds to start the local Ray the product starts (`kdray.grid.tune.init_ray`)."""
+    """Seconds to start the local Ray the product starts (`kdray.grid.local_ray.init_ray`)."""
     t0 = time.perf_counter()
     init_ray(job)
     seconds = time.perf_counter() - t0

@@ -1,6 +1,6 @@
 """`python -m bench.trial_env [--rounds N]`: what kdray's Ray Train settings save per trial.
 
-Starts kdray's local Ray (`kdray.grid.tune.init_ray`, the quickstart job) and fits an empty
+Starts kdray's local Ray (`kdray.grid.local_ray.init_ray`, the quickstart job) and fits an empty
 `TorchTrainer` (1 worker, 1 CPU; the train function reports once) again and again, alternating
 Ray Train 2.60's defaults (`RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=1`, `RAY_TRAIN_METRICS_ENABLED=1`)
 with kdray's `TRAIN_ENV`, so drift on a shared machine hits both alike. Both use kdray's health
@@ -24,7 +24,8 @@ from ray.train import RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from bench.common import QUICKSTART, log
-from kdray.grid.tune import TRAIN_ENV, init_ray
+from kdray.grid.local_ray import init_ray
+from kdray.grid.tune import TRAIN_ENV
 from kdray.spec.load import load_job
 
 RAY_DEFAULTS = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "1", "RAY_TRAIN_METRICS_ENABLED": "1"}

@@ -78,6 +78,24 @@ def test_concurrency_cap_counts_live_trials(tmp_path):
     assert suggest(queue, "c") not in (None, Searcher.FINISHED)
 
 
+def test_with_every_slot_taken_tune_s_asking_does_not_reach_the_ledger(tmp_path):
+    """Tune asks at every step of its loop; while `max_concurrent` trials are live the queue
+    answers itself, and asks the ledger again once one of them completed."""
+    _, queue, status = make_queue(tmp_path, max_concurrent=2)
+    asked = []
+    next_pack = queue.ledger.next_pack
+    queue.ledger.next_pack = lambda trial_id: asked.append(trial_id) or next_pack(trial_id)
+    queue.max_concurrent = 2
+    a, b = suggest(queue, "a"), suggest(queue, "b")
+    assert a and b
+    assert [suggest(queue, f"c{i}") for i in range(5)] == [None] * 5
+    assert asked == ["a", "b"]
+    status[a] = "finished"
+    queue.on_trial_complete("a")
+    assert suggest(queue, "c") not in (None, Searcher.FINISHED)
+    assert asked == ["a", "b", "c"]
+
+
 def test_students_of_a_failed_teacher_are_blocked_and_the_queue_finishes(tmp_path):
     plan, queue, status = make_queue(tmp_path, max_concurrent=100)
     trials = {}

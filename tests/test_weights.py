@@ -507,7 +507,8 @@ def test_kdray_weights_refuses_when_offline(tmp_path, cache):
 
 def test_a_run_starts_from_pretrained_weights_in_the_worker(tmp_path, cache):
     from kdray.data import prepare_data
-    from kdray.grid.tune import worker_env, worker_loop
+    from kdray.grid.local_ray import worker_env
+    from kdray.grid.tune import worker_loop
     from tests.test_worker import run_local
 
     put_in_hub(cache, TAGS["resnet10t"], imagenet_like("resnet10t"))

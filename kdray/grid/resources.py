@@ -18,9 +18,9 @@ from collections.abc import Callable
 import ray
 from ray import tune
 
+from kdray.grid.local_ray import DRIVER_RESOURCE
 from kdray.spec.job import Job
 
-DRIVER_RESOURCE = "trial_driver"
 # Ray Train removes a placement group that timed out and makes the next one at once; a gap this
 # long with no infeasible group means the demand was met (or went away), and the clock restarts
 RESET_AFTER_S = 30.0

@@ -15,10 +15,9 @@ from rich.console import Console
 
 from kdray.data import prepare_data
 from kdray.data.cache import DataInfo, load_targets
+from kdray.grid.local_ray import init_ray, start_in_background
 from kdray.grid.progress import GridProgress, fitted_lines
 from kdray.grid.progress_log import GridLog
-from kdray.grid.resources import check_resources, driver_warning
-from kdray.grid.tune import check_storage, init_ray, run_grid
 from kdray.methods import METHODS
 from kdray.results.tables import write_results
 from kdray.spec.describe import budget_warnings
@@ -149,6 +148,12 @@ def _run_experiment(
     check_weights(exp, job, plan)  # before anything decodes, starts or trains
     report = RunReport(exp)
     data = report.data = _prepare(exp, job, console)
+    # Ray starts (seconds, mostly waiting for its processes) while the driver imports Ray Tune
+    # and Ray Train; a job refused above never started it
+    start_in_background(job, address, verbose)
+    from kdray.grid.resources import check_resources, driver_warning
+    from kdray.grid.tune import check_storage, run_grid
+
     init_ray(job, address, verbose)
     cluster_warnings = check_resources(job, local=address is None)
     cluster_warnings += [w for w in [driver_warning()] if w]

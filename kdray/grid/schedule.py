@@ -52,7 +52,12 @@ class RunQueue(Searcher):
     """Tune's searcher over the ledger: one pack per new trial (`RunLedger.next_pack`), the
     trial's config from `trial_config(pack, trial_id)`; `packs` are the ledger's, as runs, and
     `planned()` the plan's runs when the ledger hands out one made during the grid (a search's).
-    `on_start` is called once, when Tune's loop first asks for a trial."""
+    `on_start` is called once, when Tune's loop first asks for a trial.
+
+    Tune asks for a trial at every step of its loop (about ten a second) while it has none
+    pending; with `max_concurrent` (the ledger's) trials live the answer is no, so the queue
+    gives it without a call to the ledger's actor (each a round trip and reads of run folders,
+    CPU taken from the trials on a small machine)."""
 
     def __init__(
         self,
@@ -61,6 +66,7 @@ class RunQueue(Searcher):
         trial_config: Callable[[Pack, str], dict],
         on_start: Callable[[], None] | None = None,
         planned: Callable[[], dict[str, RunSpec]] | None = None,
+        max_concurrent: int | None = None,
     ):
         super().__init__()
         self.ledger = ledger
@@ -68,14 +74,19 @@ class RunQueue(Searcher):
         self.trial_config = trial_config
         self.on_start = on_start
         self.planned = planned  # every run of the plan now, with those a search made
+        self.max_concurrent = max_concurrent
+        self.live: set[str] = set()  # trials given a pack and not complete
 
     def suggest(self, trial_id: str) -> dict | str | None:
         if self.on_start is not None:
             self.on_start()
             self.on_start = None
+        if self.max_concurrent is not None and len(self.live) >= self.max_concurrent:
+            return None  # every slot is taken: the ledger would say the same
         pack = self.ledger.next_pack(trial_id)
         if not isinstance(pack, tuple):
             return pack  # None, or FINISHED
+        self.live.add(trial_id)
         if self.planned is not None and not set(pack) <= set(self.runs):
             self.runs.update(self.planned())  # a run a search made during the grid
         return self.trial_config(Pack(tuple(self.runs[r] for r in pack)), trial_id)
@@ -90,6 +101,7 @@ class RunQueue(Searcher):
         return True
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        self.live.discard(trial_id)
         self.ledger.trial_ended(trial_id)
 
     def save(self, checkpoint_path: str) -> None:

@@ -22,19 +22,18 @@ from ray.train import RunConfig as TrainRunConfig
 
 from kdray.data.cache import DataInfo
 from kdray.grid.packing import Pack, pack_runs, runs_per_trial
-from kdray.grid.resources import DRIVER_RESOURCE, ResourceError, ResourceWait, driver_resources
+from kdray.grid.resources import ResourceError, ResourceWait, driver_resources
 from kdray.grid.schedule import (
     RunQueue,
     close_ledger_on_interrupt,
     ledger_packs,
     start_ledger,
 )
-from kdray.grid.signals import ray_processes_spared_by_sigterm
 from kdray.grid.train_fixes import ReleaseFailedWorkerGroups, TorchTrainerWithoutRayData
 from kdray.spec.job import Job
 from kdray.spec.plan import RunSpec
 from kdray.store.experiment import Experiment
-from kdray.tasks.weights import caches, force_offline, offline_env
+from kdray.tasks.weights import caches, force_offline
 from kdray.train.trial import TrialConfig
 
 
@@ -43,36 +42,6 @@ class TrialOutcome:
     run_id: str
     status: str  # finished | failed
     error: str | None = None
-
-
-def init_ray(job: Job, address: str | None = None, verbose: bool = False) -> None:
-    """Start a local Ray (default) or join a cluster; idempotent. Under `kdray run`, a SIGTERM
-    then stops the grid as Ctrl-C does (`kdray.grid.signals`), not as `ray.init`'s handler."""
-    if ray.is_initialized():
-        return
-    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the legacy reporter is silent at verbose=0
-    with ray_processes_spared_by_sigterm():
-        if address:
-            ray.init(address=address, log_to_driver=verbose, **worker_env(job))
-        else:
-            ray.init(
-                address="local",  # a new local Ray, even if another one runs on this machine
-                resources={DRIVER_RESOURCE: job.resources.max_concurrent_trials},
-                include_dashboard=False,
-                log_to_driver=verbose,
-                configure_logging=verbose,
-                **worker_env(job),
-            )
-
-
-def worker_env(job: Job) -> dict:
-    """For a job with pretrained weights: `ray.init`'s runtime environment that starts every
-    worker offline (HF_HUB_OFFLINE) with the weights caches this driver found them in, before
-    it imports huggingface_hub (which reads them once). Nothing for other jobs."""
-    if not job.weights_sources():
-        return {}
-    return {"runtime_env": {"env_vars": offline_env(job.weights_caches())}}
 
 
 NETWORK_FILESYSTEMS = (
@@ -251,6 +220,7 @@ def run_grid(exp: Experiment, job: Job, runs: list[RunSpec], data: DataInfo) -> 
         },
         on_start=lambda: close_ledger_on_interrupt(ledger),
         planned=lambda: exp.plan().runs,
+        max_concurrent=slots,
     )
     waiting = ResourceWait(job.faults.resource_wait_s, str(exp.root))
     try:
