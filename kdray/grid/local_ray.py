@@ -14,7 +14,7 @@ import os
 import threading
 import time
 
-from kdray.grid.signals import ray_processes_spared_by_sigterm
+from kdray.grid.signals import ray_processes_spared_by_sigterm, reclaim_sigterm
 from kdray.spec.job import Job
 
 DRIVER_RESOURCE = "trial_driver"  # one unit per trial driver (`kdray.grid.resources`)
@@ -72,6 +72,7 @@ def wait_for_start() -> None:
         return
     start = _started.pop()
     start.done.wait()
+    reclaim_sigterm()
     if start.error is not None:
         raise start.error
 

@@ -83,6 +83,14 @@ def _as_ctrl_c(signum: int, frame) -> None:
         raise KeyboardInterrupt
 
 
+def reclaim_sigterm() -> None:
+    """After a local Ray started in another thread (`kdray.grid.local_ray`): SIGTERM is this
+    module's again. Ray's core worker sets a C++ handler for it (stacks dumped, then abort) in
+    whatever thread starts Ray; only the main thread can set it back."""
+    if _state["active"] and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _as_ctrl_c)
+
+
 def terminated() -> bool:
     """Whether a SIGTERM stopped the grid of the current `sigterm_as_ctrl_c`."""
     return _state["received"]
