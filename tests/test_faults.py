@@ -19,11 +19,12 @@ import ray
 import yaml
 
 from kdray.data import prepare_data
+from kdray.grid import ledger
 from kdray.grid.run import run_experiment
 from kdray.spec.load import parse_job
 from kdray.store.experiment import Experiment
 from kdray.store.status import status_rows
-from tests.conftest import REPO, run_grid, tiny_job_dict
+from tests.conftest import REPO, tiny_job_dict
 from tests.test_worker import run_local
 from tests.watchdog import watchdog
 
@@ -38,34 +39,39 @@ def finished_rows(exp):
 
 @pytest.mark.timeout(300)
 def test_worker_killed_mid_trial_resumes_from_its_last_checkpoint(tmp_path, monkeypatch):
-    crash_dir = tmp_path / "crashes"
-    monkeypatch.setenv("KDRAY_TEST_CRASH_EPOCH", "2")
-    monkeypatch.setenv("KDRAY_TEST_CRASH_DIR", str(crash_dir))
-    raw = tiny_job_dict(tmp_path)
+    """The feature-KD student's worker dies in epoch 2 (the richest state to restore: student,
+    adapter, optimizer, an online teacher): Ray Train restarts the worker group, which resumes
+    the student from its epoch-1 checkpoint and trains its finished teacher no second time."""
+    raw = tiny_job_dict(tmp_path, resources={"max_concurrent_trials": 1})  # one fit, both runs
     raw["train"]["epochs"] = 3
     raw["baseline"] = False
-    raw["studies"]["hint"] = {
-        "teachers": ["resnet10t"],
-        "students": ["test_resnet"],
-        "method": {"name": "fitnets"},
-    }
+    hint_study = {"teachers": ["resnet10t"], "students": ["test_resnet"]}
+    raw["studies"] = {"hint": {**hint_study, "method": {"name": "fitnets"}}}
     job = parse_job(raw)
-    exp, report = run_grid(job)
+    exp = Experiment.create(job)
+    (hint,) = [r for r in exp.plan().runs.values() if r.method == "fitnets"]
+    (teacher_id,) = hint.teacher_runs
+    crash_dir = tmp_path / "crashes"
+    crash_dir.mkdir()
+    (crash_dir / teacher_id).write_text("2")  # a marker means "already crashed": not again
+    monkeypatch.setenv("KDRAY_TEST_CRASH_EPOCH", "2")
+    monkeypatch.setenv("KDRAY_TEST_CRASH_DIR", str(crash_dir))
+    try:
+        report = run_experiment(exp, job)
+    finally:
+        ray.shutdown()
     assert report.ok, report.failed
-    crashed = sorted(p.name for p in crash_dir.iterdir())
-    assert crashed == sorted(exp.plan().runs)  # every run's worker died once in epoch 2
-    for run_id in crashed:
+    assert (crash_dir / hint.run_id).is_file()  # the student's worker died in epoch 2
+    for run_id, restored, attempts in ((teacher_id, None, 1), (hint.run_id, 1, 2)):
         summary = exp.summary(run_id)
         assert summary["status"] == "finished"
-        attempts = json.loads((exp.run_dir(run_id) / "attempts.json").read_text())["attempts"]
-        # Ray Train restarted the worker, which started the run a second time
-        assert (summary["restored_from_epoch"], attempts) == (1, 2)
+        assert summary["restored_from_epoch"] == restored, run_id
+        assert exp.run(run_id).attempts() == attempts, run_id
         epochs = (exp.run_dir(run_id) / "epochs.jsonl").read_text().splitlines()
         assert [json.loads(e)["epoch"] for e in epochs] == [1, 2, 3]
     assert all(r["status"] == "finished" for r in finished_rows(exp))
     # the feature-KD student's adapter was checkpointed and restored: the resumed run ends
     # exactly where an uninterrupted run of the same seed, from the same teacher, ends
-    hint = next(r for r in exp.plan().runs.values() if r.method == "fitnets")
     monkeypatch.delenv("KDRAY_TEST_CRASH_EPOCH")
     data = prepare_data(job.data, exp.data_dir)  # the grid's decoded cache
     teachers = [exp.run_dir(t) for t in hint.teacher_runs]
@@ -134,11 +140,13 @@ def test_driver_stopped_by_sigterm_then_killed_each_resume_redoes_no_finished_ru
     """SIGTERM mid-grid (what `timeout`, Slurm and Kubernetes send; handled as Ctrl-C is), then
     `kdray resume` killed (SIGKILL) mid-grid, then resumed to the end: no run finished before a
     stop is trained again or touched, and the grid completes."""
-    raw = tiny_job_dict(tmp_path)
-    # enough epochs that a run is still training when the Ray processes a SIGKILL orphans
-    # stop (they go on for ~3 s)
-    raw["train"]["epochs"] = 8
-    raw["studies"]["reverse"] = {"teachers": ["test_resnet"], "students": ["resnet10t"]}
+    # a teacher, its KD student and the student's no-KD baseline, one trial at a time: each
+    # driver starts one Ray Train fit, which trains the runs left one after another
+    raw = tiny_job_dict(tmp_path, resources={"max_concurrent_trials": 1})
+    raw["studies"] = {"reverse": {"teachers": ["test_resnet"], "students": ["resnet10t"]}}
+    # enough epochs of the larger model (resnet10t, the student) that it is still training when
+    # the Ray processes a SIGKILL orphans stop (they go on for ~3 s)
+    raw["train"]["epochs"] = 10
     job_file = tmp_path / "job.yaml"
     job_file.write_text(yaml.safe_dump(raw))
     exp = Experiment.for_job(parse_job(raw))
@@ -197,7 +205,7 @@ NODE_LOSS_LIMIT_S = 300
 
 
 @pytest.mark.timeout(NODE_LOSS_LIMIT_S + 60)  # the watchdog fails it first, saying why
-def test_node_lost_mid_trial_the_grid_still_completes(tmp_path):
+def test_node_lost_mid_trial_the_grid_still_completes(tmp_path, monkeypatch):
     from ray.cluster_utils import Cluster
 
     cluster = Cluster(
@@ -206,6 +214,9 @@ def test_node_lost_mid_trial_the_grid_still_completes(tmp_path):
     )
     nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]
     cluster.wait_for_nodes()
+    # a trial done with its runs waits for students whose teacher's trial lost its node, holding
+    # the only CPU left that trial needs: bounded by WAIT_LIMIT_S (30 s), 3 s here
+    monkeypatch.setattr(ledger, "WAIT_LIMIT_S", 3.0)
     raw = tiny_job_dict(tmp_path)
     raw["train"]["epochs"] = 4
     raw["studies"] = {
@@ -244,8 +255,8 @@ def test_two_drivers_started_at_once_one_refuses_and_each_run_trains_once(tmp_pa
     """Two `kdray run` of one job started together (two terminals, a retry script): exactly
     one refuses, exit 2, naming the other; the other's grid completes, each run trained once.
     Its stdout, a pipe, is a log: a line per run that finished, and stage summaries."""
-    raw = tiny_job_dict(tmp_path)
-    raw["baseline"] = False  # a teacher and its student: the smallest grid with two stages
+    # a teacher and its student: the smallest grid with two stages, in one trial (one fit)
+    raw = tiny_job_dict(tmp_path, baseline=False, resources={"max_concurrent_trials": 1})
     raw["train"]["epochs"] = 1
     job_file = tmp_path / "job.yaml"
     job_file.write_text(yaml.safe_dump(raw))

@@ -15,7 +15,6 @@ from kdray.data import DataError, open_sources, prepare_data
 from kdray.data.folder import Config as FolderConfig
 from kdray.spec.load import parse_job
 from kdray.tasks import UNLABELLED
-from tests.conftest import run_grid
 
 LABELS = 14  # ChestMNIST's
 EMPTY = 13  # a label with no positive in the test split
@@ -128,35 +127,49 @@ def test_a_multi_label_job_file_without_task_fields_keeps_single_label_ids(tmp_p
 
 
 @pytest.mark.ray
-def test_a_multi_label_grid_reports_mean_auroc_with_paired_verdicts(tmp_path):
+def test_a_multi_label_grid_reports_mean_auroc_with_paired_verdicts(tmp_path, monkeypatch):
+    """`kdray run` of a no-KD baseline and kd, at and feature_l1 students of one teacher, which
+    learns one label of 14 (the others are noise): its mean AUROC is at chance, and the closing
+    tables say so (issue 33)."""
+    import ray
+    import yaml
+    from typer.testing import CliRunner
+
+    from kdray.cli import app
     from kdray.export.write import export
+    from kdray.store.experiment import Experiment
 
     path = chest_npz(tmp_path / "chest.npz")
-    job = parse_job(
-        {
-            "name": "chest",
-            "storage": str(tmp_path / "runs"),
-            "data": {"kind": "medmnist", "path": str(path), "image_size": 16},
-            "train": {"epochs": 2, "batch_size": 16, "lr": 0.003, "eval_batch_size": 64},
-            "studies": {
-                "kd": {"teachers": ["resnet10t"], "students": ["test_resnet"]},
-                "at": {
-                    "teachers": ["resnet10t"],
-                    "students": ["test_resnet"],
-                    "method": {"name": "at"},
-                },
-                "l1": {
-                    "teachers": ["resnet10t"],
-                    "students": ["test_resnet"],
-                    "method": {"name": "feature_l1"},
-                },
-            },  # fmt: skip
-            "resources": {"max_concurrent_trials": 2},
-        }
-    )
-    exp, report = run_grid(job)
-    assert report.ok, report.failed
+    pair = {"teachers": ["resnet10t"], "students": ["test_resnet"]}
+    raw = {
+        "name": "chest",
+        "storage": str(tmp_path / "runs"),
+        "data": {"kind": "medmnist", "path": str(path), "image_size": 16},
+        "train": {"epochs": 2, "batch_size": 16, "lr": 0.003, "eval_batch_size": 64},
+        "studies": {
+            "kd": pair,
+            "at": {**pair, "method": {"name": "at"}},
+            "l1": {**pair, "method": {"name": "feature_l1"}},
+        },
+        "resources": {"max_concurrent_trials": 2},
+    }
+    job_file = tmp_path / "chest.yaml"
+    job_file.write_text(yaml.safe_dump(raw))
+    monkeypatch.setenv("COLUMNS", "200")  # the warning on one line
+    try:
+        result = CliRunner().invoke(app, ["run", str(job_file)])
+    finally:
+        ray.shutdown()
+    assert result.exit_code == 0, result.output
+    exp = Experiment.open(tmp_path / "runs" / "chest")
     trials = pd.read_parquet(exp.results_dir / "trials.parquet")
+    (teacher_auroc,) = trials[(trials.stage == "teacher") & (trials.model == "resnet10t")].val_score
+    assert abs(teacher_auroc - 0.5) <= 0.158  # 2 standard errors at 0.5 over 40 images
+    warning = (
+        f"warning teacher resnet10t: validation mean AUROC {teacher_auroc:.3f}, within noise "
+        "(0.158) of 0.500, the score of ranking images at random: it learned (next to) nothing"
+    )
+    assert warning in result.output, result.output
     assert set(trials.task) == {"multi_label"} and set(trials.primary_metric) == {"auroc"}
     assert (trials.test_score == trials.test_auroc).all() and trials.test_map.notna().all()
     assert {tuple(x) for x in trials.test_labels_left_out} == {(str(EMPTY),)}

@@ -248,7 +248,8 @@ def test_a_grid_is_one_run_with_a_nested_run_per_kdray_run_and_resume_adds_none(
 ):
     import ray
 
-    raw = tiny_job_dict(tmp_path, baseline=False)  # a teacher, then its KD student
+    # a teacher, then its KD student, in one trial: the student trains in its teacher's fit
+    raw = tiny_job_dict(tmp_path, baseline=False, resources={"max_concurrent_trials": 1})
     name = f"grid-{tmp_path.name}"
     raw["tracking"] = {"mlflow": {"tracking_uri": mlflow_server, "experiment": name}}
     job = parse_job(raw)

@@ -155,6 +155,9 @@ def start_ledger(*args, **kwargs) -> RemoteLedger:
     CPU: it lives and dies with the grid's driver, never with a worker node."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+    # read here, in the driver, not as a default in the actor's own process: a test that loses
+    # a node shortens the wait (`ledger.WAIT_LIMIT_S`) instead of sitting it out
+    kwargs.setdefault("wait_limit_s", ledger.WAIT_LIMIT_S)
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     actor = ray.remote(RunLedger).options(num_cpus=0, scheduling_strategy=here)
     return RemoteLedger(actor.remote(*args, **kwargs))
