@@ -79,6 +79,8 @@ def test_a_3d_classification_job_with_hinton_kd_is_valid(tmp_path):
         ({"students": ["basicunet3d"]}, "studies.s.students: 'basicunet3d' is a 3D "
          "segmentation network; classification takes one of ['densenet3d', 'resnet3d']"),
         ({"students": ["resnet18"]}, "studies.s.students: 'resnet18': unknown 3D network"),
+        ({"students": ["densenet3d"]}, "studies.s.students: 'densenet3d' pools data.patch "
+         "[16, 16, 16] below one voxel; give sides of at least 29, or fewer blocks (-b)"),
     ],
 )  # fmt: skip
 def test_what_does_not_fit_3d_classification_is_one_line(tmp_path, change, says):
@@ -98,6 +100,20 @@ def test_the_single_label_task_classifies_whole_volumes():
     assert torch.isclose(loss, F.cross_entropy(logits, torch.tensor([0, 2])))
     probs = task.probabilities(logits).detach().numpy()
     assert task.metrics(probs, np.array([0, 2]))["acc"] in (0.0, 0.5, 1.0)
+
+
+@pytest.mark.parametrize("side", [28, 29])
+def test_validate_refuses_a_densenet_input_exactly_where_the_network_fails(side):
+    name, task = "densenet3d-f4-g4-b1.1.1.1", get_task("single_label")
+    problem = task.model_problem(name, (side, side, side))
+    model = task.create_model(name, 2, 1, rank=3).eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(2, 1, side, side, side))
+        failed = False
+    except RuntimeError:
+        failed = True
+    assert failed == (problem is not None) == (side == 28)
 
 
 def test_hinton_kd_on_3d_logits_is_hintons_formula():
