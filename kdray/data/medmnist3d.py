@@ -26,7 +26,7 @@ from pydantic import Field, field_validator, model_validator
 from kdray.data import medmnist_registry
 from kdray.data.base import DataError, DistinctNames
 from kdray.data.files import raise_problems
-from kdray.data.medmnist_download import fetch, file_md5
+from kdray.data.medmnist_download import local_copy
 from kdray.data.volume_base import ArrayVolumeSource, Volume, VolumeConfigBase
 from kdray.data.volume_prep import prepare_volume
 
@@ -104,16 +104,7 @@ def data_file(cfg: Config) -> Path:
     """The `.npz` to read: `path`, or the named set's local or freshly fetched copy."""
     if cfg.path is not None:
         return Path(cfg.path)
-    remote = medmnist_registry.lookup_3d(cfg.name, cfg.side)
-    local = cfg.folder / remote.filename
-    if not local.is_file():
-        return fetch(remote, local)
-    md5 = file_md5(local)
-    if md5 != remote.md5:
-        raise DataError([f"{local}: MD5 {md5} is not the registry's {remote.md5} for "
-                         f"{cfg.name} side {cfg.side}; delete the file and kdray downloads it "
-                         "again"])  # fmt: skip
-    return local
+    return local_copy(medmnist_registry.lookup_3d(cfg.name, cfg.side), cfg.folder)
 
 
 class MedMNIST3DSource(ArrayVolumeSource):
