@@ -147,6 +147,24 @@ def test_a_classifier_sees_the_volume_centred_padded_and_flipped_by_seed():
     assert np.array_equal(again, flipped[3])
 
 
+def test_classification_batches_are_whole_volumes_with_their_classes(tmp_path):
+    from kdray.data.volume_cache import load_volumes
+    from kdray.data.volumes import prepare_volumes
+    from kdray.train.patches import VolumeBatches
+
+    info = prepare_volumes(Config(path=organ_npz(tmp_path / "o.npz")), tmp_path / "cache")
+    volumes = load_volumes(info.path, "train")
+    batches = VolumeBatches(volumes, (16, 16, 16), 0.5, False, 5, seed=3)
+    seen = []
+    for x, y, indices in batches.epoch(0):
+        assert x.shape[1:] == (1, 16, 16, 16) and y.dtype == torch.int64
+        assert y.tolist() == volumes.labels[indices.numpy()].tolist()
+        image = np.asarray(volumes[int(indices[0])].image, dtype=np.float32)
+        assert np.array_equal(x[0, 0].numpy(), image)  # the whole volume, unflipped
+        seen += indices.tolist()
+    assert len(seen) == 10 and len(set(seen)) == 10  # 12 volumes, batches of 5, last dropped
+
+
 def test_a_teacher_and_its_kd_student_train_on_volumes_without_ray(tmp_path):
     path = organ_npz(tmp_path / "organ.npz")
     raw = class_job(path, storage=str(tmp_path / "runs"), seeds=[0])
