@@ -159,7 +159,7 @@ def test_breastmnist_by_name_reads_the_shipped_copy_without_download(tmp_path, m
     def no_download(*args, **kwargs):
         raise AssertionError("BreastMNIST at 28 ships with kdray; nothing may be downloaded")
 
-    monkeypatch.setattr(medmnist, "fetch", no_download)
+    monkeypatch.setattr(medmnist, "local_copy", no_download)
     cfg = Config(name="breastmnist", folder=tmp_path / "medmnist")
     assert (cfg.image_size, cfg.channels) == (28, 1)  # the set's own size and channels
     assert medmnist.data_file(cfg) == BREASTMNIST

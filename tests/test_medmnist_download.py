@@ -213,7 +213,7 @@ def test_vendored_registry_matches_the_medmnist_package():
         if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "INFO"
     )
     info = ast.literal_eval(assignment.value)
-    for name, known in medmnist_registry.SETS.items():
+    for name, known in {**medmnist_registry.SETS, **medmnist_registry.SETS_3D}.items():
         theirs = info[name]
         for size, md5 in known.md5.items():
             suffix = "" if size == 28 else f"_{size}"
@@ -224,6 +224,8 @@ def test_vendored_registry_matches_the_medmnist_package():
 
 
 def lookup_url(name: str, size: int) -> str:
+    if name in medmnist_registry.SETS_3D:
+        return medmnist_registry.lookup_3d(name, size).url
     if medmnist_registry.registry()[name].task.startswith("multi-label"):
         stem = name if size == 28 else f"{name}_{size}"
         return f"{medmnist_registry.ZENODO_RECORD}/{stem}.npz?download=1"

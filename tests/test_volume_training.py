@@ -73,9 +73,6 @@ def test_a_method_or_model_of_another_rank_is_one_line_naming_the_study(change, 
          "divisible by 16"),
         ({"data": {"kind": "synthetic_volumes", "patch": [16, 16, 16]}},
          "studies.s.teachers: 'basicunet3d' down-samples data.patch [16, 16, 16] to one voxel"),
-        ({"data": {"kind": "medmnist3d", "path": "organmnist3d.npz"}},
-         "data: medmnist3d holds 3D single-label data, and kdray trains single-label on 2D "
-         "data only"),
     ],
 )  # fmt: skip
 def test_settings_volumes_cannot_take_are_one_line_each(change, says):

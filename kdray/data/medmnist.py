@@ -25,7 +25,7 @@ from kdray.data import medmnist_registry
 from kdray.data.base import DataConfigBase, DataError, DistinctNames
 from kdray.data.cache import ArraySource
 from kdray.data.files import empty_class_problems, raise_problems
-from kdray.data.medmnist_download import fetch, file_md5
+from kdray.data.medmnist_download import local_copy
 from kdray.data.npz import read_array
 
 SPLIT_KEYS = {"train": "train", "valid": "val", "test": "test"}
@@ -106,18 +106,7 @@ def data_file(cfg: Config) -> Path:
     shipped = SHIPPED.get((cfg.name, cfg.size))
     if shipped is not None and shipped.is_file():
         return shipped
-    local = cfg.folder / remote.filename
-    if not local.is_file():
-        return fetch(remote, local)
-    md5 = file_md5(local)
-    if md5 != remote.md5:
-        raise DataError(
-            [
-                f"{local}: MD5 {md5} is not the registry's {remote.md5} for {cfg.name} size "
-                f"{cfg.size}; delete the file and kdray downloads it again"
-            ]
-        )
-    return local
+    return local_copy(remote, cfg.folder)
 
 
 def load_arrays(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:

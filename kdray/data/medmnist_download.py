@@ -45,6 +45,23 @@ def file_md5(path: Path) -> str:
     return digest.hexdigest()
 
 
+def local_copy(remote: RemoteFile, folder: Path) -> Path:
+    """`remote`'s file in `folder`, downloaded there first if absent; `DataError` if the file
+    there has another MD5 than the registry's."""
+    local = folder / remote.filename
+    if not local.is_file():
+        return fetch(remote, local)
+    md5 = file_md5(local)
+    if md5 != remote.md5:
+        raise DataError(
+            [
+                f"{local}: MD5 {md5} is not the registry's {remote.md5} for {remote.name} size "
+                f"{remote.size}; delete the file and kdray downloads it again"
+            ]
+        )
+    return local
+
+
 def fetch(remote: RemoteFile, dest: Path, console: Console | None = None) -> Path:
     """Download `remote` to `dest` (its folder is created); returns `dest`."""
     dest.parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""The MedMNIST v2 registry: where each 2D set's file lives, its MD5 and its class names.
+"""The MedMNIST v2 registry: where each 2D and 3D set's file lives, its MD5 and its class names.
 
 Vendored from the `medmnist` package, version 3.0.2, `medmnist/info.py` (`INFO`, Apache-2.0,
 https://github.com/MedMNIST/MedMNIST), rather than depended on: that package pulls in
@@ -20,19 +20,11 @@ from dataclasses import dataclass, field
 ZENODO_RECORD = "https://zenodo.org/records/10519652/files"
 MIRROR_ENV = "KDRAY_MEDMNIST_MIRROR"
 SIZES = (28, 64, 128, 224)
-THREE_D = (
-    "organmnist3d",
-    "nodulemnist3d",
-    "adrenalmnist3d",
-    "fracturemnist3d",
-    "vesselmnist3d",
-    "synapsemnist3d",
-)
 
 
 @dataclass(frozen=True)
 class MedMNISTSet:
-    """One 2D set as the registry describes it; `md5` maps each published size to its MD5."""
+    """One set as the registry describes it; `md5` maps each published size to its MD5."""
 
     task: str
     n_channels: int
@@ -67,11 +59,28 @@ def registry() -> dict[str, MedMNISTSet]:
 def lookup(name: str, size: int) -> RemoteFile:
     """The file for `name` at `size`; raises ValueError with one line saying what to pick."""
     sets = registry()
-    if name in THREE_D:
-        raise ValueError(f"{name} is a 3D MedMNIST set; kdray trains on 2D images: {_names(sets)}")
+    if name in SETS_3D:
+        raise ValueError(f"{name} is a 3D MedMNIST set; give it as data kind medmnist3d, or "
+                         f"one of the 2D sets: {_names(sets)}")  # fmt: skip
     if name not in sets:
         raise ValueError(f"{name!r} is not a MedMNIST v2 2D set; pick one of {_names(sets)}")
-    info = sets[name]
+    return _remote(name, size, sets[name])
+
+
+def registry_3d() -> dict[str, MedMNISTSet]:
+    """The 3D sets by name (a function, so tests can serve their own)."""
+    return SETS_3D
+
+
+def lookup_3d(name: str, size: int) -> RemoteFile:
+    """The 3D set `name`'s file at `size` (28 or 64); ValueError with one line if none."""
+    sets = registry_3d()
+    if name not in sets:
+        raise ValueError(f"{name!r} is not a MedMNIST v2 3D set; pick one of {_names(sets)}")
+    return _remote(name, size, sets[name])
+
+
+def _remote(name: str, size: int, info: MedMNISTSet) -> RemoteFile:
     if size not in info.md5:
         raise ValueError(f"{name} is published at sizes {sorted(info.md5)}, not {size}")
     base = os.environ.get(MIRROR_ENV) or info.base_url
@@ -326,5 +335,66 @@ SETS: dict[str, MedMNISTSet] = {
         },
         n_samples={"train": 13932, "val": 2452, "test": 8827},
         license="CC BY 4.0",
+    ),
+}
+
+
+def _three_d(
+    task: str, labels: tuple[str, ...], md5: tuple[str, str], counts: tuple
+) -> MedMNISTSet:
+    """A 3D set: one channel, sizes 28 and 64 (`{flag}.npz`, `{flag}_64.npz`)."""
+    splits = dict(zip(("train", "val", "test"), counts, strict=True))
+    return MedMNISTSet(task, 1, labels, {28: md5[0], 64: md5[1]}, splits, "CC BY 4.0")
+
+
+# medmnist 3.0.2's INFO for the 3D sets (labels, MD5 and MD5_64, n_samples)
+SETS_3D: dict[str, MedMNISTSet] = {
+    "organmnist3d": _three_d(
+        "multi-class",
+        (
+            "liver",
+            "kidney-right",
+            "kidney-left",
+            "femur-right",
+            "femur-left",
+            "bladder",
+            "heart",
+            "lung-right",
+            "lung-left",
+            "spleen",
+            "pancreas",
+        ),
+        ("a0c5a1ff56af4f155c46d46fbb45a2fe", "58a2205adf14a9d0a189cb06dc78bf10"),
+        (971, 161, 610),
+    ),  # fmt: skip
+    "nodulemnist3d": _three_d(
+        "binary-class",
+        ("benign", "malignant"),
+        ("8755a7e9e05a4d9ce80a24c3e7a256f3", "c47c5b7d457bf6332200d2ea6d64ecd8"),
+        (1158, 165, 310),
+    ),
+    "adrenalmnist3d": _three_d(
+        "binary-class",
+        ("normal", "hyperplasia"),
+        ("bbd3c5a5576322bc4cdfea780653b1ce", "17721accfe9fb005146a47d33bc54b2f"),
+        (1188, 98, 298),
+    ),
+    "fracturemnist3d": _three_d(
+        "multi-class",
+        ("buckle rib fracture", "nondisplaced rib fracture", "displaced rib fracture"),
+        ("6aa7b0143a6b42da40027a9dda61302f", "f01d7e6316aedf4210da0da5b7437b42"),
+        (1027, 103, 240),
+    ),
+    "vesselmnist3d": _three_d(
+        "binary-class",
+        ("vessel", "aneurysm"),
+        ("b41fd4f7e7e2feedddb201585ecafa1b", "6bb274a8846e1097066dcd64e2c4520f"),
+        (1335, 191, 382),
+    ),
+    "synapsemnist3d": _three_d(
+        "binary-class",
+        ("inhibitory synapse", "excitatory synapse"),
+        ("1235b78a3cd6280881dd7850a78eadb6", "43bd14ebf3af9d3dd072446fedc14d5e"),
+        (1230, 177, 352),
     ),
 }

@@ -51,6 +51,7 @@ class HintonKD(Method):
     distill_defaults = ("temperature", "alpha", "kl_reduction")
     uses_unlabelled = True
     tasks = ("single_label", "multi_label")  # multi-label: per-label binary KD
+    ranks = (2, 3)  # written over logits (N, C): a volume classifier's too
 
     def __init__(self, params: KDParams, shapes):
         super().__init__(params, shapes)

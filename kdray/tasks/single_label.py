@@ -5,6 +5,10 @@ labelled images; predictions are softmax probabilities; a teacher hands its stud
 categorical distribution over the classes. Metrics: accuracy (primary), balanced accuracy,
 macro-F1, Cohen's kappa, AUROC, cross-entropy; the report holds per-class precision / recall /
 F1 and the confusion matrix.
+
+Volumes (spatial rank 3) are the same task: a MONAI classifier by name (`densenet3d-...`,
+`resnet3d-...`: `kdray.tasks.volume_models`) on each whole volume, one class per volume, the
+same loss, predictions and metrics (a volume's spacing does not enter them).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from kdray.tasks.classification_metrics import (
     study_metrics,
 )
 from kdray.tasks.models import create_model
+from kdray.tasks.volume_models import create_volume_model, volume_model_problem
 
 
 @register
@@ -30,9 +35,17 @@ class SingleLabel(Task):
     outputs = "classes"
     loss_name = "ce"
     one_class_per_image = True
+    ranks = (2, 3)
 
     def create_model(self, name, num_classes, channels, weights=None, rank=2):
+        if rank == 3:
+            return create_volume_model(name, num_classes, channels)
         return create_model(name, num_classes, channels, weights)
+
+    def model_problem(self, name, image_size):
+        if isinstance(image_size, tuple):  # a volume's input shape
+            return volume_model_problem(name, image_size, self.name)
+        return super().model_problem(name, image_size)
 
     def supervised_loss(self, logits, targets, weight=None):
         # a pool image's target is ignored; a batch of pool images alone would give 0/0, so it

@@ -139,6 +139,8 @@ def volume_model_problem(name: str, patch: tuple[int, ...], task: str) -> str | 
     if parsed.task != wanted:
         names = SEGMENTERS if wanted == "segmentation" else CLASSIFIERS
         return f"{name!r} is a 3D {parsed.task} network; {wanted} takes one of {list(names)}"
+    if parsed.network == "densenet3d":
+        return _densenet_problem(name, parsed, patch)
     multiple = input_multiple(name)
     if any(side % multiple for side in patch):
         return f"{name!r} needs each side of data.patch {list(patch)} divisible by {multiple}"
@@ -146,6 +148,26 @@ def volume_model_problem(name: str, patch: tuple[int, ...], task: str) -> str | 
         return f"{name!r} down-samples data.patch {list(patch)} to one voxel; give a patch " \
             f"with a side of at least {2 * multiple}"  # fmt: skip
     return None
+
+
+def _densenet_problem(name: str, parsed: VolumeModelName, patch: tuple[int, ...]) -> str | None:
+    """DenseNet halves its input twice (stem, max-pool), then once per transition with a 2^3
+    average pool that fails on a 1-voxel map (MONAI's default at MedMNIST's 28^3)."""
+    transitions = len(parsed.ints("b", (6, 12, 24, 16))) - 1
+
+    def fits(side: int) -> bool:
+        side = math.ceil(math.ceil(side / 2) / 2)
+        for _ in range(transitions):
+            if side < 2:
+                return False
+            side //= 2
+        return True
+
+    if all(fits(side) for side in patch):
+        return None
+    least = next(n for n in range(1, 4096) if fits(n))
+    return f"{name!r} pools data.patch {list(patch)} below one voxel; give sides of at " \
+        f"least {least}, or fewer blocks (-b)"  # fmt: skip
 
 
 def input_multiple(name: str) -> int:

@@ -10,7 +10,9 @@ epoch, volume index) like a 2D sample's augmentation (`kdray.train.batches.sampl
 run resumed from a checkpoint sees the patches it would have seen, and a teacher replays its
 students' patches exactly (the soft-label cache). A volume smaller than the patch along an axis
 is padded: intensity 0 (the volume's mean after normalisation, what sliding-window inference
-pads with) and mask `UNLABELLED` (no loss there).
+pads with) and mask `UNLABELLED` (no loss there). A classification volume (one class, no mask)
+is one sample whole: `data.patch` is then the classifier's input, each volume centre-cropped or
+padded to it (`whole_volume`), flipped per axis like a patch.
 
 Written here rather than with MONAI's `RandCropByPosNegLabeld`: its draws come from a
 `RandomState` shared by every instance of the class unless reseeded (issue 32's notes), it
@@ -88,6 +90,21 @@ def draw_patch(
     return np.ascontiguousarray(x), np.ascontiguousarray(y)
 
 
+def whole_volume(
+    image: np.ndarray, patch: tuple[int, ...], flips: bool, rng: np.random.Generator | None = None
+) -> np.ndarray:
+    """A classifier's input (float32): the volume centre-cropped to `patch` where it is larger,
+    padded with 0 where it is smaller (the same at training and evaluation), then flipped per
+    axis drawn from `rng` when `flips`."""
+    start = tuple(max((n - p) // 2, 0) for n, p in zip(image.shape, patch, strict=True))
+    x = crop(image, start, patch, 0.0).astype(np.float32)
+    if flips and rng is not None:
+        axes = tuple(a for a, flip in enumerate(rng.random(len(patch)) < 0.5) if flip)
+        if axes:
+            x = np.flip(x, axes)
+    return np.ascontiguousarray(x)
+
+
 @dataclass
 class VolumeBatches:
     """A rank's patches of a run, epoch by epoch (the `TrainBatches` of volumes): each epoch
@@ -128,11 +145,14 @@ class VolumeBatches:
         return permutation[self.rank :: self.world_size][: self.samples]
 
     def sample(self, epoch: int, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Volume `index`'s patch in `epoch`: the same whenever and wherever it is drawn."""
+        """Volume `index`'s patch (and mask, or class) in `epoch`: the same whenever and
+        wherever it is drawn."""
         volume = self.volumes[index]
+        rng = np.random.default_rng(sample_seed(self.run_seed, epoch, index))
+        if volume.label is not None:  # classification: the whole volume is the sample
+            return whole_volume(volume.image, self.patch, self.flips, rng), np.int64(volume.label)
         if index not in self._centres:
             self._centres[index] = foreground_voxels(volume.mask)
-        rng = np.random.default_rng(sample_seed(self.run_seed, epoch, index))
         return draw_patch(
             volume.image, volume.mask, self.patch, self.foreground, self.flips, rng,
             self._centres[index],
