@@ -30,11 +30,11 @@ import resource
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 from bench.common import QUICKSTART, REPO, log, proc_children
+from bench.raygrid import PeriodicSampler
 
 TICK_S = 1 / os.sysconf("SC_CLK_TCK")
 
@@ -68,36 +68,25 @@ def proc_cpu_s(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) * TICK_S
 
 
-class CpuSampler:
+class CpuSampler(PeriodicSampler):
     """CPU seconds of a process and all its descendants, per kind (`proc_role`), sampled every
     `every_s`: a process's last sample counts (what it used in its last `every_s` is lost). A
     pooled worker that later runs an actor counts under the actor."""
 
     def __init__(self, root: int, every_s: float = 0.2):
-        self.root, self.every_s = root, every_s
+        super().__init__(every_s)
+        self.root = root
         self.seen: dict[int, tuple[str, float]] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> CpuSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            for pid in [self.root, *proc_children(self.root)]:
-                role, cpu = proc_role(pid, self.root), proc_cpu_s(pid)
-                if role is None or cpu is None:
-                    continue
-                old_role = self.seen.get(pid, (role, 0.0))[0]
-                if role == "IDLE" and old_role != "IDLE":
-                    role = old_role
-                self.seen[pid] = (role, cpu)
-            self._stop.wait(self.every_s)
+    def sample(self) -> None:
+        for pid in [self.root, *proc_children(self.root)]:
+            role, cpu = proc_role(pid, self.root), proc_cpu_s(pid)
+            if role is None or cpu is None:
+                continue
+            old_role = self.seen.get(pid, (role, 0.0))[0]
+            if role == "IDLE" and old_role != "IDLE":
+                role = old_role
+            self.seen[pid] = (role, cpu)
 
     def by_role(self) -> dict[str, float]:
         """CPU seconds per kind of process, the largest first, and `total`."""

@@ -76,17 +76,15 @@ def seed_teachers(source: Experiment, target: Experiment, teacher_runs: list[str
     shutil.copytree(source.data_dir, target.data_dir, dirs_exist_ok=True)
 
 
-class RssSampler:
-    """Samples the peak RSS (VmHWM) of every process below this one (Ray's raylet, its
-    workers and actors) every `every_s` seconds; keeps each process's last Ray title."""
+class PeriodicSampler:
+    """`sample()` every `every_s` seconds in a thread, while inside `with`."""
 
-    def __init__(self, every_s: float = 1.0):
+    def __init__(self, every_s: float):
         self.every_s = every_s
-        self.peaks: dict[int, tuple[str, float]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> RssSampler:
+    def __enter__(self):
         self._thread.start()
         return self
 
@@ -98,6 +96,18 @@ class RssSampler:
         while not self._stop.is_set():
             self.sample()
             self._stop.wait(self.every_s)
+
+    def sample(self) -> None:
+        raise NotImplementedError
+
+
+class RssSampler(PeriodicSampler):
+    """Samples the peak RSS (VmHWM) of every process below this one (Ray's raylet, its
+    workers and actors) every `every_s` seconds; keeps each process's last Ray title."""
+
+    def __init__(self, every_s: float = 1.0):
+        super().__init__(every_s)
+        self.peaks: dict[int, tuple[str, float]] = {}
 
     def sample(self) -> None:
         for pid in proc_children(os.getpid()):
