@@ -1,89 +1,25 @@
-"""Ray's start for a grid: a new local Ray (the default) or a running cluster's.
-
-`ray.init` of a local Ray takes seconds that are mostly waiting for the processes it starts
-(GCS, raylet, monitors) to come up, while the driver has its own seconds of work before the
-grid (importing Ray Tune and Ray Train). `start_in_background` begins the start in a thread so
-that both go on at once; the next `init_ray` waits for it and raises what it raised. Kept light
-(Ray and the job only), so the start begins before the driver imports the rest.
+"""Ray's start for a grid: a new local Ray (the default) or a running cluster's. Kept light
+(Ray and the job only): `kdray.grid.run` imports Ray Tune and Ray Train only once the data's
+checks passed. (Starting Ray in a background thread while the driver imported them left the
+raylet's dashboard and runtime-env agents running, orphaned, after a Ctrl-C: Ray starts in the
+main thread.)
 """
 
 from __future__ import annotations
 
-import logging
 import os
-import threading
-import time
 
-from kdray.grid.signals import ray_processes_spared_by_sigterm, reclaim_sigterm
+from kdray.grid.signals import ray_processes_spared_by_sigterm
 from kdray.spec.job import Job
 
 DRIVER_RESOURCE = "trial_driver"  # one unit per trial driver (`kdray.grid.resources`)
 
 
-class _NoSigtermHandlerWarning(logging.Filter):
-    """`ray.init` outside the main thread warns that it set no SIGTERM handler: under `kdray run`
-    SIGTERM is kdray's own (`kdray.grid.signals`), so there is nothing to warn of."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("SIGTERM handler is not set")
-
-
-logging.getLogger("ray._private.worker").addFilter(_NoSigtermHandlerWarning())
-
-
-class _Start(threading.Thread):
-    """`init_ray` in a thread; `done` once it returned, `error`: what it raised. The thread
-    then lives until Ray is shut down: Ray's processes die with the thread that started them
-    (Ray sets PR_SET_PDEATHSIG on them, which Linux fires when the parent *thread* exits)."""
-
-    def __init__(self, job: Job, address: str | None, verbose: bool):
-        super().__init__(name="kdray-ray-start", daemon=True)
-        self.args_ = (job, address, verbose)
-        self.done = threading.Event()
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            _init(*self.args_)
-        except BaseException as exc:  # raised again by `wait_for_start`, in the driver's thread
-            self.error = exc
-        self.done.set()
-        import ray
-
-        while ray.is_initialized():  # Ray's processes live while this thread does
-            time.sleep(2)
-
-
-_started: list[_Start] = []  # the start in progress, if any
-
-
-def start_in_background(job: Job, address: str | None = None, verbose: bool = False) -> None:
-    """Begin `init_ray(job, address, verbose)` in a thread (see the module docstring)."""
-    import ray
-
-    if not _started and not ray.is_initialized():
-        _started.append(_Start(job, address, verbose))
-        _started[0].start()
-
-
-def wait_for_start() -> None:
-    """Wait for a start begun by `start_in_background`, and raise its error; nothing if none."""
-    if not _started:
-        return
-    start = _started.pop()
-    start.done.wait()
-    reclaim_sigterm()
-    if start.error is not None:
-        raise start.error
-
-
 def init_ray(job: Job, address: str | None = None, verbose: bool = False) -> None:
-    """Start a local Ray (default) or join a cluster; idempotent, and it waits for a start in
-    the background. Under `kdray run`, a SIGTERM then stops the grid as Ctrl-C does
-    (`kdray.grid.signals`), not as `ray.init`'s handler."""
+    """Start a local Ray (default) or join a cluster; idempotent. Under `kdray run`, a SIGTERM
+    then stops the grid as Ctrl-C does (`kdray.grid.signals`), not as `ray.init`'s handler."""
     import ray
 
-    wait_for_start()
     if not ray.is_initialized():
         _init(job, address, verbose)
 

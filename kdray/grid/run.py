@@ -15,7 +15,7 @@ from rich.console import Console
 
 from kdray.data import prepare_data
 from kdray.data.cache import DataInfo, load_targets
-from kdray.grid.local_ray import init_ray, start_in_background
+from kdray.grid.local_ray import init_ray
 from kdray.grid.progress import GridProgress, fitted_lines
 from kdray.grid.progress_log import GridLog
 from kdray.methods import METHODS
@@ -148,9 +148,7 @@ def _run_experiment(
     check_weights(exp, job, plan)  # before anything decodes, starts or trains
     report = RunReport(exp)
     data = report.data = _prepare(exp, job, console)
-    # Ray starts (seconds, mostly waiting for its processes) while the driver imports Ray Tune
-    # and Ray Train; a job refused above never started it
-    start_in_background(job, address, verbose)
+    # imported once the data's checks passed: a refused job pays neither them nor Ray's start
     from kdray.grid.resources import check_resources, driver_warning
     from kdray.grid.tune import check_storage, run_grid
 
