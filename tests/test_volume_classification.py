@@ -17,13 +17,11 @@ from pydantic import ValidationError
 from kdray.data import DataError, medmnist_registry, prepare_data
 from kdray.data.medmnist3d import Config, open_sources
 from kdray.methods import METHODS, Outputs, Shapes
-from kdray.spec.base import JobError
-from kdray.spec.checks import model_problems
-from kdray.spec.job import Job
 from kdray.spec.load import parse_job
 from kdray.spec.plan import make_plan
 from kdray.tasks import get_task
 from kdray.train.patches import whole_volume
+from tests.test_volume_training import problems_of
 from tests.test_worker import run_local
 
 TEACHER, STUDENT = "resnet3d-d10-w0.25", "densenet3d-f4-g4-b1.1"
@@ -56,13 +54,6 @@ def class_job(path: Path, **changes) -> dict:
     }  # fmt: skip
     job.update(changes)
     return job
-
-
-def problems_of(raw: dict) -> list[str]:
-    try:
-        return model_problems(Job.model_validate(raw))
-    except JobError as exc:
-        return exc.problems
 
 
 def test_a_3d_classification_job_with_hinton_kd_is_valid(tmp_path):
