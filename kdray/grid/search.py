@@ -55,6 +55,7 @@ class CellSearch:
             run: t.user_attrs["stop_epoch"] for run, t in drawn if "stop_epoch" in t.user_attrs
         }
         self.told = sum(1 for t in trials if t.state != TrialState.RUNNING)
+        self.ended_epochs: dict[str, int] = {}  # told samples' epochs, for the budget
         self.chosen = self.study.user_attrs.get("chosen")
         known = set(plan.runs)
         self.unqueued = [self._spec(t.params) for run, t in drawn if run not in known]
@@ -102,8 +103,11 @@ class CellSearch:
         return spent + epochs * (len(self.runs) - self.told + 1) <= self.search.budget
 
     def _epochs_trained(self, run: str) -> int:
-        summary = self.exp.summary(run) or {}
-        return int(summary.get("epochs") or self.judged.get(run, 0))
+        """An ended sample's epochs (read once: an ended sample's summary does not change)."""
+        if run not in self.ended_epochs:
+            summary = self.exp.summary(run) or {}
+            self.ended_epochs[run] = int(summary.get("epochs") or self.judged.get(run, 0))
+        return self.ended_epochs[run]
 
     def _draw(self) -> RunSpec:
         number = len(self.runs)
