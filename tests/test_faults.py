@@ -138,8 +138,9 @@ def stop_driver_once(
 @pytest.mark.timeout(600)
 def test_driver_stopped_by_sigterm_then_killed_each_resume_redoes_no_finished_run(tmp_path):
     """SIGTERM mid-grid (what `timeout`, Slurm and Kubernetes send; handled as Ctrl-C is), then
-    `kdray resume` killed (SIGKILL) mid-grid, then resumed to the end: no run finished before a
-    stop is trained again or touched, and the grid completes."""
+    `kdray resume` killed (SIGKILL) mid-grid, then two `kdray run` of the job started at once
+    (two terminals, a retry script): exactly one refuses, naming the other, and the other
+    completes the grid. No run finished before a stop is trained again or touched."""
     # a teacher, its KD student and the student's no-KD baseline, one trial at a time: each
     # driver starts one Ray Train fit, which trains the runs left one after another
     raw = tiny_job_dict(tmp_path, resources={"max_concurrent_trials": 1})
@@ -179,21 +180,52 @@ def test_driver_stopped_by_sigterm_then_killed_each_resume_redoes_no_finished_ru
     time.sleep(2)
     after_kill = finished_runs(exp)
     assert {k: after_kill[k] for k in before} == before  # the first resume left them alone
-    unfinished = [r for r in status_rows(exp) if r["state"] not in ("finished", "failed")]
+    ended = ("finished", "failed")
+    unfinished = [r["trial_id"] for r in status_rows(exp) if r["state"] not in ended]
     assert unfinished, "the grid was already complete when the driver was killed"
 
-    resumed = subprocess.run(
-        [sys.executable, "-m", "kdray", *resume],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
-    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    log = two_drivers_at_once(["run", str(job_file)], env)
     final = finished_runs(exp)
     assert {k: final[k] for k in after_kill} == after_kill
     assert all(r["status"] == "finished" for r in finished_rows(exp))
+    assert not (exp.root / "driver.json").exists()
+    # its stdout, a pipe, is a log: a line per run it trained, and stage summaries
+    runs = exp.plan().runs
+    for run_id in unfinished:  # `[0:41] finished student resnet10t, seed 0: val acc 0.425 in 0:17`
+        run = runs[run_id]
+        for line in (
+            rf"^\[\d+:\d\d\] started  {run.stage} {run.model}\b",
+            rf"^\[\d+:\d\d\] finished {run.stage} {run.model}\b.*: val acc \d\.\d{{3}} in ",
+        ):
+            assert re.findall(line, log, re.MULTILINE), log
+    summaries = re.findall(r"^\[\d+:\d\d\] teacher \d/1 finished, .*; student .*", log, re.M)
+    assert summaries[-1].endswith("student 2/2 finished, 0 running, 0 failed, 0 waiting"), log
+    assert any(" 1 running" in line for line in summaries[:-1]), log  # while a run trained
+
+
+def two_drivers_at_once(command: list[str], env: dict) -> str:
+    """Start two `kdray` drivers of one experiment at once: exactly one refuses (exit 2, one
+    line naming the other), the other finishes (exit 0); the finisher's output."""
+    env = {**env, "COLUMNS": "200"}
+    env["KDRAY_PROGRESS_EVERY_S"] = "1"  # a stage summary every second, not every 3 minutes
+    drivers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "kdray", *command],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for _ in range(2)
+    ]
+    outputs = [d.communicate(timeout=400)[0].decode() for d in drivers]
+    codes = sorted(d.returncode for d in drivers)
+    assert codes == [0, 2], outputs
+    winner, loser = (drivers[0], drivers[1]) if drivers[0].returncode == 0 else drivers[::-1]
+    refusal = outputs[drivers.index(loser)]
+    assert f"already being run by process {winner.pid}" in refusal, refusal
+    assert len([ln for ln in refusal.splitlines() if ln.startswith("error")]) == 1, refusal
+    return outputs[drivers.index(winner)]
 
 
 # The node-loss grid took 83 s on an idle 2-core machine; three runs in a row here took 109 s,
@@ -248,47 +280,3 @@ def test_node_lost_mid_trial_the_grid_still_completes(tmp_path, monkeypatch):
     assert removed.is_set(), "the grid ended before a node could be removed"
     assert report.ok, report.failed
     assert all(r["status"] == "finished" for r in finished_rows(exp))
-
-
-@pytest.mark.timeout(400)
-def test_two_drivers_started_at_once_one_refuses_and_each_run_trains_once(tmp_path):
-    """Two `kdray run` of one job started together (two terminals, a retry script): exactly
-    one refuses, exit 2, naming the other; the other's grid completes, each run trained once.
-    Its stdout, a pipe, is a log: a line per run that finished, and stage summaries."""
-    # a teacher and its student: the smallest grid with two stages, in one trial (one fit)
-    raw = tiny_job_dict(tmp_path, baseline=False, resources={"max_concurrent_trials": 1})
-    raw["train"]["epochs"] = 1
-    job_file = tmp_path / "job.yaml"
-    job_file.write_text(yaml.safe_dump(raw))
-    exp = Experiment.for_job(parse_job(raw))
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "COLUMNS": "200"}
-    env["KDRAY_PROGRESS_EVERY_S"] = "1"  # a stage summary every second, not every 3 minutes
-    command = [sys.executable, "-m", "kdray", "run", str(job_file)]
-    drivers = [
-        subprocess.Popen(
-            command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-        )
-        for _ in range(2)
-    ]
-    outputs = [d.communicate(timeout=360)[0].decode() for d in drivers]
-    codes = sorted(d.returncode for d in drivers)
-    assert codes == [0, 2], outputs
-    winner, loser = (drivers[0], drivers[1]) if drivers[0].returncode == 0 else drivers[::-1]
-    refusal = outputs[drivers.index(loser)]
-    assert f"already being run by process {winner.pid}" in refusal, refusal
-    assert len([ln for ln in refusal.splitlines() if ln.startswith("error")]) == 1, refusal
-    log = outputs[drivers.index(winner)]
-    runs = exp.plan().runs.values()
-    for run in runs:  # `[0:41] finished teacher resnet10t, seed 0: val acc 0.425 in 0:17`
-        for line in (
-            rf"^\[\d+:\d\d\] started  {run.stage} {run.model}\b",
-            rf"^\[\d+:\d\d\] finished {run.stage} {run.model}\b.*: val acc \d\.\d{{3}} in ",
-        ):
-            assert len(re.findall(line, log, re.MULTILINE)) == 1, log
-    summaries = re.findall(r"^\[\d+:\d\d\] teacher \d/1 finished, .*; student .*", log, re.M)
-    assert summaries[-1].endswith("student 1/1 finished, 0 running, 0 failed, 0 waiting"), log
-    assert any(" 1 running" in line for line in summaries[:-1]), log  # while a run trained
-    for run_id in exp.plan().runs:
-        assert json.loads((exp.run_dir(run_id) / "attempts.json").read_text())["attempts"] == 1
-    assert all(r["status"] == "finished" for r in finished_rows(exp))
-    assert not (exp.root / "driver.json").exists()

@@ -326,3 +326,25 @@ def test_ctrl_c_closes_the_ledger_before_tune_stops_hooked_at_the_first_suggest(
         assert calls == ["ledger closed", "tune stops"]
     finally:
         signal.signal(signal.SIGINT, before)
+
+
+def test_closing_the_ledger_kills_the_trials_running_then_and_any_that_start_after(
+    tmp_path, monkeypatch
+):
+    """A stopping grid (Ctrl-C, SIGTERM, a resource wait over) stops its running trials at once:
+    a trial blocked in its fit never stops by itself, and Tune would wait 10 s to kill it."""
+    import ray
+
+    killed = []
+    monkeypatch.setattr(ray, "kill", lambda actor, no_restart: killed.append(actor))
+    _, queue, _ = make_queue(tmp_path)
+    ledger = queue.ledger
+    for trial_id in ("t0", "t1"):
+        queue.suggest(trial_id)
+        ledger.trial_started(trial_id, f"actor of {trial_id}")
+    ledger.trial_ended("t0")  # ended: its actor is Tune's to reuse or stop
+    assert killed == []
+    ledger.close()
+    assert killed == ["actor of t1"]
+    ledger.trial_started("t2", "actor of t2")  # a trial Tune started just before the stop
+    assert killed == ["actor of t1", "actor of t2"]

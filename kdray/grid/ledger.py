@@ -74,6 +74,7 @@ class RunLedger:
         self.failed: set[str] = set()  # runs their trial left unfinished in this session
         self.dropped: dict[str, str] = {}  # run id -> the failed teacher it can never use
         self.closed = False  # the grid is stopping (Ctrl-C): nothing more starts
+        self.trial_actors: dict[str, object] = {}  # Tune trial id -> its actor, while it runs
         self._ended: dict[str, str] = {}  # run id -> finished/failed: final in a grid session
         self._read: dict[str, str | None] = {}  # the other runs' states read by this call
         self._searched: set[Pack] = set()  # packs of runs a search made
@@ -84,8 +85,27 @@ class RunLedger:
             self.search = GridSearch(self.experiment)
 
     def close(self) -> None:
-        """Start nothing more: no new trial, no run for a trial asking for more."""
+        """Start nothing more: no new trial, no run for a trial asking for more; and stop the
+        trials running now. Tune would give each 10 s to stop before killing it (its
+        `_actor_force_cleanup_timeout`), though a trial blocked in its fit never stops by
+        itself: killed now, its fit's workers go with it, and their runs continue from their
+        last checkpoints on `kdray resume`, as they would after those 10 s."""
         self.closed = True
+        if self.trial_actors:
+            import ray
+
+            for actor in self.trial_actors.values():
+                ray.kill(actor, no_restart=True)
+            self.trial_actors.clear()
+
+    def trial_started(self, trial_id: str, actor) -> None:
+        """The Ray actor running Tune trial `trial_id` (for `close`)."""
+        if self.closed:
+            import ray
+
+            ray.kill(actor, no_restart=True)
+            return
+        self.trial_actors[trial_id] = actor
 
     def next_pack(self, trial_id: str) -> Pack | str | None:
         """The pack a new trial trains; None (ask again later) while what is left waits on
@@ -140,6 +160,7 @@ class RunLedger:
 
     def trial_ended(self, trial_id: str) -> None:
         self._read.clear()
+        self.trial_actors.pop(trial_id, None)
         if trial_id not in self.live:
             return
         self.ended[trial_id] = self.live.pop(trial_id)

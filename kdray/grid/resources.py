@@ -135,11 +135,16 @@ class ResourceWait(tune.Stopper):
     `message` then says what it waited for, how long and what to do (one line)."""
 
     def __init__(
-        self, limit_s: float, experiment: str, clock: Callable[[], float] = time.monotonic
+        self,
+        limit_s: float,
+        experiment: str,
+        clock: Callable[[], float] = time.monotonic,
+        on_stop: Callable[[], object] | None = None,
     ):
         self.limit_s = limit_s
         self.experiment = experiment
         self.clock = clock
+        self.on_stop = on_stop  # called once, when the wait is over
         self.since: float | None = None
         self.last_seen = self.last_poll = float("-inf")
         self.message: str | None = None
@@ -152,6 +157,8 @@ class ResourceWait(tune.Stopper):
         if self.message is None and now - self.last_poll >= POLL_S:
             self.last_poll = now
             self.observe(infeasible_bundles(ray.util.placement_group_table()), now)
+            if self.message is not None and self.on_stop is not None:
+                self.on_stop()
         return self.message is not None
 
     def observe(self, waiting: list[list[dict]], now: float) -> None:

@@ -157,6 +157,8 @@ def run_trial(config: dict) -> None:
             reason = (teacher or {}).get("error") or "it has not finished"
             raise RuntimeError(f"teacher run {teacher_run} is not usable: {reason}")
     apply_train_env()
+    if trial.ledger is not None:  # so that a grid stopping stops this trial at once
+        trial.ledger.trial_started.remote(trial.pack_id, ray.get_runtime_context().current_actor)
     if todo:
         build_trainer(exp, replace(trial, launched_at=time.time())).fit()
     finished = [r for r in trial.runs if (exp.summary(r.run_id) or {}).get("status") == "finished"]
@@ -222,7 +224,9 @@ def run_grid(exp: Experiment, job: Job, runs: list[RunSpec], data: DataInfo) -> 
         planned=lambda: exp.plan().runs,
         max_concurrent=slots,
     )
-    waiting = ResourceWait(job.faults.resource_wait_s, str(exp.root))
+    waiting = ResourceWait(
+        job.faults.resource_wait_s, str(exp.root), on_stop=lambda: ledger.actor.close.remote()
+    )
     try:
         results = _tuner(exp, job, queue, waiting, -1 if searching else len(packs)).fit()
         if waiting.message is not None:
