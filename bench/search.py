@@ -56,6 +56,11 @@ def _summary(grid: raygrid.GridRun, row: dict) -> dict:
     return grid.exp.summary(row["trial_id"]) or {}
 
 
+def _outside_train(grid: raygrid.GridRun, row: dict) -> float:
+    summary = _summary(grid, row)
+    return max(0.0, (summary.get("wall_s") or 0) - (summary.get("train_s") or 0))
+
+
 def side_figures(grid: raygrid.GridRun) -> dict:
     samples = [r for r in grid.trials if "sample:kd" in r["roles"]]
     confirmed = [r for r in grid.trials if "kd:kd" in r["roles"]]
@@ -68,6 +73,11 @@ def side_figures(grid: raygrid.GridRun) -> dict:
         "sample_busy_s": sum(r["wall_s"] or 0 for r in samples),
         # of which waiting on the search's judgement (earlier samples reaching a rung)
         "sample_judge_wait_s": sum(_summary(grid, r).get("judge_wait_s") or 0 for r in samples),
+        # ... outside `train_s`: a fit's start-up (a sample a new fit began with) and, for one
+        # trained to its end, its finish (final evaluation, model file, cost)
+        "sample_outside_train_s": sum(_outside_train(grid, r) for r in samples),
+        # ... from `train_run`'s start to the first step (session: models, data, teachers)
+        "sample_to_first_step_s": sum(_summary(grid, r).get("setup_s") or 0 for r in samples),
         "settings": sorted(json.loads(r["setting"])["temperature"] for r in samples),
         "chosen": json.loads(confirmed[0]["setting"]) if confirmed else None,
         "chosen_test": tests,
