@@ -233,3 +233,23 @@ def test_per_label_thresholds_are_chosen_on_validation_only(tmp_path):
     task = get_task("multi_label")
     test_probs, test_labels = valid_probs, np.load(tmp_path / "test_labels.npy")
     assert task.metrics(test_probs, test_labels)["f1"] == 0.0  # at 0.5: never predicted
+
+    # asked for, a fixed threshold for every label: F1 at it, and the report names the rule
+    raw = tiny_job_dict(tmp_path)
+    raw["train"]["f1_threshold"] = 0.2
+    fixed = final_metrics(Brightness(), parse_job(raw), info, "cpu")
+    assert [row["threshold"] for row in fixed["test_report"]["per_label"]] == [0.2, 0.2]
+    assert fixed["test_report"]["f1_rule"].startswith("threshold 0.2 for every label")
+    assert fixed["test_f1"] == pytest.approx(2 * 4 / (2 * 4 + 1))  # 4 found, 1 false alarm
+
+
+def test_f1_threshold_is_refused_where_the_data_is_not_multi_label(tmp_path):
+    from kdray.spec.job import task_problems
+    from tests.conftest import tiny_job_dict
+
+    raw = tiny_job_dict(tmp_path)
+    raw["train"]["f1_threshold"] = 0.5
+    job = parse_job(raw)
+    assert task_problems(job, "multi_label") == []
+    (line,) = task_problems(job, "single_label")
+    assert line.startswith("train.f1_threshold:") and "drop train.f1_threshold" in line

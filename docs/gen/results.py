@@ -51,7 +51,8 @@ TRIAL_COLUMNS: list[tuple[str, str]] = [
         "AUROC (binary: positive class; multi-class: macro one-vs-rest), cross-entropy. "
         "Multi-label: mean per-label accuracy at 0.5, macro-F1 at per-label thresholds chosen "
         "on validation alone (each label's max-F1 threshold there, applied to every split; "
-        "`per_label.threshold`), mean AUROC, mean average precision (`map`), BCE over the known "
+        "`per_label.threshold`; or one fixed threshold for all, `train.f1_threshold`), "
+        "mean AUROC, mean average precision (`map`), BCE over the known "
         "labels. From the final weights; train is "
         "evaluated without augmentation",
     ),

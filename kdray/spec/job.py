@@ -64,6 +64,12 @@ class TrainConfig(Strict):
     eval_batch_size: int = Field(
         256, ge=1, description="batch size of evaluation, soft-label replay and throughput"
     )
+    f1_threshold: Literal["validation"] | float = Field(
+        "validation",
+        description="multi-label F1's decision threshold: validation (each label's own, the one "
+        "maximising its F1 on the validation split, applied to every split) or one fixed "
+        "probability for every label, e.g. 0.5 (rare labels are then rarely predicted)",
+    )
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32", description="bf16/fp16: autocast mixed precision (fp16 adds a GradScaler)"
     )
@@ -90,6 +96,14 @@ class TrainConfig(Strict):
         "epoch, index), the same views for any loader_workers; loader: all of it in the loader "
         "with albumentations (the views of kdray before this setting)",
     )
+
+    @field_validator("f1_threshold", mode="before")
+    @classmethod
+    def _validation_or_a_probability(cls, value: object) -> object:
+        """One line for any other value (not one per branch of the union), `true` included."""
+        if value == "validation" or (type(value) in (int, float) and 0 < value < 1):
+            return value
+        raise ValueError("f1_threshold is validation or a probability between 0 and 1, e.g. 0.5")
 
     @field_validator("augment")
     @classmethod
@@ -488,6 +502,11 @@ def task_problems(job: Job, task: str) -> list[str]:
                 f"studies.{name}.method: {method.name} is defined for {_tasks(method.tasks)} "
                 f"data, and this data is {task.replace('_', '-')}; use one of {fits}"
             )
+    if job.train.f1_threshold != "validation" and task != "multi_label":
+        problems.append(
+            f"train.f1_threshold: F1 thresholds are for multi-label data, and this data is "
+            f"{task.replace('_', '-')}; drop train.f1_threshold"
+        )
     if not get_task(task).one_class_per_image and job.labelled and job.labelled.per_class:
         problems.append(
             f"labelled.per_class: a {task.replace('_', '-')} image has no one class to count "

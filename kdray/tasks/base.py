@@ -132,10 +132,13 @@ class Task(ABC):
     def report(self, probs: np.ndarray, targets: np.ndarray, names: list[str]) -> dict:
         """The per-class or per-label detail of a split (`<split>_report` in a summary)."""
 
-    def chosen_on_validation(self, probs: np.ndarray, targets: np.ndarray) -> dict:
+    def chosen_on_validation(
+        self, probs: np.ndarray, targets: np.ndarray, fixed_threshold: float | None = None
+    ) -> dict:
         """What the task picks on the validation split alone and applies to every split, as
-        keyword arguments of `metrics` and `report` (multi-label: each label's threshold);
-        nothing for tasks that pick nothing."""
+        keyword arguments of `metrics` and `report` (multi-label: each label's threshold, or
+        `fixed_threshold` for all where the job asks for one); nothing for tasks that pick
+        nothing."""
         return {}
 
     def group_metrics(self, probs: np.ndarray, targets: np.ndarray, groups, category) -> dict:
@@ -176,11 +179,16 @@ def task_names() -> list[str]:
     return sorted(TASKS)
 
 
+_LOADED: list[bool] = []  # every task module imported (`load_tasks`)
+
+
 def load_tasks() -> None:
     """Import every module of this package once: each task registers itself. Done on first
     use, not at import, so that what only needs the target conventions (the job schema, the
-    data kinds) does not load every task's metrics (scikit-learn)."""
-    if TASKS:
+    data kinds) does not load every task's metrics (scikit-learn). A task module imported by
+    name before (its registry entry alone) does not count as all of them."""
+    if _LOADED:
         return
     for module in pkgutil.iter_modules([str(Path(__file__).parent)]):
         importlib.import_module(f"{__package__}.{module.name}")
+    _LOADED.append(True)

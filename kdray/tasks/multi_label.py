@@ -85,10 +85,14 @@ class MultiLabel(Task):
     def no_skill(self, targets, names):
         return 0.5, "ranking images at random"
 
-    def chosen_on_validation(self, probs, targets):
-        return {"thresholds": best_f1_thresholds(probs, targets)}
+    def chosen_on_validation(self, probs, targets, fixed_threshold=None):
+        if fixed_threshold is not None:
+            labels = np.asarray(targets).shape[1]
+            rule = f"threshold {fixed_threshold:g} for every label (train.f1_threshold)"
+            return {"thresholds": [float(fixed_threshold)] * labels, "f1_rule": rule}
+        return {"thresholds": best_f1_thresholds(probs, targets), "f1_rule": THRESHOLD_RULE}
 
-    def metrics(self, probs, targets, num_classes=None, thresholds=None):
+    def metrics(self, probs, targets, num_classes=None, thresholds=None, f1_rule=None):
         per_label = label_scores(probs, targets, thresholds)
         scored = [s for s in per_label if s["auroc"] is not None]
         known = np.asarray(targets) != UNLABELLED
@@ -106,13 +110,14 @@ class MultiLabel(Task):
             "kappa": None,
         }
 
-    def report(self, probs, targets, names, thresholds=None):
-        """Each label's scores, and the labels left out of the means (one class only)."""
+    def report(self, probs, targets, names, thresholds=None, f1_rule=None):
+        """Each label's scores, the labels left out of the means (one class only), and how
+        F1's thresholds were set (`f1_rule`: what `chosen_on_validation` said)."""
         per_label = label_scores(probs, targets, thresholds)
         return {
             "per_label": [{"label": n, **s} for n, s in zip(names, per_label, strict=True)],
             "left_out": [n for n, s in zip(names, per_label, strict=True) if s["auroc"] is None],
-            "f1_rule": THRESHOLD_RULE if thresholds is not None else "threshold 0.5",
+            "f1_rule": f1_rule or (THRESHOLD_RULE if thresholds is not None else "threshold 0.5"),
         }
 
 

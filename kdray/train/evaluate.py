@@ -65,7 +65,8 @@ def final_metrics(model, job: Job, info: DataInfo, device) -> dict:
         return predict(model, images, info.mean, info.std, device, batch, task), labels
 
     valid = predicted("valid")
-    chosen = task.chosen_on_validation(*valid)  # multi-label thresholds: never from test
+    fixed = job.train.f1_threshold if job.train.f1_threshold != "validation" else None
+    chosen = task.chosen_on_validation(*valid, fixed)  # multi-label thresholds: never from test
     out: dict = {}
     for split in ("train", "valid", "test"):
         prefix = "val" if split == "valid" else split
