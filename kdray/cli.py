@@ -296,6 +296,7 @@ def _one_driver(root: Path, create: bool = False):
 
 def _run(exp, job, address: str | None, verbose: bool) -> None:
     from kdray.export.write import write_tables
+    from kdray.grid.local_ray import shutdown_ray
     from kdray.grid.signals import sigterm_as_ctrl_c
     from kdray.grid.teacher_checks import weak_teacher_lines
     from kdray.results.tables import read_trials
@@ -306,7 +307,10 @@ def _run(exp, job, address: str | None, verbose: bool) -> None:
     if changed:
         _warn(changed)
     with sigterm_as_ctrl_c():
-        report = _run_grid(exp, job, address, verbose)
+        try:
+            report = _run_grid(exp, job, address, verbose)
+        finally:  # before the tables: Ray's processes are not waited for at exit
+            shutdown_ray()
     trials = read_trials(exp).to_pandas()
     weak = weak_teacher_lines(trials, report.data) if report.data else []
     print_closing_tables(trials, list(job.studies), weak)

@@ -4,6 +4,7 @@ the multi-label task, and a grid (no-KD baseline, kd, at, feature_l1) reported i
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -127,6 +128,30 @@ def test_a_multi_label_job_file_without_task_fields_keeps_single_label_ids(tmp_p
 
 
 @pytest.mark.ray
+def ray_processes_left(within_s: float = 3.0) -> list[str]:
+    """Ray's processes still running below this one (the raylet's agents and workers
+    included) once `within_s` has passed."""
+    import os
+    import time
+
+    from kdray.grid.local_ray import _descendants
+
+    deadline = time.time() + within_s
+    while True:
+        left = []
+        for pid in _descendants(os.getpid()):
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+                command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+            except OSError:
+                continue
+            if state != "Z" and b"ray" in command:
+                left.append(command.decode(errors="replace")[:100])
+        if not left or time.time() > deadline:
+            return left
+        time.sleep(0.2)
+
+
 def test_a_multi_label_grid_reports_mean_auroc_with_paired_verdicts(tmp_path, monkeypatch):
     """`kdray run` of a no-KD baseline and kd, at and feature_l1 students of one teacher, which
     learns one label of 14 (the others are noise): its mean AUROC is at chance, and the closing
@@ -158,9 +183,11 @@ def test_a_multi_label_grid_reports_mean_auroc_with_paired_verdicts(tmp_path, mo
     monkeypatch.setenv("COLUMNS", "200")  # the warning on one line
     try:
         result = CliRunner().invoke(app, ["run", str(job_file)])
+        ray_left = ray_processes_left()  # `kdray run` killed them, none waited for at exit
     finally:
         ray.shutdown()
     assert result.exit_code == 0, result.output
+    assert not ray_left, ray_left
     exp = Experiment.open(tmp_path / "runs" / "chest")
     trials = pd.read_parquet(exp.results_dir / "trials.parquet")
     (teacher_auroc,) = trials[(trials.stage == "teacher") & (trials.model == "resnet10t")].val_score

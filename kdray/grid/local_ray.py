@@ -7,7 +7,10 @@ main thread.)
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+from pathlib import Path
 
 from kdray.grid.signals import ray_processes_spared_by_sigterm
 from kdray.spec.job import Job
@@ -52,3 +55,45 @@ def worker_env(job: Job) -> dict:
     from kdray.tasks.weights import offline_env
 
     return {"runtime_env": {"env_vars": offline_env(job.weights_caches())}}
+
+
+def shutdown_ray() -> None:
+    """`ray.shutdown` without its graceful wait. The processes of a local Ray that `kdray run`
+    started have SIGTERM blocked (`kdray.grid.signals`), so the SIGTERM that `ray.shutdown`
+    sends each of them (raylet, GCS, ...) before waiting 1 s and killing it is never received:
+    5 s at the end of every grid. Killed at once instead, with what the raylet started (its
+    workers and its dashboard and runtime-env agents), which would otherwise outlive it. A
+    joined cluster is only disconnected from, as `ray.shutdown` does."""
+    import ray
+
+    node = getattr(ray._private.worker, "_global_node", None)
+    processes = getattr(node, "all_processes", None)
+    if not ray.is_initialized() or not isinstance(processes, dict):
+        ray.shutdown()
+        return
+    kill_all = node.kill_all_processes
+    started = [p.process.pid for infos in processes.values() for p in infos if p.process]
+    theirs = [pid for root in started for pid in _descendants(root)]
+    node.kill_all_processes = lambda **kwargs: kill_all(**{**kwargs, "allow_graceful": False})
+    try:
+        ray.shutdown()
+    finally:
+        node.kill_all_processes = kill_all
+    for pid in theirs:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _descendants(root: int) -> list[int]:
+    """The process ids below `root` (Linux's /proc; none elsewhere)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            parent = int(entry.read_text().rsplit(")", 1)[1].split()[1])
+            children.setdefault(parent, []).append(int(entry.parent.name))
+    out, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
