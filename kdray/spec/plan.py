@@ -126,9 +126,12 @@ def train_identity(job: Job) -> dict:
     """The training settings that decide a run. Loader processes draw other views than the
     in-process loader (per-sample seeds) whatever their count, which decides nothing. Where
     the augmentation runs (`augment_on`) is left out, so runs keep the ids they had before the
-    setting existed; the soft-label cache's key tells the views apart."""
+    setting existed; the soft-label cache's key tells the views apart. So is multi-label F1's
+    default threshold rule (`f1_threshold: validation`); a fixed threshold is in."""
     train = job.train.model_dump(mode="json")
     train.pop("augment_on", None)
+    if train.get("f1_threshold") == "validation":
+        del train["f1_threshold"]
     if train.pop("loader_workers", 0):
         train["views"] = "per-sample seeds"
     return train
