@@ -580,7 +580,7 @@ def _export_onnx(experiment_dir: Path, run_id: str, out: Path) -> None:
         raise typer.Exit(2) from None
     console.print(
         f"wrote {result.path}: max |Δp| {result.max_abs_diff:.1e} against PyTorch on "
-        f"{result.images} validation images ({100 * result.agreement:.3f}% of decisions "
+        f"{result.images} validation {result.unit} ({100 * result.agreement:.3f}% of decisions "
         "agree); onnxruntime batch-1 latency "
         f"{result.latency_ms:.2f} ms (median)",
         highlight=False,

@@ -3,7 +3,8 @@ Decathlon-layout NIfTI folder made here (LPS, 0.8 x 0.8 x 2.5 mm, an organ and a
 20 x 24 x 8 voxels) trains a 3D U-Net teacher, its student's no-KD baseline and a voxel-wise KD
 student on 16^3 patches (larger than the volumes along one axis: padded; smaller along the
 others: sliding windows); the summaries carry Dice and HD95 in mm per class, the model files
-reload to the same metrics, and the export pairs KD against the baseline in Dice."""
+reload to the same metrics, and the export pairs KD against the baseline in Dice and draws the
+test volumes' three views."""
 
 from __future__ import annotations
 
@@ -67,5 +68,13 @@ def test_a_decathlon_grid_reports_dice_and_hd95_in_mm_per_class(tmp_path):
     assert again["dice"] == pytest.approx(teacher.test_dice)
     assert again["hd95"] == pytest.approx(teacher.test_hd95)
 
-    summary = export(exp.root, tmp_path / "out")["summary.md"].read_text()
+    written = export(exp.root, tmp_path / "out")
+    summary = written["summary.md"].read_text()
     assert "KD gain over each student's baseline (test Dice, paired by seed)" in summary
+    # the report's three views: each test volume cut through its foreground's centre, the
+    # truth, the teacher's, the baseline's and the KD student's masks side by side
+    page = written["report.html"].read_text()
+    views = page.split("<h2>Test volumes: axial, coronal and sagittal slices")[1]
+    for title in ("ground truth", "teacher", "baseline", "voxel", "#0 axial", "#0 coronal",
+                  "#0 sagittal"):  # fmt: skip
+        assert title in views, title

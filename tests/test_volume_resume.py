@@ -1,6 +1,6 @@
 """A 3D run killed mid-epoch resumes from its last checkpoint to the metrics of a run that was
-never interrupted: the seeded patches, flips and optimizer state carry over (no Ray: the worker
-loop itself, as a Ray Train worker runs it)."""
+never interrupted: the seeded patches, flips, affine and intensity changes and optimizer state
+carry over (no Ray: the worker loop itself, as a Ray Train worker runs it)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ def test_a_3d_run_killed_mid_epoch_resumes_to_the_uninterrupted_metrics(tmp_path
             "name": "vol-resume",
             "storage": str(tmp_path / "runs"),
             "data": {"kind": "synthetic_volumes", "shape": [24, 24, 12], "train_size": 4,
-                     "valid_size": 1, "test_size": 1, "patch": [16, 16, 8], "foreground": 0.5},
+                     "valid_size": 1, "test_size": 1, "patch": [16, 16, 8], "foreground": 0.5,
+                     "patch_augment": {"p": 1.0}},
             "train": {"epochs": 2, "batch_size": 2, "lr": 0.01, "augment": True},
             "studies": {"voxel": {"teachers": ["unet3d-c4.8-s2"],
                                   "students": ["unet3d-c2.4-s2"],

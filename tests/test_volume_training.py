@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from kdray.data.volume_base import PatchAugment
 from kdray.data.volume_cache import load_volumes
 from kdray.data.volumes import prepare_volumes
 from kdray.methods import METHODS, Outputs, Shapes
@@ -73,12 +74,15 @@ def test_a_method_or_model_of_another_rank_is_one_line_naming_the_study(change, 
          "divisible by 16"),
         ({"data": {"kind": "synthetic_volumes", "patch": [16, 16, 16]}},
          "studies.s.teachers: 'basicunet3d' down-samples data.patch [16, 16, 16] to one voxel"),
+        ({"train": {"augment": False}, "data": {"kind": "synthetic_volumes",
+          "patch_augment": {}}}, "data.patch_augment: augments after train.augment's flips, "
+         "which are off; set train.augment: true or drop data.patch_augment"),
     ],
 )  # fmt: skip
 def test_settings_volumes_cannot_take_are_one_line_each(change, says):
     problems = problems_of(volume_job(**change))  # a patch no model takes: one line per model
     assert problems and problems[0].startswith(says), problems
-    assert len(problems) == (2 if "patch" in says else 1)
+    assert len(problems) == (2 if "data.patch [" in says else 1)
     assert all("\n" not in line for line in problems)
 
 
@@ -156,6 +160,37 @@ def test_ranks_share_an_epoch_without_overlap(phantoms):
     orders = [b.order(0) for b in ranks]
     assert len(orders[0]) == len(orders[1]) == 3
     assert sorted(np.concatenate(orders).tolist()) == list(range(6))
+
+
+def augmented(volumes, augment, seed=0):
+    return VolumeBatches(volumes, (16, 16, 16), 0.5, True, 2, seed, augment=augment)
+
+
+def test_patch_augmentation_repeats_for_a_seed_whatever_was_drawn_before(phantoms):
+    every = PatchAugment(rotate=30, scale=0.2, intensity=0.2, noise=0.1, p=1.0)
+    first = augmented(phantoms, every)
+    x, y = first.sample(3, 2)
+    for index in (0, 1, 4):  # other samples move MONAI's state on in between
+        first.sample(3, index)
+    again = augmented(phantoms, every).sample(3, 2)  # a resumed run's fresh transforms
+    assert np.array_equal(x, again[0]) and np.array_equal(y, again[1])
+    assert np.array_equal(first.sample(3, 2)[0], x)
+    plain_x, plain_y = augmented(phantoms, None).sample(3, 2)
+    assert not np.allclose(x, plain_x, atol=0.05)  # rotated, scaled and noisy
+    assert x.dtype == np.float32 and y.dtype == np.int64 and x.shape == y.shape == (16, 16, 16)
+    # corners rotated in from outside the patch have no class; the rest keep the patch's
+    assert set(np.unique(y)) <= {UNLABELLED, *np.unique(plain_y)} and (y == UNLABELLED).any()
+    assert not np.array_equal(augmented(phantoms, every).sample(4, 2)[0], x)  # next epoch
+    assert not np.array_equal(augmented(phantoms, every, seed=1).sample(3, 2)[0], x)
+
+
+def test_patch_augmentation_that_draws_nothing_leaves_the_patch_as_it_was(phantoms):
+    """Its seed is drawn after the patch and flips: they stay what they were without it."""
+    never = augmented(phantoms, PatchAugment(p=0.0))
+    for epoch, index in ((0, 0), (2, 5)):
+        x, y = never.sample(epoch, index)
+        plain_x, plain_y = augmented(phantoms, None).sample(epoch, index)
+        assert np.array_equal(x, plain_x) and np.array_equal(y, plain_y)
 
 
 # --- methods on 3D outputs -----------------------------------------------------------------------

@@ -84,7 +84,24 @@ class ArrayVolumeSource:
 
 #: `data:` fields that say how a run trains on the cached volumes, not how they are prepared:
 #: left out of the cache's fingerprint (another patch reuses the same decode)
-TRAINING_FIELDS = frozenset({"patch", "foreground"})
+TRAINING_FIELDS = frozenset({"patch", "foreground", "patch_augment"})
+
+
+class PatchAugment(BaseModel):
+    """`data.patch_augment`: small affine and intensity changes of each training patch, after
+    its flips (`train.augment: true`); each change is applied with probability `p`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    rotate: float = Field(
+        15.0, ge=0, le=45, description="rotation about each axis, up to this many degrees"
+    )
+    scale: float = Field(0.1, ge=0, le=0.5, description="zoom per axis by 1 ± up to this")
+    intensity: float = Field(
+        0.1, ge=0, le=1, description="intensities times 1 ± up to this, then plus ± up to this"
+    )
+    noise: float = Field(0.05, ge=0, le=1, description="std of added gaussian noise")
+    p: float = Field(0.3, ge=0, le=1, description="probability of each change per patch")
 
 
 class VolumeConfigBase(BaseModel):
@@ -109,6 +126,11 @@ class VolumeConfigBase(BaseModel):
         le=1,
         description="share of training patches centred on a foreground voxel (a class > 0); "
         "the rest are centred anywhere",
+    )
+    patch_augment: PatchAugment | None = Field(
+        None,
+        description="with train.augment true, also rotate, zoom, scale and shift intensities "
+        "and add noise to training patches ({} for the defaults); none: flips only",
     )
 
     spacing: tuple[PositiveFloat, PositiveFloat, PositiveFloat] | None = Field(

@@ -26,7 +26,13 @@ SHOWN = 4  # test images
 def example_images(masks: np.ndarray, count: int = SHOWN) -> list[int]:
     """Indices of test images: the lesions at the 20th, 50th and 80th percentile of size (as
     many as `count` allows), then the first lesion-free image, if any."""
-    area = (masks > 0).sum(axis=(1, 2))
+    return example_indices((masks > 0).sum(axis=(1, 2)), count)
+
+
+def example_indices(sizes, count: int = SHOWN) -> list[int]:
+    """Indices of the items whose foreground `sizes` (pixels or voxels) are at the 20th, 50th
+    and 80th percentile (as many as `count` allows), then the first empty one, if any."""
+    area = np.asarray(sizes)
     with_lesion = np.flatnonzero(area > 0)
     ordered = with_lesion[np.argsort(area[with_lesion], kind="stable")]
     picks: list[int] = []
@@ -70,30 +76,42 @@ def predicted_masks(model_file: str, images: np.ndarray) -> np.ndarray:
     return get_task(meta.get("task")).prediction(logits).numpy()
 
 
-def examples_figure(experiment_dir, trials: pd.DataFrame, studies: list[str]) -> str | None:
-    """The examples as inline SVG (`kdray.export.report.svg`), or None when the runs are not
-    2D segmenters or none has finished."""
-    from kdray.export.report import plt, svg
-
+def finished_segmenters(trials: pd.DataFrame) -> pd.DataFrame:
+    """The finished runs with a model file, when the runs are segmenters (else none)."""
     done = trials[(trials.status == "finished") & trials.checkpoint.notna()]
     if done.empty or not get_task(done.task.iloc[0]).pixel_targets:
-        return None
+        return done.iloc[:0]
+    return done
+
+
+def titled_runs(done: pd.DataFrame, studies: list[str]):
+    """(column title, run) of `shown_runs`, each title naming its model when the teachers or
+    students are several models; and the teachers' and students' models."""
+    runs = shown_runs(done, studies)
+    teachers = sorted({r.model for t, r in runs if t == "teacher"})
+    students = sorted({r.model for t, r in runs if t != "teacher"})
+    several = len(teachers) > 1 or len(students) > 1  # then each column names its model
+    titled = [(f"{title}\n{run.model}" if several else title, run) for title, run in runs]
+    return titled, teachers, students
+
+
+def examples_figure(experiment_dir, trials: pd.DataFrame, studies: list[str]):
+    """The examples as inline SVG (`kdray.export.report.svg`) under their heading, or None
+    when the runs are not 2D segmenters or none has finished (volumes:
+    `kdray.export.volume_views`)."""
+    from kdray.export.report import Examples, plt, svg
+
+    done = finished_segmenters(trials)
     exp = Experiment.open(experiment_dir)
-    if exp.job().data.spatial_rank == 3:  # slices of volumes are not drawn yet (issue 32)
+    if done.empty or exp.job().data.spatial_rank == 3:
         return None
     info = prepare_data(exp.job().data, exp.data_dir)  # the grid's decoded cache
     images, masks = load_split(info.path, "test")
     picks = example_images(np.asarray(masks))
-    runs = shown_runs(done, studies)
+    runs, teachers, students = titled_runs(done, studies)
     shown = np.asarray(images[picks])
     columns = [("image", None), ("ground truth", np.asarray(masks[picks]))]
-    teachers = sorted({r.model for t, r in runs if t == "teacher"})
-    students = sorted({r.model for t, r in runs if t != "teacher"})
-    several = len(teachers) > 1 or len(students) > 1  # then each column names its model
-    columns += [
-        (f"{title}\n{run.model}" if several else title, predicted_masks(run.checkpoint, shown))
-        for title, run in runs
-    ]
+    columns += [(title, predicted_masks(run.checkpoint, shown)) for title, run in runs]
     fig, axes = plt.subplots(
         len(picks), len(columns), figsize=(1.5 * len(columns), 1.5 * len(picks) + 0.4),
         squeeze=False,
@@ -113,4 +131,5 @@ def examples_figure(experiment_dir, trials: pd.DataFrame, studies: list[str]) ->
         f"{', '.join(teachers)}, students {', '.join(students)}",
         fontsize=8,
     )
-    return svg(fig, "examples")
+    heading = "Test images: ground truth, teacher and student masks"
+    return Examples(heading, svg(fig, "examples"))

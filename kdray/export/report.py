@@ -15,6 +15,7 @@ import html
 import io
 import math
 import re
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import matplotlib
@@ -42,6 +43,14 @@ figure { margin: 0.5em 0 1.5em; }
 figure svg { max-width: 100%; height: auto; }
 .note { color: #666; font-style: italic; }
 """
+
+
+@dataclass
+class Examples:
+    """The report's figure of predicted masks (`kdray.export.masks`, `.volume_views`)."""
+
+    heading: str
+    figure: str  # inline SVG
 
 
 def html_table(df: pd.DataFrame) -> str:
@@ -248,11 +257,12 @@ def render_report(
     studies: list[str],
     name: str,
     written: datetime | None = None,
-    examples: str | None = None,
+    examples: Examples | None = None,
 ) -> str:
     """The whole HTML page. `trials` / `epochs` are `trials.parquet` / `epochs.parquet` as pandas;
     `studies` are the job's studies, in order (absent studies have no section); `examples`:
-    a figure of test images and predicted masks (segmentation, `kdray.export.masks`)."""
+    a figure of test images or volumes' slices and predicted masks (segmentation,
+    `kdray.export.masks`, `kdray.export.volume_views`)."""
     written = written or datetime.now(UTC)
     done = trials[trials.status == "finished"]
     all_tables = tables(trials, studies)
@@ -301,8 +311,8 @@ def render_report(
     curves = curves_figure(done, epochs, studies, metric)
     parts.append(curves or '<p class="note">no epochs recorded</p>')
     if examples:
-        parts.append("<h2>Test images: ground truth, teacher and student masks</h2>")
-        parts.append(examples)
+        parts.append(f"<h2>{html.escape(examples.heading)}</h2>")
+        parts.append(examples.figure)
     if "unfinished" in all_tables:
         section("unfinished")
     return (

@@ -38,10 +38,13 @@ def export(experiment_dir: str | Path, out_dir: str | Path) -> dict[str, Path]:
     texts = render_tables(trials, list(job.studies))
     from kdray.export.masks import examples_figure  # matplotlib only when a report is written
     from kdray.export.report import render_report
+    from kdray.export.volume_views import volume_examples_figure
 
-    examples = examples_figure(exp.root, trials, list(job.studies))
+    studies = list(job.studies)
+    examples = examples_figure(exp.root, trials, studies)
+    examples = examples or volume_examples_figure(exp.root, trials, studies)
     texts["report.html"] = render_report(
-        trials, epochs.to_pandas(), list(job.studies), job.name, examples=examples
+        trials, epochs.to_pandas(), studies, job.name, examples=examples
     )
     out.mkdir(parents=True, exist_ok=True)
     written = {}

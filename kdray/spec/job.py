@@ -527,6 +527,11 @@ def volume_problems(job: Job) -> list[str]:
         )
     if job.train.channels_last:
         problems.append("train.channels_last: 2D layouts only; set it false for volumes")
+    if getattr(job.data, "patch_augment", None) is not None and job.train.augment is not True:
+        problems.append(
+            "data.patch_augment: augments after train.augment's flips, which are off; set "
+            "train.augment: true or drop data.patch_augment"
+        )
     return problems
 
 

@@ -163,10 +163,14 @@ def weights_identity(weights: dict | None) -> str | dict | None:
 def _run_id(job: Job, identity: dict, label: str, weights: dict | None) -> str:
     """A readable, stable id: `<model>-<method>[-band..][-labels..]-s<seed>-<hash>`, the hash
     of the identity. Keys a run without a label budget never has are left out of its identity,
-    so runs planned before budgets existed keep their ids."""
+    so runs planned before budgets existed keep their ids; so is a volume's unset
+    `patch_augment`."""
+    data = job.data.model_dump(mode="json")
+    if data.get("patch_augment", 0) is None:
+        del data["patch_augment"]
     determined_by = {
         **identity,
-        "data": job.data.model_dump(mode="json"),
+        "data": data,
         "train": train_identity(job),
         "weights": weights_identity(weights),
     }

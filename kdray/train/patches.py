@@ -5,14 +5,16 @@ voxels per axis). Each epoch every training volume gives one patch, in a permuta
 (run seed, epoch); the patch's centre is a foreground voxel (any class > 0) with probability
 `data.foreground` (so small structures are seen at all; nnU-Net samples a third of its patches
 this way), else any voxel; with `train.augment` on, the patch is flipped along each axis with
-probability 1/2. Every draw of a sample comes from its own generator, seeded by (run seed,
-epoch, volume index) like a 2D sample's augmentation (`kdray.train.batches.sample_seed`), so a
-run resumed from a checkpoint sees the patches it would have seen, and a teacher replays its
-students' patches exactly (the soft-label cache). A volume smaller than the patch along an axis
-is padded: intensity 0 (the volume's mean after normalisation, what sliding-window inference
-pads with) and mask `UNLABELLED` (no loss there). A classification volume (one class, no mask)
-is one sample whole: `data.patch` is then the classifier's input, each volume centre-cropped or
-padded to it (`whole_volume`), flipped per axis like a patch.
+probability 1/2, and with `data.patch_augment` also rotated, zoomed and changed in intensity
+(`kdray.train.volume_augment`, MONAI's transforms). Every draw of a sample comes from its own
+generator, seeded by (run seed, epoch, volume index) like a 2D sample's augmentation
+(`kdray.train.batches.sample_seed`), so a run resumed from a checkpoint sees the patches it
+would have seen, and a teacher replays its students' patches exactly (the soft-label cache).
+A volume smaller than the patch along an axis is padded: intensity 0 (the volume's mean after
+normalisation, what sliding-window inference pads with) and mask `UNLABELLED` (no loss there).
+A classification volume (one class, no mask) is one sample whole: `data.patch` is then the
+classifier's input, each volume centre-cropped or padded to it (`whole_volume`), flipped per
+axis like a patch.
 
 Written here rather than with MONAI's `RandCropByPosNegLabeld`: its draws come from a
 `RandomState` shared by every instance of the class unless reseeded (issue 32's notes), it
@@ -27,9 +29,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from kdray.data.volume_base import PatchAugment
 from kdray.data.volume_cache import CachedVolumes
 from kdray.tasks import UNLABELLED
 from kdray.train.batches import prefetched, sample_seed
+from kdray.train.volume_augment import augment, build_pipeline
 
 MAX_FOREGROUND_CENTRES = 1 << 16  # foreground voxels kept per volume to draw centres from
 
@@ -120,7 +124,9 @@ class VolumeBatches:
     rank: int = 0
     world_size: int = 1
     prefetch: int = 0
+    augment: PatchAugment | None = None  # affine and intensity changes after the flips
     _centres: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
+    _pipeline: object = field(default=None, repr=False)
 
     @property
     def run_seed(self) -> int:
@@ -150,13 +156,24 @@ class VolumeBatches:
         volume = self.volumes[index]
         rng = np.random.default_rng(sample_seed(self.run_seed, epoch, index))
         if volume.label is not None:  # classification: the whole volume is the sample
-            return whole_volume(volume.image, self.patch, self.flips, rng), np.int64(volume.label)
+            x = whole_volume(volume.image, self.patch, self.flips, rng)
+            return self._augmented(x, None, rng)[0], np.int64(volume.label)
         if index not in self._centres:
             self._centres[index] = foreground_voxels(volume.mask)
-        return draw_patch(
+        x, y = draw_patch(
             volume.image, volume.mask, self.patch, self.foreground, self.flips, rng,
             self._centres[index],
         )  # fmt: skip
+        return self._augmented(x, y, rng)
+
+    def _augmented(self, x, y, rng: np.random.Generator):
+        """`x` and `y` changed by `data.patch_augment` (with the flips on), seeded from the
+        sample's `rng` after its patch and flips drew theirs (so they are as without it)."""
+        if self.augment is None or not self.flips:
+            return x, y
+        if self._pipeline is None:
+            self._pipeline = build_pipeline(self.augment, with_mask=y is not None)
+        return augment(self._pipeline, x, y, int(rng.integers(2**31)))
 
     def _batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         order = self.order(epoch)
@@ -182,4 +199,5 @@ def volume_batches(
     return VolumeBatches(
         volumes, tuple(job.data.patch), job.data.foreground, bool(job.train.augment),
         job.train.batch_size, seed, rank, world_size, job.train.prefetch_batches,
+        job.data.patch_augment,
     )  # fmt: skip
