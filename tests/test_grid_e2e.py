@@ -9,6 +9,8 @@ import yaml
 from typer.testing import CliRunner
 
 from kdray.cli import app
+from kdray.grid import local_ray
+from kdray.grid.local_ray import shutdown_ray
 from kdray.store.experiment import Experiment
 from tests.conftest import tiny_job_dict
 
@@ -32,13 +34,21 @@ def grid(tmp_path_factory):
     }
     job_file = tmp_path / "tiny.yaml"
     job_file.write_text(yaml.safe_dump(raw))
-    result = CliRunner().invoke(app, ["run", str(job_file)])
-    yield tmp_path, job_file, result
+    actors = []  # the grid's Ray actors, read before `kdray run` shuts Ray down
+
+    def read_actors_then_shut_down():
+        actors.extend(ray._private.state.actors().values())
+        shutdown_ray()
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(local_ray, "shutdown_ray", read_actors_then_shut_down)
+        result = CliRunner().invoke(app, ["run", str(job_file)])
+    yield tmp_path, job_file, result, actors
     ray.shutdown()
 
 
 def test_run_finishes_every_trial_and_prints_the_tables(grid):
-    _, _, result = grid
+    _, _, result, _ = grid
     assert result.exit_code == 0, result.output
     assert "normal (kd): student x teacher accuracy" in result.output
     assert "kdray export" in result.output
@@ -46,13 +56,13 @@ def test_run_finishes_every_trial_and_prints_the_tables(grid):
 
 def test_a_trial_starts_no_process_it_does_not_use(grid):
     """Ray Train's Ray Data manager and preemption watcher: kdray turns both off."""
-    started = {a["ActorClassName"].rsplit(".", 1)[-1] for a in ray._private.state.actors().values()}
+    started = {a["ActorClassName"].rsplit(".", 1)[-1] for a in grid[3]}
     assert {"TrainController", "RayTrainWorker"} <= started
     assert not started & {"DatasetManager", "PreemptionWatcher"}
 
 
 def test_trials_table_holds_every_run_once(grid):
-    tmp_path, _, _ = grid
+    tmp_path, _, _, _ = grid
     exp = Experiment.open(tmp_path / "runs" / "tiny")
     trials = pq.read_table(exp.results_dir / "trials.parquet").to_pylist()
     plan = exp.plan()
@@ -79,7 +89,7 @@ def test_trials_table_holds_every_run_once(grid):
 
 def test_every_finished_run_has_its_cost(grid):
     """Measured in the worker, once per model and data shape (`costs/`), for every run."""
-    tmp_path, _, _ = grid
+    tmp_path, _, _, _ = grid
     exp = Experiment.open(tmp_path / "runs" / "tiny")
     trials = pq.read_table(exp.results_dir / "trials.parquet").to_pylist()
     for row in trials:
@@ -92,7 +102,7 @@ def test_every_finished_run_has_its_cost(grid):
 
 
 def test_running_again_redoes_no_finished_work(grid):
-    tmp_path, job_file, _ = grid
+    tmp_path, job_file, _, _ = grid
     exp = Experiment.open(tmp_path / "runs" / "tiny")
     before = {r: json.loads((exp.run_dir(r) / "summary.json").read_text()) for r in exp.plan().runs}
     again = CliRunner().invoke(app, ["run", str(job_file)])
@@ -102,7 +112,7 @@ def test_running_again_redoes_no_finished_work(grid):
 
 
 def test_export_of_the_grid(grid):
-    tmp_path, _, _ = grid
+    tmp_path, _, _, _ = grid
     out = tmp_path / "results"
     result = CliRunner().invoke(app, ["export", str(tmp_path / "runs" / "tiny"), "--out", str(out)])
     assert result.exit_code == 0, result.output
@@ -111,7 +121,7 @@ def test_export_of_the_grid(grid):
 
 
 def test_each_student_starts_after_its_own_teacher_finished(grid):
-    tmp_path, _, _ = grid
+    tmp_path, _, _, _ = grid
     exp = Experiment.open(tmp_path / "runs" / "tiny")
     for run in exp.plan().runs.values():
         for teacher_run in run.teacher_runs:
