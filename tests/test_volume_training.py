@@ -39,17 +39,19 @@ def problems_of(raw: dict) -> list[str]:
         return exc.problems
 
 
-def test_a_volume_job_with_3d_segmenters_and_a_3d_method_is_valid():
-    assert problems_of(volume_job()) == []
+@pytest.mark.parametrize("method", ["pixel_kd", "cwd", "feature_l1", "at"])
+def test_a_volume_job_with_3d_segmenters_and_a_3d_method_is_valid(method):
+    raw = volume_job()
+    raw["studies"]["s"]["method"] = {"name": method}
+    assert problems_of(raw) == []
 
 
 @pytest.mark.parametrize(
     ("change", "says"),
     [
-        ({"method": {"name": "at"}}, "studies.s.method: at is written for 2D data, and this "
-         "data is 3D; use one of ['cwd', 'pixel_kd']"),
         ({"method": {"name": "kd"}}, "studies.s.method: kd is defined for single-label or "
-         "multi-label data, and this data is segmentation; use one of ['cwd', 'pixel_kd']"),
+         "multi-label data, and this data is segmentation; use one of ['at', 'cwd', "
+         "'feature_l1', 'pixel_kd']"),
         ({"students": ["unet-resnet18"]}, "studies.s.students: 'unet-resnet18': unknown 3D "
          "network 'unet'"),
         ({"students": ["densenet3d"]}, "studies.s.students: 'densenet3d' is a 3D "
