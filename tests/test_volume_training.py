@@ -46,12 +46,18 @@ def test_a_volume_job_with_3d_segmenters_and_a_3d_method_is_valid(method):
     assert problems_of(raw) == []
 
 
+def test_mean_teacher_on_volumes_is_valid_without_a_teacher_run():
+    raw = volume_job()
+    raw["studies"]["s"] = {"students": [STUDENT], "method": {"name": "mean_teacher"}}
+    assert problems_of(raw) == []
+
+
 @pytest.mark.parametrize(
     ("change", "says"),
     [
         ({"method": {"name": "kd"}}, "studies.s.method: kd is defined for single-label or "
          "multi-label data, and this data is segmentation; use one of ['at', 'cwd', "
-         "'feature_l1', 'pixel_kd']"),
+         "'feature_l1', 'mean_teacher', 'pixel_kd']"),
         ({"students": ["unet-resnet18"]}, "studies.s.students: 'unet-resnet18': unknown 3D "
          "network 'unet'"),
         ({"students": ["densenet3d"]}, "studies.s.students: 'densenet3d' is a 3D "
