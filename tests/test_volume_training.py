@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from kdray.data.volume_cache import load_volumes
 from kdray.data.volumes import prepare_volumes
@@ -50,6 +51,30 @@ def test_mean_teacher_on_volumes_is_valid_without_a_teacher_run():
     raw = volume_job()
     raw["studies"]["s"] = {"students": [STUDENT], "method": {"name": "mean_teacher"}}
     assert problems_of(raw) == []
+
+
+def test_kdray_validate_accepts_the_3d_feature_methods_and_counts_volumes(tmp_path):
+    from tests.test_bad_inputs import cli
+
+    raw = volume_job(storage=str(tmp_path / "runs"), seeds=[0])
+    raw["data"] = {"kind": "synthetic_volumes", "shape": [32, 32, 16], "patch": [32, 32, 16],
+                   "train_size": 2, "valid_size": 1, "test_size": 1}  # fmt: skip
+    pair = {"teachers": [TEACHER], "students": [STUDENT]}
+    raw["studies"] = {
+        "l1": {**pair, "method": {"name": "feature_l1"}},
+        "at": {**pair, "method": {"name": "at"}},
+        "mt": {"students": [STUDENT], "method": {"name": "mean_teacher"}},
+    }
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(raw))
+    refused = cli("validate", tmp_path / "job.yaml", env={"COLUMNS": "200"})
+    assert refused.exit_code == 2
+    assert "train.batch_size: 16 is larger than the training split (2 volumes)" in refused.output
+    raw["train"] = {"batch_size": 2}
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(raw))
+    result = cli("validate", tmp_path / "job.yaml", env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "train 2, valid 1, test 1 volumes" in result.output
+    assert "decoded every volume into" in result.output and "image" not in result.output
 
 
 @pytest.mark.parametrize(
