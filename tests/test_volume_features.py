@@ -11,6 +11,7 @@ from kdray.methods import Outputs, Shapes
 from kdray.methods.at import AttentionTransfer
 from kdray.methods.feature_l1 import FeatureL1
 from kdray.methods.features import same_size
+from kdray.methods.fitnets import FitNets
 from kdray.tasks.models import count_params
 from kdray.tasks.volume_models import create_volume_model
 from kdray.train.distiller import aligned_pairs, network_outputs
@@ -155,3 +156,28 @@ def test_feature_l1_on_volumes_adapts_with_conv3d_zero_for_the_same_maps_and_fal
         optimiser.step()
         losses.append(out["l1"].item())
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_a_fitnets_hint_on_a_volume_classifier_pair_trains_its_conv3d_adapter():
+    """The whole path on real networks: stages paired by stride, the chosen pair's maps, the
+    hint through a Conv3d adapter, gradients to the student and the adapter only."""
+    torch.manual_seed(0)
+    teacher = create_volume_model("resnet3d-d10-w0.25", 3).eval()
+    student = create_volume_model("densenet3d-f4-g4-b1.1", 3)
+    pairs = aligned_pairs(student, teacher)  # strides 2, 4, 8
+    stage = FitNets.feature_stages(FitNets.Params(), len(pairs))  # the middle one: stride 4
+    (s_stage, t_stage, _) = pairs[stage[0]]
+    s_channels = (student.feature_info[s_stage]["num_chs"],)
+    t_channels = (teacher.feature_info[t_stage]["num_chs"],)
+    shapes = Shapes(num_classes=3, total_epochs=1, student_channels=s_channels,
+                    teacher_channels=(t_channels,), rank=3)  # fmt: skip
+    method = FitNets(FitNets.Params(), shapes)
+    assert isinstance(method.adapters[0][0], torch.nn.Conv3d)
+    x, y = torch.randn(2, 1, 16, 16, 16), torch.tensor([0, 2])
+    with torch.no_grad():
+        taught = network_outputs(teacher, x, [t_stage])
+    out = method(network_outputs(student, x, [s_stage]), [taught], y, 0.0)
+    out["loss"].backward()
+    assert out["hint"] > 0 and method.adapters[0][0].weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in teacher.parameters())
+    assert student.features.conv0.weight.grad.abs().sum() > 0
