@@ -108,10 +108,10 @@ class Method(nn.Module, ABC):
     def feature_stages(
         cls, params: MethodParams, num_stages: int, parts: tuple[str, ...] = ()
     ) -> list[int]:
-        """Which of the `num_stages` aligned stage pairs the method compares. Classifiers'
-        stages (timm `feature_info` order) are aligned from the deepest; a segmenter's pair
-        by part and input stride, and `parts` says each pair's part (`encoder`, `decoder`;
-        `stage` for a classifier's)."""
+        """Which of the `num_stages` aligned stage pairs the method compares. 2D classifiers'
+        stages (timm `feature_info` order) are aligned from the deepest; a segmenter's and a
+        3D network's pair by part and input stride, and `parts` says each pair's part
+        (`encoder`, `decoder`; `stage` for a classifier's)."""
         return []
 
     @classmethod

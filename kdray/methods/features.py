@@ -1,7 +1,7 @@
 """Helpers shared by the feature methods (FitNets, AT, feature L1); registers no method.
 
-The worker aligns student and teacher stages (a classifier's from the deepest one, a
-segmenter's by part and input stride: `kdray.train.distiller.aligned_pairs`;
+The worker aligns student and teacher stages (a 2D classifier's from the deepest one, a
+segmenter's and every 3D network's by part and input stride: `kdray.train.distiller.aligned_pairs`;
 `Method.feature_stages` receives the number `n` of aligned pairs and each pair's part) and hands
 a method exactly the chosen stages' maps, in the order it chose them. These helpers resolve
 those choices, build the student-side adapters and bring a student/teacher pair to one spatial
