@@ -15,7 +15,7 @@ from kdray.methods import METHODS, Outputs, Shapes
 from kdray.spec.base import JobError
 from kdray.spec.checks import model_problems
 from kdray.spec.job import Job
-from kdray.tasks import UNLABELLED
+from kdray.tasks import UNLABELLED, get_task
 from kdray.train.patches import VolumeBatches, draw_patch
 
 TEACHER, STUDENT = "basicunet3d", "basicunet3d-f4.4.8.16.32.4"
@@ -75,6 +75,12 @@ def test_kdray_validate_accepts_the_3d_feature_methods_and_counts_volumes(tmp_pa
     assert result.exit_code == 0, result.output
     assert "train 2, valid 1, test 1 volumes" in result.output
     assert "decoded every volume into" in result.output and "image" not in result.output
+
+
+def test_the_training_masks_line_counts_volumes_and_voxels():
+    masks = [np.zeros((4, 4, 2), np.int8), np.ones((2, 4, 4), np.int8)]  # shapes of their own
+    line = get_task("segmentation").count_line(masks, ["background", "organ"])
+    assert line == "volumes with: organ 1 (of 2); voxels: background 50.0%, organ 50.0%"
 
 
 @pytest.mark.parametrize(
