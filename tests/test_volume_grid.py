@@ -1,9 +1,10 @@
 """3D segmentation end to end on a local Ray grid (the one Ray test of volumes, kept tiny): a
 Decathlon-layout NIfTI folder made here (LPS, 0.8 x 0.8 x 2.5 mm, an organ and a lesion class,
-20 x 24 x 8 voxels) trains a 3D U-Net teacher, its student's no-KD baseline and a voxel-wise KD
-student on 16^3 patches (larger than the volumes along one axis: padded; smaller along the
-others: sliding windows); the summaries carry Dice and HD95 in mm per class, the model files
-reload to the same metrics, and the export pairs KD against the baseline in Dice."""
+20 x 24 x 8 voxels) trains a 3D U-Net teacher, its student's no-KD baseline, a voxel-wise KD
+student and an all-stage L1 student (the teacher's 3D stages online) on 16^3 patches (larger
+than the volumes along one axis: padded; smaller along the others: sliding windows); the
+summaries carry Dice and HD95 in mm per class, the model files reload to the same metrics, and
+the export pairs KD against the baseline in Dice."""
 
 from __future__ import annotations
 
