@@ -76,7 +76,7 @@ def _decode_pixels(job, job_file: Path):
     exp = Experiment.for_job(job)
     made = [p for p in (exp.data_dir, exp.root, exp.root.parent) if not p.exists()]
     try:
-        with console.status("decoding every image (the cache `kdray run` reuses)"):
+        with console.status(f"decoding every {_samples(job)[:-1]} (the cache `kdray run` reuses)"):
             return prepare_data(job.data, exp.data_dir)
     except DataError as exc:
         for folder in made:  # innermost first; only if still empty
@@ -133,10 +133,10 @@ def validate(
     sizes = info.counts if info else {split: len(source) for split, source in sources.items()}
     counts = ", ".join(f"{split} {size}" for split, size in sizes.items())  # as decoded
     described = f"data: {job.data.kind}, {task.replace('_', '-')}, {len(classes)} "
-    described += f"{get_task(task).outputs}, {counts} images"
+    described += f"{get_task(task).outputs}, {counts} {_samples(job)}"
     for line in fitted_lines(described, console.width):
         console.print(line, highlight=False, soft_wrap=True)
-    for line in [*study_lines(job, plan), checked_line(info)]:
+    for line in [*study_lines(job, plan), checked_line(info, _samples(job))]:
         for part in fitted_lines(line, console.width):
             console.print(part, highlight=False, soft_wrap=True)
     for line in data_warnings(classes, sources):
@@ -223,8 +223,14 @@ def weights(job_file: Path, set_: SetOption = None) -> None:
         raise typer.Exit(2)
 
 
-def checked_line(info) -> str:
-    """What `validate` checked, so that "ok" promises no more than that."""
+def _samples(job) -> str:
+    """What the job's data holds: images, or volumes (spatial rank 3)."""
+    return "volumes" if job.data.spatial_rank == 3 else "images"
+
+
+def checked_line(info, samples: str = "images") -> str:
+    """What `validate` checked, so that "ok" promises no more than that (`samples`: images or
+    volumes)."""
     checked = (
         "checked: the job's fields, models, pretrained weights (present here), storage and "
         "data file lists"
@@ -236,7 +242,8 @@ def checked_line(info) -> str:
     named = info.extra.get("skipped_files", []) + info.extra.get("dropped_files", [])
     shown = "; ".join(named[:3]) + ("; ..." if len(named) > 3 else "")
     note = f", {skipped} left out (on_bad_image: skip): {shown}" if skipped else ""
-    return f"{checked}, and decoded every image{note} into {info.path} (kdray run reuses it)"
+    decoded = f"decoded every {samples[:-1]}{note} into {info.path}"
+    return f"{checked}, and {decoded} (kdray run reuses it)"
 
 
 @app.command()

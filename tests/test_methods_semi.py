@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdray.methods import UNLABELLED, Outputs, Shapes, class_weights, get_method
-from kdray.methods.mean_teacher import perturbed_view, rampup
+from kdray.methods.mean_teacher import perturbed_view, rampup, shifted
 from kdray.train.distiller import Distiller
 
 
@@ -70,12 +70,50 @@ def test_the_consistency_term_is_the_ramped_mse_of_softmax_outputs():
 
 def test_the_teachers_view_is_shifted_and_noisy_and_reproducible():
     x = torch.arange(2 * 1 * 8 * 8, dtype=torch.float32).reshape(2, 1, 8, 8)
-    shifted = perturbed_view(x, 2, 0.0, torch.Generator().manual_seed(1))
-    assert not torch.equal(shifted, x)
-    assert set(shifted.unique().tolist()) <= set(x.unique().tolist())  # whole-pixel shifts
-    a = perturbed_view(x, 2, 0.15, torch.Generator().manual_seed(3))
-    b = perturbed_view(x, 2, 0.15, torch.Generator().manual_seed(3))
+    moved, _ = perturbed_view(x, 2, 0.0, torch.Generator().manual_seed(1))
+    assert not torch.equal(moved, x)
+    assert set(moved.unique().tolist()) <= set(x.unique().tolist())  # whole-pixel shifts
+    a, _ = perturbed_view(x, 2, 0.15, torch.Generator().manual_seed(3))
+    b, _ = perturbed_view(x, 2, 0.15, torch.Generator().manual_seed(3))
     assert torch.equal(a, b)
+
+
+def test_a_volume_is_shifted_by_whole_voxels_along_each_of_its_three_axes():
+    x = torch.zeros(3, 1, 8, 10, 12)
+    x[:, 0, 4, 5, 6] = 1.0  # one bright voxel, away from the border
+    moved, shifts = perturbed_view(x, 2, 0.0, torch.Generator().manual_seed(0))
+    assert shifts.shape == (3, 3) and shifts.abs().max() <= 2 and shifts.abs().sum() > 0
+    for volume, (dw, dh, dd) in zip(moved, shifts.tolist(), strict=True):
+        assert volume.sum() == 1.0  # moved, not blurred
+        bright = (volume[0] == 1).nonzero()[0].tolist()
+        assert bright == [4 - dd, 5 - dh, 6 - dw]
+    assert torch.equal(shifted(moved, -shifts)[..., 2:-2, 2:-2, 2:-2], x[..., 2:-2, 2:-2, 2:-2])
+
+
+def test_a_segmenters_moving_average_is_compared_on_the_students_voxels():
+    """The EMA's view is shifted, its output shifted back: with a voxel-wise network and no
+    noise, it predicts exactly what it predicts on the student's view (inside the border)."""
+    torch.manual_seed(0)
+    student = nn.Conv3d(1, 3, kernel_size=1)  # voxel-wise: no context to lose
+    cls = get_method("mean_teacher")
+    assert "segmentation" in cls.tasks and 3 in cls.ranks
+    shapes = Shapes(num_classes=3, total_epochs=1, task="segmentation", rank=3)
+    method = cls(cls.Params(translate=2, noise=0.0), shapes)
+    method.bind_student(student)
+    x = torch.randn(2, 1, 16, 16, 16)
+    (taught,) = method.teach(x, student)
+    with torch.no_grad():
+        direct = student(x)
+    inside = (..., slice(2, -2), slice(2, -2), slice(2, -2))
+    assert torch.equal(taught.logits[inside], direct[inside])
+
+    view, _ = perturbed_view(x, 2, 0.0, torch.Generator().manual_seed(0))  # teach's (seed 0)
+    with torch.no_grad():
+        unaligned = method.ema.module(view)  # what the student would be compared with unshifted
+    targets = torch.randint(0, 3, (2, 16, 16, 16))
+    aligned = method(Outputs(direct), [taught], targets, epoch=10.0)["consistency"]
+    misaligned = method(Outputs(direct), [Outputs(unaligned)], targets, epoch=10.0)["consistency"]
+    assert aligned < 0.5 * misaligned  # only the reflected border differs
 
 
 def test_class_weights_by_hand():

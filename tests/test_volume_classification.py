@@ -6,6 +6,7 @@ by name (never downloaded here: a registry file is served from the test's own fo
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -64,9 +65,10 @@ def test_a_3d_classification_job_with_hinton_kd_is_valid(tmp_path):
     ("change", "says"),
     [
         ({"method": {"name": "dkd"}}, "studies.s.method: dkd is written for 2D data, and this "
-         "data is 3D; use one of ['kd']"),
+         "data is 3D; use one of ['at', 'feature_l1', 'fitnets', 'kd', 'mean_teacher']"),
         ({"method": {"name": "pixel_kd"}}, "studies.s.method: pixel_kd is defined for "
-         "segmentation data, and this data is single-label; use one of ['kd']"),
+         "segmentation data, and this data is single-label; use one of ['at', 'feature_l1', "
+         "'fitnets', 'kd', 'mean_teacher']"),
         ({"students": ["basicunet3d"]}, "studies.s.students: 'basicunet3d' is a 3D "
          "segmentation network; classification takes one of ['densenet3d', 'resnet3d']"),
         ({"students": ["resnet18"]}, "studies.s.students: 'resnet18': unknown 3D network"),
@@ -159,6 +161,10 @@ def test_classification_batches_are_whole_volumes_with_their_classes(tmp_path):
 def test_a_teacher_and_its_kd_student_train_on_volumes_without_ray(tmp_path):
     path = organ_npz(tmp_path / "organ.npz")
     raw = class_job(path, storage=str(tmp_path / "runs"), seeds=[0])
+    # and a feature student: the teacher online, its stages paired by stride, Conv3d adapters
+    raw["studies"]["l1"] = {**raw["studies"]["s"], "method": {"name": "feature_l1"}}
+    # and a mean teacher: its own moving-average teacher on shifted volumes, evaluated whole
+    raw["studies"]["mt"] = {"students": [STUDENT], "method": {"name": "mean_teacher"}}
     raw["train"] = {"epochs": 1, "batch_size": 4, "lr": 0.003, "optimizer": "adam"}
     job = parse_job(raw)
     assert job.data.patch == (16, 16, 16)  # the whole volume, read from the archive
@@ -169,10 +175,19 @@ def test_a_teacher_and_its_kd_student_train_on_volumes_without_ray(tmp_path):
     teacher_dir, teacher_summary = run_local(tmp_path, job, teacher, data)
     (student,) = [s for s in plan.stage("student") if s.method == "kd"]
     _, summary = run_local(tmp_path, job, student, data, teacher_dirs=[teacher_dir])
-    for result in (teacher_summary, summary):
+    (featured,) = [s for s in plan.stage("student") if s.method == "feature_l1"]
+    l1_dir, l1_summary = run_local(tmp_path, job, featured, data, teacher_dirs=[teacher_dir])
+    for result in (teacher_summary, summary, l1_summary):
         assert 0.0 <= result["test_acc"] <= 1.0 and 0.0 <= result["test_auroc"] <= 1.0
         assert len(result["test_report"]["confusion"]) == 3
     assert summary["params"] < teacher_summary["params"]
+    (epoch,) = [json.loads(line) for line in (l1_dir / "epochs.jsonl").read_text().splitlines()]
+    assert epoch["loss_l1"] > 0  # three stages (strides 2, 4, 8) compared through adapters
+    (averaged,) = [s for s in plan.stage("student") if s.method == "mean_teacher"]
+    mt_dir, mt_summary = run_local(tmp_path, job, averaged, data)
+    assert 0.0 <= mt_summary["ema_test_acc"] <= 1.0
+    (epoch,) = [json.loads(line) for line in (mt_dir / "epochs.jsonl").read_text().splitlines()]
+    assert epoch["loss_consistency"] > 0  # the student against its average on shifted volumes
 
 
 @pytest.fixture

@@ -1,10 +1,10 @@
 """3D segmentation end to end on a local Ray grid (the one Ray test of volumes, kept tiny): a
 Decathlon-layout NIfTI folder made here (LPS, 0.8 x 0.8 x 2.5 mm, an organ and a lesion class,
-20 x 24 x 8 voxels) trains a 3D U-Net teacher, its student's no-KD baseline and a voxel-wise KD
-student on 16^3 patches (larger than the volumes along one axis: padded; smaller along the
-others: sliding windows); the summaries carry Dice and HD95 in mm per class, the model files
-reload to the same metrics, and the export pairs KD against the baseline in Dice and draws the
-test volumes' three views."""
+20 x 24 x 8 voxels) trains a 3D U-Net teacher, its student's no-KD baseline, a voxel-wise KD
+student and an all-stage L1 student (the teacher's 3D stages online) on 16^3 patches (larger
+than the volumes along one axis: padded; smaller along the others: sliding windows); the
+summaries carry Dice and HD95 in mm per class, the model files reload to the same metrics, and
+the export pairs KD against the baseline in Dice and draws the test volumes' three views."""
 
 from __future__ import annotations
 
@@ -38,20 +38,24 @@ def test_a_decathlon_grid_reports_dice_and_hd95_in_mm_per_class(tmp_path):
                      "window": [40, 400], "split_by": {"valid": 0.25, "test": 0.25}},
             "train": {"epochs": 2, "batch_size": 2, "lr": 0.01, "eval_batch_size": 4},
             "studies": {"voxel": {"teachers": [TEACHER], "students": [STUDENT],
-                                  "method": {"name": "pixel_kd"}}},
+                                  "method": {"name": "pixel_kd"}},
+                        "l1": {"teachers": [TEACHER], "students": [STUDENT],
+                               "method": {"name": "feature_l1"}}},
             "resources": {"max_concurrent_trials": 2},
         }
     )  # fmt: skip
     exp, report = run_grid(job)
     assert report.ok, report.failed
     trials = pd.read_parquet(exp.results_dir / "trials.parquet")
-    assert len(trials) == 3 and set(trials.status) == {"finished"}
+    assert len(trials) == 4 and set(trials.status) == {"finished"}
     assert set(trials.primary_metric) == {"dice"} and (trials.test_score == trials.test_dice).all()
     assert trials.test_hd95.notna().all()
     for rows in trials.test_per_class_dice:  # per class, HD95 in mm
         assert [r["class"] for r in rows] == ["organ", "lesion"]
         assert all(r["hd95"] is None or r["hd95"] >= 0 for r in rows)
-    assert trials.set_index("method").loc["pixel_kd", "teacher_outputs"] == "cached"
+    by_method = trials.set_index("method")
+    assert by_method.loc["pixel_kd", "teacher_outputs"] == "cached"
+    assert by_method.loc["feature_l1", "teacher_outputs"] == "online"  # the teacher's 3D stages
 
     # the teacher's model file reloads as a 3D network and scores its summary at the mm spacing
     data = prepare_data(job.data, exp.data_dir)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from kdray.data.volume_base import PatchAugment
 from kdray.data.volume_cache import load_volumes
@@ -15,7 +16,7 @@ from kdray.methods import METHODS, Outputs, Shapes
 from kdray.spec.base import JobError
 from kdray.spec.checks import model_problems
 from kdray.spec.job import Job
-from kdray.tasks import UNLABELLED
+from kdray.tasks import UNLABELLED, get_task
 from kdray.train.patches import VolumeBatches, draw_patch
 
 TEACHER, STUDENT = "basicunet3d", "basicunet3d-f4.4.8.16.32.4"
@@ -40,17 +41,55 @@ def problems_of(raw: dict) -> list[str]:
         return exc.problems
 
 
-def test_a_volume_job_with_3d_segmenters_and_a_3d_method_is_valid():
-    assert problems_of(volume_job()) == []
+@pytest.mark.parametrize("method", ["pixel_kd", "cwd", "feature_l1", "at"])
+def test_a_volume_job_with_3d_segmenters_and_a_3d_method_is_valid(method):
+    raw = volume_job()
+    raw["studies"]["s"]["method"] = {"name": method}
+    assert problems_of(raw) == []
+
+
+def test_mean_teacher_on_volumes_is_valid_without_a_teacher_run():
+    raw = volume_job()
+    raw["studies"]["s"] = {"students": [STUDENT], "method": {"name": "mean_teacher"}}
+    assert problems_of(raw) == []
+
+
+def test_kdray_validate_accepts_the_3d_feature_methods_and_counts_volumes(tmp_path):
+    from tests.test_bad_inputs import cli
+
+    raw = volume_job(storage=str(tmp_path / "runs"), seeds=[0])
+    raw["data"] = {"kind": "synthetic_volumes", "shape": [32, 32, 16], "patch": [32, 32, 16],
+                   "train_size": 2, "valid_size": 1, "test_size": 1}  # fmt: skip
+    pair = {"teachers": [TEACHER], "students": [STUDENT]}
+    raw["studies"] = {
+        "l1": {**pair, "method": {"name": "feature_l1"}},
+        "at": {**pair, "method": {"name": "at"}},
+        "mt": {"students": [STUDENT], "method": {"name": "mean_teacher"}},
+    }
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(raw))
+    refused = cli("validate", tmp_path / "job.yaml", env={"COLUMNS": "200"})
+    assert refused.exit_code == 2
+    assert "train.batch_size: 16 is larger than the training split (2 volumes)" in refused.output
+    raw["train"] = {"batch_size": 2}
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(raw))
+    result = cli("validate", tmp_path / "job.yaml", env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "train 2, valid 1, test 1 volumes" in result.output
+    assert "decoded every volume into" in result.output and "image" not in result.output
+
+
+def test_the_training_masks_line_counts_volumes_and_voxels():
+    masks = [np.zeros((4, 4, 2), np.int8), np.ones((2, 4, 4), np.int8)]  # shapes of their own
+    line = get_task("segmentation").count_line(masks, ["background", "organ"])
+    assert line == "volumes with: organ 1 (of 2); voxels: background 50.0%, organ 50.0%"
 
 
 @pytest.mark.parametrize(
     ("change", "says"),
     [
-        ({"method": {"name": "at"}}, "studies.s.method: at is written for 2D data, and this "
-         "data is 3D; use one of ['cwd', 'pixel_kd']"),
         ({"method": {"name": "kd"}}, "studies.s.method: kd is defined for single-label or "
-         "multi-label data, and this data is segmentation; use one of ['cwd', 'pixel_kd']"),
+         "multi-label data, and this data is segmentation; use one of ['at', 'cwd', "
+         "'feature_l1', 'mean_teacher', 'pixel_kd']"),
         ({"students": ["unet-resnet18"]}, "studies.s.students: 'unet-resnet18': unknown 3D "
          "network 'unet'"),
         ({"students": ["densenet3d"]}, "studies.s.students: 'densenet3d' is a 3D "

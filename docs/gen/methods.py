@@ -60,18 +60,22 @@ def _tasks(method) -> str:
     return ", ".join(t.replace("_", "-") for t in method.tasks)
 
 
+def _ranks(method) -> str:
+    return ", ".join(f"{rank}D" for rank in method.ranks)
+
+
 def summary_table(link_prefix: str = "") -> str:
     """One row per method: its name (a link to its section), what it is, what it needs, its
-    tasks, its parameters and their defaults."""
+    tasks and spatial ranks (2D images, 3D volumes), its parameters and their defaults."""
     lines = [
-        "| method | what (paper) | needs from a teacher | tasks | parameters (defaults) |",
-        "|---|---|---|---|---|",
+        "| method | what (paper) | needs from a teacher | tasks | data | parameters (defaults) |",
+        "|---|---|---|---|---|---|",
     ]
     for method in _methods():
         lines.append(
             f"| [`{method.name}`]({link_prefix}#{slug(method.name)}) | "
             f"{cell(short_title(method))} | {method.needs} | "
-            f"{cell(_tasks(method))} | {cell(_params_in_words(method))} |"
+            f"{cell(_tasks(method))} | {_ranks(method)} | {cell(_params_in_words(method))} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -94,6 +98,7 @@ def reference() -> str:
             "|---|---|",
             f"| needs from a teacher | {NEEDS[method.needs]} |",
             f"| tasks | {_tasks(method)} |",
+            f"| data (spatial rank) | {_ranks(method)} |",
             f"| several teachers (an ensemble) | {'yes' if method.allows_ensemble else 'no'} |",
             f"| trains on unlabelled images | {'yes' if method.uses_unlabelled else 'no'} |",
             f"| unset parameters taken from `distill` | {distilled} |",

@@ -36,7 +36,8 @@ class ATParams(MethodParams):
 
 
 def attention(feature: torch.Tensor, p: float) -> torch.Tensor:
-    """(N, H*W): the mean over channels of |f|^p, flattened and L2-normalised per sample."""
+    """(N, positions): the mean over channels of |f|^p, flattened (H*W, or a volume's D*H*W)
+    and L2-normalised per sample."""
     return F.normalize(feature.float().abs().pow(p).mean(dim=1).flatten(1), dim=1)
 
 
@@ -46,6 +47,7 @@ class AttentionTransfer(Method):
     needs = "features"
     allows_ensemble = False
     tasks = ("single_label", "multi_label", "segmentation")
+    ranks = (2, 3)  # attention over every spatial position: a volume's voxels too
 
     @classmethod
     def feature_stages(cls, params: ATParams, num_stages: int, parts=()) -> list[int]:

@@ -69,7 +69,7 @@ class Outputs:
 @dataclass(frozen=True)
 class Shapes:
     """What a method may size its adapters and weights by: classes, each network's stage
-    channels, and the labelled training images per class."""
+    channels, the labelled training images per class, and the data's spatial rank."""
 
     num_classes: int
     total_epochs: int
@@ -78,6 +78,7 @@ class Shapes:
     class_counts: tuple[int, ...] = ()  # positives per label for a multi-label task
     seed: int = 0
     task: str = DEFAULT_TASK  # kdray.tasks: what a target and an output are
+    rank: int = 2  # spatial axes of the inputs and stage maps: 2 images, 3 volumes
 
 
 class Method(nn.Module, ABC):
@@ -107,10 +108,10 @@ class Method(nn.Module, ABC):
     def feature_stages(
         cls, params: MethodParams, num_stages: int, parts: tuple[str, ...] = ()
     ) -> list[int]:
-        """Which of the `num_stages` aligned stage pairs the method compares. Classifiers'
-        stages (timm `feature_info` order) are aligned from the deepest; a segmenter's pair
-        by part and input stride, and `parts` says each pair's part (`encoder`, `decoder`;
-        `stage` for a classifier's)."""
+        """Which of the `num_stages` aligned stage pairs the method compares. 2D classifiers'
+        stages (timm `feature_info` order) are aligned from the deepest; a segmenter's and a
+        3D network's pair by part and input stride, and `parts` says each pair's part
+        (`encoder`, `decoder`; `stage` for a classifier's)."""
         return []
 
     @classmethod

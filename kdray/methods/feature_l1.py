@@ -39,6 +39,7 @@ class FeatureL1(Method):
     needs = "features"
     allows_ensemble = False
     tasks = ("single_label", "multi_label", "segmentation")
+    ranks = (2, 3)  # 3D: Conv3d adapters, volumes pooled per axis
 
     def __init__(self, params: FeatureL1Params, shapes: Shapes):
         super().__init__(params, shapes)

@@ -1,7 +1,7 @@
 """Helpers shared by the feature methods (FitNets, AT, feature L1); registers no method.
 
-The worker aligns student and teacher stages (a classifier's from the deepest one, a
-segmenter's by part and input stride: `kdray.train.distiller.aligned_pairs`;
+The worker aligns student and teacher stages (a 2D classifier's from the deepest one, a
+segmenter's and every 3D network's by part and input stride: `kdray.train.distiller.aligned_pairs`;
 `Method.feature_stages` receives the number `n` of aligned pairs and each pair's part) and hands
 a method exactly the chosen stages' maps, in the order it chose them. These helpers resolve
 those choices, build the student-side adapters and bring a student/teacher pair to one spatial
@@ -57,25 +57,28 @@ def stage_channels(name: str, shapes: Shapes) -> list[tuple[int, int]]:
     return list(zip(student, teacher, strict=True))
 
 
-def adapter(student_channels: int, teacher_channels: int) -> nn.Sequential:
-    """A learned 1x1 convolution (no bias) and batch norm: student channels to the teacher's."""
+def adapter(student_channels: int, teacher_channels: int, rank: int = 2) -> nn.Sequential:
+    """A learned 1x1 convolution (no bias) and batch norm: student channels to the teacher's,
+    over `rank` spatial axes (2: images, 3: volumes)."""
+    conv, norm = (nn.Conv3d, nn.BatchNorm3d) if rank == 3 else (nn.Conv2d, nn.BatchNorm2d)
     return nn.Sequential(
-        nn.Conv2d(student_channels, teacher_channels, kernel_size=1, bias=False),
-        nn.BatchNorm2d(teacher_channels),
+        conv(student_channels, teacher_channels, kernel_size=1, bias=False),
+        norm(teacher_channels),
     )
 
 
 def adapters(name: str, shapes: Shapes) -> nn.ModuleList:
     """One adapter per chosen stage, in the order the stages were chosen."""
-    return nn.ModuleList(adapter(s, t) for s, t in stage_channels(name, shapes))
+    return nn.ModuleList(adapter(s, t, shapes.rank) for s, t in stage_channels(name, shapes))
 
 
 def same_size(student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Average-pool the larger of two (N, C, H, W) maps to the smaller's height and width
-    (per dimension, so neither map is ever upsampled)."""
-    size = (min(student.shape[-2], teacher.shape[-2]), min(student.shape[-1], teacher.shape[-1]))
-    if tuple(student.shape[-2:]) != size:
-        student = F.adaptive_avg_pool2d(student, size)
-    if tuple(teacher.shape[-2:]) != size:
-        teacher = F.adaptive_avg_pool2d(teacher, size)
+    """Average-pool the larger of two (N, C, *spatial) maps (images or volumes) to the smaller's
+    spatial size, per axis, so neither map is ever upsampled."""
+    size = tuple(min(s, t) for s, t in zip(student.shape[2:], teacher.shape[2:], strict=True))
+    pool = F.adaptive_avg_pool3d if len(size) == 3 else F.adaptive_avg_pool2d
+    if tuple(student.shape[2:]) != size:
+        student = pool(student, size)
+    if tuple(teacher.shape[2:]) != size:
+        teacher = pool(teacher, size)
     return student, teacher

@@ -35,6 +35,7 @@ class FitNets(Method):
     needs = "features"
     allows_ensemble = False
     tasks = ("single_label", "multi_label")
+    ranks = (2, 3)  # 3D: a Conv3d adapter, volumes pooled per axis
 
     def __init__(self, params: FitNetsParams, shapes: Shapes):
         super().__init__(params, shapes)

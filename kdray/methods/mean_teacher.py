@@ -14,6 +14,12 @@ weighed it 100 on CIFAR-10 (10 classes, long schedules); on BreastMNIST (2 class
 100 drove every run to the majority class (balanced accuracy 0.5) and 10 cost accuracy, while 1
 beat the no-KD baseline: hence the default 1.
 
+Segmentation (per-pixel softmax; UA-MT's setting on volumes, Yu et al., MICCAI 2019) and
+volumes take the same loss: the EMA's view is shifted per spatial axis (a volume's three), and
+a segmenter's EMA output is shifted back by the same whole pixels before the MSE, so each
+pixel's consistency compares predictions for the same pixel (within `translate` of the border
+the shifted-back output is the reflection's).
+
 The EMA's weights and step count are part of the method's state, so checkpoints hold them and a
 resumed run restores them; the EMA model is evaluated at the end beside the student
 (`ema_*` metrics). The deployable `model.pt` is the student.
@@ -53,22 +59,32 @@ def rampup(epoch: float, rampup_epochs: float) -> float:
     return math.exp(-5.0 * (1.0 - t) ** 2)
 
 
-def perturbed_view(x: torch.Tensor, translate: int, noise: float, generator) -> torch.Tensor:
-    """`x` with each image shifted by whole pixels in [-translate, translate] (reflected at
-    the border) and Gaussian noise added."""
+def shifted(x: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """Each image (N, C, H, W) or volume (N, C, D, H, W) of `x` moved by whole pixels or voxels,
+    `shifts[:, i]` along the i-th spatial axis counted from the last, reflected at the border."""
+    n, rank = shifts.shape
+    sizes = torch.tensor(x.shape[2:][::-1], device=x.device)  # width, height[, depth]
+    theta = torch.zeros(n, rank, rank + 1, device=x.device, dtype=x.dtype)
+    theta[:, range(rank), range(rank)] = 1
+    theta[:, :, rank] = shifts.to(x.dtype) * 2 / sizes
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="nearest", padding_mode="reflection", align_corners=False)
+
+
+def perturbed_view(
+    x: torch.Tensor, translate: int, noise: float, generator
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`x` with each image or volume shifted by whole pixels in [-translate, translate] per
+    spatial axis (`shifted`) and Gaussian noise added; and the shifts (None without)."""
+    shifts = None
     if translate:
-        n, _, height, width = x.shape
-        shifts = torch.randint(-translate, translate + 1, (n, 2), generator=generator,
-                               device=x.device).to(x.dtype)  # fmt: skip
-        theta = torch.zeros(n, 2, 3, device=x.device, dtype=x.dtype)
-        theta[:, 0, 0] = theta[:, 1, 1] = 1
-        theta[:, 0, 2] = shifts[:, 0] * 2 / width
-        theta[:, 1, 2] = shifts[:, 1] * 2 / height
-        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-        x = F.grid_sample(x, grid, mode="nearest", padding_mode="reflection", align_corners=False)
+        size = (len(x), x.dim() - 2)
+        shifts = torch.randint(-translate, translate + 1, size, generator=generator,
+                               device=x.device)  # fmt: skip
+        x = shifted(x, shifts)
     if noise:
         x = x + noise * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    return x
+    return x, shifts
 
 
 @register
@@ -76,7 +92,8 @@ class MeanTeacher(Method):
     Params = MeanTeacherParams
     needs = "none"
     uses_unlabelled = True
-    tasks = ("single_label", "multi_label")  # MSE of the task's probabilities
+    tasks = ("single_label", "multi_label", "segmentation")  # MSE of the task's probabilities
+    ranks = (2, 3)  # the EMA's view shifted per axis: a volume's three too
 
     def __init__(self, params: MeanTeacherParams, shapes):
         super().__init__(params, shapes)
@@ -93,9 +110,12 @@ class MeanTeacher(Method):
     def teach(self, x: torch.Tensor, student: nn.Module) -> list[Outputs]:
         generator = torch.Generator(device=x.device)
         generator.manual_seed(self.shapes.seed * 1_000_003 + int(self.steps))
-        view = perturbed_view(x, self.params.translate, self.params.noise, generator)
+        view, shifts = perturbed_view(x, self.params.translate, self.params.noise, generator)
         self.ema.module.eval()  # the moving averages of the student's batch-norm statistics
-        return [Outputs(self.ema.module(view))]
+        logits = self.ema.module(view)
+        if shifts is not None and self.task.pixel_targets:  # back onto the student's pixels
+            logits = shifted(logits, -shifts)
+        return [Outputs(logits)]
 
     @torch.no_grad()
     def after_step(self, student: nn.Module, epoch: float) -> None:

@@ -16,10 +16,11 @@ def batch_problems(job: Job, train_labels: np.ndarray | None, train_images: int 
     images = len(train_labels) if train_labels is not None else train_images
     per_worker = images // workers
     where = f" per worker ({workers} workers)" if workers > 1 else ""
+    samples = "volumes" if job.data.spatial_rank == 3 else "images"
     if job.train.batch_size > per_worker:
         return [
             f"train.batch_size: {job.train.batch_size} is larger than the training split "
-            f"({images} images{where}); lower it to at most {max(per_worker, 1)}"
+            f"({images} {samples}{where}); lower it to at most {max(per_worker, 1)}"
         ]
     budgets = [b for b in job.label_budgets() if b]
     if not budgets or train_labels is None:

@@ -111,7 +111,9 @@ class Segmentation(Task):
             for c, n in enumerate(names)
             if c
         )
-        return f"images with: {images} (of {len(targets)}); pixels: {share}"
+        volumes = any(np.ndim(t) == 3 for t in targets)
+        samples, elements = ("volumes", "voxels") if volumes else ("images", "pixels")
+        return f"{samples} with: {images} (of {len(targets)}); {elements}: {share}"
 
     def no_skill(self, targets, names):
         return 0.0, f"predicting {names[0]} everywhere"

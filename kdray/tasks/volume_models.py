@@ -96,36 +96,45 @@ def _check_counts(name: str, parsed: VolumeModelName) -> None:
 
 def create_volume_model(name: str, num_classes: int, channels: int = 1) -> nn.Module:
     """The 3D network `name` for `channels`-channel volumes and `num_classes` outputs (one per
-    class, background included, for a segmenter)."""
-    from monai.networks import nets
+    class, background included, for a segmenter), with its stages tapped for the feature
+    methods (`kdray.tasks.volume_taps`)."""
+    from kdray.tasks import volume_taps as t
 
     n = parse_volume_model(name)
     common = {"spatial_dims": 3, "in_channels": channels, "out_channels": num_classes}
     if n.network == "basicunet3d":
-        return nets.BasicUNet(**common, features=n.ints("f", (32, 32, 64, 128, 256, 32)))
+        features = n.ints("f", (32, 32, 64, 128, 256, 32))
+        return t.tapped(t.BasicUNet3d(**common, features=features), t.basicunet_taps(features))
     if n.network == "unet3d":
         widths = n.ints("c", (16, 32, 64, 128, 256))
         strides = n.ints("s", (2,) * (len(widths) - 1))
         units = n.ints("r", (2,))[0]
-        return nets.UNet(**common, channels=widths, strides=strides, num_res_units=units)
+        net = t.UNet3d(**common, channels=widths, strides=strides, num_res_units=units)
+        return t.tapped(net, t.unet_taps(widths, strides))
     if n.network == "segresnet3d":
         filters, blocks = n.ints("f", (8,))[0], n.ints("b", (1, 2, 2, 4))
         norm = ("GROUP", {"num_groups": math.gcd(8, filters)})
-        return nets.SegResNet(**common, init_filters=filters, blocks_down=blocks,
-                              blocks_up=(1,) * (len(blocks) - 1), norm=norm)  # fmt: skip
+        net = t.SegResNet3d(**common, init_filters=filters, blocks_down=blocks,
+                            blocks_up=(1,) * (len(blocks) - 1), norm=norm)  # fmt: skip
+        return t.tapped(net, t.segresnet_taps(filters, blocks))
     if n.network == "dynunet3d":
         widths = n.ints("f", (32, 64, 128, 256, 320))
         strides = [1] + [2] * (len(widths) - 1)
-        return nets.DynUNet(**common, kernel_size=[3] * len(widths), strides=strides,
-                            upsample_kernel_size=strides[1:], filters=widths)  # fmt: skip
+        net = t.DynUNet3d(**common, kernel_size=[3] * len(widths), strides=strides,
+                          upsample_kernel_size=strides[1:], filters=widths)  # fmt: skip
+        return t.tapped(net, t.dynunet_taps(widths))
     if n.network == "densenet3d":
-        return nets.DenseNet(**common, init_features=n.ints("f", (64,))[0],
-                             growth_rate=n.ints("g", (32,))[0],
-                             block_config=n.ints("b", (6, 12, 24, 16)))  # fmt: skip
+        init, growth = n.ints("f", (64,))[0], n.ints("g", (32,))[0]
+        blocks = n.ints("b", (6, 12, 24, 16))
+        net = t.DenseNet3d(**common, init_features=init, growth_rate=growth,
+                           block_config=blocks)  # fmt: skip
+        return t.tapped(net, t.densenet_taps(init, growth, blocks))
     depth = n.ints("d", (18,))[0]
     widen = float(n.parts.get("w", (1.0,))[0])
-    return getattr(nets, f"resnet{depth}")(spatial_dims=3, n_input_channels=channels,
-                                           num_classes=num_classes, widen_factor=widen)  # fmt: skip
+    block, layers = t.resnet_params[f"resnet{depth}"][:2]  # what monai's resnet<depth>() builds
+    net = t.ResNet3d(block, layers, t.get_inplanes(), spatial_dims=3, n_input_channels=channels,
+                     num_classes=num_classes, widen_factor=widen)  # fmt: skip
+    return t.tapped(net, t.resnet_taps(depth, widen))
 
 
 def volume_model_problem(name: str, patch: tuple[int, ...], task: str) -> str | None:

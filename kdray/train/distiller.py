@@ -34,9 +34,9 @@ def stage_channels(model: nn.Module) -> list[int]:
 def aligned_pairs(student: nn.Module, teacher: nn.Module) -> list[tuple[int, int, str]]:
     """(student stage, teacher stage, part) of each aligned stage pair, in the student's order.
     Stages that name their `part` and `level` (a segmenter's encoder and decoder stages, at
-    input stride 2^level: `kdray.tasks.segmenters`) pair with the teacher's stage of the same
-    part and level; others (timm classifiers) are aligned from the deepest stage (the last
-    n = min of the two counts)."""
+    input stride 2^level: `kdray.tasks.segmenters`; a 3D network's: `kdray.tasks.volume_taps`)
+    pair with the teacher's stage of the same part and level; others (timm classifiers) are
+    aligned from the deepest stage (the last n = min of the two counts)."""
     s_info, t_info = list(student.feature_info), list(teacher.feature_info)
     if all("part" in x and "level" in x for x in s_info + t_info):
         where = {(t["part"], t["level"]): j for j, t in enumerate(t_info)}

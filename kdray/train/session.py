@@ -229,7 +229,7 @@ def _distiller(
         teacher_channels = (tuple(stage_channels(teacher)[i] for i in teacher_stages),)
     shapes = Shapes(
         info.num_classes, job.train.epochs, student_channels, teacher_channels, counts, spec.seed,
-        task.name,
+        task.name, job.data.spatial_rank,
     )  # fmt: skip
     return Distiller(student, method_cls(params, shapes), student_stages, task)
 
