@@ -19,6 +19,7 @@ from kdray.data import (
     medmnist,
     medmnist3d,
     mura,
+    nifti_csv,
     phantoms,
     synthetic,
     synthetic_ultrasound,
@@ -47,6 +48,7 @@ DATA_KINDS: dict[str, ModuleType] = {
     "synthetic_volumes": phantoms,
     "decathlon": decathlon,
     "medmnist3d": medmnist3d,
+    "nifti_csv": nifti_csv,
 }
 
 
