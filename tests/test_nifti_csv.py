@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from kdray.data import DataError
 from kdray.data.nifti_csv import Config
@@ -144,3 +145,93 @@ def test_a_csv_without_the_label_column_is_named(tmp_path):
         f"{csv} line 1: header ['path', 'diagnosis', 'group'] lacks ['label']; expected columns "
         "path,label[,split,group]"
     ]
+
+
+# --- multi-label volumes --------------------------------------------------------------------
+
+LABELS = ("mass", "calcification")
+
+
+def findings(index: int) -> tuple[int, int]:
+    """Each finding present in about half the volumes, independently of the other."""
+    return index % 2, (index // 2) % 2
+
+
+def multi_label_csv(folder: Path, rows: int = 16) -> Path:
+    """Volumes with a bright cube in one corner per finding present; row 1's second cell is
+    uncertain (-1) and row 2's is empty (absent)."""
+    lines = ["path,mass,calcification,group"]
+    for i in range(rows):
+        mass, calcification = findings(i)
+        rng = np.random.default_rng(i)
+        image = rng.normal(0, 20, SHAPE)
+        if mass:
+            image[0:5, 0:5, 0:3] += 300
+        if calcification:
+            image[7:12, 5:10, 3:6] += 300
+        save_nifti(folder / "volumes" / f"m{i:02d}.nii.gz", image.astype(np.int16))
+        cells = {1: "-1", 2: ""}.get(i, str(calcification))
+        lines.append(f"volumes/m{i:02d}.nii.gz,{mass},{cells},patient{i // 2}")
+    path = folder / "findings.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_a_multi_label_csv_caches_a_row_of_labels_per_volume(tmp_path):
+    from kdray.train.patches import VolumeBatches
+
+    cfg = config(multi_label_csv(tmp_path), label_columns=list(LABELS))
+    info = prepare_volumes(cfg, tmp_path / "cache")
+    assert info.task == "multi_label" and info.classes == list(LABELS)
+    rows = {}
+    for split in ("train", "valid", "test"):
+        volumes = load_volumes(info.path, split)
+        assert volumes.labels.shape == (len(volumes), 2)
+        for i in range(len(volumes)):
+            name = Path(volumes.entries[i]["source"].split(" (")[0]).name
+            rows[int(name[1:3])] = volumes[i].label.tolist()
+    expected = {i: list(findings(i)) for i in range(16)} | {1: [1, -1], 2: [0, 0]}
+    assert rows == expected  # uncertain: unknown (-1, `ignore`); empty: absent
+    volumes = load_volumes(info.path, "train")
+    x, y, indices = next(iter(VolumeBatches(volumes, (12, 10, 6), 0.5, True, 2, 0).epoch(0)))
+    assert x.shape == (2, 1, 12, 10, 6) and y.dtype == torch.int64
+    assert y.tolist() == volumes.labels[indices.numpy()].tolist()
+
+
+def test_a_bad_multi_label_cell_is_one_line_naming_the_row(tmp_path):
+    csv = multi_label_csv(tmp_path, rows=6)
+    csv.write_text(csv.read_text().replace("m03.nii.gz,1,1,", "m03.nii.gz,1,maybe,"))
+    with pytest.raises(DataError) as caught:
+        open_volume_sources(config(csv, label_columns=list(LABELS)))
+    assert caught.value.problems == [
+        f"{csv} line 5: column 'calcification' holds 'maybe'; a label cell is 1, 0, empty or -1 "
+        "(uncertain)"
+    ]
+
+
+def test_multi_label_volumes_train_a_teacher_and_its_kd_student_without_ray(tmp_path):
+    from kdray.data import prepare_data
+    from kdray.spec.load import parse_job
+    from kdray.spec.plan import make_plan
+    from tests.test_worker import run_local
+
+    csv = multi_label_csv(tmp_path, rows=16)
+    teacher, student = "resnet3d-d10-w0.25", "densenet3d-f4-g4-b1.1"
+    job = parse_job({
+        "name": "ml3d", "storage": str(tmp_path / "runs"), "seeds": [0],
+        "data": {"kind": "nifti_csv", "csv": str(csv), "label_columns": list(LABELS),
+                 "patch": [12, 12, 8], "split_by": {"valid": 0.25, "test": 0.25}},
+        "train": {"epochs": 1, "batch_size": 4, "lr": 0.003, "optimizer": "adam"},
+        "studies": {"s": {"teachers": [teacher], "students": [student],
+                          "method": {"name": "kd"}}},
+    })  # fmt: skip
+    data = prepare_data(job.data, tmp_path / "data")
+    assert (data.rank, data.task, data.num_classes) == (3, "multi_label", 2)
+    plan = make_plan(job)
+    (teacher_run,) = plan.stage("teacher")
+    teacher_dir, teacher_summary = run_local(tmp_path, job, teacher_run, data)
+    (kd_run,) = [s for s in plan.stage("student") if s.method == "kd"]
+    _, summary = run_local(tmp_path, job, kd_run, data, teacher_dirs=[teacher_dir])
+    for result in (teacher_summary, summary):
+        assert result["status"] == "finished" and 0.0 <= result["test_auroc"] <= 1.0
+    assert summary["params"] < teacher_summary["params"]

@@ -1,14 +1,18 @@
 """A CSV of NIfTI volumes with labels as a volume data kind of classification:
-`data: {kind: nifti_csv, csv: volumes.csv}`.
+`data: {kind: nifti_csv, csv: volumes.csv}`, or with `label_columns` multi-label.
 
 The CSV is the 2D `folder` kind's (`kdray.data.folder`, read by its own functions): a header
 `path,label[,split,group]`, paths relative to the CSV's folder (or `image_root`), labels class
 names (or indices 0..K-1 of `classes`); splits the CSV does not use are carved off train by
 group where there is a group column (one patient's volumes never in two splits), else by file,
-stratified by class. Each volume is one sample, read with `kdray.data.nifti` (RAS+, spacing from
-the header), prepared like every volume kind (`kdray.data.volume_prep`: resampled, resized,
-windowed, normalised) and trained and predicted whole: `patch` (default `size` where volumes
-are resized) is the classifier's input, each volume centre-cropped or padded to it.
+stratified by class. With `label_columns` (multi-label) the CSV has `path`, one column per
+label (1, 0, empty, or -1 uncertain, resolved by `uncertain`: `kdray.data.label_columns`) and
+optionally `split` and `group`; its carved splits are not stratified.
+
+Each volume is one sample, read with `kdray.data.nifti` (RAS+, spacing from the header),
+prepared like every volume kind (`kdray.data.volume_prep`: resampled, resized, windowed,
+normalised) and trained and predicted whole: `patch` (default `size` where volumes are resized)
+is the classifier's input, each volume centre-cropped or padded to it.
 
 Every header is read before any voxel is decoded: a missing file, an unreadable NIfTI and a 4D
 volume are one line each naming the file and the CSV row, as is a label outside the classes.
@@ -18,8 +22,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
+import numpy as np
 from pydantic import Field, model_validator
 
 from kdray.data.base import DataError, DistinctNames
@@ -55,9 +60,14 @@ class Config(VolumeConfigBase):
         default_factory=SplitFractions, description="the splits carved off train when missing"
     )
     split_seed: int = Field(0, description="seeds the carving of valid/test")
-
-    # read_csv's multi-label switch: this kind reads one label column
-    label_columns: ClassVar[None] = None
+    label_columns: DistinctNames | None = Field(
+        None,
+        min_length=1,
+        description="multi-label: the CSV's columns holding one label each (1, 0, empty, -1)",
+    )
+    uncertain: Literal["ignore", "zeros", "ones"] = Field(
+        "ignore", description="multi-label: what an uncertain label (-1) becomes"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -67,8 +77,14 @@ class Config(VolumeConfigBase):
             return {**data, "patch": data["size"]}
         return data
 
+    @model_validator(mode="after")
+    def _labels_or_classes(self) -> Config:
+        if self.label_columns is not None and self.classes is not None:
+            raise ValueError("a multi-label CSV's labels are its label_columns; drop classes")
+        return self
+
     def declared_task(self) -> str | None:
-        return "single_label"
+        return "multi_label" if self.label_columns is not None else "single_label"
 
 
 @dataclass
@@ -76,7 +92,7 @@ class NiftiCsvSource:
     """One split of the CSV's volumes, decoded and prepared one at a time."""
 
     items: list[Item]
-    labels: list[int]
+    labels: list[int | np.ndarray]  # class indices, or multi-label rows
     cfg: Config
     masks: bool = False
     warnings: list[str] = field(default_factory=list)  # train only: for `validate`
@@ -108,10 +124,14 @@ def open_sources(cfg: Config) -> tuple[list[str], dict[str, NiftiCsvSource]]:
                  for line in missing]  # fmt: skip
     items, conflicts, warnings = checked_rows(items, csv_path)
     problems += conflicts + [p for item in items if (p := _header_problem(item))]
-    classes = list(cfg.classes) if cfg.classes else natural_sorted({i.label for i in items})
-    labels = [_class_index(item, classes, problems) for item in items]
+    if cfg.label_columns is not None:
+        classes = list(cfg.label_columns)
+        labels = [np.asarray(item.label, dtype=np.int64) for item in items]
+    else:
+        classes = list(cfg.classes) if cfg.classes else natural_sorted({i.label for i in items})
+        labels = [_class_index(item, classes, problems) for item in items]
     raise_problems(problems)
-    if len(classes) < 2:
+    if len(classes) < 2 and cfg.label_columns is None:
         raise DataError([f"{csv_path}: {len(classes)} class(es) {classes}; need at least 2"])
     splits = assign_splits(items, cfg.split_by, cfg.split_seed)
     warnings += group_share_warnings(items, splits, cfg)
