@@ -49,7 +49,10 @@ class Config(VolumeConfigBase):
     """`data: {kind: nifti_csv, csv: ...}`: NIfTI volumes listed in a CSV with their labels."""
 
     kind: Literal["nifti_csv"] = "nifti_csv"
-    csv: Path = Field(description="a CSV with columns path,label[,split,group]")
+    csv: Path = Field(
+        description="a CSV with columns path,label[,split,group], or path,<label_columns>"
+        "[,split,group] (multi-label)"
+    )
     classes: DistinctNames | None = Field(
         None, min_length=2, description="class names in label order (default: sorted labels)"
     )
@@ -95,7 +98,9 @@ class NiftiCsvSource:
     labels: list[int | np.ndarray]  # class indices, or multi-label rows
     cfg: Config
     masks: bool = False
-    warnings: list[str] = field(default_factory=list)  # train only: for `validate`
+    # train only: what the CSV let pass (rows repeated alike, blank groups, group shares); the
+    # volume cache does not show them yet
+    warnings: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.items)
