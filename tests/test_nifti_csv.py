@@ -235,3 +235,23 @@ def test_multi_label_volumes_train_a_teacher_and_its_kd_student_without_ray(tmp_
     for result in (teacher_summary, summary):
         assert result["status"] == "finished" and 0.0 <= result["test_auroc"] <= 1.0
     assert summary["params"] < teacher_summary["params"]
+
+
+def test_validate_accepts_a_nifti_csv_job_and_refuses_a_4d_volume_in_one_line(tmp_path):
+    from tests.test_bad_inputs import cli, refused, write_job
+
+    csv = nifti_csv(tmp_path)
+    job = write_job(tmp_path, {
+        "name": "nc", "storage": str(tmp_path / "runs"),
+        "data": {"kind": "nifti_csv", "csv": str(csv), "size": [12, 12, 8],
+                 "split_by": {"valid": 0.25, "test": 0.25}},
+        "train": {"batch_size": 4},
+        "studies": {"s": {"teachers": ["resnet3d-d10-w0.25"],
+                          "students": ["densenet3d-f4-g4-b1.1"], "method": {"name": "kd"}}},
+    })  # fmt: skip
+    accepted = cli("validate", job)
+    assert accepted.exit_code == 0, accepted.output
+    image = volume(3, 1)
+    save_nifti(tmp_path / "volumes" / "v03.nii.gz", np.stack([image, image], axis=-1))
+    errors = refused("validate", job, says=("line 5: ", "a 4D volume of shape [12, 10, 6, 2]"))
+    assert len(errors.splitlines()) == 1, errors
