@@ -255,3 +255,20 @@ def test_validate_accepts_a_nifti_csv_job_and_refuses_a_4d_volume_in_one_line(tm
     save_nifti(tmp_path / "volumes" / "v03.nii.gz", np.stack([image, image], axis=-1))
     errors = refused("validate", job, says=("line 5: ", "a 4D volume of shape [12, 10, 6, 2]"))
     assert len(errors.splitlines()) == 1, errors
+
+
+def test_validate_reads_a_multi_label_nifti_csv_as_multi_label(tmp_path):
+    from tests.test_bad_inputs import cli, write_job
+
+    csv = multi_label_csv(tmp_path)
+    job = write_job(tmp_path, {
+        "name": "ml", "storage": str(tmp_path / "runs"),
+        "data": {"kind": "nifti_csv", "csv": str(csv), "label_columns": list(LABELS),
+                 "patch": [12, 12, 8], "split_by": {"valid": 0.25, "test": 0.25}},
+        "train": {"batch_size": 4},
+        "studies": {"s": {"teachers": ["resnet3d-d10-w0.25"],
+                          "students": ["densenet3d-f4-g4-b1.1"], "method": {"name": "kd"}}},
+    })  # fmt: skip
+    result = cli("validate", job)
+    assert result.exit_code == 0, result.output
+    assert "data: nifti_csv, multi-label, 2 labels" in " ".join(result.output.split())

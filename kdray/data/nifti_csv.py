@@ -98,8 +98,8 @@ class NiftiCsvSource:
     labels: list[int | np.ndarray]  # class indices, or multi-label rows
     cfg: Config
     masks: bool = False
-    # train only: what the CSV let pass (rows repeated alike, blank groups, group shares); the
-    # volume cache does not show them yet
+    # train only: what the CSV let pass (rows repeated alike, blank groups, group shares),
+    # shown by `kdray validate` (`kdray.data.data_warnings`)
     warnings: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
