@@ -14,6 +14,10 @@ and applied to every split, since at a fixed 0.5 a rare label is never predicted
 0. Without validation thresholds (`thresholds=None`) F1 is taken at 0.5. A label with one class
 only among a split's known targets has no AUROC: it is named (`left_out`) and left out of every
 mean, never a crash.
+
+Volumes (spatial rank 3, `kind: nifti_csv` with `label_columns`) are the same task: a MONAI
+classifier by name (`kdray.tasks.volume_models`) on each whole volume, a row of labels per
+volume, the same loss, predictions and metrics.
 """
 
 from __future__ import annotations
