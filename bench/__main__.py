@@ -1,8 +1,9 @@
-"""`python -m bench [--quick] [--keep] [--gpu] [--packed] [--quickstart] [--search]`: run every
-benchmark, print one JSON object to stdout (`--gpu`: only the GPU benchmarks of bench/gpu.py;
-`--packed`: only the packed-grid section, bench/packed.py; `--quickstart`: only `kdray run
-jobs/quickstart.yaml`, timed, bench/quickstart.py; `--search`: only the search section,
-bench/search.py).
+"""`python -m bench [--quick] [--keep] [--gpu] [--packed] [--quickstart] [--search]
+[--volumes]`: run every benchmark, print one JSON object to stdout (`--gpu`: only the GPU
+benchmarks of bench/gpu.py; `--packed`: only the packed-grid section, bench/packed.py;
+`--quickstart`: only `kdray run jobs/quickstart.yaml`, timed, bench/quickstart.py; `--search`:
+only the search section, bench/search.py; `--volumes`: only P1 for a 3D segmentation step,
+bench/volumes.py).
 
 Progress goes to stderr. The order keeps each ratio's two sides close in time: the bare
 quickstart loop runs right before and right after the solo Ray trial (P1's reference is both
@@ -90,6 +91,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="run only the search section: 16 samples with early stopping against the same 16 "
         "trained to the end (bench/search.py)",
+    )
+    parser.add_argument(
+        "--volumes",
+        action="store_true",
+        help="only P1 for 3D segmentation: a volume step in a Ray Train trial against a bare "
+        "loop (bench/volumes.py, ~4 minutes)",
     )
     parser.add_argument(
         "--gpu",
@@ -425,6 +432,8 @@ def main(argv: list[str] | None = None) -> int:
         result = run_loader_only(args.quick, args.keep)
     elif args.search:
         result = run_search(args.quick, args.keep)
+    elif args.volumes:
+        result = run_volumes(args.keep)
     else:
         result = run_all(args.quick, args.keep)
     indent = None if "gpu" in result else 2  # the skip object: one line
@@ -455,6 +464,20 @@ def run_search(quick: bool, keep: bool) -> dict:
         return rnd({"search": search_section(root, quick)})
     finally:
         if not keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def run_volumes(keep: bool) -> dict:
+    """`--volumes`: P1 for a 3D segmentation step (bench/volumes.py)."""
+    from bench.volumes import volumes_p1
+
+    root = Path(tempfile.mkdtemp(prefix="kdray-bench-volumes-"))
+    try:
+        return rnd(volumes_p1(root))
+    finally:
+        if keep:
+            log(f"kept {root}")
+        else:
             shutil.rmtree(root, ignore_errors=True)
 
 

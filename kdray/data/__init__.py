@@ -19,6 +19,7 @@ from kdray.data import (
     medmnist,
     medmnist3d,
     mura,
+    nifti_csv,
     phantoms,
     synthetic,
     synthetic_ultrasound,
@@ -47,6 +48,7 @@ DATA_KINDS: dict[str, ModuleType] = {
     "synthetic_volumes": phantoms,
     "decathlon": decathlon,
     "medmnist3d": medmnist3d,
+    "nifti_csv": nifti_csv,
 }
 
 
@@ -121,9 +123,11 @@ def image_size(cfg, sources: dict) -> int:
 def data_task(cfg, sources: dict) -> str:
     """The task of the data (`kdray.tasks`): the job's `data.task_type`, else what the data kind
     says (MedMNIST's registry, a masks kind), else from the targets: masks are segmentation, a
-    row of labels per image is multi-label; volumes: masks, or a class per volume."""
-    if getattr(cfg, "spatial_rank", 2) == 3:
-        return "segmentation" if sources["train"].masks else "single_label"
+    row of labels per image is multi-label; volumes: masks, else the kind's classification task."""
+    if getattr(cfg, "spatial_rank", 2) == 3:  # a volume kind's classification says which
+        if sources["train"].masks:
+            return "segmentation"
+        return "multi_label" if cfg.declared_task() == "multi_label" else "single_label"
     masks = has_masks(sources["train"])
     found = "segmentation" if masks else _label_task(sources["train"].labels)
     declared = cfg.task_type or cfg.declared_task()

@@ -77,6 +77,10 @@ class NiftiVolumeSource:
     def describe_mask(self, index: int) -> str:
         return str(self.cases[index].label)
 
+    def files(self) -> list[Path]:
+        """Every image and label file (their stamps are part of the cache's fingerprint)."""
+        return [path for case in self.cases for path in (case.image, case.label)]
+
 
 def open_sources(cfg: Config) -> tuple[list[str], dict[str, NiftiVolumeSource]]:
     """The classes and the train, valid and test splits of the folder."""

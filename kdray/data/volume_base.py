@@ -23,12 +23,13 @@ Spacing = tuple[float, float, float]
 @dataclass
 class Volume:
     """One decoded volume: `image` float32 (D, H, W), `spacing` mm per array axis, and either
-    `mask` (int8 (D, H, W) class indices) or `label` (a class index)."""
+    `mask` (int8 (D, H, W) class indices) or `label` (a class index, or for multi-label a
+    row of 1 / 0 / -1 unknown per label)."""
 
     image: np.ndarray
     spacing: Spacing
     mask: np.ndarray | None = None
-    label: int | None = None
+    label: int | np.ndarray | None = None
 
 
 class VolumeSource(Protocol):

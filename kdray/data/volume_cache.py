@@ -10,7 +10,8 @@ pages. Layout of a cache folder:
     <split>.json                per volume: shape, spacing (mm), where it came from
     <split>/<i>_image.npy       float16 (D, H, W), prepared (resampled, windowed, normalised)
     <split>/<i>_mask.npy        int8 (D, H, W) class indices (segmentation)
-    <split>_labels.npy          (N,) int64 class indices (classification)
+    <split>_labels.npy          (N,) int64 class indices (classification), or (N, K) rows of
+                                1 / 0 / -1 unknown (multi-label)
 Bad volumes raise `DataError` naming every bad file; a crash leaves no half-written cache.
 """
 
@@ -47,10 +48,7 @@ def volume_problem(source: VolumeSource, index: int, volume: Volume, num_classes
     if volume.image.ndim != 3:
         return f"{source.describe(index)}: a 3D volume is expected, got shape {volume.image.shape}"
     if not source.masks:
-        if volume.label is None or not 0 <= volume.label < num_classes:
-            return f"{source.describe(index)}: label {volume.label} is not a class index " \
-                f"0..{num_classes - 1}"  # fmt: skip
-        return None
+        return label_problem(source.describe(index), volume.label, num_classes)
     mask = volume.mask
     if mask is None or mask.shape != volume.image.shape:
         shape = None if mask is None else list(mask.shape)
@@ -60,6 +58,19 @@ def volume_problem(source: VolumeSource, index: int, volume: Volume, num_classes
     if bad.size:
         return f"{source.describe_mask(index)}: label values {bad[:5].tolist()} are outside " \
             f"the declared classes 0..{num_classes - 1}; fix the file or data.classes"  # fmt: skip
+    return None
+
+
+def label_problem(where: str, label, num_classes: int) -> str | None:
+    """Why a classification volume's label is no class index 0..K-1 (or, a row, no K
+    labels of 1, 0 or -1 unknown)."""
+    if np.ndim(label) == 1:
+        if len(label) != num_classes or not np.isin(label, (-1, 0, 1)).all():
+            return f"{where}: label row {np.asarray(label).tolist()} is not {num_classes} " \
+                "labels of 1, 0 or -1 (unknown)"  # fmt: skip
+        return None
+    if label is None or not 0 <= label < num_classes:
+        return f"{where}: label {label} is not a class index 0..{num_classes - 1}"
     return None
 
 
@@ -137,8 +148,9 @@ class CachedVolumes:
         entry = self.entries[index]
         image = np.load(self.folder / f"{index}_image.npy", mmap_mode="r")
         spacing = tuple(entry["spacing"])
-        if self.labels is not None:
-            return Volume(image, spacing, label=int(self.labels[index]))
+        if self.labels is not None:  # a class index, or a multi-label row
+            label = self.labels[index]
+            return Volume(image, spacing, label=int(label) if label.ndim == 0 else label)
         mask = np.load(self.folder / f"{index}_mask.npy", mmap_mode="r")
         return Volume(image, spacing, mask=mask)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from types import ModuleType
 
-from kdray.data import decathlon, medmnist3d, phantoms
+from kdray.data import decathlon, medmnist3d, nifti_csv, phantoms
 from kdray.data.base import DataError
 from kdray.data.cache import DataInfo, fingerprint
 from kdray.data.files import stamp_digest
@@ -25,6 +25,7 @@ VOLUME_KINDS: dict[str, ModuleType] = {
     "synthetic_volumes": phantoms,
     "medmnist3d": medmnist3d,
     "decathlon": decathlon,
+    "nifti_csv": nifti_csv,
 }
 
 
@@ -40,15 +41,14 @@ def open_volume_sources(cfg) -> tuple[list[str], dict]:
 def prepare_volumes(cfg, cache_root: str | Path) -> VolumeInfo:
     """Decode and prepare the job's volumes once (or reuse an earlier decode of the same
     configuration and files)."""
-    # a folder of NIfTI files is listed first: a file replaced or damaged after a decode gives
-    # a new fingerprint; other kinds (one .npz, or drawn) are not opened on a hit
-    opened = open_volume_sources(cfg) if getattr(cfg, "root", None) is not None else None
-    files = [
-        path for source in (opened[1].values() if opened else ())
-        for case in source.cases for path in (case.image, case.label)
-    ]  # fmt: skip
-    if getattr(cfg, "path", None) is not None:
-        files.append(Path(cfg.path))
+    # a folder or CSV of NIfTI files is listed first: a file replaced or damaged after a decode
+    # gives a new fingerprint; other kinds (one .npz, or drawn) are not opened on a hit
+    listed = any(getattr(cfg, key, None) is not None for key in ("root", "csv"))
+    opened = open_volume_sources(cfg) if listed else None
+    files = [path for source in (opened[1].values() if opened else ()) for path in source.files()]
+    for key in ("path", "csv"):
+        if getattr(cfg, key, None) is not None:
+            files.append(Path(getattr(cfg, key)))
     prepared = cfg.model_dump(mode="json", exclude=set(TRAINING_FIELDS))
     fp = fingerprint({**prepared, "files": stamp_digest(files)})
     dest = Path(cache_root) / f"{cfg.kind}-{fp}"

@@ -14,6 +14,10 @@ and applied to every split, since at a fixed 0.5 a rare label is never predicted
 0. Without validation thresholds (`thresholds=None`) F1 is taken at 0.5. A label with one class
 only among a split's known targets has no AUROC: it is named (`left_out`) and left out of every
 mean, never a crash.
+
+Volumes (spatial rank 3, `kind: nifti_csv` with `label_columns`) are the same task: a MONAI
+classifier by name (`kdray.tasks.volume_models`) on each whole volume, a row of labels per
+volume, the same loss, predictions and metrics.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from sklearn.metrics import (
 
 from kdray.tasks.base import UNLABELLED, Task, register
 from kdray.tasks.models import create_model
+from kdray.tasks.volume_models import create_volume_model, volume_model_problem
 
 THRESHOLD = 0.5
 THRESHOLD_RULE = "each label's threshold maximises its F1 on the validation split"
@@ -44,9 +49,17 @@ class MultiLabel(Task):
     primary_title = "mean AUROC"
     outputs = "labels"
     loss_name = "bce"
+    ranks = (2, 3)  # volumes: a MONAI classifier on each whole volume, a row of labels each
 
     def create_model(self, name, num_classes, channels, weights=None, rank=2):
+        if rank == 3:
+            return create_volume_model(name, num_classes, channels)
         return create_model(name, num_classes, channels, weights)
+
+    def model_problem(self, name, image_size):
+        if isinstance(image_size, tuple):  # a volume's input shape
+            return volume_model_problem(name, image_size, self.name)
+        return super().model_problem(name, image_size)
 
     def supervised_loss(self, logits, targets, weight=None):
         known = targets != UNLABELLED  # no known label in the batch: 0 (no host sync)

@@ -157,7 +157,7 @@ class VolumeBatches:
         rng = np.random.default_rng(sample_seed(self.run_seed, epoch, index))
         if volume.label is not None:  # classification: the whole volume is the sample
             x = whole_volume(volume.image, self.patch, self.flips, rng)
-            return self._augmented(x, None, rng)[0], np.int64(volume.label)
+            return self._augmented(x, None, rng)[0], np.asarray(volume.label, dtype=np.int64)
         if index not in self._centres:
             self._centres[index] = foreground_voxels(volume.mask)
         x, y = draw_patch(
