@@ -146,8 +146,9 @@ def test_driver_stopped_by_sigterm_then_killed_each_resume_redoes_no_finished_ru
     raw = tiny_job_dict(tmp_path, resources={"max_concurrent_trials": 1})
     raw["studies"] = {"reverse": {"teachers": ["test_resnet"], "students": ["resnet10t"]}}
     # enough epochs of the larger model (resnet10t, the student) that it is still training when
-    # the Ray processes a SIGKILL orphans stop (they go on for ~3 s)
-    raw["train"]["epochs"] = 10
+    # the Ray processes a SIGKILL orphans stop (they go on for ~3 s): killed one epoch into a
+    # run, it has 5 left, and the other student run has not started
+    raw["train"]["epochs"] = 6
     job_file = tmp_path / "job.yaml"
     job_file.write_text(yaml.safe_dump(raw))
     exp = Experiment.for_job(parse_job(raw))

@@ -38,7 +38,7 @@ def test_learnable_but_not_trivial(tmp_path):
     raw = {
         "name": "difficulty",
         "storage": str(tmp_path),
-        "data": {"kind": "synthetic", "image_size": 32},
+        "data": {"kind": "synthetic", "image_size": 24},  # the quickstart's size
         "train": {"epochs": 4, "batch_size": 32, "lr": 0.001},
         "studies": {"normal": {"teachers": ["resnet10t"], "students": ["resnet10t"]}},
     }
