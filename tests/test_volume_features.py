@@ -181,3 +181,22 @@ def test_a_fitnets_hint_on_a_volume_classifier_pair_trains_its_conv3d_adapter():
     assert out["hint"] > 0 and method.adapters[0][0].weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in teacher.parameters())
     assert student.features.conv0.weight.grad.abs().sum() > 0
+
+
+def test_a_teacher_of_another_normalisation_sees_a_volume_batch_in_its_own():
+    from kdray.data.cache import DataInfo
+    from kdray.train.teachers import _renormalise
+
+    torch.manual_seed(0)
+    raw = torch.rand(2, 2, 4, 5, 6)  # (N, C, D, H, W): two channels, each its own statistics
+    data_mean, data_std = [0.2, 0.4], [0.5, 0.25]
+    teacher = {"mean": [0.5, 0.1], "std": [0.2, 0.8]}
+    info = DataInfo("", "", ["a", "b"], 2, 6, {}, data_mean, data_std, rank=3, patch=[4, 5, 6])
+
+    def normalised(mean, std):
+        return (raw - torch.tensor(mean).view(1, 2, 1, 1, 1)) / torch.tensor(std).view(
+            1, 2, 1, 1, 1
+        )
+
+    seen = _renormalise(normalised(data_mean, data_std), info, teacher)
+    assert torch.allclose(seen, normalised(teacher["mean"], teacher["std"]), atol=1e-5)
