@@ -517,6 +517,12 @@ def task_problems(job: Job, task: str) -> list[str]:
     return problems or stage_problems(job, task)  # models fit the data: count their stages
 
 
+def _chooses_stages(params: MethodParams) -> bool:
+    """Whether a feature method's settings name stages (`stages`, FitNets' `stage`): only then
+    are the models built to count their pairs (timm's import, ~2 s, on the driver)."""
+    return any(getattr(params, key, None) is not None for key in ("stages", "stage"))
+
+
 def stage_problems(job: Job, task: str) -> list[str]:
     """One line per feature-method study whose stage settings (any sweep setting) do not fit
     the aligned stage pairs of one of its students and single-model teachers (`self`: the
@@ -528,9 +534,12 @@ def stage_problems(job: Job, task: str) -> list[str]:
             continue
         teachers = [group[0] for group in study.teacher_groups() if len(group) == 1]
         for setting, student, teacher in product(study.settings(), study.students, teachers):
+            params = job.method_params(name, setting)
+            if not _chooses_stages(params):  # the default pairs every stage there is
+                continue
             teacher = student if teacher == SELF_TEACHER else teacher
             problem = stage_choice_problem(
-                method, job.method_params(name, setting), student, teacher, task,
+                method, params, student, teacher, task,
                 job.data.spatial_rank, getattr(job.data, "channels", 1),
             )  # fmt: skip
             line = f"studies.{name}.method.{problem}"
