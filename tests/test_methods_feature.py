@@ -192,6 +192,22 @@ def test_out_of_range_or_repeated_stages_are_refused_naming_the_field(cls, param
         cls.feature_stages(cls.Params(**params), 5)
 
 
+def test_validate_refuses_a_stage_past_the_aligned_pairs_in_one_line(tmp_path):
+    from tests.test_bad_inputs import cli, job_dict, refused, write_job
+
+    job = job_dict(tmp_path)  # resnet10t teaching test_resnet: 5 aligned stage pairs
+    job["studies"]["normal"]["method"] = {"name": "at", "stages": [1, 7]}
+    errors = refused("validate", write_job(tmp_path, job))
+    assert errors.splitlines() == [
+        f"error {tmp_path / 'job.yaml'}: studies.normal.method.stages 7: the two networks "
+        "have 5 aligned stages (0..4) (student test_resnet, teacher resnet10t)"
+    ]
+    job["studies"]["normal"]["method"] = {"name": "fitnets"}
+    job["studies"]["normal"]["sweep"] = {"stage": [-5, 4]}  # the first and the deepest pair
+    accepted = cli("validate", write_job(tmp_path, job))
+    assert accepted.exit_code == 0, accepted.output
+
+
 def test_no_aligned_stage_and_bad_settings_are_refused():
     with pytest.raises(ValueError, match="fitnets.stage: the two networks have no aligned stages"):
         FitNets.feature_stages(FitNets.Params(), 0)

@@ -147,6 +147,25 @@ def test_a_csv_without_the_label_column_is_named(tmp_path):
     ]
 
 
+def test_a_class_without_a_volume_in_a_split_is_one_line_naming_class_and_split(tmp_path):
+    csv = nifti_csv(tmp_path, header="path,label,split")
+    rows = csv.read_text().splitlines()  # benign rows even, malignant odd; test: benign alone
+    splits = {0: "test", 2: "test", 4: "valid", 5: "valid"}
+    lines = [rows[0]] + [
+        f"{row.rsplit(',', 1)[0]},{splits.get(k, 'train')}" for k, row in enumerate(rows[1:])
+    ]
+    csv.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError) as caught:
+        open_volume_sources(config(csv))
+    assert caught.value.problems == [
+        f"{csv}: class 'malignant' has no images in the test split (add rows, or fix "
+        "data.classes / data.split_by)"
+    ]
+    moved = csv.read_text().replace("v03.nii.gz,malignant,train", "v03.nii.gz,malignant,test")
+    csv.write_text(moved)
+    assert [len(s) for s in open_volume_sources(config(csv))[1].values()] == [7, 2, 3]
+
+
 # --- multi-label volumes --------------------------------------------------------------------
 
 LABELS = ("mass", "calcification")

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from kdray.data.augment import build_train_augmentation
 from kdray.methods import METHODS, Outputs, Shapes
+from kdray.methods.features import aligned_pairs
 from kdray.spec.job import JobError
 from kdray.spec.load import parse_job
 from kdray.tasks import UNLABELLED, get_task
@@ -20,7 +21,7 @@ from kdray.tasks.models import count_params
 from kdray.tasks.segmentation_metrics import hd95, segmentation_metrics, segmentation_report
 from kdray.tasks.segmenters import create_segmenter
 from kdray.train.batches import TrainSet
-from kdray.train.distiller import aligned_pairs, network_outputs
+from kdray.train.distiller import network_outputs
 
 SEG = get_task("segmentation")
 TEACHER, STUDENT = "unet-resnet34", "unet-lcnet_035-d16.16.8.8.8"

@@ -10,11 +10,11 @@ import torch
 from kdray.methods import Outputs, Shapes
 from kdray.methods.at import AttentionTransfer
 from kdray.methods.feature_l1 import FeatureL1
-from kdray.methods.features import same_size
+from kdray.methods.features import aligned_pairs, same_size
 from kdray.methods.fitnets import FitNets
 from kdray.tasks.models import count_params
 from kdray.tasks.volume_models import create_volume_model
-from kdray.train.distiller import aligned_pairs, network_outputs
+from kdray.train.distiller import network_outputs
 
 # (tiny network, the input side every stage divides) per family
 FAMILIES = [
@@ -181,3 +181,38 @@ def test_a_fitnets_hint_on_a_volume_classifier_pair_trains_its_conv3d_adapter():
     assert out["hint"] > 0 and method.adapters[0][0].weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in teacher.parameters())
     assert student.features.conv0.weight.grad.abs().sum() > 0
+
+
+def test_a_teacher_of_another_normalisation_sees_a_volume_batch_in_its_own():
+    from kdray.data.cache import DataInfo
+    from kdray.train.teachers import _renormalise
+
+    torch.manual_seed(0)
+    raw = torch.rand(2, 2, 4, 5, 6)  # (N, C, D, H, W): two channels, each its own statistics
+    data_mean, data_std = [0.2, 0.4], [0.5, 0.25]
+    teacher = {"mean": [0.5, 0.1], "std": [0.2, 0.8]}
+    info = DataInfo("", "", ["a", "b"], 2, 6, {}, data_mean, data_std, rank=3, patch=[4, 5, 6])
+
+    def normalised(mean, std):
+        return (raw - torch.tensor(mean).view(1, 2, 1, 1, 1)) / torch.tensor(std).view(
+            1, 2, 1, 1, 1
+        )
+
+    seen = _renormalise(normalised(data_mean, data_std), info, teacher)
+    assert torch.allclose(seen, normalised(teacher["mean"], teacher["std"]), atol=1e-5)
+
+
+def test_a_3d_stage_past_the_aligned_pairs_is_refused_when_the_job_is_read_naming_the_study():
+    from kdray.spec.base import JobError
+    from kdray.spec.load import load_job
+
+    def load(stages: str):
+        return load_job("jobs/volumes.yaml", [f"studies.feature_l1.method.stages={stages}"])
+
+    load("[0, -1]")  # unet3d and its small student: 5 pairs by stride, both ends accepted
+    with pytest.raises(JobError) as caught:
+        load("[5]")
+    assert caught.value.problems == [
+        "studies.feature_l1.method.stages 5: the two networks have 5 aligned stages (0..4) "
+        "(student unet3d-c4.8.16.32-s2.2.2-r1, teacher unet3d)"
+    ]

@@ -15,7 +15,8 @@ normalised) and trained and predicted whole: `patch` (default `size` where volum
 is the classifier's input, each volume centre-cropped or padded to it.
 
 Every header is read before any voxel is decoded: a missing file, an unreadable NIfTI and a 4D
-volume are one line each naming the file and the CSV row, as is a label outside the classes.
+volume are one line each naming the file and the CSV row, as is a label outside the classes;
+so is a class without a volume in a split (single-label, as the 2D `folder` kind).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from kdray.data.base import DataError, DistinctNames
-from kdray.data.files import SKIP_HINT, raise_problems
+from kdray.data.files import SKIP_HINT, empty_class_problems, raise_problems
 from kdray.data.folder import (
     Item,
     SplitFractions,
@@ -145,6 +146,11 @@ def open_sources(cfg: Config) -> tuple[list[str], dict[str, NiftiCsvSource]]:
         chosen = [k for k, s in enumerate(splits) if s == split]
         if not chosen:
             problems.append(f"{csv_path}: no rows in the {split} split; add rows or fix split_by")
+        elif cfg.label_columns is None:  # single-label: every class in every split, as 2D
+            problems += empty_class_problems(
+                classes, [labels[k] for k in chosen], split, str(csv_path),
+                "add rows, or fix data.classes / data.split_by",
+            )  # fmt: skip
         sources[split] = NiftiCsvSource([items[k] for k in chosen], [labels[k] for k in chosen],
                                         cfg)  # fmt: skip
     raise_problems(problems)

@@ -1,7 +1,7 @@
 """Helpers shared by the feature methods (FitNets, AT, feature L1); registers no method.
 
 The worker aligns student and teacher stages (a 2D classifier's from the deepest one, a
-segmenter's and every 3D network's by part and input stride: `kdray.train.distiller.aligned_pairs`;
+segmenter's and every 3D network's by part and input stride: `aligned_pairs`;
 `Method.feature_stages` receives the number `n` of aligned pairs and each pair's part) and hands
 a method exactly the chosen stages' maps, in the order it chose them. These helpers resolve
 those choices, build the student-side adapters and bring a student/teacher pair to one spatial
@@ -36,6 +36,24 @@ def resolve_stages(field: str, indices: Sequence[int], num_stages: int) -> list[
             raise ValueError(f"{field} {index}: aligned stage {stage} is chosen twice")
         resolved.append(stage)
     return resolved
+
+
+def aligned_pairs(student: nn.Module, teacher: nn.Module) -> list[tuple[int, int, str]]:
+    """(student stage, teacher stage, part) of each aligned stage pair, in the student's order.
+    Stages that name their `part` and `level` (a segmenter's encoder and decoder stages, at
+    input stride 2^level: `kdray.tasks.segmenters`; a 3D network's: `kdray.tasks.volume_taps`)
+    pair with the teacher's stage of the same part and level; others (timm classifiers) are
+    aligned from the deepest stage (the last n = min of the two counts)."""
+    s_info, t_info = list(student.feature_info), list(teacher.feature_info)
+    if all("part" in x and "level" in x for x in s_info + t_info):
+        where = {(t["part"], t["level"]): j for j, t in enumerate(t_info)}
+        return [
+            (i, where[(s["part"], s["level"])], s["part"])
+            for i, s in enumerate(s_info)
+            if (s["part"], s["level"]) in where
+        ]
+    n = min(len(s_info), len(t_info))
+    return [(len(s_info) - n + k, len(t_info) - n + k, "stage") for k in range(n)]
 
 
 def one_teacher(name: str, teachers: list[Outputs]) -> Outputs:

@@ -6,6 +6,7 @@ need timm or the file system in `kdray.spec.checks`. Every problem is a `JobErro
 
 from __future__ import annotations
 
+from itertools import product
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -20,6 +21,7 @@ from kdray.data import DATA_KINDS
 from kdray.methods import METHODS, MethodParams
 from kdray.spec.base import JobError, Strict
 from kdray.spec.search import TRAIN_KEYS, Search, ends
+from kdray.spec.stages import stage_choice_problem
 from kdray.spec.study import RESERVED_STUDY_NAMES, SELF_TEACHER, STUDY_NAME, Study
 from kdray.tasks import get_task, weights
 from kdray.tasks.weights import (
@@ -478,7 +480,7 @@ def task_problems(job: Job, task: str) -> list[str]:
     """What the job asks that data of `task` (kdray.tasks) cannot give, one line each: a task or
     method not defined at the data's spatial rank (volumes), a method defined for other
     targets (DKD's decoupling assumes mutually exclusive classes), a label budget per class
-    where an image has no one class."""
+    where an image has no one class; then a feature method's stages past the aligned pairs."""
     rank = job.data.spatial_rank
     if rank not in get_task(task).ranks:
         return [
@@ -512,6 +514,36 @@ def task_problems(job: Job, task: str) -> list[str]:
             f"labelled.per_class: a {task.replace('_', '-')} image has no one class to count "
             "it under; give labelled.fraction instead"
         )
+    return problems or stage_problems(job, task)  # models fit the data: count their stages
+
+
+def _chooses_stages(params: MethodParams) -> bool:
+    """Whether a feature method's settings name stages (`stages`, FitNets' `stage`): only then
+    are the models built to count their pairs (timm's import, ~2 s, on the driver)."""
+    return any(getattr(params, key, None) is not None for key in ("stages", "stage"))
+
+
+def stage_problems(job: Job, task: str) -> list[str]:
+    """One line per feature-method study whose stage settings (any sweep setting) do not fit
+    the aligned stage pairs of one of its students and single-model teachers (`self`: the
+    student itself; ensembles are refused for feature methods elsewhere)."""
+    problems: list[str] = []
+    for name, study in job.studies.items():
+        method = METHODS[study.method_name()]
+        if method.needs != "features":
+            continue
+        teachers = [group[0] for group in study.teacher_groups() if len(group) == 1]
+        for setting, student, teacher in product(study.settings(), study.students, teachers):
+            params = job.method_params(name, setting)
+            if not _chooses_stages(params):  # the default pairs every stage there is
+                continue
+            teacher = student if teacher == SELF_TEACHER else teacher
+            problem = stage_choice_problem(
+                method, params, student, teacher, task,
+                job.data.spatial_rank, getattr(job.data, "channels", 1),
+            )  # fmt: skip
+            line = f"studies.{name}.method.{problem}"
+            problems += [line] if problem and line not in problems else []
     return problems
 
 

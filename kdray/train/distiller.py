@@ -31,24 +31,6 @@ def stage_channels(model: nn.Module) -> list[int]:
     return [stage["num_chs"] for stage in model.feature_info]
 
 
-def aligned_pairs(student: nn.Module, teacher: nn.Module) -> list[tuple[int, int, str]]:
-    """(student stage, teacher stage, part) of each aligned stage pair, in the student's order.
-    Stages that name their `part` and `level` (a segmenter's encoder and decoder stages, at
-    input stride 2^level: `kdray.tasks.segmenters`; a 3D network's: `kdray.tasks.volume_taps`)
-    pair with the teacher's stage of the same part and level; others (timm classifiers) are
-    aligned from the deepest stage (the last n = min of the two counts)."""
-    s_info, t_info = list(student.feature_info), list(teacher.feature_info)
-    if all("part" in x and "level" in x for x in s_info + t_info):
-        where = {(t["part"], t["level"]): j for j, t in enumerate(t_info)}
-        return [
-            (i, where[(s["part"], s["level"])], s["part"])
-            for i, s in enumerate(s_info)
-            if (s["part"], s["level"]) in where
-        ]
-    n = min(len(s_info), len(t_info))
-    return [(len(s_info) - n + k, len(t_info) - n + k, "stage") for k in range(n)]
-
-
 def network_outputs(model: nn.Module, x: torch.Tensor, stages: list[int]) -> Outputs:
     """Logits, plus the features of `stages` (timm `forward_intermediates`) when there are any."""
     if not stages:

@@ -24,13 +24,14 @@ from kdray.data.budgets import class_counts, training_arrays
 from kdray.data.cache import DataInfo, load_split
 from kdray.data.volume_cache import load_volumes
 from kdray.methods import Shapes, get_method
+from kdray.methods.features import aligned_pairs
 from kdray.spec.job import Job
 from kdray.spec.plan import PLAIN, RunSpec
 from kdray.tasks import Task, get_task
 from kdray.tasks.models import count_params
 from kdray.tasks.weights import LocalWeights, require
 from kdray.train.batches import TrainBatches, train_batches
-from kdray.train.distiller import Distiller, aligned_pairs, stage_channels, stage_count
+from kdray.train.distiller import Distiller, stage_channels, stage_count
 from kdray.train.evaluate import predict
 from kdray.train.patches import VolumeBatches, volume_batches
 from kdray.train.teachers import (

@@ -88,9 +88,13 @@ def load_teachers(teacher_dirs: list[Path], device: torch.device) -> tuple[list,
 
 
 def _renormalise(x: torch.Tensor, info: DataInfo, meta: dict) -> torch.Tensor:
-    """Re-express a batch normalised with the data's mean/std in the teacher's normalisation."""
-    dm = torch.tensor(info.mean, device=x.device).view(1, -1, 1, 1)
-    ds = torch.tensor(info.std, device=x.device).view(1, -1, 1, 1)
-    tm = torch.tensor(meta["mean"], device=x.device).view(1, -1, 1, 1)
-    ts = torch.tensor(meta["std"], device=x.device).view(1, -1, 1, 1)
-    return (x * ds + dm - tm) / ts
+    """Re-express a batch normalised with the data's mean/std in the teacher's normalisation;
+    per channel, over every spatial axis (images or volumes)."""
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+
+    def channels(values) -> torch.Tensor:
+        return torch.tensor(values, device=x.device).view(shape)
+
+    data_mean, data_std = channels(info.mean), channels(info.std)
+    teacher_mean, teacher_std = channels(meta["mean"]), channels(meta["std"])
+    return (x * data_std + data_mean - teacher_mean) / teacher_std
