@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import multiprocessing
-import os
 import resource
 import sys
 import time
@@ -90,24 +89,10 @@ def in_fresh_process(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
 
 
 def proc_children(root: int) -> list[int]:
-    """All descendants of process `root` (read from /proc; psutil is not installed)."""
-    parents: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                stat = fh.read()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        parents.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [root]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
+    """All descendants of process `root` (`kdray.grid.processes`: /proc, the standard library)."""
+    from kdray.grid.processes import descendants
+
+    return descendants(root)
 
 
 def proc_name_and_hwm(pid: int) -> tuple[str, float] | None:

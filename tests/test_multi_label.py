@@ -134,12 +134,12 @@ def ray_processes_left(within_s: float = 3.0) -> list[str]:
     import os
     import time
 
-    from kdray.grid.local_ray import _descendants
+    from kdray.grid.processes import descendants
 
     deadline = time.time() + within_s
     while True:
         left = []
-        for pid in _descendants(os.getpid()):
+        for pid in descendants(os.getpid()):
             try:
                 state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
                 command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")

@@ -58,15 +58,10 @@ class SplitFractions(BaseModel):
         return self
 
 
-class Config(DataConfigBase):
-    """`data: {kind: folder, root: ...}` or `data: {kind: folder, csv: ...}`."""
+class CsvSplitting(BaseModel):
+    """The fields a CSV of labelled files shares with the `folder` kind (`nifti_csv` too): how
+    the splits it lacks are carved, and its label columns when multi-label."""
 
-    kind: Literal["folder"] = "folder"
-    root: Path | None = Field(None, description="one sub-folder per class (or train/valid/test)")
-    csv: Path | None = Field(None, description="a CSV with columns path,label[,split,group]")
-    classes: DistinctNames | None = Field(
-        None, min_length=2, description="class names in label order (default: sorted names)"
-    )
     split_by: SplitFractions = Field(
         default_factory=SplitFractions, description="the splits carved off train when missing"
     )
@@ -78,6 +73,17 @@ class Config(DataConfigBase):
     )
     uncertain: Literal["ignore", "zeros", "ones"] = Field(
         "ignore", description="multi-label: what an uncertain label (-1) becomes"
+    )
+
+
+class Config(CsvSplitting, DataConfigBase):
+    """`data: {kind: folder, root: ...}` or `data: {kind: folder, csv: ...}`."""
+
+    kind: Literal["folder"] = "folder"
+    root: Path | None = Field(None, description="one sub-folder per class (or train/valid/test)")
+    csv: Path | None = Field(None, description="a CSV with columns path,label[,split,group]")
+    classes: DistinctNames | None = Field(
+        None, min_length=2, description="class names in label order (default: sorted names)"
     )
     image_root: Path | None = Field(
         None, description="csv: the folder image paths are relative to (default: the CSV's)"

@@ -31,8 +31,8 @@ from pydantic import Field, model_validator
 from kdray.data.base import DataError, DistinctNames
 from kdray.data.files import SKIP_HINT, empty_class_problems, raise_problems
 from kdray.data.folder import (
+    CsvSplitting,
     Item,
-    SplitFractions,
     assign_splits,
     checked_rows,
     group_share_warnings,
@@ -46,7 +46,7 @@ from kdray.data.volume_prep import prepare_volume
 SPLITS = ("train", "valid", "test")
 
 
-class Config(VolumeConfigBase):
+class Config(CsvSplitting, VolumeConfigBase):
     """`data: {kind: nifti_csv, csv: ...}`: NIfTI volumes listed in a CSV with their labels."""
 
     kind: Literal["nifti_csv"] = "nifti_csv"
@@ -59,18 +59,6 @@ class Config(VolumeConfigBase):
     )
     image_root: Path | None = Field(
         None, description="the folder volume paths are relative to (default: the CSV's)"
-    )
-    split_by: SplitFractions = Field(
-        default_factory=SplitFractions, description="the splits carved off train when missing"
-    )
-    split_seed: int = Field(0, description="seeds the carving of valid/test")
-    label_columns: DistinctNames | None = Field(
-        None,
-        min_length=1,
-        description="multi-label: the CSV's columns holding one label each (1, 0, empty, -1)",
-    )
-    uncertain: Literal["ignore", "zeros", "ones"] = Field(
-        "ignore", description="multi-label: what an uncertain label (-1) becomes"
     )
 
     @model_validator(mode="before")

@@ -10,8 +10,8 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-from pathlib import Path
 
+from kdray.grid.processes import descendants
 from kdray.grid.signals import ray_processes_spared_by_sigterm
 from kdray.spec.job import Job
 
@@ -73,7 +73,7 @@ def shutdown_ray() -> None:
         return
     kill_all = node.kill_all_processes
     started = [p.process.pid for infos in processes.values() for p in infos if p.process]
-    theirs = [pid for root in started for pid in _descendants(root)]
+    theirs = [pid for root in started for pid in descendants(root)]
     node.kill_all_processes = lambda **kwargs: kill_all(**{**kwargs, "allow_graceful": False})
     try:
         ray.shutdown()
@@ -82,18 +82,3 @@ def shutdown_ray() -> None:
     for pid in theirs:
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
-
-
-def _descendants(root: int) -> list[int]:
-    """The process ids below `root` (Linux's /proc; none elsewhere)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            parent = int(entry.read_text().rsplit(")", 1)[1].split()[1])
-            children.setdefault(parent, []).append(int(entry.parent.name))
-    out, todo = [], [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
