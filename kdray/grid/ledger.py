@@ -91,21 +91,23 @@ class RunLedger:
         itself: killed now, its fit's workers go with it, and their runs continue from their
         last checkpoints on `kdray resume`, as they would after those 10 s."""
         self.closed = True
-        if self.trial_actors:
-            import ray
-
-            for actor in self.trial_actors.values():
-                ray.kill(actor, no_restart=True)
-            self.trial_actors.clear()
+        self._kill_trials()
 
     def trial_started(self, trial_id: str, actor) -> None:
-        """The Ray actor running Tune trial `trial_id` (for `close`)."""
-        if self.closed:
-            import ray
-
-            ray.kill(actor, no_restart=True)
-            return
+        """The Ray actor running Tune trial `trial_id` (for `close`; killed at once if the grid
+        is already closing)."""
         self.trial_actors[trial_id] = actor
+        if self.closed:
+            self._kill_trials()
+
+    def _kill_trials(self) -> None:
+        if not self.trial_actors:
+            return
+        import ray
+
+        for actor in self.trial_actors.values():
+            ray.kill(actor, no_restart=True)
+        self.trial_actors.clear()
 
     def next_pack(self, trial_id: str) -> Pack | str | None:
         """The pack a new trial trains; None (ask again later) while what is left waits on
