@@ -61,12 +61,44 @@ def _outside_train(grid: raygrid.GridRun, row: dict) -> float:
     return max(0.0, (summary.get("wall_s") or 0) - (summary.get("train_s") or 0))
 
 
+def _sample_rows(grid: raygrid.GridRun, samples: list[dict]) -> list[dict]:
+    """Each sample's epochs and where its time went; `end_s` is its summary's write time from
+    the grid's start, so `end_s - wall_s` is when its run started."""
+    rows = []
+    for row in samples:
+        summary = _summary(grid, row)
+        written = grid.exp.run_dir(row["trial_id"]) / "summary.json"
+        end = written.stat().st_mtime - grid.started if written.is_file() else None
+        rows.append(
+            {
+                "epochs": row["epochs"],
+                "status": row["status"],
+                "wall_s": summary.get("wall_s"),
+                "train_s": summary.get("train_s"),
+                "setup_s": summary.get("setup_s"),
+                "judge_wait_s": summary.get("judge_wait_s"),
+                "end_s": round(end, 2) if end is not None else None,
+            }
+        )
+    return sorted(rows, key=lambda r: r["end_s"] or 0)
+
+
+def _span(rows: list[dict]) -> float | None:
+    """From the first sample's start to the last one's end: the search's own wall time."""
+    timed = [r for r in rows if r["end_s"] is not None and r["wall_s"] is not None]
+    if not timed:
+        return None
+    return max(r["end_s"] for r in timed) - min(r["end_s"] - r["wall_s"] for r in timed)
+
+
 def side_figures(grid: raygrid.GridRun) -> dict:
     samples = [r for r in grid.trials if "sample:kd" in r["roles"]]
     confirmed = [r for r in grid.trials if "kd:kd" in r["roles"]]
     tests = [r["test_score"] for r in confirmed if r["test_score"] is not None]
+    rows = _sample_rows(grid, samples)
     return {
         "makespan_s": grid.makespan_s,
+        "samples_span_s": _span(rows),
         "samples": len(samples),
         "stopped": sum(r["status"] == "stopped" for r in samples),
         "sample_epochs": sum(r["epochs"] or 0 for r in samples),
@@ -82,6 +114,7 @@ def side_figures(grid: raygrid.GridRun) -> dict:
         "chosen": json.loads(confirmed[0]["setting"]) if confirmed else None,
         "chosen_test": tests,
         "chosen_test_mean": statistics.mean(tests) if tests else None,
+        "per_sample": rows,
     }
 
 
@@ -101,6 +134,8 @@ def search_section(root: Path, quick: bool) -> dict:
     out["same_settings"] = searched["settings"] == full["settings"]
     out["epochs_searched_over_full"] = searched["sample_epochs"] / full["sample_epochs"]
     out["busy_searched_over_full"] = searched["sample_busy_s"] / full["sample_busy_s"]
+    if searched["samples_span_s"] and full["samples_span_s"]:
+        out["span_searched_over_full"] = searched["samples_span_s"] / full["samples_span_s"]
     working = searched["sample_busy_s"] - searched["sample_judge_wait_s"]
     out["busy_less_judge_waits_searched_over_full"] = working / full["sample_busy_s"]
     if searched["chosen_test_mean"] is not None and full["chosen_test"]:
