@@ -14,6 +14,7 @@ from kdray.grid.packing import Pack
 from kdray.grid.schedule import RunQueue, close_ledger_on_interrupt, ledger_packs
 from kdray.spec.job import Job
 from kdray.spec.plan import make_plan
+from kdray.store.run_folder import RunFolder
 from kdray.train.more_runs import WAIT
 from tests.conftest import tiny_job_dict
 
@@ -228,6 +229,25 @@ def test_a_fit_takes_no_more_than_runs_per_fit_and_an_erring_trial_fails_what_it
     status[taken[0]] = "finished"
     ledger.trial_ended("a")  # erred
     assert ledger.failed == set(taken[1:])  # what it finished stays finished
+
+
+def test_a_stopped_sample_fills_a_fit_by_the_share_of_the_epochs_it_trained(tmp_path):
+    """runs_per_fit 2, 10-epoch runs: after one full run, stopped samples of 1, 3 and 5 epochs
+    (0.9 of a run in all) still leave room; one more run fills the fit."""
+    samples = ["s1", "s3", "s5", "full", "next"]
+    ledger = RunLedger(
+        [("t",), tuple(samples)], {s: () for s in samples}, tmp_path,
+        max_concurrent=1, runs_per_fit=2, full_epochs=10,
+    )  # fmt: skip
+    assert ledger.next_pack("a") == ("t",)
+    RunFolder(tmp_path / "runs" / "t").write_summary({"status": "finished", "epochs": 10})
+    for call, (run, epochs) in enumerate([("s1", 1), ("s3", 3), ("s5", 5), ("full", 10)]):
+        assert ledger.more_runs("a", call) == [(run, 0)]
+        status = "finished" if run == "full" else "stopped"
+        RunFolder(tmp_path / "runs" / run).write_summary({"status": status, "epochs": epochs})
+    assert ledger.more_runs("a", 4) == []  # 1 + 0.9 + 1 runs: full; `next` starts a new fit
+    ledger.trial_ended("a")
+    assert ledger.next_pack("b") == ("next",) and not ledger.failed
 
 
 def test_the_ledger_reads_a_run_s_state_once_a_call_and_never_again_once_it_ended():

@@ -28,6 +28,17 @@ WAIT_LIMIT_S = 30.0
 Pack = tuple[str, ...]
 
 
+def trained_share(experiment: Path, run_id: str, full_epochs: int) -> float:
+    """The share of a full run's epochs a stopped sample trained (1.0 for any other run)."""
+    try:
+        summary = RunFolder(Path(experiment) / "runs" / run_id).summary() or {}
+    except ExperimentError:
+        return 1.0
+    if summary.get("status") != "stopped" or not summary.get("epochs"):
+        return 1.0
+    return min(1.0, summary["epochs"] / full_epochs)
+
+
 def run_status(experiment: Path, run_id: str) -> str | None:
     """finished / failed (a summary saying so, or a recorded failure) / None (not ended)."""
     folder = RunFolder(Path(experiment) / "runs" / run_id)
@@ -44,7 +55,12 @@ class RunLedger:
     """Packs of run ids handed to new trials (`next_pack`), ready runs handed to trials done
     with theirs (`more_runs`). `teachers`: run id -> its teacher run ids. A run's state and
     earlier starts come from `experiment`'s run folders, or from `run_status(run_id)` and
-    `attempts(run_id)` when given (tests)."""
+    `attempts(run_id)` when given (tests).
+
+    A fit takes runs up to `runs_per_fit`, a sample its search stopped counted for the share of
+    the job's `full_epochs` it trained: a search's short samples fill a fit as the full runs
+    their epochs add up to, so a slot keeps its fit (and its start-up, ~13 s on 2 cores) through
+    a search, as it does through a grid of full runs."""
 
     def __init__(
         self,
@@ -57,6 +73,7 @@ class RunLedger:
         attempts: Callable[[str], int] | None = None,
         wait_limit_s: float = WAIT_LIMIT_S,
         searching: bool = False,
+        full_epochs: int | None = None,
     ):
         gating = {t for ts in teachers.values() for t in ts}
         self.waiting = sorted(packs, key=lambda p: not any(r in gating for r in p))
@@ -66,6 +83,8 @@ class RunLedger:
         self._attempts = attempts
         self.max_concurrent = max_concurrent
         self.runs_per_fit = runs_per_fit
+        self.full_epochs = full_epochs
+        self._shares: dict[str, float] = {}  # run id -> its share of a full run, once ended
         self.wait_limit_s = wait_limit_s
         self.live: dict[str, Pack] = {}  # Tune trial id -> the pack it started with
         self.ended: dict[str, Pack] = {}  # the same, for trials that ended
@@ -138,8 +157,7 @@ class RunLedger:
             return list(log[call])
         if self.closed:
             return []
-        pack = self.live.get(trial_id)
-        if pack is None or len(pack) + sum(map(len, log)) >= self.runs_per_fit:
+        if trial_id not in self.live or self._fit_size(trial_id) >= self.runs_per_fit:
             log.append(())
             return []
         self._drop_runs_of_failed_teachers()
@@ -159,6 +177,17 @@ class RunLedger:
                 return WAIT
         log.append(())
         return []
+
+    def _fit_size(self, trial_id: str) -> float:
+        """The runs the trial's fit was given, a stopped sample counted for its share."""
+        return sum(self._share(run) for run in self.runs_of(trial_id))
+
+    def _share(self, run_id: str) -> float:
+        if self.experiment is None or not self.full_epochs or self.status(run_id) != "stopped":
+            return 1.0
+        if run_id not in self._shares:
+            self._shares[run_id] = trained_share(self.experiment, run_id, self.full_epochs)
+        return self._shares[run_id]
 
     def trial_ended(self, trial_id: str) -> None:
         self._read.clear()

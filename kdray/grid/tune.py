@@ -212,7 +212,7 @@ def run_grid(exp: Experiment, job: Job, runs: list[RunSpec], data: DataInfo) -> 
         return [outcome(exp, run, None, {}) for run in runs]
     ledger = start_ledger(
         *ledger_packs(packs), str(exp.root), max_concurrent=slots, runs_per_fit=per_fit,
-        searching=searching,
+        searching=searching, full_epochs=job.train.epochs,
     )  # fmt: skip
     queue = RunQueue(
         ledger,
