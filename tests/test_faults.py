@@ -251,7 +251,7 @@ def test_node_lost_mid_trial_the_grid_still_completes(tmp_path, monkeypatch):
     # the only CPU left that trial needs: bounded by WAIT_LIMIT_S (30 s), 3 s here
     monkeypatch.setattr(ledger, "WAIT_LIMIT_S", 3.0)
     raw = tiny_job_dict(tmp_path)
-    raw["train"]["epochs"] = 4
+    raw["train"]["epochs"] = 3
     raw["studies"] = {
         "normal": {"teachers": ["resnet10t", "test_resnet"], "students": ["test_resnet"]}
     }

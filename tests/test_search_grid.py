@@ -12,6 +12,7 @@ import pytest
 import ray
 import yaml
 
+from kdray.data import prepare_data
 from kdray.grid.run import run_experiment
 from kdray.results.cells import study_cells
 from kdray.results.tables import read_trials
@@ -20,7 +21,7 @@ from kdray.store.experiment import Experiment
 from kdray.store.status import status_rows
 from tests.conftest import run_grid, tiny_job_dict
 from tests.test_faults import stop_driver_once
-from tests.test_tracking_mlflow import runs_of
+from tests.test_tracking_mlflow import epochs, runs_of, steps
 
 pytestmark = [
     pytest.mark.ray,
@@ -84,8 +85,8 @@ def test_a_searched_study_stops_samples_and_reports_its_confirmed_best(uninterru
     assert (stopped.epochs == stopped.stopped_at_epoch).all()
     assert set(stopped.stopped_at_epoch) <= {1, 2}  # the rungs below the last epoch
     assert stopped.test_score.isna().all() and stopped.checkpoint.isna().all()
-    for run_id, epochs in zip(stopped.trial_id, stopped.epochs, strict=True):
-        assert len(exp.run(run_id).epochs()) == epochs  # its validation curve, up to the stop
+    for run_id, trained in zip(stopped.trial_id, stopped.epochs, strict=True):
+        assert len(exp.run(run_id).epochs()) == trained  # its validation curve, up to the stop
     states = {row["trial_id"]: row["state"] for row in status_rows(exp)}
     assert {states[r] for r in stopped.trial_id} == {"stopped"}
 
@@ -107,13 +108,59 @@ def test_a_searched_study_stops_samples_and_reports_its_confirmed_best(uninterru
     assert set(cell.baseline.setting) == {best_base.setting}
 
     # MLflow: one run per sample, tagged with its search, stopped ones say so
-    uri = f"sqlite:///{exp.root / 'mlflow' / 'mlflow.db'}"
-    tagged = {r.data.tags.get("kdray.run_id"): r for r in runs_of(uri, job.name)}
+    tagged = mlflow_runs(exp, job)
     for run_id, status in zip(samples.trial_id, samples.status, strict=True):
         run = tagged[run_id]
         assert run.data.tags["kdray.search"] == "tuned"
         assert run.data.tags["kdray.status"] == status and run.info.status == "FINISHED"
     assert {tagged[r].data.tags["kdray.search"] for r in base_samples.trial_id} == {"baseline"}
+    confirmed = tagged[cell.runs.trial_id.iloc[0]]
+    params = confirmed.data.params
+    assert params["teachers"] == "resnet10t" and params["teacher_outputs"] == "cached"
+    assert params["studies"] == "tuned" and params["method"] == "kd"
+    assert params["method.temperature"] == "4.0" and params["method.alpha"] == "0.9"
+    assert [s for s, _ in steps(uri(exp), confirmed.info.run_id, "loss_kd")] == [1, 2, 3]
+
+
+def uri(exp: Experiment) -> str:
+    """The default MLflow store: SQLite in the experiment folder."""
+    return f"sqlite:///{exp.root / 'mlflow' / 'mlflow.db'}"
+
+
+def mlflow_runs(exp: Experiment, job) -> dict:
+    """The grid's MLflow runs as an ended grid has them: one grid run, and under it exactly one
+    run per kdray run (samples and confirmations included), every epoch logged once, the final
+    metrics of each finished run; {kdray run id or "grid": MLflow run}."""
+    fingerprint = prepare_data(job.data, exp.data_dir).fingerprint
+    found = runs_of(uri(exp), job.name)
+    (grid,) = [r for r in found if r.data.tags.get("kdray.level") == "grid"]
+    nested = [r for r in found if r is not grid]
+    runs = exp.plan().runs
+    assert sorted(r.data.tags["kdray.run_id"] for r in nested) == sorted(runs)  # none twice
+    summaries = {run_id: exp.summary(run_id) for run_id in runs}
+    finished = [r for r, s in summaries.items() if s["status"] == "finished"]
+    assert grid.info.status == "FINISHED" and grid.data.tags["kdray.status"] == "finished"
+    assert grid.data.params["data_fingerprint"] == fingerprint
+    assert grid.data.metrics["runs_finished"] == len(finished)
+    for run in nested:
+        run_id = run.data.tags["kdray.run_id"]
+        spec, summary = runs[run_id], summaries[run_id]
+        assert run.data.tags["mlflow.parentRunId"] == grid.info.run_id
+        assert run.info.status == "FINISHED", run_id
+        assert run.data.tags["kdray.stage"] == spec.stage
+        assert run.data.tags["kdray.status"] == summary["status"]
+        params = run.data.params
+        assert params["model"] == spec.model and params["seed"] == str(spec.seed)
+        assert params["data_fingerprint"] == fingerprint
+        rows = epochs(exp.run_dir(run_id))  # every epoch once, as epochs.jsonl has it
+        for key in ("train_loss", "val_acc", "train_acc"):
+            assert steps(uri(exp), run.info.run_id, key) == [(r["epoch"], r[key]) for r in rows]
+        if run_id in finished:
+            for split in ("train", "val", "test"):
+                for metric in ("acc", "loss", "f1"):
+                    key = f"{split}_{metric}"
+                    assert run.data.metrics[f"final/{key}"] == pytest.approx(summary[key])
+    return {**{r.data.tags["kdray.run_id"]: r for r in nested}, "grid": grid}
 
 
 def ended_samples(exp: Experiment) -> dict[str, tuple[str, bytes]]:
@@ -129,10 +176,10 @@ def test_a_search_stopped_by_ctrl_c_resumes_redoing_no_ended_sample_and_chooses_
 ):
     """`kdray run` stopped by Ctrl-C (SIGINT to its process group) once a sample has ended,
     then resumed: no sample that had ended is trained again, and the samples' outcomes and the
-    chosen setting are those of the uninterrupted grid. (Seed 0 only, no baseline, no
-    tracking: what the samples and the choice depend on, at a third of the grid's cost.)"""
+    chosen setting are those of the uninterrupted grid; in MLflow, the same grid run and one
+    run per kdray run, none added by the resume. (Seed 0 only, no baseline: what the samples
+    and the choice depend on, at a third of the grid's cost.)"""
     raw = {**searched_raw(tmp_path), "seeds": [0], "baseline": False}
-    del raw["tracking"]
     job_file = tmp_path / "job.yaml"
     job_file.write_text(yaml.safe_dump(raw))
     job = parse_job(raw)
@@ -142,6 +189,9 @@ def test_a_search_stopped_by_ctrl_c_resumes_redoing_no_ended_sample_and_chooses_
     assert code == 130
     before = ended_samples(exp)
     assert before and exp.plan().searches  # stopped mid-search, with a sample ended
+    found = runs_of(uri(exp), job.name)
+    (grid_run,) = [r for r in found if r.data.tags.get("kdray.level") == "grid"]
+    assert grid_run.info.status == "KILLED"
     try:
         report = run_experiment(exp, job)  # what `kdray resume` runs
     finally:
@@ -151,6 +201,7 @@ def test_a_search_stopped_by_ctrl_c_resumes_redoing_no_ended_sample_and_chooses_
     assert {run: after[run] for run in before} == before  # ended samples left as they were
     for run in before:
         assert exp.run(run).attempts() == 1
+    assert mlflow_runs(exp, job)["grid"].info.run_id == grid_run.info.run_id
 
     def outcome(e: Experiment):
         trials = read_trials(e).to_pandas()

@@ -1,6 +1,7 @@
 """MLflow tracking against a real `mlflow server` on 127.0.0.1 (and the default SQLite store in
 the experiment folder), read back with the MLflow client: parameters, metric history, nesting,
-and that a resumed or restarted run adds no MLflow run."""
+and that a resumed or restarted run adds no MLflow run. A whole grid's runs in MLflow, resumed
+after a Ctrl-C, are checked on the searched grid (`tests/test_search_grid.py`)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ from pathlib import Path
 import pytest
 
 from kdray.data import prepare_data
-from kdray.grid.run import run_experiment
 from kdray.spec.load import parse_job
 from kdray.spec.plan import make_plan
 from kdray.store.experiment import Experiment
@@ -239,73 +239,3 @@ def test_the_grid_run_is_found_again_and_closes_what_dead_trials_left_running(
     }
     assert again["grid"].info.status == "RUNNING" and again[cut].info.status == "RUNNING"
     assert steps(mlflow_server, again[cut].info.run_id, "train_loss") == [(1, 1.0), (2, 0.5)]
-
-
-@pytest.mark.ray
-@pytest.mark.timeout(600)
-def test_a_grid_is_one_run_with_a_nested_run_per_kdray_run_and_resume_adds_none(
-    tmp_path, mlflow_server
-):
-    import ray
-
-    # a teacher, then its KD student, in one trial: the student trains in its teacher's fit
-    raw = tiny_job_dict(tmp_path, baseline=False, resources={"max_concurrent_trials": 1})
-    name = f"grid-{tmp_path.name}"
-    raw["tracking"] = {"mlflow": {"tracking_uri": mlflow_server, "experiment": name}}
-    job = parse_job(raw)
-    runs = make_plan(job).runs
-    kd = next(r for r in runs.values() if r.method == "kd")
-    exp = Experiment.create(job)
-    try:
-        report = run_experiment(exp, job)
-        assert report.ok, report.failed
-        first = check_grid(mlflow_server, name, exp, job, runs)
-        student = first[kd.run_id]
-        params = student.data.params
-        assert params["teachers"] == "resnet10t" and params["teacher_outputs"] == "cached"
-        assert params["studies"] == "normal" and params["method"] == "kd"
-        assert params["method.temperature"] == "4.0" and params["method.alpha"] == "0.9"
-        assert [s for s, _ in steps(mlflow_server, student.info.run_id, "loss_kd")] == [1, 2]
-        # `kdray resume` after the student was cut short (no summary): the same MLflow runs go
-        # on (one local Ray for both, to keep the test short; resume reads only the folder)
-        (exp.run_dir(kd.run_id) / "summary.json").unlink()
-        resumed = Experiment.open(exp.root)
-        again = run_experiment(resumed, resumed.job())
-        assert again.ok, again.failed
-    finally:
-        ray.shutdown()
-    after = check_grid(mlflow_server, name, exp, job, runs)
-    assert {k: r.info.run_id for k, r in after.items()} == {
-        k: r.info.run_id for k, r in first.items()
-    }
-    assert exp.run(kd.run_id).attempts() == 2
-
-
-def check_grid(uri: str, name: str, exp, job, runs) -> dict:
-    """The grid's MLflow runs as a finished grid has them: {kdray run id or "grid": run}."""
-    fingerprint = prepare_data(job.data, exp.data_dir).fingerprint
-    found = runs_of(uri, name)
-    (grid,) = [r for r in found if r.data.tags.get("kdray.level") == "grid"]
-    nested = {r.data.tags["kdray.run_id"]: r for r in found if r is not grid}
-    assert sorted(nested) == sorted(runs)  # one MLflow run per kdray run, none twice
-    assert grid.info.status == "FINISHED" and grid.data.tags["kdray.status"] == "finished"
-    assert grid.data.params["data_fingerprint"] == fingerprint
-    assert grid.data.metrics["runs_finished"] == len(runs)
-    for run_id, run in nested.items():
-        spec, summary = runs[run_id], exp.summary(run_id)
-        assert run.data.tags["mlflow.parentRunId"] == grid.info.run_id
-        assert run.info.status == "FINISHED", run_id
-        assert run.data.tags["kdray.stage"] == spec.stage
-        assert run.data.tags["kdray.status"] == "finished"
-        params = run.data.params
-        assert params["model"] == spec.model and params["seed"] == "0"
-        assert params["data_fingerprint"] == fingerprint
-        # every epoch once, as epochs.jsonl has it
-        rows = epochs(exp.run_dir(run_id))
-        for key in ("train_loss", "val_acc", "train_acc"):
-            assert steps(uri, run.info.run_id, key) == [(r["epoch"], r[key]) for r in rows]
-        for split in ("train", "val", "test"):
-            for metric in ("acc", "loss", "f1"):
-                key = f"{split}_{metric}"
-                assert run.data.metrics[f"final/{key}"] == pytest.approx(summary[key])
-    return {**nested, "grid": grid}
