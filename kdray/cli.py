@@ -141,7 +141,11 @@ def validate(
             console.print(part, highlight=False, soft_wrap=True)
     for line in data_warnings(classes, sources):
         _warn(f"{job_file}: data: {line}")
-    for warning in budget_warnings(job):
+    # what `kdray run` warns of too (a band needs the decoded validation labels)
+    from kdray.grid.run import band_warnings, method_warnings
+
+    bands = band_warnings(job, info) if info else []
+    for warning in [*budget_warnings(job), *bands, *method_warnings(job, len(classes))]:
         _warn(f"{job_file}: {warning}")
 
 

@@ -864,6 +864,18 @@ def warned(*args, says: tuple[str, ...]) -> str:
     return warnings
 
 
+def test_validate_warns_of_what_run_warns_a_method_and_a_band(tmp_path):
+    studies = {
+        "decoupled": {"teachers": ["resnet10t"], "students": ["test_resnet"],
+                      "method": {"name": "dkd"}},
+        "defective": {"teachers": ["resnet10t"], "students": ["test_resnet"],
+                      "teacher_val_band": [0.3, 0.45]},
+    }  # fmt: skip
+    warned("validate", write_job(tmp_path, job_dict(tmp_path, studies=studies)),
+           says=("studies.decoupled.method: DKD with 2 classes",
+                 "studies.defective.teacher_val_band [0.3, 0.45] starts at or below"))  # fmt: skip
+
+
 def test_a_named_category_without_images_is_refused(tmp_path):
     from tests.test_segmentation_data import busi_tree
 

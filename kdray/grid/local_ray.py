@@ -36,6 +36,9 @@ def _init(job: Job, address: str | None, verbose: bool) -> None:
         if address:
             ray.init(address=address, log_to_driver=verbose, **worker_env(job))
         else:
+            # Ray's own default for a new local Ray (token authentication), set explicitly: the
+            # same token, without Ray's line about it on every run
+            os.environ.setdefault("RAY_AUTH_MODE", "token")
             ray.init(
                 address="local",  # a new local Ray, even if another one runs on this machine
                 resources={DRIVER_RESOURCE: job.resources.max_concurrent_trials},

@@ -62,12 +62,12 @@ def band_warnings(job: Job, data: DataInfo) -> list[str]:
     ]
 
 
-def method_warnings(job: Job, data: DataInfo) -> list[str]:
+def method_warnings(job: Job, num_classes: int) -> list[str]:
     """What each study's method says about these settings on this data (e.g. DKD, 2 classes)."""
     return [
         f"studies.{name}.method: {line}"
         for name, study in job.studies.items()
-        for line in METHODS[study.method_name()].warnings(job.method_params(name), data.num_classes)
+        for line in METHODS[study.method_name()].warnings(job.method_params(name), num_classes)
     ]
 
 
@@ -129,7 +129,7 @@ def _prepare(exp: Experiment, job: Job, console: Console) -> DataInfo:
         for line in fitted_lines(text, console.width):
             console.print(line, highlight=False, soft_wrap=True)
     data_lines = [f"data: {line}" for line in data.extra.get("warnings", [])]
-    warnings = data_lines + band_warnings(job, data) + method_warnings(job, data)
+    warnings = data_lines + band_warnings(job, data) + method_warnings(job, data.num_classes)
     for warning in warnings + budget_warnings(job):
         console.print(f"[yellow]warning[/yellow]: {warning}", highlight=False)
     return data
