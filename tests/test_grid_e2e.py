@@ -163,3 +163,23 @@ def test_students_of_a_failed_teacher_are_not_started(tmp_path):
     assert failure["error"] == (
         f"not started: its teacher run {teacher.run_id} failed ({teacher_summary['error']})"
     )
+
+
+def test_ray_s_line_about_its_default_token_is_dropped_and_no_other(caplog):
+    """A new local Ray logs that it turned token authentication on, on every run; `init_ray`
+    drops that line alone (Ray's own logger and message, emitted by Ray's own function)."""
+    import logging
+
+    from ray._private.authentication import authentication_token_setup as token_setup
+
+    assert token_setup.__name__ == local_ray.RAY_TOKEN_LOGGER
+    logger = logging.getLogger(local_ray.RAY_TOKEN_LOGGER)
+    logger.addFilter(local_ray._default_token_line_dropped)
+    try:
+        with caplog.at_level(logging.WARNING, logger=local_ray.RAY_TOKEN_LOGGER):
+            token_setup._warn_token_auth_enabled()
+            token_setup._warn_token_auth_disabled()  # a cluster open to anyone: kept
+    finally:
+        logger.removeFilter(local_ray._default_token_line_dropped)
+    (kept,) = caplog.messages
+    assert kept.startswith("Token authentication is disabled")

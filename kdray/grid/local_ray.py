@@ -8,6 +8,7 @@ main thread.)
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 
@@ -36,9 +37,7 @@ def _init(job: Job, address: str | None, verbose: bool) -> None:
         if address:
             ray.init(address=address, log_to_driver=verbose, **worker_env(job))
         else:
-            # Ray's own default for a new local Ray (token authentication), set explicitly: the
-            # same token, without Ray's line about it on every run
-            os.environ.setdefault("RAY_AUTH_MODE", "token")
+            logging.getLogger(RAY_TOKEN_LOGGER).addFilter(_default_token_line_dropped)
             ray.init(
                 address="local",  # a new local Ray, even if another one runs on this machine
                 resources={DRIVER_RESOURCE: job.resources.max_concurrent_trials},
@@ -47,6 +46,16 @@ def _init(job: Job, address: str | None, verbose: bool) -> None:
                 configure_logging=verbose,
                 **worker_env(job),
             )
+
+
+# A new local Ray turns token authentication on by default and says so in a warning on every
+# run, telling the user how to turn it off; kdray keeps Ray's default and drops that one line
+# (only that one: `RAY_AUTH_MODE` set by the user, or another of Ray's warnings, still shows).
+RAY_TOKEN_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+def _default_token_line_dropped(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Token authentication is enabled for this Ray")
 
 
 def worker_env(job: Job) -> dict:
