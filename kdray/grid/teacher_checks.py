@@ -48,8 +48,8 @@ def weak_teacher_lines(trials: pd.DataFrame, data: DataInfo) -> list[str]:
         elif len(own) and score < own.mean():
             lines.append(
                 f"teacher {model}: {metric} {score:.3f}, below its students' own no-KD "
-                f"baselines ({own.mean():.3f}), though no smaller than they: it learned "
-                "little, so its KD rows say little about distillation"
+                f"baselines ({own.mean():.3f}), though it is no smaller a model: it "
+                "learned little, so its KD rows say little about distillation"
             )
     return lines
 
