@@ -324,7 +324,7 @@ def _run(exp, job, address: str | None, verbose: bool) -> None:
             shutdown_ray()
     trials = read_trials(exp).to_pandas()
     weak = weak_teacher_lines(trials, report.data) if report.data else []
-    print_closing_tables(trials, list(job.studies), weak)
+    print_closing_tables(trials, list(job.studies), weak, exp.plan().searches.values())
     summary = write_tables(exp, trials, list(job.studies))
     console.print(f"\nresults: {exp.results_dir / 'trials.parquet'}", soft_wrap=True)
     console.print(f"tables:  {summary} (every table in full)", soft_wrap=True)
@@ -368,12 +368,15 @@ def _run_grid(exp, job, address: str | None, verbose: bool):
         raise typer.Exit(EXIT_CODE if terminated() else 130) from None
 
 
-def print_closing_tables(trials, studies: list[str], teacher_warnings: list[str] = ()) -> None:
+def print_closing_tables(
+    trials, studies: list[str], teacher_warnings: list[str] = (), searches=()
+) -> None:
     """The tables a finished grid ends with, fitted to the terminal's (or `COLUMNS`') width;
-    `teacher_warnings` under the teachers' and the KD gain tables."""
+    `teacher_warnings` under the teachers' and the KD gain tables; `searches`: the plan's
+    searched cells."""
     from kdray.export.terminal import closing_output
 
-    for part in closing_output(trials, studies, console.width, teacher_warnings):
+    for part in closing_output(trials, studies, console.width, teacher_warnings, searches):
         console.print(part)
 
 

@@ -464,3 +464,35 @@ def test_a_baseline_search_is_checked_and_an_untuned_baseline_is_warned_of(tmp_p
     assert line.startswith("studies: tuned (lr) search training settings the baseline trains")
     raw["baseline"] = {"search": {"space": {"lr": {"loguniform": [1.0e-4, 0.1]}}}}
     assert budget_warnings(parse_job(raw)) == []
+
+
+def test_the_search_table_counts_each_cell_s_samples_and_names_a_cell_none_ran_for(tmp_path):
+    from kdray.export.markdown import tables
+    from kdray.results.cells import setting_label
+    from kdray.results.tables import write_results
+
+    result = run_search(tmp_path, "table", slots=2, order_seed=0)
+    exp = Experiment.for_job(search_job(tmp_path, "table"))
+    trials = write_results(exp).to_pandas()
+    cells = exp.plan().searches.values()
+    _, table = tables(trials, ["tuned"], cells)["tuned.search"]
+    (row,) = table.to_dict("records")
+    ended = list(result["samples"].values())
+    assert row["Samples"] == 10 and row["Stopped"] == sum(s == "stopped" for s, _ in ended)
+    assert row["Finished"] + row["Stopped"] == 10
+    assert row["Epochs trained"] == sum(epochs for _, epochs in ended)
+    assert row["Without stopping"] == 10 * EPOCHS
+    confirmed = exp.plan().runs[result["confirmed"][0]]
+    assert row["Chosen"] == setting_label(json.dumps(confirmed.setting))
+
+    # another experiment whose seed-0 teacher failed: its cell never sampled, and says why
+    failed = Experiment.create(search_job(tmp_path, "failed"))
+    (cell,) = failed.plan().searches.values()
+    teacher = cell.teacher_runs[0][0]
+    failed.run(teacher).write_summary({"status": "failed", "error": "out of memory"})
+    trials = write_results(failed).to_pandas()
+    assert "tuned.search" not in tables(trials, ["tuned"])  # without the plan: no trace
+    _, table = tables(trials, ["tuned"], failed.plan().searches.values())["tuned.search"]
+    (row,) = table.to_dict("records")
+    assert row["Student"] == "test_resnet" and row["Teacher"] == "resnet10t"
+    assert row["Samples"] == 0 and row["Chosen"] == f"none: its teacher run {teacher} failed"

@@ -23,6 +23,8 @@ for both the Markdown files and the report.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import pandas as pd
 
 from kdray.results.cells import (
@@ -41,6 +43,7 @@ from kdray.results.cost_ratios import compression_note, compression_table
 from kdray.results.few_labels import few_labels_table
 from kdray.results.searches import search_table, searched
 from kdray.results.stats import BOOTSTRAP_FROM, MIN_SEEDS
+from kdray.spec.plan import SearchCell
 
 SPLITS = (("train", "train_score"), ("valid", "val_score"), ("test", "test_score"))
 BASELINE_COLUMN = "no KD (baseline)"
@@ -232,11 +235,14 @@ def study_title(trials: pd.DataFrame, study: str, title: str = "accuracy") -> st
     return f"{study} ({', '.join(methods) or 'no runs'}): student x teacher {title}"
 
 
-def tables(trials: pd.DataFrame, studies: list[str]) -> dict[str, tuple[str, pd.DataFrame]]:
+def tables(
+    trials: pd.DataFrame, studies: list[str], searches: Iterable[SearchCell] = ()
+) -> dict[str, tuple[str, pd.DataFrame]]:
     """Name -> (title, table) for every table of the export: `teachers`, `baseline`, one per
     study (no columns when none of its trials finished) and `<study>.sensitivity` for a study
-    that sweeps, `summary`, `improvement`, `compression`, and `unfinished` when some trial did
-    not finish."""
+    that sweeps, `<study>.search` for a searched one (`searches`: the plan's searched cells),
+    `summary`, `improvement`, `compression`, and `unfinished` when some trial did not finish."""
+    searches = list(searches)
     done = trials[trials.status == "finished"]
     cells = {study: study_cells(done, study) for study in studies}
     metric = metric_title(trials)
@@ -250,9 +256,9 @@ def tables(trials: pd.DataFrame, studies: list[str]) -> dict[str, tuple[str, pd.
             title = f"{study}: every setting of the sweep (chosen on validation {metric})"
             out[f"{study}.sensitivity"] = (title, sensitivity_table(cells[study]))
     for study in [*studies, "baseline"]:
-        if searched(trials, study):
+        if searched(trials, study) or any(c.study == study for c in searches):
             title = f"{study}: the search (samples, early stops, the setting chosen on validation)"
-            out[f"{study}.search"] = (title, search_table(trials, study))
+            out[f"{study}.search"] = (title, search_table(trials, study, searches))
     if has_budgets(done):
         out["labels"] = (
             "Few labels: each student's test metrics per label budget, baseline vs every study",
@@ -273,11 +279,13 @@ def tables(trials: pd.DataFrame, studies: list[str]) -> dict[str, tuple[str, pd.
     return out
 
 
-def render_tables(trials: pd.DataFrame, studies: list[str]) -> dict[str, str]:
+def render_tables(
+    trials: pd.DataFrame, studies: list[str], searches: Iterable[SearchCell] = ()
+) -> dict[str, str]:
     """File name -> Markdown text, for every table of the export."""
     out = {}
     metric = metric_title(trials)
-    for name, (title, table) in tables(trials, studies).items():
+    for name, (title, table) in tables(trials, studies, searches).items():
         if name == "unfinished":
             out["summary.md"] += f"\n## {title}\n\n" + markdown(table.fillna(""))
             continue

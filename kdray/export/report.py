@@ -15,6 +15,7 @@ import html
 import io
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -27,6 +28,7 @@ from kdray.export.markdown import statistics_note, tables
 from kdray.export.search_plots import search_figure
 from kdray.results.cells import Cell, baseline_rows, has_role, metric_title, study_cells
 from kdray.results.cost_ratios import compression_note, frontier_points
+from kdray.spec.plan import SearchCell
 
 matplotlib.use("Agg")
 
@@ -258,14 +260,15 @@ def render_report(
     name: str,
     written: datetime | None = None,
     examples: Examples | None = None,
+    searches: Iterable[SearchCell] = (),
 ) -> str:
     """The whole HTML page. `trials` / `epochs` are `trials.parquet` / `epochs.parquet` as pandas;
     `studies` are the job's studies, in order (absent studies have no section); `examples`:
     a figure of test images or volumes' slices and predicted masks (segmentation,
-    `kdray.export.masks`, `kdray.export.volume_views`)."""
+    `kdray.export.masks`, `kdray.export.volume_views`); `searches`: the plan's searched cells."""
     written = written or datetime.now(UTC)
     done = trials[trials.status == "finished"]
-    all_tables = tables(trials, studies)
+    all_tables = tables(trials, studies, searches)
     title = f"kdray report: {name}"
     parts = [
         f"<h1>{html.escape(title)}</h1>",

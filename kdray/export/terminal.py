@@ -7,6 +7,8 @@ stay in the Markdown files of `kdray export` (summary.md and the rest).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import pandas as pd
 from rich import box
 from rich.console import Console, Group, RenderableType
@@ -17,6 +19,7 @@ from rich.text import Text
 from kdray.export.markdown import statistics_note, tables
 from kdray.results.cells import metric_title
 from kdray.results.cost_ratios import compression_note
+from kdray.spec.plan import SearchCell
 
 # the columns that name a row (the rest are its numbers), per table of the closing output
 ROW_NAMES = {
@@ -30,12 +33,17 @@ EMPTY = ("", "—", "nan", "None")
 
 
 def closing_output(
-    trials: pd.DataFrame, studies: list[str], width: int, teacher_warnings: list[str] = ()
+    trials: pd.DataFrame,
+    studies: list[str],
+    width: int,
+    teacher_warnings: list[str] = (),
+    searches: Iterable[SearchCell] = (),
 ) -> list[RenderableType]:
     """What `kdray run` prints after its grid: the teachers, each study's student x teacher
     table, the KD gain table, how often KD won and what it bought, each `width` wide at most.
-    `teacher_warnings` (teachers that learned little) follow the teachers and the KD gain."""
-    made = tables(trials, studies)
+    `teacher_warnings` (teachers that learned little) follow the teachers and the KD gain;
+    `searches`: the plan's searched cells (a search table row for each)."""
+    made = tables(trials, studies, searches)
     metric = metric_title(trials)
     notes = {"improvement": statistics_note(metric), "compression": compression_note(metric)}
     searches = [f"{s}.search" for s in [*studies, "baseline"]]

@@ -35,7 +35,8 @@ def export(experiment_dir: str | Path, out_dir: str | Path) -> dict[str, Path]:
     epochs = read_epochs(exp)
     trials = table.to_pandas()
     job = exp.job()
-    texts = render_tables(trials, list(job.studies))
+    searches = list(exp.plan().searches.values())
+    texts = render_tables(trials, list(job.studies), searches)
     from kdray.export.masks import examples_figure  # matplotlib only when a report is written
     from kdray.export.report import render_report
     from kdray.export.volume_views import volume_examples_figure
@@ -44,7 +45,7 @@ def export(experiment_dir: str | Path, out_dir: str | Path) -> dict[str, Path]:
     examples = examples_figure(exp.root, trials, studies)
     examples = examples or volume_examples_figure(exp.root, trials, studies)
     texts["report.html"] = render_report(
-        trials, epochs.to_pandas(), studies, job.name, examples=examples
+        trials, epochs.to_pandas(), studies, job.name, examples=examples, searches=searches
     )
     out.mkdir(parents=True, exist_ok=True)
     written = {}
@@ -62,7 +63,8 @@ def export(experiment_dir: str | Path, out_dir: str | Path) -> dict[str, Path]:
 def write_tables(exp: Experiment, trials: pd.DataFrame, studies: list[str]) -> Path:
     """Every Markdown table into the experiment's own results folder (which kdray rewrites),
     for a terminal that shows them in short; returns summary.md's path."""
-    for name, text in render_tables(trials, studies).items():
+    searches = exp.plan().searches.values()
+    for name, text in render_tables(trials, studies, searches).items():
         (exp.results_dir / name).write_text(text, encoding="utf-8")
     return exp.results_dir / "summary.md"
 
