@@ -4,9 +4,14 @@ product's path: 16 samples of (temperature, alpha) with successive halving (`ash
 same 16 settings trained to the end (`early_stop: none`). The sampler is `random`, whose draws
 depend only on the seed and the draw's number, so both sides train the same settings.
 
-Figures: the samples' epochs and busy time (their runs' `wall_s`), searched ÷ full (goal
-<= 0.4); each side's chosen setting and its test score over the confirmation seeds, and whether
-the searched side's lies within the full side's seed-to-seed spread (min..max over its seeds).
+The teachers (seeds 0-2) are trained once, first, and copied into both sides' experiments, so
+each side's makespan is its own wall time from the same start: the samples, then the
+confirmations (`teachers_s` is the teachers' grid).
+
+Figures: the samples' epochs, busy time (their runs' `wall_s`) and each side's makespan,
+searched ÷ full (goal <= 0.4); each side's chosen setting and its test score over the
+confirmation seeds, and whether the searched side's lies within the full side's seed-to-seed
+spread (min..max over its seeds).
 """
 
 from __future__ import annotations
@@ -14,11 +19,15 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import time
 from pathlib import Path
 
 from bench import raygrid
 from bench.common import log
+from kdray.data import prepare_data
+from kdray.grid.tune import run_grid
 from kdray.spec.load import parse_job
+from kdray.store.experiment import Experiment
 
 SIDES = {"searched": {"rule": "asha", "grace_epochs": 1, "reduction_factor": 3}, "full": "none"}
 
@@ -118,6 +127,19 @@ def side_figures(grid: raygrid.GridRun) -> dict:
     }
 
 
+def train_teachers(root: Path, quick: bool) -> tuple[Experiment, list[str]]:
+    """The cell's teachers on every seed, through the product's grid given those runs alone
+    (the same job without its search: the same teacher runs)."""
+    raw = search_job(root / "search", "teachers", "none", quick)
+    del raw["studies"]["kd"]["search"]
+    job = parse_job(raw)
+    exp = Experiment.create(job)
+    teachers = exp.plan().stage("teacher")
+    list(run_grid(exp, job, teachers, prepare_data(job.data, exp.data_dir)))
+    assert all(exp.summary(t.run_id)["status"] == "finished" for t in teachers)
+    return exp, [t.run_id for t in teachers]
+
+
 def search_section(root: Path, quick: bool) -> dict:
     import ray
 
@@ -126,6 +148,13 @@ def search_section(root: Path, quick: bool) -> dict:
         job = parse_job(search_job(root / "search", side, early_stop, quick))
         if not ray.is_initialized():
             raygrid.init_ray(job)
+            started = time.time()
+            teachers_exp, teacher_runs = train_teachers(root, quick)
+            out["teachers_s"] = time.time() - started
+            log(f"search: {len(teacher_runs)} teachers trained in {out['teachers_s']:.1f}s")
+        exp = Experiment.create(job)
+        assert [t.run_id for t in exp.plan().stage("teacher")] == teacher_runs
+        raygrid.seed_teachers(teachers_exp, exp, teacher_runs)
         log(f"search, {side}: {job.studies['kd'].search.samples} samples")
         out[side] = side_figures(raygrid.run_grid(job))
         log(f"  makespan {out[side]['makespan_s']:.1f}s, {out[side]['stopped']} stopped")
@@ -134,6 +163,7 @@ def search_section(root: Path, quick: bool) -> dict:
     out["same_settings"] = searched["settings"] == full["settings"]
     out["epochs_searched_over_full"] = searched["sample_epochs"] / full["sample_epochs"]
     out["busy_searched_over_full"] = searched["sample_busy_s"] / full["sample_busy_s"]
+    out["makespan_searched_over_full"] = searched["makespan_s"] / full["makespan_s"]
     if searched["samples_span_s"] and full["samples_span_s"]:
         out["span_searched_over_full"] = searched["samples_span_s"] / full["samples_span_s"]
     working = searched["sample_busy_s"] - searched["sample_judge_wait_s"]

@@ -165,21 +165,37 @@ def test_students_of_a_failed_teacher_are_not_started(tmp_path):
     )
 
 
-def test_ray_s_line_about_its_default_token_is_dropped_and_no_other(caplog):
+def test_ray_s_line_about_its_default_token_is_dropped_and_no_other():
     """A new local Ray logs that it turned token authentication on, on every run; `init_ray`
-    drops that line alone (Ray's own logger and message, emitted by Ray's own function)."""
+    drops that line alone (Ray's own logger and message, emitted by Ray's own function). The
+    records are read by a handler on that logger: Ray's logging set-up in an earlier test of
+    the session may stop them from reaching the root logger."""
     import logging
 
     from ray._private.authentication import authentication_token_setup as token_setup
 
+    class Kept(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__()
+            self.messages: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.messages.append(record.getMessage())
+
     assert token_setup.__name__ == local_ray.RAY_TOKEN_LOGGER
-    logger = logging.getLogger(local_ray.RAY_TOKEN_LOGGER)
+    logger, kept = logging.getLogger(local_ray.RAY_TOKEN_LOGGER), Kept()
+    level, disabled = logger.level, logger.disabled
     logger.addFilter(local_ray._default_token_line_dropped)
+    logger.addHandler(kept)
+    logger.setLevel(logging.WARNING)
+    logger.disabled = False
     try:
-        with caplog.at_level(logging.WARNING, logger=local_ray.RAY_TOKEN_LOGGER):
-            token_setup._warn_token_auth_enabled()
-            token_setup._warn_token_auth_disabled()  # a cluster open to anyone: kept
+        token_setup._warn_token_auth_enabled()
+        token_setup._warn_token_auth_disabled()  # a cluster open to anyone: kept
     finally:
         logger.removeFilter(local_ray._default_token_line_dropped)
-    (kept,) = caplog.messages
-    assert kept.startswith("Token authentication is disabled")
+        logger.removeHandler(kept)
+        logger.setLevel(level)
+        logger.disabled = disabled
+    (message,) = kept.messages
+    assert message.startswith("Token authentication is disabled")
