@@ -99,7 +99,13 @@ def validate(
     _check_storage(job, job_file)
     from kdray.data import DataError, data_task, data_warnings, open_sources
     from kdray.grid.progress import fitted_lines
-    from kdray.spec.describe import budget_warnings, counted, study_lines
+    from kdray.spec.describe import (
+        band_warnings,
+        budget_warnings,
+        counted,
+        method_warnings,
+        study_lines,
+    )
     from kdray.spec.fit import batch_problems
     from kdray.spec.job import task_problems
     from kdray.spec.plan import make_plan
@@ -142,8 +148,6 @@ def validate(
     for line in data_warnings(classes, sources):
         _warn(f"{job_file}: data: {line}")
     # what `kdray run` warns of too (a band needs the decoded validation labels)
-    from kdray.grid.run import band_warnings, method_warnings
-
     bands = band_warnings(job, info) if info else []
     for warning in [*budget_warnings(job), *bands, *method_warnings(job, len(classes))]:
         _warn(f"{job_file}: {warning}")

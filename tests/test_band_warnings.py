@@ -3,7 +3,7 @@
 import numpy as np
 
 from kdray.data.cache import DataInfo
-from kdray.grid.run import band_warnings
+from kdray.spec.describe import band_warnings
 from kdray.spec.job import Job
 from tests.conftest import tiny_job_dict
 

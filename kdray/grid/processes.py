@@ -9,8 +9,7 @@ from pathlib import Path
 
 
 def descendants(root: int) -> list[int]:
-    """The process ids below `root` (Linux's /proc; none elsewhere; psutil is not a
-    dependency)."""
+    """The process ids below `root` (Linux's /proc; none elsewhere)."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").glob("[0-9]*/stat"):
         with contextlib.suppress(OSError, IndexError, ValueError):

@@ -18,9 +18,8 @@ from kdray.data.cache import DataInfo, load_targets
 from kdray.grid.local_ray import init_ray
 from kdray.grid.progress import GridProgress, fitted_lines
 from kdray.grid.progress_log import GridLog
-from kdray.methods import METHODS
 from kdray.results.tables import write_results
-from kdray.spec.describe import budget_warnings
+from kdray.spec.describe import band_warnings, budget_warnings, method_warnings
 from kdray.spec.fit import batch_problems
 from kdray.spec.job import Job, JobError, task_problems
 from kdray.spec.plan import Plan
@@ -42,33 +41,6 @@ class RunReport:
     @property
     def ok(self) -> bool:
         return not self.failed
-
-
-def band_warnings(job: Job, data: DataInfo) -> list[str]:
-    """Defective-teacher bands that a teacher which learned nothing can land in: on imbalanced
-    data, always predicting the majority class already scores its share of the valid split."""
-    labels = load_targets(data.path, "valid")
-    if len(labels) == 0:
-        return []
-    task = get_task(data.task)
-    floor, how = task.no_skill(labels, data.classes)
-    return [
-        f"studies.{study_name}.teacher_val_band {list(study.teacher_val_band)} starts at or "
-        f"below {floor:.3f}, the validation {task.primary_title} of {how}: a teacher "
-        f"that learned nothing can stop inside it; a band above {floor:.2f} makes a "
-        "defective teacher one that learned something, badly"
-        for study_name, study in job.studies.items()
-        if study.teacher_val_band is not None and study.teacher_val_band[0] <= floor
-    ]
-
-
-def method_warnings(job: Job, num_classes: int) -> list[str]:
-    """What each study's method says about these settings on this data (e.g. DKD, 2 classes)."""
-    return [
-        f"studies.{name}.method: {line}"
-        for name, study in job.studies.items()
-        for line in METHODS[study.method_name()].warnings(job.method_params(name), num_classes)
-    ]
 
 
 def check_weights(exp: Experiment, job: Job, plan: Plan) -> None:

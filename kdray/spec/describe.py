@@ -1,12 +1,15 @@
-"""A job's grid described for people: what `kdray validate` prints per study."""
+"""A job's grid described for people: what `kdray validate` prints per study, and the warnings
+`validate` and `run` both print about the job on its data (budgets, bands, methods)."""
 
 from __future__ import annotations
 
 from kdray.data.budgets import budget_label
+from kdray.data.cache import DataInfo, load_targets
 from kdray.methods import METHODS
 from kdray.spec.job import BASELINE, Job
 from kdray.spec.plan import Plan
 from kdray.spec.search import TRAIN_KEYS
+from kdray.tasks import get_task
 
 
 def counted(n: int, noun: str, plural: str | None = None) -> str:
@@ -116,4 +119,31 @@ def _untuned_baseline(job: Job, searches: dict) -> list[str]:
         f"studies: {shown} search training settings the baseline trains without: their gain "
         "over it mixes tuning with distillation; search the baseline too "
         "(`baseline: {search: {space: ...}}`)"
+    ]
+
+
+def band_warnings(job: Job, data: DataInfo) -> list[str]:
+    """Defective-teacher bands that a teacher which learned nothing can land in: on imbalanced
+    data, always predicting the majority class already scores its share of the valid split."""
+    labels = load_targets(data.path, "valid")
+    if len(labels) == 0:
+        return []
+    task = get_task(data.task)
+    floor, how = task.no_skill(labels, data.classes)
+    return [
+        f"studies.{study_name}.teacher_val_band {list(study.teacher_val_band)} starts at or "
+        f"below {floor:.3f}, the validation {task.primary_title} of {how}: a teacher "
+        f"that learned nothing can stop inside it; a band above {floor:.2f} makes a "
+        "defective teacher one that learned something, badly"
+        for study_name, study in job.studies.items()
+        if study.teacher_val_band is not None and study.teacher_val_band[0] <= floor
+    ]
+
+
+def method_warnings(job: Job, num_classes: int) -> list[str]:
+    """What each study's method says about these settings on this data (e.g. DKD, 2 classes)."""
+    return [
+        f"studies.{name}.method: {line}"
+        for name, study in job.studies.items()
+        for line in METHODS[study.method_name()].warnings(job.method_params(name), num_classes)
     ]
