@@ -62,9 +62,12 @@ def run_grid(job: Job) -> GridRun:
     epochs = pq.read_table(exp.results_dir / "epochs.parquet").to_pylist()
     driver_start = {}
     for row in trials:
-        attempts = exp.run_dir(row["trial_id"]) / "attempts.json"
-        if attempts.is_file():  # written by run_trial just before it starts its clock
-            driver_start[row["trial_id"]] = attempts.stat().st_mtime
+        # `wall_s` ends as summary.json is written and starts at the trial's launch for a
+        # fit's first run (its turn for a later one); attempts.json is written at the run's
+        # turn inside the worker, after the fit's start-up, so it cannot date the launch
+        summary = exp.run_dir(row["trial_id"]) / "summary.json"
+        if summary.is_file() and row["wall_s"] is not None:
+            driver_start[row["trial_id"]] = summary.stat().st_mtime - row["wall_s"]
     return GridRun(exp, job, started, makespan, report.ok, trials, epochs, driver_start)
 
 
@@ -220,7 +223,7 @@ def driver_actor_lead(grid: GridRun, actors: list[dict]) -> list[float]:
 def trial_timeline(grid: GridRun, events: dict[str, dict[str, float]]) -> dict[str, dict]:
     """Split each trial's `wall_s` into consecutive phases (seconds) on one clock.
 
-    Driver start: the mtime of `attempts.json` (run_trial writes it, then starts `wall_s`).
+    Driver start: the trial's launch, `summary.json`'s mtime less `wall_s` (`run_grid`).
     Worker loop start: the controller's "Train function launched" (the loop starts its own
     clock as the launch returns). First step: loop start + `setup_s`. End of the worker's work:
     its last write into the run folder (`model.pt`, after the final metrics, and whatever else

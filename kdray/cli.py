@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -20,6 +21,16 @@ app = typer.Typer(
 )
 console = Console()
 err = Console(stderr=True)
+LOG_WIDTH = 200
+
+
+@app.callback()
+def _wide_in_logs() -> None:
+    # Written to a log, a pipe or Ray Jobs' logs, rich wraps at 80 columns and cuts paths and
+    # warnings in two; there kdray prints 200 wide (COLUMNS, when set, still wins)
+    for out in (console, err):
+        out.width = None if out.is_terminal or "COLUMNS" in os.environ else LOG_WIDTH
+
 
 SetOption = Annotated[
     list[str] | None,

@@ -12,6 +12,10 @@ SHARED = REPO.parent / "shared"
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local test clusters only
 os.environ.setdefault("WANDB_MODE", "disabled")
+# kdray's output as in a log (200 columns), whatever runs the suite: pytest-xdist's workers get
+# COLUMNS=80 from the terminal. A test that wants a width sets COLUMNS itself.
+os.environ.pop("COLUMNS", None)
+os.environ.pop("LINES", None)
 
 
 def tiny_job_dict(tmp_path: Path, **overrides) -> dict:

@@ -11,6 +11,8 @@ from typer.testing import CliRunner
 from kdray.cli import app
 from kdray.grid import local_ray
 from kdray.grid.local_ray import shutdown_ray
+from kdray.spec.load import parse_job
+from kdray.spec.plan import make_plan
 from kdray.store.experiment import Experiment
 from tests.conftest import tiny_job_dict
 
@@ -130,11 +132,16 @@ def test_each_student_starts_after_its_own_teacher_finished(grid):
             assert student_start >= teacher_done, run.run_id
 
 
-def test_students_of_a_failed_teacher_are_not_started(tmp_path):
+def test_no_run_finishes_exits_1_and_a_failed_teacher_s_students_are_not_started(
+    tmp_path, monkeypatch
+):
     """A defective teacher that cannot reach its band fails; its KD student is reported as not
-    started (no trial, no retries) and the grid ends instead of waiting for it."""
-    raw = tiny_job_dict(tmp_path)
+    started (no trial, no retries) and the grid ends instead of waiting for it. The student's
+    no-KD baseline's worker dies in epoch 1 with no retries left: failed too. No run finished:
+    `kdray run` exits 1 listing each failed run, and the experiment still exports."""
+    raw = tiny_job_dict(tmp_path, resources={"max_concurrent_trials": 2, "runs_per_trial": 1})
     raw["train"]["epochs"] = 1
+    raw["faults"] = {"trial_retries": 0}
     raw["studies"] = {
         "defective": {
             "teachers": ["resnet10t"],
@@ -143,26 +150,39 @@ def test_students_of_a_failed_teacher_are_not_started(tmp_path):
             "eval_every_steps": 100,
         },
     }
+    runs = make_plan(parse_job(raw)).runs.values()
+    teacher = next(r for r in runs if r.band)
+    student = next(r for r in runs if r.teacher_runs)
+    baseline = next(r for r in runs if not r.band and not r.teacher_runs)
+    crash_dir = tmp_path / "crashes"
+    crash_dir.mkdir()
+    (crash_dir / teacher.run_id).write_text("1")  # a marker: this run is not to crash
+    monkeypatch.setenv("KDRAY_TEST_CRASH_EPOCH", "1")  # the baseline's worker dies at step 2
+    monkeypatch.setenv("KDRAY_TEST_CRASH_DIR", str(crash_dir))
     job_file = tmp_path / "tiny.yaml"
     job_file.write_text(yaml.safe_dump(raw))
     try:
         result = CliRunner().invoke(app, ["run", str(job_file)])
-    finally:
+    finally:  # the local Ray's workers carry the crash variables: no later test may reuse it
         ray.shutdown()
     assert result.exit_code == 1, result.output
+    assert "3 run(s) failed" in result.output, result.output
     exp = Experiment.open(tmp_path / "runs" / "tiny")
-    runs = exp.plan().runs.values()
-    teacher = next(r for r in runs if r.band)
-    student = next(r for r in runs if r.teacher_runs)
-    baseline = next(r for r in runs if not r.band and not r.teacher_runs)
     teacher_summary = exp.summary(teacher.run_id)
     assert teacher_summary["status"] == "failed" and teacher_summary["error"]
-    assert exp.summary(baseline.run_id)["status"] == "finished"
+    assert (crash_dir / baseline.run_id).is_file()  # its worker died
+    baseline_failure = json.loads((exp.run_dir(baseline.run_id) / "failure.json").read_text())
+    assert baseline_failure["error"], baseline_failure
     assert not (exp.run_dir(student.run_id) / "attempts.json").exists()
     failure = json.loads((exp.run_dir(student.run_id) / "failure.json").read_text())
     assert failure["error"] == (
         f"not started: its teacher run {teacher.run_id} failed ({teacher_summary['error']})"
     )
+    assert f"not started: its teacher run {teacher.run_id}" in result.output
+    exported = CliRunner().invoke(app, ["export", str(exp.root), "--out", str(tmp_path / "out")])
+    assert exported.exit_code == 0, exported.output
+    rows = pq.read_table(tmp_path / "out" / "trials.parquet").to_pylist()
+    assert sorted(r["status"] for r in rows) == ["failed"] * 3
 
 
 def test_ray_s_line_about_its_default_token_is_dropped_and_no_other():

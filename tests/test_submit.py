@@ -14,7 +14,7 @@ import yaml
 from typer.testing import CliRunner
 
 from kdray.cli import app
-from kdray.grid.submit import entrypoint, submit
+from kdray.grid.submit import SubmitError, entrypoint, submit, submit_when_an_agent_answers
 from tests.conftest import tiny_job_dict
 
 pytestmark = pytest.mark.ray
@@ -86,6 +86,37 @@ def test_submit_refuses_a_job_file_outside_the_project(tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["submit", str(job_file), "--address", "http://127.0.0.1:9"])
     assert result.exit_code == 2
     assert "must be inside the project folder" in result.output
+
+
+def test_a_head_whose_job_agent_is_not_up_yet_is_asked_again_then_named():
+    """Right after `ray start` the Jobs API answers "No available agent to submit job": the
+    submission is asked again until the agent answers; one that never does is one clear error."""
+
+    class Head:
+        def __init__(self, busy: int):
+            self.busy, self.asked = busy, 0
+
+        def submit_job(self, **request):
+            self.asked += 1
+            if self.asked <= self.busy:
+                raise RuntimeError(
+                    "Request failed with status code 500: No available agent to submit job, "
+                    "please try again later.."
+                )
+            return f"raysubmit_{request['entrypoint']}"
+
+    starting = Head(busy=1)
+    assert submit_when_an_agent_answers(starting, wait_s=10, entrypoint="x") == "raysubmit_x"
+    assert starting.asked == 2
+    with pytest.raises(SubmitError, match="Jobs agent did not answer within 0 s"):
+        submit_when_an_agent_answers(Head(busy=99), wait_s=0, entrypoint="x")
+
+    class Refusing(Head):
+        def submit_job(self, **request):
+            raise RuntimeError("Request failed with status code 400: bad runtime_env")
+
+    with pytest.raises(RuntimeError, match="bad runtime_env"):  # other errors are not retried
+        submit_when_an_agent_answers(Refusing(busy=0), wait_s=10, entrypoint="x")
 
 
 def test_submitted_quickstart_runs_to_completion_on_the_cluster(tmp_path, ray_head):

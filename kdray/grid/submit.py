@@ -8,6 +8,7 @@ resumes by itself if the experiment already exists (Ray never retries an entrypo
 from __future__ import annotations
 
 import shlex
+import time
 from pathlib import Path
 
 from kdray.spec.job import JobError
@@ -45,11 +46,34 @@ def submit(
                 "which is what travels to the cluster"
             ]
         ) from None
-    return client(address).submit_job(
+    return submit_when_an_agent_answers(
+        client(address),
         entrypoint=entrypoint(relative.as_posix(), overrides, python),
         runtime_env={"working_dir": str(working_dir), "excludes": EXCLUDES},
         metadata={"kdray_job": job.name},
     )
+
+
+AGENT_WAIT_S = 60.0
+
+
+def submit_when_an_agent_answers(jobs, wait_s: float = AGENT_WAIT_S, **request) -> str:
+    """`jobs.submit_job(**request)`. The Jobs API answers "No available agent to submit job"
+    until the head node's job agent is up, seconds after `ray start` (longer on a busy head):
+    asked again every 2 s for up to `wait_s`, then a SubmitError saying so."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return jobs.submit_job(**request)
+        except RuntimeError as exc:
+            if "No available agent" not in str(exc):
+                raise
+            if time.monotonic() >= deadline:
+                raise SubmitError(
+                    f"the cluster's Ray Jobs agent did not answer within {wait_s:.0f} s "
+                    f"({exc}); check the head node with `ray status` and submit again"
+                ) from None
+            time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
 
 
 def client(address: str):
