@@ -543,8 +543,7 @@ def status(experiment_dir: Path) -> None:
             best,
             str(r["attempts"]),
         )
-    # piped or redirected: no terminal width to fit, so never cut model names short
-    (console if console.is_terminal else Console(width=200)).print(table)
+    console.print(table)  # piped or redirected: 200 wide (`_wide_in_logs`), no name cut short
     for message in unreadable.values():
         _error(message)
     if unreadable:
