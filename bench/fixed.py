@@ -59,9 +59,7 @@ def ray_fixed_phases(phases: dict[str, float]) -> tuple[float, float]:
             "train_fn_launch",
         )
     )
-    tail = sum(
-        phases[k] for k in ("finish_detected", "worker_group_shutdown", "controller_exit_to_driver")
-    )
+    tail = sum(phases[k] for k in ("finish_detected", "worker_group_shutdown"))
     return head, tail
 
 

@@ -227,7 +227,9 @@ def trial_timeline(grid: GridRun, events: dict[str, dict[str, float]]) -> dict[s
     Worker loop start: the controller's "Train function launched" (the loop starts its own
     clock as the launch returns). First step: loop start + `setup_s`. End of the worker's work:
     its last write into the run folder (`model.pt`, after the final metrics, and whatever else
-    it leaves there). Driver end: start + `wall_s`.
+    it leaves there). `wall_s` ends as the worker writes the run's summary, so the last phases
+    (the controller noticing, the worker group's shutdown) come after it; the trial driver's
+    own return from `fit()` is not dated.
     """
     out = {}
     for row in grid.trials:
@@ -254,7 +256,6 @@ def trial_timeline(grid: GridRun, events: dict[str, dict[str, float]]) -> dict[s
             "final_metrics_and_writes": saved - (loop_start + row["train_s"]),
             "finish_detected": ev["shutdown_begin"] - saved,
             "worker_group_shutdown": ev["shutdown_done"] - ev["shutdown_begin"],
-            "controller_exit_to_driver": end - ev["shutdown_done"],
         }
         out[run] = {
             "start": start,
