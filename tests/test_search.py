@@ -246,6 +246,15 @@ def test_a_search_interrupted_and_resumed_redoes_nothing_and_chooses_the_same(tm
             {"algorithm": "grid", "samples": 5, "space": {"alpha": {"choice": [0.5, 0.9]}}},
             "studies.tuned.search.samples: 5 is more than the grid's 2 points",
         ),
+        (  # one line, not one per type the item is not; the dimension's kind named once
+            {"space": {"temperature": {"choice": [2, 4, None]}}},
+            "studies.tuned.search.space.temperature.choice: choice lists numbers or words; "
+            "item 3 is None",
+        ),
+        (
+            {"space": {"temperature": {"int": [1.5, 4]}}},
+            "studies.tuned.search.space.temperature.int.0: Input should be a valid integer",
+        ),
     ],
 )
 def test_a_bad_search_block_is_one_line_naming_its_field(tmp_path, search, words):

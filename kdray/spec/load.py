@@ -16,6 +16,7 @@ from kdray.data import DATA_KINDS
 from kdray.spec.base import JobError
 from kdray.spec.checks import model_problems
 from kdray.spec.job import Job
+from kdray.spec.search import DIMENSION_KINDS
 
 
 def apply_override(raw: dict[str, Any], assignment: str) -> None:
@@ -42,10 +43,21 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
     node[keys[-1]] = value
 
 
+def _where(loc: tuple) -> str:
+    """An error's field path as the job file spells it: without the data kind's name, nor a
+    search dimension's kind where pydantic repeats it (`space.temperature.choice.choice`)."""
+    parts = [p for p in loc if p not in DATA_KINDS]
+    return ".".join(
+        str(p)
+        for i, p in enumerate(parts)
+        if not (p in DIMENSION_KINDS and i + 1 < len(parts) and parts[i + 1] == p)
+    )
+
+
 def _format_validation_error(error: ValidationError) -> list[str]:
     lines = []
     for item in error.errors():
-        loc = ".".join(str(p) for p in item["loc"] if p not in DATA_KINDS)
+        loc = _where(item["loc"])
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             message = (

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Literal
 
-from pydantic import Discriminator, Field, Tag, model_validator
+from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
 from kdray.spec.base import Strict
 
@@ -68,6 +68,15 @@ class IntRange(Strict):
 
 class Choice(Strict):
     choice: list[float | int | str] = Field(min_length=1, description="one of these values")
+
+    @field_validator("choice", mode="before")
+    @classmethod
+    def _scalars(cls, value: object) -> object:
+        # else one error line per type the item is not (float, int, str)
+        for number, item in enumerate(value if isinstance(value, list) else []):
+            if not isinstance(item, int | float | str):
+                raise ValueError(f"choice lists numbers or words; item {number + 1} is {item!r}")
+        return value
 
     @model_validator(mode="after")
     def _distinct(self) -> Choice:
