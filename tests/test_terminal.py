@@ -126,3 +126,23 @@ def test_a_teacher_at_chance_is_said_under_the_teachers_and_the_kd_gain(tmp_path
     teachers_at, gain_at = text.index("Teachers"), text.index("KD gain over")
     said = [m.start() for m in re.finditer(re.escape(f"warning {line}"), text)]
     assert len(said) == 2 and teachers_at < said[0] < gain_at < said[1], text
+
+
+def test_in_a_log_lines_are_200_columns_wide_unless_columns_says_otherwise(tmp_path):
+    """Piped (a log, nohup, Ray Jobs), kdray prints 200 columns wide, not rich's 80, so a path
+    or a study's line stays whole; COLUMNS, when set, still wins."""
+    from typer.testing import CliRunner
+
+    raw = yaml.safe_load((REPO / "jobs" / "quickstart.yaml").read_text())
+    raw["storage"] = str(tmp_path / "a-storage-folder-whose-path-is-long" / "runs")
+    job_file = tmp_path / "quickstart.yaml"
+    job_file.write_text(yaml.safe_dump(raw))
+    study = "study defective: method kd (teacher cached, defective band [0.5, 0.65]), 1 KD run"
+    piped = CliRunner().invoke(cli.app, ["validate", str(job_file), "--quick"])
+    assert piped.exit_code == 0, piped.output
+    assert study in piped.output and len(study) > 80
+    narrow = CliRunner().invoke(
+        cli.app, ["validate", str(job_file), "--quick"], env={"COLUMNS": "80"}
+    )
+    assert narrow.exit_code == 0, narrow.output
+    assert study not in narrow.output  # cut where a narrow terminal needs it
