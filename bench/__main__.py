@@ -93,6 +93,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "trained to the end (bench/search.py)",
     )
     parser.add_argument(
+        "--reduction-factor",
+        type=int,
+        default=3,
+        help="with --search: successive halving's reduction factor η (3; Optuna's default is 4)",
+    )
+    parser.add_argument(
         "--volumes",
         action="store_true",
         help="only P1 for 3D segmentation: a volume step in a Ray Train trial against a bare "
@@ -431,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.loader:
         result = run_loader_only(args.quick, args.keep)
     elif args.search:
-        result = run_search(args.quick, args.keep)
+        result = run_search(args.quick, args.keep, args.reduction_factor)
     elif args.volumes:
         result = run_volumes(args.keep)
     else:
@@ -455,13 +461,13 @@ def run_packed(
             shutil.rmtree(root, ignore_errors=True)
 
 
-def run_search(quick: bool, keep: bool) -> dict:
+def run_search(quick: bool, keep: bool, reduction_factor: int = 3) -> dict:
     """`--search`: the search section alone (bench/search.py)."""
     from bench.search import search_section
 
     root = Path(tempfile.mkdtemp(prefix="kdray-bench-search-"))
     try:
-        return rnd({"search": search_section(root, quick)})
+        return rnd({"search": search_section(root, quick, reduction_factor)})
     finally:
         if not keep:
             shutil.rmtree(root, ignore_errors=True)

@@ -29,7 +29,13 @@ from kdray.grid.tune import run_grid
 from kdray.spec.load import parse_job
 from kdray.store.experiment import Experiment
 
-SIDES = {"searched": {"rule": "asha", "grace_epochs": 1, "reduction_factor": 3}, "full": "none"}
+REDUCTION_FACTOR = 3  # successive halving's η; `--reduction-factor` (Optuna's default is 4)
+
+
+def sides(reduction_factor: int = REDUCTION_FACTOR) -> dict:
+    """Each side's `early_stop`: successive halving from epoch 1, and none (trained to the end)."""
+    searched = {"rule": "asha", "grace_epochs": 1, "reduction_factor": reduction_factor}
+    return {"searched": searched, "full": "none"}
 
 
 def search_job(storage: Path, name: str, early_stop, quick: bool) -> dict:
@@ -140,11 +146,11 @@ def train_teachers(root: Path, quick: bool) -> tuple[Experiment, list[str]]:
     return exp, [t.run_id for t in teachers]
 
 
-def search_section(root: Path, quick: bool) -> dict:
+def search_section(root: Path, quick: bool, reduction_factor: int = REDUCTION_FACTOR) -> dict:
     import ray
 
-    out = {"load_before": os.getloadavg()[0]}
-    for side, early_stop in SIDES.items():
+    out = {"load_before": os.getloadavg()[0], "reduction_factor": reduction_factor}
+    for side, early_stop in sides(reduction_factor).items():
         job = parse_job(search_job(root / "search", side, early_stop, quick))
         if not ray.is_initialized():
             raygrid.init_ray(job)
