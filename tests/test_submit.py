@@ -55,6 +55,9 @@ def ray_head(tmp_path_factory):
             "--node-ip-address=127.0.0.1",
             "--dashboard-host=127.0.0.1",
             f"--dashboard-port={dashboard}",
+            # the job agent's own port: its default (52365) may be held by another Ray on this
+            # machine (the suite runs two at once), and then no agent ever takes a submission
+            f"--dashboard-agent-listen-port={free_port()}",
             "--num-cpus=2",
             '--resources={"trial_driver": 2}',
             f"--temp-dir={temp_dir}",
