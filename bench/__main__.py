@@ -95,8 +95,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--reduction-factor",
         type=int,
-        default=3,
-        help="with --search: successive halving's reduction factor η (3; Optuna's default is 4)",
+        help="with --search: successive halving's reduction factor η (default: kdray's own, 3; "
+        "Optuna's default is 4)",
     )
     parser.add_argument(
         "--volumes",
@@ -461,13 +461,13 @@ def run_packed(
             shutil.rmtree(root, ignore_errors=True)
 
 
-def run_search(quick: bool, keep: bool, reduction_factor: int = 3) -> dict:
+def run_search(quick: bool, keep: bool, reduction_factor: int | None = None) -> dict:
     """`--search`: the search section alone (bench/search.py)."""
-    from bench.search import search_section
+    from bench.search import REDUCTION_FACTOR, search_section
 
     root = Path(tempfile.mkdtemp(prefix="kdray-bench-search-"))
     try:
-        return rnd({"search": search_section(root, quick, reduction_factor)})
+        return rnd({"search": search_section(root, quick, reduction_factor or REDUCTION_FACTOR)})
     finally:
         if not keep:
             shutil.rmtree(root, ignore_errors=True)

@@ -27,9 +27,11 @@ from bench.common import log
 from kdray.data import prepare_data
 from kdray.grid.tune import run_grid
 from kdray.spec.load import parse_job
+from kdray.spec.search import EarlyStop
 from kdray.store.experiment import Experiment
 
-REDUCTION_FACTOR = 3  # successive halving's η; `--reduction-factor` (Optuna's default is 4)
+# successive halving's η: kdray's own default (3) unless `--reduction-factor` (Optuna's is 4)
+REDUCTION_FACTOR = EarlyStop.model_fields["reduction_factor"].default
 
 
 def sides(reduction_factor: int = REDUCTION_FACTOR) -> dict:
