@@ -348,23 +348,45 @@ def test_ctrl_c_closes_the_ledger_before_tune_stops_hooked_at_the_first_suggest(
         signal.signal(signal.SIGINT, before)
 
 
+UNPICKLED: list[str] = []
+
+
+def _unpickled(name: str) -> str:
+    UNPICKLED.append(name)
+    return name
+
+
+class _PickledHandle:
+    """Stands for a trial's pickled actor handle, and records when it is unpickled (a real
+    handle imports its actor's module, torch and all, where it is unpickled)."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __reduce__(self):
+        return _unpickled, (self.name,)
+
+
 def test_closing_the_ledger_kills_the_trials_running_then_and_any_that_start_after(
     tmp_path, monkeypatch
 ):
     """A stopping grid (Ctrl-C, SIGTERM, a resource wait over) stops its running trials at once:
-    a trial blocked in its fit never stops by itself, and Tune would wait 10 s to kill it."""
+    a trial blocked in its fit never stops by itself, and Tune would wait 10 s to kill it. The
+    ledger keeps each trial's handle pickled, and unpickles it only to kill it."""
     import ray
+    from ray import cloudpickle
 
     killed = []
     monkeypatch.setattr(ray, "kill", lambda actor, no_restart: killed.append(actor))
+    UNPICKLED.clear()
     _, queue, _ = make_queue(tmp_path)
     ledger = queue.ledger
     for trial_id in ("t0", "t1"):
         queue.suggest(trial_id)
-        ledger.trial_started(trial_id, f"actor of {trial_id}")
+        ledger.trial_started(trial_id, cloudpickle.dumps(_PickledHandle(f"actor of {trial_id}")))
     ledger.trial_ended("t0")  # ended: its actor is Tune's to reuse or stop
-    assert killed == []
+    assert killed == [] and UNPICKLED == []
     ledger.close()
-    assert killed == ["actor of t1"]
-    ledger.trial_started("t2", "actor of t2")  # a trial Tune started just before the stop
+    assert killed == ["actor of t1"] and UNPICKLED == ["actor of t1"]
+    ledger.trial_started("t2", cloudpickle.dumps(_PickledHandle("actor of t2")))  # just before
     assert killed == ["actor of t1", "actor of t2"]

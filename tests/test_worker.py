@@ -179,3 +179,57 @@ def test_a_run_that_raises_fails_alone_and_the_pack_goes_on(tmp_path, trained, m
     assert error == "RuntimeError: no space left on device"
     done = json.loads((tmp_path / "runs" / baseline.run_id / "summary.json").read_text())
     assert done["status"] == "finished"
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd"])
+def test_the_optimizer_is_fused_on_a_cpu_and_steps_as_torch_s_own(tmp_path, name):
+    """On a CPU core the per-tensor loop was most of an Adam step: the job's optimizer runs
+    torch's fused kernel there, with the job's settings, and moves the weights as the
+    per-tensor optimizer does."""
+    import torch
+
+    from kdray.train.session import build_optimizer
+
+    raw = tiny_job_dict(tmp_path)
+    raw["train"].update(optimizer=name, lr=0.01, weight_decay=0.01)
+    job = parse_job(raw)
+    torch.manual_seed(0)
+    fused_model = torch.nn.Sequential(
+        torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3)
+    )
+    loop_model = torch.nn.Sequential(
+        torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3)
+    )
+    loop_model.load_state_dict(fused_model.state_dict())
+    before = fused_model[0].weight.detach().clone()
+    fused = build_optimizer(job, fused_model.parameters())
+    assert fused.defaults["fused"] is True
+    assert fused.defaults["lr"] == 0.01 and fused.defaults["weight_decay"] == 0.01
+    settings = {k: fused.defaults[k] for k in ("lr", "weight_decay")}
+    if name == "sgd":
+        settings["momentum"] = job.train.momentum
+    loop = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}[name](
+        loop_model.parameters(), foreach=False, **settings
+    )
+    x, y = torch.randn(32, 8), torch.randint(0, 3, (32,))
+    for model, optimizer in ((fused_model, fused), (loop_model, loop)):
+        for _ in range(5):
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            optimizer.step()
+    for a, b in zip(fused_model.parameters(), loop_model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(fused_model[0].weight, before)
+
+
+def test_the_optimizer_leaves_torch_s_choice_where_no_fused_kernel_runs(tmp_path):
+    import torch
+
+    from kdray.train.session import build_optimizer, fused_kernels_for
+
+    meta = [torch.nn.Parameter(torch.empty(4, device="meta"))]
+    assert fused_kernels_for(meta) is None
+    assert fused_kernels_for([torch.nn.Parameter(torch.zeros(4, dtype=torch.float64))]) is True
+    assert fused_kernels_for([torch.nn.Parameter(torch.zeros(4))]) is True
+    assert fused_kernels_for([]) is None
+    assert build_optimizer(parse_job(tiny_job_dict(tmp_path)), meta).defaults["fused"] is None

@@ -93,7 +93,7 @@ class RunLedger:
         self.failed: set[str] = set()  # runs their trial left unfinished in this session
         self.dropped: dict[str, str] = {}  # run id -> the failed teacher it can never use
         self.closed = False  # the grid is stopping (Ctrl-C): nothing more starts
-        self.trial_actors: dict[str, object] = {}  # Tune trial id -> its actor, while it runs
+        self.trial_actors: dict[str, bytes] = {}  # Tune trial id -> its actor, while it runs
         self._ended: dict[str, str] = {}  # run id -> finished/failed: final in a grid session
         self._read: dict[str, str | None] = {}  # the other runs' states read by this call
         self._searched: set[Pack] = set()  # packs of runs a search made
@@ -112,9 +112,10 @@ class RunLedger:
         self.closed = True
         self._kill_trials()
 
-    def trial_started(self, trial_id: str, actor) -> None:
-        """The Ray actor running Tune trial `trial_id` (for `close`; killed at once if the grid
-        is already closing)."""
+    def trial_started(self, trial_id: str, actor: bytes) -> None:
+        """The Ray actor running Tune trial `trial_id`, its handle pickled (for `close`; killed
+        at once if the grid is already closing). Unpickled only to kill it: a handle brings the
+        import of its actor's module (torch and all) into this light process."""
         self.trial_actors[trial_id] = actor
         if self.closed:
             self._kill_trials()
@@ -123,9 +124,10 @@ class RunLedger:
         if not self.trial_actors:
             return
         import ray
+        from ray import cloudpickle
 
         for actor in self.trial_actors.values():
-            ray.kill(actor, no_restart=True)
+            ray.kill(cloudpickle.loads(actor), no_restart=True)
         self.trial_actors.clear()
 
     def next_pack(self, trial_id: str) -> Pack | str | None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import ray
-from ray import tune
+from ray import cloudpickle, tune
 from ray.train import FailureConfig, ScalingConfig
 from ray.train import RunConfig as TrainRunConfig
 
@@ -158,7 +158,10 @@ def run_trial(config: dict) -> None:
             raise RuntimeError(f"teacher run {teacher_run} is not usable: {reason}")
     apply_train_env()
     if trial.ledger is not None:  # so that a grid stopping stops this trial at once
-        trial.ledger.trial_started.remote(trial.pack_id, ray.get_runtime_context().current_actor)
+        # pickled here: a handle unpickled in the ledger imports this trial's module there
+        # (torch and all, ~3 s of a core while every trial starts); it is unpickled only to kill
+        handle = cloudpickle.dumps(ray.get_runtime_context().current_actor)
+        trial.ledger.trial_started.remote(trial.pack_id, handle)
     if todo:
         build_trainer(exp, replace(trial, launched_at=time.time())).fit()
     finished = [r for r in trial.runs if (exp.summary(r.run_id) or {}).get("status") == "finished"]
