@@ -48,12 +48,16 @@ def test_cached_logits_are_the_teachers_outputs_on_the_students_views(teacher):
         KDParams(temperature=4.0, alpha=0.9),
         Shapes(num_classes=data.num_classes, total_epochs=job.train.epochs),
     )
+    assert job.train.eval_batch_size > 2 * job.train.batch_size  # replayed several batches a call
     for epoch in range(job.train.epochs):
-        x, y, _ = next(iter(student.epoch(epoch)))
-        with torch.no_grad():
-            online = model(x)
-        cached = torch.from_numpy(cache[epoch, 0, : len(y)].astype(np.float32))
-        assert torch.allclose(cached, online, rtol=2e-3, atol=2e-3)
+        position = 0
+        for x, y, _ in student.epoch(epoch):  # each batch's logits in their place
+            with torch.no_grad():
+                online = model(x)
+            cached = torch.from_numpy(cache[epoch, 0, position : position + len(y)])
+            assert torch.allclose(cached.float(), online, rtol=2e-3, atol=2e-3)
+            position += len(y)
+        assert position == data.counts["train"]
         kd = {
             name: kd_loss(Outputs(online * 0.5), [Outputs(logits)], y, epoch)["loss"].item()
             for name, logits in (("online", online), ("cached", cached))

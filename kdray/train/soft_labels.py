@@ -14,6 +14,7 @@ replays every rank's shard and augmentation.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -92,11 +93,12 @@ def build(
     with atomic_write(logits_file, "wb") as fh:
         header = {"descr": np.dtype(np.float16).str, "fortran_order": False, "shape": full}
         np.lib.format.write_array_header_2_0(fh, header)
+        group = job.train.eval_batch_size if info.rank == 2 else 1  # images per teacher call
         for epoch in range(job.train.epochs):
             for batches in ranks:
                 block = np.zeros((per_rank, *shape), dtype=np.float16)
                 position = 0
-                for x, _, _ in batches.epoch(epoch):
+                for x in _grouped((x for x, _, _ in batches.epoch(epoch)), group):
                     scores = teacher(x.to(device)).float().cpu().numpy()
                     block[position : position + len(x)] = scores
                     position += len(x)
@@ -104,6 +106,22 @@ def build(
     teacher.train(was_training)
     write_json(meta_file, cache_key(job, seed, info, budget, pool, device))
     return logits_file
+
+
+def _grouped(batches: Iterator[torch.Tensor], size: int) -> Iterator[torch.Tensor]:
+    """Consecutive batches joined up to `size` images a call (at least one batch): the teacher
+    is in eval mode, so each image's logits do not depend on its neighbours, and on a CPU core
+    a call of 128 images costs ~0.7 of four calls of 32."""
+    held: list[torch.Tensor] = []
+    count = 0
+    for x in batches:
+        if held and count + len(x) > size:
+            yield torch.cat(held)
+            held, count = [], 0
+        held.append(x)
+        count += len(x)
+    if held:
+        yield torch.cat(held) if len(held) > 1 else held[0]
 
 
 def _replayed_batches(job: Job, seed: int, info: DataInfo, device, budget, pool) -> list:
