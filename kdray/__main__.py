@@ -1,3 +1,3 @@
-from kdray.cli import app
+from kdray.cli import main
 
-app()
+main()
