@@ -231,3 +231,16 @@ def test_a_second_driver_of_a_running_experiment_is_refused(tmp_path):
     finally:
         other.kill()
         other.wait()
+
+
+def test_epochs_read_whole_or_to_two_decimals():
+    """A defective teacher stops mid-epoch (34 steps of 15 an epoch): its Epochs cell reads
+    2.27, not 2.26667."""
+    import pandas as pd
+
+    from kdray.export.markdown import fmt_count
+
+    assert fmt_count(pd.Series([4.0])) == "4"
+    assert fmt_count(pd.Series([34 / 15])) == "2.27"
+    assert fmt_count(pd.Series([1.5, 1.5])) == "1.5"
+    assert fmt_count(pd.Series([None], dtype=float)) == "—"

@@ -102,9 +102,12 @@ def test_the_thesis_job_file_plans_the_same_trainings_as_before_methods(tmp_path
     assert set(sources) == thesis.models() and all(s.tag for s in sources.values())
     plan = make_plan(thesis, {model: f"{i:064x}" for i, model in enumerate(sources)})
     assert len(plan.stage("teacher")) == 8 and len(plan.stage("student")) == 22
-    # the ids the quickstart's teachers had before methods existed (at its 32 px of then): a
-    # resumed grid keeps them
-    quick = make_plan(load_job(repo / "jobs/quickstart.yaml", ["data.image_size=32"]))
+    # the ids the quickstart's teachers had before methods existed (with its settings of then:
+    # 32 px, 800 images, the band [0.50, 0.65] checked every 2 steps): a resumed grid keeps them
+    then = ["data.image_size=32", "data.train_size=800"]
+    then += ["studies.defective.teacher_val_band=[0.50, 0.65]"]
+    then += ["studies.defective.eval_every_steps=2"]
+    quick = make_plan(load_job(repo / "jobs/quickstart.yaml", then))
     assert sorted(r.run_id for r in quick.stage("teacher")) == [
         "resnet10t-none-s0-97e1b869",
         "seresnet18-none-band0.50-0.65-s0-8397ae80",

@@ -137,7 +137,7 @@ def test_in_a_log_lines_are_200_columns_wide_unless_columns_says_otherwise(tmp_p
     raw["storage"] = str(tmp_path / "a-storage-folder-whose-path-is-long" / "runs")
     job_file = tmp_path / "quickstart.yaml"
     job_file.write_text(yaml.safe_dump(raw))
-    study = "study defective: method kd (teacher cached, defective band [0.5, 0.65]), 1 KD run"
+    study = "study defective: method kd (teacher cached, defective band [0.4, 0.55]), 1 KD run"
     piped = CliRunner().invoke(cli.app, ["validate", str(job_file), "--quick"])
     assert piped.exit_code == 0, piped.output
     assert study in piped.output and len(study) > 80
