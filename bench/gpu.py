@@ -91,7 +91,7 @@ class Sizes:
 
 
 FULL = Sizes(
-    quickstart=(),  # jobs/quickstart.yaml as it is: 6 runs, 4 epochs, 800 images
+    quickstart=(),  # jobs/quickstart.yaml as it is: 6 runs, 4 epochs, 480 images
     precision_epochs=4,
     thesis_train_size=1152,  # 18 batches of 64, 72 of 16
     thesis_steps={16: 48, 64: 14},
