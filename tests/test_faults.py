@@ -1,6 +1,7 @@
 """Faults: a worker dies mid-trial, the driver is killed mid-grid, a node is lost. Each grid is
 tiny and bounded in time; the whole file takes a few minutes on 2 cores."""
 
+import contextlib
 import hashlib
 import json
 import os
@@ -127,12 +128,42 @@ def stop_driver_once(
     while time.time() < deadline and not ready():
         time.sleep(0.5)
     assert ready(), f"kdray {command[0]}: not ready to stop before the deadline"
-    os.killpg(driver.pid, stop)
+    if stop == signal.SIGKILL:
+        kill_session(driver.pid)
+    else:
+        os.killpg(driver.pid, stop)
     try:
         return driver.wait(timeout=90)
     finally:
         if output:
             sink.close()
+
+
+def session_pids(session: int) -> list[int]:
+    """Every live process of a session (Linux /proc): the driver, Ray's daemons and workers.
+    Ray gives each worker a process group of its own, so a group's signal misses them."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # not a process, or gone
+        if int(fields[3]) == session and fields[0] != "Z":
+            pids.append(int(entry.name))
+    return pids
+
+
+def kill_session(session: int) -> None:
+    """SIGKILL the whole session at once (as an OOM kill of the job's container or a node's
+    loss does), then wait until none of it is left: nothing trains or writes after this
+    returns, so what the test reads next is what the kill left."""
+    deadline = time.time() + 30
+    while (pids := session_pids(session)) and time.time() < deadline:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.1)
+    assert not session_pids(session), "processes of the killed session outlived SIGKILL"
 
 
 @pytest.mark.timeout(600)
@@ -145,9 +176,9 @@ def test_driver_stopped_by_sigterm_then_killed_each_resume_redoes_no_finished_ru
     # driver starts one Ray Train fit, which trains the runs left one after another
     raw = tiny_job_dict(tmp_path, resources={"max_concurrent_trials": 1})
     raw["studies"] = {"reverse": {"teachers": ["test_resnet"], "students": ["resnet10t"]}}
-    # enough epochs of the larger model (resnet10t, the student) that it is still training when
-    # the Ray processes a SIGKILL orphans stop (they go on for ~3 s): killed one epoch into a
-    # run, it has 5 left, and the other student run has not started
+    # 6 epochs: the resumed driver is killed one epoch into a student's run, with every Ray
+    # process of its session (orphaned workers would go on training for ~3 s and could finish
+    # the grid), so that run has 5 epochs left and the other student run has not started
     raw["train"]["epochs"] = 6
     job_file = tmp_path / "job.yaml"
     job_file.write_text(yaml.safe_dump(raw))
@@ -178,7 +209,6 @@ def test_driver_stopped_by_sigterm_then_killed_each_resume_redoes_no_finished_ru
         return any(n > trained.get(r, 0) and r not in before for r, n in epochs_done(exp).items())
 
     stop_driver_once(resume, signal.SIGKILL, env, a_run_mid_training)
-    time.sleep(2)
     after_kill = finished_runs(exp)
     assert {k: after_kill[k] for k in before} == before  # the first resume left them alone
     ended = ("finished", "failed")
