@@ -93,3 +93,20 @@ def test_another_cpu_of_the_same_isa_is_named_on_resume_and_older_folders_are_no
     older = {k: v for k, v in now.items() if k not in versions.MACHINE_KEYS}
     (exp.root / "versions.json").write_text(json.dumps(older))  # before dispatch was recorded
     assert "warning" not in _resume_output(exp, monkeypatch)
+
+
+def test_the_blas_line_does_not_depend_on_load_order(monkeypatch):
+    """threadpoolctl lists the loaded BLAS libraries in load order, which differs between a
+    run and its resume: the recorded line must not, or every resume warns of a difference."""
+    import threadpoolctl
+
+    libraries = [
+        {"user_api": "blas", "internal_api": "openblas", "version": v, "architecture": a}
+        for v, a in (("0.3.31", "SkylakeX"), ("0.3.15", "Zen"), ("0.3.30", "SkylakeX"))
+    ]
+    openmp = {"user_api": "openmp", "internal_api": "openmp", "version": None}
+    lines = set()
+    for order in (libraries, libraries[::-1], [openmp, *libraries[1:], libraries[0]]):
+        monkeypatch.setattr(threadpoolctl, "threadpool_info", lambda order=order: order)
+        lines.add(versions.dispatch()["blas"])
+    assert lines == {"openblas 0.3.15 Zen; openblas 0.3.30 SkylakeX; openblas 0.3.31 SkylakeX"}

@@ -18,6 +18,8 @@ weights are refused rather than warned about (kdray.store.experiment, kdray.grid
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import json
 import os
 import platform
@@ -104,20 +106,8 @@ def dispatch() -> dict[str, str]:
     and the core type it dispatched to, OpenCV's dispatched features (`*`), and any variable
     that caps a dispatch."""
     found = {"cpu.flags": " ".join(f for f in KERNEL_FLAGS if f in _cpu_flags()) or "-"}
-    try:
-        import numpy  # noqa: F401 (loads numpy's BLAS, which threadpoolctl lists)
-        from threadpoolctl import threadpool_info
-
-        blas = [i for i in threadpool_info() if i.get("user_api") == "blas"]
-        found["blas"] = (
-            "; ".join(
-                f"{i.get('internal_api')} {i.get('version')} {i.get('architecture') or ''}".strip()
-                for i in blas
-            )
-            or "-"
-        )
-    except Exception:  # a report, never a reason to stop a run
-        pass
+    with contextlib.suppress(Exception):  # a report, never a reason to stop a run
+        found["blas"] = _blas_libraries()
     try:
         import cv2
 
@@ -126,6 +116,24 @@ def dispatch() -> dict[str, str]:
         pass
     found.update({f"env.{n}": os.environ[n] for n in DISPATCH_ENV if os.environ.get(n)})
     return found
+
+
+def _blas_libraries() -> str:
+    """Each BLAS that numpy, OpenCV and SciPy (albumentations') bring, with the core type it
+    dispatched to, sorted: all three are loaded first, so the line never depends on what this
+    process happened to import, or in which order (a resume would warn of a difference that
+    is none)."""
+    from threadpoolctl import threadpool_info
+
+    for module in ("numpy", "cv2", "scipy.linalg"):
+        with contextlib.suppress(ImportError):
+            importlib.import_module(module)
+    found = {
+        f"{i.get('internal_api')} {i.get('version')} {i.get('architecture') or ''}".strip()
+        for i in threadpool_info()
+        if i.get("user_api") == "blas"
+    }
+    return "; ".join(sorted(found)) or "-"
 
 
 def _cpu_flags() -> set[str]:
