@@ -505,3 +505,32 @@ def test_the_search_table_counts_each_cell_s_samples_and_names_a_cell_none_ran_f
     (row,) = table.to_dict("records")
     assert row["Student"] == "test_resnet" and row["Teacher"] == "resnet10t"
     assert row["Samples"] == 0 and row["Chosen"] == f"none: its teacher run {teacher} failed"
+
+
+def test_the_ledger_reads_its_searches_without_the_task_registry(tmp_path):
+    """The ledger's actor builds its searches from the stored job before the first trial can
+    start: re-checking that job against every task's models and methods imported timm and
+    MONAI there (4.6 s of a core). A driver still re-checks what it reads back."""
+    import subprocess
+    import sys
+
+    raw = search_job(tmp_path).model_dump(mode="json")
+    raw["data"]["task_type"] = "single_label"  # as MedMNIST's: the methods are checked at once
+    exp = Experiment.create(parse_job(raw))
+    probe = (
+        "import sys; from kdray.grid.search import GridSearch; "
+        f"GridSearch({str(exp.root)!r}); "
+        "print(sorted(m for m in ('timm', 'monai', 'torchvision') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+    stored = json.loads((exp.root / "job.json").read_text())
+    study = stored["studies"]["tuned"]
+    study["method"] = {"name": "pixel_kd"}  # segmentation only
+    study["search"]["space"] = {"temperature": {"loguniform": [1, 16]}}
+    (exp.root / "job.json").write_text(json.dumps(stored))
+    with pytest.raises(JobError, match="pixel_kd is defined for segmentation data"):
+        exp.job()
+    assert exp.job(recheck=False).studies["tuned"].method_name() == "pixel_kd"

@@ -197,7 +197,7 @@ class GridSearch:
 
     def __init__(self, experiment: str | Path):
         exp = Experiment(Path(experiment))
-        job, plan = exp.job(), exp.plan()
+        job, plan = exp.job(recheck=False), exp.plan()
         self.cells = [CellSearch(exp, job, plan, cell) for cell in plan.searches.values()]
         self.owner = {run: c for c in self.cells for run in c.runs}
 

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import (
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -377,14 +378,14 @@ class Job(Strict):
         return studies
 
     @model_validator(mode="after")
-    def _usable_studies(self) -> Job:
+    def _usable_studies(self, info: ValidationInfo) -> Job:
         problems = [line for name, study in self.studies.items() for line in study.problems(name)]
         problems += self._search_problems()
         declared = self.data.task_type or self.data.declared_task()  # else known once data is read
         misfit = self.data.task_type_problem()
         if misfit is not None:  # named first: what the methods and models are checked against
             problems.insert(0, misfit)
-        elif declared is not None:
+        elif declared is not None and not (info.context or {}).get(STORED):
             problems += task_problems(self, declared)
         if self.labelled is None or self.label_budgets() == [None]:
             problems += [
@@ -474,6 +475,12 @@ class Job(Strict):
     def weights_caches(self) -> WeightsCaches:
         """Where this machine keeps downloaded weights, for this job."""
         return weights.caches(self.weights_cache)
+
+
+# validation context of a job read back from its experiment folder (`Experiment.job`) in a
+# grid's light processes: the checks against every task's models and methods are skipped (they
+# import timm and MONAI, ~5 s of a core; the job passed them when its experiment was made)
+STORED = "stored"
 
 
 def task_problems(job: Job, task: str) -> list[str]:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from kdray.spec.job import Job
+from kdray.spec.job import STORED, Job
 from kdray.spec.plan import Plan, RunSpec, make_plan
 from kdray.store import versions
 from kdray.store.json_files import ExperimentError, damaged, read_json
@@ -77,7 +77,10 @@ class Experiment:
     def run_dir(self, run_id: str) -> Path:
         return self.root / "runs" / run_id
 
-    def job(self) -> Job:
+    def job(self, recheck: bool = True) -> Job:
+        """The job the experiment runs. `recheck=False`: without the checks against the task
+        registry, which it passed when the experiment was made (for a grid's light processes;
+        a driver checks it again, as kdray may have changed since)."""
         path = self.root / "job.json"
         advice = (
             "delete it and run the job file again (`kdray run JOB_FILE`): it rewrites job.json, "
@@ -90,7 +93,7 @@ class Experiment:
             # with (their ids do not say which)
             raw["train"] = {**train, "augment_on": "loader"}
         try:
-            return Job.model_validate(raw)
+            return Job.model_validate(raw, context={STORED: not recheck})
         except (ValidationError, ValueError) as exc:
             raise ExperimentError(damaged(path, exc, advice)) from None
 
