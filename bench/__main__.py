@@ -79,7 +79,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "timed runs of each side (default 3)",
     )
     parser.add_argument(
-        "--epochs", type=int, help="with --packed: epochs per run (default 3; 1 with --quick)"
+        "--epochs",
+        type=int,
+        help="with --packed: epochs per run (default 3; 1 with --quick); with --search: each "
+        "sample's full epochs (default 10; 4 with --quick)",
     )
     parser.add_argument(
         "--sides",
@@ -437,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.loader:
         result = run_loader_only(args.quick, args.keep)
     elif args.search:
-        result = run_search(args.quick, args.keep, args.reduction_factor)
+        result = run_search(args.quick, args.keep, args.reduction_factor, args.epochs)
     elif args.volumes:
         result = run_volumes(args.keep)
     else:
@@ -461,13 +464,16 @@ def run_packed(
             shutil.rmtree(root, ignore_errors=True)
 
 
-def run_search(quick: bool, keep: bool, reduction_factor: int | None = None) -> dict:
+def run_search(
+    quick: bool, keep: bool, reduction_factor: int | None = None, epochs: int | None = None
+) -> dict:
     """`--search`: the search section alone (bench/search.py)."""
     from bench.search import REDUCTION_FACTOR, search_section
 
     root = Path(tempfile.mkdtemp(prefix="kdray-bench-search-"))
     try:
-        return rnd({"search": search_section(root, quick, reduction_factor or REDUCTION_FACTOR)})
+        factor = reduction_factor or REDUCTION_FACTOR
+        return rnd({"search": search_section(root, quick, factor, epochs)})
     finally:
         if not keep:
             shutil.rmtree(root, ignore_errors=True)

@@ -40,12 +40,14 @@ def sides(reduction_factor: int = REDUCTION_FACTOR) -> dict:
     return {"searched": searched, "full": "none"}
 
 
-def search_job(storage: Path, name: str, early_stop, quick: bool) -> dict:
+def search_job(
+    storage: Path, name: str, early_stop, quick: bool, epochs: int | None = None
+) -> dict:
     return {
         "name": name,
         "storage": str(storage),
         "data": {"kind": "medmnist", "name": "breastmnist", "size": 28},
-        "train": {"epochs": 4 if quick else 10, "batch_size": 32, "lr": 0.001},
+        "train": {"epochs": epochs or (4 if quick else 10), "batch_size": 32, "lr": 0.001},
         "studies": {
             "kd": {
                 "teachers": ["resnet18"],
@@ -135,10 +137,10 @@ def side_figures(grid: raygrid.GridRun) -> dict:
     }
 
 
-def train_teachers(root: Path, quick: bool) -> tuple[Experiment, list[str]]:
+def train_teachers(root: Path, quick: bool, epochs: int | None) -> tuple[Experiment, list[str]]:
     """The cell's teachers on every seed, through the product's grid given those runs alone
     (the same job without its search: the same teacher runs)."""
-    raw = search_job(root / "search", "teachers", "none", quick)
+    raw = search_job(root / "search", "teachers", "none", quick, epochs)
     del raw["studies"]["kd"]["search"]
     job = parse_job(raw)
     exp = Experiment.create(job)
@@ -148,16 +150,19 @@ def train_teachers(root: Path, quick: bool) -> tuple[Experiment, list[str]]:
     return exp, [t.run_id for t in teachers]
 
 
-def search_section(root: Path, quick: bool, reduction_factor: int = REDUCTION_FACTOR) -> dict:
+def search_section(
+    root: Path, quick: bool, reduction_factor: int = REDUCTION_FACTOR, epochs: int | None = None
+) -> dict:
     import ray
 
     out = {"load_before": os.getloadavg()[0], "reduction_factor": reduction_factor}
     for side, early_stop in sides(reduction_factor).items():
-        job = parse_job(search_job(root / "search", side, early_stop, quick))
+        job = parse_job(search_job(root / "search", side, early_stop, quick, epochs))
+        out["epochs"] = job.train.epochs
         if not ray.is_initialized():
             raygrid.init_ray(job)
             started = time.time()
-            teachers_exp, teacher_runs = train_teachers(root, quick)
+            teachers_exp, teacher_runs = train_teachers(root, quick, epochs)
             out["teachers_s"] = time.time() - started
             log(f"search: {len(teacher_runs)} teachers trained in {out['teachers_s']:.1f}s")
         exp = Experiment.create(job)
