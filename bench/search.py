@@ -8,8 +8,9 @@ The teachers (seeds 0-2) are trained once, first, and copied into both sides' ex
 each side's makespan is its own wall time from the same start: the samples, then the
 confirmations (`teachers_s` is the teachers' grid).
 
-Figures: the samples' epochs, busy time (their runs' `wall_s`) and each side's makespan,
-searched ÷ full (goal <= 0.4); each side's chosen setting and its test score over the
+Figures: the samples' epochs, busy time (their runs' `wall_s`), each side's time to its choice
+(its start to its last sample's end) and its makespan (the confirmations too), searched ÷ full
+(goal <= 0.4); each side's chosen setting and its test score over the
 confirmation seeds, and whether the searched side's lies within the full side's seed-to-seed
 spread (min..max over its seeds).
 """
@@ -115,8 +116,12 @@ def side_figures(grid: raygrid.GridRun) -> dict:
     confirmed = [r for r in grid.trials if "kd:kd" in r["roles"]]
     tests = [r["test_score"] for r in confirmed if r["test_score"] is not None]
     rows = _sample_rows(grid, samples)
+    ends = [r["end_s"] for r in rows if r["end_s"] is not None]
     return {
         "makespan_s": grid.makespan_s,
+        # from the side's start to its last sample's end: when its search has chosen (the
+        # confirmations after it are the same runs on both sides)
+        "to_choice_s": max(ends) if ends else None,
         "samples_span_s": _span(rows),
         "samples": len(samples),
         "stopped": sum(r["status"] == "stopped" for r in samples),
@@ -177,6 +182,8 @@ def search_section(
     out["epochs_searched_over_full"] = searched["sample_epochs"] / full["sample_epochs"]
     out["busy_searched_over_full"] = searched["sample_busy_s"] / full["sample_busy_s"]
     out["makespan_searched_over_full"] = searched["makespan_s"] / full["makespan_s"]
+    if searched["to_choice_s"] and full["to_choice_s"]:
+        out["to_choice_searched_over_full"] = searched["to_choice_s"] / full["to_choice_s"]
     if searched["samples_span_s"] and full["samples_span_s"]:
         out["span_searched_over_full"] = searched["samples_span_s"] / full["samples_span_s"]
     working = searched["sample_busy_s"] - searched["sample_judge_wait_s"]
