@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from kdray.data.cache import DataInfo
-from kdray.grid.packing import pack_runs, runs_per_trial
+from kdray.grid.packing import pack_runs, runs_per_fit, runs_per_trial
 from kdray.spec.job import Job
 from kdray.spec.plan import make_plan
 from tests.conftest import tiny_job_dict
@@ -55,3 +55,13 @@ def test_auto_packs_short_runs_and_leaves_long_ones_alone(tmp_path):
         update={"epochs": 20})}), info(15_000, 224)) == 1  # the thesis's scale: hours  # fmt: skip
     fixed, _ = plan_runs(tmp_path, runs_per_trial=3)
     assert runs_per_trial(fixed, info(15_000, 224)) == 3
+
+
+def test_auto_lets_a_packing_fit_take_any_number_of_runs_and_a_number_caps_it(tmp_path):
+    """A slot's fit under `auto` goes on taking ready runs (a new fit would only add its
+    start-up); `runs_per_trial: 3` is at most 3 runs a fit; long runs under `auto`: one each."""
+    job, _ = plan_runs(tmp_path)
+    assert runs_per_fit(job, info(800, 32)) is None
+    assert runs_per_fit(job, info(15_000, 224)) == 1
+    fixed, _ = plan_runs(tmp_path, runs_per_trial=3)
+    assert runs_per_fit(fixed, info(800, 32)) == 3

@@ -159,9 +159,10 @@ def test_a_failed_teacher_takes_its_students_out_of_a_pack_and_the_rest_still_st
     assert queue.blocked() == {s.run_id: bad for s in students if bad in s.teacher_runs}
 
 
-def stealing_ledger(tmp_path, runs_per_fit=8):
+def stealing_ledger(tmp_path, runs_per_fit=8, seeds=(0,)):
     """The teachers in one pack, their students in another (not ready yet)."""
-    plan = make_plan(Job.model_validate(tiny_job_dict(tmp_path, studies=STUDIES)))
+    raw = tiny_job_dict(tmp_path, studies=STUDIES, seeds=list(seeds))
+    plan = make_plan(Job.model_validate(raw))
     runs = list(plan.runs.values())
     teachers = [r for r in runs if r.stage == "teacher"]
     students = [r for r in runs if r.teacher_runs]
@@ -229,6 +230,19 @@ def test_a_fit_takes_no_more_than_runs_per_fit_and_an_erring_trial_fails_what_it
     status[taken[0]] = "finished"
     ledger.trial_ended("a")  # erred
     assert ledger.failed == set(taken[1:])  # what it finished stays finished
+
+
+def test_a_fit_without_a_limit_takes_every_ready_run(tmp_path):
+    """`runs_per_fit=None` (`runs_per_trial: auto` packing short runs): one fit trains all the
+    students, more than the 8 runs a pack holds, and no second fit is needed."""
+    ledger, teachers, students, status = stealing_ledger(tmp_path, None, seeds=(0, 1, 2))
+    assert ledger.next_pack("a") == tuple(teachers)
+    for t in teachers:
+        status[t] = "finished"
+    taken = []
+    while (got := ledger.more_runs("a", len(taken))) != []:
+        taken += [run for run, _ in got]
+    assert len(taken) == len(students) > 8
 
 
 def test_a_stopped_sample_fills_a_fit_by_the_share_of_the_epochs_it_trained(tmp_path):

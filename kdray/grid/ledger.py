@@ -57,10 +57,10 @@ class RunLedger:
     earlier starts come from `experiment`'s run folders, or from `run_status(run_id)` and
     `attempts(run_id)` when given (tests).
 
-    A fit takes runs up to `runs_per_fit`, a sample its search stopped counted for the share of
-    the job's `full_epochs` it trained: a search's short samples fill a fit as the full runs
-    their epochs add up to, so a slot keeps its fit (and its start-up, ~13 s on 2 cores) through
-    a search, as it does through a grid of full runs."""
+    A fit takes runs up to `runs_per_fit` (None: no limit), a sample its search stopped counted
+    for the share of the job's `full_epochs` it trained: a search's short samples fill a fit as
+    the full runs their epochs add up to, so a slot keeps its fit (and its start-up, ~13 s on 2
+    cores) through a search, as it does through a grid of full runs."""
 
     def __init__(
         self,
@@ -68,7 +68,7 @@ class RunLedger:
         teachers: dict[str, tuple[str, ...]],
         experiment: str | Path | None = None,
         max_concurrent: int = 1,
-        runs_per_fit: int = 1,
+        runs_per_fit: int | None = 1,
         run_status: Callable[[str], str | None] | None = None,
         attempts: Callable[[str], int] | None = None,
         wait_limit_s: float = WAIT_LIMIT_S,
@@ -159,7 +159,7 @@ class RunLedger:
             return list(log[call])
         if self.closed:
             return []
-        if trial_id not in self.live or self._fit_size(trial_id) >= self.runs_per_fit:
+        if trial_id not in self.live or self._fit_full(trial_id):
             log.append(())
             return []
         self._drop_runs_of_failed_teachers()
@@ -179,6 +179,9 @@ class RunLedger:
                 return WAIT
         log.append(())
         return []
+
+    def _fit_full(self, trial_id: str) -> bool:
+        return self.runs_per_fit is not None and self._fit_size(trial_id) >= self.runs_per_fit
 
     def _fit_size(self, trial_id: str) -> float:
         """The runs the trial's fit was given, a stopped sample counted for its share."""

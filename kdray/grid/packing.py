@@ -8,9 +8,9 @@ are ready at once), then students ordered by their teachers, so a pack's student
 teachers or have neighbours' (seeds of a study: teachers trained side by side). A stage is cut
 into packs of at most `runs_per_trial` runs, but into at least as many packs as there are trial
 slots (when it has that many runs), sizes within one of each other: every slot gets work. Packs
-are where fits start: a fit done with its pack takes runs of packs still waiting, up to
-`runs_per_trial` runs (`kdray.grid.ledger.RunLedger.more_runs`), so no slot is left with a
-long tail.
+are where fits start: a fit done with its pack takes runs of packs still waiting
+(`kdray.grid.ledger.RunLedger.more_runs`; up to `runs_per_trial` runs when that is a number,
+without a limit under `auto`), so no slot is left with a long tail.
 
 `resources.runs_per_trial: auto` packs when a run is short against the start-up: when a run's
 work (training images x epochs x pixels per image) is below `SHORT_RUN_WORK`, about ten minutes
@@ -48,6 +48,15 @@ def runs_per_trial(job: Job, data: DataInfo) -> int:
         return setting
     work = data.counts.get("train", 0) * job.train.epochs * math.prod(data.spatial)
     return AUTO_RUNS_PER_TRIAL if work < SHORT_RUN_WORK else 1
+
+
+def runs_per_fit(job: Job, data: DataInfo) -> int | None:
+    """The most runs one fit trains, its pack's and those it takes (`RunLedger.more_runs`):
+    a `runs_per_trial` number caps it; `auto` packing short runs does not (None), since each
+    new fit adds only its start-up (a slot of a 16-sample search or seed sweep started a second
+    fit after 8 runs, ~15 s); `auto` leaving long runs alone keeps a fit to its run."""
+    per_trial = runs_per_trial(job, data)
+    return None if job.resources.runs_per_trial == "auto" and per_trial > 1 else per_trial
 
 
 def pack_runs(runs: list[RunSpec], per_trial: int, slots: int) -> list[Pack]:

@@ -9,11 +9,11 @@ critical path.
 
 Packs are where runs start, not where they must end: a trial that trained its pack asks the
 ledger for more (`RunLedger.more_runs`) and takes the next ready run of a pack still waiting
-(work stealing), up to `runs_per_fit` runs a fit. So a slot keeps its one Ray Train fit while
-there is work for it, instead of paying a new fit's start-up per pack, and no slot idles while
-another holds a tail of runs. While the only runs left wait on teachers that other trials are
-training, the asking trial waits for them, up to `WAIT_LIMIT_S`; when nothing left can come its
-way, it ends.
+(work stealing), up to `runs_per_fit` runs a fit (no limit under `runs_per_trial: auto`). So a
+slot keeps its one Ray Train fit while there is work for it, instead of paying a new fit's
+start-up per pack, and no slot idles while another holds a tail of runs. While the only runs
+left wait on teachers that other trials are training, the asking trial waits for them, up to
+`WAIT_LIMIT_S`; when nothing left can come its way, it ends.
 
 The ledger (`kdray.grid.ledger.RunLedger`, in run ids) lives in one Ray actor on the driver's
 node (`start_ledger`), which Tune's searcher (`RunQueue`) and the trials' workers both call. Its

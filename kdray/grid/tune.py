@@ -21,7 +21,7 @@ from ray.train import FailureConfig, ScalingConfig
 from ray.train import RunConfig as TrainRunConfig
 
 from kdray.data.cache import DataInfo
-from kdray.grid.packing import Pack, pack_runs, runs_per_trial
+from kdray.grid.packing import Pack, pack_runs, runs_per_fit, runs_per_trial
 from kdray.grid.resources import ResourceError, ResourceWait, driver_resources
 from kdray.grid.schedule import (
     RunQueue,
@@ -208,13 +208,13 @@ def run_grid(exp: Experiment, job: Job, runs: list[RunSpec], data: DataInfo) -> 
     for run in todo:  # a failure recorded from here on is this session's
         exp.run(run.run_id).clear_failure()
     slots = job.resources.max_concurrent_trials
-    per_fit = runs_per_trial(job, data)
-    packs = pack_runs(todo, per_fit, slots)
+    packs = pack_runs(todo, runs_per_trial(job, data), slots)
     searching = bool(exp.plan().searches)  # a search adds runs as it goes
     if not packs and not searching:
         return [outcome(exp, run, None, {}) for run in runs]
     ledger = start_ledger(
-        *ledger_packs(packs), str(exp.root), max_concurrent=slots, runs_per_fit=per_fit,
+        *ledger_packs(packs), str(exp.root), max_concurrent=slots,
+        runs_per_fit=runs_per_fit(job, data),
         searching=searching, full_epochs=job.train.epochs,
     )  # fmt: skip
     queue = RunQueue(

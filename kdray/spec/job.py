@@ -185,8 +185,9 @@ class Resources(Strict):
     )
     runs_per_trial: int | Literal["auto"] = Field(
         "auto",
-        description="runs trained one after another in one trial (one Ray Train start-up); "
-        "auto: several when runs are short against that start-up (kdray.grid.packing)",
+        description="runs trained one after another in one trial (one Ray Train start-up), "
+        "at most; auto: several when runs are short against that start-up, and a trial then "
+        "takes ready runs without a limit (kdray.grid.packing)",
     )
 
     @field_validator("runs_per_trial", mode="before")
