@@ -146,6 +146,10 @@ class RemoteLedger:
         self.actor = actor
 
     def __getattr__(self, name: str):
+        if name == "actor" or name.startswith("__"):
+            # not set yet (an instance being unpickled: Tune reads back its trials' configs),
+            # or a protocol pickle asks for: not a call to the ledger
+            raise AttributeError(name)
         method = getattr(self.actor, name)
         return lambda *args: ray.get(method.remote(*args))
 
