@@ -224,7 +224,17 @@ def test_a_search_interrupted_and_resumed_redoes_nothing_and_chooses_the_same(tm
         ),
         (
             {"space": {"alpha": {"uniform": [0.5, 1.5]}}},
-            "studies.tuned.search.space.alpha: 1.5 is outside kd's range",
+            "studies.tuned.search.space.alpha: kd does not take alpha 1.5: Input should be",
+        ),
+        (  # a word where a number goes: not called a range
+            {"space": {"temperature": {"choice": ["a", 2]}}},
+            "studies.tuned.search.space.temperature: kd does not take temperature 'a': Input "
+            "should be a valid number",
+        ),
+        (
+            {"space": {"lr": {"loguniform": [1e-3, 1000]}}},
+            "studies.tuned.search.space.lr: train.lr cannot be 1000.0: Input should be less "
+            "than or equal to 10",
         ),
         (
             {"space": {"lr": {"loguniform": [0, 0.1]}}},

@@ -425,7 +425,7 @@ class Job(Strict):
                 TrainConfig.model_validate({**self.train.model_dump(), key: value})
             except ValidationError as exc:
                 message = exc.errors()[0]["msg"].removeprefix("Value error, ")
-                out.append(f"{where}: {value!r} is outside train.{key}'s range: {message}")
+                out.append(f"{where}: train.{key} cannot be {value!r}: {message}")
         return out
 
     @property

@@ -187,7 +187,7 @@ class Study(Strict):
                 except ValidationError as exc:
                     message = exc.errors()[0]["msg"].removeprefix("Value error, ")
                     out.append(
-                        f"{where_key}: {value!r} is outside {method.name}'s range: {message}"
+                        f"{where_key}: {method.name} does not take {key} {value!r}: {message}"
                     )
         return out
 
