@@ -110,7 +110,7 @@ def validate(
     exit 0 if all is well, 2 with one line per problem if not."""
     job = _load(job_file, set_)
     _check_storage(job, job_file)
-    from kdray.data import DataError, data_task, data_warnings, open_sources
+    from kdray.data import DataError, data_notes, data_task, data_warnings, open_sources
     from kdray.grid.progress import fitted_lines
     from kdray.spec.describe import (
         band_warnings,
@@ -155,7 +155,8 @@ def validate(
     described += f"{get_task(task).outputs}, {counts} {_samples(job)}"
     for line in fitted_lines(described, console.width):
         console.print(line, highlight=False, soft_wrap=True)
-    for line in [*study_lines(job, plan), checked_line(info, _samples(job))]:
+    notes = [f"data: {note}" for note in data_notes(sources)]
+    for line in [*notes, *study_lines(job, plan), checked_line(info, _samples(job))]:
         for part in fitted_lines(line, console.width):
             console.print(part, highlight=False, soft_wrap=True)
     for line in data_warnings(classes, sources):

@@ -170,6 +170,11 @@ def test_test_split_is_carved_off_train_by_patient(mura):
     assert all(p.startswith("patient1118") for p in valid)
     everyone = {f"patient{n:05d}" for n in range(1, 13)}
     assert sorted(test) == held_out_patients(everyone, 0.25, 0)
+    assert sources["test"].notes == [
+        "test holds 3 of the 12 patients of MURA's train list (test_fraction 0.25, split_seed 0):"
+        " MURA's own test set is hidden, so every job on this archive and seed tests on these"
+        " patients"
+    ]
 
 
 def test_test_split_is_deterministic_per_seed_and_shared_by_tasks(mura):
@@ -258,6 +263,7 @@ def test_prepare_data_decodes_every_image(tmp_path, mura, channels):
         assert labels.tolist() == source.labels.tolist()
         assert load_groups(info.path, split).tolist() == source.groups.tolist()
     assert info.extra["skipped"] == {"train": 0, "valid": 0, "test": 0}
+    assert info.extra["notes"] == sources["test"].notes  # what `kdray run` prints
 
 
 def truncate(file: Path) -> None:
@@ -400,5 +406,25 @@ def test_shipped_mura_jobs_validate_on_a_tree(tmp_path, job):
         + ["--set", "pretrained=none"],
     )
     assert result.exit_code == 0, result.output
+    assert "data: test holds 2 of the 20 patients of MURA's train list" in result.output
     bare = CliRunner().invoke(app, ["validate", str(REPO / "jobs" / job)])
     assert bare.exit_code == 2 and "data.root: Field required" in bare.output
+
+
+def test_run_says_which_patients_the_test_split_holds(tmp_path, mura):
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from kdray.grid.run import _prepare
+    from kdray.spec.load import load_job
+
+    data = {"kind": "mura", "root": str(mura), "body_parts": PARTS, "image_size": 16}
+    data["test_fraction"] = 0.25
+    job = load_job(write_job(tmp_path, data), ["pretrained=none"])
+    console = Console(record=True, width=200)
+    for _ in range(2):  # decoded, then read back from the cache
+        _prepare(SimpleNamespace(data_dir=tmp_path / "data"), job, console)
+        said = console.export_text()
+        assert "data: test holds 3 of the 12 patients of MURA's train list" in said
+        assert "warning" not in said

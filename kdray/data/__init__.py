@@ -76,6 +76,8 @@ def prepare_data(cfg, cache_root: str | Path) -> DataInfo:
     named = [line for src in sources.values() for line in getattr(src, "dropped", ()) or ()]
     extra = {"dropped_rows": dropped, "dropped_files": named[:100]} if named else {}
     warnings = data_warnings(classes, sources)
+    told = {"warnings": warnings, "notes": data_notes(sources)}
+    extra = {**extra, **{key: lines for key, lines in told.items() if lines}}
     return write_cache(
         dest,
         sources,
@@ -83,7 +85,7 @@ def prepare_data(cfg, cache_root: str | Path) -> DataInfo:
         image_size(cfg, sources),
         cfg.channels,
         fp,
-        extra={**extra, "warnings": warnings} if warnings else extra or None,
+        extra=extra or None,
         on_bad_image=cfg.on_bad_image,
         task=data_task(cfg, sources),
     )
@@ -105,6 +107,12 @@ def data_warnings(classes: list[str], sources: dict) -> list[str]:
                 "from the labels"
             )
     return list(dict.fromkeys(lines))
+
+
+def data_notes(sources: dict) -> list[str]:
+    """How the data kind made its splits, where a user should know it (MURA's test patients);
+    not a warning: nothing is wrong."""
+    return [line for src in sources.values() for line in getattr(src, "notes", ()) or ()]
 
 
 def image_size(cfg, sources: dict) -> int:

@@ -38,6 +38,7 @@ class FileSource:
     groups: np.ndarray | None = None
     dropped: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # what was let pass (duplicate rows, ...)
+    notes: list[str] = field(default_factory=list)  # how the kind made the split (MURA's test)
 
     def __len__(self) -> int:
         return len(self.paths)

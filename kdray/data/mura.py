@@ -336,6 +336,12 @@ def open_sources(cfg: Config) -> tuple[list[str], dict[str, FileSource]]:
             dropped=[_missing_message(i) for i in dropped],
         )
     raise_problems(problems)
+    patients = len({patient_of(i.study) for i in listed["train"]})
+    sources["test"].notes = [
+        f"test holds {len(held_out)} of the {patients} patients of MURA's train list "
+        f"(test_fraction {cfg.test_fraction:g}, split_seed {cfg.split_seed}): MURA's own test "
+        "set is hidden, so every job on this archive and seed tests on these patients"
+    ]
     return classes, sources
 
 

@@ -100,6 +100,9 @@ def _prepare(exp: Experiment, job: Job, console: Console) -> DataInfo:
     for text in (described, f"train {task.count_line(train_labels, data.classes)}"):
         for line in fitted_lines(text, console.width):
             console.print(line, highlight=False, soft_wrap=True)
+    for note in data.extra.get("notes", []):
+        for line in fitted_lines(f"data: {note}", console.width):
+            console.print(line, highlight=False, soft_wrap=True)
     data_lines = [f"data: {line}" for line in data.extra.get("warnings", [])]
     warnings = data_lines + band_warnings(job, data) + method_warnings(job, data.num_classes)
     for warning in warnings + budget_warnings(job):
