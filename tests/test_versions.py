@@ -4,8 +4,10 @@ tables. No Ray: `kdray resume` stops at the grid (a stand-in `run_experiment`)."
 from __future__ import annotations
 
 import json
+import os
 
 import pyarrow.parquet as pq
+import pytest
 from typer.testing import CliRunner
 
 from kdray.cli import app
@@ -110,3 +112,29 @@ def test_the_blas_line_does_not_depend_on_load_order(monkeypatch):
         monkeypatch.setattr(threadpoolctl, "threadpool_info", lambda order=order: order)
         lines.add(versions.dispatch()["blas"])
     assert lines == {"openblas 0.3.15 Zen; openblas 0.3.30 SkylakeX; openblas 0.3.31 SkylakeX"}
+
+
+def test_onednn_says_which_isa_and_kernels_it_runs_and_prints_nothing(capfd):
+    import subprocess
+    import sys
+
+    import torch
+
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("this torch has no oneDNN")
+    here = versions.onednn_dispatch()
+    assert here["onednn.isa"] and "onednn_verbose" not in capfd.readouterr().out
+    assert [p.split()[0] for p in here["onednn.conv"].split(", ")] == [
+        "forward_training", "backward_data", "backward_weights",
+    ]  # fmt: skip
+    if "avx512f" not in versions.dispatch()["cpu.flags"]:
+        pytest.skip("this CPU has no AVX-512 to cap")
+    probe = "import json, kdray.store.versions as v; print(json.dumps(v.onednn_dispatch()))"
+    capped = subprocess.run(
+        [sys.executable, "-c", probe], env={**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"},
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    capped = json.loads(capped.stdout)
+    assert capped["onednn.isa"] == "Intel AVX2"
+    assert capped["onednn.conv"].count("jit:avx2") == 3
+    assert versions.differences(here, capped)  # what a resume would name

@@ -19,10 +19,13 @@ weights are refused rather than warned about (kdray.store.experiment, kdray.grid
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import json
 import os
 import platform
+import sys
+import tempfile
 from importlib import metadata
 from pathlib import Path
 
@@ -97,7 +100,10 @@ DISPATCH_ENV = (
     "OPENCV_CPU_DISABLE",
 )  # fmt: skip
 # recorded since issue 33: an experiment from before lacks them, which is no difference
-MACHINE_KEYS = ("cpu.flags", "blas", "opencv.dispatch", *(f"env.{n}" for n in DISPATCH_ENV))
+MACHINE_KEYS = (
+    "cpu.flags", "blas", "opencv.dispatch", "onednn.isa", "onednn.conv",
+    *(f"env.{n}" for n in DISPATCH_ENV),
+)  # fmt: skip
 
 
 def dispatch() -> dict[str, str]:
@@ -108,6 +114,8 @@ def dispatch() -> dict[str, str]:
     found = {"cpu.flags": " ".join(f for f in KERNEL_FLAGS if f in _cpu_flags()) or "-"}
     with contextlib.suppress(Exception):  # a report, never a reason to stop a run
         found["blas"] = _blas_libraries()
+    with contextlib.suppress(Exception):
+        found.update(onednn_dispatch())
     try:
         import cv2
 
@@ -116,6 +124,56 @@ def dispatch() -> dict[str, str]:
         pass
     found.update({f"env.{n}": os.environ[n] for n in DISPATCH_ENV if os.environ.get(n)})
     return found
+
+
+@functools.cache
+def onednn_dispatch() -> dict[str, str]:
+    """oneDNN's own word on what it runs here, from its verbose lines: the ISA it dispatched to
+    (`onednn.isa`) and the kernel each pass of a training 3x3 convolution took (`onednn.conv`,
+    e.g. `forward_training jit:avx512_core, ...`). Two CPUs of one `cpu.isa` can differ here."""
+    import torch
+
+    if not torch.backends.mkldnn.is_available():
+        return {}
+    lines = _stdout_of(_train_one_convolution).splitlines()
+    found = {}
+    for line in lines:
+        if ",info,cpu,isa:" in line:
+            found["onednn.isa"] = line.split(",info,cpu,isa:", 1)[1].strip()
+    passes = [line.split(",")[6:8] for line in lines if ",exec,cpu,convolution," in line]
+    if passes:
+        found["onednn.conv"] = ", ".join(f"{step} {kernel}" for kernel, step in passes)
+    return found
+
+
+def _train_one_convolution() -> None:
+    import torch
+
+    weight = torch.ones(16, 16, 3, 3, requires_grad=True)
+    data = torch.ones(8, 16, 16, 16, requires_grad=True)
+    with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
+        torch.nn.functional.conv2d(data, weight, padding=1).sum().backward()
+
+
+def _stdout_of(call) -> str:
+    """What `call` printed to file descriptor 1 from C (oneDNN prints there, through stdio),
+    kept from the terminal; only the CLI's own thread runs this, before Ray starts."""
+    import ctypes
+
+    libc = ctypes.CDLL(None)
+    sys.stdout.flush()
+    libc.fflush(None)
+    saved = os.dup(1)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 1)
+        try:
+            call()
+            libc.fflush(None)
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+        captured.seek(0)
+        return captured.read().decode(errors="replace")
 
 
 def _blas_libraries() -> str:
