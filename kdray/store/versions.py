@@ -8,8 +8,9 @@ picks other kernels: the quickstart's teacher tests at 0.720 with AVX-512 and 0.
 schema metadata (`kdray.versions`); and `kdray resume` (or running the same job again) warns,
 package by package, when it runs with other versions than the experiment started with. Within
 one `cpu.isa` CPUs still differ (AVX-512 with or without VNNI, BF16, FP16, AMX: oneDNN's and
-MKL's kernels follow them), so the CPU model, its kernel-picking flags, numpy's BLAS and core
-type and OpenCV's dispatched features are recorded and compared too (`dispatch`).
+MKL's kernels follow them), so the CPU model, its kernel-picking flags, oneDNN's own word on
+its ISA and kernels, numpy's BLAS and core type and OpenCV's dispatched features are recorded
+and compared too (`dispatch`).
 
 The pretrained weights the runs start from are recorded there too, under `weights`: name (the
 model), tag (or file), sha256 and size of each. Their checksums are part of the run ids, so other
@@ -108,9 +109,9 @@ MACHINE_KEYS = (
 
 def dispatch() -> dict[str, str]:
     """What decides each library's CPU kernels here, to explain numbers that differ across
-    CPUs: the kernel-picking CPU flags (oneDNN's and MKL's dispatch follows them), numpy's BLAS
-    and the core type it dispatched to, OpenCV's dispatched features (`*`), and any variable
-    that caps a dispatch."""
+    CPUs: the kernel-picking CPU flags (MKL's dispatch follows them), oneDNN's ISA and kernels,
+    numpy's BLAS and the core type it dispatched to, OpenCV's dispatched features (`*`), and
+    any variable that caps a dispatch."""
     found = {"cpu.flags": " ".join(f for f in KERNEL_FLAGS if f in _cpu_flags()) or "-"}
     with contextlib.suppress(Exception):  # a report, never a reason to stop a run
         found["blas"] = _blas_libraries()
