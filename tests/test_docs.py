@@ -56,6 +56,14 @@ def test_the_generated_parts_match_the_code():
     assert stale == [], f"{stale} are stale: run .venv/bin/python docs/gen_reference.py"
 
 
+def test_the_job_reference_describes_each_section_once():
+    from docs.gen import job_file
+
+    headings = re.findall(r"^#+ (.+)$", job_file.reference(), re.M)
+    assert sorted(h for h in set(headings) if headings.count(h) > 1) == []
+    assert "data.kind: decathlon" in headings and "data.patch_augment" in headings
+
+
 def test_a_column_without_a_meaning_stops_the_generator():
     schema = pa.schema([pa.field("trial_id", pa.string()), pa.field("new_column", pa.int64())])
     with pytest.raises(ValueError, match="new_column"):

@@ -158,7 +158,7 @@ def test_a_class_without_a_volume_in_a_split_is_one_line_naming_class_and_split(
     with pytest.raises(DataError) as caught:
         open_volume_sources(config(csv))
     assert caught.value.problems == [
-        f"{csv}: class 'malignant' has no images in the test split (add rows, or fix "
+        f"{csv}: class 'malignant' has no volumes in the test split (add rows, or fix "
         "data.classes / data.split_by)"
     ]
     moved = csv.read_text().replace("v03.nii.gz,malignant,train", "v03.nii.gz,malignant,test")

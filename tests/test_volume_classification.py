@@ -242,3 +242,16 @@ def test_names_of_the_other_rank_point_to_the_right_kind():
         Config2D(name="organmnist3d")
     with pytest.raises(ValidationError, match="'breastmnist' is not a MedMNIST v2 3D set"):
         Config(name="breastmnist")
+
+
+def test_run_counts_the_train_volumes_per_class(tmp_path):
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from kdray.grid.run import _prepare
+
+    job = parse_job(class_job(organ_npz(tmp_path / "organ.npz"), train={"batch_size": 4}))
+    console = Console(record=True, width=200)
+    _prepare(SimpleNamespace(data_dir=tmp_path / "data"), job, console)
+    assert "train volumes per class: class_0 4, class_1 4, class_2 4" in console.export_text()

@@ -16,15 +16,17 @@ def _walk(model: type[BaseModel], path: str, found: list[tuple[str, type[BaseMod
     """Add every section below `model` to `found` as (path, model), depth first, in field
     order. Data kinds and methods are described apart (`data`, the Methods page)."""
     from kdray.data.base import DataConfigBase
+    from kdray.data.volume_base import VolumeConfigBase
     from kdray.methods import MethodParams
 
+    described_apart = (DataConfigBase, VolumeConfigBase, MethodParams)
     for name, info in model.model_fields.items():
         where = f"{path}.{name}" if path else name
         if "dict[str" in str(info.annotation):
             where += ".NAME"  # a map's values: studies.NAME
         subs = sub_models(info.annotation)
         for sub in subs:
-            if issubclass(sub, DataConfigBase | MethodParams):
+            if issubclass(sub, described_apart):
                 continue
             if all(sub is not seen for _, seen in found):
                 # one of several forms (a search dimension): named by its first key

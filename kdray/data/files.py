@@ -280,12 +280,17 @@ def cap_per_class(
 
 
 def empty_class_problems(
-    classes: Sequence[str], labels: np.ndarray, split: str, where: str, hint: str
+    classes: Sequence[str],
+    labels: np.ndarray,
+    split: str,
+    where: str,
+    hint: str,
+    samples: str = "images",
 ) -> list[str]:
-    """One line per class without any item in `split`."""
+    """One line per class without any item (`samples`: images, volumes) in `split`."""
     counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(classes))
     return [
-        f"{where}: class {name!r} has no images in the {split} split ({hint})"
+        f"{where}: class {name!r} has no {samples} in the {split} split ({hint})"
         for name, count in zip(classes, counts, strict=False)
         if count == 0
     ]

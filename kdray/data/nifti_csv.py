@@ -137,7 +137,7 @@ def open_sources(cfg: Config) -> tuple[list[str], dict[str, NiftiCsvSource]]:
         elif cfg.label_columns is None:  # single-label: every class in every split, as 2D
             problems += empty_class_problems(
                 classes, [labels[k] for k in chosen], split, str(csv_path),
-                "add rows, or fix data.classes / data.split_by",
+                "add rows, or fix data.classes / data.split_by", samples="volumes",
             )  # fmt: skip
         sources[split] = NiftiCsvSource([items[k] for k in chosen], [labels[k] for k in chosen],
                                         cfg)  # fmt: skip

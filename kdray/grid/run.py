@@ -97,7 +97,9 @@ def _prepare(exp: Experiment, job: Job, console: Console) -> DataInfo:
         + f" x {data.channels}ch"
         + (f", {skipped} bad images skipped" if skipped else "")
     )
-    for text in (described, f"train {task.count_line(train_labels, data.classes)}"):
+    samples = "images" if data.rank == 2 else "volumes"
+    counted = task.count_line(train_labels, data.classes, samples)
+    for text in (described, f"train {counted}"):
         for line in fitted_lines(text, console.width):
             console.print(line, highlight=False, soft_wrap=True)
     for note in data.extra.get("notes", []):

@@ -113,8 +113,9 @@ class Task(ABC):
         """Labelled training images per class, or positives per label (class weights)."""
 
     @abstractmethod
-    def count_line(self, targets: np.ndarray, names: list[str]) -> str:
-        """A split's targets in one line for people: images per class, positives per label."""
+    def count_line(self, targets: np.ndarray, names: list[str], samples: str = "images") -> str:
+        """A split's targets in one line for people: images (or `samples`: volumes) per class,
+        positives per label."""
 
     @abstractmethod
     def no_skill(self, targets: np.ndarray, names: list[str]) -> tuple[float, str]:

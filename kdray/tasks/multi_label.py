@@ -90,7 +90,7 @@ class MultiLabel(Task):
     def class_counts(self, targets, num_classes):
         return tuple(int(c) for c in (np.asarray(targets) == 1).sum(axis=0))
 
-    def count_line(self, targets, names):
+    def count_line(self, targets, names, samples="images"):
         positives = (np.asarray(targets) == 1).sum(axis=0)
         pairs = ", ".join(f"{n} {c}" for n, c in zip(names, positives, strict=True))
         return f"positives per label: {pairs}"

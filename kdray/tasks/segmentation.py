@@ -100,8 +100,9 @@ class Segmentation(Task):
     def class_counts(self, targets, num_classes):
         return tuple(int(c) for c in _pixel_counts(targets, num_classes))
 
-    def count_line(self, targets, names):
-        """`targets`: masks (N, H, W), or a list of masks of their own shapes (volumes)."""
+    def count_line(self, targets, names, samples="images"):
+        """`targets`: masks (N, H, W), or a list of masks of their own shapes (volumes, which
+        they show: `samples` is not needed)."""
         pixels = _pixel_counts(targets, len(names))
         share = ", ".join(
             f"{n} {100 * p / max(pixels.sum(), 1):.1f}%" for n, p in zip(names, pixels, strict=True)

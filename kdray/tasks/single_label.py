@@ -74,10 +74,10 @@ class SingleLabel(Task):
         kept = np.asarray(targets)[np.asarray(targets) != UNLABELLED]
         return tuple(int(c) for c in np.bincount(kept, minlength=num_classes))
 
-    def count_line(self, targets, names):
+    def count_line(self, targets, names, samples="images"):
         per_class = np.bincount(np.asarray(targets), minlength=len(names))
         pairs = ", ".join(f"{n} {c}" for n, c in zip(names, per_class, strict=True))
-        return f"images per class: {pairs}"
+        return f"{samples} per class: {pairs}"
 
     def no_skill(self, targets, names):
         counts = np.bincount(np.asarray(targets), minlength=len(names))
