@@ -16,7 +16,8 @@ from rich.console import Console
 from rich.text import Text
 
 app = typer.Typer(
-    help="Knowledge-distillation grids for medical image classification on Ray.",
+    help="Knowledge-distillation grids for medical imaging (classification, segmentation, "
+    "2D and 3D) on Ray.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -106,8 +107,9 @@ def validate(
         bool, typer.Option(help="Check the file lists only, without decoding the images.")
     ] = False,
 ) -> None:
-    """Check a job file, its storage and its data (every image decoded, unless --quick);
-    exit 0 if all is well, 2 with one line per problem if not."""
+    """Check a job file, its storage and its data: exit 0, or 2 and one line per problem.
+
+    Every image (or volume) is decoded, unless --quick."""
     job = _load(job_file, set_)
     _check_storage(job, job_file)
     from kdray.data import DataError, data_notes, data_task, data_warnings, open_sources
@@ -214,8 +216,9 @@ def _size(size: int) -> str:
 
 @app.command()
 def weights(job_file: Path, set_: SetOption = None) -> None:
-    """Fetch every pretrained weight JOB_FILE needs into the weights cache (on a machine with
-    network, e.g. a login node) and print name, tag, size and sha256 of each."""
+    """Fetch the pretrained weights JOB_FILE needs, on a machine with network (a login node).
+
+    Each goes into the weights cache; its name, tag, size and sha256 are printed."""
     from kdray.tasks.weights import WeightsError
     from kdray.tasks.weights_fetch import fetch
 
@@ -497,9 +500,10 @@ def resume(
     ] = None,
     verbose: Annotated[bool, typer.Option(help="Show Ray's own logs.")] = False,
 ) -> None:
-    """Continue an interrupted or partly failed grid: runs with a result are kept; runs that
-    stopped without one (interrupted, crashed) continue from their last checkpoint, each
-    student once its teacher has finished."""
+    """Continue an interrupted or partly failed grid; finished runs are kept.
+
+    Runs that stopped without a result (interrupted, crashed) continue from their last
+    checkpoint, each student once its teacher has finished."""
     from kdray.store.experiment import Experiment, ExperimentError
 
     try:
@@ -571,8 +575,9 @@ def export(
         typer.Option(help="Also write the Pareto-optimal KD students and baselines (vs MACs)."),
     ] = False,
 ) -> None:
-    """Write trials.parquet, trials.csv, the Markdown tables and report.html of an experiment;
-    with --onnx / --onnx-pareto, deployable ONNX files of its models."""
+    """Write an experiment's tables: Parquet, CSV, Markdown and report.html (and ONNX models).
+
+    With --onnx / --onnx-pareto, deployable ONNX files of its models too."""
     from kdray.export.onnx import DeployError, check_exportable
     from kdray.export.write import export as do_export
     from kdray.results.cost_ratios import experiment_pareto_runs

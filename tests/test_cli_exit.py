@@ -45,3 +45,13 @@ def test_output_to_a_pipe_is_flushed_before_the_exit(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "Usage" in done.stdout and "validate" in done.stdout
     assert (tmp_path / "atexit").read_text() == "ran"
+
+
+def test_each_command_is_one_line_in_the_command_list():
+    """`kdray --help` lists a command by its docstring's first paragraph, line breaks kept: a
+    newcomer's first screen reads one line a command."""
+    from kdray.cli import app
+
+    for command in app.registered_commands:
+        summary = command.callback.__doc__.strip().split("\n\n")[0]
+        assert "\n" not in summary and len(summary) <= 96, (command.callback.__name__, summary)
