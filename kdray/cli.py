@@ -113,6 +113,7 @@ def validate(
     job = _load(job_file, set_)
     _check_storage(job, job_file)
     from kdray.data import DataError, data_notes, data_task, data_warnings, open_sources
+    from kdray.data.cache import load_targets
     from kdray.grid.progress import fitted_lines
     from kdray.spec.describe import (
         band_warnings,
@@ -140,6 +141,13 @@ def validate(
         raise typer.Exit(2)
     weights = _check_weights(job, job_file, set_, listed=True)
     info = None if quick else _decode_pixels(job, job_file)
+    if info is not None:
+        targets = load_targets(info.path, "train")
+        unlearnable = get_task(info.task).train_problems(targets, info.classes, _samples(job))
+        for line in unlearnable:
+            _error(f"{job_file}: {line}")
+        if unlearnable:
+            raise typer.Exit(2)
     plan = make_plan(job, {model: local.sha256 for model, local in weights.items()})
     teachers, students = plan.stage("teacher"), plan.stage("student")
     console.print(

@@ -80,12 +80,14 @@ def _prepare(exp: Experiment, job: Job, console: Console) -> DataInfo:
     with console.status("decoding data into the array cache"):
         data = prepare_data(job.data, exp.data_dir)
     train_labels = load_targets(data.path, "train")
+    samples = "images" if data.rank == 2 else "volumes"
+    task = get_task(data.task)
     problems = task_problems(job, data.task) + batch_problems(job, train_labels)
+    problems += task.train_problems(train_labels, data.classes, samples)
     if problems:
         raise JobError(problems)
     skipped = sum(data.extra.get("skipped", {}).values())
     skipped += sum(data.extra.get("dropped_rows", {}).values())
-    task = get_task(data.task)
     described = (
         f"data: {job.data.kind}, {task.name.replace('_', '-')}, {data.num_classes} {task.outputs}, "
         + ", ".join(f"{k} {v}" for k, v in data.counts.items())
@@ -97,7 +99,6 @@ def _prepare(exp: Experiment, job: Job, console: Console) -> DataInfo:
         + f" x {data.channels}ch"
         + (f", {skipped} bad images skipped" if skipped else "")
     )
-    samples = "images" if data.rank == 2 else "volumes"
     counted = task.count_line(train_labels, data.classes, samples)
     for text in (described, f"train {counted}"):
         for line in fitted_lines(text, console.width):

@@ -117,6 +117,10 @@ class Task(ABC):
         """A split's targets in one line for people: images (or `samples`: volumes) per class,
         positives per label."""
 
+    def train_problems(self, targets, names: list[str], samples: str = "images") -> list[str]:
+        """Why the train split's targets leave nothing to learn, one line each (none: fine)."""
+        return []
+
     @abstractmethod
     def no_skill(self, targets: np.ndarray, names: list[str]) -> tuple[float, str]:
         """The primary metric a model that learned nothing scores on `targets`, and what such

@@ -116,6 +116,17 @@ class Segmentation(Task):
         samples, elements = ("volumes", "voxels") if volumes else ("images", "pixels")
         return f"{samples} with: {images} (of {len(targets)}); {elements}: {share}"
 
+    def train_problems(self, targets, names, samples="images"):
+        if _pixel_counts(targets, len(names))[1:].any():
+            return []
+        volumes = any(np.ndim(t) == 3 for t in targets)
+        where = "data.spacing or data.size (resampling can erase small structures)"
+        return [
+            f"data: no train {'volume' if volumes else 'image'} has a "
+            f"{'voxel' if volumes else 'pixel'} of {', '.join(names[1:])}: nothing to segment; "
+            f"check the masks{', and ' + where if volumes else ''}"
+        ]
+
     def no_skill(self, targets, names):
         return 0.0, f"predicting {names[0]} everywhere"
 

@@ -79,6 +79,18 @@ class SingleLabel(Task):
         pairs = ", ".join(f"{n} {c}" for n, c in zip(names, per_class, strict=True))
         return f"{samples} per class: {pairs}"
 
+    def train_problems(self, targets, names, samples="images"):
+        labels = np.asarray(targets)
+        present = np.unique(labels[labels != UNLABELLED])
+        if len(present) > 1:
+            return []
+        only = f"{names[present[0]]} only" if len(present) else "no labelled one"
+        return [
+            f"data: the train split holds {only} of the {len(names)} classes: a classifier "
+            f"learns nothing from it; check the data's labels (every train {samples[:-1]} "
+            "has the same class)"
+        ]
+
     def no_skill(self, targets, names):
         counts = np.bincount(np.asarray(targets), minlength=len(names))
         majority = int(counts.argmax())
