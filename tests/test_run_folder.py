@@ -37,3 +37,14 @@ def test_attempts_failures_and_summaries_have_one_owner(tmp_path):
     (folder.path / "summary.json").write_text('{"run_id": "r1"}')
     with pytest.raises(ExperimentError, match="damaged .no status."):
         folder.summary()
+
+
+def test_a_damaged_summary_says_whether_its_run_continues_or_trains_again(tmp_path):
+    folder = RunFolder(tmp_path / "runs" / "r1")
+    folder.path.mkdir(parents=True)
+    (folder.path / "summary.json").write_text('{"status": "fini')
+    with pytest.raises(ExperimentError, match="trains again from its start: it kept no checkpoint"):
+        folder.summary()  # a finished run's state is dropped: only model.pt is left
+    folder.save_checkpoint({"epoch": 3})
+    with pytest.raises(ExperimentError, match="continues from its last checkpoint"):
+        folder.summary()

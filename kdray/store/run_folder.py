@@ -47,10 +47,12 @@ class RunFolder:
         path = self.path / "summary.json"
         if not path.is_file():
             return None
-        advice = (
-            f"delete it and run `kdray resume {self.path.parent.parent}` (the run continues from "
-            "its last checkpoint)"
+        again = (  # a finished run keeps no training state: its model.pt is its result
+            "continues from its last checkpoint"
+            if self.checkpoint_file.is_file()
+            else "trains again from its start: it kept no checkpoint"
         )
+        advice = f"delete it and run `kdray resume {self.path.parent.parent}` (the run {again})"
         summary = read_json(path, advice)
         if not isinstance(summary, dict) or "status" not in summary:
             raise ExperimentError(f"{path} is damaged (no status): {advice}")
