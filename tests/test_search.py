@@ -16,7 +16,7 @@ from kdray.grid.packing import pack_runs
 from kdray.grid.search import STOP, WAIT
 from kdray.spec.base import JobError
 from kdray.spec.load import parse_job
-from kdray.store.experiment import Experiment
+from kdray.store.experiment import Experiment, ExperimentError
 from kdray.store.status import status_rows, unfinished_line
 from tests.conftest import tiny_job_dict
 
@@ -544,3 +544,26 @@ def test_the_ledger_reads_its_searches_without_the_task_registry(tmp_path):
     with pytest.raises(JobError, match="pixel_kd is defined for segmentation data"):
         exp.job()
     assert exp.job(recheck=False).studies["tuned"].method_name() == "pixel_kd"
+
+
+def test_a_damaged_search_journal_is_one_line_before_ray_starts(tmp_path):
+    from typer.testing import CliRunner
+
+    from kdray.cli import app
+
+    exp = Experiment.create(search_job(tmp_path, "journal"))
+    SimulatedGrid(exp, 2, 0).run()
+    journal = exp.search_dir / "journal.log"
+    lines = journal.read_bytes().split(b"\n")
+    assert len(lines) > 4
+    journal.write_bytes(b"\n".join(lines) + b'{"op_code": 4, "worker_i')  # cut short: fine
+    exp.check_search_journal()
+    lines[2] = lines[2][:30]
+    journal.write_bytes(b"\n".join(lines))
+    with pytest.raises(ExperimentError, match=r"journal.log is damaged \(line 3: "):
+        exp.check_search_journal()
+    result = CliRunner().invoke(app, ["resume", str(exp.root)])
+    assert result.exit_code == 2, result.output
+    (line,) = [ln for ln in result.output.splitlines() if "journal.log" in ln]
+    assert f"delete {exp.search_dir} and run `kdray resume {exp.root}`" in line
+    assert "Traceback" not in result.output and not (exp.root / "tune").exists()

@@ -21,11 +21,10 @@ from optuna.distributions import (
 )
 
 from kdray.spec.search import Choice, IntRange, LogUniform, Search, Uniform, grid_values
+from kdray.store.experiment import SEARCH_JOURNAL
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial is the grid's job
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-
-JOURNAL = "journal.log"
 
 
 def distributions(search: Search) -> dict[str, BaseDistribution]:
@@ -79,7 +78,7 @@ def pruner_for(search: Search, epochs: int) -> optuna.pruners.BasePruner:
 def open_study(folder: Path, name: str, search: Search, epochs: int) -> optuna.Study:
     """The cell's study in the experiment's journal (created, or loaded on resume)."""
     folder.mkdir(parents=True, exist_ok=True)
-    backend = optuna.storages.journal.JournalFileBackend(str(folder / JOURNAL))
+    backend = optuna.storages.journal.JournalFileBackend(str(folder / SEARCH_JOURNAL))
     return optuna.create_study(
         study_name=name,
         storage=optuna.storages.JournalStorage(backend),

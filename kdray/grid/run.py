@@ -124,6 +124,8 @@ def _run_experiment(
 ) -> RunReport:
     plan = exp.plan()
     check_weights(exp, job, plan)  # before anything decodes, starts or trains
+    if plan.searches:
+        exp.check_search_journal()
     report = RunReport(exp)
     data = report.data = _prepare(exp, job, console)
     # imported once the data's checks passed: a refused job pays neither them nor Ray's start

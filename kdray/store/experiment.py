@@ -33,6 +33,7 @@ from kdray.store.run_folder import RunFolder
 from kdray.tasks.weights import LocalWeights, WeightsError, find_all, missing_line
 
 SEARCH_RUNS = "runs.jsonl"
+SEARCH_JOURNAL = "journal.log"  # Optuna's journal of every search's trials
 
 # how a grid is run and watched, and where its weights lie (their checksums are in the run
 # ids), not what it trains
@@ -124,6 +125,26 @@ class Experiment:
             fh.writelines(json.dumps(run.to_dict()) + "\n" for run in runs)
             fh.flush()
             os.fsync(fh.fileno())
+
+    def check_search_journal(self) -> None:
+        """Optuna reads the searches' journal inside the grid's ledger (a Ray actor), where a
+        damaged line is a traceback: `ExperimentError` naming it first. A last line cut short
+        by a crash (no newline yet) is Optuna's to skip, and is not checked."""
+        path = self.search_dir / SEARCH_JOURNAL
+        if not path.is_file():
+            return
+        for number, line in enumerate(path.read_bytes().split(b"\n")[:-1], 1):
+            try:
+                json.loads(line)
+            except (ValueError, UnicodeDecodeError) as exc:
+                advice = (
+                    f"restore it from a copy, or delete {self.search_dir} and run `kdray resume "
+                    f"{self.root}` to start the searches again (the samples trained so far are "
+                    "not reused)"
+                )
+                raise ExperimentError(
+                    damaged(path, ValueError(f"line {number}: {exc}"), advice)
+                ) from None
 
     def added_runs(self) -> list[RunSpec]:
         """The runs `add_runs` recorded, in order; a last line cut short by a crash is left out."""
