@@ -323,6 +323,7 @@ def test_export_into_a_file_or_the_experiments_own_results(tmp_path):
     before = set(Path.cwd().iterdir())
     refused("export", root, "--out", "", says=("--out: empty",))
     assert set(Path.cwd().iterdir()) == before  # nothing written into the working directory
+    refused("export", root, "--out", "/proc/kdray-out", says=("--out /proc/kdray-out: cannot",))
 
 
 # --- 7: validate checks the pixels ------------------------------------------------------------

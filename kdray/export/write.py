@@ -4,6 +4,7 @@ and an HTML report (`kdray.export.report`), written into a folder of the user's 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -82,4 +83,12 @@ def check_out_dir(exp: Experiment, out: Path) -> Path:
     for parent in resolved.parents:
         if parent.exists() and not parent.is_dir():
             raise ExperimentError(f"--out {out}: {parent} is a file, not a folder")
+    try:
+        resolved.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ExperimentError(
+            f"--out {out}: cannot create it ({exc.strerror}); give a folder you can write to"
+        ) from None
+    if not os.access(resolved, os.W_OK):
+        raise ExperimentError(f"--out {out}: cannot write into it; give a folder you can write to")
     return resolved
