@@ -120,3 +120,24 @@ def test_interval_from_the_environment(monkeypatch):
 def test_bars_on_a_terminal_lines_elsewhere():
     assert isinstance(grid_view(Console(file=io.StringIO(), force_terminal=True)), GridProgress)
     assert isinstance(grid_view(Console(file=io.StringIO(), force_terminal=False)), GridLog)
+
+
+def test_a_swept_or_searched_run_is_named_with_its_setting(tmp_path):
+    from dataclasses import replace
+
+    from kdray.grid.progress_log import stage_line
+
+    runs = make_plan(parse_job(tiny_job_dict(tmp_path))).runs.values()
+    kd = next(r for r in runs if r.teacher_runs)
+    sample = replace(kd, setting={"temperature": 4.58123, "alpha": 0.708}, roles=["sample:s"])
+    assert describe(sample) == (
+        "student test_resnet <- resnet10t (kd temperature 4.58, alpha 0.708), seed 0, "
+        "a search's sample"
+    )
+    baseline = next(r for r in runs if r.stage == "student" and not r.teacher_runs)
+    tuned = replace(baseline, train={"lr": 0.001}, seed=2, roles=["baseline"])
+    assert describe(tuned) == "student test_resnet (lr 0.001), seed 2"
+    rows = [{"stage": "student", "state": s} for s in ("finished", "interrupted", "pending")]
+    assert stage_line(rows).endswith(
+        "student 1/3 finished, 0 running, 0 failed, 1 interrupted, 1 waiting"
+    )

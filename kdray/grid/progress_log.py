@@ -37,11 +37,22 @@ def elapsed(seconds: float) -> str:
 
 def describe(run: RunSpec) -> str:
     """`student resnet10t <- seresnet18 (kd), seed 0`, `teacher seresnet18 [0.50, 0.65], seed
-    0` (a defective teacher's band, as the tables name it): what a reader needs to know the run."""
+    0` (a defective teacher's band, as the tables name it), `student resnet10t <- seresnet18
+    (kd temperature 4.58, alpha 0.708), seed 0, a search's sample` (a swept or searched
+    setting): what a reader needs to know the run."""
     band = f" [{run.band[0]:.2f}, {run.band[1]:.2f}]" if run.band else ""
     teachers = f" <- {'+'.join(run.teacher_models)}" if run.teacher_models else ""
-    method = f" ({run.method})" if run.teacher_models else ""
-    return f"{run.stage} {run.model}{band}{teachers}{method}, seed {run.seed}"
+    values = ", ".join(
+        f"{key} {_value(value)}" for key, value in {**run.setting, **run.train}.items()
+    )
+    named = [run.method] if run.teacher_models else []
+    method = f" ({' '.join([*named, values]).strip()})" if named or values else ""
+    sample = ", a search's sample" if any(r.startswith("sample:") for r in run.roles) else ""
+    return f"{run.stage} {run.model}{band}{teachers}{method}, seed {run.seed}{sample}"
+
+
+def _value(value) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 def outcome(exp: Experiment, run_id: str, state: str) -> str:
@@ -65,12 +76,12 @@ def stage_line(rows: list[dict]) -> str:
     """`teacher 2/3 finished, 1 running, 0 failed, 0 waiting; student 0/4 finished, ...`"""
     parts = []
     for stage, c in stage_counts(rows).items():
-        waiting = c["pending"] + c["interrupted"]
         total = sum(c.values())
         stopped = f", {c['stopped']} stopped" if c["stopped"] else ""  # searched samples
+        interrupted = f", {c['interrupted']} interrupted" if c["interrupted"] else ""
         parts.append(
             f"{stage} {c['finished']}/{total} finished{stopped}, {c['running']} running, "
-            f"{c['failed'] + c['unreadable']} failed, {waiting} waiting"
+            f"{c['failed'] + c['unreadable']} failed{interrupted}, {c['pending']} waiting"
         )
     return "; ".join(parts)
 
