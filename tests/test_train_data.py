@@ -282,5 +282,20 @@ def test_an_experiment_folder_from_before_the_device_path_keeps_its_views(tmp_pa
     (exp.root / "job.json").write_text(json.dumps(saved))
     assert exp.job().train.augment_on == "loader"  # `kdray resume` goes on as it began
     exp.run(next(iter(exp.plan().runs))).start_attempt()  # the folder has started runs
-    with pytest.raises(ExperimentError, match="already holds a different job"):
+    with pytest.raises(ExperimentError, match=r"different job named 'tiny' \(train.augment_on "
+                       r'"loader" -> "device"\): resume it'):  # fmt: skip
         Experiment.create(job)  # the job file again, now with the device path: said, not mixed
+
+
+def test_a_changed_job_names_the_fields_that_train_other_runs(tmp_path):
+    from kdray.spec.load import parse_job
+    from kdray.store.experiment import training_changes
+    from tests.conftest import tiny_job_dict
+
+    raw = tiny_job_dict(tmp_path)
+    old = parse_job(raw)
+    raw["train"] = {**raw["train"], "epochs": 7, "lr": 0.5, "batch_size": 4, "momentum": 0.5}
+    raw["seeds"], raw["faults"] = [0, 1], {"trial_retries": 5}  # retries: not a change
+    said = training_changes(old, parse_job(raw), limit=3)
+    assert said == (f"seeds [0] -> [0, 1], train.batch_size {old.train.batch_size} -> 4, "
+                    f"train.epochs {old.train.epochs} -> 7 and 2 more")  # fmt: skip

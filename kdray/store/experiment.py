@@ -44,11 +44,39 @@ def same_training(old: Job, new: Job) -> bool:
     """Whether two jobs train the same runs: they may differ in tracking and fault settings
     (MLflow added to a started grid, more retries) and in how runs are packed into trials,
     which the folder then takes."""
+    return _as_trained(old, new) == new
+
+
+def _as_trained(old: Job, new: Job) -> Job:
+    """`old` with what `new` may change in a started folder taken from `new`."""
     update = {key: getattr(new, key) for key in RUN_SETTINGS}
     update["resources"] = old.resources.model_copy(
         update={"runs_per_trial": new.resources.runs_per_trial}
     )
-    return old.model_copy(update=update) == new
+    return old.model_copy(update=update)
+
+
+def training_changes(old: Job, new: Job, limit: int = 4) -> str:
+    """`train.epochs 4 -> 8, studies.kd.search.samples 3 -> 8`: the fields where `new` trains
+    other runs than `old`, the first `limit` of them."""
+    before = _flat(_as_trained(old, new).model_dump(mode="json"))
+    after = _flat(new.model_dump(mode="json"))
+    changed = [
+        f"{key} {json.dumps(before.get(key, '-'))} -> {json.dumps(after.get(key, '-'))}"
+        for key in sorted(set(before) | set(after))
+        if before.get(key, "-") != after.get(key, "-")
+    ]
+    more = f" and {len(changed) - limit} more" if len(changed) > limit else ""
+    return ", ".join(changed[:limit]) + more
+
+
+def _flat(value, prefix: str = "") -> dict:
+    if not isinstance(value, dict) or not value:
+        return {prefix: value}
+    out = {}
+    for key, item in value.items():
+        out.update(_flat(item, f"{prefix}.{key}" if prefix else str(key)))
+    return out
 
 
 @dataclass(frozen=True)
@@ -194,7 +222,8 @@ class Experiment:
         started = existing.is_file() and exp.started_runs()
         if started and not same_training(exp.job(), job):
             raise ExperimentError(
-                f"{exp.root} already holds a different job named {job.name!r}: resume it with "
+                f"{exp.root} already holds a different job named {job.name!r} "
+                f"({training_changes(exp.job(), job)}): resume it with "
                 f"`kdray resume {exp.root}`, or run the new settings under another name "
                 f"(--set name={job.name}-2) or storage"
             )
