@@ -104,6 +104,10 @@ def test_unknown_method_and_model(tmp_path):
     assert line.startswith("studies.magic.method:") and "'magic'" in line and "'kd'" in line
     raw["studies"] = {"normal": {"teachers": ["resnet9000"], "students": ["resnet10t"]}}
     assert "'resnet9000' is not a timm model" in problems_of(raw)[0]
+    for model in ("resnet3d-d10", "unet3d"):  # on 2D data: said so, no timm look-alikes
+        raw["studies"]["normal"] = {"teachers": ["resnet10t"], "students": [model]}
+        (line,) = problems_of(raw)
+        assert f"'{model}' is a 3D network and this data is 2D" in line and "timm" in line
 
 
 def test_pretrained_weights_must_exist(tmp_path):

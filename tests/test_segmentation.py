@@ -230,7 +230,8 @@ def test_the_student_is_over_100_times_smaller_and_names_are_checked():
     job = {
         "name": "seg",
         "data": {"kind": "synthetic_ultrasound", "image_size": 48},
-        "studies": {"s": {"teachers": [TEACHER], "students": ["unet-nosuch", "segnet-resnet18"],
+        "studies": {"s": {"teachers": [TEACHER], "students": ["unet-nosuch", "segnet-resnet18",
+                                                                "unet3d"],
                           "method": {"name": "pixel_kd"}}},
     }  # fmt: skip
     with pytest.raises(JobError) as err:
@@ -242,6 +243,8 @@ def test_the_student_is_over_100_times_smaller_and_names_are_checked():
         "studies.s.students: 'segnet-resnet18': unknown architecture 'segnet'; one of "
         "['deeplabv3plus', 'fpn', 'linknet', 'manet', 'unet', 'unetplusplus'] "
         "(<architecture>-<timm encoder>[-d<width>.<width>...], e.g. unet-resnet34)",
+        "studies.s.students: 'unet3d' is a 3D network and this data is 2D: name a timm model, "
+        "or use a volume data kind (decathlon, nifti_csv, medmnist3d, synthetic_volumes)",
     ]
     job["data"]["image_size"] = 32
     job["studies"]["s"]["students"] = ["resnet18"]

@@ -50,6 +50,7 @@ def test_tiny_networks_map_a_volume_to_masks_or_classes():
         ("unet3d-c4.8.16-s2", "-s takes one stride per down-sampling (2)"),
         ("resnet3d-d11", "resnet3d depths are"),
         ("densenet3d-x4", "'x4' is not one of densenet3d's settings"),
+        ("unet3d-c4.8.16.32-s2.2.2-r-1", "-r takes whole numbers"),
     ],
 )
 def test_a_bad_name_is_one_line_saying_what_is_wrong(name, says):

@@ -113,6 +113,10 @@ def classifier_problem(name: str) -> str | None:
     """Why `name` is no timm model (with similar names), or None."""
     if timm.is_model(name):
         return None
+    from kdray.tasks.volume_models import rank_problem
+
+    if rank_problem(name):
+        return rank_problem(name)
     close = timm.list_models(f"*{name.split('_')[0][:6]}*")[:5]
     hint = f"; similar: {close}" if close else ""
     return f"{name!r} is not a timm model{hint}"

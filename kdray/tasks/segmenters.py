@@ -91,6 +91,10 @@ def name_problem(name: str, image_size: int) -> str | None:
     """Why `name` is no segmenter for `image_size` pixel images, or None."""
     import timm
 
+    from kdray.tasks.volume_models import rank_problem
+
+    if rank_problem(name):
+        return rank_problem(name)
     try:
         parsed = parse_name(name)
     except ValueError as exc:

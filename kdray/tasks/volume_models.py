@@ -52,6 +52,16 @@ class VolumeModelName:
         return tuple(int(v) for v in self.parts.get(key, default))
 
 
+def rank_problem(name: str) -> str | None:
+    """Said of a 3D network named for 2D data (its name is no timm model, but that misleads)."""
+    if name.split("-")[0] not in KEYS:
+        return None
+    return (
+        f"{name!r} is a 3D network and this data is 2D: name a timm model, or use a volume "
+        "data kind (decathlon, nifti_csv, medmnist3d, synthetic_volumes)"
+    )
+
+
 def parse_volume_model(name: str) -> VolumeModelName:
     """The parts of a 3D model's name; ValueError saying what is wrong with it."""
     network, *rest = name.split("-")
@@ -61,6 +71,8 @@ def parse_volume_model(name: str) -> VolumeModelName:
     parts: dict[str, tuple[float, ...]] = {}
     for part in rest:
         match = PART.match(part)
+        if part in KEYS[network]:  # a bare key: its numbers missing, or negative (-r-1)
+            raise ValueError(f"{name!r}: -{part} takes whole numbers ({NAME_FORM})")
         if not match or match["key"] not in KEYS[network] or match["key"] in parts:
             raise ValueError(f"{name!r}: {part!r} is not one of {network}'s settings "
                              f"{['-' + k + '...' for k in KEYS[network]]}")  # fmt: skip
