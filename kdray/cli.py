@@ -60,8 +60,8 @@ def _load(job_file: Path, overrides: list[str] | None):
     try:
         return load_job(job_file, overrides or [])
     except JobError as exc:
-        for line in exc.problems:
-            _error(f"{job_file}: {line}")
+        for line in exc.problems:  # lines about the file itself name it already
+            _error(line if line.startswith(f"{job_file}:") else f"{job_file}: {line}")
         raise typer.Exit(2) from None
 
 

@@ -651,6 +651,25 @@ def test_sweep_bad_command_lines(tmp_path, make_args, monkeypatch):
 
 
 @pytest.mark.parametrize(
+    ("text", "value", "says"),
+    [
+        ("name: [x\n", None, "not valid YAML: expected ',' or ']', but got '<stream end>'"),
+        ("name: x\nstudies:\n\tnormal: {}\n", None, "'\\t' that cannot start any token"),
+        (None, "train.epochs=[1", "--set train.epochs=[1: value is not valid YAML (expected"),
+        (None, "train.epochs={a: ", "(expected the node content, but found '<stream end>'"),
+    ],
+)
+def test_yaml_that_does_not_parse_is_one_line_naming_the_file_once(tmp_path, text, value, says):
+    job = write_job(tmp_path)
+    if text is not None:
+        job.write_text(text)
+    result = cli("validate", job, *(["--set", value] if value else []))
+    assert result.exit_code == 2 and says in result.output, result.output
+    (line,) = result.output.splitlines()
+    assert line.count(str(job)) == 1 and "^" not in line
+
+
+@pytest.mark.parametrize(
     "args", [["run", "--epochs", "3"], ["validate"], ["frobnicate"], ["status", "a", "b"]]
 )
 def test_sweep_usage_errors_exit_2_with_usage(args):

@@ -30,7 +30,9 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
     try:
         value = read_yaml(text)
     except yaml.YAMLError as exc:
-        raise JobError([f"--set {assignment}: value is not valid YAML ({exc})"]) from None
+        raise JobError(
+            [f"--set {assignment}: value is not valid YAML ({_yaml_problem(exc)})"]
+        ) from None
     node = raw
     for depth, key in enumerate(keys[:-1]):
         child = node.get(key)
@@ -41,6 +43,20 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
             raise JobError([f"--set {assignment}: {where} is not a section"])
         node = child
     node[keys[-1]] = value
+
+
+def _yaml_problem(exc: yaml.YAMLError, lines: bool = False) -> str:
+    """`expected ',' or ']', but got '<stream end>' at column 3` (`line 4, column 3` for a
+    file): the parser's own words in one line, without its quoted excerpt and caret."""
+    problem = getattr(exc, "problem", None)
+    mark = getattr(exc, "problem_mark", None)
+    if not problem:
+        return " ".join(str(exc).split())
+    context = getattr(exc, "context", None)
+    where = (
+        f"line {mark.line + 1}, column {mark.column + 1}" if lines else f"column {mark.column + 1}"
+    )
+    return f"{problem}{f' ({context})' if context else ''} at {where}" if mark else problem
 
 
 def _where(loc: tuple) -> str:
@@ -124,5 +140,5 @@ def load_job(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> J
             [f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8"]
         ) from None
     except yaml.YAMLError as exc:
-        raise JobError([f"{path}: not valid YAML: {exc}".replace("\n", " ")]) from None
+        raise JobError([f"{path}: not valid YAML: {_yaml_problem(exc, lines=True)}"]) from None
     return parse_job(raw, overrides)
