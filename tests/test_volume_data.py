@@ -127,6 +127,18 @@ def bad_folder(tmp_path: Path, problem: str) -> tuple[Path, str]:
     elif problem == "truncated":
         images.write_bytes(images.read_bytes()[:200])
         return root, str(images)
+    elif problem == "nan":
+        image = np.full(SHAPE, np.nan, np.float32)
+        image[0, 0, :4] = [1, 2, np.inf, -np.inf]
+        save_nifti(images, image)
+        return root, str(images)
+    elif problem == "zero spacing":
+        img = nib.Nifti1Image(image, None)
+        img.header["pixdim"][1:4] = [0, 0.8, 2.5]
+        img.header.set_qform(None, code=0)
+        img.header.set_sform(None, code=0)
+        nib.save(img, str(images))
+        return root, str(images)
     return root, str(labels)
 
 
@@ -136,14 +148,18 @@ def bad_folder(tmp_path: Path, problem: str) -> tuple[Path, str]:
         ("shape", "has shape [20, 24, 7], the image [20, 24, 8]"),
         ("spacing", "has spacing 0.8x0.8x3 mm, the image 0.8x0.8x2.5 mm"),
         ("orientation", "is oriented RAS, the image LPS"),
-        ("4d", "a 4D volume of shape [20, 24, 8, 2], a 3D volume is expected"),
+        ("4d", "a 4D volume of shape [20, 24, 8, 2], a 3D volume is expected (multi-channel "
+         "volumes are not supported yet)"),
         ("values", "label values [5] are outside the declared classes 0..2"),
         ("missing label", "label file missing for case_002.nii.gz"),
         ("unreadable", "unreadable NIfTI"),
         ("truncated", "unreadable NIfTI"),
+        ("nan", ": 3838 voxels are NaN or infinite; fix or drop the volume"),
+        ("zero spacing", ": the header's voxel size (pixdim) is 0 mm, so its spacing is unknown; "
+         "fix the header"),
     ],
-)
-def test_each_bad_volume_input_is_one_line_naming_the_file(tmp_path, problem, says):
+)  # fmt: skip
+def test_each_bad_volume_input_is_one_line_naming_the_file(tmp_path, capfd, problem, says):
     root, file = bad_folder(tmp_path, problem)
     with pytest.raises(DataError) as caught:
         prepare_volumes(config(root), tmp_path / "cache")
@@ -151,7 +167,95 @@ def test_each_bad_volume_input_is_one_line_naming_the_file(tmp_path, problem, sa
     line = caught.value.problems[0]
     assert line.startswith(file) and says in line, line
     assert "\n" not in line
+    assert "pixdim" not in capfd.readouterr().err  # nibabel's own warning kept off the terminal
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+
+
+def bad_dataset_json(root: Path, problem: str) -> Path:
+    """A good folder whose dataset.json (or every image) is wrong in one way."""
+    nnunet = problem in ("file_ending", "file_ending mha", "label value")
+    decathlon_folder(root, cases=5, nnunet=nnunet)
+    meta = json.loads((root / "dataset.json").read_text())
+    if problem == "entry types":
+        meta["training"][0] = {"image": 1, "label": None}
+    elif problem == "no training":
+        del meta["training"]
+    elif problem == "file_ending":
+        meta["file_ending"] = ".nii"
+    elif problem == "file_ending mha":
+        meta["file_ending"] = ".mha"
+    elif problem == "label value":
+        meta["labels"]["lesion"] = "two"
+    elif problem == "all 4d":
+        for i in range(5):
+            image, _ = case_arrays(i)
+            save_nifti(root / "imagesTr" / f"case_{i:03d}.nii.gz", np.stack([image] * 2, -1))
+    elif problem == "modalities":
+        meta["modality"] = {"0": "T1", "1": "T2"}
+        for i in range(5):
+            image, _ = case_arrays(i)
+            save_nifti(root / "imagesTr" / f"case_{i:03d}.nii.gz", np.stack([image] * 2, -1))
+    (root / "dataset.json").write_text(json.dumps(meta))
+    return root
+
+
+@pytest.mark.parametrize(
+    ("problem", "says"),
+    [
+        ("entry types", "dataset.json: `training` entry 0 {\"image\": 1, \"label\": null} needs "
+         "image and label paths (strings relative to the root); fix the entry"),
+        ("no training", "dataset.json: no `training` list (the Decathlon's layout), and imagesTr "
+         "holds no images named <case>_0000.nii.gz (nnU-Net's); add `training` or name the "
+         "images <case>_0000.nii.gz"),
+        ("file_ending", "dataset.json: file_ending is '.nii' but imagesTr holds ['.nii.gz'] files; "
+         "set file_ending to the files' ending"),
+        ("file_ending mha", "dataset.json: file_ending is '.mha', which kdray does not read (it "
+         "reads .nii.gz and .nii); imagesTr holds ['.nii.gz'] files"),
+        ("label value", "dataset.json: `labels` value 'two' of 'lesion' is not a whole number"),
+        ("all 4d", "imagesTr/case_000.nii.gz: a 4D volume of shape [20, 24, 8, 2], a 3D volume "
+         "is expected (multi-channel volumes are not supported yet); and 4 more 4D files"),
+        ("modalities", "dataset.json: 2 modalities ['T1', 'T2']; multi-channel volumes are not "
+         "supported yet"),
+    ],
+)  # fmt: skip
+def test_each_bad_dataset_json_or_layout_is_one_line_naming_it(tmp_path, problem, says):
+    root = bad_dataset_json(tmp_path / "Task01_Organ", problem)
+    with pytest.raises(DataError) as caught:
+        open_volume_sources(config(root))
+    assert caught.value.problems == [f"{root}/{says}"] or (
+        len(caught.value.problems) == 1 and caught.value.problems[0].startswith(f"{root}/{says}")
+    ), caught.value.problems
+
+
+@pytest.mark.parametrize(
+    ("spacing", "says"),
+    [
+        ((1e-3, 1e-3, 1e-3), "to 1.6e+04x1.92e+04x2e+04 voxels"),
+        ((1000, 1000, 1000), "to 0.016x0.0192x0.02 voxels"),
+    ],
+)
+def test_a_spacing_resampling_beyond_the_size_limits_is_one_line_naming_it(tmp_path, spacing, says):
+    root = decathlon_folder(tmp_path / "Task01_Organ", cases=5)
+    with pytest.raises(DataError) as caught:
+        open_volume_sources(config(root, spacing=spacing))
+    first = root / "imagesTr" / "case_000.nii.gz"
+    assert caught.value.problems == [
+        f"data.spacing {list(map(float, spacing))}: resamples {first} and 4 more volumes {says}; "
+        "choose a spacing that keeps each side 1 to 1024 voxels"
+    ]
+
+
+def test_a_numtraining_the_folder_disagrees_with_is_a_warning(tmp_path):
+    root = decathlon_folder(tmp_path / "Task01_Organ", cases=5)
+    meta = json.loads((root / "dataset.json").read_text())
+    (root / "dataset.json").write_text(json.dumps({**meta, "numTraining": 50}))
+    _, sources = open_volume_sources(config(root))
+    assert sources["train"].warnings == [
+        f"{root}/dataset.json: numTraining is 50 but imagesTr/labelsTr hold 5 cases (a partial "
+        "download?)"
+    ]
+    _, sources = open_volume_sources(config(decathlon_folder(tmp_path / "ok", cases=5)))
+    assert sources["train"].warnings == []
 
 
 def test_phantoms_are_deterministic_by_seed_with_two_varied_foreground_classes():
