@@ -305,6 +305,40 @@ def test_a_medmnist3d_archive_reads_in_its_real_format(tmp_path):
     assert np.allclose(volumes[1].image.astype(np.float32), expected, atol=1e-2)
 
 
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        ({"train_labels": np.array([[0.5], [1], [2], [0], [1], [2]], np.float32)},
+         "train_labels holds values that are not whole numbers (dtype float32); give one class "
+         "index 0, 1, ... per volume"),
+        ({"train_images": np.array([None] * 6, dtype=object)},
+         "train_images holds Python objects (a pickled object array), which kdray does not load"),
+        ({"test_images": np.zeros((0, 28, 28, 28), np.uint8),
+          "test_labels": np.zeros((0, 1), np.uint8)},
+         "the test split is empty (test_images holds no volumes)"),
+    ],
+)  # fmt: skip
+def test_each_bad_medmnist3d_array_is_one_line_naming_file_and_key(tmp_path, change, says):
+    path = medmnist3d_npz(tmp_path / "organmnist3d.npz")
+    with np.load(path) as archive:
+        arrays = {key: archive[key] for key in archive.files}
+    np.savez(path, **{**arrays, **change})  # savez pickles an object array, as a user's would
+    with pytest.raises(DataError) as caught:
+        open_volume_sources(MedMNIST3DConfig(path=path))
+    assert len(caught.value.problems) == 1, caught.value.problems
+    assert caught.value.problems[0].startswith(f"{path}: {says}"), caught.value.problems
+
+
+@pytest.mark.parametrize("shape", [[0, 48, 24], [-3, 48, 24], [100000, 100000, 100000]])
+def test_a_phantom_shape_out_of_range_is_one_line_naming_data_shape(shape):
+    from kdray.spec.load import JobError, parse_job
+    from tests.test_volume_training import volume_job
+
+    with pytest.raises(JobError) as caught:
+        parse_job(volume_job(data={"kind": "synthetic_volumes", "shape": shape}))
+    assert caught.value.problems == [f"data.shape: each side 8 to 256 voxels (got {shape})"]
+
+
 def test_a_2d_medmnist_archive_is_refused_in_one_line(tmp_path):
     path = tmp_path / "breastmnist.npz"
     images = np.zeros((4, 28, 28), np.uint8)
