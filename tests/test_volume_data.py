@@ -245,6 +245,22 @@ def test_a_spacing_resampling_beyond_the_size_limits_is_one_line_naming_it(tmp_p
     ]
 
 
+def test_a_spacing_resampling_phantoms_or_medmnist3d_past_the_limits_is_one_line(tmp_path):
+    with pytest.raises(DataError) as caught:
+        open_volume_sources(PhantomConfig(spacing=(1e-3, 1e-3, 1e-3)))
+    assert caught.value.problems == [
+        "data.spacing [0.001, 0.001, 0.001]: resamples the phantoms to 3.2e+04x3.2e+04x6.4e+04 "
+        "voxels; choose a spacing that keeps each side 1 to 1024 voxels"
+    ]
+    path = medmnist3d_npz(tmp_path / "organmnist3d.npz")
+    with pytest.raises(DataError) as caught:
+        open_volume_sources(MedMNIST3DConfig(path=path, spacing=(1000, 1000, 1000)))
+    assert caught.value.problems == [
+        f"data.spacing [1000.0, 1000.0, 1000.0]: resamples the volumes of {path} to "
+        "0.028x0.028x0.028 voxels; choose a spacing that keeps each side 1 to 1024 voxels"
+    ]
+
+
 def test_a_numtraining_the_folder_disagrees_with_is_a_warning(tmp_path):
     root = decathlon_folder(tmp_path / "Task01_Organ", cases=5)
     meta = json.loads((root / "dataset.json").read_text())

@@ -29,7 +29,7 @@ from kdray.data.files import raise_problems
 from kdray.data.medmnist_download import local_copy
 from kdray.data.npz import read_array
 from kdray.data.volume_base import ArrayVolumeSource, Volume, VolumeConfigBase
-from kdray.data.volume_prep import prepare_volume
+from kdray.data.volume_prep import prepare_volume, spacing_problem
 
 NPZ_SPLITS = {"train": "train", "valid": "val", "test": "test"}
 
@@ -140,6 +140,9 @@ def open_sources(cfg: Config) -> tuple[list[str], dict[str, MedMNIST3DSource]]:
                 problems.append(problem)
                 continue
             arrays[split] = (images, labels.reshape(-1).astype(np.int64))
+    sides = {images.shape[1:] for images, _ in arrays.values()}  # 1 mm voxels, one side
+    if problem := spacing_problem(cfg, [(f"the volumes of {path}", s, (1.0,) * 3) for s in sides]):
+        problems.append(problem)
     raise_problems(problems)
     found = 1 + max(int(labels.max(initial=0)) for _, labels in arrays.values())
     classes = _class_names(cfg, found)

@@ -20,8 +20,9 @@ from pydantic import Field, PositiveFloat, field_validator
 from scipy.ndimage import gaussian_filter
 from scipy.spatial.transform import Rotation
 
+from kdray.data.base import DataError
 from kdray.data.volume_base import ArrayVolumeSource, Volume, VolumeConfigBase
-from kdray.data.volume_prep import prepare_volume
+from kdray.data.volume_prep import prepare_volume, spacing_problem
 
 CLASSES = ["background", "organ", "lesion"]
 AIR, FAT, TISSUE, BONE = -1000.0, -100.0, 40.0, 600.0
@@ -132,6 +133,8 @@ class PhantomSource(ArrayVolumeSource):
 
 def open_sources(cfg: Config) -> tuple[list[str], dict[str, PhantomSource]]:
     """The synthetic train, valid and test splits."""
+    if problem := spacing_problem(cfg, [("the phantoms", cfg.shape, cfg.native_spacing)]):
+        raise DataError([problem])
     sizes = {"train": cfg.train_size, "valid": cfg.valid_size, "test": cfg.test_size}
     sources = {}
     for index, (split, count) in enumerate(sizes.items()):
