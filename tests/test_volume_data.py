@@ -245,6 +245,16 @@ def test_a_spacing_resampling_beyond_the_size_limits_is_one_line_naming_it(tmp_p
     ]
 
 
+def test_a_single_slice_stays_one_voxel_thick_under_a_coarser_spacing(tmp_path):
+    root = decathlon_folder(tmp_path / "Task01_Organ", cases=5)
+    for i in range(5):
+        image, label = case_arrays(i)
+        save_nifti(root / "imagesTr" / f"case_{i:03d}.nii.gz", image[:, :, 3:4].copy())
+        save_nifti(root / "labelsTr" / f"case_{i:03d}.nii.gz", label[:, :, 3:4].copy())
+    _, sources = open_volume_sources(config(root, spacing=(1.6, 1.6, 5.0)))
+    assert sources["train"].volume(0).image.shape == (11, 13, 1)
+
+
 def test_a_spacing_resampling_phantoms_or_medmnist3d_past_the_limits_is_one_line(tmp_path):
     with pytest.raises(DataError) as caught:
         open_volume_sources(PhantomConfig(spacing=(1e-3, 1e-3, 1e-3)))

@@ -47,7 +47,10 @@ def spacing_problem(
     bad = []
     for where, shape, spacing in headers:
         sides = [n * s / t for n, s, t in zip(shape, spacing, cfg.spacing, strict=True)]
-        if not all(1 <= side <= SIZE_MAX for side in sides):
+        # a side of one voxel (a single slice) stays one voxel: only shrinking a longer side
+        # below one voxel is refused
+        kept = zip(sides, shape, strict=True)
+        if not all(side <= SIZE_MAX and (side >= 1 or n == 1) for side, n in kept):
             bad.append((where, sides))
     if not bad:
         return None
