@@ -111,6 +111,13 @@ def bad_row(folder: Path, problem: str) -> tuple[Path, str]:
         save_nifti(target, np.stack([image, image], axis=-1))
     elif problem == "label":
         csv.write_text(csv.read_text().replace("v03.nii.gz,malignant", "v03.nii.gz,benign_cyst"))
+    elif problem == "folder":
+        target.unlink()
+        target.mkdir()
+    elif problem == "all 4d":
+        for i in range(3, 12):
+            image = volume(i, i % 2)
+            save_nifti(folder / "volumes" / f"v{i:02d}.nii.gz", np.stack([image] * 2, axis=-1))
     return csv, str(target)
 
 
@@ -121,8 +128,11 @@ def bad_row(folder: Path, problem: str) -> tuple[Path, str]:
         ("unreadable", "unreadable NIfTI"),
         ("4d", "a 4D volume of shape [12, 10, 6, 2], a 3D volume is expected"),
         ("label", "label 'benign_cyst' is not one of data.classes ['benign', 'malignant']"),
+        ("folder", "v03.nii.gz is a folder, not a NIfTI file; fix the path or drop the row"),
+        ("all 4d", "a 4D volume of shape [12, 10, 6, 2], a 3D volume is expected (multi-channel "
+         "volumes are not supported yet); and 8 more 4D files"),
     ],
-)
+)  # fmt: skip
 def test_each_bad_row_or_file_is_one_line_naming_the_row_and_file(tmp_path, problem, says):
     csv, file = bad_row(tmp_path, problem)
     cfg = config(csv, classes=["benign", "malignant"])
@@ -134,6 +144,30 @@ def test_each_bad_row_or_file_is_one_line_naming_the_row_and_file(tmp_path, prob
     if problem != "label":
         assert file in line
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+
+
+def test_a_volume_with_nan_or_infinite_voxels_is_one_line_naming_the_file(tmp_path):
+    csv = nifti_csv(tmp_path)
+    image = volume(3, 1).astype(np.float32)
+    image[0, 0, :3] = [np.nan, np.inf, -np.inf]
+    target = save_nifti(tmp_path / "volumes" / "v03.nii.gz", image)
+    with pytest.raises(DataError) as caught:
+        prepare_volumes(config(csv), tmp_path / "cache")
+    assert caught.value.problems == [
+        f"{target}: 3 voxels are NaN or infinite; fix or drop the volume"
+    ]
+
+
+def test_a_spacing_resampling_past_the_size_limits_is_one_line_naming_it(tmp_path):
+    csv = nifti_csv(tmp_path)
+    with pytest.raises(DataError) as caught:
+        prepare_volumes(config(csv, spacing=(1e-3, 1e-3, 1e-3)), tmp_path / "cache")
+    first = tmp_path / "volumes" / "v00.nii.gz"
+    assert caught.value.problems == [
+        f"data.spacing [0.001, 0.001, 0.001]: resamples {first} ({csv} line 2) and 11 more "
+        "volumes to 9.6e+03x8e+03x1.5e+04 voxels; choose a spacing that keeps each side 1 to "
+        "1024 voxels"
+    ]
 
 
 def test_a_csv_without_the_label_column_is_named(tmp_path):

@@ -15,7 +15,7 @@ off the training cases (`split_by`, seeded by case name).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -24,9 +24,18 @@ from pydantic import Field
 from kdray.data.base import DataError, DistinctNames
 from kdray.data.files import carve, raise_problems
 from kdray.data.folder import SplitFractions
-from kdray.data.nifti import pair_problem, read_header, read_image, read_label
+from kdray.data.nifti import (
+    NIFTI_SUFFIXES,
+    MultiChannelError,
+    NiftiHeader,
+    multi_channel_line,
+    pair_problem,
+    read_header,
+    read_image,
+    read_label,
+)
 from kdray.data.volume_base import Volume, VolumeConfigBase
-from kdray.data.volume_prep import prepare_volume
+from kdray.data.volume_prep import prepare_volume, spacing_problem
 
 SPLITS = ("train", "valid", "test")
 
@@ -61,6 +70,8 @@ class NiftiVolumeSource:
     cases: list[Case]
     cfg: Config
     masks: bool = True
+    # train only: what dataset.json let pass (a numTraining the folder disagrees with)
+    warnings: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.cases)
@@ -91,10 +102,12 @@ def open_sources(cfg: Config) -> tuple[list[str], dict[str, NiftiVolumeSource]]:
     meta = _read_json(meta_path)
     classes = list(cfg.classes) if cfg.classes else dataset_classes(meta, meta_path)
     cases, problems = (msd_cases if "training" in meta else nnunet_cases)(root, meta, meta_path)
-    problems += [p for case in cases if (p := _case_problem(case))]
+    headers = _checked_headers(cases, problems)
+    if problem := spacing_problem(cfg, [(str(h.path), h.shape, h.spacing) for h in headers]):
+        problems.append(problem)
     raise_problems(problems)
     if not cases:
-        raise DataError([f"{root / 'imagesTr'}: no training cases; add images and labels"])
+        raise DataError([_no_cases_line(root, meta, meta_path)])
     wanted = {"valid": cfg.split_by.valid, "test": cfg.split_by.test}
     carved = carve([c.name for c in cases], wanted, cfg.split_seed)
     sources = {}
@@ -104,6 +117,12 @@ def open_sources(cfg: Config) -> tuple[list[str], dict[str, NiftiVolumeSource]]:
             problems.append(f"{root}: no cases in the {split} split; add cases or fix split_by")
         sources[split] = NiftiVolumeSource(chosen, cfg)
     raise_problems(problems)
+    declared = meta.get("numTraining")
+    if isinstance(declared, int) and declared != len(cases):
+        sources["train"].warnings = [
+            f"{meta_path}: numTraining is {declared} but imagesTr/labelsTr hold {len(cases)} "
+            "cases (a partial download?)"
+        ]
     return classes, sources
 
 
@@ -114,18 +133,31 @@ def dataset_classes(meta: dict, meta_path: Path) -> list[str]:
     if not isinstance(labels, dict) or len(labels) < 2:
         raise DataError([f"{meta_path}: `labels` must map at least two label values and names "
                          "(or set data.classes)"])  # fmt: skip
-    try:
-        if all(str(k).isdigit() for k in labels):  # MSD
-            by_index = {int(k): str(v) for k, v in labels.items()}
-        else:  # nnU-Net v2
-            by_index = {int(v): str(k) for k, v in labels.items()}
-    except (TypeError, ValueError):
-        raise DataError([f"{meta_path}: `labels` maps names to single label values here; "
-                         "regions (lists of values) are not read yet"]) from None  # fmt: skip
+    if all(str(k).isdigit() for k in labels):  # MSD
+        by_index = {int(k): str(v) for k, v in labels.items()}
+    else:  # nnU-Net v2
+        by_index = {_label_value(v, str(k), meta_path): str(k) for k, v in labels.items()}
     if sorted(by_index) != list(range(len(by_index))):
         values = sorted(by_index)
         raise DataError([f"{meta_path}: label values {values} are not 0..{len(values) - 1}"])
     return [by_index[i] for i in range(len(by_index))]
+
+
+def _label_value(value, name: str, meta_path: Path) -> int:
+    """An nnU-Net `labels` value: a whole number (regions, lists of values, are not read)."""
+    if isinstance(value, list | tuple | dict):
+        raise DataError(
+            [f"{meta_path}: `labels` maps {name!r} to a region {value}; kdray reads single "
+             "label values, regions (lists of values) are not read yet"]
+        )  # fmt: skip
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = None
+    if isinstance(value, bool) or number is None or not number.is_integer():
+        raise DataError([f"{meta_path}: `labels` value {value!r} of {name!r} is not a whole "
+                         "number; give each name its label value 0, 1, ..."])  # fmt: skip
+    return int(number)
 
 
 def msd_cases(root: Path, meta: dict, meta_path: Path) -> tuple[list[Case], list[str]]:
@@ -134,10 +166,15 @@ def msd_cases(root: Path, meta: dict, meta_path: Path) -> tuple[list[Case], list
     modality = meta.get("modality", {})
     if isinstance(modality, dict) and len(modality) > 1:
         problems.append(f"{meta_path}: {len(modality)} modalities {list(modality.values())}; "
-                        "kdray reads one-channel volumes yet")  # fmt: skip
-    for entry in meta["training"]:
-        if not isinstance(entry, dict) or not {"image", "label"} <= entry.keys():
-            problems.append(f"{meta_path}: a `training` entry without image and label: {entry}")
+                        "multi-channel volumes are not supported yet")  # fmt: skip
+    if not isinstance(meta["training"], list):
+        return [], [f"{meta_path}: `training` must be a list of {{image, label}} entries"]
+    for number, entry in enumerate(meta["training"]):
+        paths = [entry.get(k) if isinstance(entry, dict) else None for k in ("image", "label")]
+        if not all(isinstance(path, str) and path for path in paths):
+            problems.append(f"{meta_path}: `training` entry {number} {json.dumps(entry)[:120]} "
+                            "needs image and label paths (strings relative to the root); fix "
+                            "the entry")  # fmt: skip
             continue
         image, label = root / entry["image"], root / entry["label"]
         cases.append(Case(_stem(image), image.resolve(), label.resolve()))
@@ -151,8 +188,14 @@ def nnunet_cases(root: Path, meta: dict, meta_path: Path) -> tuple[list[Case], l
     problems = []
     if len(channels) > 1:
         problems.append(f"{meta_path}: {len(channels)} channels {list(channels.values())}; "
-                        "kdray reads one-channel volumes yet")  # fmt: skip
+                        "multi-channel volumes are not supported yet")  # fmt: skip
     images = root / "imagesTr"
+    if ending not in NIFTI_SUFFIXES:
+        found = _endings(images)
+        reads = " and ".join(NIFTI_SUFFIXES)
+        return [], [f"{meta_path}: file_ending is {ending!r}, which kdray does not read (it "
+                    f"reads {reads}); imagesTr holds {found or 'no'} files: convert them to "
+                    "NIfTI or fix file_ending"]  # fmt: skip
     if not images.is_dir():
         return [], [f"{images}: no such folder (nnU-Net's layout: imagesTr/<case>_0000{ending})"]
     cases = []
@@ -164,16 +207,61 @@ def nnunet_cases(root: Path, meta: dict, meta_path: Path) -> tuple[list[Case], l
     return cases, problems
 
 
-def _case_problem(case: Case) -> str | None:
-    """One line if the case's files are missing, unreadable, not 3D or not a matching pair."""
+def _no_cases_line(root: Path, meta: dict, meta_path: Path) -> str:
+    """Why no case was found: no `training` list and no nnU-Net names, or a `file_ending` the
+    files do not have."""
+    images = root / "imagesTr"
+    if "training" in meta:
+        return f"{meta_path}: `training` lists no cases; add images and labels"
+    found = _endings(images)
+    ending = meta.get("file_ending")
+    if ending is None:
+        return f"{meta_path}: no `training` list (the Decathlon's layout), and imagesTr " \
+            "holds no images named <case>_0000.nii.gz (nnU-Net's); add `training` or name " \
+            "the images <case>_0000.nii.gz"  # fmt: skip
+    if found and ending not in found:
+        return f"{meta_path}: file_ending is {ending!r} but imagesTr holds {found} files; set " \
+            "file_ending to the files' ending"  # fmt: skip
+    return f"{images}: no training cases named <case>_0000{ending}; add images and labels"
+
+
+def _endings(folder: Path) -> list[str]:
+    """The file endings (`.nii.gz` counted whole) in a folder, skipping hidden and `_` files."""
+    if not folder.is_dir():
+        return []
+    names = [p.name for p in folder.iterdir() if not p.name.startswith((".", "_"))]
+    return sorted({".nii.gz" if n.endswith(".nii.gz") else Path(n).suffix for n in names})
+
+
+def _checked_headers(cases: list[Case], problems: list[str]) -> list[NiftiHeader]:
+    """The image headers of the cases whose pair is sound; a line in `problems` for each other
+    case, the multi-channel ones said once."""
+    headers, multi = [], []
+    for case in cases:
+        try:
+            headers.append(_case_header(case))
+        except MultiChannelError as exc:
+            multi.append(str(exc))
+        except ValueError as exc:
+            problems.append(str(exc))
+    if multi and not any("multi-channel" in line for line in problems):
+        problems.append(multi_channel_line(multi))
+    return headers
+
+
+def _case_header(case: Case) -> NiftiHeader:
+    """The image's header; ValueError if the case's files are missing, unreadable, not 3D or
+    not a matching pair."""
     if not case.image.is_file():
-        return f"{case.image}: image file missing (listed in dataset.json)"
+        raise ValueError(f"{case.image}: image file missing (listed in dataset.json)")
     if not case.label.is_file():
-        return f"{case.label}: label file missing for {case.image.name}; add it or remove the case"
-    try:
-        return pair_problem(read_header(case.image), read_header(case.label))
-    except ValueError as exc:
-        return str(exc)
+        raise ValueError(
+            f"{case.label}: label file missing for {case.image.name}; add it or remove the case"
+        )
+    image = read_header(case.image)
+    if problem := pair_problem(image, read_header(case.label)):
+        raise ValueError(problem)
+    return image
 
 
 def _read_json(path: Path) -> dict:

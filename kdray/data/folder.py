@@ -192,6 +192,8 @@ def read_csv(path: Path, skip_missing: bool, cfg: Config | None = None):
                 if not item.file.is_file():
                     why = not_a_file(item.file)
                     why = f": {why}" if why else " does not exist"
+                    if item.file.is_dir():
+                        why = " is a folder, not an image file"
                     message = f"{where}: {item.file}{why} ({SKIP_HINT})"
                     (dropped if skip_missing else problems).append(message)
                     continue

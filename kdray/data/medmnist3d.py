@@ -27,8 +27,9 @@ from kdray.data import medmnist_registry
 from kdray.data.base import DataError, DistinctNames
 from kdray.data.files import raise_problems
 from kdray.data.medmnist_download import local_copy
+from kdray.data.npz import read_array
 from kdray.data.volume_base import ArrayVolumeSource, Volume, VolumeConfigBase
-from kdray.data.volume_prep import prepare_volume
+from kdray.data.volume_prep import prepare_volume, spacing_problem
 
 NPZ_SPLITS = {"train": "train", "valid": "val", "test": "test"}
 
@@ -133,12 +134,15 @@ def open_sources(cfg: Config) -> tuple[list[str], dict[str, MedMNIST3DSource]]:
             if missing:
                 problems.append(f"{path}: no array {missing} (MedMNIST 3D has {names})")
                 continue
-            images, labels = archive[names[0]], archive[names[1]]
+            images, labels = (read_array(archive, path, name) for name in names)
             problem = _split_problem(path, key, images, labels)
             if problem:
                 problems.append(problem)
                 continue
             arrays[split] = (images, labels.reshape(-1).astype(np.int64))
+    sides = {images.shape[1:] for images, _ in arrays.values()}  # 1 mm voxels, one side
+    if problem := spacing_problem(cfg, [(f"the volumes of {path}", s, (1.0,) * 3) for s in sides]):
+        problems.append(problem)
     raise_problems(problems)
     found = 1 + max(int(labels.max(initial=0)) for _, labels in arrays.values())
     classes = _class_names(cfg, found)
@@ -156,13 +160,25 @@ def open_sources(cfg: Config) -> tuple[list[str], dict[str, MedMNIST3DSource]]:
 
 
 def _split_problem(path, key, images, labels) -> str | None:
-    if images.dtype != np.uint8 or images.ndim != 4 or not len(images):
+    if images.ndim == 4 and not len(images):
+        return f"{path}: the {key} split is empty ({key}_images holds no volumes); a MedMNIST " \
+            "3D archive has volumes in train, val and test"  # fmt: skip
+    if images.dtype != np.uint8 or images.ndim != 4:
         return f"{path}: {key}_images has shape {list(images.shape)} and dtype {images.dtype}; " \
             "expected uint8 N x S x S x S (a 3D set; a 2D set is data kind medmnist)"  # fmt: skip
     if labels.shape not in ((len(images),), (len(images), 1)):
         return f"{path}: {key}_labels has shape {list(labels.shape)}; expected " \
             f"[{len(images)}, 1], one class index per volume"  # fmt: skip
+    if labels.dtype.kind not in "iub" and not _whole(labels):
+        return f"{path}: {key}_labels holds values that are not whole numbers (dtype " \
+            f"{labels.dtype}); give one class index 0, 1, ... per volume"  # fmt: skip
     return None
+
+
+def _whole(labels: np.ndarray) -> bool:
+    if labels.dtype.kind != "f":
+        return False
+    return bool(np.all(np.isfinite(labels) & (labels == np.round(labels))))
 
 
 def _class_names(cfg: Config, found: int) -> list[str]:

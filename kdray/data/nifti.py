@@ -9,6 +9,9 @@ labels from the raw data object, so integer labels stay integers.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +21,10 @@ from kdray.data.volume_base import Spacing
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 SPACING_RTOL = 1e-3
+
+
+class MultiChannelError(ValueError):
+    """A 4D (multi-channel) file: the data kinds say it once for all such files."""
 
 
 @dataclass(frozen=True)
@@ -40,14 +47,20 @@ def read_header(path: Path) -> NiftiHeader:
     img = _load(path)
     shape = tuple(int(n) for n in img.shape)
     if len(shape) != 3 and not (len(shape) > 3 and all(n == 1 for n in shape[3:])):
-        raise ValueError(
+        raise MultiChannelError(
             f"{path}: a {len(shape)}D volume of shape {list(shape)}, a 3D volume is expected "
-            "(one channel per file; split multi-channel images into _0000, _0001, ... files)"
+            "(multi-channel volumes are not supported yet)"
         )
     from nibabel.orientations import aff2axcodes
 
     zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
     return NiftiHeader(path, shape[:3], zooms, tuple(aff2axcodes(img.affine)))
+
+
+def multi_channel_line(lines: list[str]) -> str:
+    """One line for all the 4D files: the first file's, and how many more there are."""
+    more = f"; and {len(lines) - 1} more 4D files" if len(lines) > 1 else ""
+    return lines[0] + more
 
 
 def pair_problem(image: NiftiHeader, label: NiftiHeader) -> str | None:
@@ -72,6 +85,9 @@ def read_image(path: Path) -> tuple[np.ndarray, Spacing]:
         data = img.get_fdata(dtype=np.float32)
     except Exception as exc:  # a truncated or corrupt file fails here, not at the header
         raise ValueError(f"{path}: unreadable NIfTI data ({_first_line(exc)})") from None
+    bad = int(data.size - np.count_nonzero(np.isfinite(data)))
+    if bad:
+        raise ValueError(f"{path}: {bad} voxels are NaN or infinite; fix or drop the volume")
     return _squeeze(data), _spacing(img)
 
 
@@ -98,12 +114,39 @@ def _load(path: Path):
     if not path.is_file():
         raise ValueError(f"{path}: no such file")
     try:
-        img = nib.load(str(path))
+        with _nibabel_log() as messages:
+            img = nib.load(str(path))
     except Exception as exc:  # nibabel's ImageFileError, gzip's errors, struct errors
         raise ValueError(f"{path}: unreadable NIfTI ({_first_line(exc)})") from None
+    if any("should be non-zero" in m for m in messages):  # nibabel would say 1 mm instead
+        raise ValueError(f"{path}: the header's voxel size (pixdim) is 0 mm, so its spacing is "
+                         "unknown; fix the header")  # fmt: skip
     if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
         raise ValueError(f"{path}: a {type(img).__name__}, not a NIfTI volume")
     return img
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextmanager
+def _nibabel_log() -> Iterator[list[str]]:
+    """What nibabel logs while a header is read (its fixes of bad headers), kept off the
+    terminal."""
+    logger = logging.getLogger("nibabel.global")
+    collect = _Collect()
+    saved = logger.handlers, logger.propagate
+    logger.handlers, logger.propagate = [collect], False
+    try:
+        yield collect.messages
+    finally:
+        logger.handlers, logger.propagate = saved
 
 
 def _canonical(path: Path):

@@ -39,9 +39,9 @@ from kdray.data.folder import (
     natural_sorted,
     read_csv,
 )
-from kdray.data.nifti import read_header, read_image
+from kdray.data.nifti import MultiChannelError, multi_channel_line, read_header, read_image
 from kdray.data.volume_base import Volume, VolumeConfigBase
-from kdray.data.volume_prep import prepare_volume
+from kdray.data.volume_prep import prepare_volume, spacing_problem
 
 SPLITS = ("train", "valid", "test")
 
@@ -114,10 +114,10 @@ def open_sources(cfg: Config) -> tuple[list[str], dict[str, NiftiCsvSource]]:
     bad row and file."""
     csv_path = Path(cfg.csv)
     items, missing, problems = read_csv(csv_path, skip_missing=True, cfg=cfg)
-    problems += [line.removesuffix(f" ({SKIP_HINT})") + "; fix the path or drop the row"
-                 for line in missing]  # fmt: skip
+    problems += [line.removesuffix(f" ({SKIP_HINT})").replace("not an image", "not a NIfTI")
+                 + "; fix the path or drop the row" for line in missing]  # fmt: skip
     items, conflicts, warnings = checked_rows(items, csv_path)
-    problems += conflicts + [p for item in items if (p := _header_problem(item))]
+    problems += conflicts + _header_problems(items, cfg)
     if cfg.label_columns is not None:
         classes = list(cfg.label_columns)
         labels = [np.asarray(item.label, dtype=np.int64) for item in items]
@@ -146,13 +146,24 @@ def open_sources(cfg: Config) -> tuple[list[str], dict[str, NiftiCsvSource]]:
     return classes, sources
 
 
-def _header_problem(item: Item) -> str | None:
-    """One line if the row's file is no readable 3D NIfTI (read from its header alone)."""
-    try:
-        read_header(item.file)
-    except ValueError as exc:
-        return f"{item.where}: {exc}"
-    return None
+def _header_problems(items: list[Item], cfg: Config) -> list[str]:
+    """A line for each row whose file is no readable 3D NIfTI (read from its header alone), the
+    4D ones said once, and one if `data.spacing` resamples a volume past `size`'s limits."""
+    problems, multi, headers = [], [], []
+    for item in items:
+        try:
+            header = read_header(item.file)
+        except MultiChannelError as exc:
+            multi.append(f"{item.where}: {exc}")
+        except ValueError as exc:
+            problems.append(f"{item.where}: {exc}")
+        else:
+            headers.append((f"{item.file} ({item.where})", header.shape, header.spacing))
+    if multi:
+        problems.append(multi_channel_line(multi))
+    if problem := spacing_problem(cfg, headers):
+        problems.append(problem)
+    return problems
 
 
 def _class_index(item: Item, classes: list[str], problems: list[str]) -> int:

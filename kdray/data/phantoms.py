@@ -16,12 +16,13 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
-from pydantic import Field, PositiveFloat
+from pydantic import Field, PositiveFloat, field_validator
 from scipy.ndimage import gaussian_filter
 from scipy.spatial.transform import Rotation
 
+from kdray.data.base import DataError
 from kdray.data.volume_base import ArrayVolumeSource, Volume, VolumeConfigBase
-from kdray.data.volume_prep import prepare_volume
+from kdray.data.volume_prep import prepare_volume, spacing_problem
 
 CLASSES = ["background", "organ", "lesion"]
 AIR, FAT, TISSUE, BONE = -1000.0, -100.0, 40.0, 600.0
@@ -35,12 +36,22 @@ class Config(VolumeConfigBase):
     train_size: int = Field(24, ge=2)
     valid_size: int = Field(8, ge=1)
     test_size: int = Field(8, ge=1)
-    shape: tuple[int, int, int] = Field((32, 32, 32), description="voxels drawn per axis")
+    shape: tuple[int, int, int] = Field(
+        (32, 32, 32), description="voxels drawn per axis, each side 8 to 256"
+    )
     native_spacing: tuple[PositiveFloat, PositiveFloat, PositiveFloat] = Field(
         (1.0, 1.0, 2.0), description="mm per voxel the phantoms are drawn at"
     )
     noise: float = Field(1.0, ge=0, le=5, description="scales the image noise (1: 8-25 HU)")
     window: tuple[float, PositiveFloat] | None = (40.0, 400.0)
+
+    @field_validator("shape")
+    @classmethod
+    def _shape_in_range(cls, shape: tuple[int, int, int]) -> tuple[int, int, int]:
+        # every phantom of every split is drawn in memory at once: 256^3 is ~3 GB for 40
+        if not all(8 <= s <= 256 for s in shape):
+            raise ValueError(f"each side 8 to 256 voxels (got {list(shape)})")
+        return shape
 
     def declared_task(self) -> str | None:
         return "segmentation"
@@ -122,6 +133,8 @@ class PhantomSource(ArrayVolumeSource):
 
 def open_sources(cfg: Config) -> tuple[list[str], dict[str, PhantomSource]]:
     """The synthetic train, valid and test splits."""
+    if problem := spacing_problem(cfg, [("the phantoms", cfg.shape, cfg.native_spacing)]):
+        raise DataError([problem])
     sizes = {"train": cfg.train_size, "valid": cfg.valid_size, "test": cfg.test_size}
     sources = {}
     for index, (split, count) in enumerate(sizes.items()):

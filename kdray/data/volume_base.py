@@ -18,6 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, model_validato
 from kdray.data.base import absolute_paths
 
 Spacing = tuple[float, float, float]
+#: the sides `size` may give a volume, in voxels (what a resampled volume may have too)
+SIZE_MIN, SIZE_MAX = 4, 1024
 
 
 @dataclass
@@ -156,8 +158,8 @@ class VolumeConfigBase(BaseModel):
 
     @model_validator(mode="after")
     def _size_in_range(self) -> VolumeConfigBase:
-        if self.size is not None and not all(4 <= s <= 1024 for s in self.size):
-            raise ValueError(f"size {list(self.size)}: each side 4 to 1024 voxels")
+        if self.size is not None and not all(SIZE_MIN <= s <= SIZE_MAX for s in self.size):
+            raise ValueError(f"size {list(self.size)}: each side {SIZE_MIN} to {SIZE_MAX} voxels")
         return self
 
     @model_validator(mode="after")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from kdray.data.volume_base import Volume, VolumeConfigBase
+from kdray.data.volume_base import SIZE_MAX, Spacing, Volume, VolumeConfigBase
 
 
 def prepare_volume(volume: Volume, cfg: VolumeConfigBase) -> Volume:
@@ -35,6 +35,30 @@ def prepare_volume(volume: Volume, cfg: VolumeConfigBase) -> Volume:
     if mask is not None:
         mask = np.asarray(mask).astype(np.int8)
     return Volume(image, spacing, mask=mask, label=volume.label)
+
+
+def spacing_problem(
+    cfg: VolumeConfigBase, headers: list[tuple[str, tuple[int, ...], Spacing]]
+) -> str | None:
+    """One line naming `data.spacing` if it would resample a volume (file, shape, spacing, from
+    its header: nothing decoded) to over `SIZE_MAX` or under 1 voxel along a side."""
+    if cfg.spacing is None:
+        return None
+    bad = []
+    for where, shape, spacing in headers:
+        sides = [n * s / t for n, s, t in zip(shape, spacing, cfg.spacing, strict=True)]
+        # a side of one voxel (a single slice) stays one voxel: only shrinking a longer side
+        # below one voxel is refused
+        kept = zip(sides, shape, strict=True)
+        if not all(side <= SIZE_MAX and (side >= 1 or n == 1) for side, n in kept):
+            bad.append((where, sides))
+    if not bad:
+        return None
+    where, sides = bad[0]
+    more = f" and {len(bad) - 1} more volumes" if len(bad) > 1 else ""
+    shown = "x".join(f"{side:.3g}" for side in sides)
+    return f"data.spacing {list(cfg.spacing)}: resamples {where}{more} to {shown} voxels; " \
+        f"choose a spacing that keeps each side 1 to {SIZE_MAX} voxels"  # fmt: skip
 
 
 def intensities(image: np.ndarray, cfg: VolumeConfigBase) -> np.ndarray:
