@@ -487,6 +487,8 @@ def _jobs_api(address: str, submission_id: str):
     """A request the Ray Jobs API refused (an unknown id) or lost (the cluster went away)."""
     try:
         yield
+    except typer.Exit:  # a RuntimeError too: the client's own refusal, already said
+        raise
     except (RuntimeError, ConnectionError) as exc:
         _error(f"{submission_id} at {address}: {str(exc).strip().splitlines()[0][:300]}")
         raise typer.Exit(2) from None

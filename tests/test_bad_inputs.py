@@ -309,7 +309,9 @@ def test_an_augmentation_argument_with_a_typo_is_refused(tmp_path):
 @pytest.mark.parametrize("address", ["http://127.0.0.1:9", "not an address"])
 def test_logs_and_stop_with_an_unreachable_address(address):
     for command in ("logs", "stop"):
-        refused(command, "raysubmit_x", "--address", address, says=("Ray Jobs API", "--address"))
+        errors = refused(command, "raysubmit_x", "--address", address,
+                         says=("Ray Jobs API", "--address"))  # fmt: skip
+        assert len(errors.splitlines()) == 1, errors  # not also 'raysubmit_x at ...: 2'
 
 
 def test_export_into_a_file_or_the_experiments_own_results(tmp_path):
@@ -675,6 +677,21 @@ def test_yaml_that_does_not_parse_is_one_line_naming_the_file_once(tmp_path, tex
 def test_sweep_usage_errors_exit_2_with_usage(args):
     result = cli(*args)
     assert result.exit_code == 2 and "Usage" in result.output
+
+
+def test_onnx_of_a_sample_its_search_stopped_says_so(tmp_path):
+    root = experiment(tmp_path)
+    run_id = fake_finished_runs(root)[0]
+    (root / "runs" / run_id / "summary.json").write_text('{"status": "stopped", "epochs": 1}')
+    refused(
+        "export",
+        root,
+        "--out",
+        tmp_path / "out",
+        "--onnx",
+        run_id,
+        says=(f"--onnx {run_id}: a sample its search stopped early, which keeps no model",),
+    )
 
 
 def test_onnx_of_a_run_whose_model_file_is_damaged(tmp_path):

@@ -17,6 +17,7 @@ a segmenter by sliding window over each whole volume, the ONNX file as the windo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import statistics
@@ -31,7 +32,7 @@ from torch import nn
 from kdray.data import DataError, load_split, prepare_data
 from kdray.data.volume_cache import load_volumes
 from kdray.export.onnx_volumes import compare_on_volumes, model_input
-from kdray.store.experiment import Experiment
+from kdray.store.experiment import Experiment, ExperimentError
 from kdray.store.model_file import load_model
 from kdray.tasks import DEFAULT_TASK, Task, get_task
 from kdray.train.evaluate import predict, to_tensor
@@ -164,8 +165,12 @@ def check_exportable(exp: Experiment, run_ids: list[str]) -> None:
     for run_id in run_ids:
         if not exp.run(run_id).model_file.is_file():
             finished = [r for r in exp.plan().runs if exp.run(r).model_file.is_file()]
+            why = f"not a finished run of {exp.root} (no model.pt)"
+            with contextlib.suppress(ExperimentError):
+                if (exp.run(run_id).summary() or {}).get("status") == "stopped":
+                    why = "a sample its search stopped early, which keeps no model"
             raise DeployError(
-                f"--onnx {run_id}: not a finished run of {exp.root} (no model.pt); finished: "
+                f"--onnx {run_id}: {why}; finished: "
                 + (", ".join(finished[:10]) or "none yet")
             )
 
