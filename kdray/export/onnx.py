@@ -170,8 +170,7 @@ def check_exportable(exp: Experiment, run_ids: list[str]) -> None:
                 if (exp.run(run_id).summary() or {}).get("status") == "stopped":
                     why = "a sample its search stopped early, which keeps no model"
             raise DeployError(
-                f"--onnx {run_id}: {why}; finished: "
-                + (", ".join(finished[:10]) or "none yet")
+                f"--onnx {run_id}: {why}; finished: " + (", ".join(finished[:10]) or "none yet")
             )
 
 

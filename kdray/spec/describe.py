@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+
 from kdray.data.budgets import budget_label
 from kdray.data.cache import DataInfo, load_targets
 from kdray.methods import METHODS
@@ -31,20 +33,24 @@ def study_lines(job: Job, plan: Plan) -> list[str]:
         recipe = (
             f", defective band {list(study.teacher_val_band)}" if study.teacher_val_band else ""
         )
-        axes = [
-            counted(len(study.students), "student"),
-            counted(max(1, len(study.teachers)), "teacher"),
-            counted(len(job.seeds), "seed"),
-        ]
+        sizes = [(len(study.students), "student"), (len(study.teachers), "teacher")]
+        sizes.append((len(job.seeds), "seed"))
+        axes = [counted(n, what) for n, what in sizes if n or what != "teacher"]
         axes += [f"{key} {values} ({len(values)})" for key, values in study.sweep.items()]
+        product = math.prod(max(n, 1) for n, _ in sizes) * math.prod(
+            len(values) for values in study.sweep.values()
+        )
         if job.labelled is not None:
             budgets = [budget_label(b) for b in job.label_budgets()]
             pool = ", students also on the unlabelled pool" if study.unlabelled else ""
             axes.append(f"labels {budgets} ({len(budgets)}){pool}")
-        kd_runs = counted(len(runs), "KD run")
+            product *= len(budgets)
+        same = f" ({product - len(runs)} the same run as another, trained once)"
         lines.append(
-            f"study {name}: method {method.name} ({source}{recipe}), {kd_runs} = "
+            f"study {name}: method {method.name} ({source}{recipe}), "
+            f"{counted(len(runs), 'KD run')} = "
             + " x ".join(axes)
+            + (same if product > len(runs) else "")
         )
     if job.baseline_search is not None:
         lines.append(search_line(job, plan, BASELINE))
