@@ -261,6 +261,11 @@ def test_a_search_interrupted_and_resumed_redoes_nothing_and_chooses_the_same(tm
             "studies.tuned.search.space.temperature.choice: choice lists numbers or words; "
             "item 3 is None",
         ),
+        (  # a YAML true/false is no number (it was searched as 1.0 / 0.0)
+            {"space": {"temperature": {"choice": [True, False]}}},
+            "studies.tuned.search.space.temperature.choice: choice lists numbers or words; "
+            "item 1 is true",
+        ),
         (
             {"space": {"temperature": {"int": [1.5, 4]}}},
             "studies.tuned.search.space.temperature.int.0: Input should be a valid integer",

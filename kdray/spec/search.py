@@ -74,8 +74,9 @@ class Choice(Strict):
     def _scalars(cls, value: object) -> object:
         # else one error line per type the item is not (float, int, str)
         for number, item in enumerate(value if isinstance(value, list) else []):
-            if not isinstance(item, int | float | str):
-                raise ValueError(f"choice lists numbers or words; item {number + 1} is {item!r}")
+            if isinstance(item, bool) or not isinstance(item, int | float | str):
+                shown = str(item).lower() if isinstance(item, bool) else repr(item)
+                raise ValueError(f"choice lists numbers or words; item {number + 1} is {shown}")
         return value
 
     @model_validator(mode="after")
