@@ -1,3 +1,4 @@
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -170,3 +171,20 @@ def test_fractional_gpus_only_for_single_worker_trials(tmp_path):
     assert "fractional gpus_per_worker works for single-worker trials only" in problems_of(raw)[0]
     raw["resources"] = {"gpus_per_worker": 0.5, "workers_per_trial": 1}
     assert parse_job(raw).resources.gpus_per_worker == 0.5
+
+
+@pytest.mark.parametrize(
+    ("baseline", "line"),
+    [
+        (  # a mapping with a typo: the searched baseline's error alone, no branch names
+            {"search": {"space": {"lr": {"loguniform": [1e-4, 1e-2]}}, "samples:2": None}},
+            "baseline.search.samples:2: unknown field",
+        ),
+        ("maybe", "baseline: Input should be a valid boolean, unable to interpret input"),
+    ],
+)
+def test_a_bad_baseline_is_one_line_from_the_branch_it_was_meant_for(tmp_path, baseline, line):
+    raw = tiny_job_dict(tmp_path)
+    raw["baseline"] = baseline
+    (said,) = problems_of(raw)
+    assert said.startswith(line), said

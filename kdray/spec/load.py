@@ -59,10 +59,21 @@ def _yaml_problem(exc: yaml.YAMLError, lines: bool = False) -> str:
     return f"{problem}{f' ({context})' if context else ''} at {where}" if mark else problem
 
 
+# the names pydantic gives a union's branches in an error's location (`baseline.bool`,
+# `baseline.SearchedBaseline.search...`): not fields of the job file
+SCALAR_BRANCHES = ("bool", "int", "float", "str")
+MODEL_BRANCHES = ("SearchedBaseline",)
+
+
+def _is_branch(part) -> bool:
+    return part in SCALAR_BRANCHES + MODEL_BRANCHES or str(part).startswith("literal[")
+
+
 def _where(loc: tuple) -> str:
-    """An error's field path as the job file spells it: without the data kind's name, nor a
-    search dimension's kind where pydantic repeats it (`space.temperature.choice.choice`)."""
-    parts = [p for p in loc if p not in DATA_KINDS]
+    """An error's field path as the job file spells it: without the data kind's name, a
+    union's branch names, nor a search dimension's kind where pydantic repeats it
+    (`space.temperature.choice.choice`)."""
+    parts = [p for p in loc if p not in DATA_KINDS and not _is_branch(p)]
     return ".".join(
         str(p)
         for i, p in enumerate(parts)
@@ -72,7 +83,7 @@ def _where(loc: tuple) -> str:
 
 def _format_validation_error(error: ValidationError) -> list[str]:
     lines = []
-    for item in error.errors():
+    for item in _one_branch(error.errors()):
         loc = _where(item["loc"])
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
@@ -83,6 +94,22 @@ def _format_validation_error(error: ValidationError) -> list[str]:
             message = f"{message} (got {item['input']!r})"
         lines.append(f"{loc or '<job>'}: {message}")
     return lines
+
+
+def _one_branch(items: list[dict]) -> list[dict]:
+    """A union's errors from the branch the input was meant for: a mapping's from the model
+    (not `baseline.bool: Input should be a valid boolean` for `baseline: {search: ...}`), a
+    word's or number's from the scalar branch (not `... valid dictionary or instance of
+    SearchedBaseline` for `baseline: maybe`)."""
+
+    def other_branch(item: dict) -> bool:
+        last, given = (item["loc"] or ("",))[-1], item.get("input")
+        if last in SCALAR_BRANCHES:
+            return isinstance(given, dict)
+        return last in MODEL_BRANCHES and not isinstance(given, dict)
+
+    kept = [item for item in items if not other_branch(item)]
+    return kept or items
 
 
 def parse_job(raw: Any, overrides: list[str] | tuple[str, ...] = ()) -> Job:
