@@ -227,7 +227,7 @@ def test_a_search_interrupted_and_resumed_redoes_nothing_and_chooses_the_same(tm
             "studies.tuned.search.space.alpha: kd does not take alpha 1.5: Input should be",
         ),
         (  # a word where a number goes: not called a range
-            {"space": {"temperature": {"choice": ["a", 2]}}},
+            {"space": {"temperature": {"choice": ["a", 2]}}, "samples": 2},
             "studies.tuned.search.space.temperature: kd does not take temperature 'a': Input "
             "should be a valid number",
         ),
@@ -260,6 +260,11 @@ def test_a_search_interrupted_and_resumed_redoes_nothing_and_chooses_the_same(tm
             {"space": {"temperature": {"choice": [2, 4, None]}}},
             "studies.tuned.search.space.temperature.choice: choice lists numbers or words; "
             "item 3 is None",
+        ),
+        (  # tpe would draw the one setting three times, each a sample
+            {"space": {"temperature": {"choice": [2]}, "alpha": {"choice": [0.5]}}, "samples": 3},
+            "studies.tuned.search.samples: 3 is more than the 1 settings the space holds (tpe "
+            "would draw some again)",
         ),
         (  # a YAML true/false is no number (it was searched as 1.0 / 0.0)
             {"space": {"temperature": {"choice": [True, False]}}},
@@ -408,6 +413,17 @@ def test_searches_of_unequal_budgets_are_warned_of_and_equal_budgets_are_not(tmp
     assert budget_warnings(job({"early_stop": asha}, {"early_stop": none}))
     equal = job({"budget": 40, "early_stop": asha}, {"budget": 40, "early_stop": none})
     assert budget_warnings(equal) == []
+
+
+def test_a_search_over_a_few_settings_draws_no_more_than_it_has_and_warns_of_repeats(tmp_path):
+    from kdray.spec.describe import budget_warnings
+
+    few = {"temperature": {"choice": [2, 4]}, "alpha": {"choice": [0.5, 0.9]}}
+    job = search_job(tmp_path, space=few, samples=None)
+    assert job.studies["tuned"].search.most_samples(EPOCHS) == 4  # not the default 16
+    (line,) = budget_warnings(job)
+    assert line.startswith("studies.tuned.search: its space holds 4 settings, and tpe may draw")
+    assert budget_warnings(search_job(tmp_path, space=few, samples=None, algorithm="grid")) == []
 
 
 def test_a_stopping_grid_neither_stops_nor_lets_a_sample_train_on_unjudged(tmp_path):

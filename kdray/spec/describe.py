@@ -102,7 +102,7 @@ def budget_warnings(job: Job) -> list[str]:
     and early stopping must match), and studies that search training settings while the
     baseline they are compared with does not."""
     searches = {name: s.search for name, s in job.studies.items() if s.search is not None}
-    out = _untuned_baseline(job, searches)
+    out = _untuned_baseline(job, searches) + _repeating_draws(searches)
     by_budget = all(s.budget is not None for s in searches.values())
     spent = {n: _spent_as(s, job.train.epochs, by_budget) for n, s in searches.items()}
     if len(set(spent.values())) <= 1:
@@ -113,6 +113,20 @@ def budget_warnings(job: Job) -> list[str]:
         "at equal compute; give every search the same budget (epochs a cell), or the same "
         "samples and early_stop"
     ]
+
+
+def _repeating_draws(searches: dict) -> list[str]:
+    """A sampler over a space of a few settings draws some of them again, each a sample."""
+    out = []
+    for name, search in searches.items():
+        size = search.grid_size()
+        if size is not None and search.algorithm != "grid":
+            out.append(
+                f"studies.{name}.search: its space holds {size} settings, and {search.algorithm} "
+                "may draw one again (a sample spent on a setting already tried); "
+                "algorithm: grid tries each once"
+            )
+    return out
 
 
 def _untuned_baseline(job: Job, searches: dict) -> list[str]:

@@ -65,15 +65,21 @@ SCALAR_BRANCHES = ("bool", "int", "float", "str")
 MODEL_BRANCHES = ("SearchedBaseline",)
 
 
-def _is_branch(part) -> bool:
-    return part in SCALAR_BRANCHES + MODEL_BRANCHES or str(part).startswith("literal[")
+def _is_branch(loc: tuple, index: int) -> bool:
+    """A model branch anywhere; a scalar one only last (`int` is also a search dimension's
+    kind: `space.temperature.int.0`)."""
+    part = loc[index]
+    if part in MODEL_BRANCHES:
+        return True
+    last = index == len(loc) - 1
+    return last and (part in SCALAR_BRANCHES or str(part).startswith("literal["))
 
 
 def _where(loc: tuple) -> str:
     """An error's field path as the job file spells it: without the data kind's name, a
     union's branch names, nor a search dimension's kind where pydantic repeats it
     (`space.temperature.choice.choice`)."""
-    parts = [p for p in loc if p not in DATA_KINDS and not _is_branch(p)]
+    parts = [p for i, p in enumerate(loc) if p not in DATA_KINDS and not _is_branch(loc, i)]
     return ".".join(
         str(p)
         for i, p in enumerate(parts)

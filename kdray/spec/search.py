@@ -203,11 +203,11 @@ class Search(Strict):
         (each stopped at its first rung), else 16."""
         if self.samples is not None:
             return self.samples
-        if self.budget is None:
-            return DEFAULT_SAMPLES
+        if self.budget is None:  # a finite space: no more samples than it has settings
+            return min(DEFAULT_SAMPLES, self.grid_size() or DEFAULT_SAMPLES)
         fewest = epochs if self.early_stop.rule == "none" else self.early_stop.grace_epochs
         limit = self.budget // fewest
-        size = self.grid_size() if self.algorithm == "grid" else None
+        size = self.grid_size()
         return min(limit, size) if size else limit
 
     def grid_size(self) -> int | None:
@@ -229,6 +229,12 @@ class Search(Strict):
                 )
             elif self.samples is not None and self.samples > size:
                 out.append(f"{where}.samples: {self.samples} is more than the grid's {size} points")
+        elif self.samples is not None and self.samples > (self.grid_size() or self.samples):
+            out.append(
+                f"{where}.samples: {self.samples} is more than the {self.grid_size()} settings "
+                f"the space holds ({self.algorithm} would draw some again); lower samples, or "
+                "use algorithm: grid to try each once"
+            )
         if self.budget is not None and self.budget < epochs:
             out.append(
                 f"{where}.budget: {self.budget} epochs is less than one sample trained to "
