@@ -4,7 +4,6 @@ and an HTML report (`kdray.export.report`), written into a folder of the user's 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -48,7 +47,7 @@ def export(experiment_dir: str | Path, out_dir: str | Path) -> dict[str, Path]:
     texts["report.html"] = render_report(
         trials, epochs.to_pandas(), studies, job.name, examples=examples, searches=searches
     )
-    out.mkdir(parents=True, exist_ok=True)
+    make_out_dir(out)
     written = {}
     for name in ("trials.parquet", "epochs.parquet"):
         shutil.copyfile(exp.results_dir / name, out / name)
@@ -83,12 +82,14 @@ def check_out_dir(exp: Experiment, out: Path) -> Path:
     for parent in resolved.parents:
         if parent.exists() and not parent.is_dir():
             raise ExperimentError(f"--out {out}: {parent} is a file, not a folder")
+    return resolved
+
+
+def make_out_dir(out: Path) -> None:
+    """`--out` made (once nothing can refuse the export any more), or one line saying why not."""
     try:
-        resolved.mkdir(parents=True, exist_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ExperimentError(
             f"--out {out}: cannot create it ({exc.strerror}); give a folder you can write to"
         ) from None
-    if not os.access(resolved, os.W_OK):
-        raise ExperimentError(f"--out {out}: cannot write into it; give a folder you can write to")
-    return resolved
