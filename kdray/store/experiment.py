@@ -167,8 +167,7 @@ class Experiment:
             except (ValueError, UnicodeDecodeError) as exc:
                 advice = (
                     f"restore it from a copy, or delete {self.search_dir} and run `kdray resume "
-                    f"{self.root}` to start the searches again (the samples trained so far are "
-                    "not reused)"
+                    f"{self.root}` to start the searches again"
                 )
                 raise ExperimentError(
                     damaged(path, ValueError(f"line {number}: {exc}"), advice)
