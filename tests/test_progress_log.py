@@ -57,13 +57,13 @@ def test_a_line_when_a_run_starts_finishes_or_fails_and_a_closing_stage_summary(
     log.refresh(exp)  # nothing new: nothing printed twice
     assert lines(out)[1:] == [
         "[0:00] finished teacher resnet10t, seed 0: val acc 0.812 in 1:15",
-        "[0:00] started  student test_resnet <- resnet10t (kd), seed 0",
+        "[0:00] started  student test_resnet <- resnet10t, normal (kd), seed 0",
     ]
     exp.run(student).record_failure("RuntimeError: the loss is nan")
     log.refresh(exp, final=True)
     failed, summary = lines(out)[3:]
     assert failed == (
-        "[0:00] failed   student test_resnet <- resnet10t (kd), seed 0: "
+        "[0:00] failed   student test_resnet <- resnet10t, normal (kd), seed 0: "
         "RuntimeError: the loss is nan"
     )
     assert summary.startswith("[0:00] teacher 1/1 finished, 0 running, 0 failed, 0 waiting; ")
@@ -131,7 +131,7 @@ def test_a_swept_or_searched_run_is_named_with_its_setting(tmp_path):
     kd = next(r for r in runs if r.teacher_runs)
     sample = replace(kd, setting={"temperature": 4.58123, "alpha": 0.708}, roles=["sample:s"])
     assert describe(sample) == (
-        "student test_resnet <- resnet10t (kd temperature 4.58, alpha 0.708), seed 0, "
+        "student test_resnet <- resnet10t, s (kd temperature 4.58, alpha 0.708), seed 0, "
         "a search's sample"
     )
     baseline = next(r for r in runs if r.stage == "student" and not r.teacher_runs)

@@ -36,19 +36,21 @@ def elapsed(seconds: float) -> str:
 
 
 def describe(run: RunSpec) -> str:
-    """`student resnet10t <- seresnet18 (kd), seed 0`, `teacher seresnet18 [0.50, 0.65], seed
-    0` (a defective teacher's band, as the tables name it), `student resnet10t <- seresnet18
-    (kd temperature 4.58, alpha 0.708), seed 0, a search's sample` (a swept or searched
-    setting): what a reader needs to know the run."""
+    """`student resnet10t <- seresnet18, normal (kd), seed 0` (its study and method, as the
+    tables name them), `teacher seresnet18 [0.50, 0.65], seed 0` (a defective teacher's band),
+    `student resnet10t <- seresnet18, tuned (kd temperature 4.58, alpha 0.708), seed 0, a
+    search's sample` (a swept or searched setting): what a reader needs to know the run."""
     band = f" [{run.band[0]:.2f}, {run.band[1]:.2f}]" if run.band else ""
     teachers = f" <- {'+'.join(run.teacher_models)}" if run.teacher_models else ""
+    studies = [r.split(":", 1)[1] for r in run.roles if r.startswith(("kd:", "sample:"))]
+    study = f", {'+'.join(dict.fromkeys(studies))}" if studies and run.teacher_models else ""
     values = ", ".join(
         f"{key} {_value(value)}" for key, value in {**run.setting, **run.train}.items()
     )
     named = [run.method] if run.teacher_models else []
     method = f" ({' '.join([*named, values]).strip()})" if named or values else ""
     sample = ", a search's sample" if any(r.startswith("sample:") for r in run.roles) else ""
-    return f"{run.stage} {run.model}{band}{teachers}{method}, seed {run.seed}{sample}"
+    return f"{run.stage} {run.model}{band}{teachers}{study}{method}, seed {run.seed}{sample}"
 
 
 def _value(value) -> str:
