@@ -220,8 +220,8 @@ class Search(Strict):
     def problems(self, where: str, epochs: int) -> list[str]:
         """What the block alone makes unusable (`where`: `studies.<name>.search`)."""
         out = []
+        size = self.grid_size()
         if self.algorithm == "grid":
-            size = self.grid_size()
             if size is None:
                 out.append(
                     f"{where}.algorithm: grid enumerates values: give every parameter as "
@@ -229,9 +229,9 @@ class Search(Strict):
                 )
             elif self.samples is not None and self.samples > size:
                 out.append(f"{where}.samples: {self.samples} is more than the grid's {size} points")
-        elif self.samples is not None and self.samples > (self.grid_size() or self.samples):
+        elif size is not None and self.samples is not None and self.samples > size:
             out.append(
-                f"{where}.samples: {self.samples} is more than the {self.grid_size()} settings "
+                f"{where}.samples: {self.samples} is more than the {size} settings "
                 f"the space holds ({self.algorithm} would draw some again); lower samples, or "
                 "use algorithm: grid to try each once"
             )

@@ -115,8 +115,8 @@ def classifier_problem(name: str) -> str | None:
         return None
     from kdray.tasks.volume_models import rank_problem
 
-    if rank_problem(name):
-        return rank_problem(name)
+    if problem := rank_problem(name):
+        return problem
     close = timm.list_models(f"*{name.split('_')[0][:6]}*")[:5]
     hint = f"; similar: {close}" if close else ""
     return f"{name!r} is not a timm model{hint}"

@@ -93,8 +93,8 @@ def name_problem(name: str, image_size: int) -> str | None:
 
     from kdray.tasks.volume_models import rank_problem
 
-    if rank_problem(name):
-        return rank_problem(name)
+    if problem := rank_problem(name):
+        return problem
     try:
         parsed = parse_name(name)
     except ValueError as exc:
