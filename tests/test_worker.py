@@ -233,3 +233,56 @@ def test_the_optimizer_leaves_torch_s_choice_where_no_fused_kernel_runs(tmp_path
     assert fused_kernels_for([torch.nn.Parameter(torch.zeros(4))]) is True
     assert fused_kernels_for([]) is None
     assert build_optimizer(parse_job(tiny_job_dict(tmp_path)), meta).defaults["fused"] is None
+
+
+def diverging_job(tmp_path, **studies):
+    """A job whose training blows up within its first epoch: sgd at lr 10, momentum 0.99."""
+    raw = tiny_job_dict(tmp_path)
+    raw["train"].update(epochs=3, optimizer="sgd", lr=10.0, momentum=0.99, batch_size=4)
+    raw["studies"] = studies or {"normal": {"teachers": ["resnet10t"], "students": ["test_resnet"]}}
+    job = parse_job(raw)
+    return job, make_plan(job), prepare_data(job.data, tmp_path / "data")
+
+
+def test_a_run_whose_weights_stop_being_finite_fails_naming_the_learning_rate(tmp_path):
+    job, plan, data = diverging_job(tmp_path)
+    spec = plan.stage("teacher")[0]
+    run_dir, summary = run_local(tmp_path, job, spec, data)
+    assert summary["status"] == "failed", summary
+    assert summary["error"].startswith("training diverged: resnet10t's weights are no longer")
+    assert "after epoch 1" in summary["error"] and "lower train.lr (now 10)" in summary["error"]
+    assert summary["epochs"] == 1  # stopped at once, not trained on for 2 more epochs of NaN
+    assert "val_acc" not in summary and "test_acc" not in summary  # nothing evaluated
+    epochs = [json.loads(line) for line in (run_dir / "epochs.jsonl").read_text().splitlines()]
+    assert len(epochs) == 1 and "val_acc" not in epochs[0]  # the epoch kept: where it blew up
+    assert not (run_dir / "model.pt").exists() and not (run_dir / "checkpoint.pt").exists()
+
+
+def test_a_defective_teacher_that_diverges_fails_rather_than_landing_in_its_band(
+    tmp_path, monkeypatch
+):
+    """NaN weights predict one class: a band check would read its share as an accuracy, and
+    a wide band would take the NaN network for a defective teacher."""
+    import torch
+
+    from kdray.train import run_loop
+
+    job, plan, data = diverging_job(
+        tmp_path,
+        defective={
+            "teachers": ["resnet10t"], "students": ["test_resnet"],
+            "teacher_val_band": [0.0, 1.0], "eval_every_steps": 1,
+        },
+    )  # fmt: skip
+    real_epoch = run_loop.train_epoch
+
+    def poisoned(session, epoch, band, on_step=None):
+        with torch.no_grad():
+            next(session.core.parameters()).fill_(float("nan"))
+        return real_epoch(session, epoch, band, on_step)
+
+    monkeypatch.setattr(run_loop, "train_epoch", poisoned)
+    spec = next(r for r in plan.stage("teacher") if r.band)
+    _, summary = run_local(tmp_path, job, spec, data)
+    assert summary["status"] == "failed" and summary["band_val_score"] is None, summary
+    assert summary["error"].startswith("training diverged"), summary["error"]

@@ -27,7 +27,14 @@ from kdray.store.run_folder import RunFolder
 from kdray.tracking.tracker import Tracker
 from kdray.train import cost, soft_labels
 from kdray.train.evaluate import final_metrics
-from kdray.train.session import Session, band_stop, build_session, train_epoch
+from kdray.train.session import (
+    BandStop,
+    Session,
+    band_stop,
+    build_session,
+    train_epoch,
+    weights_finite,
+)
 from kdray.train.volume_eval import volume_final_metrics
 
 
@@ -96,31 +103,23 @@ def train_run(
     def on_step(step: int) -> None:
         nonlocal first_step_s
         if step == 2:
-            _crash_once_if_asked(spec.run_id, epoch + 1)
+            _crash_once_if_asked(spec.run_id, len(history) + 1)  # the epoch in training
         if first_step_s is None:
             first_step_s = time.time() - started
 
-    for epoch in range(start_epoch, 0 if stopped else job.train.epochs):
-        row = train_epoch(session, epoch, band, on_step)
-        row[session.val_key] = session.val_score()
-        history.append(row)
-        if rank0:  # the checkpoint first: a worker lost after `report` resumes from this epoch
-            folder.save_checkpoint(checkpoint_state(session, epoch + 1, history))
-            folder.write_epochs(history)
-            tracker.log(row)
-        worker.report(row)
-        if band.hit is not None or band.error is not None:
-            break
-        if judge.stops(epoch + 1, row[session.val_key]):
-            stopped = True
-            break
-    band.missed(session, history)
+    failure = None  # why the run cannot go on: its weights stopped being finite
+    if not stopped:
+        stopped, failure = train_epochs(
+            session, worker, folder, tracker, history, start_epoch, band, judge, on_step
+        )
+    if failure is None:
+        band.missed(session, history)
     summary = {
         "run_id": spec.run_id,
         "task": session.task.name,
         "primary_metric": session.task.primary,  # what `<split>_score` means in the tables
-        "status": "finished" if band.error is None else "failed",
-        "error": band.error,
+        "status": "finished" if band.error is None and failure is None else "failed",
+        "error": band.error or failure,
         "epochs": band.hit["epoch"] if band.hit else len(history),
         "params": session.params,
         "setup_s": first_step_s,
@@ -134,6 +133,8 @@ def train_run(
     }
     if stopped:
         finish_stopped(session, folder, history, summary, rank0)
+    elif failure is not None:
+        finish_diverged(folder, history, summary, rank0)
     else:
         summary.update(split_metrics(session.model, job, session.info, worker.device))
         summary.update(method_model_metrics(session))
@@ -143,6 +144,59 @@ def train_run(
         tracker.finish(summary)
     session.close()
     return summary
+
+
+def train_epochs(
+    session: Session, worker: Worker, folder: RunFolder, tracker: Tracker, history: list[dict],
+    start_epoch: int, band: BandStop, judge: SampleJudge, on_step: Callable[[int], None],
+) -> tuple[bool, str | None]:  # fmt: skip
+    """The run's epochs from `start_epoch`, each checkpointed, written and reported. Ends early
+    inside (or past) a defective teacher's band, when the weights stop being finite (returns
+    `(False, why)`), or when a searched sample's search says so (`(True, None)`)."""
+    rank0 = worker.rank == 0
+    for epoch in range(start_epoch, session.job.train.epochs):
+        row = train_epoch(session, epoch, band, on_step)
+        failure = diverged(session, row)
+        if failure is None:  # a model of NaN weights has nothing to validate
+            row[session.val_key] = session.val_score()
+        history.append(row)
+        if rank0:  # the checkpoint first: a worker lost after `report` resumes from this epoch
+            if failure is None:
+                folder.save_checkpoint(checkpoint_state(session, epoch + 1, history))
+            folder.write_epochs(history)
+            tracker.log(row)
+        worker.report(row)
+        if failure is not None:
+            return False, failure
+        if band.hit is not None or band.error is not None:
+            break
+        if judge.stops(epoch + 1, row[session.val_key]):
+            return True, None
+    return False, None
+
+
+def diverged(session: Session, row: dict) -> str | None:
+    """Why the run cannot go on, when an epoch left weights or statistics that are not finite
+    (a learning rate too high, fp16 overflow); None while they are. Checked once an epoch."""
+    if weights_finite(session):
+        return None
+    train = session.job.train
+    fp16 = " or train.precision fp32" if train.precision == "fp16" else ""
+    return (
+        f"training diverged: {session.spec.model}'s weights are no longer finite after epoch "
+        f"{row['epoch']} (train loss {row['train_loss']:.4g}); lower train.lr (now "
+        f"{train.lr:g}){fp16}. A diverged run is not retried"
+    )
+
+
+def finish_diverged(folder: RunFolder, history: list[dict], summary: dict, rank0: bool) -> None:
+    """A run whose weights stopped being finite: failed with its error, its epochs kept (they
+    show where the loss went), nothing evaluated and no model file; its training state
+    dropped, since a resume would diverge the same way."""
+    if rank0:
+        folder.write_epochs(history)
+        folder.write_summary(summary)
+        folder.drop_checkpoint()
 
 
 def finish_stopped(

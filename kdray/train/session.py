@@ -270,6 +270,8 @@ class BandStop:
         """True when training must stop now (inside the band, or past it)."""
         if self.band is None:
             return False
+        if not weights_finite(session):  # diverged: not a defective teacher (`run_loop.diverged`)
+            return True
         acc = session.val_score()
         low, high = self.band
         if acc > high and self.hit is None:
@@ -295,6 +297,17 @@ class BandStop:
             f"{best:.3f}); "
             "raise train.epochs or lower the band"
         )
+
+
+def weights_finite(session: Session) -> bool:
+    """Whether the student's and the method's weights and statistics are all finite: one sync,
+    agreed by every rank (BatchNorm statistics are each rank's own)."""
+    core = session.core
+    tensors = [t.detach() for t in (*core.parameters(), *core.buffers()) if t.is_floating_point()]
+    finite = torch.stack([torch.isfinite(t).all() for t in tensors]).all().to(torch.int32)
+    if session.world_size > 1:
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+    return bool(finite.item())
 
 
 def band_stop(session: Session) -> BandStop:
