@@ -216,12 +216,16 @@ def test_a_search_stopped_by_ctrl_c_resumes_redoing_no_ended_sample_and_chooses_
 def test_a_finished_search_resumed_trains_nothing_and_ends_ok(uninterrupted):
     """`kdray resume` of a search that already chose and confirmed: Tune runs no trial, and
     reading back its empty experiment unpickled the grid's ledger handle, which recursed in
-    its `__getattr__` (a traceback). Last in this file: it runs the finished grid again."""
+    its `__getattr__` (a traceback). Since every search settled and every run ended, no Tune
+    experiment starts at all (it left an empty `tune/<time>/`). Last in this file: it runs the
+    finished grid again."""
     job, exp, _ = uninterrupted
     summaries = {p: p.read_bytes() for p in exp.root.glob("runs/*/summary.json")}
+    tune_runs = sorted((exp.root / "tune").iterdir())
     try:
         report = run_experiment(exp, job)  # what `kdray resume` runs
     finally:
         ray.shutdown()
     assert report.ok, report.failed
     assert {p: p.read_bytes() for p in exp.root.glob("runs/*/summary.json")} == summaries
+    assert sorted((exp.root / "tune").iterdir()) == tune_runs

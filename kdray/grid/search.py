@@ -29,7 +29,7 @@ from kdray.grid.optuna_parts import distributions, open_study, sampler_for
 from kdray.spec.job import Job
 from kdray.spec.plan import Plan, RunSpec, SearchCell, confirm_runs, sample_run
 from kdray.spec.search import rounded
-from kdray.store.experiment import Experiment
+from kdray.store.experiment import SEARCH_JOURNAL, Experiment
 from kdray.train.more_runs import WAIT
 
 ENDED = ("finished", "stopped", "failed")
@@ -217,3 +217,16 @@ class GridSearch:
 
     def waiting_on(self) -> set[str]:
         return set().union(*(c.waiting_on() for c in self.cells))
+
+
+def searches_settled(exp: Experiment) -> bool:
+    """Whether every searched cell has chosen its setting (or found no sample finished), read
+    from the journal without writing to it: with every run trained too, the grid has nothing
+    left for Tune to start."""
+    journal = exp.search_dir / SEARCH_JOURNAL
+    if not journal.is_file():
+        return False
+    backend = optuna.storages.journal.JournalFileBackend(str(journal))
+    studies = optuna.get_all_study_summaries(optuna.storages.JournalStorage(backend))
+    chosen = {study.study_name: study.user_attrs.get("chosen") for study in studies}
+    return all(chosen.get(cell.key) is not None for cell in exp.plan().searches.values())

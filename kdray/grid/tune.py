@@ -29,6 +29,7 @@ from kdray.grid.schedule import (
     ledger_packs,
     start_ledger,
 )
+from kdray.grid.search import searches_settled
 from kdray.grid.train_fixes import ReleaseFailedWorkerGroups, TorchTrainerWithoutRayData
 from kdray.spec.job import Job
 from kdray.spec.plan import RunSpec
@@ -210,7 +211,7 @@ def run_grid(exp: Experiment, job: Job, runs: list[RunSpec], data: DataInfo) -> 
     slots = job.resources.max_concurrent_trials
     packs = pack_runs(todo, runs_per_trial(job, data), slots)
     searching = bool(exp.plan().searches)  # a search adds runs as it goes
-    if not packs and not searching:
+    if not packs and (not searching or searches_settled(exp)):  # nothing left: no Tune folder
         return [outcome(exp, run, None, {}) for run in runs]
     ledger = start_ledger(
         *ledger_packs(packs), str(exp.root), max_concurrent=slots,
