@@ -152,6 +152,7 @@ def test_dkd_two_classes_warns_and_nckd_is_zero():
     messages = METHODS["dkd"].warnings(params, 2)
     assert len(messages) == 1 and "NCKD" in messages[0] and "beta" in messages[0]
     assert METHODS["dkd"].warnings(params, 4) == []
+    assert METHODS["dkd"].inert_params(2) == ("beta",) and METHODS["dkd"].inert_params(4) == ()
 
     student, teacher, targets = [[0.3, -1.2], [2.0, 0.5]], [[1.0, 0.0], [-0.5, 1.5]], [0, 1]
     s, t = tensors(student, teacher)
@@ -226,3 +227,22 @@ def test_registry_has_logit_methods_and_validates():
         METHODS["dkd"].Params(temperature=0)
     p = METHODS["dkd"].Params()
     assert (p.alpha, p.beta, p.temperature, p.ce_weight, p.warmup_epochs) == (1, 8, 4, 1, None)
+
+
+def test_a_search_over_a_parameter_its_method_has_no_use_for_here_is_warned_of(tmp_path):
+    """DKD's beta weighs NCKD, which is 0 with two classes: searching it trains alike."""
+    from kdray.spec.describe import method_warnings
+    from kdray.spec.load import parse_job
+    from tests.conftest import tiny_job_dict
+
+    space = {"beta": {"uniform": [1, 8]}, "alpha": {"uniform": [0.5, 2]}}
+    studies = {
+        "tuned": {
+            "teachers": ["resnet10t"], "students": ["test_resnet"],
+            "method": {"name": "dkd"}, "search": {"space": space, "samples": 4},
+        }
+    }  # fmt: skip
+    job = parse_job(tiny_job_dict(tmp_path, studies=studies))
+    two = [w for w in method_warnings(job, 2) if ".search.space." in w]
+    assert len(two) == 1 and two[0].startswith("studies.tuned.search.space.beta: dkd has no use")
+    assert [w for w in method_warnings(job, 3) if ".search.space." in w] == []

@@ -119,6 +119,12 @@ class Method(nn.Module, ABC):
         """What a user should know before training with these settings on this data."""
         return []
 
+    @classmethod
+    def inert_params(cls, num_classes: int) -> tuple[str, ...]:
+        """Parameters that change nothing on data of `num_classes` (a search over one spends
+        its samples on settings that train alike)."""
+        return ()
+
     def bind_student(self, student: nn.Module) -> None:
         """Called once with the student before training (mean teacher copies its weights)."""
 

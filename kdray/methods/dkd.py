@@ -110,6 +110,10 @@ class DKD(Method):
     def warnings(cls, params: MethodParams, num_classes: int) -> list[str]:
         return [_two_class_warning()] if num_classes == 2 else []
 
+    @classmethod
+    def inert_params(cls, num_classes: int) -> tuple[str, ...]:
+        return ("beta",) if num_classes == 2 else ()  # NCKD, what beta weighs, is 0
+
     def warmup_factor(self, epoch: float) -> float:
         """min(epoch / warm-up, 1); 1 when the warm-up is 0."""
         warmup = self.params.warmup_epochs

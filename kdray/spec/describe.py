@@ -161,9 +161,21 @@ def band_warnings(job: Job, data: DataInfo) -> list[str]:
 
 
 def method_warnings(job: Job, num_classes: int) -> list[str]:
-    """What each study's method says about these settings on this data (e.g. DKD, 2 classes)."""
-    return [
-        f"studies.{name}.method: {line}"
-        for name, study in job.studies.items()
-        for line in METHODS[study.method_name()].warnings(job.method_params(name), num_classes)
-    ]
+    """What each study's method says about these settings on this data (e.g. DKD, 2 classes),
+    and each search over a parameter its method has no use for here."""
+    out = []
+    for name, study in job.studies.items():
+        method = METHODS[study.method_name()]
+        out += [
+            f"studies.{name}.method: {line}"
+            for line in method.warnings(job.method_params(name), num_classes)
+        ]
+        searched = study.search.space if study.search is not None else {}
+        out += [
+            f"studies.{name}.search.space.{param}: {study.method_name()} has no use for {param} "
+            f"with {num_classes} classes, so every value of it trains alike and its samples "
+            "are spent for nothing; take it out of the space"
+            for param in method.inert_params(num_classes)
+            if param in searched
+        ]
+    return out
