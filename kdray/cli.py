@@ -120,6 +120,7 @@ def validate(
         budget_warnings,
         counted,
         method_warnings,
+        precision_warnings,
         study_lines,
     )
     from kdray.spec.fit import batch_problems
@@ -173,7 +174,8 @@ def validate(
         _warn(f"{job_file}: data: {line}")
     # what `kdray run` warns of too (a band needs the decoded validation labels)
     bands = band_warnings(job, info) if info else []
-    for warning in [*budget_warnings(job), *bands, *method_warnings(job, len(classes))]:
+    warnings = [*budget_warnings(job), *bands, *method_warnings(job, len(classes))]
+    for warning in warnings + precision_warnings(job):
         _warn(f"{job_file}: {warning}")
 
 

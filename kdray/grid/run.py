@@ -19,7 +19,12 @@ from kdray.grid.local_ray import init_ray
 from kdray.grid.progress import GridProgress, fitted_lines
 from kdray.grid.progress_log import GridLog
 from kdray.results.tables import write_results
-from kdray.spec.describe import band_warnings, budget_warnings, method_warnings
+from kdray.spec.describe import (
+    band_warnings,
+    budget_warnings,
+    method_warnings,
+    precision_warnings,
+)
 from kdray.spec.fit import batch_problems
 from kdray.spec.job import Job, JobError, task_problems
 from kdray.spec.plan import Plan
@@ -108,7 +113,7 @@ def _prepare(exp: Experiment, job: Job, console: Console) -> DataInfo:
             console.print(line, highlight=False, soft_wrap=True)
     data_lines = [f"data: {line}" for line in data.extra.get("warnings", [])]
     warnings = data_lines + band_warnings(job, data) + method_warnings(job, data.num_classes)
-    for warning in warnings + budget_warnings(job):
+    for warning in warnings + budget_warnings(job) + precision_warnings(job):
         console.print(f"[yellow]warning[/yellow]: {warning}", highlight=False)
     return data
 
