@@ -122,6 +122,7 @@ def validate(
         method_warnings,
         precision_warnings,
         study_lines,
+        tracking_warnings,
     )
     from kdray.spec.fit import batch_problems
     from kdray.spec.job import task_problems
@@ -175,7 +176,7 @@ def validate(
     # what `kdray run` warns of too (a band needs the decoded validation labels)
     bands = band_warnings(job, info) if info else []
     warnings = [*budget_warnings(job), *bands, *method_warnings(job, len(classes))]
-    for warning in warnings + precision_warnings(job):
+    for warning in warnings + precision_warnings(job) + tracking_warnings(job):
         _warn(f"{job_file}: {warning}")
 
 

@@ -545,6 +545,16 @@ JOB_SWEEP = [  # (id, change to the job, a text the error must contain)
     ),
 ]
 
+JOB_SWEEP += [  # MLflow stores MLflow 3 refuses: named before anything trains
+    (f"mlflow-{name}", _set("tracking", {"mlflow": {"tracking_uri": uri}}), says)
+    for name, uri, says in [
+        ("empty", "", "tracking.mlflow.tracking_uri: is empty"),
+        ("file", "file:/tmp/mlruns", "a file store, which MLflow 3 no longer opens"),
+        ("path", "/tmp/mlruns", "a file store, which MLflow 3 no longer opens"),
+        ("scheme", "nonsense://foo", "MLflow has no nonsense:// store"),
+    ]
+]
+
 PIXEL_SWEEP = [  # bad images: found by `validate` (which decodes), each file named
     ("zero-byte-png", _image("left/0.png", b""), "0.png"),
     ("text-as-png", _image("left/1.png", b"hello, I am text"), "1.png"),

@@ -87,6 +87,41 @@ def test_wandb_offline_writes_one_run_per_trial_under_its_folder(tmp_path):
     assert not list(offline[0].rglob("*.png")), "images must never be logged"
 
 
+def test_w_and_b_online_without_a_key_is_warned_of_and_a_dropped_run_is_said(tmp_path, monkeypatch):
+    """Without a key, each worker drops W&B with a warning in its Ray log only: `validate` and
+    `run` warn first, and the driver says at the end which runs trained untracked."""
+    from kdray.grid.run import tracking_lost
+    from kdray.spec.describe import tracking_warnings
+    from kdray.store.experiment import Experiment
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    raw = tiny_job_dict(tmp_path)
+    raw["tracking"] = {"wandb": {"mode": "online"}}
+    job = parse_job(raw)
+    (line,) = tracking_warnings(job)
+    assert line.startswith("tracking.wandb.mode online, and no W&B API key here")
+    (tmp_path / ".netrc").write_text("machine api.wandb.ai login user password k" + "0" * 40)
+    (tmp_path / ".netrc").chmod(0o600)
+    assert tracking_warnings(job) == []
+    (tmp_path / ".netrc").unlink()
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
+    assert tracking_warnings(job) == []
+    monkeypatch.delenv("WANDB_API_KEY")
+
+    exp = Experiment.create(job)
+    spec = make_plan(job).stage("teacher")[0]
+    data = prepare_data(job.data, tmp_path / "data")
+    _, summary = run_local(tmp_path, job, spec, data, run_dir=exp.run_dir(spec.run_id))
+    assert summary["status"] == "finished"  # tracking never costs a run
+    (off,) = summary["tracking_off"]
+    assert off.startswith("W&B: ")
+    (said,) = tracking_lost(exp, [spec.run_id])
+    assert said.startswith(f"W&B tracking was off for 1 run(s) ({spec.run_id}): ")
+    assert said.endswith("they trained, and their numbers are in the tables")
+
+
 def test_cluster_yaml_has_what_the_launcher_needs_and_binds_nothing_publicly():
     text = (REPO / "cluster.yaml").read_text()
     cfg = yaml.safe_load(text)

@@ -24,11 +24,12 @@ from kdray.spec.describe import (
     budget_warnings,
     method_warnings,
     precision_warnings,
+    tracking_warnings,
 )
 from kdray.spec.fit import batch_problems
 from kdray.spec.job import Job, JobError, task_problems
 from kdray.spec.plan import Plan
-from kdray.store.experiment import Experiment
+from kdray.store.experiment import Experiment, ExperimentError
 from kdray.store.lock import hold_driver
 from kdray.tasks import get_task
 from kdray.tasks.weights import WeightsError, find_all, missing_line
@@ -113,7 +114,8 @@ def _prepare(exp: Experiment, job: Job, console: Console) -> DataInfo:
             console.print(line, highlight=False, soft_wrap=True)
     data_lines = [f"data: {line}" for line in data.extra.get("warnings", [])]
     warnings = data_lines + band_warnings(job, data) + method_warnings(job, data.num_classes)
-    for warning in warnings + budget_warnings(job) + precision_warnings(job):
+    warnings += budget_warnings(job) + precision_warnings(job) + tracking_warnings(job)
+    for warning in warnings:
         console.print(f"[yellow]warning[/yellow]: {warning}", highlight=False)
     return data
 
@@ -168,4 +170,27 @@ def _run_experiment(
         stop_polling.set()
         write_results(exp)
         tracking.finish(report.finished, report.failed, complete)
+    ran = [*report.finished, *report.stopped, *report.failed]
+    for warning in tracking_lost(exp, ran):
+        console.print(f"[yellow]warning[/yellow]: {warning}", highlight=False)
     return report
+
+
+def tracking_lost(exp: Experiment, run_ids: list[str]) -> list[str]:
+    """A line per backend and reason that dropped some runs' tracking: a worker warns in its
+    Ray log, which the user does not read, and the run's summary keeps the reason."""
+    lost: dict[tuple[str, str], list[str]] = {}
+    for run_id in run_ids:
+        try:
+            off = (exp.summary(run_id) or {}).get("tracking_off") or []
+        except ExperimentError:
+            continue  # named by the export
+        for line in off:
+            backend, _, why = line.partition(": ")
+            lost.setdefault((backend, why), []).append(run_id)
+    return [
+        f"{backend} tracking was off for {len(runs)} run(s) ({runs[0]}"
+        + (f" and {len(runs) - 1} more" if len(runs) > 1 else "")
+        + f"): {why}; they trained, and their numbers are in the tables"
+        for (backend, why), runs in lost.items()
+    ]

@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import math
+import netrc
+import os
+from urllib.parse import urlparse
 
 from kdray.data.budgets import budget_label
 from kdray.data.cache import DataInfo, load_targets
@@ -94,6 +97,25 @@ def _spent_as(search, epochs: int, by_budget: bool) -> str:
         else f"{stop.rule} {stop.grace_epochs}/{stop.reduction_factor}"
     )
     return f"{search.most_samples(epochs)} samples/{rule}"
+
+
+def tracking_warnings(job: Job) -> list[str]:
+    """W&B online with no API key where the driver runs: each run would drop its tracking
+    (in a worker's log the user never reads) and train on."""
+    cfg = job.tracking.wandb
+    if cfg is None or cfg.mode != "online" or os.environ.get("WANDB_API_KEY"):
+        return []
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        if netrc.netrc().authenticators(host or "api.wandb.ai"):
+            return []
+    except (OSError, netrc.NetrcParseError):
+        pass  # no ~/.netrc, or one wandb cannot read either
+    return [
+        "tracking.wandb.mode online, and no W&B API key here (WANDB_API_KEY, or the ~/.netrc "
+        "entry `wandb login` writes): every run would train with its W&B tracking off; log in "
+        "where the runs train, or use mode offline and `wandb sync` the run folders later"
+    ]
 
 
 def precision_warnings(job: Job) -> list[str]:

@@ -221,6 +221,10 @@ class WandbConfig(Strict):
     tags: list[str] = Field(default_factory=list, description="tags on every W&B run")
 
 
+# tracking stores MLflow 3 opens ("postgresql+psycopg2://" counts as postgresql)
+MLFLOW_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks")
+
+
 class MlflowConfig(Strict):
     tracking_uri: str | None = Field(
         None,
@@ -231,6 +235,29 @@ class MlflowConfig(Strict):
     experiment: str | None = Field(
         None, description="the MLflow experiment (default: the job's name)"
     )
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _a_store_mlflow_keeps(cls, uri: str | None) -> str | None:
+        """What MLflow 3 would refuse at the first run, refused before anything trains."""
+        if uri is None:
+            return None
+        scheme = uri.split("://")[0].split("+")[0] if "://" in uri else None
+        if not uri.strip():
+            raise ValueError("is empty: leave it out for the experiment's own SQLite store")
+        if scheme is None or scheme == "file":
+            raise ValueError(
+                "is a file store, which MLflow 3 no longer opens: give a server "
+                "(http://host:5000) or a database (sqlite:////abs/path/mlflow.db), or leave "
+                "it out for the experiment's own SQLite store"
+            )
+        if scheme not in MLFLOW_SCHEMES:
+            raise ValueError(
+                f"MLflow has no {scheme}:// store; use one of "
+                + ", ".join(f"{s}://" for s in MLFLOW_SCHEMES)
+            )
+        return uri
+
     tags: dict[str, str] = Field(
         default_factory=dict, description="extra tags on the grid's run and every nested run"
     )

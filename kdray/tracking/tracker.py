@@ -30,22 +30,25 @@ class Tracker:
     """The configured backends of one kdray run; a backend that fails warns once and is
     dropped, the others go on."""
 
-    def __init__(self, backends: list[Backend] | None = None, run_id: str = ""):
+    def __init__(
+        self, backends: list[Backend] | None = None, run_id: str = "", off: list | None = None
+    ):
         self.backends = list(backends or [])
         self.run_id = run_id
+        self.off: list[str] = list(off or [])  # "<backend>: <why>", for the run's summary
 
     @classmethod
     def start(cls, job, spec, run_dir: Path, info=None, history=()) -> Tracker:
-        backends = []
+        backends, off = [], []
         for backend in _backends():
             try:
                 opened = backend.start(job, spec, run_dir, info, history)
             except Exception as exc:  # tracking must never cost a trial
-                _off(backend.name, spec.run_id, exc)
+                off.append(_off(backend.name, spec.run_id, exc))
                 continue
             if opened is not None:
                 backends.append(opened)
-        return cls(backends, spec.run_id)
+        return cls(backends, spec.run_id, off)
 
     def log(self, metrics: dict) -> None:
         self._each("log", metrics)
@@ -58,7 +61,7 @@ class Tracker:
             try:
                 getattr(backend, call)(values)
             except Exception as exc:
-                _off(backend.name, self.run_id, exc)
+                self.off.append(_off(backend.name, self.run_id, exc))
                 self.backends.remove(backend)
 
 
@@ -89,5 +92,8 @@ class GridTracker:
         self.grid = None
 
 
-def _off(backend: str, run_id: str, exc: BaseException) -> None:
+def _off(backend: str, run_id: str, exc: BaseException) -> str:
+    """Warn (in the worker's log) and return `<backend>: <why>` for the run's summary, which
+    the driver reads to say it where the user looks."""
     warn(f"{backend} tracking off for {run_id}, training goes on: {reason(exc)}")
+    return f"{backend}: {reason(exc)}"

@@ -130,6 +130,7 @@ def train_run(
         "teacher_outputs": session.teachers.kind,
         "judge_wait_s": round(judge.wait_s, 3) if is_sample(spec) else None,
         "replicas_in_sync": replicas_in_sync(session),
+        "tracking_off": tracker.off or None,  # a backend that failed: the driver says so
     }
     if stopped:
         finish_stopped(session, folder, history, summary, rank0)
@@ -181,11 +182,14 @@ def diverged(session: Session, row: dict) -> str | None:
     if weights_finite(session):
         return None
     train = session.job.train
-    fp16 = " or train.precision fp32" if train.precision == "fp16" else ""
+    also = [f"train.weight_decay (now {train.weight_decay:g})"] if train.weight_decay else []
+    if train.precision != "fp32":
+        also.append(f"use train.precision fp32 (now {train.precision})")
     return (
         f"training diverged: {session.spec.model}'s weights are no longer finite after epoch "
         f"{row['epoch']} (train loss {row['train_loss']:.4g}); lower train.lr (now "
-        f"{train.lr:g}){fp16}. A diverged run is not retried"
+        f"{train.lr:g})" + "".join(f" or {part}" for part in also) + ". A diverged run is not "
+        "retried"
     )
 
 
