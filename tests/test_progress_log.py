@@ -141,3 +141,13 @@ def test_a_swept_or_searched_run_is_named_with_its_setting(tmp_path):
     assert stage_line(rows).endswith(
         "student 1/3 finished, 0 running, 0 failed, 1 interrupted, 1 waiting"
     )
+
+
+def test_a_teacher_free_run_is_named_with_its_study_and_method_unlike_its_baseline(tmp_path):
+    raw = tiny_job_dict(tmp_path, baseline=True)
+    raw["studies"] = {"self": {"students": ["test_resnet"], "method": {"name": "tfkd_virtual"}}}
+    runs = make_plan(parse_job(raw)).runs.values()
+    (free,) = [r for r in runs if r.method == "tfkd_virtual"]
+    (baseline,) = [r for r in runs if r.stage == "student" and r.method != "tfkd_virtual"]
+    assert describe(free) == "student test_resnet, self (tfkd_virtual), seed 0"
+    assert describe(baseline) == "student test_resnet, seed 0"

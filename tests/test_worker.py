@@ -125,7 +125,27 @@ def test_a_band_out_of_reach_is_reported_not_hidden(tmp_path, trained):
     spec = next(r for r in make_plan(job).stage("teacher") if r.band)
     _, summary = run_local(tmp_path, job, spec, trained["data"])
     assert summary["status"] == "failed"
-    assert "jumped past its band" in summary["error"] or "never reached" in summary["error"]
+    # three classes: an untrained teacher already scores ~1/3, above the band at once
+    assert "was above its band [0.0, 0.01] at its first check" in summary["error"]
+    assert summary["error"].endswith("raise the band")
+
+
+def test_a_teacher_seen_below_its_band_then_above_it_jumped_past_it():
+    from types import SimpleNamespace
+
+    import torch
+
+    from kdray.train.session import BandStop
+
+    scores = iter([0.30, 0.90])
+    session = SimpleNamespace(
+        core=torch.nn.Linear(2, 2), world_size=1, val_key="val_acc",
+        spec=SimpleNamespace(model="resnet10t"), val_score=lambda: next(scores),
+    )  # fmt: skip
+    band = BandStop((0.5, 0.6), every=1)
+    assert band.check(session, 0.5) is False and band.error is None
+    assert band.check(session, 1.0) is True
+    assert band.error.startswith("defective teacher resnet10t jumped past its band [0.5, 0.6]")
 
 
 def train_in_one_fit(root, job, specs, data):

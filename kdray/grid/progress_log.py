@@ -12,7 +12,7 @@ import time
 
 from rich.console import Console
 
-from kdray.spec.plan import RunSpec
+from kdray.spec.plan import PLAIN, RunSpec
 from kdray.store.experiment import Experiment, ExperimentError
 from kdray.store.status import stage_counts, status_rows
 
@@ -39,15 +39,17 @@ def describe(run: RunSpec) -> str:
     """`student resnet10t <- seresnet18, normal (kd), seed 0` (its study and method, as the
     tables name them), `teacher seresnet18 [0.50, 0.65], seed 0` (a defective teacher's band),
     `student resnet10t <- seresnet18, tuned (kd temperature 4.58, alpha 0.708), seed 0, a
-    search's sample` (a swept or searched setting): what a reader needs to know the run."""
+    search's sample` (a swept or searched setting), `student resnet10t, self (tfkd_virtual),
+    seed 0` (a teacher-free method): what a reader needs to know the run."""
     band = f" [{run.band[0]:.2f}, {run.band[1]:.2f}]" if run.band else ""
     teachers = f" <- {'+'.join(run.teacher_models)}" if run.teacher_models else ""
+    distilled = run.method != PLAIN  # with a teacher, or teacher-free (tfkd, mean teacher)
     studies = [r.split(":", 1)[1] for r in run.roles if r.startswith(("kd:", "sample:"))]
-    study = f", {'+'.join(dict.fromkeys(studies))}" if studies and run.teacher_models else ""
+    study = f", {'+'.join(dict.fromkeys(studies))}" if studies and distilled else ""
     values = ", ".join(
         f"{key} {_value(value)}" for key, value in {**run.setting, **run.train}.items()
     )
-    named = [run.method] if run.teacher_models else []
+    named = [run.method] if distilled else []
     method = f" ({' '.join([*named, values]).strip()})" if named or values else ""
     sample = ", a search's sample" if any(r.startswith("sample:") for r in run.roles) else ""
     return f"{run.stage} {run.model}{band}{teachers}{study}{method}, seed {run.seed}{sample}"

@@ -265,6 +265,7 @@ class BandStop:
     every: int
     hit: dict | None = None
     error: str | None = None
+    below: bool = False  # checked below the band once: above it later is a jump past it
 
     def check(self, session: Session, epoch: float) -> bool:
         """True when training must stop now (inside the band, or past it)."""
@@ -275,12 +276,18 @@ class BandStop:
         acc = session.val_score()
         low, high = self.band
         if acc > high and self.hit is None:
+            score = f"{session.val_key.replace('_', ' ')} {acc:.3f} at epoch {epoch:.2f}"
             self.error = (
                 f"defective teacher {session.spec.model} jumped past its band {list(self.band)}: "
-                f"{session.val_key.replace('_', ' ')} {acc:.3f} at epoch {epoch:.2f}; set a "
-                "smaller studies.<name>.eval_every_steps, a lower lr, or a wider band"
+                f"{score}; set a smaller studies.<name>.eval_every_steps, a lower lr, or a "
+                "wider band"
+                if self.below
+                else f"defective teacher {session.spec.model} was above its band "
+                f"{list(self.band)} at its first check ({score}): a network that has learned "
+                "next to nothing scores that, so nothing can stop inside it; raise the band"
             )
             return True
+        self.below = self.below or acc < low
         if low <= acc <= high:
             self.hit = {"score": acc, "epoch": epoch}
             return True
