@@ -1000,6 +1000,13 @@ def test_export_of_a_running_grid_says_how_many_runs_its_tables_hold(tmp_path):
     said = warned("export", root, "--out", tmp_path / "out2",
                   says=(f"1 of {total} runs finished", f"kdray resume {root}"))  # fmt: skip
     assert "still running" not in said
+    for run_id in others:  # each ended failed in its summary: a resume would train none of them
+        summary = {"run_id": run_id, "status": "failed", "error": "training diverged: ..."}
+        (root / "runs" / run_id / "summary.json").write_text(json.dumps(summary))
+    said = warned("export", root, "--out", tmp_path / "out3",
+                  says=(f"1 of {total} runs finished, {total - 1} failed", "says why each failed",
+                        "a resume would train none"))  # fmt: skip
+    assert "kdray resume" not in said
 
 
 @pytest.mark.parametrize("how", ["job", "env"])

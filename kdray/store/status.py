@@ -97,20 +97,40 @@ def status_rows(exp: Experiment, alive: bool | None = None) -> list[dict]:
 
 def unfinished_line(exp: Experiment) -> str | None:
     """For tables written of a grid not all finished: how many runs they hold and what goes on
-    with the others; None once every run finished."""
+    with the others; None once every run finished. A run that ended failed in its summary (a
+    band missed, training diverged) is not retried by a resume: its job must change first."""
     alive = grid_alive(exp)
     rows = status_rows(exp, alive)
     done = sum(1 for r in rows if r["state"] == "finished")
     stopped = sum(1 for r in rows if r["state"] == "stopped")  # ended: a search stopped them
     if done + stopped == len(rows):
         return None
+    failed = [r["trial_id"] for r in rows if r["state"] == "failed"]
+    final = [run for run in failed if _ended_failed(exp, run)]
     said = f"{done} of {len(rows)} runs finished" + (
         f", {stopped} stopped by their search" if stopped else ""
-    )
+    ) + (f", {len(failed)} failed" if failed else "")  # fmt: skip
     if alive:
         return f"{said}; the grid is still running: the tables hold the finished runs; export " \
             "again once it ends (`kdray status` follows it)"  # fmt: skip
-    return f"{said}; the tables hold those: `kdray resume {exp.root}` continues the others"
+    said += "; the tables hold the finished ones"
+    if failed:
+        said += f"; `kdray status {exp.root}` says why each failed (fix the job where it is why)"
+    left = len(rows) - done - stopped - len(final)  # what a resume trains (retries included)
+    if left == 0:
+        return said + "; a resume would train none (a run that ended failed is not retried)"
+    return f"{said}; `kdray resume {exp.root}` continues the other {left}"
+
+
+def _ended_failed(exp: Experiment, run_id: str) -> bool:
+    """Whether a resume would not train the run again: its summary says it failed, or its
+    teacher's does (it was never started)."""
+    try:
+        if (exp.summary(run_id) or {}).get("status") == "failed":
+            return True
+        return (exp.run(run_id).failure() or "").startswith("not started: its teacher run")
+    except ExperimentError:
+        return False
 
 
 def _attempts(exp: Experiment, run_id: str) -> int:
