@@ -102,7 +102,7 @@ DISPATCH_ENV = (
 )  # fmt: skip
 # recorded since issue 33: an experiment from before lacks them, which is no difference
 MACHINE_KEYS = (
-    "cpu.flags", "blas", "opencv.dispatch", "onednn.isa", "onednn.conv",
+    "cpu.flags", "blas", "opencv.dispatch", "onednn.isa", "onednn.conv", "mkl.isa",
     *(f"env.{n}" for n in DISPATCH_ENV),
 )  # fmt: skip
 
@@ -117,6 +117,8 @@ def dispatch() -> dict[str, str]:
         found["blas"] = _blas_libraries()
     with contextlib.suppress(Exception):
         found.update(onednn_dispatch())
+    with contextlib.suppress(Exception):
+        found.update(mkl_dispatch())
     try:
         import cv2
 
@@ -145,6 +147,29 @@ def onednn_dispatch() -> dict[str, str]:
     if passes:
         found["onednn.conv"] = ", ".join(f"{step} {kernel}" for kernel, step in passes)
     return found
+
+
+@functools.cache
+def mkl_dispatch() -> dict[str, str]:
+    """MKL's own word on the code path of torch's matrix products (a classifier head, say),
+    from its verbose banner (`mkl.isa`, e.g. `Intel(R) Advanced Vector Extensions 2 (Intel(R)
+    AVX2) enabled processors`). It follows the CPU's vendor as well as its flags, and
+    `MKL_CBWR`: an Intel and an AMD CPU of one `cpu.isa` can differ here."""
+    import torch
+
+    if not torch.backends.mkl.is_available():
+        return {}
+    for line in _stdout_of(_one_matrix_product).splitlines():
+        if line.startswith("MKL_VERBOSE") and " architecture " in line:
+            return {"mkl.isa": line.split(" architecture ", 1)[1].split(", Lnx")[0].strip()}
+    return {}
+
+
+def _one_matrix_product() -> None:
+    import torch
+
+    with torch.backends.mkl.verbose(torch.backends.mkl.VERBOSE_ON):
+        torch.mm(torch.ones(64, 64), torch.ones(64, 64))
 
 
 def _train_one_convolution() -> None:
