@@ -137,3 +137,26 @@ def test_the_few_labels_table_shows_every_study_and_the_moving_average_per_budge
     baselines = built["baseline"][1]
     assert list(baselines.Student) == ["small (all labels)", "small (10% labels)"]
     assert "labels" not in tables(sweep_trials(), ["sw"])  # no budgets, no such table
+
+
+def test_a_grid_still_running_compares_like_with_like_and_keeps_its_pending_columns():
+    """Seed 0 of one KD cell finished, three baseline seeds finished, another teacher's KD
+    runs all pending: the summary's baseline is seed 0's, as the gain pairs; the study table
+    says how many seeds each value holds and keeps the pending teacher's column."""
+    rows = [run("t0", "big", 0, 0.9, 0.9, ["teacher:st"]), run("u0", "huge", 0, 0.9, 0.9, [])]
+    rows[1]["roles"] = ["teacher:st"]
+    rows += [run(f"b{s}", "small", s, 0.5, 0.5 + 0.1 * s, ["baseline"]) for s in (0, 1, 2)]
+    rows.append(run("k0", "small", 0, 0.6, 0.7, ["kd:st"], ["t0"]))
+    for s in (1, 2):
+        rows.append(run(f"k{s}", "small", s, None, None, ["kd:st"], ["t0"]) | {"status": "pending"})
+    for s in (0, 1, 2):
+        rows.append(run(f"h{s}", "small", s, None, None, ["kd:st"], ["u0"]) | {"status": "pending"})
+    out = tables(pd.DataFrame(rows), ["st"])
+    row = out["summary"][1].iloc[0]
+    shown = (row["KD test"], row["Baseline test"], row.Gain, row.n)
+    assert shown == ("0.700", "0.500", "+0.200", 1)
+    study = out["st"][1]
+    test = study[study.Split == "test"].iloc[0]
+    assert test["big"] == "0.700 (n=1)"
+    assert test["no KD (baseline)"] == "0.600 ± 0.100 (n=3)"
+    assert test["huge"] == "pending"

@@ -17,8 +17,10 @@ summary.md    each KD cell's test accuracy against its student's baseline: the p
 labels.md     with label budgets: per student and budget, baseline vs every study (and a mean
               teacher's moving average) in test accuracy, balanced accuracy and macro-F1
 report.html   all of these tables with figures, one self-contained file (`kdray.export.report`)
-Values are `mean ± std` over seeds when a cell has several. `tables` computes the tables once,
-for both the Markdown files and the report.
+Values are `mean ± std` over seeds when a cell has several; `(n=1)` after each value of a row
+whose values are over different seeds (a grid still running); summary.md's KD and baseline are
+over the seeds the gain pairs. `tables` computes the tables once, for both the Markdown files and
+the report.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import pandas as pd
 
 from kdray.results.cells import (
     Cell,
+    Unfinished,
     baseline_rows,
     budgets,
     has_budgets,
@@ -37,6 +40,7 @@ from kdray.results.cells import (
     metric_title,
     study_cells,
     teacher_label,
+    unfinished_cells,
     with_budget,
 )
 from kdray.results.cost_ratios import compression_note, compression_table
@@ -89,6 +93,19 @@ def fmt(values: pd.Series) -> str:
     if len(values) == 1:
         return f"{values.iloc[0]:.3f}"
     return f"{values.mean():.3f} ± {values.std(ddof=1):.3f}"
+
+
+def fmt_row(columns: dict[str, pd.Series]) -> dict[str, str]:
+    """One table row's values (`fmt`), each column a Series of its runs' values indexed by
+    seed. Where the columns' seeds differ (a grid still running: one KD seed beside three
+    baseline seeds), each value says how many seeds it holds, `0.700 (n=1)`, so that unlike
+    means are not read as alike."""
+    held = {k: frozenset(v.dropna().index) for k, v in columns.items()}
+    differ = len({s for s in held.values() if s}) > 1
+    return {
+        k: fmt(v) + (f" (n={len(held[k])})" if differ and held[k] else "")
+        for k, v in columns.items()
+    }
 
 
 def fmt_count(values: pd.Series) -> str:
@@ -148,26 +165,28 @@ def baseline_table(trials: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["Student", "Params (M)", "Train", "Valid", "Test"])
 
 
-def study_table(cells: list[Cell]) -> pd.DataFrame:
+def study_table(cells: list[Cell], unfinished: list[Unfinished] = ()) -> pd.DataFrame:
     """Rows: student x {train, valid, test}; columns: teachers, then the student's baseline.
-    A sweeping study shows each cell's chosen setting in a row of its own."""
-    if not cells:
+    A sweeping study shows each cell's chosen setting in a row of its own. A cell with no
+    finished run (`unfinished`) keeps its column and says `pending` or `failed`."""
+    if not cells and not unfinished:
         return pd.DataFrame()
-    teachers = list(dict.fromkeys(c.teacher for c in cells))
+    teachers = list(dict.fromkeys([c.teacher for c in cells] + [u.teacher for u in unfinished]))
     sweeps = any(len(c.settings) > 1 for c in cells)
     rows = []
-    for student in dict.fromkeys(c.student for c in cells):
+    for student in dict.fromkeys([c.student for c in cells] + [u.student for u in unfinished]):
         mine = {c.teacher: c for c in cells if c.student == student}
-        base = next(iter(mine.values())).baseline
+        waiting = {u.teacher: u for u in unfinished if u.student == student}
+        base = next(iter([*mine.values(), *waiting.values()])).baseline
         if sweeps:
             row = {"Student": student, "Split": CHOSEN_ROW, BASELINE_COLUMN: ""}
             rows.append(row | {t: mine[t].chosen if t in mine else "—" for t in teachers})
         for split, col in SPLITS:
-            row = {"Student": student, "Split": split}
+            runs = {t: c.runs for t, c in mine.items()} | {BASELINE_COLUMN: base}
+            row = fmt_row({k: r.set_index("seed")[col] for k, r in runs.items()})
             for teacher in teachers:
-                row[teacher] = fmt(mine[teacher].runs[col]) if teacher in mine else "—"
-            row[BASELINE_COLUMN] = fmt(base[col])
-            rows.append(row)
+                row.setdefault(teacher, waiting[teacher].status if teacher in waiting else "—")
+            rows.append({"Student": student, "Split": split} | row)
     return pd.DataFrame(rows, columns=["Student", "Split", *teachers, BASELINE_COLUMN])
 
 
@@ -181,6 +200,7 @@ def summary_table(cells: list[Cell]) -> pd.DataFrame:
     rows = []
     for c in cells:
         g = c.gain
+        kd, base = c.paired_runs()  # so that KD test − Baseline test is the gain
         interval = "—"
         if g.low is not None:
             interval = f"[{g.low:+.3f}, {g.high:+.3f}] ({g.interval})"
@@ -192,8 +212,8 @@ def summary_table(cells: list[Cell]) -> pd.DataFrame:
                 "Teacher": c.teacher,
                 "Setting": c.chosen or "—",
                 "Teacher valid": fmt(c.runs.teacher_val_score),
-                "KD test": fmt(c.runs.test_score),
-                "Baseline test": fmt(c.baseline.test_score),
+                "KD test": fmt(kd.test_score),
+                "Baseline test": fmt(base.test_score),
                 "Gain": _number(g.mean, "+"),
                 "95% interval": interval,
                 "p (Holm)": "—" if g.p_holm is None else f"{g.p_holm:.3g}",
@@ -252,7 +272,8 @@ def tables(
         "baseline": ("No-KD baselines", baseline_table(done)),
     }
     for study in studies:
-        out[study] = (study_title(trials, study, metric), study_table(cells[study]))
+        table = study_table(cells[study], unfinished_cells(trials, study))
+        out[study] = (study_title(trials, study, metric), table)
         if any(len(c.settings) > 1 for c in cells[study]):
             title = f"{study}: every setting of the sweep (chosen on validation {metric})"
             out[f"{study}.sensitivity"] = (title, sensitivity_table(cells[study]))
@@ -263,7 +284,7 @@ def tables(
     if has_budgets(done):
         out["labels"] = (
             "Few labels: each student's test metrics per label budget, baseline vs every study",
-            few_labels_table([c for study in studies for c in cells[study]], fmt, metric),
+            few_labels_table([c for study in studies for c in cells[study]], fmt_row, metric),
         )
     out["summary"] = (
         f"KD gain over each student's baseline (test {metric}, paired by seed)",

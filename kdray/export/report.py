@@ -96,10 +96,12 @@ def _mean_std(values: pd.Series) -> tuple[float, float, int]:
 
 
 def gain_figure(cells: list[Cell], metric: str = "accuracy") -> str | None:
-    """Paired bars: each KD cell's test accuracy and its student's baseline; std over seeds."""
+    """Paired bars: each KD cell's test accuracy and its student's baseline over the seeds the
+    gain pairs; std over seeds."""
     bars = []
     for c in cells:
-        kd, base_ = _mean_std(c.runs.test_score), _mean_std(c.baseline.test_score)
+        kd_runs, base_runs = c.paired_runs()
+        kd, base_ = _mean_std(kd_runs.test_score), _mean_std(base_runs.test_score)
         if kd[2]:
             bars.append((f"{c.study}: {c.student} ← {c.teacher}", kd, base_))
     if not bars:
