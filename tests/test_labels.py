@@ -106,6 +106,17 @@ def test_bad_budgets_are_refused_naming_the_field(tmp_path, labelled, message):
     assert message in str(error.value)
 
 
+def test_budgets_labelled_alike_are_refused_naming_the_field(tmp_path):
+    """0.5 and 0.50000001 are different budgets (10 and 11 of 20 images) that the tables
+    would show as one 50% cell, averaged as if they were seeds."""
+    raw = tiny_job_dict(tmp_path, labelled={"fraction": [0.5, 0.50000001]})
+    with pytest.raises(JobError) as error:
+        parse_job(raw)
+    text = str(error.value)
+    assert "labelled.fraction: 0.5 and 0.50000001 are both labelled 50%" in text
+    assert "\n" not in text.strip()
+
+
 def test_a_pool_run_trains_without_reading_a_pool_label(tmp_path, monkeypatch):
     """The pool's labels replaced by a class that does not exist: training still runs, and
     ends with exactly the weights of a run on the true labels."""
