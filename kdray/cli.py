@@ -123,7 +123,7 @@ def validate(
         precision_warnings,
         study_lines,
     )
-    from kdray.spec.fit import batch_problems
+    from kdray.spec.fit import batch_problems, label_budget_warnings
     from kdray.spec.job import task_problems
     from kdray.spec.plan import make_plan
     from kdray.tasks import get_task
@@ -133,9 +133,8 @@ def validate(
         task = data_task(job.data, sources)
     except DataError as exc:
         _data_errors(exc, f"{job_file}: ")
-    problems = task_problems(job, task) + batch_problems(
-        job, getattr(sources["train"], "labels", None), len(sources["train"])
-    )
+    train_labels = getattr(sources["train"], "labels", None)
+    problems = task_problems(job, task) + batch_problems(job, train_labels, len(sources["train"]))
     for line in problems:
         _error(f"{job_file}: {line}")
     if problems:
@@ -175,6 +174,7 @@ def validate(
     # what `kdray run` warns of too (a band needs the decoded validation labels)
     bands = band_warnings(job, info) if info else []
     warnings = [*budget_warnings(job), *bands, *method_warnings(job, len(classes))]
+    warnings += label_budget_warnings(job, train_labels)
     for warning in warnings + precision_warnings(job):
         _warn(f"{job_file}: {warning}")
 

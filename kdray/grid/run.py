@@ -25,7 +25,7 @@ from kdray.spec.describe import (
     method_warnings,
     precision_warnings,
 )
-from kdray.spec.fit import batch_problems
+from kdray.spec.fit import batch_problems, label_budget_warnings
 from kdray.spec.job import Job, JobError, task_problems
 from kdray.spec.plan import Plan
 from kdray.store.experiment import Experiment
@@ -113,6 +113,7 @@ def _prepare(exp: Experiment, job: Job, console: Console) -> DataInfo:
             console.print(line, highlight=False, soft_wrap=True)
     data_lines = [f"data: {line}" for line in data.extra.get("warnings", [])]
     warnings = data_lines + band_warnings(job, data) + method_warnings(job, data.num_classes)
+    warnings += label_budget_warnings(job, train_labels)
     for warning in warnings + budget_warnings(job) + precision_warnings(job):
         console.print(f"[yellow]warning[/yellow]: {warning}", highlight=False)
     return data
