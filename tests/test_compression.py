@@ -18,6 +18,7 @@ from kdray.results.cells import study_cells
 from kdray.results.cost_ratios import (
     compression_table,
     frontier_points,
+    no_pareto_reason,
     pareto_optimal,
     pareto_runs,
 )
@@ -121,6 +122,22 @@ def test_the_frontier_and_the_students_it_ships():
     assert points.loc["small ← big", "test_score"] == pytest.approx(0.855)
     # shipped: KD students and baselines on the MACs frontier, their best seed on validation
     assert pareto_runs(fixed_cells(trials), trials) == ["k1"]
+
+
+def test_no_student_on_the_frontier_names_the_teachers_ahead():
+    """Every run has a cost, but the teachers cost no more than the student and score higher:
+    the reason is the frontier, not a missing cost."""
+    trials = fixed_trials()
+    trials["macs"] = 0.9e9
+    points = frontier_points(fixed_cells(trials), trials)
+    assert pareto_runs(fixed_cells(trials), trials) == []
+    assert no_pareto_reason(points) == (
+        "no KD student or baseline is on the accuracy/MACs frontier: teacher huge is as "
+        "accurate and as cheap or better; export a student by id with --onnx RUN_ID"
+    )
+    trials["macs"] = None
+    reason = no_pareto_reason(frontier_points(fixed_cells(trials), trials))
+    assert reason == "no KD student or baseline has a measured cost (macs)"
 
 
 def with_costs(exp: Experiment) -> Experiment:
