@@ -221,6 +221,19 @@ def test_onnx_export_reproduces_pytorch_on_validation_images_and_carries_metadat
     assert np.abs(probs - expected).max() <= 1e-4
 
 
+def test_an_unknown_onnx_id_names_the_finished_runs_and_counts_the_rest(tmp_path):
+    exp = fake_experiment(tmp_path, seeds=(0, 1, 2))
+    runs = list(exp.plan().runs)
+    assert len(runs) > deploy.SHOWN
+    for run_id in runs:
+        exp.run(run_id).model_file.touch()  # finished: it has its weights
+    with pytest.raises(deploy.DeployError) as error:
+        deploy.check_exportable(exp, ["nope"])
+    text = str(error.value)
+    assert ", ".join(runs[: deploy.SHOWN]) in text
+    assert f"and {len(runs) - deploy.SHOWN} more (kdray status {exp.root} lists them)" in text
+
+
 def test_an_onnx_file_that_disagrees_is_removed_and_the_cli_exits_2(tmp_path, monkeypatch):
     job, exp, info = tiny_experiment(tmp_path)
     spec = next(s for s in exp.plan().runs.values() if s.model == "test_resnet")
