@@ -160,3 +160,23 @@ def test_a_grid_still_running_compares_like_with_like_and_keeps_its_pending_colu
     assert test["big"] == "0.700 (n=1)"
     assert test["no KD (baseline)"] == "0.600 ± 0.100 (n=3)"
     assert test["huge"] == "pending"
+
+
+def test_empty_tables_say_so_no_baseline_file_without_baselines_and_a_failed_teacher_why():
+    """Only a teacher ran, and it failed; the job has no baseline (`baseline: false`)."""
+    from kdray.export.markdown import render_tables
+    from kdray.export.report import html_table
+
+    error = "AssertionError: Input height (32) doesn't match model (224)."
+    teacher = run("t0", "vit", 0, None, None, ["teacher:st"]) | {"status": "failed"}
+    student = run("k0", "small", 0, None, None, ["kd:st"], ["t0"]) | {"status": "failed"}
+    trials = pd.DataFrame([teacher | {"error": error}, student | {"error": "not started"}])
+    texts = render_tables(trials, ["st"])
+    assert "baseline.md" not in texts
+    assert texts["teachers.md"].endswith("_no finished trials_\n")
+    assert "paired by seed)\n\n_no finished trials_\n" in texts["summary.md"]
+    why = f"teacher vit failed (seed 0): {error}; its students did not start"
+    assert "| small | test | failed | — |" in texts["st.md"]
+    assert texts["st.md"].endswith(f"\n_{why}_\n")
+    title, table = tables(trials, ["st"])["st"]
+    assert why.replace("'", "&#x27;") in html_table(table)

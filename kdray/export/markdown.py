@@ -35,6 +35,7 @@ from kdray.results.cells import (
     baseline_rows,
     budgets,
     has_budgets,
+    has_role,
     improvement,
     kd_runs,
     metric_title,
@@ -49,6 +50,7 @@ from kdray.results.searches import search_table, searched
 from kdray.results.stats import BOOTSTRAP_FROM, MIN_SEEDS
 from kdray.spec.plan import SearchCell
 
+EMPTY_NOTE = "_no finished trials_"
 SPLITS = (("train", "train_score"), ("valid", "val_score"), ("test", "test_score"))
 BASELINE_COLUMN = "no KD (baseline)"
 CHOSEN_ROW = "setting (chosen on valid)"
@@ -251,6 +253,18 @@ def sensitivity_table(cells: list[Cell]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=SENSITIVITY_COLUMNS)
 
 
+def failed_teachers(trials: pd.DataFrame, study: str) -> str:
+    """Why a study's cells are empty when its teachers failed: each failed teacher and its
+    error (its students never started); "" when none failed."""
+    failed = trials[has_role(trials, f"teacher:{study}") & (trials.status == "failed")]
+    lines = []
+    for label, group in failed.groupby(failed.apply(teacher_label, axis=1), sort=False):
+        seeds = ", ".join(str(s) for s in sorted(group.seed))
+        error = next((e for e in group.error if isinstance(e, str) and e), "no error recorded")
+        lines.append(f"teacher {label} failed (seed {seeds}): {error}")
+    return "; ".join(lines) + ("; its students did not start" if lines else "")
+
+
 def study_title(trials: pd.DataFrame, study: str, title: str = "accuracy") -> str:
     methods = list(dict.fromkeys(kd_runs(trials, study).method))
     return f"{study} ({', '.join(methods) or 'no runs'}): student x teacher {title}"
@@ -267,12 +281,12 @@ def tables(
     done = trials[trials.status == "finished"]
     cells = {study: study_cells(done, study) for study in studies}
     metric = metric_title(trials)
-    out = {
-        "teachers": ("Teachers", teachers_table(done)),
-        "baseline": ("No-KD baselines", baseline_table(done)),
-    }
+    out = {"teachers": ("Teachers", teachers_table(done))}
+    if has_role(trials, "baseline").any():  # none with `baseline: false`
+        out["baseline"] = ("No-KD baselines", baseline_table(done))
     for study in studies:
         table = study_table(cells[study], unfinished_cells(trials, study))
+        table.attrs["note"] = failed_teachers(trials, study)  # shown under the table
         out[study] = (study_title(trials, study, metric), table)
         if any(len(c.settings) > 1 for c in cells[study]):
             title = f"{study}: every setting of the sweep (chosen on validation {metric})"
@@ -301,22 +315,25 @@ def tables(
     return out
 
 
+def table_body(table: pd.DataFrame) -> str:
+    """The table as Markdown, or a note where it has no rows; then its note, if any."""
+    body = markdown(table) if len(table.columns) and not table.empty else EMPTY_NOTE + "\n"
+    note = table.attrs.get("note")
+    return body + (f"\n_{note}_\n" if note else "")
+
+
 def render_tables(
     trials: pd.DataFrame, studies: list[str], searches: Iterable[SearchCell] = ()
 ) -> dict[str, str]:
     """File name -> Markdown text, for every table of the export."""
     out = {}
     metric = metric_title(trials)
+    notes = {"improvement": statistics_note(metric), "compression": compression_note(metric)}
     for name, (title, table) in tables(trials, studies, searches).items():
         if name == "unfinished":
             out["summary.md"] += f"\n## {title}\n\n" + markdown(table.fillna(""))
-            continue
-        if name == "improvement":
-            out["summary.md"] += f"\n## {title}\n\n{markdown(table)}\n{statistics_note(metric)}\n"
-            continue
-        if name == "compression":
-            out["summary.md"] += f"\n## {title}\n\n{markdown(table)}\n{compression_note(metric)}\n"
-            continue
-        body = markdown(table) if len(table.columns) else "_no finished trials_\n"
-        out[f"{name}.md"] = f"# {title}\n\n{body}"
+        elif name in notes:
+            out["summary.md"] += f"\n## {title}\n\n{table_body(table)}\n{notes[name]}\n"
+        else:
+            out[f"{name}.md"] = f"# {title}\n\n{table_body(table)}"
     return out
