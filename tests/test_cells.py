@@ -180,3 +180,16 @@ def test_empty_tables_say_so_no_baseline_file_without_baselines_and_a_failed_tea
     assert texts["st.md"].endswith(f"\n_{why}_\n")
     title, table = tables(trials, ["st"])["st"]
     assert why.replace("'", "&#x27;") in html_table(table)
+
+
+def test_a_gain_that_rounds_to_zero_prints_without_a_sign():
+    from kdray.results.stats import signed
+
+    assert [signed(v) for v in (-0.0001, 0.0, 0.0004, -0.012, 0.012)] == [
+        "0.000", "0.000", "0.000", "-0.012", "+0.012",
+    ]  # fmt: skip
+    rows = [run("t0", "big", 0, 0.9, 0.9, ["teacher:st"])]
+    rows.append(run("b0", "small", 0, 0.5, 0.5, ["baseline"]))
+    rows.append(run("k0", "small", 0, 0.5, 0.5 - 1e-9, ["kd:st"], ["t0"]))
+    row = summary_table(study_cells(pd.DataFrame(rows), "st")).iloc[0]
+    assert row.Gain == "0.000"

@@ -47,7 +47,7 @@ from kdray.results.cells import (
 from kdray.results.cost_ratios import compression_note, compression_table
 from kdray.results.few_labels import few_labels_table
 from kdray.results.searches import search_table, searched
-from kdray.results.stats import BOOTSTRAP_FROM, MIN_SEEDS
+from kdray.results.stats import BOOTSTRAP_FROM, MIN_SEEDS, signed
 from kdray.spec.plan import SearchCell
 
 EMPTY_NOTE = "_no finished trials_"
@@ -192,8 +192,8 @@ def study_table(cells: list[Cell], unfinished: list[Unfinished] = ()) -> pd.Data
     return pd.DataFrame(rows, columns=["Student", "Split", *teachers, BASELINE_COLUMN])
 
 
-def _number(value: float | None, sign: str = "") -> str:
-    return "—" if value is None or pd.isna(value) else f"{value:{sign}.3f}"
+def _number(value: float | None) -> str:
+    return "—" if value is None or pd.isna(value) else f"{value:.3f}"
 
 
 def summary_table(cells: list[Cell]) -> pd.DataFrame:
@@ -205,7 +205,7 @@ def summary_table(cells: list[Cell]) -> pd.DataFrame:
         kd, base = c.paired_runs()  # so that KD test − Baseline test is the gain
         interval = "—"
         if g.low is not None:
-            interval = f"[{g.low:+.3f}, {g.high:+.3f}] ({g.interval})"
+            interval = f"[{signed(g.low)}, {signed(g.high)}] ({g.interval})"
         rows.append(
             {
                 "Study": c.study,
@@ -216,7 +216,7 @@ def summary_table(cells: list[Cell]) -> pd.DataFrame:
                 "Teacher valid": fmt(c.runs.teacher_val_score),
                 "KD test": fmt(kd.test_score),
                 "Baseline test": fmt(base.test_score),
-                "Gain": _number(g.mean, "+"),
+                "Gain": "—" if g.mean is None else signed(g.mean),
                 "95% interval": interval,
                 "p (Holm)": "—" if g.p_holm is None else f"{g.p_holm:.3g}",
                 "n": g.n,

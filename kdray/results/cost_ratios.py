@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from kdray.results.cells import NO_TEACHER, Cell, study_cells, teacher_label
+from kdray.results.stats import signed
 from kdray.results.tables import read_trials
 from kdray.store.experiment import Experiment, ExperimentError
 
@@ -124,7 +125,7 @@ def compression_table(
                 "MACs ratio": _times(r["macs"]),
                 "Latency ratio": _times(r["latency"]),
                 kept_column(title): "—" if pd.isna(r["kept"]) else f"{r['kept']:.3f}",
-                "Gain over baseline": "—" if pd.isna(r["gain"]) else f"{r['gain']:+.3f}",
+                "Gain over baseline": "—" if pd.isna(r["gain"]) else signed(r["gain"]),
             }
         )
     columns = [kept_column(title) if c == "Accuracy kept" else c for c in COMPRESSION_COLUMNS]
