@@ -261,7 +261,7 @@ def failed_teachers(trials: pd.DataFrame, study: str) -> str:
     for label, group in failed.groupby(failed.apply(teacher_label, axis=1), sort=False):
         seeds = ", ".join(str(s) for s in sorted(group.seed))
         error = next((e for e in group.error if isinstance(e, str) and e), "no error recorded")
-        lines.append(f"teacher {label} failed (seed {seeds}): {error}")
+        lines.append(f"teacher {label} failed (seed {seeds}): {error.rstrip('.')}")
     return "; ".join(lines) + ("; its students did not start" if lines else "")
 
 
