@@ -124,7 +124,7 @@ def validate(
         study_lines,
         tracking_warnings,
     )
-    from kdray.spec.fit import batch_problems
+    from kdray.spec.fit import batch_problems, label_budget_warnings
     from kdray.spec.job import task_problems
     from kdray.spec.plan import make_plan
     from kdray.tasks import get_task
@@ -134,9 +134,8 @@ def validate(
         task = data_task(job.data, sources)
     except DataError as exc:
         _data_errors(exc, f"{job_file}: ")
-    problems = task_problems(job, task) + batch_problems(
-        job, getattr(sources["train"], "labels", None), len(sources["train"])
-    )
+    train_labels = getattr(sources["train"], "labels", None)
+    problems = task_problems(job, task) + batch_problems(job, train_labels, len(sources["train"]))
     for line in problems:
         _error(f"{job_file}: {line}")
     if problems:
@@ -176,6 +175,7 @@ def validate(
     # what `kdray run` warns of too (a band needs the decoded validation labels)
     bands = band_warnings(job, info) if info else []
     warnings = [*budget_warnings(job), *bands, *method_warnings(job, len(classes))]
+    warnings += label_budget_warnings(job, train_labels)
     for warning in warnings + precision_warnings(job) + tracking_warnings(job):
         _warn(f"{job_file}: {warning}")
 

@@ -322,6 +322,10 @@ def test_export_into_a_file_or_the_experiments_own_results(tmp_path):
     assert a_file.read_text() == "mine"
     refused("export", root, "--out", root / "results", says=("own results folder",))
     assert not (root / "results" / "teachers.md").exists()
+    refused("export", root, "--out", root / "runs", says=("own runs/ folder, which kdray",))
+    assert not (root / "runs" / "teachers.md").exists()
+    line = refused("export", root, "--out", root / "data" / "x", says=("own data/ folder",))
+    assert "\n" not in line
     before = set(Path.cwd().iterdir())
     refused("export", root, "--out", "", says=("--out: empty",))
     assert set(Path.cwd().iterdir()) == before  # nothing written into the working directory

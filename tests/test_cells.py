@@ -137,3 +137,59 @@ def test_the_few_labels_table_shows_every_study_and_the_moving_average_per_budge
     baselines = built["baseline"][1]
     assert list(baselines.Student) == ["small (all labels)", "small (10% labels)"]
     assert "labels" not in tables(sweep_trials(), ["sw"])  # no budgets, no such table
+
+
+def test_a_grid_still_running_compares_like_with_like_and_keeps_its_pending_columns():
+    """Seed 0 of one KD cell finished, three baseline seeds finished, another teacher's KD
+    runs all pending: the summary's baseline is seed 0's, as the gain pairs; the study table
+    says how many seeds each value holds and keeps the pending teacher's column."""
+    rows = [run("t0", "big", 0, 0.9, 0.9, ["teacher:st"]), run("u0", "huge", 0, 0.9, 0.9, [])]
+    rows[1]["roles"] = ["teacher:st"]
+    rows += [run(f"b{s}", "small", s, 0.5, 0.5 + 0.1 * s, ["baseline"]) for s in (0, 1, 2)]
+    rows.append(run("k0", "small", 0, 0.6, 0.7, ["kd:st"], ["t0"]))
+    for s in (1, 2):
+        rows.append(run(f"k{s}", "small", s, None, None, ["kd:st"], ["t0"]) | {"status": "pending"})
+    for s in (0, 1, 2):
+        rows.append(run(f"h{s}", "small", s, None, None, ["kd:st"], ["u0"]) | {"status": "pending"})
+    out = tables(pd.DataFrame(rows), ["st"])
+    row = out["summary"][1].iloc[0]
+    shown = (row["KD test"], row["Baseline test"], row.Gain, row.n)
+    assert shown == ("0.700", "0.500", "+0.200", 1)
+    study = out["st"][1]
+    test = study[study.Split == "test"].iloc[0]
+    assert test["big"] == "0.700 (n=1)"
+    assert test["no KD (baseline)"] == "0.600 ± 0.100 (n=3)"
+    assert test["huge"] == "pending"
+
+
+def test_empty_tables_say_so_no_baseline_file_without_baselines_and_a_failed_teacher_why():
+    """Only a teacher ran, and it failed; the job has no baseline (`baseline: false`)."""
+    from kdray.export.markdown import render_tables
+    from kdray.export.report import html_table
+
+    error = "AssertionError: Input height (32) doesn't match model (224)."
+    teacher = run("t0", "vit", 0, None, None, ["teacher:st"]) | {"status": "failed"}
+    student = run("k0", "small", 0, None, None, ["kd:st"], ["t0"]) | {"status": "failed"}
+    trials = pd.DataFrame([teacher | {"error": error}, student | {"error": "not started"}])
+    texts = render_tables(trials, ["st"])
+    assert "baseline.md" not in texts
+    assert texts["teachers.md"].endswith("_no finished trials_\n")
+    assert "paired by seed)\n\n_no finished trials_\n" in texts["summary.md"]
+    why = f"teacher vit failed (seed 0): {error[:-1]}; its students did not start"
+    assert "| small | test | failed | — |" in texts["st.md"]
+    assert texts["st.md"].endswith(f"\n_{why}_\n")
+    title, table = tables(trials, ["st"])["st"]
+    assert why.replace("'", "&#x27;") in html_table(table)
+
+
+def test_a_gain_that_rounds_to_zero_prints_without_a_sign():
+    from kdray.results.stats import signed
+
+    assert [signed(v) for v in (-0.0001, 0.0, 0.0004, -0.012, 0.012)] == [
+        "0.000", "0.000", "0.000", "-0.012", "+0.012",
+    ]  # fmt: skip
+    rows = [run("t0", "big", 0, 0.9, 0.9, ["teacher:st"])]
+    rows.append(run("b0", "small", 0, 0.5, 0.5, ["baseline"]))
+    rows.append(run("k0", "small", 0, 0.5, 0.5 - 1e-9, ["kd:st"], ["t0"]))
+    row = summary_table(study_cells(pd.DataFrame(rows), "st")).iloc[0]
+    assert row.Gain == "0.000"

@@ -18,6 +18,7 @@ from kdray.results.cells import study_cells
 from kdray.results.cost_ratios import (
     compression_table,
     frontier_points,
+    no_pareto_reason,
     pareto_optimal,
     pareto_runs,
 )
@@ -123,6 +124,22 @@ def test_the_frontier_and_the_students_it_ships():
     assert pareto_runs(fixed_cells(trials), trials) == ["k1"]
 
 
+def test_no_student_on_the_frontier_names_the_teachers_ahead():
+    """Every run has a cost, but the teachers cost no more than the student and score higher:
+    the reason is the frontier, not a missing cost."""
+    trials = fixed_trials()
+    trials["macs"] = 0.9e9
+    points = frontier_points(fixed_cells(trials), trials)
+    assert pareto_runs(fixed_cells(trials), trials) == []
+    assert no_pareto_reason(points) == (
+        "no KD student or baseline is on the accuracy/MACs frontier: teacher huge is as "
+        "accurate and as cheap or better; export a student by id with --onnx RUN_ID"
+    )
+    trials["macs"] = None
+    reason = no_pareto_reason(frontier_points(fixed_cells(trials), trials))
+    assert reason == "no KD student or baseline has a measured cost (macs)"
+
+
 def with_costs(exp: Experiment) -> Experiment:
     """Give every finished run of a fake experiment a cost by model."""
     per_model = {"resnet10t": (4.9e6, 0.9e9, 2.0), "resnet18": (11.2e6, 1.8e9, 5.0)}
@@ -202,6 +219,19 @@ def test_onnx_export_reproduces_pytorch_on_validation_images_and_carries_metadat
     logits = session.run(None, {"image": x})[0]
     probs = torch.softmax(torch.from_numpy(logits), 1).numpy()
     assert np.abs(probs - expected).max() <= 1e-4
+
+
+def test_an_unknown_onnx_id_names_the_finished_runs_and_counts_the_rest(tmp_path):
+    exp = fake_experiment(tmp_path, seeds=(0, 1, 2))
+    runs = list(exp.plan().runs)
+    assert len(runs) > deploy.SHOWN
+    for run_id in runs:
+        exp.run(run_id).model_file.touch()  # finished: it has its weights
+    with pytest.raises(deploy.DeployError) as error:
+        deploy.check_exportable(exp, ["nope"])
+    text = str(error.value)
+    assert ", ".join(runs[: deploy.SHOWN]) in text
+    assert f"and {len(runs) - deploy.SHOWN} more (kdray status {exp.root} lists them)" in text
 
 
 def test_an_onnx_file_that_disagrees_is_removed_and_the_cli_exits_2(tmp_path, monkeypatch):

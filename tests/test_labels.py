@@ -15,6 +15,7 @@ from kdray.data.budgets import (
     labelled_indices,
     training_arrays,
 )
+from kdray.spec.fit import label_budget_warnings
 from kdray.spec.job import JobError
 from kdray.spec.load import parse_job
 from kdray.spec.plan import make_plan
@@ -104,6 +105,39 @@ def test_bad_budgets_are_refused_naming_the_field(tmp_path, labelled, message):
     with pytest.raises(JobError, match="labelled") as error:
         parse_job(raw)
     assert message in str(error.value)
+
+
+def test_budgets_labelled_alike_are_refused_naming_the_field(tmp_path):
+    """0.5 and 0.50000001 are different budgets (10 and 11 of 20 images) that the tables
+    would show as one 50% cell, averaged as if they were seeds."""
+    raw = tiny_job_dict(tmp_path, labelled={"fraction": [0.5, 0.50000001]})
+    with pytest.raises(JobError) as error:
+        parse_job(raw)
+    text = str(error.value)
+    assert "labelled.fraction: 0.5 and 0.50000001 are both labelled 50%" in text
+    assert "\n" not in text.strip()
+
+
+def test_budgets_the_data_cannot_tell_apart_are_warned_of(tmp_path):
+    """With 10 images a class, 12 per class keeps every label, and so does 10: the grid would
+    train the same budget twice, under two labels."""
+    labels = np.array([0] * 10 + [1] * 10)
+    job = parse_job(tiny_job_dict(tmp_path, labelled={"per_class": [5, 10, 12]}))
+    warnings = label_budget_warnings(job, labels)
+    assert warnings == [
+        "labelled.per_class: 10 keeps every training label (no class has more than 10 images), "
+        "yet the tables say 10 per class; give a count below 10",
+        "labelled.per_class: 12 keeps every training label (no class has more than 10 images), "
+        "yet the tables say 12 per class; give a count below 10",
+        "labelled.per_class: 10 and 12 keep the same 20 labelled training images, so the grid "
+        "trains that budget twice; drop one",
+    ]
+    job = parse_job(tiny_job_dict(tmp_path, labelled={"fraction": [0.45, 0.5, 1.0]}))
+    assert label_budget_warnings(job, labels) == [
+        "labelled.fraction: 0.45 and 0.5 keep the same 10 labelled training images, so the "
+        "grid trains that budget twice; drop one"
+    ]
+    assert label_budget_warnings(job, np.array([0] * 100 + [1] * 100)) == []
 
 
 def test_a_pool_run_trains_without_reading_a_pool_label(tmp_path, monkeypatch):

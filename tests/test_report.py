@@ -121,7 +121,7 @@ def test_failed_runs_stay_out_of_the_figures(tmp_path):
     found = sections(page)
     assert "resnet10t ← resnet18" not in page  # no curve, no bar, no heatmap row
     assert "<svg" not in found["normal (kd): student x teacher accuracy"]
-    assert "no finished trials" in found["normal (kd): student x teacher accuracy"]
+    assert "<td>failed</td>" in found["normal (kd): student x teacher accuracy"]  # its column
     assert (
         "<svg" not in found["KD gain over each student's baseline (test accuracy, paired by seed)"]
     )

@@ -17,8 +17,10 @@ summary.md    each KD cell's test accuracy against its student's baseline: the p
 labels.md     with label budgets: per student and budget, baseline vs every study (and a mean
               teacher's moving average) in test accuracy, balanced accuracy and macro-F1
 report.html   all of these tables with figures, one self-contained file (`kdray.export.report`)
-Values are `mean ± std` over seeds when a cell has several. `tables` computes the tables once,
-for both the Markdown files and the report.
+Values are `mean ± std` over seeds when a cell has several; `(n=1)` after each value of a row
+whose values are over different seeds (a grid still running); summary.md's KD and baseline are
+over the seeds the gain pairs. `tables` computes the tables once, for both the Markdown files and
+the report.
 """
 
 from __future__ import annotations
@@ -29,22 +31,26 @@ import pandas as pd
 
 from kdray.results.cells import (
     Cell,
+    Unfinished,
     baseline_rows,
     budgets,
     has_budgets,
+    has_role,
     improvement,
     kd_runs,
     metric_title,
     study_cells,
     teacher_label,
+    unfinished_cells,
     with_budget,
 )
 from kdray.results.cost_ratios import compression_note, compression_table
 from kdray.results.few_labels import few_labels_table
 from kdray.results.searches import search_table, searched
-from kdray.results.stats import BOOTSTRAP_FROM, MIN_SEEDS
+from kdray.results.stats import BOOTSTRAP_FROM, MIN_SEEDS, signed
 from kdray.spec.plan import SearchCell
 
+EMPTY_NOTE = "_no finished trials_"
 SPLITS = (("train", "train_score"), ("valid", "val_score"), ("test", "test_score"))
 BASELINE_COLUMN = "no KD (baseline)"
 CHOSEN_ROW = "setting (chosen on valid)"
@@ -89,6 +95,19 @@ def fmt(values: pd.Series) -> str:
     if len(values) == 1:
         return f"{values.iloc[0]:.3f}"
     return f"{values.mean():.3f} ± {values.std(ddof=1):.3f}"
+
+
+def fmt_row(columns: dict[str, pd.Series]) -> dict[str, str]:
+    """One table row's values (`fmt`), each column a Series of its runs' values indexed by
+    seed. Where the columns' seeds differ (a grid still running: one KD seed beside three
+    baseline seeds), each value says how many seeds it holds, `0.700 (n=1)`, so that unlike
+    means are not read as alike."""
+    held = {k: frozenset(v.dropna().index) for k, v in columns.items()}
+    differ = len({s for s in held.values() if s}) > 1
+    return {
+        k: fmt(v) + (f" (n={len(held[k])})" if differ and held[k] else "")
+        for k, v in columns.items()
+    }
 
 
 def fmt_count(values: pd.Series) -> str:
@@ -148,31 +167,33 @@ def baseline_table(trials: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["Student", "Params (M)", "Train", "Valid", "Test"])
 
 
-def study_table(cells: list[Cell]) -> pd.DataFrame:
+def study_table(cells: list[Cell], unfinished: list[Unfinished] = ()) -> pd.DataFrame:
     """Rows: student x {train, valid, test}; columns: teachers, then the student's baseline.
-    A sweeping study shows each cell's chosen setting in a row of its own."""
-    if not cells:
+    A sweeping study shows each cell's chosen setting in a row of its own. A cell with no
+    finished run (`unfinished`) keeps its column and says `pending` or `failed`."""
+    if not cells and not unfinished:
         return pd.DataFrame()
-    teachers = list(dict.fromkeys(c.teacher for c in cells))
+    teachers = list(dict.fromkeys([c.teacher for c in cells] + [u.teacher for u in unfinished]))
     sweeps = any(len(c.settings) > 1 for c in cells)
     rows = []
-    for student in dict.fromkeys(c.student for c in cells):
+    for student in dict.fromkeys([c.student for c in cells] + [u.student for u in unfinished]):
         mine = {c.teacher: c for c in cells if c.student == student}
-        base = next(iter(mine.values())).baseline
+        waiting = {u.teacher: u for u in unfinished if u.student == student}
+        base = next(iter([*mine.values(), *waiting.values()])).baseline
         if sweeps:
             row = {"Student": student, "Split": CHOSEN_ROW, BASELINE_COLUMN: ""}
             rows.append(row | {t: mine[t].chosen if t in mine else "—" for t in teachers})
         for split, col in SPLITS:
-            row = {"Student": student, "Split": split}
+            runs = {t: c.runs for t, c in mine.items()} | {BASELINE_COLUMN: base}
+            row = fmt_row({k: r.set_index("seed")[col] for k, r in runs.items()})
             for teacher in teachers:
-                row[teacher] = fmt(mine[teacher].runs[col]) if teacher in mine else "—"
-            row[BASELINE_COLUMN] = fmt(base[col])
-            rows.append(row)
+                row.setdefault(teacher, waiting[teacher].status if teacher in waiting else "—")
+            rows.append({"Student": student, "Split": split} | row)
     return pd.DataFrame(rows, columns=["Student", "Split", *teachers, BASELINE_COLUMN])
 
 
-def _number(value: float | None, sign: str = "") -> str:
-    return "—" if value is None or pd.isna(value) else f"{value:{sign}.3f}"
+def _number(value: float | None) -> str:
+    return "—" if value is None or pd.isna(value) else f"{value:.3f}"
 
 
 def summary_table(cells: list[Cell]) -> pd.DataFrame:
@@ -181,9 +202,10 @@ def summary_table(cells: list[Cell]) -> pd.DataFrame:
     rows = []
     for c in cells:
         g = c.gain
+        kd, base = c.paired_runs()  # so that KD test − Baseline test is the gain
         interval = "—"
         if g.low is not None:
-            interval = f"[{g.low:+.3f}, {g.high:+.3f}] ({g.interval})"
+            interval = f"[{signed(g.low)}, {signed(g.high)}] ({g.interval})"
         rows.append(
             {
                 "Study": c.study,
@@ -192,9 +214,9 @@ def summary_table(cells: list[Cell]) -> pd.DataFrame:
                 "Teacher": c.teacher,
                 "Setting": c.chosen or "—",
                 "Teacher valid": fmt(c.runs.teacher_val_score),
-                "KD test": fmt(c.runs.test_score),
-                "Baseline test": fmt(c.baseline.test_score),
-                "Gain": _number(g.mean, "+"),
+                "KD test": fmt(kd.test_score),
+                "Baseline test": fmt(base.test_score),
+                "Gain": "—" if g.mean is None else signed(g.mean),
                 "95% interval": interval,
                 "p (Holm)": "—" if g.p_holm is None else f"{g.p_holm:.3g}",
                 "n": g.n,
@@ -231,6 +253,18 @@ def sensitivity_table(cells: list[Cell]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=SENSITIVITY_COLUMNS)
 
 
+def failed_teachers(trials: pd.DataFrame, study: str) -> str:
+    """Why a study's cells are empty when its teachers failed: each failed teacher and its
+    error (its students never started); "" when none failed."""
+    failed = trials[has_role(trials, f"teacher:{study}") & (trials.status == "failed")]
+    lines = []
+    for label, group in failed.groupby(failed.apply(teacher_label, axis=1), sort=False):
+        seeds = ", ".join(str(s) for s in sorted(group.seed))
+        error = next((e for e in group.error if isinstance(e, str) and e), "no error recorded")
+        lines.append(f"teacher {label} failed (seed {seeds}): {error.rstrip('.')}")
+    return "; ".join(lines) + ("; its students did not start" if lines else "")
+
+
 def study_title(trials: pd.DataFrame, study: str, title: str = "accuracy") -> str:
     methods = list(dict.fromkeys(kd_runs(trials, study).method))
     return f"{study} ({', '.join(methods) or 'no runs'}): student x teacher {title}"
@@ -247,12 +281,13 @@ def tables(
     done = trials[trials.status == "finished"]
     cells = {study: study_cells(done, study) for study in studies}
     metric = metric_title(trials)
-    out = {
-        "teachers": ("Teachers", teachers_table(done)),
-        "baseline": ("No-KD baselines", baseline_table(done)),
-    }
+    out = {"teachers": ("Teachers", teachers_table(done))}
+    if has_role(trials, "baseline").any():  # none with `baseline: false`
+        out["baseline"] = ("No-KD baselines", baseline_table(done))
     for study in studies:
-        out[study] = (study_title(trials, study, metric), study_table(cells[study]))
+        table = study_table(cells[study], unfinished_cells(trials, study))
+        table.attrs["note"] = failed_teachers(trials, study)  # shown under the table
+        out[study] = (study_title(trials, study, metric), table)
         if any(len(c.settings) > 1 for c in cells[study]):
             title = f"{study}: every setting of the sweep (chosen on validation {metric})"
             out[f"{study}.sensitivity"] = (title, sensitivity_table(cells[study]))
@@ -263,7 +298,7 @@ def tables(
     if has_budgets(done):
         out["labels"] = (
             "Few labels: each student's test metrics per label budget, baseline vs every study",
-            few_labels_table([c for study in studies for c in cells[study]], fmt, metric),
+            few_labels_table([c for study in studies for c in cells[study]], fmt_row, metric),
         )
     out["summary"] = (
         f"KD gain over each student's baseline (test {metric}, paired by seed)",
@@ -280,22 +315,25 @@ def tables(
     return out
 
 
+def table_body(table: pd.DataFrame) -> str:
+    """The table as Markdown, or a note where it has no rows; then its note, if any."""
+    body = markdown(table) if len(table.columns) and not table.empty else EMPTY_NOTE + "\n"
+    note = table.attrs.get("note")
+    return body + (f"\n_{note}_\n" if note else "")
+
+
 def render_tables(
     trials: pd.DataFrame, studies: list[str], searches: Iterable[SearchCell] = ()
 ) -> dict[str, str]:
     """File name -> Markdown text, for every table of the export."""
     out = {}
     metric = metric_title(trials)
+    notes = {"improvement": statistics_note(metric), "compression": compression_note(metric)}
     for name, (title, table) in tables(trials, studies, searches).items():
         if name == "unfinished":
             out["summary.md"] += f"\n## {title}\n\n" + markdown(table.fillna(""))
-            continue
-        if name == "improvement":
-            out["summary.md"] += f"\n## {title}\n\n{markdown(table)}\n{statistics_note(metric)}\n"
-            continue
-        if name == "compression":
-            out["summary.md"] += f"\n## {title}\n\n{markdown(table)}\n{compression_note(metric)}\n"
-            continue
-        body = markdown(table) if len(table.columns) else "_no finished trials_\n"
-        out[f"{name}.md"] = f"# {title}\n\n{body}"
+        elif name in notes:
+            out["summary.md"] += f"\n## {title}\n\n{table_body(table)}\n{notes[name]}\n"
+        else:
+            out[f"{name}.md"] = f"# {title}\n\n{table_body(table)}"
     return out

@@ -159,6 +159,9 @@ def exporter_reason(exc: BaseException) -> str:
     return (lines[0].strip() if lines else type(exc).__name__)[:300]
 
 
+SHOWN = 10  # finished runs named when an --onnx id is not one
+
+
 def check_exportable(exp: Experiment, run_ids: list[str]) -> None:
     """Every run to export finished (has its model.pt); `DeployError` naming one that did not,
     and the runs that did, before anything is written."""
@@ -169,9 +172,10 @@ def check_exportable(exp: Experiment, run_ids: list[str]) -> None:
             with contextlib.suppress(ExperimentError):
                 if (exp.run(run_id).summary() or {}).get("status") == "stopped":
                     why = "a sample its search stopped early, which keeps no model"
-            raise DeployError(
-                f"--onnx {run_id}: {why}; finished: " + (", ".join(finished[:10]) or "none yet")
-            )
+            shown = ", ".join(finished[:SHOWN]) or "none yet"
+            if len(finished) > SHOWN:
+                shown += f" and {len(finished) - SHOWN} more (kdray status {exp.root} lists them)"
+            raise DeployError(f"--onnx {run_id}: {why}; finished: {shown}")
 
 
 def export_onnx(experiment_dir: str | Path, run_id: str, out_dir: str | Path) -> OnnxFile:

@@ -56,8 +56,11 @@ class Examples:
 
 
 def html_table(df: pd.DataFrame) -> str:
-    if not len(df.columns):
-        return '<p class="note">no finished trials</p>'
+    """The table, or a note where it has no rows; then its note (`df.attrs`), if any."""
+    note = df.attrs.get("note")
+    after = f'<p class="note">{html.escape(note)}</p>' if note else ""
+    if not len(df.columns) or df.empty:
+        return '<p class="note">no finished trials</p>' + after
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
     rows = []
     for row in df.itertuples(index=False):
@@ -67,7 +70,7 @@ def html_table(df: pd.DataFrame) -> str:
             numeric = text[:1].isdigit() or text[:1] in "+-—"
             cells.append(f"<td{' class=num' if numeric else ''}>{html.escape(text)}</td>")
         rows.append(f"<tr>{''.join(cells)}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>{after}"
 
 
 def svg(fig, key: str) -> str:
@@ -96,10 +99,12 @@ def _mean_std(values: pd.Series) -> tuple[float, float, int]:
 
 
 def gain_figure(cells: list[Cell], metric: str = "accuracy") -> str | None:
-    """Paired bars: each KD cell's test accuracy and its student's baseline; std over seeds."""
+    """Paired bars: each KD cell's test accuracy and its student's baseline over the seeds the
+    gain pairs; std over seeds."""
     bars = []
     for c in cells:
-        kd, base_ = _mean_std(c.runs.test_score), _mean_std(c.baseline.test_score)
+        kd_runs, base_runs = c.paired_runs()
+        kd, base_ = _mean_std(kd_runs.test_score), _mean_std(base_runs.test_score)
         if kd[2]:
             bars.append((f"{c.study}: {c.student} ← {c.teacher}", kd, base_))
     if not bars:
@@ -298,7 +303,8 @@ def render_report(
     if "labels" in all_tables:
         section("labels")
     section("teachers")
-    section("baseline")
+    if "baseline" in all_tables:
+        section("baseline")
     if "baseline.search" in all_tables:
         figure = search_figure(trials, epochs, "baseline", metric)
         section("baseline.search", figure=svg(figure, "search-baseline") if figure else None)

@@ -54,9 +54,13 @@ def closing_output(
         out.append(Text(f"\n{title}", style="bold"))
         if not len(table.columns) or table.empty:
             out.append(Text("no finished trials", style="italic"))
+        else:
+            keys = ROW_NAMES.get(name, list(table.columns[:2]))  # a study: Student, Split
+            out.append(fitted(table.fillna(""), keys, width))
+        if table.attrs.get("note"):  # why a study's teacher failed
+            out.append(Text(table.attrs["note"], style="italic"))
+        if table.empty:
             continue
-        keys = ROW_NAMES.get(name, list(table.columns[:2]))  # a study: Student, Split
-        out.append(fitted(table.fillna(""), keys, width))
         if name in notes:
             out.append(Text(f"\n{notes[name]}", style="dim"))
         if name in ("teachers", "summary"):

@@ -69,8 +69,14 @@ def write_tables(exp: Experiment, trials: pd.DataFrame, studies: list[str]) -> P
     return exp.results_dir / "summary.md"
 
 
+# what kdray keeps in an experiment folder besides results/: tables written among them would be
+# mistaken for (or taken as) its own files
+OWN_FOLDERS = ("runs", "data", "train", "tune", "search", "costs")
+
+
 def check_out_dir(exp: Experiment, out: Path) -> Path:
-    """`--out` must be a folder (or not exist yet) outside the experiment's own `results/`."""
+    """`--out` must be a folder (or not exist yet) outside the experiment's own `results/`,
+    `runs/` and other folders kdray keeps there."""
     resolved = out.expanduser().resolve()
     if resolved.exists() and not resolved.is_dir():
         raise ExperimentError(f"--out {out}: is a file, not a folder; give a folder to write into")
@@ -79,6 +85,12 @@ def check_out_dir(exp: Experiment, out: Path) -> Path:
             f"--out {out}: is the experiment's own results folder, which kdray rewrites; "
             "give another folder (e.g. --out results/)"
         )
+    for folder in [exp.root / name for name in OWN_FOLDERS]:
+        if resolved == folder or folder in resolved.parents:
+            raise ExperimentError(
+                f"--out {out}: is inside the experiment's own {folder.name}/ folder, which kdray "
+                "manages; give a folder outside it (e.g. --out results/)"
+            )
     for parent in resolved.parents:
         if parent.exists() and not parent.is_dir():
             raise ExperimentError(f"--out {out}: {parent} is a file, not a folder")

@@ -26,7 +26,7 @@ from kdray.spec.describe import (
     precision_warnings,
     tracking_warnings,
 )
-from kdray.spec.fit import batch_problems
+from kdray.spec.fit import batch_problems, label_budget_warnings
 from kdray.spec.job import Job, JobError, task_problems
 from kdray.spec.plan import Plan
 from kdray.store.experiment import Experiment, ExperimentError
@@ -114,6 +114,7 @@ def _prepare(exp: Experiment, job: Job, console: Console) -> DataInfo:
             console.print(line, highlight=False, soft_wrap=True)
     data_lines = [f"data: {line}" for line in data.extra.get("warnings", [])]
     warnings = data_lines + band_warnings(job, data) + method_warnings(job, data.num_classes)
+    warnings += label_budget_warnings(job, train_labels)
     warnings += budget_warnings(job) + precision_warnings(job) + tracking_warnings(job)
     for warning in warnings:
         console.print(f"[yellow]warning[/yellow]: {warning}", highlight=False)

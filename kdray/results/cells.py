@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import pandas as pd
 
@@ -101,6 +102,23 @@ class Cell:
         kd, base = by_seed(self.runs), by_seed(self.baseline)
         return [(kd[s], base[s]) for s in sorted(set(kd) & set(base))]
 
+    def paired_runs(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """The chosen runs and the baseline runs of the seeds the gain pairs (both whole when
+        no seed is common): in a grid still running, KD seed 0 against baseline seed 0 alone."""
+        seeds = set(by_seed(self.runs)) & set(by_seed(self.baseline))
+        if not seeds:
+            return self.runs, self.baseline
+        return self.runs[self.runs.seed.isin(seeds)], self.baseline[self.baseline.seed.isin(seeds)]
+
+
+class Unfinished(NamedTuple):
+    """A study's cell with no finished run yet: its runs' state and the student's baseline."""
+
+    student: str
+    teacher: str
+    status: str  # "pending" while any run may still run, else "failed" (or "stopped")
+    baseline: pd.DataFrame
+
 
 def by_seed(runs: pd.DataFrame, column: str = "test_score") -> dict[int, float]:
     runs = runs[pd.to_numeric(runs[column], errors="coerce").notna()]
@@ -132,6 +150,26 @@ def study_cells(trials: pd.DataFrame, study: str) -> list[Cell]:
         cells.append(Cell(study, method, name, teacher, settings, chosen, base, gain, budget))
     judge([c.gain for c in cells])
     return cells
+
+
+def unfinished_cells(trials: pd.DataFrame, study: str) -> list[Unfinished]:
+    """The study's cells none of whose runs finished (a grid still running, a failed teacher),
+    so that a table keeps their column and says why it is empty."""
+    runs, done = kd_runs(trials, study), trials[trials.status == "finished"]
+    baselines = baseline_rows(done)
+    runs["budget"], base_budgets = budgets(runs), budgets(baselines)
+    shown = has_budgets(done)
+    out = []
+    for (student, budget, teacher), group in runs.groupby(
+        ["model", "budget", "teacher_label"], sort=False
+    ):
+        if (group.status == "finished").any():
+            continue
+        states = set(group.status)
+        status = next((s for s in ("pending", "failed") if s in states), group.status.iloc[0])
+        base = baselines[(baselines.model == student) & (base_budgets == budget)]
+        out.append(Unfinished(with_budget(student, budget, shown), teacher, status, base))
+    return out
 
 
 def improvement(cells: list[Cell]) -> tuple[int, float | None]:

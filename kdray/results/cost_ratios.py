@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from kdray.results.cells import NO_TEACHER, Cell, study_cells, teacher_label
+from kdray.results.stats import signed
 from kdray.results.tables import read_trials
 from kdray.store.experiment import Experiment, ExperimentError
 
@@ -124,7 +125,7 @@ def compression_table(
                 "MACs ratio": _times(r["macs"]),
                 "Latency ratio": _times(r["latency"]),
                 kept_column(title): "—" if pd.isna(r["kept"]) else f"{r['kept']:.3f}",
-                "Gain over baseline": "—" if pd.isna(r["gain"]) else f"{r['gain']:+.3f}",
+                "Gain over baseline": "—" if pd.isna(r["gain"]) else signed(r["gain"]),
             }
         )
     columns = [kept_column(title) if c == "Accuracy kept" else c for c in COMPRESSION_COLUMNS]
@@ -176,14 +177,29 @@ def frontier_points(cells: list[Cell], done: pd.DataFrame) -> pd.DataFrame:
 
 def experiment_pareto_runs(exp: Experiment) -> list[str]:
     """`pareto_runs` of an experiment's finished runs (`kdray export --onnx-pareto`); an
-    `ExperimentError` when no KD student or baseline has a measured cost."""
+    `ExperimentError` saying why when there is none (`no_pareto_reason`)."""
     trials = read_trials(exp).to_pandas()
     done = trials[trials.status == "finished"]
     cells = [c for study in exp.job().studies for c in study_cells(done, study)]
     chosen = pareto_runs(cells, done)
     if not chosen:
-        raise ExperimentError("--onnx-pareto: no KD student or baseline has a measured cost (macs)")
+        raise ExperimentError(f"--onnx-pareto: {no_pareto_reason(frontier_points(cells, done))}")
     return chosen
+
+
+def no_pareto_reason(points: pd.DataFrame) -> str:
+    """Why no KD student or baseline of `points` (`frontier_points`) is on the MACs frontier."""
+    mine = points[points.kind.isin([KD, BASELINE])]
+    if mine.empty:
+        return "no KD student or baseline has finished; export one with --onnx RUN_ID later"
+    if pd.to_numeric(mine.macs, errors="coerce").isna().all():
+        return "no KD student or baseline has a measured cost (macs)"
+    ahead = list(points.label[points.pareto_macs & (points.kind == TEACHER)])
+    who = f"teacher {ahead[0]} is" if len(ahead) == 1 else f"teachers {', '.join(ahead)} are"
+    return (
+        f"no KD student or baseline is on the accuracy/MACs frontier: {who} as accurate and "
+        "as cheap or better; export a student by id with --onnx RUN_ID"
+    )
 
 
 def pareto_runs(cells: list[Cell], done: pd.DataFrame) -> list[str]:

@@ -24,9 +24,10 @@ def _column(cell: Cell, several_teachers: bool) -> str:
     return f"{cell.study} ← {cell.teacher}" if several_teachers else cell.study
 
 
-def few_labels_table(cells: list[Cell], fmt, title: str = "accuracy") -> pd.DataFrame:
+def few_labels_table(cells: list[Cell], fmt_row, title: str = "accuracy") -> pd.DataFrame:
     """Rows: (student, budget, metric) on the test split; columns: the baseline, then each
     study's cell (its chosen setting), then `<study> (EMA)` where the method keeps one.
+    `fmt_row`: a row's values from each column's values by seed (`markdown.fmt_row`);
     `title`: how the primary metric (`test_score`) is named."""
     several = {s for s in {c.study for c in cells}
                if len({c.teacher for c in cells if c.study == s}) > 1}  # fmt: skip
@@ -40,12 +41,11 @@ def few_labels_table(cells: list[Cell], fmt, title: str = "accuracy") -> pd.Data
     for student in dict.fromkeys(c.student for c in cells):
         mine = [c for c in cells if c.student == student]
         for metric, column, ema_column in metrics:
-            row = {"Student": student, "Test metric": metric}
-            row[BASELINE] = fmt(mine[0].baseline[column])
+            values = {BASELINE: mine[0].baseline.set_index("seed")[column]}
             for c in mine:
                 name = _column(c, c.study in several)
-                row[name] = fmt(c.runs[column])
+                values[name] = c.runs.set_index("seed")[column]
                 if c in with_ema and ema_column is not None:
-                    row[f"{name} (EMA)"] = fmt(c.runs[ema_column])
-            rows.append(row)
+                    values[f"{name} (EMA)"] = c.runs.set_index("seed")[ema_column]
+            rows.append({"Student": student, "Test metric": metric} | fmt_row(values))
     return pd.DataFrame(rows, columns=["Student", "Test metric", BASELINE, *columns]).fillna("—")

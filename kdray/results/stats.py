@@ -64,6 +64,13 @@ def paired_gain(kd: dict[int, float], baseline: dict[int, float]) -> Gain:
     return gain
 
 
+def signed(value: float) -> str:
+    """A gain to 3 decimals with its sign, `+0.012` / `-0.012`; `0.000` when it rounds to zero
+    (never `-0.000`, which reads as a loss)."""
+    text = f"{value:+.3f}"
+    return text[1:] if float(text) == 0 else text
+
+
 def holm(pvalues: list[float]) -> list[float]:
     """Holm–Bonferroni adjusted p-values (step-down, monotone, capped at 1), in input order."""
     order = sorted(range(len(pvalues)), key=lambda i: pvalues[i])

@@ -35,3 +35,39 @@ def batch_problems(job: Job, train_labels: np.ndarray | None, train_images: int 
             "larger budget"
         ]
     return []
+
+
+def label_budget_warnings(job: Job, train_labels: np.ndarray | None) -> list[str]:
+    """Label budgets the data cannot tell apart: a count per class at or above every class's
+    images keeps every label (yet the tables say `1000 per class`), and two budgets that keep
+    the same images (`per_class: [10, 12]` with 10 a class) train the same grid twice."""
+    budgets = job.label_budgets()
+    if train_labels is None or budgets == [None] or job.labelled is None:
+        return []
+    field = "labelled.fraction" if job.labelled.fraction is not None else "labelled.per_class"
+    kept = {}  # the images a budget keeps (the same for every seed when equal for one)
+    out = []
+    for budget in budgets:
+        indices = labelled_indices(train_labels, budget, 0)
+        if budget and "per_class" in budget and len(indices) == len(train_labels):
+            largest = int(np.unique(train_labels, return_counts=True)[1].max())
+            out.append(
+                f"{field}: {budget['per_class']} keeps every training label (no class has more "
+                f"than {largest} images), yet the tables say {budget_label(budget)}; give a "
+                f"count below {largest}"
+            )
+        key = indices.tobytes()
+        if key in kept:
+            first = kept[key]
+            out.append(
+                f"{field}: {_value(first)} and {_value(budget)} "
+                f"keep the same {len(indices)} labelled training images, so the grid trains "
+                "that budget twice; drop one"
+            )
+        kept.setdefault(key, budget)
+    return out
+
+
+def _value(budget: dict | None) -> float:
+    """The budget as the job wrote it: its count or fraction (1 for every label)."""
+    return budget.get("per_class", budget.get("fraction")) if budget else 1

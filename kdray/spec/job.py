@@ -19,6 +19,7 @@ from pydantic import (
 )
 
 from kdray.data import DATA_KINDS
+from kdray.data.budgets import budget_label
 from kdray.methods import METHODS, MethodParams
 from kdray.spec.base import JobError, Strict
 from kdray.spec.search import TRAIN_KEYS, Search, ends
@@ -149,6 +150,22 @@ class LabelBudgets(Strict):
     per_class: list[int] | None = Field(
         None, description="training labels kept per class, e.g. [10, 50]"
     )
+
+    @field_validator("fraction")
+    @classmethod
+    def _apart(cls, fractions: list[float] | None) -> list[float] | None:
+        # tables group runs by their budget's label: two budgets labelled alike would be one
+        # cell, averaged as if they were seeds
+        seen: dict[str, float] = {}
+        for f in dict.fromkeys(fractions or []):
+            label = budget_label({"fraction": f} if f != 1 else None)
+            if label in seen:
+                raise ValueError(
+                    f"{seen[label]} and {f} are both labelled {label} in the tables and run ids, "
+                    "which would merge them into one cell; drop one or set them further apart"
+                )
+            seen[label] = f
+        return fractions
 
     @model_validator(mode="after")
     def _one_kind(self) -> LabelBudgets:
