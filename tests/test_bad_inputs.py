@@ -1052,3 +1052,39 @@ def test_validate_counts_the_images_it_decoded_when_bad_ones_are_skipped(tmp_pat
     counts = re.search(r"train (\d+), valid (\d+), test (\d+) images", said)
     assert counts and sum(map(int, counts.groups())) == 15, said  # 16 files, 1 unreadable
     assert "1 left out (on_bad_image: skip)" in said and "3.png" in said
+
+
+@pytest.mark.parametrize("command", ["run", "resume"])
+def test_joining_no_cluster_is_one_line_and_leaves_no_folder(tmp_path, monkeypatch, command):
+    import ray._private.services as services
+
+    # no Ray started with `ray start` here, whatever else runs on this machine
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    no_gcs = lambda: frozenset()  # noqa: E731
+    no_gcs.cache_clear = lambda: None
+    monkeypatch.setattr(services, "find_gcs_addresses", no_gcs)
+    monkeypatch.setattr(services, "find_bootstrap_address", lambda temp_dir: None)
+    if command == "run":
+        target = write_job(tmp_path)
+    else:
+        target = experiment(tmp_path)
+        before = sorted(p.name for p in target.rglob("*"))
+    errors = refused(command, target, "--address", "auto",
+                     says=("--address auto", "no running Ray cluster", "ray start"))  # fmt: skip
+    assert len(errors.splitlines()) == 1
+    if command == "run":
+        assert not (tmp_path / "runs").exists()
+    else:
+        assert sorted(p.name for p in target.rglob("*")) == before
+
+
+def test_a_closed_port_as_address_is_refused_at_once(tmp_path):
+    import socket
+
+    with socket.socket() as free:  # a port that nothing listens on
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    errors = refused("run", write_job(tmp_path), "--address", f"127.0.0.1:{port}",
+                     says=("no Ray cluster answered", "ray start"))  # fmt: skip
+    assert len(errors.splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
