@@ -1088,3 +1088,14 @@ def test_a_closed_port_as_address_is_refused_at_once(tmp_path):
                      says=("no Ray cluster answered", "ray start"))  # fmt: skip
     assert len(errors.splitlines()) == 1
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_model_of_a_fixed_input_size_other_than_the_images_is_refused(tmp_path):
+    job = job_dict(tmp_path)
+    job["studies"]["normal"]["students"] = ["vit_tiny_patch16_224"]
+    errors = refused("validate", write_job(tmp_path, job), "--quick",
+                     says=("studies.normal.students", "vit_tiny_patch16_224", "224 px",
+                           "data.image_size"))  # fmt: skip
+    assert len(errors.splitlines()) == 1
+    job["data"]["image_size"] = 224
+    assert cli("validate", write_job(tmp_path, job), "--quick").exit_code == 0

@@ -70,7 +70,7 @@ class Task(ABC):
         volume's training patch), or None."""
         from kdray.tasks.models import classifier_problem
 
-        return classifier_problem(name)
+        return classifier_problem(name, image_size if isinstance(image_size, int) else None)
 
     @abstractmethod
     def supervised_loss(

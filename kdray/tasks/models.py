@@ -109,10 +109,11 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def classifier_problem(name: str) -> str | None:
-    """Why `name` is no timm model (with similar names), or None."""
+def classifier_problem(name: str, image_size: int | None = None) -> str | None:
+    """Why `name` is no timm model (with similar names), or None; with `image_size`, also why
+    it cannot take images of that size (a model built for one input size: ViT, Swin, ...)."""
     if timm.is_model(name):
-        return None
+        return fixed_size_problem(name, image_size) if image_size else None
     from kdray.tasks.volume_models import rank_problem
 
     if problem := rank_problem(name):
@@ -120,3 +121,24 @@ def classifier_problem(name: str) -> str | None:
     close = timm.list_models(f"*{name.split('_')[0][:6]}*")[:5]
     hint = f"; similar: {close}" if close else ""
     return f"{name!r} is not a timm model{hint}"
+
+
+def fixed_size_problem(name: str, image_size: int) -> str | None:
+    """Why the timm model `name` cannot take `image_size` pixel images, or None. kdray builds
+    timm models at their own input size (`pretrained_cfg.input_size`); those that fix it
+    (`fixed_input_size`: position embeddings, attention windows) take no other."""
+    try:
+        cfg = timm.models.get_pretrained_cfg(name)
+    except RuntimeError:  # a tag timm does not have: said by the weights' checks
+        cfg = timm.models.get_pretrained_cfg(name.split(".")[0])
+    if cfg is None or not cfg.fixed_input_size:
+        return None
+    height, width = cfg.input_size[-2:]
+    if (height, width) == (image_size, image_size):
+        return None
+    size = height if height == width else f"{height}x{width}"
+    return (
+        f"{name!r} takes {size} px images only (timm builds it for that input size); "
+        f"data.image_size is {image_size}: set data.image_size: {height}, or use a "
+        "convolutional model"
+    )
