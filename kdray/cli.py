@@ -134,7 +134,7 @@ def validate(
     except DataError as exc:
         _data_errors(exc, f"{job_file}: ")
     problems = task_problems(job, task) + batch_problems(
-        job, getattr(sources["train"], "labels", None), len(sources["train"])
+        job, getattr(sources["train"], "labels", None), len(sources["train"]), task
     )
     for line in problems:
         _error(f"{job_file}: {line}")

@@ -1099,3 +1099,12 @@ def test_a_model_of_a_fixed_input_size_other_than_the_images_is_refused(tmp_path
     assert len(errors.splitlines()) == 1
     job["data"]["image_size"] = 224
     assert cli("validate", write_job(tmp_path, job), "--quick").exit_code == 0
+
+
+def test_a_batch_of_one_image_that_batchnorm_cannot_train_on_is_refused(tmp_path):
+    job = job_dict(tmp_path, train={"epochs": 1, "batch_size": 1, "augment": False})
+    errors = refused("validate", write_job(tmp_path, job), "--quick",
+                     says=("train.batch_size: 1", "BatchNorm", "2 or more"))  # fmt: skip
+    assert len(errors.splitlines()) == 1
+    job["data"]["image_size"] = 64  # no 1x1 map: a batch of one trains
+    assert cli("validate", write_job(tmp_path, job), "--quick").exit_code == 0
