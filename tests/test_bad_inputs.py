@@ -1108,3 +1108,33 @@ def test_a_batch_of_one_image_that_batchnorm_cannot_train_on_is_refused(tmp_path
     assert len(errors.splitlines()) == 1
     job["data"]["image_size"] = 64  # no 1x1 map: a batch of one trains
     assert cli("validate", write_job(tmp_path, job), "--quick").exit_code == 0
+
+
+@pytest.mark.parametrize(
+    ("step", "says"),
+    [
+        ({"name": "RandomCrop", "height": 64, "width": 64}, "fails on a 16x16 image"),
+        ({"name": "ToTensorV2"}, "converts and normalises images itself"),
+        ({"name": "Normalize"}, "converts and normalises images itself"),
+        ({"name": "Resize", "height": 64, "width": 64}, "from 16x16 to 64x64"),
+        ({"name": "CenterCrop", "height": 8, "width": 8}, "from 16x16 to 8x8"),
+    ],
+    ids=["crop-too-large", "to-tensor", "normalize", "resize", "center-crop"],
+)
+def test_an_augment_step_that_fails_or_changes_the_image_is_named(tmp_path, step, says):
+    flip = {"name": "HorizontalFlip", "p": 0.5}
+    job = job_dict(tmp_path, train={"epochs": 1, "batch_size": 8, "augment": [flip, step]})
+    errors = refused("validate", write_job(tmp_path, job), "--quick",
+                     says=(f"train.augment step 1 ({step['name']})", says))  # fmt: skip
+    assert len(errors.splitlines()) == 1
+
+
+def test_an_augment_pipeline_that_keeps_the_image_is_accepted(tmp_path):
+    steps = [
+        {"name": "HorizontalFlip", "p": 0.5},
+        {"name": "Affine", "rotate": [-10, 10], "p": 0.5},
+        {"name": "RandomResizedCrop", "size": [16, 16]},
+        {"name": "RandomBrightnessContrast"},
+    ]
+    job = job_dict(tmp_path, train={"epochs": 1, "batch_size": 8, "augment": steps})
+    assert cli("validate", write_job(tmp_path, job), "--quick").exit_code == 0

@@ -498,6 +498,10 @@ def task_problems(job: Job, task: str) -> list[str]:
     problems = []
     if rank == 3:
         problems += volume_problems(job)
+    elif getattr(job.data, "image_size", None):
+        from kdray.data.augment import augment_problems
+
+        problems += augment_problems(job.train.augment, job.data.image_size, job.data.channels)
     for name, study in job.studies.items():
         method = METHODS[study.method_name()]
         if rank not in method.ranks and task in method.tasks:
