@@ -1138,3 +1138,18 @@ def test_an_augment_pipeline_that_keeps_the_image_is_accepted(tmp_path):
     ]
     job = job_dict(tmp_path, train={"epochs": 1, "batch_size": 8, "augment": steps})
     assert cli("validate", write_job(tmp_path, job), "--quick").exit_code == 0
+
+
+def test_loss_weights_all_0_and_a_warm_up_past_the_last_epoch_are_warned_of(tmp_path):
+    studies = {
+        "silent": {"teachers": ["resnet10t"], "students": ["test_resnet"],
+                   "method": {"name": "fitnets", "hint_weight": 0, "ce_weight": 0}},
+        "slow": {"teachers": ["resnet10t"], "students": ["test_resnet"],
+                 "method": {"name": "dkd", "warmup_epochs": 1000}},
+    }  # fmt: skip
+    says = (
+        "studies.silent.method: hint_weight, ce_weight: every weight of the loss is 0",
+        "studies.slow.method: warmup_epochs: 1000 is longer than train.epochs (1)",
+    )
+    job = write_job(tmp_path, job_dict(tmp_path, studies=studies))
+    warned("validate", job, "--quick", says=says)
