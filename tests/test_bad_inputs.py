@@ -458,6 +458,11 @@ JOB_SWEEP = [  # (id, change to the job, a text the error must contain)
     ("studies-list", _set("studies", [1]), "studies"),
     ("data-null", _set("data", None), "data"),
     ("studies-empty", _set("studies", {}), "studies"),
+    (
+        "eval-steps-no-band",
+        _set("studies.normal.eval_every_steps", 5),
+        "studies.normal.eval_every_steps: used only to check a defective teacher",
+    ),
     ("studies-missing", _set("studies", ...), "studies"),
     ("name-missing", _set("name", ...), "name"),
     ("name-space", _set("name", "my job"), "name"),
