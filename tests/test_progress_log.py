@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 
+import pytest
 from rich.console import Console
 
 from kdray.grid.progress import GridProgress
@@ -90,9 +91,8 @@ def test_runs_ended_before_the_grid_started_are_not_announced_again(tmp_path):
 
 def test_a_stage_summary_every_interval_while_runs_train(tmp_path, monkeypatch):
     exp, teacher, _ = experiment(tmp_path)
-    monkeypatch.setenv("KDRAY_PROGRESS_EVERY_S", "0")
     console, out = piped()
-    log = GridLog(console)
+    log = GridLog(console, every_s=0)
     log.refresh(exp)  # the first poll only takes stock
     exp.run(teacher).start_attempt()
     log.refresh(exp)
@@ -141,3 +141,13 @@ def test_a_swept_or_searched_run_is_named_with_its_setting(tmp_path):
     assert stage_line(rows).endswith(
         "student 1/3 finished, 0 running, 0 failed, 1 interrupted, 1 waiting"
     )
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "abc", "nan"])
+def test_an_interval_that_is_no_positive_number_is_one_warning_and_the_default(monkeypatch, value):
+    monkeypatch.setenv("KDRAY_PROGRESS_EVERY_S", value)
+    console, out = piped()
+    log = GridLog(console)
+    assert log.every_s == 180.0
+    warned = [ln for ln in out.getvalue().splitlines() if ln.startswith("warning")]
+    assert len(warned) == 1 and "KDRAY_PROGRESS_EVERY_S" in warned[0] and value in warned[0]
