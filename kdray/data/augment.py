@@ -52,6 +52,11 @@ def build_transform(step: dict[str, Any]) -> A.BasicTransform:
     """One transform from `{name: <albumentations class>, **params}`; raises ValueError."""
     params = dict(step)
     name = params.pop("name", None)
+    if name is None:
+        raise ValueError(
+            "has no name; write {name: <albumentations transform>, ...}, e.g. "
+            "{name: HorizontalFlip, p: 0.5}"
+        )
     cls = getattr(A, str(name), None) if name else None
     if not (isinstance(cls, type) and issubclass(cls, A.BasicTransform)):
         raise ValueError(

@@ -153,7 +153,9 @@ class LabelBudgets(Strict):
     @model_validator(mode="after")
     def _one_kind(self) -> LabelBudgets:
         values = self.fraction if self.fraction is not None else self.per_class
-        if (self.fraction is None) == (self.per_class is None):
+        if self.fraction is None and self.per_class is None:
+            raise ValueError("give fraction: [...] or per_class: [...], e.g. {fraction: [0.1]}")
+        if self.fraction is not None and self.per_class is not None:
             raise ValueError("give either fraction: [...] or per_class: [...], not both")
         if not values or len(set(values)) != len(values):
             raise ValueError(f"a list of distinct values, got {values}")

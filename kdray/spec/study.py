@@ -78,6 +78,15 @@ class Study(Strict):
         "the first seed with early stopping, the best on validation confirmed on every seed",
     )
 
+    @field_validator("method", mode="before")
+    @classmethod
+    def _method_by_name_alone(cls, method: Any) -> Any:
+        if isinstance(method, str):
+            raise ValueError(
+                f"write the method as a mapping, {{name: {method}}} (with its settings)"
+            )
+        return method
+
     @model_validator(mode="before")
     @classmethod
     def _lists_in_the_method_are_a_sweep(cls, data: Any) -> Any:
