@@ -1164,3 +1164,9 @@ def test_loss_weights_all_0_and_a_warm_up_past_the_last_epoch_are_warned_of(tmp_
     )
     job = write_job(tmp_path, job_dict(tmp_path, studies=studies))
     warned("validate", job, "--quick", says=says)
+
+
+@pytest.mark.parametrize("command", ["status", "export", "resume"])
+def test_an_experiment_folder_that_does_not_exist_is_named_so(tmp_path, command):
+    errors = refused(command, tmp_path / "nowhere", says=("nowhere does not exist",))
+    assert len(errors.splitlines()) == 1 and "not a kdray experiment" not in errors
