@@ -1170,3 +1170,26 @@ def test_loss_weights_all_0_and_a_warm_up_past_the_last_epoch_are_warned_of(tmp_
 def test_an_experiment_folder_that_does_not_exist_is_named_so(tmp_path, command):
     errors = refused(command, tmp_path / "nowhere", says=("nowhere does not exist",))
     assert len(errors.splitlines()) == 1 and "not a kdray experiment" not in errors
+
+
+def test_an_address_answering_http_404_is_no_ray_dashboard():
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    class NotFound(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            self.send_error(404)
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), NotFound)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    address = f"http://127.0.0.1:{server.server_port}"
+    try:
+        for command in ("logs", "stop"):  # `submit` asks the same client, once its job is valid
+            says = (f"no Ray dashboard answered at {address}", "HTTP 404")
+            errors = refused(command, "raysubmit_x", "--address", address, says=says)
+            assert len(errors.splitlines()) == 1 and "Ray 1.9" not in errors
+    finally:
+        server.shutdown()
