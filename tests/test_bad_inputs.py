@@ -1101,15 +1101,15 @@ def test_a_closed_port_as_address_is_refused_at_once(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-def test_a_model_of_a_fixed_input_size_other_than_the_images_is_refused(tmp_path):
+def test_a_model_of_a_fixed_input_size_is_built_for_the_images_or_refused(tmp_path):
     job = job_dict(tmp_path)
-    job["studies"]["normal"]["students"] = ["vit_tiny_patch16_224"]
-    errors = refused("validate", write_job(tmp_path, job), "--quick",
-                     says=("studies.normal.students", "vit_tiny_patch16_224", "224 px",
-                           "data.image_size"))  # fmt: skip
-    assert len(errors.splitlines()) == 1
-    job["data"]["image_size"] = 224
+    job["studies"]["normal"]["students"] = ["vit_tiny_patch16_224"]  # built for 16 px
     assert cli("validate", write_job(tmp_path, job), "--quick").exit_code == 0
+    job["studies"]["normal"]["students"] = ["crossvit_tiny_240"]  # its two patch sizes: no
+    errors = refused("validate", write_job(tmp_path, job), "--quick",
+                     says=("studies.normal.students", "crossvit_tiny_240", "16 px",
+                           "data.image_size: 240"))  # fmt: skip
+    assert len(errors.splitlines()) == 1
 
 
 def test_a_batch_of_one_image_that_batchnorm_cannot_train_on_is_refused(tmp_path):
