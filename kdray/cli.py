@@ -135,7 +135,9 @@ def validate(
     except DataError as exc:
         _data_errors(exc, f"{job_file}: ")
     train_labels = getattr(sources["train"], "labels", None)
-    problems = task_problems(job, task) + batch_problems(job, train_labels, len(sources["train"]))
+    problems = task_problems(job, task) + batch_problems(
+        job, train_labels, len(sources["train"]), task
+    )
     for line in problems:
         _error(f"{job_file}: {line}")
     if problems:
@@ -296,6 +298,7 @@ def run(
     job = _load(job_file, set_)
     _check_storage(job, job_file)
     weights = _check_weights(job, job_file, set_)  # before any folder or process exists
+    _check_address(address)
     from kdray.store.experiment import Experiment, ExperimentError
 
     root = Experiment.for_job(job).root
@@ -310,6 +313,20 @@ def run(
                     shutil.rmtree(root, ignore_errors=True)  # refused before any run: no trace
                 raise
     except ExperimentError as exc:
+        _error(str(exc))
+        raise typer.Exit(2) from None
+
+
+def _check_address(address: str | None) -> None:
+    """A cluster to join must answer before any experiment folder is made or opened."""
+    if not address:
+        return
+    from kdray.grid.local_ray import ClusterError, check_address
+
+    try:
+        with console.status(f"checking the Ray cluster at {address}"):
+            check_address(address)
+    except ClusterError as exc:
         _error(str(exc))
         raise typer.Exit(2) from None
 
@@ -372,6 +389,7 @@ def _run_grid(exp, job, address: str | None, verbose: bool):
     """The grid run, its refusals one line each (exit 2); stopped by Ctrl-C (exit 130) or
     SIGTERM (143): finished runs kept, and how to resume."""
     from kdray.data import DataError
+    from kdray.grid.local_ray import ClusterError
     from kdray.grid.run import run_experiment
     from kdray.grid.signals import EXIT_CODE, terminated
     from kdray.grid.tune import GridInterrupted, ResourceError
@@ -383,7 +401,7 @@ def _run_grid(exp, job, address: str | None, verbose: bool):
 
     try:
         return run_experiment(exp, job, address=address, verbose=verbose, console=console)
-    except (ResourceError, GridBusy, ExperimentError, WeightsError) as exc:
+    except (ResourceError, GridBusy, ExperimentError, WeightsError, ClusterError) as exc:
         _error(str(exc))
         raise typer.Exit(2) from None
     except JobError as exc:  # what the data's task cannot give (known once it is read)
@@ -521,6 +539,7 @@ def resume(
 
     try:
         exp = Experiment.open(experiment_dir)
+        _check_address(address)
         with _one_driver(exp.root):
             _run(exp, job=exp.job(), address=address, verbose=verbose)
     except ExperimentError as exc:

@@ -462,7 +462,18 @@ JOB_SWEEP = [  # (id, change to the job, a text the error must contain)
     ("studies-list", _set("studies", [1]), "studies"),
     ("data-null", _set("data", None), "data"),
     ("studies-empty", _set("studies", {}), "studies"),
+    (
+        "eval-steps-no-band",
+        _set("studies.normal.eval_every_steps", 5),
+        "studies.normal.eval_every_steps: used only to check a defective teacher",
+    ),
     ("studies-missing", _set("studies", ...), "studies"),
+    ("labelled-empty", _set("labelled", {}), "labelled: give fraction: [...] or per_class"),
+    (
+        "method-a-word",
+        _set("studies.normal.method", "kd"),
+        "studies.normal.method: write the method as a mapping, {name: kd}",
+    ),
     ("name-missing", _set("name", ...), "name"),
     ("name-space", _set("name", "my job"), "name"),
     ("name-escape", _set("name", "../x"), "name"),
@@ -506,7 +517,7 @@ JOB_SWEEP = [  # (id, change to the job, a text the error must contain)
     ("augment-word", _set("train.augment", "yes please"), "train.augment"),
     ("augment-unknown", _set("train.augment", [{"name": "Flop"}]), "Flop"),
     ("augment-p", _set("train.augment", [{"name": "HorizontalFlip", "p": 3}]), "p"),
-    ("augment-nameless", _set("train.augment", [{"p": 1}]), "None"),
+    ("augment-nameless", _set("train.augment", [{"p": 1}]), "step 0: has no name"),
     ("augment-not-dicts", _set("train.augment", [1, 2]), "train.augment"),
     ("wandb-mode", _set("tracking.wandb", {"mode": "loud"}), "tracking.wandb.mode"),
     ("csv-missing", _set("data", {"kind": "folder", "csv": "/no/list.csv"}), "list.csv"),
@@ -634,14 +645,14 @@ ARGS_SWEEP = [  # (id, the command line, a text the error must contain)
     ("set-duplicate", _with_job("validate", "JOB", "--set", "seeds={a: 1, a: 2}"), "duplicate"),
     ("set-new-section", _with_job("validate", "JOB", "--set", "a.b.c=1"), "a: unknown field"),
     ("set-name-empty", _with_job("validate", "JOB", "--set", "name="), "name"),
-    ("status-missing", lambda t: ["status", t / "nowhere"], "not a kdray experiment"),
+    ("status-missing", lambda t: ["status", t / "nowhere"], "does not exist"),
     ("status-file", lambda t: ["status", _file("f.txt", "x")(t)], "not a kdray experiment"),
     ("status-not-exp", lambda t: ["status", t], "not a kdray experiment"),
-    ("resume-missing", lambda t: ["resume", t / "nowhere"], "not a kdray experiment"),
+    ("resume-missing", lambda t: ["resume", t / "nowhere"], "does not exist"),
     ("resume-job-file", lambda t: ["resume", write_job(t)], "not a kdray experiment"),
     ("pareto-never-run", _on_experiment("export", "--out", "OUT", "--onnx-pareto"), "macs"),
     ("job-json-empty", _on_experiment("export", damage=("job.json", "{}")), "job.json"),
-    ("export-missing", lambda t: ["export", t / "nowhere"], "not a kdray experiment"),
+    ("export-missing", lambda t: ["export", t / "nowhere"], "does not exist"),
     ("export-out-under-file", _on_experiment("export", "--out", "/etc/hostname/x"), "is a file"),
     ("onnx-unknown-run", _on_experiment("export", "--out", "OUT", "--onnx", "x"), "--onnx x"),
     ("summary-a-list", _on_experiment("export", damage=("runs/*/summary.json", "[]")), "summary"),
@@ -1073,3 +1084,133 @@ def test_validate_counts_the_images_it_decoded_when_bad_ones_are_skipped(tmp_pat
     counts = re.search(r"train (\d+), valid (\d+), test (\d+) images", said)
     assert counts and sum(map(int, counts.groups())) == 15, said  # 16 files, 1 unreadable
     assert "1 left out (on_bad_image: skip)" in said and "3.png" in said
+
+
+@pytest.mark.parametrize("command", ["run", "resume"])
+def test_joining_no_cluster_is_one_line_and_leaves_no_folder(tmp_path, monkeypatch, command):
+    import ray._private.services as services
+
+    # no Ray started with `ray start` here, whatever else runs on this machine
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    no_gcs = lambda: frozenset()  # noqa: E731
+    no_gcs.cache_clear = lambda: None
+    monkeypatch.setattr(services, "find_gcs_addresses", no_gcs)
+    monkeypatch.setattr(services, "find_bootstrap_address", lambda temp_dir: None)
+    if command == "run":
+        target = write_job(tmp_path)
+    else:
+        target = experiment(tmp_path)
+        before = sorted(p.name for p in target.rglob("*"))
+    errors = refused(command, target, "--address", "auto",
+                     says=("--address auto", "no running Ray cluster", "ray start"))  # fmt: skip
+    assert len(errors.splitlines()) == 1
+    if command == "run":
+        assert not (tmp_path / "runs").exists()
+    else:
+        assert sorted(p.name for p in target.rglob("*")) == before
+
+
+def test_a_closed_port_as_address_is_refused_at_once(tmp_path):
+    import socket
+
+    with socket.socket() as free:  # a port that nothing listens on
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    errors = refused("run", write_job(tmp_path), "--address", f"127.0.0.1:{port}",
+                     says=("no Ray cluster answered", "ray start"))  # fmt: skip
+    assert len(errors.splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_model_of_a_fixed_input_size_is_built_for_the_images_or_refused(tmp_path):
+    job = job_dict(tmp_path)
+    job["studies"]["normal"]["students"] = ["vit_tiny_patch16_224"]  # built for 16 px
+    assert cli("validate", write_job(tmp_path, job), "--quick").exit_code == 0
+    job["studies"]["normal"]["students"] = ["crossvit_tiny_240"]  # its two patch sizes: no
+    errors = refused("validate", write_job(tmp_path, job), "--quick",
+                     says=("studies.normal.students", "crossvit_tiny_240", "16 px",
+                           "data.image_size: 240"))  # fmt: skip
+    assert len(errors.splitlines()) == 1
+
+
+def test_a_batch_of_one_image_that_batchnorm_cannot_train_on_is_refused(tmp_path):
+    job = job_dict(tmp_path, train={"epochs": 1, "batch_size": 1, "augment": False})
+    errors = refused("validate", write_job(tmp_path, job), "--quick",
+                     says=("train.batch_size: 1", "BatchNorm", "2 or more"))  # fmt: skip
+    assert len(errors.splitlines()) == 1
+    job["data"]["image_size"] = 64  # no 1x1 map: a batch of one trains
+    assert cli("validate", write_job(tmp_path, job), "--quick").exit_code == 0
+
+
+@pytest.mark.parametrize(
+    ("step", "says"),
+    [
+        ({"name": "RandomCrop", "height": 64, "width": 64}, "fails on a 16x16 image"),
+        ({"name": "ToTensorV2"}, "converts and normalises images itself"),
+        ({"name": "Normalize"}, "converts and normalises images itself"),
+        ({"name": "Resize", "height": 64, "width": 64}, "from 16x16 to 64x64"),
+        ({"name": "CenterCrop", "height": 8, "width": 8}, "from 16x16 to 8x8"),
+    ],
+    ids=["crop-too-large", "to-tensor", "normalize", "resize", "center-crop"],
+)
+def test_an_augment_step_that_fails_or_changes_the_image_is_named(tmp_path, step, says):
+    flip = {"name": "HorizontalFlip", "p": 0.5}
+    job = job_dict(tmp_path, train={"epochs": 1, "batch_size": 8, "augment": [flip, step]})
+    errors = refused("validate", write_job(tmp_path, job), "--quick",
+                     says=(f"train.augment step 1 ({step['name']})", says))  # fmt: skip
+    assert len(errors.splitlines()) == 1
+
+
+def test_an_augment_pipeline_that_keeps_the_image_is_accepted(tmp_path):
+    steps = [
+        {"name": "HorizontalFlip", "p": 0.5},
+        {"name": "Affine", "rotate": [-10, 10], "p": 0.5},
+        {"name": "RandomResizedCrop", "size": [16, 16]},
+        {"name": "RandomBrightnessContrast"},
+    ]
+    job = job_dict(tmp_path, train={"epochs": 1, "batch_size": 8, "augment": steps})
+    assert cli("validate", write_job(tmp_path, job), "--quick").exit_code == 0
+
+
+def test_loss_weights_all_0_and_a_warm_up_past_the_last_epoch_are_warned_of(tmp_path):
+    studies = {
+        "silent": {"teachers": ["resnet10t"], "students": ["test_resnet"],
+                   "method": {"name": "fitnets", "hint_weight": 0, "ce_weight": 0}},
+        "slow": {"teachers": ["resnet10t"], "students": ["test_resnet"],
+                 "method": {"name": "dkd", "warmup_epochs": 1000}},
+    }  # fmt: skip
+    says = (
+        "studies.silent.method: hint_weight, ce_weight: every weight of the loss is 0",
+        "studies.slow.method: warmup_epochs: 1000 is longer than train.epochs (1)",
+    )
+    job = write_job(tmp_path, job_dict(tmp_path, studies=studies))
+    warned("validate", job, "--quick", says=says)
+
+
+@pytest.mark.parametrize("command", ["status", "export", "resume"])
+def test_an_experiment_folder_that_does_not_exist_is_named_so(tmp_path, command):
+    errors = refused(command, tmp_path / "nowhere", says=("nowhere does not exist",))
+    assert len(errors.splitlines()) == 1 and "not a kdray experiment" not in errors
+
+
+def test_an_address_answering_http_404_is_no_ray_dashboard():
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    class NotFound(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            self.send_error(404)
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), NotFound)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    address = f"http://127.0.0.1:{server.server_port}"
+    try:
+        for command in ("logs", "stop"):  # `submit` asks the same client, once its job is valid
+            says = (f"no Ray dashboard answered at {address}", "HTTP 404")
+            errors = refused(command, "raysubmit_x", "--address", address, says=says)
+            assert len(errors.splitlines()) == 1 and "Ray 1.9" not in errors
+    finally:
+        server.shutdown()

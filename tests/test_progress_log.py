@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 
+import pytest
 from rich.console import Console
 
 from kdray.grid.progress import GridProgress
@@ -90,9 +91,8 @@ def test_runs_ended_before_the_grid_started_are_not_announced_again(tmp_path):
 
 def test_a_stage_summary_every_interval_while_runs_train(tmp_path, monkeypatch):
     exp, teacher, _ = experiment(tmp_path)
-    monkeypatch.setenv("KDRAY_PROGRESS_EVERY_S", "0")
     console, out = piped()
-    log = GridLog(console)
+    log = GridLog(console, every_s=0)
     log.refresh(exp)  # the first poll only takes stock
     exp.run(teacher).start_attempt()
     log.refresh(exp)
@@ -151,3 +151,13 @@ def test_a_teacher_free_run_is_named_with_its_study_and_method_unlike_its_baseli
     (baseline,) = [r for r in runs if r.stage == "student" and r.method != "tfkd_virtual"]
     assert describe(free) == "student test_resnet, self (tfkd_virtual), seed 0"
     assert describe(baseline) == "student test_resnet, seed 0"
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "abc", "nan"])
+def test_an_interval_that_is_no_positive_number_is_one_warning_and_the_default(monkeypatch, value):
+    monkeypatch.setenv("KDRAY_PROGRESS_EVERY_S", value)
+    console, out = piped()
+    log = GridLog(console)
+    assert log.every_s == 180.0
+    warned = [ln for ln in out.getvalue().splitlines() if ln.startswith("warning")]
+    assert len(warned) == 1 and "KDRAY_PROGRESS_EVERY_S" in warned[0] and value in warned[0]

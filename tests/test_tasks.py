@@ -183,3 +183,18 @@ def test_each_method_declares_tasks_that_exist():
     assert {"kd", "at", "fitnets", "feature_l1"} <= {
         n for n, m in METHODS.items() if "multi_label" in m.tasks
     }
+
+
+def test_a_vit_is_built_for_the_data_s_image_size_and_rebuilt_so_from_its_file(tmp_path):
+    from kdray.store.model_file import load_model, save_model
+
+    task = get_task("single_label")
+    vit = task.create_model("vit_tiny_patch16_224", 3, 1, image_size=32)
+    assert vit.train()(torch.zeros(2, 1, 32, 32)).shape == (2, 3)
+    save_model(tmp_path / "model.pt", vit, model="vit_tiny_patch16_224", task="single_label",
+               num_classes=3, in_chans=1, image_size=32, rank=2)  # fmt: skip
+    loaded, meta = load_model(tmp_path / "model.pt")
+    x = torch.rand(1, 1, 32, 32)
+    assert torch.equal(loaded(x), vit.eval()(x)) and meta["image_size"] == 32
+    native = task.create_model("vit_tiny_patch16_224", 3, 1, image_size=224)
+    assert native.patch_embed.img_size == (224, 224)  # at its own size: timm's default, as before

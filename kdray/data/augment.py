@@ -52,6 +52,11 @@ def build_transform(step: dict[str, Any]) -> A.BasicTransform:
     """One transform from `{name: <albumentations class>, **params}`; raises ValueError."""
     params = dict(step)
     name = params.pop("name", None)
+    if name is None:
+        raise ValueError(
+            "has no name; write {name: <albumentations transform>, ...}, e.g. "
+            "{name: HorizontalFlip, p: 0.5}"
+        )
     cls = getattr(A, str(name), None) if name else None
     if not (isinstance(cls, type) and issubclass(cls, A.BasicTransform)):
         raise ValueError(
@@ -83,6 +88,55 @@ def build_train_augmentation(augment: bool | list[dict[str, Any]], seed: int) ->
     if not steps:
         return None
     return A.Compose([build_transform(step) for step in steps], seed=seed)
+
+
+def augment_problems(augment: bool | list[dict[str, Any]], size: int, channels: int) -> list[str]:
+    """Steps of `train.augment` that fail on, or change, a training image: each step, with
+    `p: 1`, runs once in order on a blank `size` x `size` image (and mask) as the loader hands
+    it over (uint8, height x width x channels). Its output must stay one: the conversion to a
+    tensor and the normalisation are kdray's, and valid/test images keep `data.image_size`."""
+    import warnings
+
+    import numpy as np
+
+    if not isinstance(augment, list):
+        return []  # true: DEFAULT_PIPELINE, which keeps the size
+    image = np.zeros((size, size, channels), np.uint8)
+    mask = np.zeros((size, size), np.uint8)
+    resized = ""
+    for i, step in enumerate(augment):
+        where = f"train.augment step {i} ({step.get('name')})"
+        try:
+            transform = build_transform({**step, "p": 1.0})
+        except ValueError:
+            return []  # said by the field's own check
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                out = transform(image=image, mask=mask)
+        except Exception as exc:
+            return [f"{where}: fails on a {size}x{size} image: {_first_line(exc)}; drop or fix it"]
+        before, (image, mask) = image.shape, (out["image"], out["mask"])
+        if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
+            kind = f"{type(image).__name__} {getattr(image, 'dtype', '')}".strip()
+            return [
+                f"{where}: turns the image into a {kind}; kdray converts and normalises images "
+                "itself: drop the step"
+            ]
+        if image.shape[:2] != before[:2]:
+            resized = where  # a later step may restore the size (a crop, then a pad)
+    if image.shape[:2] != (size, size):
+        return [
+            f"{resized}: changes the training images from {size}x{size} to "
+            f"{image.shape[0]}x{image.shape[1]}, while valid and test images stay at "
+            f"data.image_size {size}; give it size {size}, or drop it and set data.image_size"
+        ]
+    return []
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def augment_with_mask(augment, image, mask) -> tuple:

@@ -21,11 +21,28 @@ DEFAULT_EVERY_S = 180.0
 
 
 def summary_every_s() -> float:
-    """Seconds between two stage summaries: `KDRAY_PROGRESS_EVERY_S`, else 3 minutes."""
-    try:
-        return float(os.environ.get(EVERY_S_ENV, DEFAULT_EVERY_S))
-    except ValueError:
+    """Seconds between two stage summaries: `KDRAY_PROGRESS_EVERY_S`, else (or where it is no
+    positive number: `every_s_warning`) 3 minutes."""
+    if EVERY_S_ENV not in os.environ or every_s_warning():
         return DEFAULT_EVERY_S
+    return float(os.environ[EVERY_S_ENV])
+
+
+def every_s_warning() -> str | None:
+    """What is wrong with `KDRAY_PROGRESS_EVERY_S` (set, but no positive number), or None."""
+    value = os.environ.get(EVERY_S_ENV)
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = float("nan")
+    if seconds > 0:  # nan too fails this
+        return None
+    return (
+        f"{EVERY_S_ENV}={value!r} is no positive number of seconds; stage summaries every "
+        f"{DEFAULT_EVERY_S:g} s (unset it, or set e.g. 60)"
+    )
 
 
 def elapsed(seconds: float) -> str:
@@ -98,6 +115,9 @@ class GridLog:
     def __init__(self, console: Console, every_s: float | None = None):
         self.console = console
         self.every_s = summary_every_s() if every_s is None else every_s
+        problem = every_s_warning() if every_s is None else None
+        if problem:
+            console.print(f"[yellow]warning[/yellow]: {problem}", highlight=False)
         self._started = time.monotonic()
         self._last_summary = self._started
         self._seen: dict[str, tuple[str, int]] | None = None  # run id -> (state, attempts)

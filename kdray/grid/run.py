@@ -88,7 +88,7 @@ def _prepare(exp: Experiment, job: Job, console: Console) -> DataInfo:
     train_labels = load_targets(data.path, "train")
     samples = "images" if data.rank == 2 else "volumes"
     task = get_task(data.task)
-    problems = task_problems(job, data.task) + batch_problems(job, train_labels)
+    problems = task_problems(job, data.task) + batch_problems(job, train_labels, task=data.task)
     problems += task.train_problems(train_labels, data.classes, samples)
     if problems:
         raise JobError(problems)

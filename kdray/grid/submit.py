@@ -78,6 +78,7 @@ def submit_when_an_agent_answers(jobs, wait_s: float = AGENT_WAIT_S, **request) 
 
 def client(address: str):
     """A Ray Jobs client; an address that is malformed or does not answer raises SubmitError."""
+    import requests
     from ray.job_submission import JobSubmissionClient
 
     try:
@@ -87,4 +88,15 @@ def client(address: str):
             f"cannot reach the Ray Jobs API at {address} ({exc}); start the cluster or its "
             "SSH tunnel (docs/cluster.md), or give its dashboard with --address "
             "http://HOST:8265"
+        ) from None
+    except (RuntimeError, requests.RequestException) as exc:
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        if isinstance(exc, RuntimeError) and "Version check returned 404" in str(exc):
+            status = 404
+        if status is None:
+            raise  # an older Ray's dashboard: Ray's own words say which version it needs
+        raise SubmitError(
+            f"no Ray dashboard answered at {address}: its Jobs API version check got HTTP "
+            f"{status} (another server, or the wrong port); give the cluster's dashboard with "
+            "--address http://HOST:8265 (docs/cluster.md)"
         ) from None

@@ -45,6 +45,7 @@ def attention(feature: torch.Tensor, p: float) -> torch.Tensor:
 class AttentionTransfer(Method):
     Params = ATParams
     needs = "features"
+    loss_weights = ("at_weight", "ce_weight")
     allows_ensemble = False
     tasks = ("single_label", "multi_label", "segmentation")
     ranks = (2, 3)  # attention over every spatial position: a volume's voxels too

@@ -97,6 +97,8 @@ class Method(nn.Module, ABC):
     tasks: ClassVar[tuple[str, ...]] = ("single_label",)
     #: the spatial ranks of inputs it is written for: 2 (images), 3 (volumes)
     ranks: ClassVar[tuple[int, ...]] = (2,)
+    # the parameters that weigh the loss's terms: all of them 0, and the loss is 0
+    loss_weights: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, params: MethodParams, shapes: Shapes):
         super().__init__()
@@ -115,8 +117,18 @@ class Method(nn.Module, ABC):
         return []
 
     @classmethod
-    def warnings(cls, params: MethodParams, num_classes: int) -> list[str]:
-        """What a user should know before training with these settings on this data."""
+    def warnings(
+        cls, params: MethodParams, num_classes: int, epochs: float | None = None
+    ) -> list[str]:
+        """What a user should know before training with these settings on this data, for runs
+        of `epochs` epochs (None: unknown)."""
+        weights = {name: getattr(params, name) for name in cls.loss_weights}
+        if weights and not any(weights.values()):
+            names = ", ".join(weights)
+            return [
+                f"{names}: every weight of the loss is 0, so the loss is 0 and the student "
+                "never learns; give one of them a positive value"
+            ]
         return []
 
     @classmethod

@@ -45,6 +45,7 @@ def channel_divergence(student: torch.Tensor, teacher: torch.Tensor, tau: float)
 class ChannelWiseDistillation(Method):
     Params = CWDParams
     needs = "logits"
+    loss_weights = ("cwd_weight", "ce_weight")
     allows_ensemble = False
     tasks = ("segmentation",)
     ranks = (2, 3)  # written over dim 1 and flattened space: (N, C, D, H, W) logits too

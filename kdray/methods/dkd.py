@@ -96,6 +96,7 @@ def dkd_terms(
 class DKD(Method):
     Params = DKDParams
     needs = "logits"
+    loss_weights = ("ce_weight", "alpha", "beta")
 
     def __init__(self, params: DKDParams, shapes: Shapes):
         super().__init__(params, shapes)
@@ -107,8 +108,20 @@ class DKD(Method):
         self.register_buffer("class_weight", weight, persistent=False)
 
     @classmethod
-    def warnings(cls, params: MethodParams, num_classes: int) -> list[str]:
-        return [_two_class_warning()] if num_classes == 2 else []
+    def warnings(
+        cls, params: MethodParams, num_classes: int, epochs: float | None = None
+    ) -> list[str]:
+        out = super().warnings(params, num_classes, epochs)
+        out += [_two_class_warning()] if num_classes == 2 else []
+        warmup = params.warmup_epochs
+        if epochs is not None and warmup is not None and warmup > epochs:
+            reached = epochs / warmup
+            out.append(
+                f"warmup_epochs: {warmup:g} is longer than train.epochs ({epochs:g}): the KD "
+                f"terms reach only {reached:.0%} of their weight by the last epoch; lower "
+                "warmup_epochs (unset: 1/12 of the epochs)"
+            )
+        return out
 
     @classmethod
     def inert_params(cls, num_classes: int) -> tuple[str, ...]:

@@ -37,6 +37,7 @@ class FeatureL1Params(MethodParams):
 class FeatureL1(Method):
     Params = FeatureL1Params
     needs = "features"
+    loss_weights = ("l1_weight", "ce_weight")
     allows_ensemble = False
     tasks = ("single_label", "multi_label", "segmentation")
     ranks = (2, 3)  # 3D: Conv3d adapters, volumes pooled per axis

@@ -33,6 +33,7 @@ class FitNetsParams(MethodParams):
 class FitNets(Method):
     Params = FitNetsParams
     needs = "features"
+    loss_weights = ("hint_weight", "ce_weight")
     allows_ensemble = False
     tasks = ("single_label", "multi_label")
     ranks = (2, 3)  # 3D: a Conv3d adapter, volumes pooled per axis

@@ -39,6 +39,7 @@ class PixelKDParams(MethodParams):
 class PixelKD(Method):
     Params = PixelKDParams
     needs = "logits"
+    loss_weights = ("kd_weight", "ce_weight")
     uses_unlabelled = True
     tasks = ("segmentation",)
     ranks = (2, 3)  # written over dim 1 and flattened space: (N, C, D, H, W) logits too

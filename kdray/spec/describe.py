@@ -205,10 +205,11 @@ def method_warnings(job: Job, num_classes: int) -> list[str]:
     out = []
     for name, study in job.studies.items():
         method = METHODS[study.method_name()]
-        out += [
-            f"studies.{name}.method: {line}"
-            for line in method.warnings(job.method_params(name), num_classes)
-        ]
+        for setting in study.settings():  # each setting of a sweep: a line said once
+            params = job.method_params(name, setting)
+            for warning in method.warnings(params, num_classes, job.train.epochs):
+                line = f"studies.{name}.method: {warning}"
+                out += [] if line in out else [line]
         searched = study.search.space if study.search is not None else {}
         out += [
             f"studies.{name}.search.space.{param}: {study.method_name()} has no use for {param} "

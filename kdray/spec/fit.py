@@ -8,10 +8,17 @@ from kdray.data.budgets import budget_label, labelled_indices
 from kdray.spec.job import Job
 
 
-def batch_problems(job: Job, train_labels: np.ndarray | None, train_images: int = 0) -> list[str]:
+def batch_problems(
+    job: Job, train_labels: np.ndarray | None, train_images: int = 0, task: str | None = None
+) -> list[str]:
     """A batch larger than the images a worker trains on: one batch would be the whole split
     (with a label budget, every labelled image several times over) and every epoch one step.
-    `train_labels` None (masks not read yet): `train_images` counts the split, budgets wait."""
+    `train_labels` None (masks not read yet): `train_images` counts the split, budgets wait.
+    With `task`, a batch of one image that a model's BatchNorm cannot train on."""
+    if task and job.train.batch_size == 1:
+        problem = single_image_problem(job, task)
+        if problem:
+            return [problem]
     workers = job.resources.workers_per_trial
     images = len(train_labels) if train_labels is not None else train_images
     per_worker = images // workers
@@ -71,3 +78,37 @@ def label_budget_warnings(job: Job, train_labels: np.ndarray | None) -> list[str
 def _value(budget: dict | None) -> float:
     """The budget as the job wrote it: its count or fraction (1 for every label)."""
     return budget.get("per_class", budget.get("fraction")) if budget else 1
+
+
+def single_image_problem(job: Job, task: str) -> str | None:
+    """`train.batch_size: 1` where a model's BatchNorm would see one value per channel (a 1x1
+    map of one image: PyTorch refuses to train on it); found by one forward pass on the meta
+    device. Batches of one are only ever full ones: a smaller last batch is dropped."""
+    import torch
+    from torch import nn
+
+    from kdray.spec.stages import _meta_model
+
+    rank = job.data.spatial_rank
+    channels = getattr(job.data, "channels", None) or 1
+    if rank == 2 and not getattr(job.data, "image_size", None):
+        return None  # an npz at its own size: the run's data says
+    shape = tuple(job.data.patch) if rank == 3 else (job.data.image_size,) * 2
+    for name in sorted(job.models()):
+        model = _meta_model(name, task, rank, channels)
+        if model is None or not any(
+            isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()
+        ):
+            continue
+        try:
+            model.train()(torch.empty(1, channels, *shape, device="meta"))
+        except ValueError as exc:
+            if "more than 1 value per channel" in str(exc):
+                return (
+                    f"train.batch_size: 1 cannot train {name}: its BatchNorm layers need more "
+                    "than one value per channel, and one image makes a 1x1 map there; set "
+                    "train.batch_size: 2 or more"
+                )
+        except Exception:  # a model the meta device cannot run: its own run says what is wrong
+            continue
+    return None

@@ -170,7 +170,9 @@ class LabelBudgets(Strict):
     @model_validator(mode="after")
     def _one_kind(self) -> LabelBudgets:
         values = self.fraction if self.fraction is not None else self.per_class
-        if (self.fraction is None) == (self.per_class is None):
+        if self.fraction is None and self.per_class is None:
+            raise ValueError("give fraction: [...] or per_class: [...], e.g. {fraction: [0.1]}")
+        if self.fraction is not None and self.per_class is not None:
             raise ValueError("give either fraction: [...] or per_class: [...], not both")
         if not values or len(set(values)) != len(values):
             raise ValueError(f"a list of distinct values, got {values}")
@@ -542,6 +544,10 @@ def task_problems(job: Job, task: str) -> list[str]:
     problems = []
     if rank == 3:
         problems += volume_problems(job)
+    elif getattr(job.data, "image_size", None):
+        from kdray.data.augment import augment_problems
+
+        problems += augment_problems(job.train.augment, job.data.image_size, job.data.channels)
     for name, study in job.studies.items():
         method = METHODS[study.method_name()]
         if rank not in method.ranks and task in method.tasks:

@@ -78,6 +78,15 @@ class Study(Strict):
         "the first seed with early stopping, the best on validation confirmed on every seed",
     )
 
+    @field_validator("method", mode="before")
+    @classmethod
+    def _method_by_name_alone(cls, method: Any) -> Any:
+        if isinstance(method, str):
+            raise ValueError(
+                f"write the method as a mapping, {{name: {method}}} (with its settings)"
+            )
+        return method
+
     @model_validator(mode="before")
     @classmethod
     def _lists_in_the_method_are_a_sweep(cls, data: Any) -> Any:
@@ -157,6 +166,11 @@ class Study(Strict):
             )
         if self.teacher_val_band is not None and not self.teachers:
             out.append(f"{where}.teacher_val_band: this study has no teacher to stop early")
+        if self.eval_every_steps is not None and self.teacher_val_band is None:
+            out.append(
+                f"{where}.eval_every_steps: used only to check a defective teacher against its "
+                "teacher_val_band, which this study has not; set teacher_val_band or remove it"
+            )
         return out + self._sweep_problems(where, method) + self._search_problems(where, method)
 
     def _search_problems(self, where: str, method) -> list[str]:

@@ -252,6 +252,11 @@ class Experiment:
     @classmethod
     def open(cls, path: str | Path) -> Experiment:
         exp = cls(Path(path).expanduser().resolve())
+        if not exp.root.exists():
+            raise ExperimentError(
+                f"{exp.root} does not exist; give an experiment folder, <storage>/<job name>/ "
+                "as created by `kdray run`"
+            )
         for name in ("job.json", "plan.json"):
             if not (exp.root / name).is_file():
                 raise ExperimentError(

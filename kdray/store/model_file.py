@@ -29,7 +29,11 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn
     try:
         task = get_task(saved.get("task") or DEFAULT_TASK)  # files before tasks: single-label
         model = task.create_model(
-            saved["model"], saved["num_classes"], saved["in_chans"], rank=saved.get("rank", 2)
+            saved["model"],
+            saved["num_classes"],
+            saved["in_chans"],
+            rank=saved.get("rank", 2),
+            image_size=saved.get("image_size"),  # a ViT's, built for the data's size
         )
         model.load_state_dict(saved["state_dict"])
     except (KeyError, RuntimeError) as exc:

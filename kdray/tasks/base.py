@@ -60,17 +60,24 @@ class Task(ABC):
 
     @abstractmethod
     def create_model(
-        self, name: str, num_classes: int, channels: int, weights=None, rank: int = 2
+        self,
+        name: str,
+        num_classes: int,
+        channels: int,
+        weights=None,
+        rank: int = 2,
+        image_size: int | None = None,
     ) -> nn.Module:
         """A model for this task by name, `num_classes` outputs, `channels` input channels,
-        for inputs of spatial rank `rank` (3: a MONAI network for volumes)."""
+        for inputs of spatial rank `rank` (3: a MONAI network for volumes); `image_size`: the
+        images' side, for a model built for one input size (a ViT)."""
 
     def model_problem(self, name: str, image_size: int | tuple[int, ...]) -> str | None:
         """Why `name` is no model of this task for `image_size` pixel images (a tuple: a
         volume's training patch), or None."""
         from kdray.tasks.models import classifier_problem
 
-        return classifier_problem(name)
+        return classifier_problem(name, image_size if isinstance(image_size, int) else None)
 
     @abstractmethod
     def supervised_loss(

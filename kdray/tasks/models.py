@@ -20,16 +20,25 @@ def create_model(
     num_classes: int,
     in_chans: int,
     weights: LocalWeights | str | Path | None = None,
+    image_size: int | None = None,
 ) -> nn.Module:
     """`timm.create_model`, from random weights or from `weights`: a pretrained file found in
     the caches (`kdray.tasks.weights.find`) or a local weights file.
 
     timm loads the file (`pretrained=True`, `pretrained_cfg_overlay`: that file and nothing
     else), drops a classifier whose size differs from `num_classes` and adapts the first
-    convolution to `in_chans` (for 1 channel: the sum of its RGB kernels).
+    convolution to `in_chans` (for 1 channel: the sum of its RGB kernels). A model built for
+    one input size (a ViT) is built for `image_size` instead (`size_kwargs`); timm resamples
+    pretrained position embeddings to it.
     """
     if weights is None:
-        return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans)
+        return timm.create_model(
+            name,
+            pretrained=False,
+            num_classes=num_classes,
+            in_chans=in_chans,
+            **size_kwargs(name, image_size),
+        )
     if not isinstance(weights, LocalWeights):
         path = Path(weights).expanduser()
         problem = weights_problem(path)
@@ -43,10 +52,33 @@ def create_model(
             pretrained_cfg_overlay=weights.timm_overlay(),
             num_classes=num_classes,
             in_chans=in_chans,
+            **size_kwargs(weights.timm_name(), image_size),
         )
     except (RuntimeError, KeyError) as exc:
         path = weights.path
         raise ValueError(f"pretrained.{name}: {path} {mismatch(name, path) or exc}") from None
+
+
+def size_kwargs(name: str, image_size: int | None) -> dict:
+    """`{"img_size": image_size}` for a timm model built for one input size (timm's
+    `fixed_input_size`: ViT, DeiT, Swin, ...) that is not `image_size`; else nothing, so
+    every other model (and a fixed-size one at its own size) is built as timm's default."""
+    native = native_size(name)
+    if image_size is None or native is None or native == (image_size, image_size):
+        return {}
+    return {"img_size": image_size}
+
+
+def native_size(name: str) -> tuple[int, int] | None:
+    """The one (height, width) the timm model `name` is built for by default, or None where
+    it takes any size."""
+    try:
+        cfg = timm.models.get_pretrained_cfg(name)
+    except RuntimeError:  # a tag timm does not have: said by the weights' checks
+        cfg = timm.models.get_pretrained_cfg(name.split(".")[0])
+    if cfg is None or not cfg.fixed_input_size:
+        return None
+    return tuple(cfg.input_size[-2:])
 
 
 def weights_problem(path: Path) -> str | None:
@@ -109,10 +141,11 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def classifier_problem(name: str) -> str | None:
-    """Why `name` is no timm model (with similar names), or None."""
+def classifier_problem(name: str, image_size: int | None = None) -> str | None:
+    """Why `name` is no timm model (with similar names), or None; with `image_size`, also why
+    it cannot take images of that size (a model built for one input size: ViT, Swin, ...)."""
     if timm.is_model(name):
-        return None
+        return fixed_size_problem(name, image_size) if image_size else None
     from kdray.tasks.volume_models import rank_problem
 
     if problem := rank_problem(name):
@@ -120,3 +153,24 @@ def classifier_problem(name: str) -> str | None:
     close = timm.list_models(f"*{name.split('_')[0][:6]}*")[:5]
     hint = f"; similar: {close}" if close else ""
     return f"{name!r} is not a timm model{hint}"
+
+
+def fixed_size_problem(name: str, image_size: int) -> str | None:
+    """Why the timm model `name`, built for one input size, cannot be built for `image_size`
+    pixel images (its patch or window sizes do not fit them), or None: built for that size on
+    the meta device and run once there."""
+    if not size_kwargs(name, image_size):
+        return None
+    try:
+        with torch.device("meta"):
+            model = create_model(name, 2, 1, image_size=image_size)
+            model.eval()(torch.empty(1, 1, image_size, image_size))
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        height, width = native_size(name)
+        size = height if height == width else f"{height}x{width}"
+        return (
+            f"{name!r} cannot be built for {image_size} px images ({first}); set "
+            f"data.image_size: {size} (its own size), or use another model"
+        )
+    return None

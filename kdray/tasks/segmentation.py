@@ -59,7 +59,7 @@ class Segmentation(Task):
     pixel_targets = True
     ranks = (2, 3)
 
-    def create_model(self, name, num_classes, channels, weights=None, rank=2):
+    def create_model(self, name, num_classes, channels, weights=None, rank=2, image_size=None):
         if rank == 3:
             return create_volume_model(name, num_classes, channels)
         return create_segmenter(name, num_classes, channels, weights)

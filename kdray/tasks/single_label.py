@@ -37,10 +37,10 @@ class SingleLabel(Task):
     one_class_per_image = True
     ranks = (2, 3)
 
-    def create_model(self, name, num_classes, channels, weights=None, rank=2):
+    def create_model(self, name, num_classes, channels, weights=None, rank=2, image_size=None):
         if rank == 3:
             return create_volume_model(name, num_classes, channels)
-        return create_model(name, num_classes, channels, weights)
+        return create_model(name, num_classes, channels, weights, image_size)
 
     def model_problem(self, name, image_size):
         if isinstance(image_size, tuple):  # a volume's input shape

@@ -162,7 +162,9 @@ def build_session(
     seed_everything(spec.seed)
     task = get_task(info.task)
     weights = run_weights(job, spec)
-    student = task.create_model(spec.model, info.num_classes, info.channels, weights, info.rank)
+    student = task.create_model(
+        spec.model, info.num_classes, info.channels, weights, info.rank, info.image_size
+    )
     params = count_params(student)
     autocast = autocast_for(job, device)
     teachers = open_teachers(job, spec, info, teacher_dirs, device, autocast)
