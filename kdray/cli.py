@@ -123,6 +123,7 @@ def validate(
         precision_warnings,
         study_lines,
         tracking_warnings,
+        unused_field_warnings,
     )
     from kdray.spec.fit import batch_problems, label_budget_warnings
     from kdray.spec.job import task_problems
@@ -178,7 +179,8 @@ def validate(
     bands = band_warnings(job, info) if info else []
     warnings = [*budget_warnings(job), *bands, *method_warnings(job, len(classes))]
     warnings += label_budget_warnings(job, train_labels)
-    for warning in warnings + precision_warnings(job) + tracking_warnings(job):
+    warnings += precision_warnings(job) + tracking_warnings(job) + unused_field_warnings(job)
+    for warning in warnings:
         _warn(f"{job_file}: {warning}")
 
 

@@ -462,11 +462,6 @@ JOB_SWEEP = [  # (id, change to the job, a text the error must contain)
     ("studies-list", _set("studies", [1]), "studies"),
     ("data-null", _set("data", None), "data"),
     ("studies-empty", _set("studies", {}), "studies"),
-    (
-        "eval-steps-no-band",
-        _set("studies.normal.eval_every_steps", 5),
-        "studies.normal.eval_every_steps: used only to check a defective teacher",
-    ),
     ("studies-missing", _set("studies", ...), "studies"),
     ("labelled-empty", _set("labelled", {}), "labelled: give fraction: [...] or per_class"),
     (
@@ -1214,3 +1209,11 @@ def test_an_address_answering_http_404_is_no_ray_dashboard():
             assert len(errors.splitlines()) == 1 and "Ray 1.9" not in errors
     finally:
         server.shutdown()
+
+
+def test_eval_every_steps_without_a_band_is_warned_of_not_refused(tmp_path):
+    """It changes nothing; refusing it would stop an experiment made before the check."""
+    job = job_dict(tmp_path)
+    job["studies"]["normal"]["eval_every_steps"] = 5
+    says = "studies.normal.eval_every_steps: used only to check a defective teacher"
+    warned("validate", write_job(tmp_path, job), "--quick", says=(says,))

@@ -25,6 +25,7 @@ from kdray.spec.describe import (
     method_warnings,
     precision_warnings,
     tracking_warnings,
+    unused_field_warnings,
 )
 from kdray.spec.fit import batch_problems, label_budget_warnings
 from kdray.spec.job import Job, JobError, task_problems
@@ -116,6 +117,7 @@ def _prepare(exp: Experiment, job: Job, console: Console) -> DataInfo:
     warnings = data_lines + band_warnings(job, data) + method_warnings(job, data.num_classes)
     warnings += label_budget_warnings(job, train_labels)
     warnings += budget_warnings(job) + precision_warnings(job) + tracking_warnings(job)
+    warnings += unused_field_warnings(job)
     for warning in warnings:
         console.print(f"[yellow]warning[/yellow]: {warning}", highlight=False)
     return data

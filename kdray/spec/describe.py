@@ -99,6 +99,18 @@ def _spent_as(search, epochs: int, by_budget: bool) -> str:
     return f"{search.most_samples(epochs)} samples/{rule}"
 
 
+def unused_field_warnings(job: Job) -> list[str]:
+    """Fields a study sets that nothing reads. Warned of, not refused: an experiment made before
+    this check must still resume."""
+    return [
+        f"studies.{name}.eval_every_steps: used only to check a defective teacher against its "
+        "teacher_val_band, which this study has not: it changes nothing; set teacher_val_band "
+        "or remove it"
+        for name, study in job.studies.items()
+        if study.eval_every_steps is not None and study.teacher_val_band is None
+    ]
+
+
 def tracking_warnings(job: Job) -> list[str]:
     """W&B online with no API key where the driver runs: each run would drop its tracking
     (in a worker's log the user never reads) and train on."""

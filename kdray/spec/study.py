@@ -166,11 +166,6 @@ class Study(Strict):
             )
         if self.teacher_val_band is not None and not self.teachers:
             out.append(f"{where}.teacher_val_band: this study has no teacher to stop early")
-        if self.eval_every_steps is not None and self.teacher_val_band is None:
-            out.append(
-                f"{where}.eval_every_steps: used only to check a defective teacher against its "
-                "teacher_val_band, which this study has not; set teacher_val_band or remove it"
-            )
         return out + self._sweep_problems(where, method) + self._search_problems(where, method)
 
     def _search_problems(self, where: str, method) -> list[str]:
