@@ -115,17 +115,8 @@ def validate(
     from kdray.data import DataError, data_notes, data_task, data_warnings, open_sources
     from kdray.data.cache import load_targets
     from kdray.grid.progress import fitted_lines
-    from kdray.spec.describe import (
-        band_warnings,
-        budget_warnings,
-        counted,
-        method_warnings,
-        precision_warnings,
-        study_lines,
-        tracking_warnings,
-        unused_field_warnings,
-    )
-    from kdray.spec.fit import batch_problems, label_budget_warnings
+    from kdray.spec.describe import band_warnings, counted, job_warnings, study_lines
+    from kdray.spec.fit import batch_problems
     from kdray.spec.job import task_problems
     from kdray.spec.plan import make_plan
     from kdray.tasks import get_task
@@ -177,10 +168,7 @@ def validate(
         _warn(f"{job_file}: data: {line}")
     # what `kdray run` warns of too (a band needs the decoded validation labels)
     bands = band_warnings(job, info) if info else []
-    warnings = [*budget_warnings(job), *bands, *method_warnings(job, len(classes))]
-    warnings += label_budget_warnings(job, train_labels)
-    warnings += precision_warnings(job) + tracking_warnings(job) + unused_field_warnings(job)
-    for warning in warnings:
+    for warning in bands + job_warnings(job, len(classes), train_labels):
         _warn(f"{job_file}: {warning}")
 
 

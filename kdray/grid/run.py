@@ -19,15 +19,8 @@ from kdray.grid.local_ray import init_ray
 from kdray.grid.progress import GridProgress, fitted_lines
 from kdray.grid.progress_log import GridLog
 from kdray.results.tables import write_results
-from kdray.spec.describe import (
-    band_warnings,
-    budget_warnings,
-    method_warnings,
-    precision_warnings,
-    tracking_warnings,
-    unused_field_warnings,
-)
-from kdray.spec.fit import batch_problems, label_budget_warnings
+from kdray.spec.describe import band_warnings, job_warnings
+from kdray.spec.fit import batch_problems
 from kdray.spec.job import Job, JobError, task_problems
 from kdray.spec.plan import Plan
 from kdray.store.experiment import Experiment, ExperimentError
@@ -114,11 +107,8 @@ def _prepare(exp: Experiment, job: Job, console: Console) -> DataInfo:
         for line in fitted_lines(f"data: {note}", console.width):
             console.print(line, highlight=False, soft_wrap=True)
     data_lines = [f"data: {line}" for line in data.extra.get("warnings", [])]
-    warnings = data_lines + band_warnings(job, data) + method_warnings(job, data.num_classes)
-    warnings += label_budget_warnings(job, train_labels)
-    warnings += budget_warnings(job) + precision_warnings(job) + tracking_warnings(job)
-    warnings += unused_field_warnings(job)
-    for warning in warnings:
+    warnings = data_lines + band_warnings(job, data)
+    for warning in warnings + job_warnings(job, data.num_classes, train_labels):
         console.print(f"[yellow]warning[/yellow]: {warning}", highlight=False)
     return data
 

@@ -11,6 +11,7 @@ from urllib.parse import urlparse
 from kdray.data.budgets import budget_label
 from kdray.data.cache import DataInfo, load_targets
 from kdray.methods import METHODS
+from kdray.spec.fit import label_budget_warnings
 from kdray.spec.job import BASELINE, Job
 from kdray.spec.plan import Plan
 from kdray.spec.search import TRAIN_KEYS
@@ -97,6 +98,18 @@ def _spent_as(search, epochs: int, by_budget: bool) -> str:
         else f"{stop.rule} {stop.grace_epochs}/{stop.reduction_factor}"
     )
     return f"{search.most_samples(epochs)} samples/{rule}"
+
+
+def job_warnings(job: Job, num_classes: int, train_labels=None) -> list[str]:
+    """What `validate` and `run` both warn of in a job on this data, besides the data's own
+    and a band's (which needs the decoded validation labels): comparisons at unequal budgets,
+    each method's and precision's caveats, label budgets the data cannot tell apart, tracking
+    that would be dropped, fields that change nothing."""
+    return [
+        *budget_warnings(job), *method_warnings(job, num_classes),
+        *label_budget_warnings(job, train_labels), *precision_warnings(job),
+        *tracking_warnings(job), *unused_field_warnings(job),
+    ]  # fmt: skip
 
 
 def unused_field_warnings(job: Job) -> list[str]:
