@@ -138,6 +138,11 @@ def test_budgets_the_data_cannot_tell_apart_are_warned_of(tmp_path):
         "grid trains that budget twice; drop one"
     ]
     assert label_budget_warnings(job, np.array([0] * 100 + [1] * 100)) == []
+    job = parse_job(tiny_job_dict(tmp_path, labelled={"fraction": [0.5, 0.99]}))
+    assert label_budget_warnings(job, labels) == [  # ceil(0.99 * 10) is every image
+        "labelled.fraction: 0.99 keeps every training label (each class's share rounds up to "
+        "all its images), yet the tables say 99%; give a smaller fraction"
+    ]
 
 
 def test_a_pool_run_trains_without_reading_a_pool_label(tmp_path, monkeypatch):

@@ -167,10 +167,13 @@ def baseline_table(trials: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["Student", "Params (M)", "Train", "Valid", "Test"])
 
 
-def study_table(cells: list[Cell], unfinished: list[Unfinished] = ()) -> pd.DataFrame:
-    """Rows: student x {train, valid, test}; columns: teachers, then the student's baseline.
-    A sweeping study shows each cell's chosen setting in a row of its own. A cell with no
-    finished run (`unfinished`) keeps its column and says `pending` or `failed`."""
+def study_table(
+    cells: list[Cell], unfinished: list[Unfinished] = (), baselines: bool = True
+) -> pd.DataFrame:
+    """Rows: student x {train, valid, test}; columns: teachers, then the student's baseline
+    (none for a job without baselines). A sweeping study shows each cell's chosen setting in a
+    row of its own. A cell with no finished run (`unfinished`) keeps its column and says
+    `pending` or `failed`."""
     if not cells and not unfinished:
         return pd.DataFrame()
     teachers = list(dict.fromkeys([c.teacher for c in cells] + [u.teacher for u in unfinished]))
@@ -189,7 +192,8 @@ def study_table(cells: list[Cell], unfinished: list[Unfinished] = ()) -> pd.Data
             for teacher in teachers:
                 row.setdefault(teacher, waiting[teacher].status if teacher in waiting else "—")
             rows.append({"Student": student, "Split": split} | row)
-    return pd.DataFrame(rows, columns=["Student", "Split", *teachers, BASELINE_COLUMN])
+    columns = ["Student", "Split", *teachers, *([BASELINE_COLUMN] if baselines else [])]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def _number(value: float | None) -> str:
@@ -282,10 +286,11 @@ def tables(
     cells = {study: study_cells(done, study) for study in studies}
     metric = metric_title(trials)
     out = {"teachers": ("Teachers", teachers_table(done))}
-    if has_role(trials, "baseline").any():  # none with `baseline: false`
+    baselines = bool(has_role(trials, "baseline").any())  # none with `baseline: false`
+    if baselines:
         out["baseline"] = ("No-KD baselines", baseline_table(done))
     for study in studies:
-        table = study_table(cells[study], unfinished_cells(trials, study))
+        table = study_table(cells[study], unfinished_cells(trials, study), baselines)
         table.attrs["note"] = failed_teachers(trials, study)  # shown under the table
         out[study] = (study_title(trials, study, metric), table)
         if any(len(c.settings) > 1 for c in cells[study]):

@@ -46,7 +46,8 @@ def batch_problems(
 
 def label_budget_warnings(job: Job, train_labels: np.ndarray | None) -> list[str]:
     """Label budgets the data cannot tell apart: a count per class at or above every class's
-    images keeps every label (yet the tables say `1000 per class`), and two budgets that keep
+    images, or a fraction that rounds up to them, keeps every label (yet the tables say `1000
+    per class`, `99%`), and two budgets that keep
     the same images (`per_class: [10, 12]` with 10 a class) train the same grid twice."""
     budgets = job.label_budgets()
     if train_labels is None or budgets == [None] or job.labelled is None:
@@ -62,6 +63,12 @@ def label_budget_warnings(job: Job, train_labels: np.ndarray | None) -> list[str
                 f"{field}: {budget['per_class']} keeps every training label (no class has more "
                 f"than {largest} images), yet the tables say {budget_label(budget)}; give a "
                 f"count below {largest}"
+            )
+        elif budget and budget.get("fraction", 1) < 1 and len(indices) == len(train_labels):
+            out.append(
+                f"{field}: {budget['fraction']} keeps every training label (each class's share "
+                f"rounds up to all its images), yet the tables say {budget_label(budget)}; give "
+                "a smaller fraction"
             )
         key = indices.tobytes()
         if key in kept:
