@@ -47,8 +47,8 @@ def batch_problems(
 def label_budget_warnings(job: Job, train_labels: np.ndarray | None) -> list[str]:
     """Label budgets the data cannot tell apart: a count per class at or above every class's
     images, or a fraction that rounds up to them, keeps every label (yet the tables say `1000
-    per class`, `99%`), and two budgets that keep
-    the same images (`per_class: [10, 12]` with 10 a class) train the same grid twice."""
+    per class`, `99%`), and two budgets that keep the same images (`per_class: [10, 12]` with
+    10 a class) train the same grid twice."""
     budgets = job.label_budgets()
     if train_labels is None or budgets == [None] or job.labelled is None:
         return []
@@ -57,14 +57,15 @@ def label_budget_warnings(job: Job, train_labels: np.ndarray | None) -> list[str
     out = []
     for budget in budgets:
         indices = labelled_indices(train_labels, budget, 0)
-        if budget and "per_class" in budget and len(indices) == len(train_labels):
+        keeps_all = budget is not None and len(indices) == len(train_labels)
+        if keeps_all and "per_class" in budget:
             largest = int(np.unique(train_labels, return_counts=True)[1].max())
             out.append(
                 f"{field}: {budget['per_class']} keeps every training label (no class has more "
                 f"than {largest} images), yet the tables say {budget_label(budget)}; give a "
                 f"count below {largest}"
             )
-        elif budget and budget.get("fraction", 1) < 1 and len(indices) == len(train_labels):
+        elif keeps_all and budget.get("fraction", 1) < 1:
             out.append(
                 f"{field}: {budget['fraction']} keeps every training label (each class's share "
                 f"rounds up to all its images), yet the tables say {budget_label(budget)}; give "
@@ -94,7 +95,7 @@ def single_image_problem(job: Job, task: str) -> str | None:
     import torch
     from torch import nn
 
-    from kdray.spec.stages import _meta_model
+    from kdray.spec.stages import meta_model
 
     rank = job.data.spatial_rank
     channels = getattr(job.data, "channels", None) or 1
@@ -102,7 +103,7 @@ def single_image_problem(job: Job, task: str) -> str | None:
         return None  # an npz at its own size: the run's data says
     shape = tuple(job.data.patch) if rank == 3 else (job.data.image_size,) * 2
     for name in sorted(job.models()):
-        model = _meta_model(name, task, rank, channels)
+        model = meta_model(name, task, rank, channels)
         if model is None or not any(
             isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()
         ):

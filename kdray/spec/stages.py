@@ -40,15 +40,15 @@ def stage_choice_problem(
 
 @lru_cache(maxsize=64)
 def _pairs(student: str, teacher: str, task: str, rank: int, channels: int) -> list | None:
-    s_model = _meta_model(student, task, rank, channels)
-    t_model = _meta_model(teacher, task, rank, channels)
+    s_model = meta_model(student, task, rank, channels)
+    t_model = meta_model(teacher, task, rank, channels)
     if not (_has_stages(s_model) and _has_stages(t_model)):
         return None  # a model without stages: the run says so in its own line
     return aligned_pairs(s_model, t_model)
 
 
 @lru_cache(maxsize=32)
-def _meta_model(name: str, task: str, rank: int, channels: int) -> nn.Module | None:
+def meta_model(name: str, task: str, rank: int, channels: int) -> nn.Module | None:
     """The model `name` without weights on the meta device, or None where it cannot be built
     there."""
     try:
